@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cnlab.ko internals shared between its compilation units.
+ */
+#ifndef _CNLAB_INT_H
+#define _CNLAB_INT_H
+
+#include <linux/types.h>
+#include <linux/connector.h>
+#include <linux/netlink.h>
+
+#include "include/uapi/cnlab.h"
+
+#define CNLAB_NAME "cnlab"
+
+/* main.c */
+extern int cnlab_fail_init;
+int cnlab_init_fault(int step);
+
+/* A control request being handled (ctl.c). */
+struct cnlab_req {
+	const struct cn_msg *msg;
+	struct netlink_skb_parms *nsp;
+	u16 type;
+	const u8 *body;		/* not aligned: copy out with memcpy */
+	u32 len;		/* body bytes */
+	u64 rx_ns;
+	bool replied;
+};
+
+/* ctl.c */
+int cnlab_ctl_init(void);
+void cnlab_ctl_exit(void);
+void *cnlab_reply_alloc(u32 body_len, struct cn_msg **cn);
+int cnlab_reply_send(struct cnlab_req *rq, struct cn_msg *cn, u32 body_len);
+int cnlab_reply_to(u32 portid, u32 seq, u32 ack, u16 type, int status,
+		   const void *body, u32 body_len);
+void cnlab_ctl_counters(u64 *requests, u64 *errors, u64 *reply_fail);
+
+#endif /* _CNLAB_INT_H */

@@ -1,0 +1,253 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Control connector: request parsing, validation, permission checks and
+ * unicast replies.
+ *
+ * The callback runs synchronously in the sender's sendmsg(). Replies are
+ * sent with GFP_ATOMIC to nsp->portid, so a sender that never reads cannot
+ * make us sleep. cn_del_callback() does not wait for running callbacks, so
+ * every callback body runs inside an SRCU read section and exit waits for
+ * them (and for the few instructions around them, with RCU Tasks).
+ */
+#include <linux/atomic.h>
+#include <linux/capability.h>
+#include <linux/connector.h>
+#include <linux/kernel.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <linux/srcu.h>
+#include <linux/string.h>
+#include <linux/timekeeping.h>
+#include <linux/user_namespace.h>
+
+#include "cnlab_int.h"
+
+static struct cb_id cnlab_ctl_id = { .idx = CNLAB_CTL_IDX, .val = CNLAB_CTL_VAL };
+static struct srcu_struct cnlab_ctl_srcu;
+static bool cnlab_ctl_closing;
+
+static atomic64_t ctl_requests = ATOMIC64_INIT(0);
+static atomic64_t ctl_errors = ATOMIC64_INIT(0);
+static atomic64_t ctl_reply_fail = ATOMIC64_INIT(0);
+
+void cnlab_ctl_counters(u64 *requests, u64 *errors, u64 *reply_fail)
+{
+	*requests = atomic64_read(&ctl_requests);
+	*errors = atomic64_read(&ctl_errors);
+	*reply_fail = atomic64_read(&ctl_reply_fail);
+}
+
+/*
+ * Allocate a zeroed reply: cn_msg + cnlab_hdr + body_len bytes. Returns the
+ * body; *cn receives the buffer to pass to cnlab_reply_send() or kfree().
+ */
+void *cnlab_reply_alloc(u32 body_len, struct cn_msg **cn)
+{
+	size_t size = sizeof(**cn) + sizeof(struct cnlab_hdr) + body_len;
+
+	*cn = kzalloc(size, GFP_ATOMIC);
+	if (!*cn)
+		return NULL;
+	return (*cn)->data + sizeof(struct cnlab_hdr);
+}
+
+static int cnlab_send_cn(struct cn_msg *cn, u32 portid, u32 seq, u32 ack,
+			 u16 type, int status, u32 body_len)
+{
+	struct cnlab_hdr *hdr = (struct cnlab_hdr *)cn->data;
+	int ret;
+
+	cn->id = cnlab_ctl_id;
+	cn->seq = seq;
+	cn->ack = ack + 1;
+	cn->len = sizeof(*hdr) + body_len;
+	cn->flags = 0;
+	hdr->version = CNLAB_ABI_VERSION;
+	hdr->flags = CNLAB_F_REPLY;
+	hdr->type = type;
+	hdr->status = status;
+	hdr->len = body_len;
+	hdr->reserved = 0;
+
+	if (status)
+		atomic64_inc(&ctl_errors);
+	/*
+	 * portid 0 with group 0 would make the connector broadcast to the
+	 * callback's group: never do that with a reply.
+	 */
+	if (!portid) {
+		ret = -EINVAL;
+	} else {
+		ret = cn_netlink_send(cn, portid, 0, GFP_ATOMIC);
+		if (ret > 0)
+			ret = 0;
+	}
+	if (ret)
+		atomic64_inc(&ctl_reply_fail);
+	kfree(cn);
+	return ret;
+}
+
+/* Send a reply built with cnlab_reply_alloc(); consumes cn. */
+int cnlab_reply_send(struct cnlab_req *rq, struct cn_msg *cn, u32 body_len)
+{
+	rq->replied = true;
+	return cnlab_send_cn(cn, rq->nsp->portid, rq->msg->seq, rq->msg->ack,
+			     rq->type, 0, body_len);
+}
+
+/* Reply to a request that is no longer in hand (asynchronous work). */
+int cnlab_reply_to(u32 portid, u32 seq, u32 ack, u16 type, int status,
+		   const void *body, u32 body_len)
+{
+	struct cn_msg *cn;
+	void *p;
+
+	p = cnlab_reply_alloc(body_len, &cn);
+	if (!p) {
+		atomic64_inc(&ctl_reply_fail);
+		return -ENOMEM;
+	}
+	if (body_len)
+		memcpy(p, body, body_len);
+	return cnlab_send_cn(cn, portid, seq, ack, type, status, body_len);
+}
+
+static void cnlab_reply_error(struct cnlab_req *rq, int status)
+{
+	rq->replied = true;
+	cnlab_reply_to(rq->nsp->portid, rq->msg->seq, rq->msg->ack, rq->type,
+		       status, NULL, 0);
+}
+
+static int cnlab_do_echo(struct cnlab_req *rq)
+{
+	struct cnlab_echo echo;
+	struct cn_msg *cn;
+	u8 *body;
+
+	if (rq->len < sizeof(echo))
+		return -EBADMSG;
+	memcpy(&echo, rq->body, sizeof(echo));
+	if (echo.data_len > CNLAB_ECHO_MAX_DATA)
+		return -EMSGSIZE;
+	if (rq->len != sizeof(echo) + echo.data_len)
+		return -EBADMSG;
+	if (echo.rx_ns || echo.tx_ns || echo.cpu)
+		return -EINVAL;
+
+	body = cnlab_reply_alloc(rq->len, &cn);
+	if (!body)
+		return -ENOMEM;
+	echo.rx_ns = rq->rx_ns;
+	echo.cpu = raw_smp_processor_id();
+	memcpy(body + sizeof(echo), rq->body + sizeof(echo), echo.data_len);
+	echo.tx_ns = ktime_get_ns();
+	memcpy(body, &echo, sizeof(echo));
+	return cnlab_reply_send(rq, cn, rq->len);
+}
+
+struct cnlab_handler {
+	int (*fn)(struct cnlab_req *rq);
+	bool privileged;	/* needs CAP_NET_ADMIN in the initial userns */
+};
+
+static const struct cnlab_handler cnlab_handlers[CNLAB_MSG_MAX + 1] = {
+	[CNLAB_MSG_ECHO]	= { cnlab_do_echo, false },
+};
+
+static int cnlab_dispatch(struct cnlab_req *rq)
+{
+	const struct cn_msg *msg = rq->msg;
+	const struct cnlab_handler *h;
+	struct cnlab_hdr hdr;
+
+	if (msg->len < sizeof(hdr))
+		return -EBADMSG;
+	memcpy(&hdr, msg->data, sizeof(hdr));
+	rq->type = hdr.type;
+	if (hdr.version != CNLAB_ABI_VERSION)
+		return -EPROTONOSUPPORT;
+	if (hdr.flags || hdr.status || hdr.reserved || msg->flags)
+		return -EINVAL;
+	if (hdr.len != msg->len - sizeof(hdr))
+		return -EBADMSG;
+	if (hdr.type > CNLAB_MSG_MAX || !cnlab_handlers[hdr.type].fn)
+		return -EOPNOTSUPP;
+
+	h = &cnlab_handlers[hdr.type];
+	if (h->privileged &&
+	    !__netlink_ns_capable(rq->nsp, &init_user_ns, CAP_NET_ADMIN))
+		return -EPERM;
+
+	rq->body = msg->data + sizeof(hdr);
+	rq->len = hdr.len;
+	return h->fn(rq);
+}
+
+static void cnlab_ctl_callback(struct cn_msg *msg, struct netlink_skb_parms *nsp)
+{
+	struct cnlab_req rq = {
+		.msg = msg,
+		.nsp = nsp,
+		.rx_ns = ktime_get_ns(),
+	};
+	int srcu_idx;
+	int err;
+
+	srcu_idx = srcu_read_lock(&cnlab_ctl_srcu);
+	atomic64_inc(&ctl_requests);
+	/*
+	 * Exit has started: answer without sleeping (exit relies on RCU
+	 * Tasks for the code outside this section).
+	 */
+	if (READ_ONCE(cnlab_ctl_closing))
+		err = -ESHUTDOWN;
+	else
+		err = cnlab_dispatch(&rq);
+	if (err && !rq.replied)
+		cnlab_reply_error(&rq, err);
+	srcu_read_unlock(&cnlab_ctl_srcu, srcu_idx);
+}
+
+int cnlab_ctl_init(void)
+{
+	int err;
+
+	err = init_srcu_struct(&cnlab_ctl_srcu);
+	if (err)
+		return err;
+	WRITE_ONCE(cnlab_ctl_closing, false);
+
+	err = cn_add_callback(&cnlab_ctl_id, CNLAB_NAME, cnlab_ctl_callback);
+	if (err)
+		goto err_srcu;
+
+	err = cnlab_init_fault(6);
+	if (err)
+		goto err_callback;
+	return 0;
+
+err_callback:
+	cn_del_callback(&cnlab_ctl_id);
+	synchronize_srcu(&cnlab_ctl_srcu);
+	synchronize_rcu_tasks();
+err_srcu:
+	cleanup_srcu_struct(&cnlab_ctl_srcu);
+	return err;
+}
+
+void cnlab_ctl_exit(void)
+{
+	WRITE_ONCE(cnlab_ctl_closing, true);
+	cn_del_callback(&cnlab_ctl_id);
+	/* Callbacks inside their SRCU section. */
+	synchronize_srcu(&cnlab_ctl_srcu);
+	/*
+	 * Tasks between the connector's lookup and our srcu_read_lock(), or
+	 * after srcu_read_unlock(), are still executing module text; they do
+	 * not sleep there, so an RCU Tasks grace period covers them.
+	 */
+	synchronize_rcu_tasks();
+	cleanup_srcu_struct(&cnlab_ctl_srcu);
+}

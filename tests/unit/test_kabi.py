@@ -1,0 +1,191 @@
+"""lab/kabi.py must agree with kmod/include/uapi/cnlab.h.
+
+The C side is measured by compiling kmod/tools/abi_dump.c with the host gcc
+(sizeof/offsetof of every UAPI struct plus every constant, as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from lab import kabi  # noqa: E402
+
+ABI_DUMP_C = ROOT / "kmod" / "tools" / "abi_dump.c"
+
+
+@pytest.fixture(scope="module")
+def c_abi(tmp_path_factory):
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not installed: cannot measure the C side of the ABI")
+    out = tmp_path_factory.mktemp("abi") / "abi_dump"
+    res = subprocess.run([gcc, "-Wall", "-Wextra", "-Werror", "-o", str(out),
+                          str(ABI_DUMP_C)], capture_output=True, text=True)
+    if res.returncode != 0 and "linux/connector.h" in res.stderr:
+        pytest.skip("kernel UAPI headers (linux-libc-dev) missing: " + res.stderr.strip())
+    assert res.returncode == 0, res.stderr
+    dump = subprocess.run([str(out)], capture_output=True, text=True, check=True)
+    return json.loads(dump.stdout)
+
+
+def test_every_c_struct_has_a_python_layout(c_abi):
+    assert set(c_abi["structs"]) == set(kabi.LAYOUTS)
+
+
+@pytest.mark.parametrize("name", sorted(kabi.LAYOUTS))
+def test_struct_size_and_offsets(c_abi, name):
+    c = c_abi["structs"][name]
+    py = kabi.LAYOUTS[name]
+    assert py.size == c["size"], f"{name}: size"
+    c_fields = dict(c["fields"])
+    if name == "cn_msg":
+        # struct cb_id id -> idx + val in Python; flexible data[] at the end
+        off, size = c_fields.pop("id")
+        assert py.offsets["idx"] == (off, 4)
+        assert py.offsets["val"] == (off + 4, size - 4)
+        assert c_fields.pop("data") == [py.size, 0]
+        py_fields = {k: v for k, v in py.offsets.items() if k not in ("idx", "val")}
+    else:
+        py_fields = dict(py.offsets)
+    assert set(py_fields) == set(c_fields), f"{name}: field names"
+    for fname, (off, size) in c_fields.items():
+        assert py_fields[fname] == (off, size), f"{name}.{fname}"
+
+
+def test_field_order_matches(c_abi):
+    for name, c in c_abi["structs"].items():
+        c_order = [f for f in c["fields"] if f not in ("id", "data")]
+        py_order = [f for f, _ in kabi.LAYOUTS[name].fields
+                    if not (name == "cn_msg" and f in ("idx", "val"))]
+        assert c_order == py_order, name
+
+
+def test_constants(c_abi):
+    for cname, value in c_abi["consts"].items():
+        assert hasattr(kabi, cname), f"kabi lacks {cname}"
+        assert getattr(kabi, cname) == value, cname
+
+
+# ---------------------------------------------------------------- round trips
+
+def test_layout_round_trip_all():
+    for layout in kabi.LAYOUTS.values():
+        values = {}
+        for i, (fname, spec) in enumerate(layout.fields):
+            if isinstance(spec, kabi.Layout):
+                values[fname] = spec.unpack(bytes(range(spec.size)))
+            elif spec[0].isdigit():
+                values[fname] = [i + k for k in range(int(spec[:-1]))]
+            else:
+                values[fname] = i + 1
+        raw = layout.pack(**values)
+        assert len(raw) == layout.size
+        assert layout.unpack(raw) == values
+        assert layout.pack(**layout.unpack(raw)) == raw
+
+
+def test_unknown_field_rejected():
+    with pytest.raises(KeyError):
+        kabi.ECHO.pack(bogus=1)
+
+
+def test_echo_request_framing():
+    dg = kabi.encode_echo(user_ns=123, data=b"hello", seq=7)
+    nl = kabi.NLMSGHDR.unpack(dg)
+    assert nl["len"] == len(dg) == 16 + 20 + 16 + 32 + 5
+    assert nl["type"] == kabi.NLMSG_DONE and nl["seq"] == 7
+    (m,) = kabi.parse_datagram(dg)
+    assert m.id == (kabi.CNLAB_CTL_IDX, kabi.CNLAB_CTL_VAL)
+    assert m.seq == 7 and len(m.data) == 16 + 32 + 5
+    hdr = kabi.HDR.unpack(m.data)
+    assert hdr == {"version": 1, "flags": 0, "type": kabi.CNLAB_MSG_ECHO,
+                   "status": 0, "len": 37, "reserved": 0}
+    echo = kabi.ECHO.unpack(m.data, kabi.HDR.size)
+    assert echo["user_ns"] == 123 and echo["data_len"] == 5
+    assert m.data[-5:] == b"hello"
+
+
+def _fake_reply(msg_type, status, body, seq=9, ack=1):
+    hdr = kabi.HDR.pack(version=1, flags=kabi.CNLAB_F_REPLY, type=msg_type,
+                        status=status, len=len(body))
+    cn = kabi.frame_cn(kabi.CNLAB_CTL_IDX, kabi.CNLAB_CTL_VAL, hdr + body,
+                       seq=seq, ack=ack + 1)
+    return kabi.frame_nl(cn, seq=seq)
+
+
+def test_echo_reply_decode():
+    body = kabi.ECHO.pack(user_ns=1, rx_ns=2, tx_ns=3, cpu=1, data_len=3) + b"abc"
+    (m,) = kabi.parse_datagram(_fake_reply(kabi.CNLAB_MSG_ECHO, 0, body))
+    rep = kabi.decode_reply(m)
+    assert rep.ok and rep.seq == 9 and rep.ack == 2
+    assert rep.body["rx_ns"] == 2 and rep.body["data"] == b"abc"
+
+
+def test_error_reply_decode():
+    (m,) = kabi.parse_datagram(_fake_reply(kabi.CNLAB_MSG_GEN_START, -1, b""))
+    rep = kabi.decode_reply(m)
+    assert not rep.ok and rep.error_name == "EPERM" and rep.body == {}
+
+
+def test_stats_reply_decode_and_invariant():
+    cpu0 = dict(inserted=10, sent=6, drop_full=1, drop_nomem=1,
+                drop_nolistener=1, drop_nlerr=0, queued=1, cpu=0, online=1,
+                batch_hist=[1, 2, 0, 0, 0, 0, 0, 3])
+    total = dict(cpu0, cpu=0xFFFFFFFF)
+    body = kabi.STATS_REP.pack(nr_cpus=1, queue_limit=1024, total=total)
+    body += kabi.CBUS_STATS.pack(**cpu0)
+    (m,) = kabi.parse_datagram(_fake_reply(kabi.CNLAB_MSG_STATS, 0, body))
+    rep = kabi.decode_reply(m)
+    assert rep.body["queue_limit"] == 1024
+    assert rep.body["cpus"][0]["batch_hist"][7] == 3
+    assert kabi.check_invariant(rep.body["total"])
+    assert kabi.check_invariant(rep.body["cpus"][0])
+
+
+def test_gen_stats_reply_decode():
+    cfg = kabi.GEN_START.unpack(kabi.gen_start_body(gen_id=3, idx=0x20, val=1,
+                                                    group=2, count=5,
+                                                    context="hardirq",
+                                                    path="cbus"))
+    body = kabi.GEN_STATS_REP.pack(gen_id=3, state=kabi.CNLAB_GEN_DONE,
+                                   nr_cpus=2, cfg=cfg)
+    body += kabi.GEN_CPU_STATS.pack(cpu=0, generated=5, ok=5)
+    body += kabi.GEN_CPU_STATS.pack(cpu=1, generated=4, ok=3, err_full=1)
+    (m,) = kabi.parse_datagram(_fake_reply(kabi.CNLAB_MSG_GEN_STATS, 0, body))
+    rep = kabi.decode_reply(m)
+    assert rep.body["cfg"]["context"] == kabi.CNLAB_CTX_HARDIRQ
+    assert [c["generated"] for c in rep.body["cpus"]] == [5, 4]
+
+
+def test_event_and_bundle_parsing():
+    ev = [kabi.EVENT.pack(gen_id=1, cpu=0, seq=s, ts_ns=100 + s, len=40) + b"\0" * 8
+          for s in range(3)]
+    inner = b"".join(kabi.frame_cn(0x20, 1, e, seq=s) for s, e in enumerate(ev))
+    outer = kabi.frame_cn(0x20, 1, inner, seq=0, flags=kabi.CNLAB_CN_F_BUNDLE)
+    dg = kabi.frame_nl(outer) + b"\0" * (kabi.nlmsg_align(16 + len(outer)) - 16 - len(outer))
+    dg += kabi.frame_nl(kabi.frame_cn(0x20, 1, ev[0], seq=0))
+    msgs = kabi.parse_datagram(dg)
+    assert len(msgs) == 2
+    inner_msgs = kabi.expand(msgs[0])
+    assert [kabi.decode_event(m.data)["seq"] for m in inner_msgs] == [0, 1, 2]
+    assert kabi.expand(msgs[1])[0].data == ev[0]
+    with pytest.raises(ValueError):
+        kabi.parse_bundle(inner[:-1])
+
+
+def test_fuzz_overrides():
+    dg = kabi.encode_request(kabi.CNLAB_MSG_STATS, b"", hdr_len=99, version=2)
+    hdr = kabi.HDR.unpack(dg, kabi.DATA_OFFSET)
+    assert hdr["len"] == 99 and hdr["version"] == 2
+    raw = kabi.frame_nl(kabi.frame_cn(1, 1, b"x", length=500), nl_len=8)
+    assert kabi.NLMSGHDR.unpack(raw)["len"] == 8
+    assert kabi.CN_MSG.unpack(raw, 16)["len"] == 500
