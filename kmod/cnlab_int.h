@@ -17,6 +17,19 @@
 extern int cnlab_fail_init;
 int cnlab_init_fault(int step);
 
+/* cbus.c */
+struct dentry;
+int cnlab_cbus_init(struct dentry *dbg);
+void cnlab_cbus_exit(void);
+void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s);	/* -1: total */
+u32 cnlab_cbus_limit(void);
+u32 cnlab_cbus_set_limit(u32 limit);
+u32 cnlab_cbus_alloc_fail_nth(void);
+u32 cnlab_cbus_set_alloc_fail_nth(u32 nth);
+u32 cnlab_cbus_stall_ms(void);
+u32 cnlab_cbus_stall(u32 ms);
+bool cnlab_cbus_idle(int cpu);
+
 /* A control request being handled (ctl.c). */
 struct cnlab_req {
 	const struct cn_msg *msg;
@@ -36,5 +49,12 @@ int cnlab_reply_send(struct cnlab_req *rq, struct cn_msg *cn, u32 body_len);
 int cnlab_reply_to(u32 portid, u32 seq, u32 ack, u16 type, int status,
 		   const void *body, u32 body_len);
 void cnlab_ctl_counters(u64 *requests, u64 *errors, u64 *reply_fail);
+
+/* gen.c */
+int cnlab_gen_init(void);
+void cnlab_gen_exit(void);
+int cnlab_gen_do_start(struct cnlab_req *rq);
+int cnlab_gen_do_stop(struct cnlab_req *rq);
+int cnlab_gen_do_stats(struct cnlab_req *rq);
 
 #endif /* _CNLAB_INT_H */

@@ -13,6 +13,8 @@
 #include <linux/capability.h>
 #include <linux/connector.h>
 #include <linux/kernel.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/srcu.h>
@@ -147,6 +149,91 @@ static int cnlab_do_echo(struct cnlab_req *rq)
 	return cnlab_reply_send(rq, cn, rq->len);
 }
 
+static bool debug_warn;
+module_param(debug_warn, bool, 0644);
+MODULE_PARM_DESC(debug_warn, "Allow SET_FAULT CNLAB_FAULT_WARN to WARN() on purpose (test only)");
+
+static int cnlab_do_stats(struct cnlab_req *rq)
+{
+	struct cnlab_stats_req req;
+	struct cnlab_cbus_stats *cpus;
+	struct cnlab_stats_rep *rep;
+	u32 nr = min_t(u32, nr_cpu_ids, CNLAB_MAX_CPUS);
+	u32 len = sizeof(*rep) + nr * sizeof(*cpus);
+	struct cn_msg *cn;
+	u32 i;
+
+	if (rq->len != sizeof(req))
+		return -EBADMSG;
+	memcpy(&req, rq->body, sizeof(req));
+	if (req.flags || req.reserved)
+		return -EINVAL;
+
+	rep = cnlab_reply_alloc(len, &cn);
+	if (!rep)
+		return -ENOMEM;
+	cpus = (struct cnlab_cbus_stats *)(rep + 1);
+	rep->nr_cpus = nr;
+	rep->queue_limit = cnlab_cbus_limit();
+	rep->alloc_fail_nth = cnlab_cbus_alloc_fail_nth();
+	rep->stall_ms = cnlab_cbus_stall_ms();
+	cnlab_ctl_counters(&rep->ctl_requests, &rep->ctl_errors,
+			   &rep->ctl_reply_fail);
+	for (i = 0; i < nr; i++)
+		cnlab_cbus_read(i, &cpus[i]);
+	cnlab_cbus_read(-1, &rep->total);
+	return cnlab_reply_send(rq, cn, len);
+}
+
+static int cnlab_do_fault(struct cnlab_req *rq)
+{
+	struct cnlab_fault f;
+	struct cn_msg *cn;
+	u64 old;
+	void *body;
+
+	if (rq->len != sizeof(f))
+		return -EBADMSG;
+	memcpy(&f, rq->body, sizeof(f));
+	if (f.reserved)
+		return -EINVAL;
+
+	switch (f.op) {
+	case CNLAB_FAULT_ALLOC_NTH:
+		if (f.value > U32_MAX)
+			return -ERANGE;
+		old = cnlab_cbus_set_alloc_fail_nth(f.value);
+		break;
+	case CNLAB_FAULT_STALL_MS:
+		if (f.value > CNLAB_STALL_MAX_MS)
+			return -ERANGE;
+		old = cnlab_cbus_stall(f.value);
+		break;
+	case CNLAB_FAULT_QLIMIT:
+		if (!f.value || f.value > CNLAB_QLIMIT_MAX)
+			return -ERANGE;
+		old = cnlab_cbus_set_limit(f.value);
+		break;
+	case CNLAB_FAULT_WARN:
+		if (f.value != CNLAB_WARN_MAGIC)
+			return -EINVAL;
+		if (!READ_ONCE(debug_warn))
+			return -EOPNOTSUPP;
+		WARN(1, CNLAB_NAME ": WARN requested by SET_FAULT (test)\n");
+		old = 0;
+		break;
+	default:
+		return -EOPNOTSUPP;
+	}
+
+	body = cnlab_reply_alloc(sizeof(f), &cn);
+	if (!body)
+		return -ENOMEM;
+	f.value = old;
+	memcpy(body, &f, sizeof(f));
+	return cnlab_reply_send(rq, cn, sizeof(f));
+}
+
 struct cnlab_handler {
 	int (*fn)(struct cnlab_req *rq);
 	bool privileged;	/* needs CAP_NET_ADMIN in the initial userns */
@@ -154,6 +241,11 @@ struct cnlab_handler {
 
 static const struct cnlab_handler cnlab_handlers[CNLAB_MSG_MAX + 1] = {
 	[CNLAB_MSG_ECHO]	= { cnlab_do_echo, false },
+	[CNLAB_MSG_GEN_START]	= { cnlab_gen_do_start, true },
+	[CNLAB_MSG_GEN_STOP]	= { cnlab_gen_do_stop, true },
+	[CNLAB_MSG_STATS]	= { cnlab_do_stats, false },
+	[CNLAB_MSG_GEN_STATS]	= { cnlab_gen_do_stats, false },
+	[CNLAB_MSG_SET_FAULT]	= { cnlab_do_fault, true },
 };
 
 static int cnlab_dispatch(struct cnlab_req *rq)

@@ -7,6 +7,7 @@
  * request arrives before everything it can reach exists). Exit is the
  * exact reverse.
  */
+#include <linux/debugfs.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 
@@ -30,19 +31,37 @@ int cnlab_init_fault(int step)
 	return 0;
 }
 
+static struct dentry *cnlab_dbg;
+
 static int __init cnlab_init(void)
 {
 	int err;
 
+	/* debugfs is optional: its helpers accept an error pointer. */
+	cnlab_dbg = debugfs_create_dir(CNLAB_NAME, NULL);
+
+	err = cnlab_cbus_init(cnlab_dbg);
+	if (err)
+		goto err_dbg;
+
+	err = cnlab_gen_init();
+	if (err)
+		goto err_cbus;
+
 	err = cnlab_ctl_init();
 	if (err)
-		goto out;
+		goto err_gen;
 
 	pr_info(CNLAB_NAME ": loaded, control id %u:%u\n",
 		CNLAB_CTL_IDX, CNLAB_CTL_VAL);
 	return 0;
 
-out:
+err_gen:
+	cnlab_gen_exit();
+err_cbus:
+	cnlab_cbus_exit();
+err_dbg:
+	debugfs_remove_recursive(cnlab_dbg);
 	pr_info(CNLAB_NAME ": init failed: %d\n", err);
 	return err;
 }
@@ -50,6 +69,9 @@ out:
 static void __exit cnlab_exit(void)
 {
 	cnlab_ctl_exit();
+	cnlab_gen_exit();
+	cnlab_cbus_exit();
+	debugfs_remove_recursive(cnlab_dbg);
 	pr_info(CNLAB_NAME ": unloaded\n");
 }
 

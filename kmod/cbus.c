@@ -1,0 +1,582 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * CBUS: a per-CPU deferred message bus on top of the netlink connector.
+ *
+ * Producer (cbus_insert): allocate and copy the message, then with local
+ * IRQs off on the current CPU: count it, check the queue limit, llist_add()
+ * it to the CPU's queue and, only if the queue was empty, queue the CPU's
+ * drain work. No netlink work, no global lock, only CPU-local cache lines
+ * in the common case (the consumer runs on the same CPU while it is online).
+ *
+ * Consumer (cbus_work_fn): takes the whole queue with llist_del_all(),
+ * restores FIFO order and sends each message, or a bundle of consecutive
+ * bundle-able messages, with cn_netlink_send(GFP_KERNEL). One drain of a
+ * given queue at a time (drain_lock), so per-CPU order is kept even when
+ * the work runs away from its CPU (CPU hotplug) or the hotplug callback
+ * drains a dead CPU.
+ *
+ * Invariant per CPU and in total:
+ *	inserted == sent + drop_full + drop_nomem + drop_nolistener +
+ *		    drop_nlerr + queued
+ */
+#include <linux/cpuhotplug.h>
+#include <linux/cpumask.h>
+#include <linux/debugfs.h>
+#include <linux/irqflags.h>
+#include <linux/kernel.h>
+#include <linux/llist.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/mutex.h>
+#include <linux/percpu.h>
+#include <linux/sched.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/timekeeping.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "cbus.h"
+#include "cnlab_int.h"
+
+static unsigned int queue_limit = 4096;
+module_param(queue_limit, uint, 0444);
+MODULE_PARM_DESC(queue_limit, "CBUS per-CPU queue limit at load (1..1048576; SET_FAULT changes it)");
+
+static unsigned int bundle_bytes = 8192;
+module_param(bundle_bytes, uint, 0444);
+MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..32768)");
+
+static unsigned int drain_budget = 4096;
+module_param(drain_budget, uint, 0444);
+MODULE_PARM_DESC(drain_budget, "Messages one drain work run sends before requeueing itself");
+
+static bool wq_highpri;
+module_param(wq_highpri, bool, 0444);
+MODULE_PARM_DESC(wq_highpri, "Run the CBUS drain work on a WQ_HIGHPRI workqueue");
+
+struct cbus_event {
+	struct llist_node node;
+	u32 group;
+	u32 flags;
+	struct cn_msg msg;	/* followed by msg.len data bytes */
+};
+
+struct cbus_cpu {
+	/* Producer side: written on the owning CPU with IRQs off. */
+	struct llist_head list;
+	u64 inserted;
+	u64 drop_full;
+	u64 drop_nomem;
+	u64 rejected;
+	u64 enq;		/* accepted onto the queue */
+	u64 hwm;
+	u64 kicks;
+	u32 alloc_count;	/* fault injection: allocations seen */
+
+	/* Consumer side: written under drain_lock. */
+	u64 deq ____cacheline_aligned;	/* taken off the queue */
+	u64 sent;
+	u64 drop_nolistener;
+	u64 drop_nlerr;
+	u64 batches;
+	u64 batch_max;
+	u64 nl_msgs;
+	u64 bundles;
+	u64 hist[CNLAB_BATCH_BUCKETS];
+	struct mutex drain_lock;
+	struct work_struct work;
+	unsigned int cpu;
+	/* Bundle being built (under drain_lock). */
+	struct cn_msg *bundle;
+	u32 bundle_group;
+	u32 bundle_count;
+};
+
+static struct cbus_cpu __percpu *cbus_pcpu;
+static struct workqueue_struct *cbus_wq;
+static int cbus_hp_state;
+static struct dentry *cbus_dbg_file;
+
+static bool cbus_accepting __read_mostly;
+static bool cbus_stopping __read_mostly;
+static u32 cbus_limit __read_mostly;
+static u32 cbus_alloc_nth __read_mostly;
+static u64 cbus_stall_until;
+static u32 cbus_stall_last_ms;
+static DECLARE_WAIT_QUEUE_HEAD(cbus_stall_wq);
+
+#define CBUS_ADD(field, n) WRITE_ONCE(field, (field) + (n))
+
+static struct cbus_event *cbus_alloc(size_t size, gfp_t gfp)
+{
+	u32 nth = READ_ONCE(cbus_alloc_nth);
+
+	if (unlikely(nth) && this_cpu_inc_return(cbus_pcpu->alloc_count) % nth == 0)
+		return NULL;
+	return kmalloc(size, gfp | __GFP_NOWARN);
+}
+
+int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
+{
+	struct cbus_event *ev;
+	struct cbus_cpu *cc;
+	unsigned long irqflags;
+	u64 depth;
+	int ret;
+
+	if (unlikely(group > CNLAB_GROUP_MAX || (flags & ~CBUS_F_ALL))) {
+		this_cpu_inc(cbus_pcpu->rejected);
+		return -EINVAL;
+	}
+	if (unlikely(msg->len > CBUS_MAX_DATA)) {
+		this_cpu_inc(cbus_pcpu->rejected);
+		return -EMSGSIZE;
+	}
+	/* Never sleep when called from atomic context. */
+	if (!preemptible())
+		gfp &= ~__GFP_DIRECT_RECLAIM;
+
+	ev = cbus_alloc(sizeof(*ev) + msg->len, gfp);
+	if (likely(ev)) {
+		ev->group = group;
+		ev->flags = flags;
+		memcpy(&ev->msg, msg, sizeof(*msg) + msg->len);
+	}
+
+	local_irq_save(irqflags);
+	cc = this_cpu_ptr(cbus_pcpu);
+	if (unlikely(!READ_ONCE(cbus_accepting))) {
+		cc->rejected++;
+		ret = -ESHUTDOWN;
+		goto out_free;
+	}
+	cc->inserted++;
+	if (unlikely(!ev)) {
+		cc->drop_nomem++;
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	depth = cc->enq - READ_ONCE(cc->deq);
+	if (unlikely(depth >= READ_ONCE(cbus_limit))) {
+		cc->drop_full++;
+		ret = -ENOBUFS;
+		goto out_free;
+	}
+	cc->enq++;
+	if (depth >= cc->hwm)
+		cc->hwm = depth + 1;
+	if (llist_add(&ev->node, &cc->list)) {
+		/* Empty -> non-empty: the worker may be idle, kick it. */
+		cc->kicks++;
+		queue_work_on(smp_processor_id(), cbus_wq, &cc->work);
+	}
+	local_irq_restore(irqflags);
+	return 0;
+
+out_free:
+	local_irq_restore(irqflags);
+	kfree(ev);
+	return ret;
+}
+EXPORT_SYMBOL_GPL(cbus_insert_group);
+
+int cbus_insert(struct cn_msg *msg, gfp_t gfp)
+{
+	return cbus_insert_group(msg, 0, 0, gfp);
+}
+EXPORT_SYMBOL_GPL(cbus_insert);
+
+/* Count the outcome of one cn_netlink_send() carrying n messages. */
+static void cbus_account(struct cbus_cpu *cc, int ret, u32 n)
+{
+	if (ret >= 0) {
+		CBUS_ADD(cc->sent, n);
+		CBUS_ADD(cc->nl_msgs, 1);
+	} else if (ret == -ESRCH) {
+		CBUS_ADD(cc->drop_nolistener, n);
+	} else {
+		CBUS_ADD(cc->drop_nlerr, n);
+	}
+}
+
+static void cbus_flush_bundle(struct cbus_cpu *cc)
+{
+	int ret;
+
+	if (!cc->bundle_count)
+		return;
+	ret = cn_netlink_send(cc->bundle, 0, cc->bundle_group, GFP_KERNEL);
+	cbus_account(cc, ret, cc->bundle_count);
+	if (ret >= 0)
+		CBUS_ADD(cc->bundles, 1);
+	cc->bundle_count = 0;
+}
+
+/* Send or bundle one event, then free it. Called under drain_lock. */
+static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
+{
+	u32 size = sizeof(ev->msg) + ev->msg.len;
+	struct cn_msg *b = cc->bundle;
+	int ret;
+
+	if ((ev->flags & CBUS_F_BUNDLE) && size <= bundle_bytes) {
+		if (cc->bundle_count &&
+		    (cc->bundle_group != ev->group ||
+		     b->id.idx != ev->msg.id.idx || b->id.val != ev->msg.id.val ||
+		     b->len + size > bundle_bytes))
+			cbus_flush_bundle(cc);
+		if (!cc->bundle_count) {
+			b->id = ev->msg.id;
+			b->seq = ev->msg.seq;
+			b->ack = 0;
+			b->len = 0;
+			b->flags = CNLAB_CN_F_BUNDLE;
+			cc->bundle_group = ev->group;
+		}
+		memcpy(b->data + b->len, &ev->msg, size);
+		b->len += size;
+		cc->bundle_count++;
+	} else {
+		cbus_flush_bundle(cc);
+		ret = cn_netlink_send(&ev->msg, 0, ev->group, GFP_KERNEL);
+		cbus_account(cc, ret, 1);
+	}
+	kfree(ev);
+	CBUS_ADD(cc->deq, 1);
+}
+
+static void cbus_account_batch(struct cbus_cpu *cc, u32 n)
+{
+	unsigned int bucket = min_t(unsigned int, ilog2(n), CNLAB_BATCH_BUCKETS - 1);
+
+	CBUS_ADD(cc->batches, 1);
+	CBUS_ADD(cc->hist[bucket], 1);
+	if (n > cc->batch_max)
+		WRITE_ONCE(cc->batch_max, n);
+}
+
+/*
+ * Drain the queue of one CPU; called with drain_lock held, in process
+ * context. Returns true if messages remain after the budget was used.
+ */
+static bool cbus_drain(struct cbus_cpu *cc, unsigned int budget)
+{
+	struct cbus_event *ev, *tmp;
+	struct llist_node *list;
+	unsigned int done = 0;
+	u32 n;
+
+	while ((list = llist_del_all(&cc->list))) {
+		list = llist_reverse_order(list);
+		n = 0;
+		llist_for_each_entry_safe(ev, tmp, list, node) {
+			cbus_deliver(cc, ev);
+			n++;
+		}
+		cbus_flush_bundle(cc);
+		cbus_account_batch(cc, n);
+		done += n;
+		if (done >= budget)
+			return !llist_empty(&cc->list);
+		cond_resched();
+	}
+	return false;
+}
+
+/* Fault knob: hold the drain workers until cbus_stall_until. */
+static void cbus_stall_wait(void)
+{
+	s64 left;
+
+	for (;;) {
+		left = (s64)(READ_ONCE(cbus_stall_until) - ktime_get_ns());
+		if (left <= 0 || READ_ONCE(cbus_stopping))
+			return;
+		wait_event_timeout(cbus_stall_wq, READ_ONCE(cbus_stopping),
+				   nsecs_to_jiffies(left) + 1);
+	}
+}
+
+static void cbus_work_fn(struct work_struct *work)
+{
+	struct cbus_cpu *cc = container_of(work, struct cbus_cpu, work);
+	bool more;
+
+	cbus_stall_wait();
+	mutex_lock(&cc->drain_lock);
+	more = cbus_drain(cc, drain_budget);
+	mutex_unlock(&cc->drain_lock);
+	if (more && !READ_ONCE(cbus_stopping))
+		queue_work_on(cpu_online(cc->cpu) ? cc->cpu : WORK_CPU_UNBOUND,
+			      cbus_wq, work);
+}
+
+/*
+ * CPU hotplug, teardown of CPUHP_BP_PREPARE_DYN: runs on a surviving CPU
+ * after @cpu is dead, so nothing can insert on its queue any more. Deliver
+ * (or count) what it still holds. A CPU coming online needs nothing: its
+ * queue exists for every possible CPU.
+ */
+static int cbus_cpu_dead(unsigned int cpu)
+{
+	struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
+
+	mutex_lock(&cc->drain_lock);
+	cbus_drain(cc, UINT_MAX);
+	mutex_unlock(&cc->drain_lock);
+	return 0;
+}
+
+static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
+{
+	u64 done;
+	int i;
+
+	/* Consumer counters first: they can only trail the producer's. */
+	s->sent = READ_ONCE(cc->sent);
+	s->drop_nolistener = READ_ONCE(cc->drop_nolistener);
+	s->drop_nlerr = READ_ONCE(cc->drop_nlerr);
+	s->batches = READ_ONCE(cc->batches);
+	s->batch_max = READ_ONCE(cc->batch_max);
+	s->nl_msgs = READ_ONCE(cc->nl_msgs);
+	s->bundles = READ_ONCE(cc->bundles);
+	for (i = 0; i < CNLAB_BATCH_BUCKETS; i++)
+		s->batch_hist[i] = READ_ONCE(cc->hist[i]);
+	smp_rmb();
+	s->drop_full = READ_ONCE(cc->drop_full);
+	s->drop_nomem = READ_ONCE(cc->drop_nomem);
+	s->rejected = READ_ONCE(cc->rejected);
+	s->hwm = READ_ONCE(cc->hwm);
+	s->kicks = READ_ONCE(cc->kicks);
+	smp_rmb();
+	s->inserted = READ_ONCE(cc->inserted);
+	done = s->sent + s->drop_nolistener + s->drop_nlerr + s->drop_full +
+	       s->drop_nomem;
+	s->queued = s->inserted > done ? s->inserted - done : 0;
+	s->cpu = cc->cpu;
+	s->online = cpu_online(cc->cpu);
+}
+
+/* Snapshot of one CPU's counters, or of the total with cpu == -1. */
+void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s)
+{
+	struct cnlab_cbus_stats c;
+	int i, j;
+
+	memset(s, 0, sizeof(*s));
+	if (cpu >= 0) {
+		cbus_read_cpu(per_cpu_ptr(cbus_pcpu, cpu), s);
+		return;
+	}
+	for_each_possible_cpu(i) {
+		memset(&c, 0, sizeof(c));
+		cbus_read_cpu(per_cpu_ptr(cbus_pcpu, i), &c);
+		s->inserted += c.inserted;
+		s->sent += c.sent;
+		s->drop_full += c.drop_full;
+		s->drop_nomem += c.drop_nomem;
+		s->drop_nolistener += c.drop_nolistener;
+		s->drop_nlerr += c.drop_nlerr;
+		s->rejected += c.rejected;
+		s->queued += c.queued;
+		s->hwm = max(s->hwm, c.hwm);
+		s->kicks += c.kicks;
+		s->batches += c.batches;
+		s->batch_max = max(s->batch_max, c.batch_max);
+		s->nl_msgs += c.nl_msgs;
+		s->bundles += c.bundles;
+		for (j = 0; j < CNLAB_BATCH_BUCKETS; j++)
+			s->batch_hist[j] += c.batch_hist[j];
+		s->online += c.online;
+	}
+	s->cpu = U32_MAX;
+}
+
+bool cnlab_cbus_idle(int cpu)
+{
+	struct cnlab_cbus_stats s;
+
+	cnlab_cbus_read(cpu, &s);
+	return s.queued == 0;
+}
+
+u32 cnlab_cbus_limit(void)
+{
+	return READ_ONCE(cbus_limit);
+}
+
+u32 cnlab_cbus_set_limit(u32 limit)
+{
+	return xchg(&cbus_limit, limit);
+}
+
+u32 cnlab_cbus_alloc_fail_nth(void)
+{
+	return READ_ONCE(cbus_alloc_nth);
+}
+
+/* Fail every nth CBUS allocation on each CPU from now on (0: off). */
+u32 cnlab_cbus_set_alloc_fail_nth(u32 nth)
+{
+	u32 old = xchg(&cbus_alloc_nth, 0);
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		WRITE_ONCE(per_cpu_ptr(cbus_pcpu, cpu)->alloc_count, 0);
+	WRITE_ONCE(cbus_alloc_nth, nth);
+	return old;
+}
+
+u32 cnlab_cbus_stall_ms(void)
+{
+	return READ_ONCE(cbus_stall_last_ms);
+}
+
+/* Hold every drain worker for @ms from now (0 ends a stall). */
+u32 cnlab_cbus_stall(u32 ms)
+{
+	u32 old = xchg(&cbus_stall_last_ms, ms);
+
+	WRITE_ONCE(cbus_stall_until, ktime_get_ns() + (u64)ms * NSEC_PER_MSEC);
+	wake_up_all(&cbus_stall_wq);
+	return old;
+}
+
+static void cbus_show_one(struct seq_file *m, const char *name,
+			  const struct cnlab_cbus_stats *s)
+{
+	seq_printf(m, "%-5s %6u %12llu %12llu %9llu %9llu %9llu %9llu %9llu %7llu %7llu %9llu %9llu %7llu %s\n",
+		   name, s->online, s->inserted, s->sent, s->drop_full,
+		   s->drop_nomem, s->drop_nolistener, s->drop_nlerr,
+		   s->rejected, s->queued, s->hwm, s->kicks, s->batches,
+		   s->batch_max,
+		   s->inserted == s->sent + s->drop_full + s->drop_nomem +
+		   s->drop_nolistener + s->drop_nlerr + s->queued ? "ok" : "MISMATCH");
+}
+
+static int cbus_stats_show(struct seq_file *m, void *v)
+{
+	struct cnlab_cbus_stats s;
+	char name[16];
+	int cpu;
+
+	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u\n",
+		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes);
+	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
+	for_each_possible_cpu(cpu) {
+		cnlab_cbus_read(cpu, &s);
+		snprintf(name, sizeof(name), "%d", cpu);
+		cbus_show_one(m, name, &s);
+	}
+	cnlab_cbus_read(-1, &s);
+	cbus_show_one(m, "total", &s);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(cbus_stats);
+
+static void cbus_free_cpus(void)
+{
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		kfree(per_cpu_ptr(cbus_pcpu, cpu)->bundle);
+	free_percpu(cbus_pcpu);
+	cbus_pcpu = NULL;
+}
+
+int cnlab_cbus_init(struct dentry *dbg)
+{
+	unsigned int wq_flags = wq_highpri ? WQ_HIGHPRI : 0;
+	struct cbus_cpu *cc;
+	int cpu, ret;
+
+	if (!queue_limit || queue_limit > CNLAB_QLIMIT_MAX ||
+	    bundle_bytes < 256 || bundle_bytes > 32768 || !drain_budget)
+		return -EINVAL;
+	cbus_limit = queue_limit;
+	cbus_alloc_nth = 0;
+	cbus_stall_until = 0;
+	cbus_stopping = false;
+
+	cbus_pcpu = alloc_percpu(struct cbus_cpu);
+	if (!cbus_pcpu)
+		return -ENOMEM;
+	for_each_possible_cpu(cpu) {
+		cc = per_cpu_ptr(cbus_pcpu, cpu);
+		init_llist_head(&cc->list);
+		mutex_init(&cc->drain_lock);
+		INIT_WORK(&cc->work, cbus_work_fn);
+		cc->cpu = cpu;
+		cc->bundle = kzalloc_node(sizeof(struct cn_msg) + bundle_bytes,
+					  GFP_KERNEL, cpu_to_node(cpu));
+		if (!cc->bundle) {
+			ret = -ENOMEM;
+			goto err_cpus;
+		}
+	}
+	ret = cnlab_init_fault(1);
+	if (ret)
+		goto err_cpus;
+
+	cbus_wq = alloc_workqueue("cnlab_cbus", wq_flags, 0);
+	if (!cbus_wq) {
+		ret = -ENOMEM;
+		goto err_cpus;
+	}
+	ret = cnlab_init_fault(2);
+	if (ret)
+		goto err_wq;
+
+	ret = cpuhp_setup_state_nocalls(CPUHP_BP_PREPARE_DYN, "cnlab/cbus:dead",
+					NULL, cbus_cpu_dead);
+	if (ret < 0)
+		goto err_wq;
+	cbus_hp_state = ret;
+	ret = cnlab_init_fault(3);
+	if (ret)
+		goto err_hp;
+
+	cbus_dbg_file = debugfs_create_file("cbus", 0444, dbg, NULL,
+					    &cbus_stats_fops);
+	WRITE_ONCE(cbus_accepting, true);
+	return 0;
+
+err_hp:
+	cpuhp_remove_state_nocalls(cbus_hp_state);
+err_wq:
+	destroy_workqueue(cbus_wq);
+err_cpus:
+	cbus_free_cpus();
+	return ret;
+}
+
+void cnlab_cbus_exit(void)
+{
+	struct cnlab_cbus_stats s;
+	struct cbus_cpu *cc;
+	int cpu;
+
+	/* Refuse new inserts; wait for those inside their IRQ-off section. */
+	WRITE_ONCE(cbus_accepting, false);
+	synchronize_rcu();
+	WRITE_ONCE(cbus_stopping, true);
+	wake_up_all(&cbus_stall_wq);
+
+	debugfs_remove(cbus_dbg_file);
+	cpuhp_remove_state_nocalls(cbus_hp_state);
+	for_each_possible_cpu(cpu) {
+		cc = per_cpu_ptr(cbus_pcpu, cpu);
+		cancel_work_sync(&cc->work);
+		mutex_lock(&cc->drain_lock);
+		cbus_drain(cc, UINT_MAX);
+		mutex_unlock(&cc->drain_lock);
+	}
+	destroy_workqueue(cbus_wq);
+
+	cnlab_cbus_read(-1, &s);
+	pr_info(CNLAB_NAME ": cbus final: inserted %llu sent %llu full %llu nomem %llu nolistener %llu nlerr %llu queued %llu rejected %llu\n",
+		s.inserted, s.sent, s.drop_full, s.drop_nomem,
+		s.drop_nolistener, s.drop_nlerr, s.queued, s.rejected);
+	cbus_free_cpus();
+}
