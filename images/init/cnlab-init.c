@@ -1,0 +1,515 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * cnlab-init: PID 1 of a cnlab guest.
+ *
+ * Stage 1 runs from the initramfs: mount the pseudo filesystems, load the
+ * virtio modules listed in /etc/cnlab/modules, mount the root disk (a
+ * per-guest copy-on-write overlay of the cached image, on NVMe, which the
+ * cloud kernel has built in) and the kernel's module disk, and move into
+ * the root.  Stage 2 runs in the root disk: bring up the network, load the
+ * lab's modules named on the kernel command line, bind the SSH port and only
+ * then announce readiness on the second serial port (ttyS1, a socket the
+ * host reads).  Each SSH connection is served by "sshd -i", so the port is
+ * listening before the host is told to connect: no polling on either side.
+ *
+ * Kernel command line keys (all optional):
+ *   cnlab.nonce=HEX      echoed in the ready line, ties it to this boot
+ *   cnlab.ip=A.B.C.D/N   address of eth0 (default 10.0.2.15/24)
+ *   cnlab.gw=A.B.C.D     default gateway (default 10.0.2.2)
+ *   cnlab.load=PATH,...  modules to load before announcing readiness
+ *   cnlab.root=DEV       root disk (default /dev/nvme0n1)
+ *   cnlab.moddisk=DEV    disk with /lib/modules (default /dev/nvme1n1)
+ *   cnlab.halt           stage 1 only: print the ready line, power off
+ *
+ * Any fatal error is printed to the console and the guest powers off, so
+ * the host sees QEMU exit before readiness and reports the console tail.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CMDLINE_MAX 4096
+#define SSHD "/usr/sbin/sshd"
+#define SSHD_CONFIG "/etc/cnlab/sshd_config"
+
+static char cmdline[CMDLINE_MAX];
+static int tracing;
+
+static void say(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	int fd, n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf))
+		n = sizeof(buf) - 1;
+	fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		fd = STDERR_FILENO;
+	if (write(fd, buf, n) < 0)
+		(void)0;
+	if (fd != STDERR_FILENO)
+		close(fd);
+}
+
+/* With cnlab.trace on the command line, log each boot phase with its time. */
+static void trace(const char *phase)
+{
+	struct timespec ts;
+
+	if (!tracing)
+		return;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	say("cnlab-init: %5ld.%06ld %s\n", (long)ts.tv_sec, ts.tv_nsec / 1000,
+	    phase);
+}
+
+static void power_off(void)
+{
+	sync();
+	reboot(RB_POWER_OFF);
+	for (;;)
+		pause();
+}
+
+static void die(const char *what)
+{
+	say("cnlab-init: FATAL: %s: %s\n", what, strerror(errno));
+	power_off();
+}
+
+/* Value of "key=" on the kernel command line, or NULL. */
+static const char *cmdline_get(const char *key, char *out, size_t outlen)
+{
+	size_t klen = strlen(key);
+	const char *p = cmdline;
+
+	while (*p) {
+		while (*p == ' ' || *p == '\n')
+			p++;
+		if (!strncmp(p, key, klen) && p[klen] == '=') {
+			size_t n = strcspn(p + klen + 1, " \n");
+
+			if (n >= outlen)
+				n = outlen - 1;
+			memcpy(out, p + klen + 1, n);
+			out[n] = '\0';
+			return out;
+		}
+		p += strcspn(p, " \n");
+	}
+	return NULL;
+}
+
+static int cmdline_has(const char *word)
+{
+	size_t wlen = strlen(word);
+	const char *p = cmdline;
+
+	while (*p) {
+		while (*p == ' ' || *p == '\n')
+			p++;
+		if (!strncmp(p, word, wlen) &&
+		    (p[wlen] == ' ' || p[wlen] == '\n' || p[wlen] == '\0'))
+			return 1;
+		p += strcspn(p, " \n");
+	}
+	return 0;
+}
+
+static void read_cmdline(void)
+{
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		die("open /proc/cmdline");
+	n = read(fd, cmdline, sizeof(cmdline) - 1);
+	close(fd);
+	cmdline[n > 0 ? n : 0] = '\0';
+}
+
+static void mount_or_die(const char *src, const char *dst, const char *type,
+			 unsigned long flags, const char *data)
+{
+	mkdir(dst, 0755);
+	if (mount(src, dst, type, flags, data) && errno != EBUSY) {
+		say("cnlab-init: mount %s on %s\n", type, dst);
+		die("mount");
+	}
+}
+
+static int load_module(const char *path, const char *params)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int err = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (syscall(SYS_finit_module, fd, params, 0) && errno != EEXIST)
+		err = -errno;
+	close(fd);
+	return err;
+}
+
+/* Load every module named (one path per line) in a list file. */
+static void load_module_list(const char *list)
+{
+	char line[256];
+	FILE *f = fopen(list, "re");
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		int err;
+
+		line[strcspn(line, "\n")] = '\0';
+		if (!line[0])
+			continue;
+		err = load_module(line, "");
+		if (err)
+			say("cnlab-init: load %s: %s\n", line, strerror(-err));
+	}
+	fclose(f);
+}
+
+static int copy_file(const char *src, const char *dst, mode_t mode)
+{
+	char buf[65536];
+	int in, out;
+	ssize_t n;
+
+	in = open(src, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return -1;
+	out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (out < 0) {
+		close(in);
+		return -1;
+	}
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		if (write(out, buf, n) != n)
+			break;
+	close(in);
+	close(out);
+	return n == 0 ? 0 : -1;
+}
+
+/* Copy the per-boot files (/cnlab/ in the initramfs) to DST. */
+static void copy_boot_files(const char *dst)
+{
+	char from[512], to[512];
+	struct dirent *de;
+	DIR *d = opendir("/cnlab");
+
+	if (!d)
+		return;
+	mkdir(dst, 0700);
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(from, sizeof(from), "/cnlab/%s", de->d_name);
+		snprintf(to, sizeof(to), "%s/%s", dst, de->d_name);
+		if (copy_file(from, to, 0600))
+			say("cnlab-init: copy %s failed\n", from);
+	}
+	closedir(d);
+}
+
+static void stage1_switch_root(void)
+{
+	char root[64] = "/dev/nvme0n1", moddisk[64] = "/dev/nvme1n1";
+	static const char * const moves[] = { "/dev", "/proc", "/sys" };
+	char target[64];
+	size_t i;
+
+	cmdline_get("cnlab.root", root, sizeof(root));
+	cmdline_get("cnlab.moddisk", moddisk, sizeof(moddisk));
+	load_module_list("/etc/cnlab/modules");
+	trace("modules loaded");
+	mkdir("/newroot", 0755);
+	if (mount(root, "/newroot", "ext4", MS_NOATIME, ""))
+		die("mount root disk");
+	mount_or_die("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV,
+		     "mode=0755");
+	copy_boot_files("/newroot/run/cnlab");
+	if (access(moddisk, F_OK) == 0 &&
+	    mount(moddisk, "/newroot/lib/modules", "ext4", MS_RDONLY | MS_NOATIME, ""))
+		say("cnlab-init: mount %s: %s\n", moddisk, strerror(errno));
+	for (i = 0; i < sizeof(moves) / sizeof(moves[0]); i++) {
+		snprintf(target, sizeof(target), "/newroot%s", moves[i]);
+		mkdir(target, 0755);
+		if (mount(moves[i], target, NULL, MS_MOVE, NULL))
+			die("move mount");
+	}
+	if (chdir("/newroot") || mount(".", "/", NULL, MS_MOVE, NULL) ||
+	    chroot(".") || chdir("/"))
+		die("switch root");
+}
+
+static void ifreq_set_flags(int sock, const char *name, short flags)
+{
+	struct ifreq ifr;
+
+	memset(&ifr, 0, sizeof(ifr));
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	if (ioctl(sock, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= flags;
+		if (ioctl(sock, SIOCSIFFLAGS, &ifr))
+			say("cnlab-init: %s up: %s\n", name, strerror(errno));
+	}
+}
+
+static void set_addr(int sock, const char *name, unsigned long req,
+		     in_addr_t addr)
+{
+	struct ifreq ifr;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+
+	memset(&ifr, 0, sizeof(ifr));
+	strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = addr;
+	if (ioctl(sock, req, &ifr))
+		say("cnlab-init: %s address: %s\n", name, strerror(errno));
+}
+
+static void network_up(void)
+{
+	char ip[64] = "10.0.2.15/24", gw[32] = "10.0.2.2";
+	struct rtentry rt;
+	struct sockaddr_in *sin;
+	in_addr_t addr, mask;
+	char *slash;
+	int prefix = 24;
+	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (sock < 0)
+		die("socket");
+	ifreq_set_flags(sock, "lo", IFF_UP);
+	cmdline_get("cnlab.ip", ip, sizeof(ip));
+	cmdline_get("cnlab.gw", gw, sizeof(gw));
+	slash = strchr(ip, '/');
+	if (slash) {
+		*slash = '\0';
+		prefix = atoi(slash + 1);
+	}
+	if (inet_pton(AF_INET, ip, &addr) != 1 || prefix < 1 || prefix > 32) {
+		say("cnlab-init: bad cnlab.ip\n");
+		close(sock);
+		return;
+	}
+	mask = htonl(0xffffffffu << (32 - prefix));
+	set_addr(sock, "eth0", SIOCSIFADDR, addr);
+	set_addr(sock, "eth0", SIOCSIFNETMASK, mask);
+	ifreq_set_flags(sock, "eth0", IFF_UP | IFF_RUNNING);
+
+	memset(&rt, 0, sizeof(rt));
+	sin = (struct sockaddr_in *)&rt.rt_gateway;
+	sin->sin_family = AF_INET;
+	if (inet_pton(AF_INET, gw, &sin->sin_addr) == 1) {
+		((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+		((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+		rt.rt_flags = RTF_UP | RTF_GATEWAY;
+		if (ioctl(sock, SIOCADDRT, &rt))
+			say("cnlab-init: default route: %s\n", strerror(errno));
+	}
+	close(sock);
+}
+
+/* Load the modules named in cnlab.load; returns a status word for the host. */
+static void load_lab_modules(char *status, size_t len)
+{
+	char list[1024], *path, *save = NULL;
+	size_t used = 0;
+
+	snprintf(status, len, "none");
+	if (!cmdline_get("cnlab.load", list, sizeof(list)))
+		return;
+	status[0] = '\0';
+	for (path = strtok_r(list, ",", &save); path;
+	     path = strtok_r(NULL, ",", &save)) {
+		int err = load_module(path, "");
+		int n = snprintf(status + used, len - used, "%s%s:%d",
+				 used ? "," : "", path, err);
+
+		if (err)
+			say("cnlab-init: load %s: %s\n", path, strerror(-err));
+		if (n < 0 || (size_t)n >= len - used)
+			break;
+		used += n;
+	}
+}
+
+static int listen_ssh(void)
+{
+	struct sockaddr_in sa = {
+		.sin_family = AF_INET,
+		.sin_port = htons(22),
+		.sin_addr.s_addr = htonl(INADDR_ANY),
+	};
+	int one = 1;
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (s < 0)
+		die("ssh socket");
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(s, (struct sockaddr *)&sa, sizeof(sa)) || listen(s, 64))
+		die("ssh bind/listen");
+	return s;
+}
+
+static void announce_ready(const char *modules)
+{
+	static const char port[] = "/dev/ttyS1";
+	char nonce[80] = "-", line[1200];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int n, fd;
+
+	cmdline_get("cnlab.nonce", nonce, sizeof(nonce));
+	n = snprintf(line, sizeof(line),
+		     "CNLAB-READY nonce=%s cpus=%ld modules=%s\n", nonce, cpus,
+		     modules);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	say("%s", line);
+	fd = open(port, O_WRONLY | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0) {
+		say("cnlab-init: open %s: %s\n", port, strerror(errno));
+		return;
+	}
+	if (write(fd, line, n) != n)
+		say("cnlab-init: ready write: %s\n", strerror(errno));
+	/* Kept open: closing could drop the line before the host reads it. */
+}
+
+static void spawn_sshd(int conn)
+{
+	static char * const argv[] = { SSHD, "-i", "-f", SSHD_CONFIG, NULL };
+	static char * const envp[] = {
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root", "LANG=C.UTF-8", NULL };
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		sigset_t none;
+
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setsid();
+		dup2(conn, 0);
+		dup2(conn, 1);
+		if (conn > 1)
+			close(conn);
+		execve(SSHD, argv, envp);
+		_exit(127);
+	}
+	if (pid < 0)
+		say("cnlab-init: fork: %s\n", strerror(errno));
+}
+
+static void serve_forever(int lsock)
+{
+	struct signalfd_siginfo si;
+	struct pollfd fds[2];
+	sigset_t mask;
+	int sfd;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGPWR);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (sfd < 0)
+		die("signalfd");
+	fds[0].fd = lsock;
+	fds[0].events = POLLIN;
+	fds[1].fd = sfd;
+	fds[1].events = POLLIN;
+	for (;;) {
+		if (poll(fds, 2, -1) < 0)
+			continue;
+		if (fds[0].revents & POLLIN) {
+			int conn = accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+
+			if (conn >= 0) {
+				/* The child must inherit it: drop CLOEXEC there. */
+				fcntl(conn, F_SETFD, 0);
+				spawn_sshd(conn);
+				close(conn);
+			}
+		}
+		if (fds[1].revents & POLLIN &&
+		    read(sfd, &si, sizeof(si)) == sizeof(si)) {
+			if (si.ssi_signo != SIGCHLD)
+				power_off();
+			while (waitpid(-1, NULL, WNOHANG) > 0)
+				;
+		}
+	}
+}
+
+int main(void)
+{
+	char modules[1024];
+	int lsock;
+
+	if (getpid() != 1)
+		return 1;
+	mount_or_die("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	mount_or_die("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		     "");
+	mount_or_die("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		     "");
+	read_cmdline();
+	tracing = cmdline_has("cnlab.trace");
+	trace("start");
+	if (cmdline_has("cnlab.halt")) {
+		say("CNLAB-HALT\n");
+		power_off();
+	}
+	stage1_switch_root();
+	trace("root switched");
+
+	mount_or_die("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	mount_or_die("debugfs", "/sys/kernel/debug", "debugfs", 0, "");
+	mkdir("/run/sshd", 0755);
+	sethostname("cnlab", 5);
+	network_up();
+	trace("network up");
+	load_lab_modules(modules, sizeof(modules));
+	trace("lab modules loaded");
+	lsock = listen_ssh();
+	announce_ready(modules);
+	serve_forever(lsock);
+	return 0;
+}

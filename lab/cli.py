@@ -1,0 +1,222 @@
+"""The ``cnlab`` command line.
+
+Every user error ends in one line on stderr (``cnlab: error: …``) and exit
+status 2; a failing guest command passes its own exit status through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .errors import GuestError, LabError, UsageError
+from .guest import Guest
+from .labsetup import Lab, LabOptions
+from .qemu_argv import GuestShape
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("lab")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input in one line, with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    return value
+
+
+def _put_spec(text: str) -> tuple[Path, str]:
+    source, sep, dest = text.partition(":")
+    if not sep or not source or not dest.startswith("/"):
+        raise argparse.ArgumentTypeError(f"--put wants SRC:/ABSOLUTE/DST, got {text!r}")
+    if not Path(source).is_file():
+        raise argparse.ArgumentTypeError(f"--put source not found: {source}")
+    return Path(source), dest
+
+
+def _add_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpus", type=_positive_int, default=2, help="vCPUs (1-8, default 2)")
+    parser.add_argument("--mem", type=_positive_int, default=1024, help="memory in MB (default 1024)")
+    parser.add_argument("--no-module", action="store_true", help="do not deliver or load the lab module")
+    parser.add_argument("--append", action="append", default=[], metavar="ARG",
+                        help="extra kernel command-line argument (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnlab", description="QEMU lab for the Linux netlink connector and CBUS.")
+    parser.add_argument("--version", action="version", version=f"cnlab {__version__}")
+    parser.add_argument("--cache", type=Path, help="cache directory (default $CNLAB_CACHE or ~/.cache/cnlab)")
+    parser.add_argument("--kernel", type=Path, help="bring your own bzImage instead of Debian's cloud kernel")
+    parser.add_argument("--kbuild", type=Path, help="build tree of --kernel (to build the module against)")
+    parser.add_argument("--kernel-modules", type=Path, help="/lib/modules/<release> of --kernel")
+    parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
+                        help="accelerator (auto: KVM if it really works, else TCG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what cnlab does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    image = sub.add_parser("image", help="guest image commands")
+    image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", parser_class=_Parser)
+    image_sub.required = True
+    build = image_sub.add_parser("build", help="build whatever is missing (kernel, disks, initramfs, module)")
+    build.add_argument("--no-module", action="store_true", help="skip the module build")
+
+    run_exec = sub.add_parser("exec", help="boot a fresh guest, run COMMAND, tear it down")
+    _add_shape(run_exec)
+    run_exec.add_argument("--put", type=_put_spec, action="append", default=[], metavar="SRC:DST",
+                          help="copy a file into the guest first (repeatable)")
+    run_exec.add_argument("--timeout", type=float, default=None, help="command timeout in seconds")
+    run_exec.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+
+    shell = sub.add_parser("shell", help="boot a guest and open an interactive shell")
+    _add_shape(shell)
+
+    run = sub.add_parser("run", help="the default job: boot, load the module, run the default checks")
+    run.add_argument("--json", type=Path, help="write the results as JSON")
+
+    bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
+    bench_sub.required = True
+    boot = bench_sub.add_parser("boot", help="boot-to-SSH-ready against the boot floor")
+    boot.add_argument("--runs", type=_positive_int, default=5, help="boots of each kind (at least 5)")
+    boot.add_argument("--cpus", type=_positive_int, default=2)
+    boot.add_argument("--json", type=Path, default=Path("results/bench-boot.json"))
+    return parser
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
+                          kernel_modules=args.kernel_modules, accel=args.accel))
+
+
+def _shape(args: argparse.Namespace) -> GuestShape:
+    return GuestShape(cpus=args.cpus, memory_mb=args.mem)
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    image = lab.image
+    manifest = image.manifest()
+    print(f"kernel    {manifest['kernel']['release']} ({manifest['kernel']['source']} "
+          f"{manifest['kernel']['package_version']})")
+    print(f"rootfs    {image.rootfs}")
+    print(f"initramfs {image.initramfs}")
+    print(f"manifest  {image.manifest_path}")
+    if not args.no_module:
+        print(f"module    {lab.module.module('cnlab')} (sources {lab.module.source_hash})")
+    return 0
+
+
+def _stream(stream: str, chunk: bytes) -> None:
+    target = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+    target.write(chunk)
+    target.flush()
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UsageError("cnlab exec: no command given (cnlab exec [OPTIONS] -- COMMAND...)")
+    shape = _shape(args)
+    lab = _lab(args)
+    spec = lab.guest_spec(shape, name="exec", with_module=not args.no_module, cmdline=tuple(args.append))
+    print(f"cnlab: {shape.cpus}-vCPU guest under {spec.accel.name} ({spec.accel.reason})", file=sys.stderr)
+    with Guest(spec) as guest:
+        for source, dest in args.put:
+            guest.ssh.put(source, dest, mode=source.stat().st_mode & 0o777)
+        result = guest.run(argv, timeout=args.timeout, sink=_stream)
+    if result.extra.get("timed_out"):
+        raise GuestError(f"command timed out after {args.timeout} s: {argv[0]}")
+    return result.exit_status
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    shape = _shape(args)
+    lab = _lab(args)
+    spec = lab.guest_spec(shape, name="shell", with_module=not args.no_module, cmdline=tuple(args.append))
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise UsageError("cnlab shell needs the ssh client: apt-get install openssh-client")
+    print(f"cnlab: booting a {shape.cpus}-vCPU guest under {spec.accel.name} …", file=sys.stderr)
+    with Guest(spec) as guest, tempfile.TemporaryDirectory(prefix="cnlab-shell-") as tmp:
+        keys = spec.image.keys
+        pinned = Path(tmp) / "known_hosts"
+        host_key = keys.host_pub.read_text().split()[:2]
+        pinned.write_text(f"[127.0.0.1]:{guest.ssh_port} {' '.join(host_key)}\n")
+        argv = [ssh, "-i", str(keys.client_key), "-o", f"UserKnownHostsFile={pinned}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+                "-p", str(guest.ssh_port), "root@127.0.0.1"]
+        return subprocess.call(argv)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .smoke import run_smoke
+
+    return run_smoke(_lab(args), args.json)
+
+
+def cmd_bench_boot(args: argparse.Namespace) -> int:
+    from .bench_boot import run_boot_bench
+
+    if args.runs < 5:
+        raise UsageError("cnlab bench boot: --runs must be at least 5")
+    return run_boot_bench(_lab(args), runs=args.runs, shape=GuestShape(cpus=args.cpus), json_path=args.json)
+
+
+COMMANDS = {
+    ("image", "build"): cmd_image_build,
+    ("exec", None): cmd_exec,
+    ("shell", None): cmd_shell,
+    ("run", None): cmd_run,
+    ("bench", "boot"): cmd_bench_boot,
+}
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cnlab`` command."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="cnlab: %(message)s")
+        logging.getLogger("paramiko").setLevel(logging.WARNING)
+        sub = getattr(args, "image_command", None) or getattr(args, "bench_command", None)
+        return COMMANDS[(args.command, sub)](args)
+    except LabError as exc:
+        first, _, rest = str(exc).partition("\n")
+        print(f"cnlab: error: {first}", file=sys.stderr)
+        if isinstance(exc, GuestError) and rest:
+            print(rest, file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("cnlab: interrupted", file=sys.stderr)
+        return 130
+
+
+def json_dump(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` (folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.chmod(path, 0o644)

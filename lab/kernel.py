@@ -1,0 +1,134 @@
+"""Guest kernels: Debian's cloud kernel (resolved and cached) or one you bring.
+
+A :class:`KernelSpec` names everything a guest and a module build need: the
+bzImage, the release string, the matching ``/lib/modules/<release>`` tree and
+the kbuild directory to compile out-of-tree modules against.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import file_lock, publish_dir
+from .errors import HostSetupError
+from .hostdeps import require_tool
+
+__all__ = ["KernelSpec", "debian_cloud_kernel", "custom_kernel", "DEBIAN_METAPACKAGE"]
+
+DEBIAN_METAPACKAGE = "linux-image-cloud-amd64"
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A guest kernel and the trees that belong to it."""
+
+    image: Path
+    release: str
+    modules_dir: Path | None
+    kbuild_dir: Path | None
+    package_version: str = ""
+    source: str = "debian"
+
+    def describe(self) -> dict:
+        return {
+            "release": self.release,
+            "package_version": self.package_version,
+            "source": self.source,
+            "image": str(self.image),
+        }
+
+
+def _run(argv: list[str]) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise HostSetupError(f"{' '.join(argv)} failed: {result.stderr.strip()[:300]}")
+    return result.stdout
+
+
+def resolve_metapackage(metapackage: str = DEBIAN_METAPACKAGE) -> tuple[str, str]:
+    """(image package name, version) that the metapackage currently points at."""
+    require_tool("apt-cache", "apt")
+    depends = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests", metapackage])
+    match = re.search(r"Depends: (linux-image-[\w.+-]+)", depends)
+    if match is None:
+        raise HostSetupError(f"cannot resolve {metapackage}: run 'apt-get update' first")
+    package = match.group(1)
+    policy = _run(["apt-cache", "policy", package])
+    version = re.search(r"Candidate: (\S+)", policy)
+    if version is None or version.group(1) == "(none)":
+        raise HostSetupError(f"no installable version of {package}: run 'apt-get update' first")
+    return package, version.group(1)
+
+
+def debian_cloud_kernel(cache: Path) -> KernelSpec:
+    """Fetch (once) and describe the kernel that Debian's cloud metapackage names."""
+    package, version = resolve_metapackage()
+    release = package.removeprefix("linux-image-")
+    target = cache / "kernels" / f"{package}_{version}"
+    kbuild = Path("/usr/src") / f"linux-headers-{release}"
+    if not target.exists():
+        with file_lock(cache / "locks" / "kernel.lock"):
+            if not target.exists():
+                _fetch_package(package, version, target)
+    if not (kbuild / "Makefile").exists():
+        kbuild_found = None
+    else:
+        kbuild_found = kbuild
+    return KernelSpec(
+        image=target / "boot" / f"vmlinuz-{release}",
+        release=release,
+        modules_dir=target / "lib" / "modules" / release,
+        kbuild_dir=kbuild_found,
+        package_version=version,
+        source=f"debian:{package}",
+    )
+
+
+def _fetch_package(package: str, version: str, target: Path) -> None:
+    require_tool("dpkg-deb", "dpkg")
+    with publish_dir(target) as scratch:
+        subprocess.run(
+            ["apt-get", "download", f"{package}={version}"],
+            cwd=scratch,
+            check=True,
+            capture_output=True,
+        )
+        debs = list(scratch.glob("*.deb"))
+        if len(debs) != 1:
+            raise HostSetupError(f"apt-get download {package} gave {len(debs)} files")
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(scratch)], check=True)
+        debs[0].unlink()
+        release = package.removeprefix("linux-image-")
+        subprocess.run(["depmod", "-b", str(scratch), release], check=True)
+
+
+def _release_from_kbuild(kbuild: Path) -> str:
+    for candidate in (kbuild / "include/config/kernel.release",):
+        if candidate.exists():
+            return candidate.read_text().strip()
+    raise HostSetupError(f"{kbuild} has no include/config/kernel.release: is it a built kernel tree?")
+
+
+def custom_kernel(image: Path, kbuild: Path | None, modules_dir: Path | None = None) -> KernelSpec:
+    """A kernel the user brings: a bzImage plus, optionally, its build tree."""
+    image = Path(image)
+    if not image.is_file():
+        raise HostSetupError(f"kernel image not found: {image}")
+    release = "unknown"
+    if kbuild is not None:
+        kbuild = Path(kbuild)
+        if not kbuild.is_dir():
+            raise HostSetupError(f"kernel build tree not found: {kbuild}")
+        release = _release_from_kbuild(kbuild)
+    if modules_dir is not None and not Path(modules_dir).is_dir():
+        raise HostSetupError(f"kernel modules directory not found: {modules_dir}")
+    return KernelSpec(
+        image=image,
+        release=release,
+        modules_dir=Path(modules_dir) if modules_dir else None,
+        kbuild_dir=kbuild,
+        source="custom",
+    )

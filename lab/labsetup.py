@@ -1,0 +1,89 @@
+"""Putting a lab together: cache, kernel, image, module and accelerator.
+
+:class:`Lab` is what the command line, the benchmarks and the pytest fixtures
+use to get a :class:`~lab.guest.GuestSpec`; it builds only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .accel import Accel, choose_accel
+from .cache import cache_root
+from .guest import GuestSpec
+from .image import GuestImage, build_image
+from .kernel import KernelSpec, custom_kernel, debian_cloud_kernel
+from .kmodbuild import ModuleBuild, build_module
+from .qemu_argv import GuestShape
+
+__all__ = ["LabOptions", "Lab"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    """Where the lab keeps things and which kernel and accelerator it uses."""
+
+    cache: Path | None = None
+    kernel: Path | None = None
+    kbuild: Path | None = None
+    kernel_modules: Path | None = None
+    accel: str = "auto"
+
+
+class Lab:
+    """Resolves and builds (lazily, once) everything guests of this lab need."""
+
+    def __init__(self, options: LabOptions | None = None) -> None:
+        self.options = options or LabOptions()
+        self.cache = (self.options.cache or cache_root()).resolve()
+        self._kernel: KernelSpec | None = None
+        self._image: GuestImage | None = None
+        self._module: ModuleBuild | None = None
+        self._accel: Accel | None = None
+
+    @property
+    def kernel(self) -> KernelSpec:
+        if self._kernel is None:
+            if self.options.kernel is not None:
+                self._kernel = custom_kernel(self.options.kernel, self.options.kbuild, self.options.kernel_modules)
+            else:
+                self._kernel = debian_cloud_kernel(self.cache)
+        return self._kernel
+
+    @property
+    def image(self) -> GuestImage:
+        if self._image is None:
+            self._image = build_image(self.kernel, self.cache)
+        return self._image
+
+    @property
+    def module(self) -> ModuleBuild:
+        if self._module is None:
+            self._module = build_module(self.kernel, self.cache)
+        return self._module
+
+    @property
+    def accel(self) -> Accel:
+        if self._accel is None:
+            self._accel = choose_accel(self.options.accel, self.cache, self.image.kernel.image,
+                                       self.image.initramfs)
+            log.info("accelerator: %s (%s)", self._accel.name, self._accel.reason)
+        return self._accel
+
+    def guest_spec(self, shape: GuestShape | None = None, name: str = "guest", with_module: bool = True,
+                   load_module: bool = True, cmdline: tuple[str, ...] = ()) -> GuestSpec:
+        """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
+        modules = (self.module.module("cnlab"),) if with_module else ()
+        return GuestSpec(
+            image=self.image,
+            accel=self.accel,
+            shape=shape or GuestShape(),
+            modules=modules,
+            load_modules=load_module,
+            cmdline=cmdline,
+            name=name,
+        )
