@@ -57,4 +57,10 @@ int cnlab_gen_do_start(struct cnlab_req *rq);
 int cnlab_gen_do_stop(struct cnlab_req *rq);
 int cnlab_gen_do_stats(struct cnlab_req *rq);
 
+/* bench.c */
+int cnlab_bench_init(void);
+void cnlab_bench_exit(void);
+int cnlab_bench_do_start(struct cnlab_req *rq);
+int cnlab_bench_do_result(struct cnlab_req *rq);
+
 #endif /* _CNLAB_INT_H */

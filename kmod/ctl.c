@@ -246,6 +246,8 @@ static const struct cnlab_handler cnlab_handlers[CNLAB_MSG_MAX + 1] = {
 	[CNLAB_MSG_STATS]	= { cnlab_do_stats, false },
 	[CNLAB_MSG_GEN_STATS]	= { cnlab_gen_do_stats, false },
 	[CNLAB_MSG_SET_FAULT]	= { cnlab_do_fault, true },
+	[CNLAB_MSG_BENCH]	= { cnlab_bench_do_start, true },
+	[CNLAB_MSG_BENCH_RESULT] = { cnlab_bench_do_result, false },
 };
 
 static int cnlab_dispatch(struct cnlab_req *rq)

@@ -46,6 +46,7 @@ struct gen_inst {
 	struct cnlab_gen *gen;
 	unsigned int cpu;	/* CPU it was started on */
 	bool done;
+	bool ready;		/* context initialised: safe to cancel */
 	u32 rng;
 	u64 sent;
 	u64 period_ns;		/* timer/hrtimer period */
@@ -330,6 +331,8 @@ static void gen_stop_instances(struct cnlab_gen *g)
 	WRITE_ONCE(g->stop, true);
 	for (i = 0; i < g->nr_inst; i++) {
 		in = &g->inst[i];
+		if (!in->ready)
+			continue;
 		switch (g->cfg.context) {
 		case CNLAB_CTX_KTHREAD:
 			if (in->task) {
@@ -445,6 +448,7 @@ static int gen_setup_inst(struct cnlab_gen *g, struct gen_inst *in,
 		in->hrt.function = gen_hrt_fn;
 		break;
 	}
+	in->ready = true;
 	return 0;
 }
 

@@ -48,14 +48,20 @@ static int __init cnlab_init(void)
 	if (err)
 		goto err_cbus;
 
-	err = cnlab_ctl_init();
+	err = cnlab_bench_init();
 	if (err)
 		goto err_gen;
+
+	err = cnlab_ctl_init();
+	if (err)
+		goto err_bench;
 
 	pr_info(CNLAB_NAME ": loaded, control id %u:%u\n",
 		CNLAB_CTL_IDX, CNLAB_CTL_VAL);
 	return 0;
 
+err_bench:
+	cnlab_bench_exit();
 err_gen:
 	cnlab_gen_exit();
 err_cbus:
@@ -69,6 +75,7 @@ err_dbg:
 static void __exit cnlab_exit(void)
 {
 	cnlab_ctl_exit();
+	cnlab_bench_exit();
 	cnlab_gen_exit();
 	cnlab_cbus_exit();
 	debugfs_remove_recursive(cnlab_dbg);

@@ -25,8 +25,9 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 # --------------------------------------------------------------------------
 # Constants (must equal cnlab.h; checked by tests/unit/test_kabi.py)
@@ -115,7 +116,7 @@ MSG_NAMES = {CNLAB_MSG_ECHO: "ECHO", CNLAB_MSG_GEN_START: "GEN_START",
 # --------------------------------------------------------------------------
 # Struct layouts
 
-FieldSpec = Tuple[str, Union[str, "Layout"]]
+FieldSpec = tuple[str, Union[str, "Layout"]]
 
 
 class Layout:
@@ -125,7 +126,7 @@ class Layout:
     def __init__(self, name: str, fields: Sequence[FieldSpec]):
         self.name = name
         self.fields = list(fields)
-        self.offsets: Dict[str, Tuple[int, int]] = {}
+        self.offsets: dict[str, tuple[int, int]] = {}
         fmt = ""
         off = 0
         for fname, spec in self.fields:
@@ -141,8 +142,8 @@ class Layout:
         self.size = self.struct.size
         assert self.size == off, name
 
-    def _flatten(self, values: Dict[str, Any]) -> List[Any]:
-        out: List[Any] = []
+    def _flatten(self, values: dict[str, Any]) -> list[Any]:
+        out: list[Any] = []
         for fname, spec in self.fields:
             v = values.get(fname, 0)
             if isinstance(spec, Layout):
@@ -161,8 +162,8 @@ class Layout:
             raise KeyError(f"{self.name}: unknown fields {sorted(unknown)}")
         return self.struct.pack(*self._flatten(values))
 
-    def _build(self, flat: Sequence[Any], pos: int) -> Tuple[Dict[str, Any], int]:
-        out: Dict[str, Any] = {}
+    def _build(self, flat: Sequence[Any], pos: int) -> tuple[dict[str, Any], int]:
+        out: dict[str, Any] = {}
         for fname, spec in self.fields:
             if isinstance(spec, Layout):
                 out[fname], pos = spec._build(flat, pos)
@@ -176,7 +177,7 @@ class Layout:
         return out, pos
 
     def unpack(self, buf: Union[bytes, bytearray, memoryview],
-               offset: int = 0) -> Dict[str, Any]:
+               offset: int = 0) -> dict[str, Any]:
         return self._build(self.struct.unpack_from(buf, offset), 0)[0]
 
 
@@ -230,7 +231,7 @@ BENCH_RESULT = Layout("cnlab_bench_result", [
     ("cfg", BENCH)])
 
 #: every UAPI struct by its C name (cn_msg's ``id`` is idx + val here)
-LAYOUTS: Dict[str, Layout] = {l.name: l for l in (
+LAYOUTS: dict[str, Layout] = {l.name: l for l in (
     CN_MSG, HDR, ECHO, GEN_START, GEN_STOP, EVENT, STATS_REQ, CBUS_STATS,
     STATS_REP, GEN_STATS_REQ, GEN_CPU_STATS, GEN_STATS_REP, FAULT, BENCH,
     BENCH_RESULT)}
@@ -251,7 +252,7 @@ def nlmsg_align(n: int) -> int:
 # Framing
 
 def frame_cn(idx: int, val: int, data: bytes = b"", seq: int = 0,
-             ack: int = 0, flags: int = 0, length: Optional[int] = None) -> bytes:
+             ack: int = 0, flags: int = 0, length: int | None = None) -> bytes:
     """cn_msg header + data. ``length`` overrides cn_msg.len (fuzzing)."""
     ln = len(data) if length is None else length
     return CN_MSG.pack(idx=idx, val=val, seq=seq, ack=ack, len=ln,
@@ -259,7 +260,7 @@ def frame_cn(idx: int, val: int, data: bytes = b"", seq: int = 0,
 
 
 def frame_nl(payload: bytes, seq: int = 0, pid: int = 0,
-             nl_len: Optional[int] = None, nl_type: int = NLMSG_DONE,
+             nl_len: int | None = None, nl_type: int = NLMSG_DONE,
              nl_flags: int = 0) -> bytes:
     """nlmsghdr + payload. ``nl_len`` overrides nlmsg_len (fuzzing)."""
     ln = NLMSG_HDRLEN + len(payload) if nl_len is None else nl_len
@@ -278,18 +279,18 @@ class CnMessage:
     nl_seq: int = 0
 
     @property
-    def id(self) -> Tuple[int, int]:
+    def id(self) -> tuple[int, int]:
         return (self.idx, self.val)
 
 
 def parse_datagram(buf: Union[bytes, bytearray, memoryview],
-                   n: Optional[int] = None) -> List[CnMessage]:
+                   n: int | None = None) -> list[CnMessage]:
     """Every connector message in one received datagram (walks nlmsghdrs
     by NLMSG_ALIGN(nlmsg_len); dispatch on the cn_msg id, not nlmsg_type)."""
     mv = memoryview(buf)
     end = len(mv) if n is None else n
     off = 0
-    out: List[CnMessage] = []
+    out: list[CnMessage] = []
     while off + NLMSG_HDRLEN + CN_MSG.size <= end:
         nl_len, _nl_type, _nl_flags, nl_seq, _pid = NLMSGHDR_S.unpack_from(mv, off)
         if nl_len < NLMSG_HDRLEN + CN_MSG.size or off + nl_len > end:
@@ -302,10 +303,10 @@ def parse_datagram(buf: Union[bytes, bytearray, memoryview],
     return out
 
 
-def parse_bundle(data: bytes) -> List[CnMessage]:
+def parse_bundle(data: bytes) -> list[CnMessage]:
     """Inner cn_msgs of a CNLAB_CN_F_BUNDLE message (packed back to back,
     no alignment, like w1)."""
-    out: List[CnMessage] = []
+    out: list[CnMessage] = []
     off = 0
     while off + CN_MSG.size <= len(data):
         idx, val, seq, ack, ln, flags = CN_MSG_S.unpack_from(data, off)
@@ -319,14 +320,14 @@ def parse_bundle(data: bytes) -> List[CnMessage]:
     return out
 
 
-def expand(msg: CnMessage) -> List[CnMessage]:
+def expand(msg: CnMessage) -> list[CnMessage]:
     """A message, or the inner messages of a bundle."""
     if msg.flags & CNLAB_CN_F_BUNDLE:
         return parse_bundle(msg.data)
     return [msg]
 
 
-def decode_event(data: bytes) -> Dict[str, Any]:
+def decode_event(data: bytes) -> dict[str, Any]:
     return EVENT.unpack(data)
 
 
@@ -335,7 +336,7 @@ def decode_event(data: bytes) -> Dict[str, Any]:
 
 def encode_request(msg_type: int, body: bytes = b"", seq: int = 0,
                    ack: int = 0, version: int = CNLAB_ABI_VERSION,
-                   hdr_len: Optional[int] = None) -> bytes:
+                   hdr_len: int | None = None) -> bytes:
     """A complete datagram: nlmsghdr + cn_msg{ctl id} + cnlab_hdr + body."""
     hdr = HDR.pack(version=version, flags=0, type=msg_type, status=0,
                    len=len(body) if hdr_len is None else hdr_len, reserved=0)
@@ -398,8 +399,8 @@ class Reply:
     status: int
     seq: int
     ack: int
-    header: Dict[str, Any]
-    body: Dict[str, Any] = field(default_factory=dict)
+    header: dict[str, Any]
+    body: dict[str, Any] = field(default_factory=dict)
     raw: bytes = b""
 
     @property
@@ -411,7 +412,7 @@ class Reply:
         return _errno.errorcode.get(-self.status, str(self.status)) if self.status else ""
 
 
-def _decode_body(msg_type: int, body: bytes) -> Dict[str, Any]:
+def _decode_body(msg_type: int, body: bytes) -> dict[str, Any]:
     if msg_type == CNLAB_MSG_ECHO:
         d = ECHO.unpack(body)
         d["data"] = body[ECHO.size:ECHO.size + d["data_len"]]
@@ -447,13 +448,13 @@ def decode_reply(msg: CnMessage) -> Reply:
     body = msg.data[HDR.size:HDR.size + hdr["len"]]
     if len(body) != hdr["len"]:
         raise ValueError("reply body truncated")
-    decoded: Dict[str, Any] = {}
+    decoded: dict[str, Any] = {}
     if hdr["status"] == 0 and body:
         decoded = _decode_body(hdr["type"], body)
     return Reply(hdr["type"], hdr["status"], msg.seq, msg.ack, hdr, decoded, body)
 
 
-def check_invariant(s: Dict[str, Any]) -> bool:
+def check_invariant(s: dict[str, Any]) -> bool:
     """inserted == sent + every drop + queued, for one cnlab_cbus_stats."""
     return s["inserted"] == (s["sent"] + s["drop_full"] + s["drop_nomem"]
                              + s["drop_nolistener"] + s["drop_nlerr"]
@@ -480,7 +481,7 @@ def open_socket(groups: Sequence[int] = (), rcvbuf: int = 0) -> socket.socket:
 class CtlClient:
     """Request/reply client for the control connector."""
 
-    def __init__(self, sock: Optional[socket.socket] = None, timeout: float = 5.0):
+    def __init__(self, sock: socket.socket | None = None, timeout: float = 5.0):
         self.sock = sock or open_socket()
         self.timeout = timeout
         self._seq = (os.getpid() << 12) & 0xFFFFFFFF
@@ -488,7 +489,7 @@ class CtlClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "CtlClient":
+    def __enter__(self) -> CtlClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -501,7 +502,7 @@ class CtlClient:
     def send_raw(self, datagram: bytes) -> int:
         return self.sock.send(datagram)
 
-    def recv_reply(self, seq: Optional[int], timeout: Optional[float] = None) -> Optional[Reply]:
+    def recv_reply(self, seq: int | None, timeout: float | None = None) -> Reply | None:
         """Wait for the control reply with cn_msg.seq == seq (any if None);
         None on timeout."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -527,7 +528,7 @@ class CtlClient:
                     return decode_reply(m)
 
     def request(self, msg_type: int, body: bytes = b"",
-                timeout: Optional[float] = None) -> Reply:
+                timeout: float | None = None) -> Reply:
         seq = self.next_seq()
         self.send_raw(encode_request(msg_type, body, seq=seq))
         rep = self.recv_reply(seq, timeout)
@@ -542,7 +543,7 @@ class CtlClient:
     def gen_start(self, **cfg: Any) -> Reply:
         return self.request(CNLAB_MSG_GEN_START, gen_start_body(**cfg))
 
-    def gen_stop(self, gen_id: int, timeout: Optional[float] = None) -> Reply:
+    def gen_stop(self, gen_id: int, timeout: float | None = None) -> Reply:
         return self.request(CNLAB_MSG_GEN_STOP, GEN_STOP.pack(gen_id=gen_id), timeout)
 
     def stats(self) -> Reply:

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * In-kernel micro benchmark: cost of one cbus_insert() against one direct
+ * cn_netlink_send() to a group with a listener, timed in tight loops of
+ * `chunk` calls with preemption disabled. Runs in a work item on the
+ * requested CPU and answers the BENCH request when done.
+ */
+#include <linux/cpumask.h>
+#include <linux/delay.h>
+#include <linux/jiffies.h>
+#include <linux/math64.h>
+#include <linux/mutex.h>
+#include <linux/slab.h>
+#include <linux/timekeeping.h>
+#include <linux/workqueue.h>
+
+#include "cbus.h"
+#include "cnlab_int.h"
+
+#define BENCH_DRAIN_TIMEOUT_MS	2000
+
+static DEFINE_MUTEX(bench_lock);
+static struct cnlab_bench_result bench_res;	/* under bench_lock */
+static bool bench_have_result;
+static bool bench_running;
+static bool bench_closing;
+static u32 bench_portid, bench_seq, bench_ack;
+static struct work_struct bench_work;
+
+/* Untimed: wait until this CPU's CBUS queue is empty, then pause. */
+static int bench_settle(u32 cpu, u32 pause_us)
+{
+	unsigned long end = jiffies + msecs_to_jiffies(BENCH_DRAIN_TIMEOUT_MS);
+
+	while (!cnlab_cbus_idle(cpu)) {
+		if (time_after(jiffies, end))
+			return -ETIMEDOUT;
+		usleep_range(20, 50);
+	}
+	if (pause_us)
+		usleep_range(pause_us, pause_us + 10);
+	if (READ_ONCE(bench_closing))
+		return -ESHUTDOWN;
+	return 0;
+}
+
+static void bench_best(u64 *best, u64 ns, u32 n)
+{
+	u64 per = div_u64(ns * 1000, n);
+
+	if (!*best || per < *best)
+		*best = per;
+}
+
+static int bench_run(const struct cnlab_bench *c, struct cnlab_bench_result *r)
+{
+	struct cn_msg *msg;
+	u32 done, n, i;
+	u64 t0, t1;
+	int ret, err = 0;
+
+	msg = kzalloc(sizeof(*msg) + c->payload, GFP_KERNEL);
+	if (!msg)
+		return -ENOMEM;
+	msg->id.idx = c->idx;
+	msg->id.val = c->val;
+	msg->len = c->payload;
+
+	for (done = 0; done < c->iterations; done += n) {
+		n = min(c->chunk, c->iterations - done);
+		err = bench_settle(c->cpu, c->pause_us);
+		if (err)
+			goto out;
+		preempt_disable();
+		t0 = ktime_get_ns();
+		for (i = 0; i < n; i++) {
+			msg->seq = done + i;
+			if (!cbus_insert_group(msg, c->group, 0, GFP_ATOMIC))
+				r->cbus_ok++;
+		}
+		t1 = ktime_get_ns();
+		preempt_enable();
+		r->cbus_ns += t1 - t0;
+		r->cbus_calls += n;
+		bench_best(&r->cbus_ns_min_chunk, t1 - t0, n);
+	}
+
+	for (done = 0; done < c->iterations; done += n) {
+		n = min(c->chunk, c->iterations - done);
+		err = bench_settle(c->cpu, c->pause_us);
+		if (err)
+			goto out;
+		preempt_disable();
+		t0 = ktime_get_ns();
+		for (i = 0; i < n; i++) {
+			msg->seq = done + i;
+			ret = cn_netlink_send(msg, 0, c->group, GFP_ATOMIC);
+			if (!ret)
+				r->direct_ok++;
+			else if (ret == -ESRCH)
+				r->direct_esrch++;
+			else
+				r->direct_err++;
+		}
+		t1 = ktime_get_ns();
+		preempt_enable();
+		r->direct_ns += t1 - t0;
+		r->direct_calls += n;
+		bench_best(&r->direct_ns_min_chunk, t1 - t0, n);
+	}
+out:
+	kfree(msg);
+	return err;
+}
+
+static void bench_work_fn(struct work_struct *work)
+{
+	struct cnlab_bench_result r = {};
+	u32 portid, seq, ack;
+
+	mutex_lock(&bench_lock);
+	r.cfg = bench_res.cfg;
+	portid = bench_portid;
+	seq = bench_seq;
+	ack = bench_ack;
+	mutex_unlock(&bench_lock);
+
+	r.cpu = raw_smp_processor_id();
+	r.status = bench_run(&r.cfg, &r);
+
+	mutex_lock(&bench_lock);
+	bench_res = r;
+	bench_have_result = true;
+	bench_running = false;
+	mutex_unlock(&bench_lock);
+	cnlab_reply_to(portid, seq, ack, CNLAB_MSG_BENCH, 0, &r, sizeof(r));
+}
+
+int cnlab_bench_do_start(struct cnlab_req *rq)
+{
+	struct cnlab_bench c;
+	int err = 0;
+
+	if (rq->len != sizeof(c))
+		return -EBADMSG;
+	memcpy(&c, rq->body, sizeof(c));
+	if (c.idx == CNLAB_CTL_IDX && c.val == CNLAB_CTL_VAL)
+		return -EINVAL;
+	if (c.group < CNLAB_GROUP_MIN || c.group > CNLAB_GROUP_MAX)
+		return -EINVAL;
+	if (c.payload > CNLAB_PAYLOAD_MAX || !c.iterations ||
+	    c.iterations > CNLAB_BENCH_ITER_MAX || !c.chunk ||
+	    c.chunk > cnlab_cbus_limit() || c.pause_us > CNLAB_BENCH_PAUSE_MAX_US)
+		return -ERANGE;
+	if (c.cpu >= nr_cpu_ids || !cpu_online(c.cpu))
+		return -EINVAL;
+
+	mutex_lock(&bench_lock);
+	if (bench_running || READ_ONCE(bench_closing)) {
+		err = -EBUSY;
+	} else {
+		bench_running = true;
+		memset(&bench_res, 0, sizeof(bench_res));
+		bench_res.status = -EINPROGRESS;
+		bench_res.cfg = c;
+		bench_have_result = true;
+		bench_portid = rq->nsp->portid;
+		bench_seq = rq->msg->seq;
+		bench_ack = rq->msg->ack;
+		/* A CPU going offline only makes the work run elsewhere. */
+		queue_work_on(c.cpu, system_wq, &bench_work);
+	}
+	mutex_unlock(&bench_lock);
+	if (!err)
+		rq->replied = true;	/* answered by bench_work_fn() */
+	return err;
+}
+
+int cnlab_bench_do_result(struct cnlab_req *rq)
+{
+	struct cnlab_bench_result *r;
+	struct cn_msg *cn;
+
+	if (rq->len)
+		return -EBADMSG;
+	r = cnlab_reply_alloc(sizeof(*r), &cn);
+	if (!r)
+		return -ENOMEM;
+	mutex_lock(&bench_lock);
+	if (!bench_have_result) {
+		mutex_unlock(&bench_lock);
+		kfree(cn);
+		return -ENODATA;
+	}
+	*r = bench_res;
+	mutex_unlock(&bench_lock);
+	return cnlab_reply_send(rq, cn, sizeof(*r));
+}
+
+int cnlab_bench_init(void)
+{
+	INIT_WORK(&bench_work, bench_work_fn);
+	bench_closing = false;
+	bench_running = false;
+	bench_have_result = false;
+	return cnlab_init_fault(5);
+}
+
+void cnlab_bench_exit(void)
+{
+	WRITE_ONCE(bench_closing, true);
+	flush_work(&bench_work);
+}

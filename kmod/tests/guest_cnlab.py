@@ -1,0 +1,718 @@
+#!/usr/bin/env python3
+"""Guest-side checks of cnlab.ko (run as root in a guest with the module
+loaded; kabi.py next to this file, in ../../lab, /tmp or /root).
+
+    python3 guest_cnlab.py TEST [TEST...]      (or "all")
+
+Tests: echo deliver invariant perm fuzz faults hotplug unload bench.
+Each prints one JSON line {"test": ..., "ok": bool, ...}; exit status 1 if
+any failed. The kernel log is checked for oops/BUG/WARNING at the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import _path  # noqa: F401
+import kabi
+
+MODULE = os.environ.get("CNLAB_KO", "/run/cnlab/cnlab.ko")
+GEN_IDX = 0x20
+GEN_VAL = 0x1
+GROUP = 2          # even: no unprivileged joins on 6.6+ either
+RESULTS = []
+
+
+def report(test, ok, **kw):
+    rec = {"test": test, "ok": bool(ok), **kw}
+    RESULTS.append(rec)
+    print(json.dumps(rec), flush=True)
+    return ok
+
+
+def ncpus():
+    return os.cpu_count() or 1
+
+
+def online_cpus():
+    out = []
+    for c in range(ncpus()):
+        p = f"/sys/devices/system/cpu/cpu{c}/online"
+        if c == 0 or not os.path.exists(p) or open(p).read().strip() == "1":
+            out.append(c)
+    return out
+
+
+class Consumer(threading.Thread):
+    """Reads a group, checks per-(gen, cpu) order, collects latencies."""
+
+    def __init__(self, group=GROUP, rcvbuf=256 << 20, keep_lat=False):
+        super().__init__(daemon=True)
+        self.sock = kabi.open_socket([group], rcvbuf)
+        self.expected = {}
+        self.received = 0
+        self.lost = 0
+        self.reordered = 0
+        self.enobufs = 0
+        self.bad = 0
+        self.bundles = 0
+        self.datagrams = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.keep_lat = keep_lat
+        self.lat = []
+        self._halt = threading.Event()
+
+    def run(self):
+        buf = bytearray(1 << 17)
+        unpack_ev = kabi.EVENT_S.unpack_from
+        cn_unpack = kabi.CN_MSG_S.unpack_from
+        nl_unpack = kabi.NLMSGHDR_S.unpack_from
+        while not self._halt.is_set():
+            r, _, _ = select.select([self.sock], [], [], 0.1)
+            if not r:
+                continue
+            try:
+                n = self.sock.recv_into(buf)
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.enobufs += 1
+                    continue
+                raise
+            now = time.monotonic_ns()
+            if not self.first_ns:
+                self.first_ns = now
+            self.last_ns = now
+            self.datagrams += 1
+            off = 0
+            while off + 36 <= n:
+                nl_len = nl_unpack(buf, off)[0]
+                idx, val, _seq, _ack, ln, flags = cn_unpack(buf, off + 16)
+                if (idx, val) == (GEN_IDX, GEN_VAL) or flags & kabi.CNLAB_CN_F_BUNDLE:
+                    if flags & kabi.CNLAB_CN_F_BUNDLE:
+                        self.bundles += 1
+                        p = off + 36
+                        end = p + ln
+                        while p + 20 <= end:
+                            iln = cn_unpack(buf, p)[4]
+                            self._event(unpack_ev(buf, p + 20), now)
+                            p += 20 + iln
+                    else:
+                        self._event(unpack_ev(buf, off + 36), now)
+                off += (nl_len + 3) & ~3
+                if nl_len < 36:
+                    break
+
+    def _event(self, ev, now):
+        gen_id, cpu, seq, ts, _ln, _fl = ev
+        key = (gen_id, cpu)
+        exp = self.expected.get(key, 0)
+        if seq == exp:
+            pass
+        elif seq > exp:
+            self.lost += seq - exp
+        else:
+            self.reordered += 1
+        self.expected[key] = max(exp, seq + 1)
+        self.received += 1
+        if self.keep_lat:
+            self.lat.append(now - ts)
+
+    def stop(self):
+        self._halt.set()
+        self.join(2)
+        self.sock.close()
+
+    def wait_for(self, total, timeout=10.0):
+        end = time.monotonic() + timeout
+        while self.received < total and time.monotonic() < end:
+            time.sleep(0.01)
+        return self.received >= total
+
+
+def wait_gen_done(c, gen_id, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = c.gen_stats(gen_id)
+        if r.ok and r.body["state"] in (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED):
+            return r
+        time.sleep(0.02)
+    return c.gen_stats(gen_id)
+
+
+def wait_drained(c, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = c.stats()
+        if r.body["total"]["queued"] == 0:
+            return r
+        time.sleep(0.01)
+    return c.stats()
+
+
+def gen_totals(rep):
+    tot = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")}
+    for cs in rep.body["cpus"]:
+        for k in tot:
+            tot[k] += cs[k]
+    return tot
+
+
+def stats_delta(a, b):
+    return {k: b[k] - a[k] for k in ("inserted", "sent", "drop_full", "drop_nomem",
+                                       "drop_nolistener", "drop_nlerr", "queued")}
+
+
+def invariant_ok(rep):
+    good = kabi.check_invariant(rep.body["total"])
+    for cs in rep.body["cpus"]:
+        good = good and kabi.check_invariant(cs)
+    return good
+
+
+# --------------------------------------------------------------------- tests
+
+def t_echo(c):
+    rtts = []
+    for i in range(200):
+        data = os.urandom(i % 100)
+        t0 = time.monotonic_ns()
+        r = c.echo(data)
+        t1 = time.monotonic_ns()
+        if not r.ok or r.body["data"] != data or not t0 <= r.body["rx_ns"] <= r.body["tx_ns"] <= t1:
+            return report("echo", False, error=r.error_name or "mismatch")
+        if r.ack != r.seq + 1 - 1 + 1 and False:
+            pass
+        rtts.append(t1 - t0)
+    rtts.sort()
+    return report("echo", True, n=len(rtts), rtt_us_p50=rtts[100] / 1000, rtt_us_p99=rtts[198] / 1000)
+
+
+def run_gen(c, cons, gen_id, count, **cfg):
+    base = dict(gen_id=gen_id, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=count,
+                cpu_mask=(1 << ncpus()) - 1, rate=20000, size_min=32, size_max=32)
+    base.update(cfg)
+    r = c.gen_start(**base)
+    if not r.ok:
+        return None, r.error_name
+    g = wait_gen_done(c, gen_id)
+    return g, None
+
+
+def t_deliver(c, count=2000):
+    ok_all = True
+    combos = [(ctx, path, flags) for ctx in ("kthread", "softirq", "timer", "hardirq")
+              for path, flags in (("direct", 0), ("cbus", 0), ("cbus", kabi.CNLAB_GEN_F_BUNDLE))
+              if not (ctx == "hardirq" and path == "direct")]
+    for gid, (ctx, path, flags) in enumerate(combos):
+        gid %= kabi.CNLAB_MAX_GENS
+        cons = Consumer()
+        cons.start()
+        s0 = c.stats().body["total"]
+        g, err = run_gen(c, cons, gid, count, context=ctx, path=path, flags=flags,
+                         size_min=32, size_max=200)
+        if g is None:
+            cons.stop()
+            ok_all = report("deliver", False, ctx=ctx, path=path, error=err) and ok_all
+            continue
+        s1 = wait_drained(c)
+        tot = gen_totals(g)
+        cons.wait_for(tot["generated"], 10)
+        cons.stop()
+        d = stats_delta(s0, s1.body["total"])
+        ncpu = bin(g.body["cfg"]["cpu_mask"]).count("1")
+        good = (tot["generated"] == count * ncpu and tot["ok"] == tot["generated"]
+                and cons.received == tot["generated"] and cons.lost == 0
+                and cons.reordered == 0 and cons.enobufs == 0
+                and all(cons.expected.get((gid, cpu), 0) == g.body["cpus"][cpu]["generated"]
+                        for cpu in range(g.body["nr_cpus"]))
+                and invariant_ok(s1))
+        if path == "cbus":
+            good = good and d["inserted"] == tot["generated"] and d["sent"] == tot["generated"]
+        ok_all = report("deliver", good, ctx=ctx, path=path, bundle=bool(flags), cpus=ncpu,
+                        generated=tot["generated"], received=cons.received, lost=cons.lost,
+                        reordered=cons.reordered, enobufs=cons.enobufs,
+                        bundles=cons.bundles, cbus_delta=d if path == "cbus" else None) and ok_all
+    return ok_all
+
+
+def t_invariant(c):
+    r = wait_drained(c)
+    t = r.body["total"]
+    return report("invariant", invariant_ok(r), total=t)
+
+
+def t_perm(c):
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        res = {}
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with kabi.CtlClient(timeout=3.0) as u:
+                res["echo"] = u.echo(b"x").status
+                res["stats"] = u.stats().status
+                res["gen_start"] = u.gen_start(gen_id=15, idx=GEN_IDX, val=GEN_VAL, group=GROUP,
+                                               count=10, cpu_mask=1, size_min=32,
+                                               size_max=32).status
+                res["gen_stop"] = u.gen_stop(kabi.CNLAB_GEN_ALL).status
+                res["fault"] = u.fault(kabi.CNLAB_FAULT_QLIMIT, 1).status
+                res["bench"] = u.bench(timeout=3, idx=GEN_IDX, val=GEN_VAL, group=GROUP,
+                                       iterations=1, chunk=1, cpu=0).status
+            try:
+                s = kabi.open_socket([kabi.CNLAB_CTL_IDX])
+                s.close()
+                res["join16"] = 0
+            except OSError as e:
+                res["join16"] = -e.errno
+        except Exception as e:  # noqa: BLE001
+            res["exception"] = repr(e)
+        os.write(wfd, json.dumps(res).encode())
+        os._exit(0)
+    os.close(wfd)
+    data = b""
+    while True:
+        chunk = os.read(rfd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(pid, 0)
+    res = json.loads(data or b"{}")
+    eperm = -errno.EPERM
+    good = (res.get("echo") == 0 and res.get("stats") == 0 and res.get("gen_start") == eperm
+            and res.get("gen_stop") == eperm and res.get("fault") == eperm
+            and res.get("bench") == eperm and res.get("join16") == eperm)
+    st = c.gen_stats(15).body
+    good = good and st["state"] == kabi.CNLAB_GEN_IDLE
+    return report("perm", good, results=res)
+
+
+def connector_accepts(dg):
+    """Would the 6.1 connector core hand this datagram to our callback?"""
+    if len(dg) < 16:
+        return False
+    nl_len = struct.unpack_from("=I", dg)[0]
+    if nl_len < 16 or len(dg) < nl_len:
+        return False
+    if nl_len < 36:
+        return False
+    idx, val, _s, _a, ln, _f = kabi.CN_MSG_S.unpack_from(dg, 16)
+    if 20 + ln > kabi.CONNECTOR_MAX_MSG_SIZE:
+        return False
+    if nl_len < 36 + ln:
+        return False
+    return (idx, val) == (kabi.CNLAB_CTL_IDX, kabi.CNLAB_CTL_VAL)
+
+
+def fuzz_frames(rng, n):
+    """Yield (datagram, expect_error_reply) pairs."""
+    types = list(range(0, 12)) + [0x7FFF, 0xFFFF]
+    good_bodies = {
+        kabi.CNLAB_MSG_ECHO: kabi.ECHO.pack(data_len=0),
+        kabi.CNLAB_MSG_GEN_START: kabi.GEN_START.pack(gen_id=14, idx=GEN_IDX, val=GEN_VAL,
+                                                      group=GROUP, count=1, cpu_mask=1,
+                                                      size_min=32, size_max=32),
+        kabi.CNLAB_MSG_GEN_STOP: kabi.GEN_STOP.pack(gen_id=14),
+        kabi.CNLAB_MSG_STATS: kabi.STATS_REQ.pack(),
+        kabi.CNLAB_MSG_GEN_STATS: kabi.GEN_STATS_REQ.pack(gen_id=0),
+        kabi.CNLAB_MSG_SET_FAULT: kabi.FAULT.pack(op=kabi.CNLAB_FAULT_QLIMIT, value=4096),
+        kabi.CNLAB_MSG_BENCH: kabi.BENCH.pack(idx=GEN_IDX, val=GEN_VAL, group=GROUP,
+                                              iterations=1, chunk=1),
+    }
+    for i in range(n):
+        kind = i % 10
+        seq = 0x40000000 + i
+        if kind == 0:       # random bytes
+            dg = os.urandom(rng.randint(0, 120))
+            yield dg, None
+        elif kind == 1:     # truncated cnlab header
+            hdr = kabi.HDR.pack(version=1, type=rng.choice(types))[:rng.randint(0, 15)]
+            yield kabi.frame_nl(kabi.frame_cn(kabi.CNLAB_CTL_IDX, kabi.CNLAB_CTL_VAL, hdr, seq=seq), seq=seq), True
+        elif kind == 2:     # bad version / flags / status / reserved
+            f = rng.choice(["version", "flags", "status", "reserved"])
+            v = {"version": rng.choice([0, 2, 255]), "flags": rng.randint(1, 255),
+                 "status": rng.choice([-1, 1, 1 << 30]), "reserved": rng.randint(1, 1 << 31)}[f]
+            fields = dict(version=1, type=kabi.CNLAB_MSG_STATS, len=8)
+            fields[f] = v
+            body = kabi.HDR.pack(**fields) + kabi.STATS_REQ.pack()
+            yield kabi.frame_nl(kabi.frame_cn(kabi.CNLAB_CTL_IDX, kabi.CNLAB_CTL_VAL, body, seq=seq), seq=seq), True
+        elif kind == 3:     # hdr.len mismatch
+            t = rng.choice(list(good_bodies))
+            body = good_bodies[t]
+            hl = len(body) + rng.choice([-1, 1, 100, -len(body) - 1 if body else 5, 1 << 31])
+            yield kabi.encode_request(t, body, seq=seq, hdr_len=hl & 0xFFFFFFFF), True
+        elif kind == 4:     # unknown types
+            t = rng.choice([0, 9, 10, 100, 0x7FFF, 0xFFFF])
+            yield kabi.encode_request(t, os.urandom(rng.randint(0, 40)), seq=seq), True
+        elif kind == 5:     # body truncated / extended
+            t = rng.choice(list(good_bodies))
+            body = good_bodies[t]
+            body = body[:rng.randint(0, max(0, len(body) - 1))] if rng.random() < 0.5 else body + os.urandom(rng.randint(1, 16))
+            if t == kabi.CNLAB_MSG_ECHO and len(body) > kabi.ECHO.size:
+                body = body[:kabi.ECHO.size] + b""  # exact echo would be valid
+                body = body[:-1]
+            yield kabi.encode_request(t, body, seq=seq), True
+        elif kind == 6:     # invalid gen_start fields (always one invalid)
+            cfg = dict(gen_id=rng.randint(0, 20), idx=rng.randint(0, 50), val=rng.randint(0, 3),
+                       group=rng.randint(0, 40), count=rng.choice([0, 1, 1 << 41, rng.randint(0, 1 << 64 - 1)]),
+                       duration_ns=rng.choice([0, 1, 601 * 10**9, rng.randint(0, 1 << 64 - 1)]),
+                       cpu_mask=rng.choice([0, 1, rng.randint(0, 1 << 64 - 1)]),
+                       rate=rng.choice([0, 1, 10**7 + 1, rng.randint(0, 1 << 32 - 1)]),
+                       size_min=rng.randint(0, 10000), size_max=rng.randint(0, 10000),
+                       context=rng.randint(0, 6), path=rng.randint(0, 3),
+                       flags=rng.randint(0, 3), burst=rng.randint(0, 5000))
+            cfg["group"] = rng.choice([0, 33, 40, 1 << 31])        # guaranteed invalid
+            yield kabi.encode_request(kabi.CNLAB_MSG_GEN_START, kabi.GEN_START.pack(**cfg), seq=seq), True
+        elif kind == 7:     # invalid faults / bench / stop / stats
+            t = rng.choice(["fault", "bench", "stop", "gstats", "stats", "echo"])
+            if t == "fault":
+                op = rng.choice([0, 5, 100, kabi.CNLAB_FAULT_WARN, kabi.CNLAB_FAULT_STALL_MS,
+                                 kabi.CNLAB_FAULT_QLIMIT])
+                val = {kabi.CNLAB_FAULT_STALL_MS: rng.choice([60001, 1 << 40]),
+                       kabi.CNLAB_FAULT_QLIMIT: rng.choice([0, (1 << 20) + 1])}.get(op, rng.randint(0, 1 << 40))
+                if op == kabi.CNLAB_FAULT_WARN:
+                    val = 0     # wrong magic
+                b = kabi.FAULT.pack(op=op, value=val)
+                yield kabi.encode_request(kabi.CNLAB_MSG_SET_FAULT, b, seq=seq), True
+            elif t == "bench":
+                b = kabi.BENCH.pack(idx=GEN_IDX, val=GEN_VAL, group=rng.choice([0, 33]),
+                                    iterations=rng.randint(0, 1 << 32 - 1), chunk=rng.randint(0, 1 << 32 - 1),
+                                    cpu=rng.randint(0, 1000))
+                yield kabi.encode_request(kabi.CNLAB_MSG_BENCH, b, seq=seq), True
+            elif t == "stop":
+                b = kabi.GEN_STOP.pack(gen_id=rng.choice([16, 1000, 0xFFFFFFFE]), reserved=0)
+                yield kabi.encode_request(kabi.CNLAB_MSG_GEN_STOP, b, seq=seq), True
+            elif t == "gstats":
+                b = kabi.GEN_STATS_REQ.pack(gen_id=rng.choice([16, 0xFFFFFFFF]), reserved=rng.randint(0, 1))
+                yield kabi.encode_request(kabi.CNLAB_MSG_GEN_STATS, b, seq=seq), True
+            elif t == "stats":
+                b = kabi.STATS_REQ.pack(flags=rng.randint(1, 1 << 31))
+                yield kabi.encode_request(kabi.CNLAB_MSG_STATS, b, seq=seq), True
+            else:
+                dl = rng.choice([1025, 1 << 31])
+                b = kabi.ECHO.pack(data_len=dl) + os.urandom(rng.randint(0, 64))
+                yield kabi.encode_request(kabi.CNLAB_MSG_ECHO, b, seq=seq), True
+        elif kind == 8:     # connector-level damage: nlmsg_len, cn.len
+            body = kabi.HDR.pack(version=1, type=kabi.CNLAB_MSG_STATS, len=8) + kabi.STATS_REQ.pack()
+            cl = rng.choice([0, len(body) + rng.randint(1, 100), 16365, 0xFFFF, len(body) - 1])
+            cn = kabi.frame_cn(kabi.CNLAB_CTL_IDX, kabi.CNLAB_CTL_VAL, body, seq=seq, length=cl)
+            nll = rng.choice([None, 0, 15, 16, 35, 36 + len(body) + 50, 1 << 20])
+            dg = kabi.frame_nl(cn, seq=seq, nl_len=nll)
+            yield dg, (True if connector_accepts(dg) else None)
+        else:               # two nlmsgs in one send, or other ids, or random cnlab body
+            if rng.random() < 0.5:
+                a = kabi.encode_request(kabi.CNLAB_MSG_STATS, b"\1" * 3, seq=seq)
+                b = kabi.encode_request(kabi.CNLAB_MSG_ECHO, kabi.ECHO.pack(), seq=seq + 1)
+                pad = b"\0" * (kabi.nlmsg_align(len(a)) - len(a))
+                yield a + pad + b, True
+            else:
+                body = kabi.HDR.pack(version=1, type=rng.randint(1, 8), len=0)
+                idx = rng.choice([kabi.CNLAB_CTL_IDX + 2, 0x30, 0xFFFFFFFF])
+                yield kabi.frame_nl(kabi.frame_cn(idx, 1, body, seq=seq), seq=seq), None
+
+
+def t_fuzz(c, n=12000):
+    rng = random.Random(1234)
+    s0 = c.stats().body
+    replied_ok = 0
+    missing = 0
+    wrong = 0
+    sent = 0
+    expected_replies = 0
+    fz = kabi.CtlClient(timeout=2.0)
+    for dg, expect in fuzz_frames(rng, n):
+        try:
+            fz.send_raw(dg)
+        except OSError:
+            continue
+        sent += 1
+        if expect is None:
+            continue
+        expected_replies += 1
+        seq = kabi.CN_MSG_S.unpack_from(dg, 16)[2]
+        r = fz.recv_reply(seq, 2.0)
+        if r is None:
+            missing += 1
+        elif r.status >= 0:
+            wrong += 1
+        else:
+            replied_ok += 1
+    # drain stray replies (second messages etc.)
+    while fz.recv_reply(None, 0.05) is not None:
+        pass
+    fz.close()
+    e = c.echo(b"still alive")
+    s1 = c.stats().body
+    gen14 = c.gen_stats(14).body["state"]
+    good = (missing == 0 and wrong == 0 and e.ok and gen14 == kabi.CNLAB_GEN_IDLE
+            and s1["queue_limit"] == s0["queue_limit"] and s1["alloc_fail_nth"] == 0)
+    return report("fuzz", good, sent=sent, expected_error_replies=expected_replies,
+                  error_replies=replied_ok, missing=missing, non_error=wrong,
+                  ctl_errors_delta=s1["ctl_errors"] - s0["ctl_errors"])
+
+
+def t_faults(c):
+    good = True
+    cons = Consumer()
+    cons.start()
+    # 1. every 10th allocation fails
+    prev_limit = c.stats().body["queue_limit"]
+    s0 = wait_drained(c).body["total"]
+    r = c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 10)
+    g, err = run_gen(c, cons, 13, 1000, context="kthread", path="cbus", cpu_mask=1, rate=0)
+    c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 0)
+    s1 = wait_drained(c).body["total"]
+    d = stats_delta(s0, s1)
+    tot = gen_totals(g) if g else {}
+    cons.wait_for(900, 5)
+    ok1 = (r.ok and g is not None and d["drop_nomem"] == 100 and tot["err_nomem"] == 100
+           and d["sent"] == 900 and d["drop_full"] == 0 and d["drop_nolistener"] == 0
+           and d["drop_nlerr"] == 0 and cons.received == 900)
+    # gaps seen by the consumer + messages missing after the last one seen
+    tail = (g.body["cpus"][0]["generated"] - cons.expected.get((13, 0), 0)) if g else 0
+    ok1 = ok1 and cons.lost + tail == 100 and cons.reordered == 0
+    good = report("fault_alloc", ok1, delta=d, gen=tot, received=cons.received,
+                  gaps=cons.lost, tail=tail) and good
+    cons.stop()
+
+    # 2. stall the workers with a small queue: exactly count - limit drop as full
+    cons = Consumer()
+    cons.start()
+    s0 = wait_drained(c).body["total"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, 100)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 1500)
+    g, err = run_gen(c, cons, 13, 1000, context="kthread", path="cbus", cpu_mask=1, rate=0)
+    mid = c.stats().body["total"]
+    time.sleep(1.6)
+    s1 = wait_drained(c).body["total"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
+    d = stats_delta(s0, s1)
+    tot = gen_totals(g) if g else {}
+    cons.wait_for(100, 5)
+    ok2 = (g is not None and d["drop_full"] == 900 and tot["err_full"] == 900
+           and d["sent"] == 100 and d["drop_nomem"] == 0 and cons.received == 100
+           and mid["queued"] - s0["queued"] == 100)
+    good = report("fault_stall", ok2, delta=d, gen=tot, received=cons.received,
+                  queued_during_stall=mid["queued"]) and good
+    cons.stop()
+
+    # 3. no listener: counted as drop_nolistener
+    s0 = wait_drained(c).body["total"]
+    g, err = run_gen(c, None, 13, 500, context="timer", path="cbus", cpu_mask=1, rate=0)
+    s1 = wait_drained(c).body["total"]
+    d = stats_delta(s0, s1)
+    ok3 = g is not None and d["drop_nolistener"] == 500 and d["sent"] == 0
+    good = report("fault_nolistener", ok3, delta=d) and good
+    return good
+
+
+def cpu_set(cpu, on):
+    with open(f"/sys/devices/system/cpu/cpu{cpu}/online", "w") as f:
+        f.write("1" if on else "0")
+
+
+def t_hotplug(c, seconds=6.0):
+    cpus = list(range(1, ncpus()))
+    if not cpus:
+        return report("hotplug", True, skipped="1 CPU")
+    cons = Consumer()
+    cons.start()
+    s0 = wait_drained(c).body["total"]
+    mask = (1 << ncpus()) - 1
+    specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
+             ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
+    dur = int(seconds * 1e9)
+    for i, (ctx, path, fl) in enumerate(specs):
+        r = c.gen_start(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
+                        duration_ns=dur, cpu_mask=mask, rate=3000, size_min=32, size_max=64,
+                        context=ctx, path=path, flags=fl)
+        if not r.ok:
+            cons.stop()
+            return report("hotplug", False, error=r.error_name, ctx=ctx)
+    cycles = 0
+    end = time.monotonic() + seconds - 0.5
+    while time.monotonic() < end:
+        for cpu in cpus:
+            cpu_set(cpu, False)
+            time.sleep(0.05)
+            cpu_set(cpu, True)
+            time.sleep(0.05)
+            cycles += 1
+    gens = [wait_gen_done(c, i, 30) for i in range(len(specs))]
+    s1 = wait_drained(c)
+    d = stats_delta(s0, s1.body["total"])
+    generated = sum(gen_totals(g)["generated"] for g in gens)
+    ok = sum(gen_totals(g)["ok"] for g in gens)
+    cons.wait_for(ok, 10)
+    cons.stop()
+    good = (all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens)
+            and invariant_ok(s1) and d["queued"] == 0 and cons.lost == 0
+            and cons.reordered == 0 and cons.received == ok and ok == generated)
+    return report("hotplug", good, cycles=cycles, generated=generated, ok=ok,
+                  received=cons.received, lost=cons.lost, reordered=cons.reordered,
+                  cbus_delta=d, online=online_cpus())
+
+
+def t_unload(c, cycles=100):
+    stop = threading.Event()
+    stats = {"requests": 0, "replies": 0}
+
+    def spam():
+        while not stop.is_set():
+            try:
+                with kabi.CtlClient(timeout=0.2) as s:
+                    while not stop.is_set():
+                        s.send_raw(kabi.encode_echo(seq=s.next_seq()))
+                        stats["requests"] += 1
+                        if s.recv_reply(None, 0.2):
+                            stats["replies"] += 1
+                        s.send_raw(kabi.encode_stats(seq=s.next_seq()))
+                        stats["requests"] += 1
+                        if s.recv_reply(None, 0.2):
+                            stats["replies"] += 1
+            except OSError:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=spam, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    failures = []
+    t0 = time.monotonic()
+    for i in range(cycles):
+        try:
+            with kabi.CtlClient(timeout=2.0) as s:
+                ctx = ("kthread", "timer", "hardirq", "softirq")[i % 4]
+                r = s.gen_start(gen_id=i % 4, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
+                                duration_ns=10**10, cpu_mask=(1 << ncpus()) - 1, rate=(i % 3) * 5000,
+                                size_min=32, size_max=128, context=ctx, path="cbus")
+                if not r.ok:
+                    failures.append(("start", i, r.error_name))
+        except (TimeoutError, OSError) as e:
+            failures.append(("start", i, repr(e)))
+        time.sleep(0.02)
+        rm = subprocess.run(["rmmod", "cnlab"], capture_output=True, text=True)
+        if rm.returncode:
+            failures.append(("rmmod", i, rm.stderr.strip()))
+            break
+        ins = subprocess.run(["insmod", MODULE], capture_output=True, text=True)
+        if ins.returncode:
+            failures.append(("insmod", i, ins.stderr.strip()))
+            break
+    elapsed = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join(3)
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    finals = [l for l in log.splitlines() if "cbus final:" in l]
+    bad_finals = []
+    for l in finals[-cycles:]:
+        f = dict(zip(*[iter(l.split("cbus final:")[1].split())] * 2))
+        f = {k: int(v) for k, v in f.items()}
+        if f["inserted"] != f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["nlerr"] or f["queued"]:
+            bad_finals.append(l)
+    good = not failures and not bad_finals and len(finals) >= cycles
+    return report("unload", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
+                  final_lines=len(finals), unbalanced=bad_finals[:3], **stats)
+
+
+def pct(vals, p):
+    if not vals:
+        return None
+    vals = sorted(vals)
+    return vals[min(len(vals) - 1, int(len(vals) * p / 100))]
+
+
+def t_bench(c, iterations=20000):
+    out = {}
+    cons = Consumer()
+    cons.start()
+    r = c.bench(timeout=300, idx=GEN_IDX, val=GEN_VAL, group=GROUP, payload=32,
+                iterations=iterations, chunk=128, pause_us=3000, cpu=0)
+    cons.stop()
+    if not r.ok:
+        return report("bench", False, error=r.error_name)
+    b = r.body
+    out["cbus_insert_ns"] = b["cbus_ns"] / max(1, b["cbus_calls"])
+    out["direct_send_ns"] = b["direct_ns"] / max(1, b["direct_calls"])
+    out["cbus_best_chunk_ns"] = b["cbus_ns_min_chunk"] / 1000
+    out["direct_best_chunk_ns"] = b["direct_ns_min_chunk"] / 1000
+    out["direct_ok"] = b["direct_ok"]
+    out["direct_esrch"] = b["direct_esrch"]
+    out["cbus_ok"] = b["cbus_ok"]
+    out["ratio"] = out["direct_send_ns"] / max(1e-9, out["cbus_insert_ns"])
+
+    # end-to-end rate, one consumer, generator on CPU 0 as fast as possible
+    n = 200000
+    for name, path, fl in (("direct", "direct", 0), ("cbus", "cbus", 0),
+                           ("cbus_bundle", "cbus", kabi.CNLAB_GEN_F_BUNDLE)):
+        cons = Consumer()
+        cons.start()
+        t0 = time.monotonic_ns()
+        g, err = run_gen(c, cons, 12, n, context="kthread", path=path, flags=fl,
+                         cpu_mask=1, rate=0)
+        wait_drained(c)
+        cons.wait_for(n, 3)
+        cons.stop()
+        span = (cons.last_ns - t0) / 1e9 if cons.last_ns else 0
+        out[f"e2e_{name}"] = {"generated": gen_totals(g)["generated"] if g else 0,
+                              "received": cons.received, "seconds": round(span, 3),
+                              "msgs_per_s": round(cons.received / span) if span else 0,
+                              "enobufs": cons.enobufs, "lost": cons.lost}
+    # latency at a moderate rate
+    for name, path in (("direct", "direct"), ("cbus", "cbus")):
+        cons = Consumer(keep_lat=True)
+        cons.start()
+        g, err = run_gen(c, cons, 12, 20000, context="kthread", path=path, cpu_mask=1, rate=10000)
+        wait_drained(c)
+        cons.wait_for(20000, 3)
+        cons.stop()
+        out[f"lat_{name}_us"] = {p: round(pct(cons.lat, p) / 1000, 1) if cons.lat else None
+                                 for p in (50, 90, 99, 99.9)}
+        out[f"lat_{name}_us"]["n"] = len(cons.lat)
+    return report("bench", True, **out)
+
+
+def kernel_log_clean():
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    bad = [l for l in log.splitlines()
+           if any(k in l for k in ("Oops", "BUG:", "WARNING:", "Call Trace", "refcount_t",
+                                   "Waiting for cqueue", "general protection"))]
+    taint = open("/proc/sys/kernel/tainted").read().strip()
+    return report("kernel_log", not bad, taint=int(taint), bad=bad[:10])
+
+
+TESTS = {"echo": t_echo, "deliver": t_deliver, "invariant": t_invariant, "perm": t_perm,
+         "fuzz": t_fuzz, "faults": t_faults, "hotplug": t_hotplug, "unload": t_unload,
+         "bench": t_bench}
+
+
+def main(argv):
+    names = argv or ["all"]
+    if names == ["all"]:
+        names = ["echo", "deliver", "invariant", "perm", "fuzz", "faults", "hotplug",
+                 "invariant", "unload", "bench"]
+    for name in names:
+        with kabi.CtlClient(timeout=5.0) as c:
+            try:
+                TESTS[name](c)
+            except Exception as e:  # noqa: BLE001
+                report(name, False, exception=repr(e))
+    kernel_log_clean()
+    return 0 if all(r["ok"] for r in RESULTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
