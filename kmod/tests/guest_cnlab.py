@@ -31,6 +31,9 @@ GEN_IDX = 0x20
 GEN_VAL = 0x1
 GROUP = 2          # even: no unprivileged joins on 6.6+ either
 RESULTS = []
+LAT_RATE = int(os.environ.get("CNLAB_LAT_RATE", "2000"))
+LAT_COUNT = int(os.environ.get("CNLAB_LAT_COUNT", "5000"))
+HOTPLUG_RATE = int(os.environ.get("CNLAB_HOTPLUG_RATE", "500"))
 
 
 def report(test, ok, **kw):
@@ -537,7 +540,7 @@ def t_hotplug(c, seconds=6.0):
     dur = int(seconds * 1e9)
     for i, (ctx, path, fl) in enumerate(specs):
         r = c.gen_start(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
-                        duration_ns=dur, cpu_mask=mask, rate=3000, size_min=32, size_max=64,
+                        duration_ns=dur, cpu_mask=mask, rate=HOTPLUG_RATE, size_min=32, size_max=64,
                         context=ctx, path=path, flags=fl)
         if not r.ok:
             cons.stop()
@@ -561,7 +564,7 @@ def t_hotplug(c, seconds=6.0):
     good = (all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens)
             and invariant_ok(s1) and d["queued"] == 0 and cons.lost == 0
             and cons.reordered == 0 and cons.received == ok and ok == generated)
-    return report("hotplug", good, cycles=cycles, generated=generated, ok=ok,
+    return report("hotplug", good, cycles=cycles, generated=generated, accepted=ok,
                   received=cons.received, lost=cons.lost, reordered=cons.reordered,
                   cbus_delta=d, online=online_cpus())
 
@@ -628,6 +631,26 @@ def t_unload(c, cycles=100):
                   final_lines=len(finals), unbalanced=bad_finals[:3], **stats)
 
 
+def t_initfail(c):
+    """Every init step made to fail unwinds completely (fail_init=N)."""
+    res = {}
+    subprocess.run(["rmmod", "cnlab"], capture_output=True)
+    for step in range(1, 7):
+        ins = subprocess.run(["insmod", MODULE, f"fail_init={step}"], capture_output=True, text=True)
+        registered = "cnlab" in open("/proc/net/connector").read()
+        loaded = os.path.exists("/sys/module/cnlab")
+        dbg = os.path.exists("/sys/kernel/debug/cnlab")
+        res[step] = {"failed": ins.returncode != 0, "registered": registered,
+                     "loaded": loaded, "debugfs": dbg}
+        if loaded:
+            subprocess.run(["rmmod", "cnlab"], capture_output=True)
+    ins = subprocess.run(["insmod", MODULE], capture_output=True, text=True)
+    e = c.echo(b"back")
+    good = all(v["failed"] and not v["registered"] and not v["loaded"] and not v["debugfs"]
+               for v in res.values()) and ins.returncode == 0 and e.ok
+    return report("initfail", good, steps=res)
+
+
 def pct(vals, p):
     if not vals:
         return None
@@ -675,13 +698,15 @@ def t_bench(c, iterations=20000):
     for name, path in (("direct", "direct"), ("cbus", "cbus")):
         cons = Consumer(keep_lat=True)
         cons.start()
-        g, err = run_gen(c, cons, 12, 20000, context="kthread", path=path, cpu_mask=1, rate=10000)
+        g, err = run_gen(c, cons, 12, LAT_COUNT, context="kthread", path=path, cpu_mask=1,
+                         rate=LAT_RATE)
         wait_drained(c)
-        cons.wait_for(20000, 3)
+        cons.wait_for(LAT_COUNT, 3)
         cons.stop()
         out[f"lat_{name}_us"] = {p: round(pct(cons.lat, p) / 1000, 1) if cons.lat else None
                                  for p in (50, 90, 99, 99.9)}
         out[f"lat_{name}_us"]["n"] = len(cons.lat)
+    out["lat_rate"] = LAT_RATE
     return report("bench", True, **out)
 
 
@@ -689,13 +714,13 @@ def kernel_log_clean():
     log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
     bad = [l for l in log.splitlines()
            if any(k in l for k in ("Oops", "BUG:", "WARNING:", "Call Trace", "refcount_t",
-                                   "Waiting for cqueue", "general protection"))]
+                                   "Waiting for cqueue", "general protection", "NOHZ tick-stop"))]
     taint = open("/proc/sys/kernel/tainted").read().strip()
     return report("kernel_log", not bad, taint=int(taint), bad=bad[:10])
 
 
 TESTS = {"echo": t_echo, "deliver": t_deliver, "invariant": t_invariant, "perm": t_perm,
-         "fuzz": t_fuzz, "faults": t_faults, "hotplug": t_hotplug, "unload": t_unload,
+         "fuzz": t_fuzz, "faults": t_faults, "initfail": t_initfail, "hotplug": t_hotplug, "unload": t_unload,
          "bench": t_bench}
 
 
@@ -703,7 +728,7 @@ def main(argv):
     names = argv or ["all"]
     if names == ["all"]:
         names = ["echo", "deliver", "invariant", "perm", "fuzz", "faults", "hotplug",
-                 "invariant", "unload", "bench"]
+                 "invariant", "initfail", "unload", "bench"]
     for name in names:
         with kabi.CtlClient(timeout=5.0) as c:
             try:
