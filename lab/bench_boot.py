@@ -1,22 +1,25 @@
 """``cnlab bench boot``: boot-to-SSH-ready against the boot floor, side by side.
 
-The floor is the same kernel and initramfs told to power off as soon as init
-runs (``cnlab.halt``): what QEMU plus the kernel cost before any of our
-userspace.  Boots and floors alternate so that both see the same host load.
+The floor is the same kernel and initramfs, with no disks or network, told
+to power off as soon as init runs (``cnlab.halt``): what QEMU plus the
+kernel cost before any of our userspace.  Boots and floors alternate so that both see the same host load.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-from .guest import Guest
+from .errors import BootError
+from .guest import BOOT_SECONDS, QEMU_BINARY, Guest
 from .labsetup import Lab
 from .procs import spawn_owned, stop_process
-from .qemu_argv import GuestShape
+from .qemu_argv import GuestShape, kernel_cmdline, machine_args
 
 __all__ = ["run_boot_bench", "summarise"]
 
@@ -31,50 +34,36 @@ def summarise(samples: list[float]) -> dict:
     }
 
 
-def _floor_once(lab: Lab, shape: GuestShape) -> float:
-    spec = lab.guest_spec(shape, name="floor", with_module=False, cmdline=("cnlab.halt",))
-    guest = Guest(spec)
+def _floor_once(lab: Lab, shape: GuestShape, workdir: Path) -> float:
+    """Seconds from spawning QEMU to its exit, for an init that powers off at once."""
+    image = lab.image
+    console = workdir / "floor.console.log"
+    argv = [
+        QEMU_BINARY,
+        *machine_args(shape, lab.accel),
+        "-kernel", str(image.kernel.image), "-initrd", str(image.initramfs),
+        "-append", kernel_cmdline(["cnlab.halt"]),
+        "-chardev", f"file,id=console,path={console}", "-serial", "chardev:console",
+    ]
+    started = time.monotonic()
+    proc = spawn_owned(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        guest.write_initrd()
-        # Unpaused, and the QMP/readiness sockets are not needed: QEMU just runs and exits.
-        argv = guest.argv(paused=False)
-        argv = _without_chardev_sockets(argv)
-        started = time.monotonic()
-        proc = spawn_owned(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=guest.boot_seconds)
-        finally:
-            stop_process(proc)
-        return time.monotonic() - started
+        proc.wait(timeout=BOOT_SECONDS * lab.accel.timeout_scale)
     finally:
-        guest.stop()
-
-
-def _without_chardev_sockets(argv: list[str]) -> list[str]:
-    """Drop the ready and QMP sockets (nobody listens on them for a floor boot)."""
-    out: list[str] = []
-    skip = False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        nxt = argv[i + 1] if i + 1 < len(argv) else ""
-        if arg == "-chardev" and (nxt.startswith("socket,id=ready") or nxt.startswith("socket,id=qmp")):
-            skip = True
-            continue
-        if arg in ("-serial", "-mon") and nxt in ("chardev:ready", "chardev=qmp,mode=control"):
-            skip = True
-            continue
-        out.append(arg)
-    return out
+        stop_process(proc)
+    elapsed = time.monotonic() - started
+    if "CNLAB-HALT" not in console.read_text(errors="replace"):
+        raise BootError("floor boot did not reach init", console_tail=console.read_text(errors="replace")[-2000:])
+    return elapsed
 
 
 def run_boot_bench(lab: Lab, runs: int, shape: GuestShape, json_path: Path) -> int:
     spec = lab.guest_spec(shape, name="bench")
     print(f"cnlab bench boot: {runs} boots + {runs} floors, {shape.cpus} vCPUs, accelerator {spec.accel.name}")
     ready, ssh, floor = [], [], []
+    workdir = Path(tempfile.mkdtemp(prefix="cnlab-bench-"))
     for i in range(runs):
-        floor.append(_floor_once(lab, shape))
+        floor.append(_floor_once(lab, shape, workdir))
         with Guest(spec) as guest:
             ready.append(guest.timing.ready)
             ssh.append(guest.timing.ssh)
@@ -93,6 +82,7 @@ def run_boot_bench(lab: Lab, runs: int, shape: GuestShape, json_path: Path) -> i
         row = result[key]
         print(f"{label:12}{row['min']:8.2f}{row['median']:8.2f}{row['max']:8.2f}")
     print(f"median SSH-ready / median floor = {result['ratio_ssh_ready_to_floor']:.2f}")
+    shutil.rmtree(workdir, ignore_errors=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {json_path}")

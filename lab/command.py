@@ -44,7 +44,7 @@ class CommandResult:
     def text(self) -> str:
         return self.stdout.decode(errors="replace")
 
-    def check(self) -> "CommandResult":
+    def check(self) -> CommandResult:
         """Return self, or raise CommandFailed if the command failed."""
         if self.exit_status != 0:
             raise CommandFailed(self.argv, self.exit_status, self.stdout, self.stderr)

@@ -50,7 +50,7 @@ QEMU_BINARY = "qemu-system-x86_64"
 BOOT_SECONDS = 30.0
 PORT_RANGE = (20000, 60000)
 GUEST_MODULE_DIR = "/run/cnlab"
-_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)")
+_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)\r?\n")
 
 
 @enum.unique
@@ -74,6 +74,7 @@ class GuestSpec:
     cmdline: tuple[str, ...] = ()
     qemu_extra: tuple[str, ...] = ()
     name: str = "guest"
+    qemu_binary: str = QEMU_BINARY
 
 
 @dataclass
@@ -120,7 +121,7 @@ class Guest:
             raise GuestError(f"{method}() needs state {'/'.join(s.value for s in states)}, "
                              f"guest {self.spec.name} is {self.state.value}")
 
-    def __enter__(self) -> "Guest":
+    def __enter__(self) -> Guest:
         self.start()
         return self
 
@@ -165,7 +166,7 @@ class Guest:
             qmp_socket=self.workdir / "qmp.sock",
             ready_socket=self.workdir / "ready.sock",
         )
-        return qemu_argv(QEMU_BINARY, self.spec.shape, self.spec.accel, paths, self.cmdline(),
+        return qemu_argv(self.spec.qemu_binary, self.spec.shape, self.spec.accel, paths, self.cmdline(),
                          list(self.spec.qemu_extra), paused=paused)
 
     def start(self) -> None:
@@ -205,6 +206,7 @@ class Guest:
         spawned = time.monotonic()
         try:
             qmp_conn = self._accept(qmp_listener, deadline, "QMP connection")
+            self._wait_readable(qmp_conn, deadline, "QMP greeting")
             self._qmp = QEMUMonitorProtocol(qmp_conn)
             try:
                 self._qmp.connect(negotiate=True)

@@ -216,7 +216,8 @@ def _initramfs_inputs(kernel: KernelSpec) -> dict:
 def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
     _compile_init(folder / "init")
     modules = _module_closure(kernel, inputs["modules"])
-    entries = [CpioEntry(d, None, 0o755) for d in ("dev", "proc", "sys", "etc", "etc/cnlab", "lib", "lib/modules", "newroot")]
+    folders = ("dev", "proc", "sys", "etc", "etc/cnlab", "lib", "lib/modules", "newroot")
+    entries = [CpioEntry(d, None, 0o755) for d in folders]
     entries.append(CpioEntry("init", (folder / "init").read_bytes(), 0o755))
     for module in modules:
         entries.append(CpioEntry(f"lib/modules/{module.name}", module.read_bytes()))

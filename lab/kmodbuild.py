@@ -42,7 +42,8 @@ class ModuleBuild:
         raise BuildError(f"module {name}.ko was not built (have: {', '.join(p.name for p in self.modules)})")
 
 
-def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None, extra_make: list[str] | None = None) -> ModuleBuild:
+def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
+                 extra_make: list[str] | None = None) -> ModuleBuild:
     """Build (or reuse) the modules in ``source`` for ``kernel``."""
     source = source or kmod_dir()
     if kernel.kbuild_dir is None:

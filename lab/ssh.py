@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +127,7 @@ class SSHSession:
                     break
                 select.select([channel], [], [], min(wait, 5.0))
             status = -1 if timed_out else channel.recv_exit_status()
-        except (socket.error, paramiko.SSHException, EOFError) as exc:
+        except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransportError(f"SSH failed while running {argv[0]}: {exc}") from exc
         finally:
             channel.close()
