@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--runs", type=_positive_int, default=5, help="boots of each kind (at least 5)")
     boot.add_argument("--cpus", type=_positive_int, default=2)
     boot.add_argument("--json", type=Path, default=Path("results/bench-boot.json"))
+    kmod = bench_sub.add_parser("kmod", help="cbus_insert against a direct send, rates and latency")
+    kmod.add_argument("--cpus", type=_positive_int, default=2)
+    kmod.add_argument("--json", type=Path, default=Path("results/bench-kmod.json"))
     return parser
 
 
@@ -181,12 +184,19 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return run_boot_bench(_lab(args), runs=args.runs, shape=GuestShape(cpus=args.cpus), json_path=args.json)
 
 
+def cmd_bench_kmod(args: argparse.Namespace) -> int:
+    from .bench_kmod import run_kmod_bench
+
+    return run_kmod_bench(_lab(args), shape=GuestShape(cpus=args.cpus), json_path=args.json)
+
+
 COMMANDS = {
     ("image", "build"): cmd_image_build,
     ("exec", None): cmd_exec,
     ("shell", None): cmd_shell,
     ("run", None): cmd_run,
     ("bench", "boot"): cmd_bench_boot,
+    ("bench", "kmod"): cmd_bench_kmod,
 }
 
 

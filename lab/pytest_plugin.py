@@ -1,0 +1,79 @@
+"""cnlab's pytest plugin: fixtures for the lab and for guests.
+
+Registered through the ``pytest11`` entry point, so plugin authors get the
+same fixtures as cnlab's own tests:
+
+* ``cnlab_lab`` (session): a :class:`~lab.labsetup.Lab`; the image and the
+  module are built once, under file locks, however many xdist workers run;
+* ``cnlab_guest_factory``: boots guests (``factory(cpus=2, …)``) and stops
+  them all at the end of the test;
+* ``cnlab_guest``: one guest shaped by ``@pytest.mark.cnlab_guest(cpus=N,
+  mem=MB, cmdline=[...], module=True)``, with the guest-side programs
+  installed; its console log is kept under ``CNLAB_LOG_DIR`` if set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .guest import Guest
+from .guestfiles import install_guest_programs
+from .labsetup import Lab, LabOptions
+from .qemu_argv import GuestShape
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lab: boots real QEMU guests and loads the real module")
+    config.addinivalue_line(
+        "markers", "cnlab_guest(cpus=2, mem=1024, cmdline=(), module=True): shape of the cnlab_guest fixture"
+    )
+
+
+@pytest.fixture(scope="session")
+def cnlab_lab() -> Lab:
+    """The lab (cache from ``CNLAB_CACHE``, accelerator from ``CNLAB_ACCEL``)."""
+    options = LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"))
+    lab = Lab(options)
+    lab.image  # noqa: B018 - build once per session (file-locked across workers)
+    return lab
+
+
+def _log_dir(request: pytest.FixtureRequest) -> Path | None:
+    base = os.environ.get("CNLAB_LOG_DIR")
+    if not base:
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return Path(base) / worker / request.node.name.replace("/", "_")
+
+
+@pytest.fixture
+def cnlab_guest_factory(cnlab_lab: Lab, request: pytest.FixtureRequest) -> Iterator:
+    """Boot guests on demand; every guest is stopped when the test ends."""
+    guests: list[Guest] = []
+
+    def boot(cpus: int = 2, mem: int = 1024, cmdline: tuple[str, ...] = (), module: bool = True,
+             load_module: bool = True, name: str = "guest") -> Guest:
+        spec = cnlab_lab.guest_spec(GuestShape(cpus=cpus, memory_mb=mem), name=name, with_module=module,
+                                    load_module=load_module, cmdline=tuple(cmdline))
+        guest = Guest(spec, log_dir=_log_dir(request))
+        guests.append(guest)
+        guest.start()
+        return guest
+
+    yield boot
+    for guest in guests:
+        guest.stop()
+
+
+@pytest.fixture
+def cnlab_guest(cnlab_guest_factory, request: pytest.FixtureRequest) -> Guest:
+    """One guest shaped by the ``cnlab_guest`` marker, guest programs installed."""
+    marker = request.node.get_closest_marker("cnlab_guest")
+    kwargs = dict(marker.kwargs) if marker else {}
+    guest = cnlab_guest_factory(**kwargs)
+    install_guest_programs(guest)
+    return guest
