@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                         help="accelerator (auto: KVM if it really works, else TCG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what cnlab does")
+    parser.add_argument("-p", dest="plugin_args", action="append", default=[], metavar="NAME",
+                        help="load plugin NAME (module or entry point); -p no:NAME blocks one")
+    parser.add_argument("--plugins-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="load every *.py in DIR as a plugin (repeatable)")
+    parser.add_argument("--config", type=Path, default=None, help="lab config (TOML; default ./cnlab.toml if present)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -88,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     shell = sub.add_parser("shell", help="boot a guest and open an interactive shell")
     _add_shape(shell)
+
+    sub.add_parser("plugins", help="list loaded plugins: name, kind, source, hooks")
 
     run = sub.add_parser("run", help="the default job: boot, load the module, run the default checks")
     run.add_argument("--json", type=Path, help="write the results as JSON")
@@ -190,11 +197,18 @@ def cmd_bench_kmod(args: argparse.Namespace) -> int:
     return run_kmod_bench(_lab(args), shape=GuestShape(cpus=args.cpus), json_path=args.json)
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugin_cli import list_plugins
+
+    return list_plugins(args)
+
+
 COMMANDS = {
     ("image", "build"): cmd_image_build,
     ("exec", None): cmd_exec,
     ("shell", None): cmd_shell,
     ("run", None): cmd_run,
+    ("plugins", None): cmd_plugins,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
 }
