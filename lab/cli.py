@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="cnlab: %(message)s")
         logging.getLogger("paramiko").setLevel(logging.WARNING)
+        # qemu.qmp logs a dying guest's closed socket as an ERROR; cnlab reports that itself.
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
         sub = getattr(args, "image_command", None) or getattr(args, "bench_command", None)
         return COMMANDS[(args.command, sub)](args)
     except LabError as exc:

@@ -282,9 +282,17 @@ class Guest:
             self._wait_readable(self._ready_conn, deadline, "readiness line")
             chunk = self._ready_conn.recv(4096)
             if not chunk:
-                raise self._qemu_exit_error() if self._proc.poll() is not None else \
-                    BootError(f"guest {self.spec.name}: readiness channel closed")
+                raise self._channel_closed_error()
             buffer += chunk
+
+    def _channel_closed_error(self) -> BootError:
+        """QEMU closes its sockets as it exits: wait (bounded) for the exit to report why."""
+        assert self._proc is not None
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return BootError(f"guest {self.spec.name}: readiness channel closed while QEMU still runs")
+        return self._qemu_exit_error()
 
     # ------------------------------------------------------------ running
     @property

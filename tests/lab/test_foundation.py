@@ -1,0 +1,109 @@
+"""Foundation tier: real QEMU guests, the real module, the real connector.
+
+Marked ``lab``: run with ``pytest -m lab`` (tox -e lab).  They use the
+``cnlab_*`` fixtures of lab.pytest_plugin, so the image is built once per
+run under a file lock, whatever the number of xdist workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lab.errors import BootError
+from lab.guestfiles import install_guest_programs
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4])
+def test_guest_boots_with_n_cpus_module_loaded_and_echo_round_trip(cnlab_guest_factory, cpus):
+    guest = cnlab_guest_factory(cpus=cpus)
+    assert guest.ready_info["cpus"] == cpus
+    assert guest.run(["nproc"], check=True).text.strip() == str(cpus)
+    assert guest.run(["grep", "-w", "^cnlab", "/proc/modules"]).ok
+    assert "16:1" in guest.run(["cat", "/proc/net/connector"], check=True).text
+    lib = install_guest_programs(guest)
+    echo = json.loads(guest.run(["python3", f"{lib}/smoke_echo.py", "50"], timeout=60, check=True).text)
+    assert echo["intact"] == echo["echoes"] == 50
+
+
+def test_guest_has_the_tools_scenarios_need(cnlab_guest_factory):
+    guest = cnlab_guest_factory(cpus=1, module=False)
+    version = guest.run(["python3", "-c", "import pyroute2, pyroute2.netlink.connector; print(pyroute2.__version__)"],
+                        check=True).text.strip()
+    import pyroute2
+
+    assert version == pyroute2.__version__
+    assert guest.run(["modprobe", "sch_netem"]).ok  # module disk mounted, depmod done
+    assert not guest.run(["grep", "-w", "^cnlab", "/proc/modules"]).ok
+
+
+def test_sftp_put_get_and_large_output(cnlab_guest_factory, tmp_path):
+    guest = cnlab_guest_factory(cpus=2, module=False)
+    payload = os.urandom(300_000)
+    (tmp_path / "in.bin").write_bytes(payload)
+    guest.ssh.put(tmp_path / "in.bin", "/tmp/in.bin")
+    guest.ssh.get("/tmp/in.bin", tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == payload
+    result = guest.run(["sh", "-c", "head -c 2000000 /dev/zero; head -c 500000 /dev/zero >&2"], timeout=120)
+    assert len(result.stdout) == 2_000_000 and len(result.stderr) == 500_000
+
+
+def test_qmp_pause_and_resume(cnlab_guest_factory):
+    guest = cnlab_guest_factory(cpus=1, module=False)
+    guest.pause()
+    assert guest.status() == "paused"
+    guest.resume()
+    assert guest.status() == "running"
+    assert guest.run(["true"], timeout=30).ok
+
+
+def test_panicking_kernel_is_reported_with_the_console(cnlab_guest_factory):
+    # No init in the initramfs: the kernel panics ("No working init found").
+    with pytest.raises(BootError) as info:
+        cnlab_guest_factory(cpus=1, module=False, cmdline=("rdinit=/nonexistent", "init=/nonexistent"))
+    assert "QEMU exited" in str(info.value)
+    assert "Kernel panic" in info.value.console_tail
+
+
+ORPHAN_SCRIPT = textwrap.dedent("""
+    import sys
+    from lab.guest import Guest
+    from lab.labsetup import Lab
+    from lab.qemu_argv import GuestShape
+    guest = Guest(Lab().guest_spec(GuestShape(cpus=1), name="orphan", with_module=False))
+    guest.start()
+    print(guest._proc.pid, flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_sigkill_of_the_orchestrator_leaves_no_qemu(cnlab_lab):
+    orchestrator = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, env=dict(os.environ, CNLAB_CACHE=str(cnlab_lab.cache)))
+    qemu_pid = int(orchestrator.stdout.readline())
+    pidfd = os.pidfd_open(qemu_pid)
+    try:
+        os.kill(orchestrator.pid, signal.SIGKILL)
+        orchestrator.wait()
+        readable, _, _ = select.select([pidfd], [], [], 30)
+        assert readable, f"QEMU {qemu_pid} still alive 30 s after its orchestrator was killed"
+    finally:
+        os.close(pidfd)
+        orchestrator.stdin.close()
+        orchestrator.stdout.close()
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_parallel_guests_do_not_collide(cnlab_guest_factory, index):
+    """Run with -n 4: four workers boot at once; ports and sockets must not clash."""
+    guest = cnlab_guest_factory(cpus=1, module=False, name=f"par{index}")
+    assert guest.run(["hostname"], check=True).text.strip() == "cnlab"
