@@ -1,0 +1,78 @@
+"""No orphans (without QEMU) and the accelerator choice."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import lab.accel as accel
+from lab.errors import HostSetupError
+
+PARENT = textwrap.dedent("""
+    import sys
+    from lab.procs import spawn_owned
+    child = spawn_owned(["sleep", "600"])
+    print(child.pid, flush=True)
+    sys.stdin.read()
+""")
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_owned_child_dies_with_its_parent(how):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child = int(parent.stdout.readline())
+    pidfd = os.pidfd_open(child)
+    try:
+        os.kill(parent.pid, how)
+        parent.wait()
+        readable, _, _ = select.select([pidfd], [], [], 10)
+        assert readable, "child outlived its parent"
+    finally:
+        os.close(pidfd)
+        parent.stdin.close()
+        parent.stdout.close()
+
+
+def test_tcg_when_requested(tmp_path):
+    choice = accel.choose_accel("tcg", tmp_path, tmp_path / "k", tmp_path / "i")
+    assert choice.name == "tcg" and choice.qemu_args()[1].startswith("tcg,thread=multi")
+
+
+def test_broken_kvm_falls_back_and_the_verdict_is_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_probe(kernel, initrd, binary="q"):
+        calls.append(kernel)
+        return False, "KVM guest hung (no power-off within 20 s)"
+
+    monkeypatch.setattr(accel, "probe_kvm", fake_probe)
+    monkeypatch.setattr(accel, "_kvm_usable_device", lambda: None)
+    first = accel.choose_accel("auto", tmp_path, tmp_path / "k", tmp_path / "i")
+    second = accel.choose_accel("auto", tmp_path, tmp_path / "k", tmp_path / "i")
+    assert first.name == second.name == "tcg" and "hung" in first.reason
+    assert len(calls) == 1
+    assert json.loads((tmp_path / "accel.json").read_text())["kvm_works"] is False
+    with pytest.raises(HostSetupError, match="KVM requested but unusable"):
+        accel.choose_accel("kvm", tmp_path, tmp_path / "k", tmp_path / "i")
+
+
+def test_working_kvm_is_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(accel, "probe_kvm", lambda *a, **k: (True, "KVM works"))
+    monkeypatch.setattr(accel, "_kvm_usable_device", lambda: None)
+    choice = accel.choose_accel("auto", tmp_path, tmp_path / "k", tmp_path / "i")
+    assert choice.name == "kvm" and choice.timeout_scale == 1
+
+
+def test_missing_dev_kvm_needs_no_probe(monkeypatch, tmp_path):
+    monkeypatch.setattr(accel, "_kvm_usable_device", lambda: "no /dev/kvm")
+    assert accel.probe_kvm(tmp_path / "k", tmp_path / "i") == (False, "no /dev/kvm")
+
+
+def test_unknown_accelerator(tmp_path):
+    with pytest.raises(ValueError):
+        accel.choose_accel("xen", tmp_path, tmp_path / "k", tmp_path / "i")
