@@ -7,12 +7,13 @@ the kbuild directory to compile out-of-tree modules against.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import file_lock, publish_dir
+from .cache import file_lock, publish_dir, write_json_atomic
 from .errors import HostSetupError
 from .hostdeps import require_tool
 
@@ -63,9 +64,35 @@ def resolve_metapackage(metapackage: str = DEBIAN_METAPACKAGE) -> tuple[str, str
     return package, version.group(1)
 
 
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _apt_lists_stamp() -> list[int]:
+    """Changes whenever 'apt-get update' brings new package lists."""
+    try:
+        return sorted(p.stat().st_mtime_ns for p in APT_LISTS.glob("*_Packages*"))[-4:]
+    except OSError:
+        return []
+
+
+def resolve_cached(cache: Path, metapackage: str = DEBIAN_METAPACKAGE) -> tuple[str, str]:
+    """:func:`resolve_metapackage`, remembered until the apt lists change (apt-cache is slow)."""
+    memo = cache / "kernels" / "resolved.json"
+    stamp = _apt_lists_stamp()
+    try:
+        stored = json.loads(memo.read_text())
+        if stored["metapackage"] == metapackage and stored["stamp"] == stamp and stamp:
+            return stored["package"], stored["version"]
+    except (OSError, ValueError, KeyError):
+        pass
+    package, version = resolve_metapackage(metapackage)
+    write_json_atomic(memo, {"metapackage": metapackage, "stamp": stamp, "package": package, "version": version})
+    return package, version
+
+
 def debian_cloud_kernel(cache: Path) -> KernelSpec:
     """Fetch (once) and describe the kernel that Debian's cloud metapackage names."""
-    package, version = resolve_metapackage()
+    package, version = resolve_cached(cache)
     release = package.removeprefix("linux-image-")
     target = cache / "kernels" / f"{package}_{version}"
     kbuild = Path("/usr/src") / f"linux-headers-{release}"
