@@ -1,0 +1,365 @@
+"""The cnlab hook contract: every hook a plugin may implement.
+
+Plugins mark implementations with ``lab.hookimpl``; a function named like a
+hook but not marked is never called (the manager reports it).  Hooks are
+named ``lab_<object>_<verb>`` and grouped by lifecycle phase::
+
+    configure   lab_settings_declare ─► lab_plugin_configure
+    register    lab_emulators_register, lab_consumers_register, lab_faults_register
+    guest       lab_qemu_args_add, lab_kernel_cmdline_add, lab_guest_files_add ─► boot ─► lab_guest_ready
+    scenario    lab_scenario_start ─► lab_phase_run (per phase; fault wrappers) ─► lab_scenario_stop
+    results     lab_result_collect ─► lab_result_check
+    report      lab_report_status, lab_report_write
+    teardown    lab_plugin_unconfigure
+
+Hooks marked *per plugin* are called once for each plugin on its own (the
+manager needs to know whose answer is whose); the others are ordinary pluggy
+broadcasts.  Every hook's implementation may accept fewer arguments than the
+spec lists; specs may grow arguments in later versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import LabConfig, Setting
+    from .guest import Guest
+    from .plugin.model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash
+    from .plugin.registry import ConsumerRegistry, EmulatorRegistry, FaultRegistry
+    from .qemu_argv import GuestShape
+
+__all__ = [
+    "PROJECT_NAME",
+    "hookspec",
+    "hookimpl",
+    "lab_settings_declare",
+    "lab_plugin_configure",
+    "lab_emulators_register",
+    "lab_consumers_register",
+    "lab_faults_register",
+    "lab_qemu_args_add",
+    "lab_kernel_cmdline_add",
+    "lab_guest_files_add",
+    "lab_guest_ready",
+    "lab_scenario_start",
+    "lab_phase_run",
+    "lab_scenario_stop",
+    "lab_result_collect",
+    "lab_result_check",
+    "lab_report_status",
+    "lab_report_write",
+    "lab_plugin_unconfigure",
+]
+
+#: The pluggy project name: markers and the manager must agree on it.
+PROJECT_NAME = "lab"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# ---------------------------------------------------------------------------
+# Configure: once per run, before anything else.
+
+
+@hookspec
+def lab_settings_declare() -> Sequence[Setting] | None:
+    """Declare the keys this plugin accepts in its ``[plugins.<name>]`` config table.
+
+    Called **per plugin**, once, right after all plugins are loaded, before
+    :func:`lab_plugin_configure`.  The manager validates the plugin's table
+    against the declaration: an undeclared key or a value of the wrong type is
+    a ``ConfigError`` naming the plugin and the key.
+
+    :return: a sequence of :class:`lab.config.Setting` (key, type, default,
+        description), or None for "no settings".  Results are not merged across
+        plugins: each plugin's answer applies to its own table only.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_plugin_configure(config: LabConfig, settings: Mapping[str, Any]) -> None:
+    """Configure this plugin from the lab config.
+
+    Called **per plugin**, once, after settings validation and before the
+    registration hooks.
+
+    :param config: the whole lab config (read-only).
+    :param settings: this plugin's validated settings: every declared key, with
+        defaults filled in (read-only mapping).
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Register: fill the registries the scenario engine picks from.
+
+
+@hookspec
+def lab_emulators_register(registry: EmulatorRegistry, settings: Mapping[str, Any]) -> None:
+    """Add kernel-subsystem emulators with ``registry.add_emulator(EmulatorSpec(...))``.
+
+    Called **per plugin**, once, after :func:`lab_plugin_configure`.  The
+    registry stamps the calling plugin's name on each spec; a clash of name,
+    connector id or group with another plugin's emulator raises ``PluginError``
+    naming both plugins.
+
+    :param registry: the emulator registry (a view bound to this plugin).
+    :param settings: this plugin's validated settings (as given to :func:`lab_plugin_configure`).
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, Any]) -> None:
+    """Add userspace consumers with ``registry.add_consumer(ConsumerSpec(...))``.
+
+    Called **per plugin**, once, after :func:`lab_emulators_register`.
+
+    :param registry: the consumer registry (a view bound to this plugin).
+    :param settings: this plugin's validated settings (as given to :func:`lab_plugin_configure`).
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) -> None:
+    """Add fault injectors with ``registry.add_fault(FaultSpec(...))``.
+
+    Called **per plugin**, once, after :func:`lab_consumers_register`.
+
+    :param registry: the fault registry (a view bound to this plugin).
+    :param settings: this plugin's validated settings (as given to :func:`lab_plugin_configure`).
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Guest set-up: contributions gathered before each guest boots.
+
+
+@hookspec
+def lab_qemu_args_add(config: LabConfig, shape: GuestShape) -> Sequence[str] | None:
+    """Contribute extra QEMU arguments for a guest about to boot.
+
+    Called before each boot.  All results are used, concatenated in hook call
+    order (last registered first, ``tryfirst``/``trylast`` respected).
+
+    :param config: the lab config.
+    :param shape: the guest's shape (vCPUs, memory).
+    :return: an argument list (an argv fragment, e.g. ``["-device", "virtio-rng-pci"]``), or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_kernel_cmdline_add(config: LabConfig, shape: GuestShape) -> Sequence[str] | None:
+    """Contribute kernel command-line arguments for a guest about to boot.
+
+    Called before each boot.  All results are used, in hook call order; each
+    item is one argument (``"slub_debug=FZPU"``), validated by the lab like
+    ``--append``.
+
+    :param config: the lab config.
+    :param shape: the guest's shape.
+    :return: a list of arguments, or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_guest_files_add(config: LabConfig) -> Sequence[GuestFile] | None:
+    """Contribute files to copy into each guest once it is ready.
+
+    Called before each boot; the files are copied after SSH is up and before
+    :func:`lab_guest_ready`.  All results are used; two plugins naming the same
+    destination is an error.
+
+    :param config: the lab config.
+    :return: a list of :class:`lab.plugin.GuestFile`, or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_guest_ready(guest: Guest, scenario: ScenarioInfo) -> None:
+    """A scenario's guest is up, the module is loaded and plugin files are installed.
+
+    Called once per guest, before :func:`lab_scenario_start`.  Use it for
+    guest-wide preparation (sysctls, extra modules).
+
+    :param guest: the running guest (``guest.run(argv)``, ``guest.ssh.put()``).
+    :param scenario: the scenario the guest was booted for.
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Scenario: start, phases (fault injectors wrap these), stop.
+
+
+@hookspec
+def lab_scenario_start(scenario: ScenarioInfo, guest: Guest, stash: Stash) -> None:
+    """A scenario starts: start consumers and live sources.
+
+    Called once per scenario, after :func:`lab_guest_ready`.  An exception
+    fails this scenario (``PluginError`` naming the plugin and the hook); the
+    other scenarios carry on.
+
+    :param scenario: the scenario.
+    :param guest: its guest.
+    :param stash: per-scenario state shared between hooks (typed keys).
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_phase_run(scenario: ScenarioInfo, phase: PhaseInfo, guest: Guest, stash: Stash) -> None:
+    """Run one phase of a scenario (``setup``, ``load``, ``drain``, ``verify``, ...).
+
+    Called once per phase, in ``scenario.phases`` order.  Ordinary
+    implementations do the phase's work (start generators in ``load``, wait
+    for quiet in ``drain``).  **Fault injectors** implement it as a wrapper::
+
+        @hookimpl(wrapper=True)
+        def lab_phase_run(scenario, phase, guest, stash):
+            if phase.name != "load":
+                return (yield)
+            inject(guest)
+            try:
+                return (yield)
+            finally:
+                restore(guest)
+
+    :param scenario: the scenario.
+    :param phase: the phase being run.
+    :param guest: its guest.
+    :param stash: per-scenario state.
+    :return: ignored (wrappers must pass on the inner result).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_scenario_stop(scenario: ScenarioInfo, guest: Guest, stash: Stash, error: BaseException | None) -> None:
+    """A scenario ends: stop what :func:`lab_scenario_start` started.
+
+    Called once per scenario, also when a phase failed (then ``error`` is the
+    exception).  Implementations must be safe to call after a partial start.
+
+    :param scenario: the scenario.
+    :param guest: its guest (may be dead if ``error`` is a guest crash).
+    :param stash: per-scenario state.
+    :param error: what ended the scenario early, or None.
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Results.
+
+
+@hookspec
+def lab_result_collect(scenario: ScenarioInfo, guest: Guest, stash: Stash) -> Mapping[str, Any] | None:
+    """Gather results (consumer reports, module statistics) after the scenario stopped.
+
+    Called once per scenario, after :func:`lab_scenario_stop`, while the guest
+    is still up.  All results are used: the engine stores each plugin's
+    mapping under the plugin's name.
+
+    :param scenario: the scenario.
+    :param guest: its guest.
+    :param stash: per-scenario state.
+    :return: a JSON-serialisable mapping, or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_result_check(scenario: ScenarioInfo, data: Mapping[str, Any]) -> Sequence[str] | None:
+    """Judge the collected results (e.g. loss accounting must reconcile).
+
+    Called once per scenario with everything :func:`lab_result_collect`
+    gathered.  All results are used: any problem fails the scenario.
+
+    :param scenario: the scenario.
+    :param data: collected results, keyed by plugin name.
+    :return: a list of problems (one line each), empty or None when all is well.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Reporting.
+
+
+@hookspec(firstresult=True)
+def lab_report_status(result: ScenarioResult) -> str | None:
+    """Give the one-word status shown for a scenario (``PASS``, ``FAIL``, ``XFAIL``...).
+
+    ``firstresult``: the first non-None answer wins; the essential ``core``
+    plugin answers last with PASS/FAIL.
+
+    :param result: the scenario's result.
+    :return: a short status, or None to leave the decision to others.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_report_write(results: Sequence[ScenarioResult], directory: Path) -> Sequence[Path] | None:
+    """Write reports for a finished run.
+
+    Called once per run, after every scenario.
+
+    :param results: every scenario's result, in run order.
+    :param directory: the run's output folder (exists).
+    :return: the files written, or None.
+
+    .. versionadded:: 0.1
+    """
+
+
+# ---------------------------------------------------------------------------
+# Teardown.
+
+
+@hookspec
+def lab_plugin_unconfigure(config: LabConfig) -> None:
+    """The run is over: release what :func:`lab_plugin_configure` acquired.
+
+    Called once per run, for every plugin, also after failures.
+
+    :param config: the lab config.
+    :return: ignored.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,57 @@
+"""The plugin framework: manager factory, registries, hook value types.
+
+Plugin authors need ``lab.hookimpl`` and, for registration hooks, the spec
+classes re-exported here.  See docs/plugins.md.
+"""
+
+from ..config import Setting
+from .manager import (
+    BUILTIN_PLUGINS,
+    ENTRY_POINT_GROUP,
+    ESSENTIAL_PLUGINS,
+    PER_PLUGIN_HOOKS,
+    HookCallError,
+    LabPluginManager,
+    PluginInfo,
+    call_hook,
+    get_plugin_manager,
+    parse_plugin_args,
+)
+from .model import GUEST_PLUGIN_DIR, GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
+from .registry import (
+    ConsumerRegistry,
+    ConsumerSpec,
+    EmulatorRegistry,
+    EmulatorSpec,
+    FaultRegistry,
+    FaultSpec,
+    Registries,
+)
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
+    "ESSENTIAL_PLUGINS",
+    "PER_PLUGIN_HOOKS",
+    "GUEST_PLUGIN_DIR",
+    "HookCallError",
+    "LabPluginManager",
+    "PluginInfo",
+    "call_hook",
+    "get_plugin_manager",
+    "parse_plugin_args",
+    "Setting",
+    "GuestFile",
+    "PhaseInfo",
+    "ScenarioInfo",
+    "ScenarioResult",
+    "Stash",
+    "StashKey",
+    "ConsumerRegistry",
+    "ConsumerSpec",
+    "EmulatorRegistry",
+    "EmulatorSpec",
+    "FaultRegistry",
+    "FaultSpec",
+    "Registries",
+]

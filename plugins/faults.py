@@ -1,0 +1,104 @@
+"""Built-in fault injectors acting on the guest, the module, consumers and QEMU.
+
+Each is a :class:`~lab.plugin.emulation.CommandFault` (guest commands to inject
+and to restore, around a scenario phase), except ``pause`` (QMP).  The runner
+applies them around the ``load`` phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lab import hookimpl
+from lab.config import Setting
+from lab.kabi import CNLAB_FAULT_ALLOC_NTH, CNLAB_FAULT_QLIMIT, CNLAB_FAULT_STALL_MS
+from lab.plugin import GUEST_PLUGIN_DIR, FaultRegistry, FaultSpec
+from lab.plugin.emulation import CommandFault
+
+MODULE_PATH = "/run/cnlab/cnlab.ko"
+PY = "python3"
+
+
+def _knob(op: int, value: int) -> tuple[str, ...]:
+    code = (f"import sys; sys.path.insert(0, {GUEST_PLUGIN_DIR!r}); import kabi; "
+            f"r = kabi.CtlClient().fault({op}, {value}); sys.exit(0 if r.ok else 1)")
+    return (PY, "-c", code)
+
+
+def _delay(s: Mapping[str, Any]) -> float:
+    return float(s.get("delay_s", 0.5))
+
+
+DELAY = Setting("delay_s", float, 0.5, "seconds into the phase before injecting")
+
+
+@hookimpl
+def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) -> None:
+    def cpu_offline(s):
+        cpu = f"/sys/devices/system/cpu/cpu{s['cpu']}/online"
+        return CommandFault("cpu-offline", (("sh", "-c", f"echo 0 > {cpu}"),), (("sh", "-c", f"echo 1 > {cpu}"),),
+                            delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("cpu-offline", "take a CPU offline during load, online again after", "guest",
+                                 cpu_offline, settings=(Setting("cpu", int, 1, "CPU number (not 0)"), DELAY)))
+
+    def reload(s):
+        return CommandFault("module-reload", (("rmmod", "cnlab"),), (("insmod", MODULE_PATH),), delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("module-reload", "unload the lab module under load, load it again after", "module",
+                                 reload, settings=(DELAY,)))
+
+    def kill_consumer(s):
+        return CommandFault("consumer-kill", (("pkill", "-KILL", "-f", f"{GUEST_PLUGIN_DIR}/consume.py"),),
+                            delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("consumer-kill", "SIGKILL the consumers mid-load (the runner restarts them)",
+                                 "consumer", kill_consumer, settings=(DELAY,)))
+
+    def squeeze(s):
+        return CommandFault("rcvbuf-squeeze", (("sysctl", "-w", f"net.core.rmem_max={s['bytes']}"),
+                                               ("sysctl", "-w", f"net.core.rmem_default={s['bytes']}")),
+                            (("sysctl", "-w", "net.core.rmem_max=212992"),
+                             ("sysctl", "-w", "net.core.rmem_default=212992")), phase="setup")
+
+    registry.add_fault(FaultSpec("rcvbuf-squeeze", "shrink the default receive buffer before consumers start",
+                                 "guest", squeeze, settings=(Setting("bytes", int, 8192, "rmem_default/max"),)))
+
+    def alloc_fail(s):
+        return CommandFault("alloc-fail", (_knob(CNLAB_FAULT_ALLOC_NTH, s["nth"]),),
+                            (_knob(CNLAB_FAULT_ALLOC_NTH, 0),), delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("alloc-fail", "every Nth CBUS allocation fails (module knob)", "module",
+                                 alloc_fail, settings=(Setting("nth", int, 7, "fail every Nth allocation"), DELAY)))
+
+    def stall(s):
+        return CommandFault("drain-stall", (_knob(CNLAB_FAULT_STALL_MS, s["ms"]),), (_knob(CNLAB_FAULT_STALL_MS, 0),),
+                            delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("drain-stall", "CBUS drain workers stall (module knob)", "module", stall,
+                                 settings=(Setting("ms", int, 300, "stall length in ms"), DELAY)))
+
+    def qlimit(s):
+        return CommandFault("queue-limit", (_knob(CNLAB_FAULT_QLIMIT, s["limit"]),),
+                            (_knob(CNLAB_FAULT_QLIMIT, s["restore"]),), phase="setup")
+
+    registry.add_fault(FaultSpec("queue-limit", "tiny per-CPU CBUS queue limit (module knob)", "module", qlimit,
+                                 settings=(Setting("limit", int, 16, "queue limit"),
+                                           Setting("restore", int, 4096, "limit to restore"))))
+
+    def memory(s):
+        code = (f"import time; b = bytearray({s['mb']} << 20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; "
+                f"time.sleep({s['seconds']})")
+        return CommandFault("memory-pressure", (("sh", "-c", f"{PY} -c '{code}' >/dev/null 2>&1 &"),),
+                            delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("memory-pressure", "allocate and touch guest memory during load", "guest", memory,
+                                 settings=(Setting("mb", int, 256, "megabytes to hold"),
+                                           Setting("seconds", float, 2.0, "how long to hold them"), DELAY)))
+
+    def pause(s):
+        return CommandFault("pause", (("qmp", "stop"),), (("qmp", "cont"),), delay_s=_delay(s))
+
+    registry.add_fault(FaultSpec("pause", "pause the whole guest through QMP, resume after seconds", "qemu", pause,
+                                 settings=(Setting("seconds", float, 1.0, "pause length"), DELAY)))
