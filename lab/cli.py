@@ -96,8 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list loaded plugins: name, kind, source, hooks")
 
-    run = sub.add_parser("run", help="the default job: boot, load the module, run the default checks")
-    run.add_argument("--json", type=Path, help="write the results as JSON")
+    run = sub.add_parser("run", help="run scenarios on N guests in parallel (default: the quick set)")
+    run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                     help="scenario files or built-in names (default: the quick set)")
+    run.add_argument("-n", "--jobs", type=_positive_int, default=None, help="guests in parallel (default 2)")
+    run.add_argument("--set", dest="scenario_set", default="quick", help="built-in set when none is named")
+    run.add_argument("--out", type=Path, default=None, help="results folder (default results/run-TIME)")
+    run.add_argument("--json", type=Path, help="JSON-lines results file (default OUT/results.jsonl)")
+    run.add_argument("--junit", type=Path, help="also write JUnit XML")
+    run.add_argument("--smoke", action="store_true", help="only the connector echo smoke check")
 
     bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
@@ -178,9 +185,21 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .smoke import run_smoke
+    if args.smoke:
+        from .smoke import run_smoke
 
-    return run_smoke(_lab(args), args.json)
+        return run_smoke(_lab(args), args.json)
+    import time as _time
+
+    from .runner import run_scenarios
+    from .scenario_sets import resolve_scenarios
+
+    scenarios = resolve_scenarios(args.scenarios, args.scenario_set)
+    jobs = args.jobs or min(2, os.cpu_count() or 1)
+    if jobs < 1 or jobs > 16:
+        raise UsageError("cnlab run: -n must be between 1 and 16")
+    out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
+    return run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json, args.junit)
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:

@@ -1,0 +1,217 @@
+"""Runs one scenario's load inside a guest and reports what it saw (JSON).
+
+Reads the plan (generators and consumers, from lab.runner) as JSON on stdin,
+starts the consumers, snapshots the module's statistics, starts the
+generators, prints ``CNLAB-AGENT started`` on stderr (the host starts its
+fault timeline then), waits for the generators to finish and the CBUS queues
+to drain, lets the consumers catch up, and prints one JSON object: per
+consumer counts, gaps, reorders, ENOBUFS, socket drops, latency percentiles
+and a time series; per generator the kernel's counters; CBUS before/after.
+"""
+
+import errno
+import json
+import os
+import select
+import sys
+import threading
+import time
+
+import kabi
+
+BIN_NS = 250_000_000
+MAX_LATENCY_SAMPLES = 200_000
+
+
+def online_cpus():
+    with open("/sys/devices/system/cpu/online") as f:
+        spec = f.read().strip()
+    cpus = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+class Consumer(threading.Thread):
+    """A listener on some groups that checks per-(generator, CPU) order."""
+
+    def __init__(self, name, groups, rcvbuf, slow_us, start_ns):
+        super().__init__(daemon=True)
+        self.name = name
+        self.sock = kabi.open_socket(list(groups), rcvbuf)
+        self.portid = self.sock.getsockname()[0]
+        self.slow_s = slow_us / 1e6
+        self.start_ns = start_ns
+        self.expected = {}
+        self.per_gen = {}
+        self.enobufs = 0
+        self.latencies = []
+        self.bins = {}
+        self.first_ns = 0
+        self.last_ns = 0
+        self.halt = threading.Event()
+
+    def run(self):
+        buf = bytearray(1 << 17)
+        nl_unpack = kabi.NLMSGHDR_S.unpack_from
+        cn_unpack = kabi.CN_MSG_S.unpack_from
+        ev_unpack = kabi.EVENT_S.unpack_from
+        while not self.halt.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                n = self.sock.recv_into(buf)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.enobufs += 1
+                    continue
+                raise
+            now = time.monotonic_ns()
+            off = 0
+            while off + 36 <= n:
+                nl_len = nl_unpack(buf, off)[0]
+                _idx, _val, _seq, _ack, length, flags = cn_unpack(buf, off + 16)
+                if flags & kabi.CNLAB_CN_F_BUNDLE:
+                    p, end = off + 36, off + 36 + length
+                    while p + 20 + 32 <= end:
+                        inner = cn_unpack(buf, p)[4]
+                        self.event(ev_unpack(buf, p + 20), now)
+                        p += 20 + inner
+                elif length >= 32:
+                    self.event(ev_unpack(buf, off + 36), now)
+                if nl_len < 36:
+                    break
+                off += (nl_len + 3) & ~3
+            if self.slow_s:
+                time.sleep(self.slow_s)
+
+    def event(self, ev, now):
+        gen_id, cpu, seq, ts, _len, _flags = ev
+        stats = self.per_gen.setdefault(gen_id, {"received": 0, "gaps": 0, "reordered": 0})
+        key = (gen_id, cpu)
+        expected = self.expected.get(key, 0)
+        if seq > expected:
+            stats["gaps"] += seq - expected
+        elif seq < expected:
+            stats["reordered"] += 1
+        self.expected[key] = max(expected, seq + 1)
+        stats["received"] += 1
+        if not self.first_ns:
+            self.first_ns = now
+        self.last_ns = now
+        if len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(now - ts)
+        slot = (now - self.start_ns) // BIN_NS
+        cell = self.bins.setdefault(slot, [0, 0])
+        cell[0] += 1
+        if seq > expected:
+            cell[1] += seq - expected
+
+    def received(self):
+        return sum(s["received"] for s in self.per_gen.values())
+
+    def socket_drops(self):
+        with open("/proc/net/netlink") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if len(cols) >= 9 and cols[1] == str(kabi.NETLINK_CONNECTOR) and cols[2] == str(self.portid):
+                    return int(cols[8])
+        return -1
+
+    def report(self):
+        lat = sorted(self.latencies)
+
+        def pct(p):
+            return round(lat[min(len(lat) - 1, int(len(lat) * p))] / 1000, 1) if lat else None
+
+        span = (self.last_ns - self.first_ns) / 1e9
+        return {
+            "name": self.name,
+            "received": self.received(),
+            "per_gen": {str(k): v for k, v in sorted(self.per_gen.items())},
+            "enobufs": self.enobufs,
+            "socket_drops": self.socket_drops(),
+            "rate": round(self.received() / span, 1) if span > 0 else 0.0,
+            "latency_us": {"p50": pct(0.50), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0)},
+            "series": [[round(slot * BIN_NS / 1e9, 2), c[0], c[1]] for slot, c in sorted(self.bins.items())],
+        }
+
+
+def wait_until(predicate, seconds, pause=0.05):
+    """Poll kernel state (there is no notification for it), bounded in time."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(pause)
+    return predicate()
+
+
+def main():
+    plan = json.load(sys.stdin)
+    start_ns = time.monotonic_ns()
+    client = kabi.CtlClient(timeout=10.0)
+    consumers = [Consumer(c["name"], c["groups"], c["rcvbuf"], c["slow_us"], start_ns) for c in plan["consumers"]]
+    for consumer in consumers:
+        consumer.start()
+    before = client.stats().body["total"]
+    all_cpus = sum(1 << c for c in online_cpus())
+    errors = []
+    for gen in plan["generators"]:
+        cfg = dict(gen)
+        cfg["cpu_mask"] = cfg.get("cpu_mask") or all_cpus
+        reply = client.gen_start(**cfg)
+        if not reply.ok:
+            errors.append(f"GEN_START {gen['gen_id']}: {reply.error_name}")
+    print(f"CNLAB-AGENT started {time.monotonic_ns()}", file=sys.stderr, flush=True)
+    done_states = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED)
+
+    def all_done():
+        return all(client.gen_stats(g["gen_id"]).body.get("state") in done_states for g in plan["generators"])
+
+    finished = wait_until(all_done, plan["duration"] + 30 * plan.get("timeout_scale", 1))
+    if not finished:
+        errors.append("generators did not finish in time; stopping them")
+        for gen in plan["generators"]:
+            client.gen_stop(gen["gen_id"])
+    wait_until(lambda: client.stats().body["total"]["queued"] == 0, 10)
+    # Let the consumers catch up: done when nothing new arrived for 0.3 s.
+    last = -1
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        total = sum(c.received() for c in consumers)
+        if total == last:
+            break
+        last = total
+        time.sleep(0.3)
+    generators = {}
+    for gen in plan["generators"]:
+        reply = client.gen_stats(gen["gen_id"])
+        totals = {}
+        for cpu in reply.body.get("cpus", []):
+            for key in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other"):
+                totals[key] = totals.get(key, 0) + cpu[key]
+        generators[str(gen["gen_id"])] = totals
+    after_reply = client.stats()
+    after = after_reply.body["total"]
+    for consumer in consumers:
+        consumer.halt.set()
+    for consumer in consumers:
+        consumer.join(2)
+    keys = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "queued", "rejected")
+    print(json.dumps({
+        "errors": errors,
+        "elapsed_s": round((time.monotonic_ns() - start_ns) / 1e9, 3),
+        "consumers": [c.report() for c in consumers],
+        "generators": generators,
+        "cbus": {k: after[k] - before[k] for k in keys if k != "queued"} | {"queued": after["queued"]},
+        "cbus_balanced": kabi.check_invariant(after),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
