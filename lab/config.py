@@ -221,4 +221,4 @@ def config_from_args(args: Any, env: Mapping[str, str] | None = None) -> LabConf
     if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
         path = Path(DEFAULT_CONFIG_NAME)
     return load_config(path, plugin_args=getattr(args, "plugin_args", ()) or (),
-                       plugins_dirs=getattr(args, "plugins_dirs", ()) or (), env=env)
+                       plugins_dirs=getattr(args, "plugins_dir", ()) or (), env=env)

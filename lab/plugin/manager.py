@@ -211,7 +211,8 @@ class LabPluginManager(pluggy.PluginManager):
         try:
             self.register(plugin, name)
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin {name!r} ({source}: {origin}): {exc}") from None
+            text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise PluginError(f"plugin {name!r} ({source}: {origin}): {text}") from None
         except ValueError as exc:
             raise PluginError(f"plugin {name!r} ({source}: {origin}): {exc}") from None
         finally:
@@ -325,9 +326,11 @@ class LabPluginManager(pluggy.PluginManager):
     # -- calling -----------------------------------------------------------
 
     def plugin_order(self, hook_name: str) -> list[tuple[str, object]]:
-        """Plugins implementing ``hook_name`` in call order (LIFO, tryfirst/trylast respected)."""
+        """Plugins implementing ``hook_name`` in load order (built-ins first, then entry points, directories,
+        ``-p``): per-plugin hooks run in this order, so a late plugin cannot take a built-in's name."""
         caller = getattr(self.hook, hook_name)
-        return [(impl.plugin_name, impl.plugin) for impl in reversed(caller.get_hookimpls())]
+        impls = {impl.plugin_name: impl.plugin for impl in caller.get_hookimpls()}
+        return [(name, impls[name]) for name in self.infos if name in impls]
 
     def call_per_plugin(self, hook_name: str,
                         kwargs_for: Callable[[str], Mapping[str, Any]] | None = None) -> dict[str, list[Any]]:
@@ -367,7 +370,9 @@ class LabPluginManager(pluggy.PluginManager):
                                           "not a lab.config.Setting")
                     settings.append(item)
             self.declared[name] = tuple(settings)
-        for name, _plugin in self.list_name_plugin():
+        for name, plugin in self.list_name_plugin():
+            if plugin is None:
+                continue
             self.settings[name] = validate_settings(name, self.declared.get(name, ()),
                                                     self.config.plugin_table(name))
         for table in self.config.plugin_tables:

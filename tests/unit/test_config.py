@@ -1,0 +1,121 @@
+"""lab/config.py: the TOML lab config and plugin settings validation."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from lab.config import Setting, config_from_args, load_config, validate_settings
+from lab.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cnlab.toml"
+    path.write_text(text)
+    return path
+
+
+def test_load_full_config(tmp_path):
+    path = write(tmp_path, """
+        [lab]
+        plugins = ["my_plugin", "no:faults"]
+        plugins_dirs = ["extra"]
+
+        [plugins.emulators]
+        scale = 0.5
+    """.replace("\n        ", "\n"))
+    config = load_config(path, plugin_args=["no:cn_proc"], plugins_dirs=[Path("/x")], env={"LAB_TRACE_PLUGINS": "1",
+                                                                                          "HOME": "/root"})
+    assert config.plugin_args == ("my_plugin", "no:faults", "no:cn_proc")
+    assert config.plugins_dirs == (tmp_path / "extra", Path("/x"))
+    assert config.plugin_table("emulators")["scale"] == 0.5
+    assert dict(config.plugin_table("nothing")) == {}
+    assert dict(config.env) == {"LAB_TRACE_PLUGINS": "1"}
+    with pytest.raises(TypeError):
+        config.plugin_table("emulators")["scale"] = 1  # read-only
+    with pytest.raises(AttributeError):
+        config.path = None  # frozen
+
+
+def test_no_file_is_an_empty_config():
+    config = load_config(None, env={})
+    assert config.path is None and config.plugin_args == () and config.plugins_dirs == ()
+    assert config.plugin_tables == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[lab\n", "not valid TOML"),
+    ("[scenario]\nx = 1\n", "unknown top-level table 'scenario'"),
+    ("[lab]\nplugin = []\n", r"\[lab\] plugin: unknown key"),
+    ("[lab]\nplugins = 'x'\n", r"\[lab\] plugins: expected an array of strings"),
+    ("plugins = 3\n", r"\[plugins\] must only hold tables"),
+])
+def test_bad_config_files(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_unreadable_config(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the lab config"):
+        load_config(tmp_path / "missing.toml", env={})
+
+
+def test_config_from_args_uses_cnlab_toml_in_cwd(tmp_path, monkeypatch):
+    write(tmp_path, "[lab]\nplugins = ['a']\n")
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(config=None, plugin_args=["b"], plugins_dir=[Path("d")])
+    config = config_from_args(args, env={})
+    assert config.path == Path("cnlab.toml")
+    assert config.plugin_args == ("a", "b")
+    assert config.plugins_dirs == (Path("d"),)
+
+
+def test_config_from_args_without_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = config_from_args(argparse.Namespace(config=None, plugin_args=[], plugins_dir=[]), env={})
+    assert config.path is None
+
+
+DECL = (
+    Setting("rate", int, 10, "messages/s"),
+    Setting("scale", float, 1.0, "multiplier"),
+    Setting("verbose", bool, False, "talk"),
+    Setting("mode", str, "fast", "how", choices=("fast", "slow")),
+    Setting("groups", list, [2, 4], "groups", item_type=int),
+)
+
+
+def test_validate_fills_defaults_and_converts():
+    values = validate_settings("p", DECL, {"scale": 2, "groups": [6]})
+    assert dict(values) == {"rate": 10, "scale": 2.0, "verbose": False, "mode": "fast", "groups": (6,)}
+    assert isinstance(values["scale"], float)
+    assert validate_settings("p", DECL, {})["groups"] == (2, 4)
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"rat": 1}, r"\[plugins.p\] rat: unknown key for plugin 'p' \(did you mean 'rate'\?\)"),
+    ({"zzz": 1}, r"\[plugins.p\] zzz: unknown key for plugin 'p' \(known keys: groups, mode, rate, scale, verbose\)"),
+    ({"rate": "10"}, r"\[plugins.p\] rate: expected integer, got str '10'"),
+    ({"rate": 1.5}, r"\[plugins.p\] rate: expected integer, got float"),
+    ({"rate": True}, r"\[plugins.p\] rate: expected integer, got bool"),
+    ({"verbose": 1}, r"\[plugins.p\] verbose: expected boolean, got int"),
+    ({"scale": False}, r"\[plugins.p\] scale: expected number, got bool"),
+    ({"mode": "medium"}, r"\[plugins.p\] mode: 'medium' is not one of 'fast', 'slow'"),
+    ({"groups": [2, "x"]}, r"\[plugins.p\] groups: expected array of integer, got element 'x'"),
+])
+def test_validate_errors_name_plugin_and_key(table, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_settings("p", DECL, table)
+    assert info.value.exit_status == 2
+
+
+def test_setting_declarations_are_checked():
+    with pytest.raises(ConfigError):
+        Setting("x", int, None, "no default")
+    with pytest.raises(ValueError, match="bare TOML key"):
+        Setting("a b", int, 1, "space")
+    with pytest.raises(ConfigError, match="declares a setting twice"):
+        validate_settings("p", (Setting("a", int, 1, ""), Setting("a", int, 2, "")), {})
+    assert Setting("g", list, [], "", item_type=str).type_name == "array of string"
