@@ -1,9 +1,10 @@
-"""The faults a scenario timeline applies to a running guest.
+"""Faults applied to a running guest from the host side of a scenario.
 
-Each fault is applied from the host while the guest's load runs: a CPU goes
-offline and back, the whole guest is paused over QMP, or one of the module's
-knobs (drain stall, allocation failure, queue limit, a deliberate WARN) is
-set through ``fault_ctl.py`` in the guest.
+The guest agent applies the in-guest faults itself, on time (see
+``scenario_agent.py``); this timeline runs the ones only the host can do,
+such as pausing the whole guest over QMP, and can also drive the in-guest
+kinds over SSH (CPU hotplug, module knobs through ``fault_ctl.py``) for
+callers that have no agent running.
 """
 
 from __future__ import annotations

@@ -139,6 +139,115 @@ class Consumer(threading.Thread):
         }
 
 
+KNOBS = {
+    "stall": kabi.CNLAB_FAULT_STALL_MS,
+    "alloc_fail": kabi.CNLAB_FAULT_ALLOC_NTH,
+    "queue_limit": kabi.CNLAB_FAULT_QLIMIT,
+    "warn": kabi.CNLAB_FAULT_WARN,
+}
+
+
+def cpu_online(cpu, online):
+    with open(f"/sys/devices/system/cpu/cpu{cpu}/online", "w") as f:
+        f.write("1" if online else "0")
+
+
+def default_queue_limit():
+    with open("/sys/module/cnlab/parameters/queue_limit") as f:
+        return int(f.read())
+
+
+class InGuestFaults(threading.Thread):
+    """Applies the plan's in-guest faults on time (seconds after the load starts).
+
+    Module knobs set here are restored when the run ends, so a reused guest
+    starts the next scenario with the module's defaults.
+    """
+
+    def __init__(self, faults, duration, t0):
+        super().__init__(daemon=True)
+        self.client = kabi.CtlClient(timeout=10.0)
+        self.events = []
+        for fault in faults:
+            if fault["at"] is not None:
+                self.events.append((fault["at"], fault))
+            else:
+                t = fault["every"]
+                while t < duration:
+                    self.events.append((t, fault))
+                    t += fault["every"]
+        self.events.sort(key=lambda e: e[0])
+        self.t0 = t0
+        self.halt = threading.Event()
+        self.applied = []
+        self.offline = set()
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def knob(self, kind, value):
+        if kind == "warn":
+            with open("/sys/module/cnlab/parameters/debug_warn", "w") as f:
+                f.write("1")
+            value = kabi.CNLAB_WARN_MAGIC
+        reply = self.client.fault(KNOBS[kind], value)
+        if not reply.ok:
+            raise OSError(f"{kind}={value} refused: {reply.error_name}")
+
+    def apply(self, fault):
+        kind = fault["kind"]
+        record = {"kind": kind, "at": round(self.now(), 3), "until": None, "ok": True, "detail": ""}
+        self.applied.append(record)
+        try:
+            if kind == "cpu_offline":
+                cpu_online(fault["cpu"], False)
+                self.offline.add(fault["cpu"])
+                self.halt.wait(fault["duration"])
+                cpu_online(fault["cpu"], True)
+                self.offline.discard(fault["cpu"])
+                record["detail"] = f"cpu{fault['cpu']} offline for {fault['duration']} s"
+            elif kind == "stall":
+                value = fault["value"] or int(fault["duration"] * 1000)
+                self.knob("stall", value)
+                record["detail"] = f"drain worker stalled {value} ms"
+            elif kind == "alloc_fail":
+                value = fault["value"] or 10
+                self.knob("alloc_fail", value)
+                self.halt.wait(fault["duration"])
+                self.knob("alloc_fail", 0)
+                record["detail"] = f"every {value}th allocation failed for {fault['duration']} s"
+            elif kind == "queue_limit":
+                value = fault["value"] or 64
+                self.knob("queue_limit", value)
+                record["detail"] = f"queue limit {value}"
+            elif kind == "warn":
+                self.knob("warn", 1)
+                record["detail"] = "WARN requested"
+            record["until"] = round(self.now(), 3)
+        except OSError as exc:
+            record["ok"] = False
+            record["detail"] = str(exc)
+
+    def run(self):
+        for at, fault in self.events:
+            if self.halt.wait(max(0.0, self.t0 + at - time.monotonic())):
+                return
+            self.apply(fault)
+
+    def finish(self):
+        """Stop, bring CPUs back, and restore the module's knobs."""
+        self.halt.set()
+        self.join(30)
+        for cpu in list(self.offline):
+            cpu_online(cpu, True)
+        kinds = {f["kind"] for _, f in self.events}
+        if "alloc_fail" in kinds:
+            self.knob("alloc_fail", 0)
+        if "queue_limit" in kinds:
+            self.knob("queue_limit", default_queue_limit())
+        return self.applied
+
+
 def wait_until(predicate, seconds, pause=0.05):
     """Poll kernel state (there is no notification for it), bounded in time."""
     end = time.monotonic() + seconds
@@ -166,6 +275,8 @@ def main():
         reply = client.gen_start(**cfg)
         if not reply.ok:
             errors.append(f"GEN_START {gen['gen_id']}: {reply.error_name}")
+    faults = InGuestFaults(plan.get("faults", []), plan["duration"], time.monotonic())
+    faults.start()
     print(f"CNLAB-AGENT started {time.monotonic_ns()}", file=sys.stderr, flush=True)
     done_states = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED)
 
@@ -177,6 +288,7 @@ def main():
         errors.append("generators did not finish in time; stopping them")
         for gen in plan["generators"]:
             client.gen_stop(gen["gen_id"])
+    applied = faults.finish()
     wait_until(lambda: client.stats().body["total"]["queued"] == 0, 10)
     # Let the consumers catch up: done when nothing new arrived for 0.3 s.
     last = -1
@@ -204,6 +316,7 @@ def main():
     keys = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "queued", "rejected")
     print(json.dumps({
         "errors": errors,
+        "faults": applied,
         "elapsed_s": round((time.monotonic_ns() - start_ns) / 1e9, 3),
         "consumers": [c.report() for c in consumers],
         "generators": generators,

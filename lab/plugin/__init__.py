@@ -17,6 +17,7 @@ from .manager import (
     get_plugin_manager,
     parse_plugin_args,
 )
+from .driver import FAULT_PLAN, REGISTRIES, install_guest_files, run_scenario
 from .model import GUEST_PLUGIN_DIR, GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
 from .registry import (
     ConsumerRegistry,
@@ -34,6 +35,10 @@ __all__ = [
     "ESSENTIAL_PLUGINS",
     "PER_PLUGIN_HOOKS",
     "GUEST_PLUGIN_DIR",
+    "FAULT_PLAN",
+    "REGISTRIES",
+    "install_guest_files",
+    "run_scenario",
     "HookCallError",
     "LabPluginManager",
     "PluginInfo",

@@ -116,12 +116,20 @@ class GuestProgram:
     :param name: consumer name; :param program: file name under the guest plugin folder.
     :param options: ``--key value`` options (``True`` is a bare flag, ``False``/None omitted).
     :param instances: how many copies to run side by side.
+    :param protocol: ``checker``: the program takes ``--groups/--name/--out``, runs until SIGTERM and writes
+        its JSON report to ``--out`` (``consume.py``); ``oneshot``: it runs to completion on its own options
+        and prints one JSON line on stdout.
     """
 
     name: str
     program: str
     options: Mapping[str, Any] = field(default_factory=dict)
     instances: int = 1
+    protocol: str = "checker"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("checker", "oneshot"):
+            raise PluginError(f"consumer {self.name!r}: protocol {self.protocol!r} is not checker or oneshot")
 
     def argv(self, folder: str, python: str = "python3") -> list[str]:
         out = [python, f"{folder}/{self.program}"]
@@ -135,7 +143,7 @@ class GuestProgram:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "program", "name": self.name, "program": self.program, "options": dict(self.options),
-                "instances": self.instances}
+                "instances": self.instances, "protocol": self.protocol}
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,8 @@ class CommandFault:
     :param name: fault name; :param inject: argv lists to inject; :param restore: argv lists to undo.
     :param phase: the scenario phase it wraps (default ``load``).
     :param delay_s: seconds into the phase before injecting.
+    :param hold_s: for host-side faults (argv ``("qmp", command)``): seconds between inject and restore;
+        guest-side faults are restored when the phase's load is over.
     """
 
     name: str
@@ -152,7 +162,14 @@ class CommandFault:
     restore: tuple[tuple[str, ...], ...] = ()
     phase: str = "load"
     delay_s: float = 0.0
+    hold_s: float = 0.0
+
+    @property
+    def host_side(self) -> bool:
+        """True when the fault acts through QMP on the host rather than by guest commands."""
+        return any(argv[:1] == ("qmp",) for argv in self.inject)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "commands", "name": self.name, "inject": [list(a) for a in self.inject],
-                "restore": [list(a) for a in self.restore], "phase": self.phase, "delay_s": self.delay_s}
+                "restore": [list(a) for a in self.restore], "phase": self.phase, "delay_s": self.delay_s,
+                "hold_s": self.hold_s}

@@ -67,6 +67,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cnlab_plugins.consumers",
     "cnlab_plugins.faults",
     "cnlab_plugins.linkfaults",
+    "cnlab_plugins.runner",
 )
 #: Hooks the manager calls once per plugin (it must know whose answer is whose).
 PER_PLUGIN_HOOKS: tuple[str, ...] = (

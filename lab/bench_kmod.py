@@ -1,0 +1,122 @@
+"""``cnlab bench kmod``: cbus_insert against a direct send, rates and latency, in one guest.
+
+One guest, one run (``lab/guestside/kmod_bench.py`` does the measuring):
+
+1. the in-kernel BENCH request: ns per ``cbus_insert`` against ns per direct
+   ``cn_netlink_send`` to a group with one listener;
+2. delivered msgs/s to one reader for direct, CBUS and CBUS bundles (a
+   kthread generator on CPU 0 as fast as possible, the reader on another CPU);
+3. enqueue-to-userspace latency percentiles at a moderate rate, both paths.
+
+Prints a table with the ratios against the issue's goals and writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import GuestError
+from .guest import Guest
+from .guestfiles import install_guest_programs
+from .labsetup import Lab
+from .qemu_argv import GuestShape
+
+__all__ = ["run_kmod_bench", "summarise_kmod", "GOALS"]
+
+#: Issue 3's goals.
+GOALS = {"insert_ratio": 20.0, "bundle_rate_ratio": 1.5, "p99_us": 500.0}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return round(a / b, 2)
+
+
+def summarise_kmod(raw: dict) -> dict:
+    """The headline figures and goal verdicts from the guest's JSON."""
+    ins = raw.get("insert", {})
+    rate = raw.get("rate", {})
+    lat = raw.get("latency", {})
+    direct_rate = rate.get("direct", {}).get("msgs_per_s")
+    summary = {
+        "cbus_insert_ns": ins.get("cbus_insert_ns"),
+        "direct_send_ns": ins.get("direct_send_ns"),
+        "insert_ratio": ins.get("ratio"),
+        "rate_msgs_per_s": {k: v.get("msgs_per_s") for k, v in rate.items()},
+        "rate_ratio_vs_direct": {k: _ratio(v.get("msgs_per_s"), direct_rate) for k, v in rate.items()},
+        "latency_rate": lat.get("rate"),
+        "latency_us": {k: {p: v.get(f"{p}_us") for p in ("p50", "p99", "p99.9")}
+                       for k, v in lat.items() if isinstance(v, dict)},
+    }
+    p99_cbus = summary["latency_us"].get("cbus", {}).get("p99")
+    summary["goals"] = {
+        "insert_ratio>=20": (summary["insert_ratio"] or 0) >= GOALS["insert_ratio"],
+        "bundle_rate>=1.5x_direct": (summary["rate_ratio_vs_direct"].get("cbus_bundle") or 0)
+        >= GOALS["bundle_rate_ratio"],
+        "cbus_rate>=1.5x_direct": (summary["rate_ratio_vs_direct"].get("cbus") or 0) >= GOALS["bundle_rate_ratio"],
+        "cbus_p99<=500us": p99_cbus is not None and p99_cbus <= GOALS["p99_us"],
+    }
+    return summary
+
+
+def _fmt(v: object, spec: str = ",.0f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float | int):
+        return format(v, spec)
+    return str(v)
+
+
+def _print_table(meta: dict, raw: dict, s: dict) -> None:
+    print(f"cnlab bench kmod: kernel {meta['kernel']}, {meta['cpus']} vCPUs, accelerator {meta['accel']}")
+    ins = raw.get("insert", {})
+    print("\nper call (in-kernel loop, "
+          f"{_fmt(ins.get('iterations'))} calls in chunks of {ins.get('chunk')}, 32-byte payload, one listener)")
+    print(f"  {'':24}{'mean ns':>10}{'best chunk ns':>15}")
+    print(f"  {'cbus_insert':24}{_fmt(ins.get('cbus_insert_ns'), ',.1f'):>10}"
+          f"{_fmt(ins.get('cbus_best_chunk_ns'), ',.1f'):>15}")
+    print(f"  {'cn_netlink_send (direct)':24}{_fmt(ins.get('direct_send_ns'), ',.1f'):>10}"
+          f"{_fmt(ins.get('direct_best_chunk_ns'), ',.1f'):>15}")
+    print(f"  direct / cbus = {_fmt(ins.get('ratio'), '.1f')}x "
+          f"(best chunks {_fmt(ins.get('ratio_best_chunk'), '.1f')}x; goal >= {GOALS['insert_ratio']:.0f}x)")
+    rate = raw.get("rate", {})
+    print("\nend to end, one reader, generator as fast as possible")
+    print(f"  {'path':14}{'generated':>10}{'received':>10}{'dropped':>9}{'datagrams':>10}{'msgs/s':>10}{'x direct':>9}")
+    for name, r in rate.items():
+        print(f"  {name:14}{_fmt(r.get('generated')):>10}{_fmt(r.get('received')):>10}"
+              f"{_fmt(r.get('generated', 0) - r.get('received', 0)):>9}{_fmt(r.get('datagrams')):>10}"
+              f"{_fmt(r.get('msgs_per_s')):>10}{_fmt(s['rate_ratio_vs_direct'].get(name), '.2f'):>9}")
+    lat = raw.get("latency", {})
+    print(f"\nenqueue to userspace latency at {_fmt(lat.get('rate'))} msgs/s ({_fmt(lat.get('count'))} msgs), us")
+    print(f"  {'path':10}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}{'max':>9}")
+    for name in ("direct", "cbus"):
+        r = lat.get(name)
+        if r:
+            print(f"  {name:10}" + "".join(f"{_fmt(r.get(k), ',.1f'):>9}" for k in
+                                            ("p50_us", "p90_us", "p99_us", "p99.9_us", "max_us")))
+    print("\ngoals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in s["goals"].items()))
+
+
+def run_kmod_bench(lab: Lab, shape: GuestShape, json_path: Path) -> int:
+    """Boot one guest, measure, print the table, write JSON; 0 if the run completed."""
+    spec = lab.guest_spec(shape, name="bench-kmod")
+    with Guest(spec) as guest:
+        lib = install_guest_programs(guest)
+        result = guest.run(["python3", f"{lib}/kmod_bench.py"], timeout=900)
+        taint = guest.run(["cat", "/proc/sys/kernel/tainted"]).text.strip()
+    if not result.ok:
+        raise GuestError(f"kmod benchmark failed in the guest (exit {result.exit_status})",
+                         result.stderr.decode(errors="replace")[-3000:])
+    raw = json.loads(result.text.strip().splitlines()[-1])
+    meta = {"kernel": spec.image.kernel.release, "accel": spec.accel.name, "cpus": shape.cpus,
+            "guest_taint": int(taint) if taint.isdigit() else taint}
+    summary = summarise_kmod(raw)
+    _print_table(meta, raw, summary)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({**meta, "summary": summary, "raw": raw}, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {json_path}")
+    sys.stdout.flush()
+    return 0
