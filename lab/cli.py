@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list loaded plugins: name, kind, source, hooks")
 
+    report = sub.add_parser("report", help="HTML report of a results file (JSON lines)")
+    report.add_argument("results", type=Path, metavar="RESULTS")
+    report.add_argument("-o", "--output", type=Path, default=None, help="HTML file (default RESULTS.html)")
+
     run = sub.add_parser("run", help="run scenarios on N guests in parallel (default: the quick set)")
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                      help="scenario files or built-in names (default: the quick set)")
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="results folder (default results/run-TIME)")
     run.add_argument("--json", type=Path, help="JSON-lines results file (default OUT/results.jsonl)")
     run.add_argument("--junit", type=Path, help="also write JUnit XML")
+    run.add_argument("--report", type=Path, help="also write an HTML report")
     run.add_argument("--smoke", action="store_true", help="only the connector echo smoke check")
 
     bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
@@ -199,7 +204,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
-    return run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json, args.junit)
+    return run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json, args.junit,
+                         report_path=args.report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_html
+    from .results import read_results
+
+    if not args.results.is_file():
+        raise UsageError(f"cnlab report: no such results file: {args.results}")
+    records = read_results(args.results)
+    if not records:
+        raise UsageError(f"cnlab report: {args.results} holds no results")
+    output = args.output or args.results.with_suffix(".html")
+    write_html(records, output)
+    print(f"wrote {output} ({len(records)} scenarios)")
+    return 0
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -228,6 +249,7 @@ COMMANDS = {
     ("shell", None): cmd_shell,
     ("run", None): cmd_run,
     ("plugins", None): cmd_plugins,
+    ("report", None): cmd_report,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
 }

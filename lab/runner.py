@@ -29,6 +29,7 @@ from .guest import Guest
 from .guestfiles import install_guest_programs
 from .labsetup import Lab, LabOptions
 from .qemu_argv import GuestShape
+from .report import write_html
 from .results import ResultsWriter, write_junit
 from .scenario import Scenario
 
@@ -276,7 +277,7 @@ def _print_summary(records: list[dict], out) -> None:
 
 
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
-                  junit_path: Path | None = None, out=sys.stdout) -> int:
+                  junit_path: Path | None = None, out=sys.stdout, report_path: Path | None = None) -> int:
     """Run ``scenarios`` on ``jobs`` guests in parallel; returns the exit status."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = json_path or out_dir / "results.jsonl"
@@ -338,7 +339,10 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     _print_summary(records, out)
     if junit_path is not None:
         write_junit(junit_path, records, environment)
-    print(f"results: {json_path}" + (f", {junit_path}" if junit_path else ""), file=out)
+    if report_path is not None:
+        write_html(records, report_path)
+    extras = [str(p) for p in (junit_path, report_path) if p is not None]
+    print(f"results: {json_path}" + "".join(f", {p}" for p in extras), file=out)
     if pending:
         print(f"cnlab run: never ran: {', '.join(pending)}", file=out)
         return EXIT_NOT_RUN

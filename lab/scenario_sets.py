@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError
-from .scenario import Scenario, load_scenario
+from .scenario import Scenario, load_scenario, scenario_from_dict
 
-__all__ = ["builtin_dir", "builtin_sets", "resolve_scenarios"]
+__all__ = ["builtin_dir", "builtin_sets", "resolve_scenarios", "full_matrix"]
 
 
 def builtin_dir() -> Path:
@@ -15,13 +15,53 @@ def builtin_dir() -> Path:
 
 
 def builtin_sets() -> dict[str, list[Path]]:
-    """Set name → scenario files (``quick`` is the default job)."""
+    """Set name → scenario files (``quick`` is the default job; ``full`` is generated)."""
     return {d.name: sorted(d.glob("*.toml")) for d in sorted(builtin_dir().iterdir()) if d.is_dir()}
+
+
+#: Emulator profiles of the nightly matrix (rates sized for TCG guests).
+MATRIX_EMULATORS = {
+    "proc": {"path": "cbus", "context": "kthread", "rate": 800, "payload": [40, 40]},
+    "uevent": {"path": "cbus", "context": "softirq", "rate": 400, "payload": [100, 2048]},
+    "audit": {"path": "cbus", "context": "kthread", "rate": 1500, "payload": [256, 1024]},
+    "irq": {"path": "cbus", "context": "hardirq", "rate": 500, "payload": [64, 64]},
+    "timer-direct": {"path": "direct", "context": "timer", "rate": 500, "payload": [64, 64]},
+}
+MATRIX_FAULTS = {
+    "none": [],
+    "cpu_offline": [{"kind": "cpu_offline", "at": 1.0, "duration": 1.0, "cpu": 1}],
+    "pause": [{"kind": "pause", "at": 1.0, "duration": 0.5}],
+    "stall": [{"kind": "stall", "at": 1.0, "value": 300}],
+    "alloc_fail": [{"kind": "alloc_fail", "at": 1.0, "duration": 1.0, "value": 50}],
+}
+MATRIX_CPUS = (1, 2, 4)
+
+
+def full_matrix() -> list[Scenario]:
+    """vCPUs x emulator x fault, for nightly runs (cpu_offline needs 2+ vCPUs)."""
+    scenarios = []
+    for cpus in MATRIX_CPUS:
+        for emu_name, emulator in MATRIX_EMULATORS.items():
+            for fault_name, faults in MATRIX_FAULTS.items():
+                if fault_name == "cpu_offline" and cpus < 2:
+                    continue
+                name = f"{emu_name}-{fault_name}-{cpus}cpu"
+                loss_expected = fault_name == "alloc_fail"
+                data = {
+                    "name": name, "duration": 3.0, "guest": {"cpus": cpus},
+                    "emulators": [dict(emulator, name=emu_name, group=2)],
+                    "faults": faults,
+                    "invariants": {"max_loss": 1_000_000 if loss_expected else 0},
+                }
+                scenarios.append(scenario_from_dict(data, f"<matrix:{name}>"))
+    return scenarios
 
 
 def resolve_scenarios(names: list[str], default_set: str = "quick") -> list[Scenario]:
     """Load the named scenario files or built-ins; all are validated before anything runs."""
     sets = builtin_sets()
+    if not names and default_set == "full":
+        return full_matrix()
     if not names:
         if default_set not in sets:
             raise ConfigError(f"unknown scenario set {default_set!r} (have: {', '.join(sets)})")
