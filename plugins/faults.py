@@ -1,19 +1,24 @@
 """Built-in fault injectors acting on the guest, the module, consumers and QEMU.
 
-Each is a :class:`~lab.plugin.emulation.CommandFault` (guest commands to inject
-and to restore, around a scenario phase), except ``pause`` (QMP).  The runner
-applies them around the ``load`` phase.
+Each is a :class:`~lab.plugin.emulation.CommandFault`: guest commands to
+inject ``delay_s`` into the load (0: before the consumers start) and to
+restore when the load is over, except ``pause``, which acts on the host
+through QMP.  The wrapper ``lab_phase_run`` below applies the scenario's
+faults around the ``load`` phase: guest-side ones go into the load plan
+(``FAULT_PLAN``), host-side ones run on a host thread while the load runs.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from lab import hookimpl
 from lab.config import Setting
 from lab.kabi import CNLAB_FAULT_ALLOC_NTH, CNLAB_FAULT_QLIMIT, CNLAB_FAULT_STALL_MS
-from lab.plugin import GUEST_PLUGIN_DIR, FaultRegistry, FaultSpec
+from lab.plugin import FAULT_PLAN, GUEST_PLUGIN_DIR, REGISTRIES, FaultRegistry, FaultSpec
 from lab.plugin.emulation import CommandFault
 
 MODULE_PATH = "/run/cnlab/cnlab.ko"
@@ -60,7 +65,7 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
         return CommandFault("rcvbuf-squeeze", (("sysctl", "-w", f"net.core.rmem_max={s['bytes']}"),
                                                ("sysctl", "-w", f"net.core.rmem_default={s['bytes']}")),
                             (("sysctl", "-w", "net.core.rmem_max=212992"),
-                             ("sysctl", "-w", "net.core.rmem_default=212992")), phase="setup")
+                             ("sysctl", "-w", "net.core.rmem_default=212992")))
 
     registry.add_fault(FaultSpec("rcvbuf-squeeze", "shrink the default receive buffer before consumers start",
                                  "guest", squeeze, settings=(Setting("bytes", int, 8192, "rmem_default/max"),)))
@@ -81,7 +86,7 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
 
     def qlimit(s):
         return CommandFault("queue-limit", (_knob(CNLAB_FAULT_QLIMIT, s["limit"]),),
-                            (_knob(CNLAB_FAULT_QLIMIT, s["restore"]),), phase="setup")
+                            (_knob(CNLAB_FAULT_QLIMIT, s["restore"]),))
 
     registry.add_fault(FaultSpec("queue-limit", "tiny per-CPU CBUS queue limit (module knob)", "module", qlimit,
                                  settings=(Setting("limit", int, 16, "queue limit"),
@@ -98,7 +103,43 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
                                            Setting("seconds", float, 2.0, "how long to hold them"), DELAY)))
 
     def pause(s):
-        return CommandFault("pause", (("qmp", "stop"),), (("qmp", "cont"),), delay_s=_delay(s))
+        return CommandFault("pause", (("qmp", "stop"),), (("qmp", "cont"),), delay_s=_delay(s), hold_s=s["seconds"])
 
     registry.add_fault(FaultSpec("pause", "pause the whole guest through QMP, resume after seconds", "qemu", pause,
                                  settings=(Setting("seconds", float, 1.0, "pause length"), DELAY)))
+
+
+def _host_fault(guest, fault: CommandFault, log: list) -> None:
+    time.sleep(fault.delay_s)
+    for argv in fault.inject:
+        guest.qmp(argv[1])
+    log.append(("inject", fault.name, time.monotonic()))
+    time.sleep(fault.hold_s)
+    for argv in fault.restore:
+        guest.qmp(argv[1])
+    log.append(("restore", fault.name, time.monotonic()))
+
+
+@hookimpl(wrapper=True)
+def lab_phase_run(scenario, phase, guest, stash):
+    if phase.name != "load" or not scenario.faults:
+        return (yield)
+    registries = stash[REGISTRIES]
+    threads = []
+    log: list = []
+    for name in scenario.faults:
+        fault = registries.faults.build(name, scenario.params.get(name))
+        if not isinstance(fault, CommandFault) or fault.phase != phase.name:
+            continue
+        if fault.host_side:
+            t = threading.Thread(target=_host_fault, args=(guest, fault, log), daemon=True)
+            threads.append(t)
+        else:
+            stash[FAULT_PLAN].append(fault.to_json())
+    for t in threads:
+        t.start()
+    try:
+        return (yield)
+    finally:
+        for t in threads:
+            t.join()

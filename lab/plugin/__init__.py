@@ -5,6 +5,7 @@ classes re-exported here.  See docs/plugins.md.
 """
 
 from ..config import Setting
+from .driver import FAULT_PLAN, REGISTRIES, guest_setup_args, install_guest_files, run_scenario
 from .manager import (
     BUILTIN_PLUGINS,
     ENTRY_POINT_GROUP,
@@ -17,7 +18,6 @@ from .manager import (
     get_plugin_manager,
     parse_plugin_args,
 )
-from .driver import FAULT_PLAN, REGISTRIES, install_guest_files, run_scenario
 from .model import GUEST_PLUGIN_DIR, GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
 from .registry import (
     ConsumerRegistry,
@@ -37,6 +37,7 @@ __all__ = [
     "GUEST_PLUGIN_DIR",
     "FAULT_PLAN",
     "REGISTRIES",
+    "guest_setup_args",
     "install_guest_files",
     "run_scenario",
     "HookCallError",

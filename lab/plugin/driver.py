@@ -23,12 +23,20 @@ from .manager import HookCallError, LabPluginManager, call_hook
 from .model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
 from .registry import Registries
 
-__all__ = ["REGISTRIES", "FAULT_PLAN", "install_guest_files", "run_scenario"]
+__all__ = ["REGISTRIES", "FAULT_PLAN", "guest_setup_args", "install_guest_files", "run_scenario"]
 
 #: The manager's registries, for hooks that build emulators, consumers and faults by name.
 REGISTRIES = StashKey[Registries]()
 #: Faults to apply inside the guest during the load phase (JSON-ready dicts), filled by fault wrappers.
 FAULT_PLAN = StashKey[list]()
+
+
+def guest_setup_args(pm: LabPluginManager, shape: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(kernel command-line args, extra QEMU args)`` from ``lab_kernel_cmdline_add`` and ``lab_qemu_args_add``."""
+    cmdline = tuple(str(a) for r in call_hook(pm, "lab_kernel_cmdline_add", config=pm.config, shape=shape)
+                    for a in (r or ()))
+    qemu = tuple(str(a) for r in call_hook(pm, "lab_qemu_args_add", config=pm.config, shape=shape) for a in (r or ()))
+    return cmdline, qemu
 
 
 def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:

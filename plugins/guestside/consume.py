@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Connector consumer for the built-in consumer plugins (runs in the guest).
+
+Joins groups, receives until SIGTERM, then drains what is queued and writes
+one JSON report: per stream (``gen_id/cpu`` for lab-module events,
+``proc/cpu`` for cn_proc) the messages received, the next expected sequence
+number, gaps (sequence jumps), reorders/duplicates; ENOBUFS errors; the
+socket's drops from /proc/net/netlink; latency from the kernel timestamp.
+
+Variants: ``--delay-us`` (slow), ``--rcvbuf`` (tiny buffer),
+``--churn-ms`` (leave and rejoin the groups; sequence tracking restarts at
+each rejoin, so messages sent while away are not counted as gaps),
+``--resync`` (a restarted consumer: start each stream at the first message
+seen), ``--listen-proc`` (send PROC_CN_MCAST_LISTEN so cn_proc talks).
+"""
+
+import argparse
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kabi  # noqa: E402  (shipped next to this file by the core plugin)
+
+CN_IDX_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+PROC_CN_MCAST_IGNORE = 2
+PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
+MAX_SAMPLES = 200_000
+
+
+class Checker:
+    def __init__(self, resync):
+        self.resync = resync
+        self.expected = {}
+        self.streams = {}
+        self.latencies = []
+        self.reset_marks = 0
+
+    def forget(self):
+        """After a rejoin: every stream restarts at its next message."""
+        self.expected.clear()
+        self.reset_marks += 1
+
+    def event(self, key, seq, ts, now, modulus):
+        s = self.streams.setdefault(key, {"received": 0, "gaps": 0, "reordered": 0})
+        s["received"] += 1
+        exp = self.expected.get(key)
+        if exp is None:
+            # module streams start at 0; cn_proc counters, restarted and rejoined consumers start where they join
+            exp = seq if (self.resync or key[0] == "proc" or self.reset_marks) else 0
+            s.setdefault("baseline", exp)
+        diff = (seq - exp) % modulus
+        if diff < modulus // 2:
+            s["gaps"] += diff
+            self.expected[key] = (seq + 1) % modulus
+        else:
+            s["reordered"] += 1
+        if len(self.latencies) < MAX_SAMPLES and ts:
+            self.latencies.append(now - ts)
+
+    def report(self):
+        lat = sorted(self.latencies)
+
+        def pct(p):
+            return round(lat[min(len(lat) - 1, int(len(lat) * p))] / 1000, 1) if lat else None
+
+        return {
+            "received": sum(s["received"] for s in self.streams.values()),
+            "gaps": sum(s["gaps"] for s in self.streams.values()),
+            "reordered": sum(s["reordered"] for s in self.streams.values()),
+            "streams": {f"{k[0]}/{k[1]}": dict(s, next=self.expected.get(k)) for k, s in sorted(
+                self.streams.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))},
+            "latency_us": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0), "samples": len(lat)},
+        }
+
+
+def socket_drops(portid):
+    with open("/proc/net/netlink") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if len(cols) >= 9 and cols[1] == str(kabi.NETLINK_CONNECTOR) and cols[2] == str(portid):
+                return int(cols[8])
+    return -1
+
+
+def proc_listen(sock, op):
+    body = struct.pack("=I", op)
+    sock.send(kabi.frame_nl(kabi.frame_cn(CN_IDX_PROC, 1, body)))
+
+
+def handle(buf, n, checker, now):
+    off = 0
+    nl_unpack = kabi.NLMSGHDR_S.unpack_from
+    cn_unpack = kabi.CN_MSG_S.unpack_from
+    ev_unpack = kabi.EVENT_S.unpack_from
+    while off + 36 <= n:
+        nl_len = nl_unpack(buf, off)[0]
+        if nl_len < 36:
+            break
+        idx, _val, seq, _ack, length, flags = cn_unpack(buf, off + 16)
+        if idx == CN_IDX_PROC:
+            if length >= PROC_EVENT.size:
+                _what, cpu, ts = PROC_EVENT.unpack_from(buf, off + 36)
+                checker.event(("proc", cpu), seq, ts, now, 1 << 32)
+        elif flags & kabi.CNLAB_CN_F_BUNDLE:
+            p, end = off + 36, off + 36 + length
+            while p + 20 + 32 <= end:
+                inner = cn_unpack(buf, p)[4]
+                gen_id, cpu, eseq, ts, _l, _f = ev_unpack(buf, p + 20)
+                checker.event((gen_id, cpu), eseq, ts, now, 1 << 64)
+                p += 20 + inner
+        elif length >= 32:
+            gen_id, cpu, eseq, ts, _l, _f = ev_unpack(buf, off + 36)
+            checker.event((gen_id, cpu), eseq, ts, now, 1 << 64)
+        off += (nl_len + 3) & ~3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default="consumer")
+    ap.add_argument("--groups", default="")
+    ap.add_argument("--rcvbuf", type=int, default=0)
+    ap.add_argument("--delay-us", type=int, default=0)
+    ap.add_argument("--churn-ms", type=int, default=0)
+    ap.add_argument("--resync", action="store_true")
+    ap.add_argument("--listen-proc", action="store_true")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    groups = [int(g) for g in args.groups.split(",") if g]
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    sock = kabi.open_socket(groups, args.rcvbuf)
+    portid = sock.getsockname()[0]
+    rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if args.listen_proc:
+        proc_listen(sock, PROC_CN_MCAST_LISTEN)
+    checker = Checker(args.resync)
+    enobufs = 0
+    churns = 0
+    buf = bytearray(1 << 17)
+    if args.out:
+        with open(args.out + ".ready", "w") as f:
+            f.write(str(portid))
+    next_churn = time.monotonic() + args.churn_ms / 1000 if args.churn_ms else None
+
+    def drain_nonblocking():
+        nonlocal enobufs
+        while True:
+            try:
+                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    enobufs += 1
+                    continue
+                raise
+            handle(buf, n, checker, time.monotonic_ns())
+
+    while not stop:
+        if next_churn is not None and time.monotonic() >= next_churn:
+            for g in groups:
+                sock.setsockopt(kabi.SOL_NETLINK, kabi.NETLINK_DROP_MEMBERSHIP, g)
+            drain_nonblocking()
+            checker.forget()
+            time.sleep(args.churn_ms / 2000)
+            for g in groups:
+                sock.setsockopt(kabi.SOL_NETLINK, kabi.NETLINK_ADD_MEMBERSHIP, g)
+            churns += 1
+            next_churn = time.monotonic() + args.churn_ms / 1000
+        try:
+            ready = select.select([sock], [], [], 0.05)[0]
+        except InterruptedError:
+            continue
+        if not ready:
+            continue
+        try:
+            n = sock.recv_into(buf)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                enobufs += 1
+                continue
+            if exc.errno == errno.EINTR:
+                continue
+            raise
+        handle(buf, n, checker, time.monotonic_ns())
+        if args.delay_us:
+            time.sleep(args.delay_us / 1e6)
+    drain_nonblocking()
+    report = {"name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf, "enobufs": enobufs,
+              "socket_drops": socket_drops(portid), "churns": churns, "resync": args.resync}
+    report.update(checker.report())
+    if args.listen_proc:
+        try:
+            proc_listen(sock, PROC_CN_MCAST_IGNORE)
+        except OSError:
+            pass
+    text = json.dumps(report)
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            f.write(text)
+        os.rename(args.out + ".tmp", args.out)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

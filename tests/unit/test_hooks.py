@@ -69,7 +69,8 @@ def test_every_hook_name_follows_the_convention():
 
 
 def pm_with(*plugins, tables=None, setup=True):
-    config = LabConfig(env=CONFIG.env, plugin_tables=tables or {})
+    # the built-in load runner and fault wrappers act on every scenario: leave them out of single-hook tests
+    config = LabConfig(env=CONFIG.env, plugin_tables=tables or {}, plugin_args=("no:runner", "no:faults"))
     pm = get_plugin_manager(config, setup=False)
     for i, plugin in enumerate(plugins):
         pm.add_plugin(plugin, getattr(plugin, "name", f"t{i}"), "test", "test_hooks")

@@ -248,7 +248,7 @@ class Fine:
 
 
 def test_raising_hook_names_plugin_and_hook():
-    pm = get_plugin_manager(cfg())
+    pm = get_plugin_manager(cfg("no:runner"))
     pm.add_plugin(Fine(), "fine", "test", "here")
     pm.add_plugin(Raiser(), "raiser", "test", "here")
     pm.add_plugin(Fine(), "fine2", "test", "here")
@@ -276,7 +276,7 @@ def test_raising_inside_a_wrapper_names_the_wrapper_or_the_inner_plugin():
         def lab_phase_run(self, phase):
             raise OSError("phase work failed")
 
-    pm = get_plugin_manager(cfg())
+    pm = get_plugin_manager(cfg("no:runner", "no:faults"))
     pm.add_plugin(Wrapper(False), "passthrough", "test", "here")
     pm.add_plugin(Inner(), "inner", "test", "here")
     with pytest.raises(HookCallError, match="plugin 'inner' failed in hook lab_phase_run: OSError"):
@@ -438,7 +438,8 @@ def test_list_plugins_output(capsys, tmp_path):
     """)
     assert cli.main(["--plugins-dir", str(tmp_path), "-p", "no:faults", "plugins"]) == 0
     out = capsys.readouterr().out
-    rows = {line.split()[0]: line for line in out.splitlines()[1:8] if line.strip()}
+    table = out.split("\n\n")[0].splitlines()[1:]
+    rows = {line.split()[0]: line for line in table}
     assert "built-in (essential)" in rows["core"]
     assert rows["emulators"].split()[1] == "emulator"
     assert "blocked" in rows["faults"]

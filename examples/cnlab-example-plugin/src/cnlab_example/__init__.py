@@ -43,7 +43,8 @@ def lab_emulators_register(registry, settings: Mapping[str, Any]) -> None:
 @hookimpl
 def lab_consumers_register(registry) -> None:
     def factory(s: Mapping[str, Any]) -> GuestProgram:
-        return GuestProgram("beat-counter", "example_counter.py", {"group": s["group"], "seconds": s["seconds"]})
+        return GuestProgram("beat-counter", "example_counter.py", {"group": s["group"], "seconds": s["seconds"]},
+                            protocol="oneshot")
 
     registry.add_consumer(ConsumerSpec(
         "beat-counter", "counts heartbeats per CPU (prints JSON)", factory,
