@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--runs", type=_positive_int, default=5, help="boots of each kind (at least 5)")
     boot.add_argument("--cpus", type=_positive_int, default=2)
     boot.add_argument("--json", type=Path, default=Path("results/bench-boot.json"))
+    suite = bench_sub.add_parser("suite", help="the quick set with -n 1 and -n 2: wall times, ratio, overhead")
+    suite.add_argument("--json", type=Path, default=Path("results/bench-suite.json"))
     kmod = bench_sub.add_parser("kmod", help="cbus_insert against a direct send, rates and latency")
     kmod.add_argument("--cpus", type=_positive_int, default=2)
     kmod.add_argument("--json", type=Path, default=Path("results/bench-kmod.json"))
@@ -231,6 +233,15 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
     return run_boot_bench(_lab(args), runs=args.runs, shape=GuestShape(cpus=args.cpus), json_path=args.json)
 
 
+def cmd_bench_suite(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .bench_suite import run_suite_bench
+
+    with tempfile.TemporaryDirectory(prefix="cnlab-suite-") as tmp:
+        return run_suite_bench(_lab(args), args.json, Path(tmp))
+
+
 def cmd_bench_kmod(args: argparse.Namespace) -> int:
     from .bench_kmod import run_kmod_bench
 
@@ -252,6 +263,7 @@ COMMANDS = {
     ("report", None): cmd_report,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
+    ("bench", "suite"): cmd_bench_suite,
 }
 
 

@@ -10,10 +10,15 @@ same fixtures as cnlab's own tests:
 * ``cnlab_guest``: one guest shaped by ``@pytest.mark.cnlab_guest(cpus=N,
   mem=MB, cmdline=[...], module=True)``, with the guest-side programs
   installed; its console log is kept under ``CNLAB_LOG_DIR`` if set.
+
+Scenario files named like the ini option ``cnlab_scenarios`` (default
+``scenario_*.toml``) are collected as test items (marked ``lab``): each boots
+a guest of its shape, runs, and fails with the invariants that did not hold.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +29,62 @@ from .guest import Guest
 from .guestfiles import install_guest_programs
 from .labsetup import Lab, LabOptions
 from .qemu_argv import GuestShape
+from .runner import execute_scenario
+from .scenario import Scenario, load_scenario
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("cnlab_scenarios", "glob of scenario files collected as tests", default="scenario_*.toml")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if fnmatch.fnmatch(file_path.name, parent.config.getini("cnlab_scenarios")):
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFailed(Exception):
+    """A collected scenario finished with failed invariants (or an error)."""
+
+
+class ScenarioFile(pytest.File):
+    """A scenario TOML file: one test item."""
+
+    def collect(self):
+        scenario = load_scenario(self.path)
+        item = ScenarioItem.from_parent(self, name=scenario.name, scenario=scenario)
+        item.add_marker(pytest.mark.lab)
+        yield item
+
+
+class ScenarioItem(pytest.Item):
+    """Runs one scenario on a fresh guest of its shape."""
+
+    def __init__(self, *, scenario: Scenario, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scenario = scenario
+
+    def runtest(self) -> None:
+        lab = Lab(LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto")))
+        spec = lab.guest_spec(GuestShape(self.scenario.cpus, self.scenario.memory), name="scenario",
+                              cmdline=self.scenario.cmdline)
+        with Guest(spec) as guest:
+            lib = install_guest_programs(guest)
+            record = execute_scenario(guest, lib, self.scenario, lambda phase: None)
+        self.user_properties.append(("metrics", record["metrics"]))
+        if record["status"] != "passed":
+            raise ScenarioFailed(record)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, ScenarioFailed):
+            record = excinfo.value.args[0]
+            lines = [f"{v['name']}: {v['detail']}" for v in record["invariants"] if not v["ok"]]
+            lines += [f"{r['kind']} {r['fingerprint']}\n{r['excerpt']}" for r in record["kernel_reports"]]
+            return "\n".join(lines)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"scenario {self.scenario.name}"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -215,6 +215,7 @@ def _worker(worker: int, options: LabOptions, log_dir: str, tasks, results) -> N
                 results.put(("progress", worker, name, phase))
 
             started = time.monotonic()
+            boot_s = 0.0
             try:
                 if guest is not None and (fresh or not guest.alive() or
                                           guest.spec.shape != GuestShape(scenario.cpus, scenario.memory) or
@@ -228,6 +229,7 @@ def _worker(worker: int, options: LabOptions, log_dir: str, tasks, results) -> N
                                           cmdline=scenario.cmdline)
                     guest = Guest(spec, log_dir=Path(log_dir))
                     guest.start()
+                    boot_s = guest.timing.ssh
                     lib = install_guest_programs(guest)
                 record = execute_scenario(guest, lib, scenario, progress)
             except LabError as exc:
@@ -241,6 +243,8 @@ def _worker(worker: int, options: LabOptions, log_dir: str, tasks, results) -> N
                           "console": {"tail": tail}, "duration": round(time.monotonic() - started, 3)}
             record["attempt"] = attempt
             record["worker"] = worker
+            record["boot_s"] = round(boot_s, 3)
+            record["wall_s"] = round(time.monotonic() - started, 3)
             record["guest"] = {"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline)}
             results.put(("result", worker, scenario.name, record))
     finally:
