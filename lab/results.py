@@ -32,7 +32,7 @@ class ResultsWriter:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "ResultsWriter":
+    def __enter__(self) -> ResultsWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,7 +11,6 @@ and a time series; per generator the kernel's counters; CBUS before/after.
 
 import errno
 import json
-import os
 import select
 import sys
 import threading

@@ -24,7 +24,7 @@ def _with(**changes):
         (_with(duration=0), "x.toml: duration: expected seconds, more than 0"),
         (_with(guest={"cpus": 9}), "x.toml: guest.cpus: expected an integer from 1 to 8, got 9"),
         (_with(emulators=[]), "x.toml: emulators: expected at least one"),
-        (_with(emulators=[{"name": "e", "path": "cbus", "context": "nmi"}]), "emulators[0].context: expected one of"),
+        (_with(emulators=[{"name": "e", "context": "nmi"}]), "emulators[0].context: expected one of"),
         (_with(emulators=[{"name": "e", "path": "direct", "context": "hardirq"}]), "not hard-IRQ safe"),
         (_with(emulators=[{"name": "e", "group": 40}]), "emulators[0].group: expected a connector group"),
         (_with(emulators=[{"name": "e", "payload": [10, 5]}]), "emulators[0].payload: expected [min, max]"),
