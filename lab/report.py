@@ -95,7 +95,8 @@ def render_html(records: list[dict]) -> str:
         p99 = (m.get("latency_us") or {}).get("p99", "-")
         rows.append(f'<tr><td><a href="#{_esc(r["scenario"])}">{_esc(r["scenario"])}</a></td>'
                     f'<td class="{_esc(r["status"])}">{_esc(r["status"])}</td>'
-                    f'<td>{_esc(r.get("guest", {}).get("cpus", "-"))}</td><td>{_esc(m.get("rate", "-"))}</td><td>{_esc(m.get("lost", "-"))}</td>'
+                    f'<td>{_esc(r.get("guest", {}).get("cpus", "-"))}</td><td>{_esc(m.get("rate", "-"))}</td>'
+                    f'<td>{_esc(m.get("lost", "-"))}</td>'
                     f'<td>{_esc(p99)}</td><td>{_esc(r.get("duration", "-"))}</td></tr>')
     table = ("<table><tr><th>scenario</th><th>status</th><th>vCPUs</th><th>msgs/s</th><th>lost</th>"
              "<th>p99 us</th><th>seconds</th></tr>" + "".join(rows) + "</table>")
