@@ -24,6 +24,7 @@ REQUIRED_PACKAGES: dict[str, str] = {
     "kmod": "depmod for the guest's module tree",
     "python3-venv": "the virtual environment for cnlab's Python packages",
     "sparse": "the module's C=1 check",
+    "openssh-client": "cnlab shell's interactive ssh",
     "linux-headers-cloud-amd64": "builds the module against Debian's cloud kernel",
 }
 

@@ -132,11 +132,27 @@ def _fetch_package(package: str, version: str, target: Path) -> None:
         subprocess.run(["depmod", "-b", str(scratch), release], check=True)
 
 
-def _release_from_kbuild(kbuild: Path) -> str:
-    for candidate in (kbuild / "include/config/kernel.release",):
-        if candidate.exists():
-            return candidate.read_text().strip()
-    raise HostSetupError(f"{kbuild} has no include/config/kernel.release: is it a built kernel tree?")
+def release_from_bzimage(image: Path) -> str | None:
+    """The release string a bzImage carries (setup header field ``kernel_version``)."""
+    with open(image, "rb") as handle:
+        head = handle.read(0x10000)
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        return None
+    pointer = int.from_bytes(head[0x20E:0x210], "little")
+    if not pointer:
+        return None
+    start = pointer + 0x200
+    text = head[start:start + 256].split(b"\0", 1)[0].decode(errors="replace")
+    return text.split()[0] if text.strip() else None
+
+
+def _release_from_kbuild(kbuild: Path) -> str | None:
+    uts = kbuild / "include/generated/utsrelease.h"
+    if uts.exists():
+        match = re.search(r'UTS_RELEASE\s+"([^"]+)"', uts.read_text())
+        if match:
+            return match.group(1)
+    return None
 
 
 def custom_kernel(image: Path, kbuild: Path | None, modules_dir: Path | None = None) -> KernelSpec:
@@ -144,14 +160,20 @@ def custom_kernel(image: Path, kbuild: Path | None, modules_dir: Path | None = N
     image = Path(image)
     if not image.is_file():
         raise HostSetupError(f"kernel image not found: {image}")
-    release = "unknown"
+    release = release_from_bzimage(image)
+    if release is None:
+        raise HostSetupError(f"{image} is not a bzImage (no setup header)")
     if kbuild is not None:
         kbuild = Path(kbuild)
         if not kbuild.is_dir():
             raise HostSetupError(f"kernel build tree not found: {kbuild}")
-        release = _release_from_kbuild(kbuild)
+        built_for = _release_from_kbuild(kbuild)
+        if built_for is not None and built_for != release:
+            raise HostSetupError(f"{kbuild} is the build tree of {built_for}, but {image} is {release}")
     if modules_dir is not None and not Path(modules_dir).is_dir():
         raise HostSetupError(f"kernel modules directory not found: {modules_dir}")
+    if modules_dir is not None and Path(modules_dir).name != release:
+        raise HostSetupError(f"{modules_dir} is not /lib/modules/{release} (the release of {image})")
     return KernelSpec(
         image=image,
         release=release,
