@@ -168,6 +168,8 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen):
             nxt = s["next"] if s else 0
             lost += (s["gaps"] if s else 0) + max(0, c["generated"] - nxt)
             pre_socket += c["err_nomem"] + c["err_full"] + c["err_other"]
+    # cn_proc streams: the kernel keeps no per-socket generated count, so only gaps (not tail loss) are known
+    lost += sum(s["gaps"] for key, s in streams.items() if key.startswith("proc/"))
     drops = report["socket_drops"]
     expected = drops + pre_socket + cbus_nlerr
     return {"exact": True, "lost": lost, "socket_drops": drops, "pre_socket": pre_socket, "cbus_nlerr": cbus_nlerr,
