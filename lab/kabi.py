@@ -203,7 +203,7 @@ CBUS_STATS = Layout("cnlab_cbus_stats", [
     ("drop_nomem", "Q"), ("drop_nolistener", "Q"), ("drop_nlerr", "Q"),
     ("rejected", "Q"), ("queued", "Q"), ("hwm", "Q"), ("kicks", "Q"),
     ("batches", "Q"), ("batch_max", "Q"), ("nl_msgs", "Q"), ("bundles", "Q"),
-    ("batch_hist", "%dQ" % CNLAB_BATCH_BUCKETS), ("cpu", "I"),
+    ("batch_hist", f"{CNLAB_BATCH_BUCKETS}Q"), ("cpu", "I"),
     ("online", "I")])
 STATS_REP = Layout("cnlab_stats_rep", [
     ("nr_cpus", "I"), ("queue_limit", "I"), ("alloc_fail_nth", "I"),
@@ -231,7 +231,7 @@ BENCH_RESULT = Layout("cnlab_bench_result", [
     ("cfg", BENCH)])
 
 #: every UAPI struct by its C name (cn_msg's ``id`` is idx + val here)
-LAYOUTS: dict[str, Layout] = {l.name: l for l in (
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
     CN_MSG, HDR, ECHO, GEN_START, GEN_STOP, EVENT, STATS_REQ, CBUS_STATS,
     STATS_REP, GEN_STATS_REQ, GEN_CPU_STATS, GEN_STATS_REP, FAULT, BENCH,
     BENCH_RESULT)}
