@@ -6,7 +6,6 @@ Nothing here starts a process, so every line is unit-testable.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ def kernel_cmdline(extra: list[str] | tuple[str, ...] = ()) -> str:
 
 def machine_args(shape: GuestShape, accel: Accel) -> list[str]:
     return [
-        "-machine", os.environ.get("CNLAB_MACHINE", "q35,vmport=off,smbus=off,sata=off"),
+        "-machine", "q35,vmport=off,smbus=off,sata=off",
         *accel.qemu_args(),
         "-smp", str(shape.cpus),
         "-m", str(shape.memory_mb),
