@@ -502,6 +502,11 @@ int main(void)
 
 	mount_or_die("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mount_or_die("debugfs", "/sys/kernel/debug", "debugfs", 0, "");
+	/* Terminals for "cnlab shell", shared memory for guest programs. */
+	mount_or_die("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+		     "gid=5,mode=620,ptmxmode=666");
+	mount_or_die("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+		     "mode=1777");
 	mkdir("/run/sshd", 0755);
 	sethostname("cnlab", 5);
 	network_up();
