@@ -124,6 +124,10 @@ class FaultTimeline:
             return detail
         if fault.kind == "queue_limit":
             return _knob(guest, lib, "queue_limit", fault.value or 64)
+        if fault.kind == "crash":
+            # The guest panics (sysrq 'c'): the scenario must end as a crash, with the report.
+            guest.run(["sh", "-c", "echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger"], timeout=10)
+            return "sysrq crash triggered"
         if fault.kind == "warn":
             guest.run(["sh", "-c", "echo 1 > /sys/module/cnlab/parameters/debug_warn"], timeout=30, check=True)
             return _knob(guest, lib, "warn", 1)

@@ -138,6 +138,32 @@ def evaluate(scenario: Scenario, report: dict, kernel_reports: list[dict], taint
 
 
 # ---------------------------------------------------------------- execution
+#: After a report starts, how long the console may keep growing before we read it.
+REPORT_SETTLE_SECONDS = 3.0
+
+
+def _console_since(guest: Guest, offset: int) -> str:
+    """The console from ``offset``; once a problem shows, keep reading until the
+    report stops growing (bounded), so a report still being printed is whole."""
+
+    def read() -> str:
+        with open(guest.console_log, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+    text = read()
+    if not scan_console(text):
+        return text
+    deadline = time.monotonic() + REPORT_SETTLE_SECONDS * guest.spec.accel.timeout_scale
+    while time.monotonic() < deadline:
+        time.sleep(0.25)  # the console is a file QEMU appends to: no notification to wait on
+        newer = read()
+        if newer == text:
+            break
+        text = newer
+    return text
+
+
 def _taint(guest: Guest) -> int:
     return int(guest.run(["cat", "/proc/sys/kernel/tainted"], timeout=30, check=True).text.strip())
 
@@ -167,10 +193,7 @@ def execute_scenario(guest: Guest, lib: str, scenario: Scenario, progress) -> di
     report = json.loads(result.text)
     applied = sorted(applied + report.get("faults", []), key=lambda f: f["at"])
     taint_after = _taint(guest)
-    # The console may lag the SSH reply a little; the scanner reads what is there.
-    with open(guest.console_log, "rb") as handle:
-        handle.seek(console_start)
-        console_slice = handle.read().decode(errors="replace")
+    console_slice = _console_since(guest, console_start)
     kernel_reports = [r.to_dict() for r in scan_console(console_slice)]
     verdicts, metrics = evaluate(scenario, report, kernel_reports, taint_before, taint_after,
                                  guest.spec.accel.slowdown)
@@ -233,14 +256,16 @@ def _worker(worker: int, options: LabOptions, log_dir: str, tasks, results) -> N
                     lib = install_guest_programs(guest)
                 record = execute_scenario(guest, lib, scenario, progress)
             except LabError as exc:
-                tail = guest.console_tail() if guest is not None else ""
+                console = ""
                 if guest is not None:
-                    guest.stop()
+                    guest.stop()  # QEMU has exited or is killed now: the console is complete
+                    console = guest.console_text()
                     guest = None
                 record = {"scenario": scenario.name, "source": scenario.source, "status": "error",
                           "error": str(exc).split("\n--- console tail")[0], "invariants": [], "metrics": {},
-                          "kernel_reports": [r.to_dict() for r in scan_console(tail)],
-                          "console": {"tail": tail}, "duration": round(time.monotonic() - started, 3)}
+                          "kernel_reports": [r.to_dict() for r in scan_console(console)],
+                          "console": {"tail": "\n".join(console.splitlines()[-40:])},
+                          "duration": round(time.monotonic() - started, 3)}
             record["attempt"] = attempt
             record["worker"] = worker
             record["boot_s"] = round(boot_s, 3)

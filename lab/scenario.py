@@ -51,7 +51,7 @@ __all__ = ["Scenario", "EmulatorSpec", "ConsumerSpec", "FaultSpec", "Invariants"
 PATHS = ("direct", "cbus")
 CONTEXTS = ("kthread", "softirq", "timer", "hardirq")
 #: Faults the engine applies on the timeline.
-FAULT_KINDS = ("cpu_offline", "pause", "stall", "alloc_fail", "queue_limit", "warn")
+FAULT_KINDS = ("cpu_offline", "pause", "stall", "alloc_fail", "queue_limit", "warn", "crash")
 MAX_DURATION = 600.0
 
 

@@ -70,3 +70,25 @@ def test_a_killed_run_keeps_finished_results_and_leaves_no_qemu(cnlab_lab, tmp_p
             os.close(fd)
     assert json.loads(results.read_text().splitlines()[0])["scenario"] == "proc-storm-cbus"
     assert Path(results).stat().st_size > 0
+
+
+def test_a_guest_that_panics_is_replaced_retried_and_reported(cnlab_lab, tmp_path):
+    crash = tmp_path / "crash.toml"
+    crash.write_text(
+        'name = "crash"\nduration = 3.0\n[guest]\ncpus = 2\n'
+        '[[emulators]]\nname = "p"\nrate = 200\n'
+        '[[faults]]\nkind = "crash"\nat = 0.5\n'
+    )
+    scenarios = resolve_scenarios([str(crash), "proc-storm-direct"])
+    with open(tmp_path / "out.txt", "w") as out:
+        status = run_scenarios(cnlab_lab, scenarios, 1, tmp_path / "run", out=out)
+    records = read_results(tmp_path / "run" / "results.jsonl")
+    crashed = [r for r in records if r["scenario"] == "crash"]
+    assert status != EXIT_OK
+    assert [r["attempt"] for r in crashed] == [1, 2]  # retried once on a fresh guest
+    for record in crashed:
+        assert record["status"] == "error"
+        panics = [k for k in record["kernel_reports"] if k["kind"] == "panic"]
+        assert panics and "sysrq_handle_crash" in panics[0]["frames"]
+    # The next scenario got a fresh, healthy guest and passed.
+    assert [r["status"] for r in records if r["scenario"] == "proc-storm-direct"] == ["passed"]
