@@ -2,11 +2,15 @@
 /*
  * CBUS: a per-CPU deferred message bus on top of the netlink connector.
  *
- * Producer (cbus_insert): allocate and copy the message, then with local
- * IRQs off on the current CPU: count it, check the queue limit, llist_add()
- * it to the CPU's queue and, only if the queue was empty, queue the CPU's
- * drain work. No netlink work, no global lock, only CPU-local cache lines
- * in the common case (the consumer runs on the same CPU while it is online).
+ * Producer (cbus_insert): with local IRQs off on the current CPU: count
+ * the message, take a preallocated slot from the CPU's free list (or, for a
+ * big message or an empty pool, a kmalloc() buffer), copy it, check the
+ * queue limit, llist_add() it to the CPU's queue and, only if the queue was
+ * empty, queue the CPU's drain work. No netlink work, no global lock, no
+ * atomic read-modify-write but the llist_add(), only CPU-local cache lines
+ * in the common case (the consumer runs on the same CPU while it is online
+ * and gives slots back to the local free list; from another CPU it gives
+ * them back through a lock-free remote list).
  *
  * Consumer (cbus_work_fn): takes the whole queue with llist_del_all(),
  * restores FIFO order and sends each message, or a bundle of consecutive
@@ -35,6 +39,7 @@
 #include <linux/timekeeping.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
+#include <asm/unaligned.h>
 
 #include "cbus.h"
 #include "cnlab_int.h"
@@ -51,16 +56,27 @@ static unsigned int drain_budget = 4096;
 module_param(drain_budget, uint, 0444);
 MODULE_PARM_DESC(drain_budget, "Messages one drain work run sends before requeueing itself");
 
-static bool wq_highpri;
+static bool wq_highpri = true;
 module_param(wq_highpri, bool, 0444);
-MODULE_PARM_DESC(wq_highpri, "Run the CBUS drain work on a WQ_HIGHPRI workqueue");
+MODULE_PARM_DESC(wq_highpri, "Run the CBUS drain work on a WQ_HIGHPRI workqueue (default on)");
+
+static unsigned int pool_slots = 1024;
+module_param(pool_slots, uint, 0444);
+MODULE_PARM_DESC(pool_slots, "Preallocated CBUS message slots per CPU (0..65536; 0: always kmalloc)");
+
+/* Internal event flag (above the CBUS_F_* insert flags). */
+#define CBUS_EV_SLOT	0x80000000u	/* from the per-CPU slot pool */
 
 struct cbus_event {
 	struct llist_node node;
 	u32 group;
-	u32 flags;
+	u32 flags;		/* CBUS_F_* | CBUS_EV_SLOT */
 	struct cn_msg msg;	/* followed by msg.len data bytes */
 };
+
+/* Pool slot size: messages with up to CBUS_SLOT_DATA data bytes use a slot. */
+#define CBUS_SLOT_SIZE	256
+#define CBUS_SLOT_DATA	(CBUS_SLOT_SIZE - sizeof(struct cbus_event))
 
 struct cbus_cpu {
 	/* Producer side: written on the owning CPU with IRQs off. */
@@ -72,7 +88,13 @@ struct cbus_cpu {
 	u64 enq;		/* accepted onto the queue */
 	u64 hwm;
 	u64 kicks;
+	u64 pool_miss;		/* small message, empty pool: kmalloc */
 	u32 alloc_count;	/* fault injection: allocations seen */
+	struct llist_node *free;	/* slot free list (owner CPU, IRQs off) */
+
+	/* Slots given back from other CPUs (lock-free). */
+	struct llist_head remote_free ____cacheline_aligned;
+	void *pool;		/* pool_slots * CBUS_SLOT_SIZE bytes */
 
 	/* Consumer side: written under drain_lock. */
 	u64 deq ____cacheline_aligned;	/* taken off the queue */
@@ -108,21 +130,80 @@ static DECLARE_WAIT_QUEUE_HEAD(cbus_stall_wq);
 
 #define CBUS_ADD(field, n) WRITE_ONCE(field, (field) + (n))
 
-static struct cbus_event *cbus_alloc(size_t size, gfp_t gfp)
+/*
+ * Copy a small message word by word: for the short messages that use pool
+ * slots this beats a call to memcpy() (a "rep movsb" on CPUs with FSRM,
+ * which emulators execute byte by byte).
+ */
+static __always_inline void cbus_copy_small(u8 *dst, const u8 *src, u32 len)
 {
-	u32 nth = READ_ONCE(cbus_alloc_nth);
+	while (len >= 8) {
+		put_unaligned(get_unaligned((const u64 *)src), (u64 *)dst);
+		src += 8;
+		dst += 8;
+		len -= 8;
+	}
+	while (len--)
+		*dst++ = *src++;
+}
 
-	if (unlikely(nth) && this_cpu_inc_return(cbus_pcpu->alloc_count) % nth == 0)
-		return NULL;
-	return kmalloc(size, gfp | __GFP_NOWARN);
+static __always_inline void cbus_fill(struct cbus_event *ev,
+				      const struct cn_msg *msg,
+				      u32 group, u32 flags, bool small)
+{
+	ev->group = group;
+	ev->flags = flags;
+	/* Header and data apart: no fortify field-spanning copy. */
+	ev->msg = *msg;
+	if (small)
+		cbus_copy_small(ev->msg.data, msg->data, msg->len);
+	else
+		memcpy(ev->msg.data, msg->data, msg->len);
+}
+
+/* A slot from this CPU's pool, or NULL. IRQs off, on cc's CPU. */
+static struct cbus_event *cbus_slot_get(struct cbus_cpu *cc)
+{
+	struct llist_node *n = cc->free;
+
+	if (unlikely(!n)) {
+		/* Take back what other CPUs returned (rare: hotplug, unbound). */
+		n = llist_del_all(&cc->remote_free);
+		if (!n)
+			return NULL;
+	}
+	cc->free = n->next;
+	return container_of(n, struct cbus_event, node);
+}
+
+/* Give an event back: to its CPU's pool, or kfree(). Any context. */
+static void cbus_event_free(struct cbus_cpu *cc, struct cbus_event *ev)
+{
+	unsigned long irqflags;
+
+	if (!ev)
+		return;
+	if (!(ev->flags & CBUS_EV_SLOT)) {
+		kfree(ev);
+		return;
+	}
+	local_irq_save(irqflags);
+	if (raw_smp_processor_id() == cc->cpu) {
+		ev->node.next = cc->free;
+		cc->free = &ev->node;
+	} else {
+		llist_add(&ev->node, &cc->remote_free);
+	}
+	local_irq_restore(irqflags);
 }
 
 int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 {
-	struct cbus_event *ev;
+	struct cbus_event *ev = NULL;
 	struct cbus_cpu *cc;
 	unsigned long irqflags;
 	u64 depth;
+	u32 nth;
 	int ret;
 
 	if (unlikely(group > CNLAB_GROUP_MAX || (flags & ~CBUS_F_ALL))) {
@@ -133,17 +214,13 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		this_cpu_inc(cbus_pcpu->rejected);
 		return -EMSGSIZE;
 	}
-	/* Never sleep when called from atomic context. */
-	if (!preemptible())
-		gfp &= ~__GFP_DIRECT_RECLAIM;
-
-	ev = cbus_alloc(sizeof(*ev) + msg->len, gfp);
-	if (likely(ev)) {
-		ev->group = group;
-		ev->flags = flags;
-		/* Header and data apart: no fortify field-spanning copy. */
-		ev->msg = *msg;
-		memcpy(ev->msg.data, msg->data, msg->len);
+	if (unlikely(msg->len > CBUS_SLOT_DATA)) {
+		/* Big message: allocate with the caller's gfp, IRQs still on. */
+		if (!preemptible())
+			gfp &= ~__GFP_DIRECT_RECLAIM;
+		ev = kmalloc(sizeof(*ev) + msg->len, gfp | __GFP_NOWARN);
+		if (ev)
+			cbus_fill(ev, msg, group, flags, false);
 	}
 
 	local_irq_save(irqflags);
@@ -154,10 +231,29 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		goto out_free;
 	}
 	cc->inserted++;
-	if (unlikely(!ev)) {
+	nth = READ_ONCE(cbus_alloc_nth);
+	if (unlikely(nth) && ++cc->alloc_count % nth == 0) {
+		/* Injected allocation failure (SET_FAULT ALLOC_NTH). */
 		cc->drop_nomem++;
 		ret = -ENOMEM;
 		goto out_free;
+	}
+	if (likely(msg->len <= CBUS_SLOT_DATA)) {
+		ev = cbus_slot_get(cc);
+		if (likely(ev)) {
+			cbus_fill(ev, msg, group, flags | CBUS_EV_SLOT, true);
+		} else {
+			cc->pool_miss++;
+			ev = kmalloc(sizeof(*ev) + msg->len,
+				     GFP_ATOMIC | __GFP_NOWARN);
+			if (ev)
+				cbus_fill(ev, msg, group, flags, true);
+		}
+	}
+	if (unlikely(!ev)) {
+		cc->drop_nomem++;
+		ret = -ENOMEM;
+		goto out;
 	}
 	depth = cc->enq - READ_ONCE(cc->deq);
 	if (unlikely(depth >= READ_ONCE(cbus_limit))) {
@@ -177,8 +273,9 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	return 0;
 
 out_free:
+	cbus_event_free(cc, ev);
+out:
 	local_irq_restore(irqflags);
-	kfree(ev);
 	return ret;
 }
 EXPORT_SYMBOL_GPL(cbus_insert_group);
@@ -246,7 +343,7 @@ static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
 		ret = cn_netlink_send(&ev->msg, 0, ev->group, GFP_KERNEL);
 		cbus_account(cc, ret, 1);
 	}
-	kfree(ev);
+	cbus_event_free(cc, ev);
 	CBUS_ADD(cc->deq, 1);
 }
 
@@ -463,10 +560,14 @@ static int cbus_stats_show(struct seq_file *m, void *v)
 {
 	struct cnlab_cbus_stats s;
 	char name[16];
+	u64 miss = 0;
 	int cpu;
 
-	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u\n",
-		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes);
+	for_each_possible_cpu(cpu)
+		miss += READ_ONCE(per_cpu_ptr(cbus_pcpu, cpu)->pool_miss);
+	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu highpri %d\n",
+		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes,
+		   pool_slots, CBUS_SLOT_DATA, miss, wq_highpri);
 	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
 	for_each_possible_cpu(cpu) {
 		cnlab_cbus_read(cpu, &s);
@@ -483,8 +584,10 @@ static void cbus_free_cpus(void)
 {
 	int cpu;
 
-	for_each_possible_cpu(cpu)
+	for_each_possible_cpu(cpu) {
 		kfree(per_cpu_ptr(cbus_pcpu, cpu)->bundle);
+		kvfree(per_cpu_ptr(cbus_pcpu, cpu)->pool);
+	}
 	free_percpu(cbus_pcpu);
 	cbus_pcpu = NULL;
 }
@@ -493,10 +596,12 @@ int cnlab_cbus_init(struct dentry *dbg)
 {
 	unsigned int wq_flags = wq_highpri ? WQ_HIGHPRI : 0;
 	struct cbus_cpu *cc;
+	unsigned int i;
 	int cpu, ret;
 
 	if (!queue_limit || queue_limit > CNLAB_QLIMIT_MAX ||
-	    bundle_bytes < 256 || bundle_bytes > 32768 || !drain_budget)
+	    bundle_bytes < 256 || bundle_bytes > 32768 || !drain_budget ||
+	    pool_slots > 65536)
 		return -EINVAL;
 	cbus_limit = queue_limit;
 	cbus_alloc_nth = 0;
@@ -517,6 +622,22 @@ int cnlab_cbus_init(struct dentry *dbg)
 		if (!cc->bundle) {
 			ret = -ENOMEM;
 			goto err_cpus;
+		}
+		init_llist_head(&cc->remote_free);
+		cc->free = NULL;
+		if (!pool_slots)
+			continue;
+		cc->pool = kvmalloc_node(array_size(pool_slots, CBUS_SLOT_SIZE),
+					 GFP_KERNEL, cpu_to_node(cpu));
+		if (!cc->pool) {
+			ret = -ENOMEM;
+			goto err_cpus;
+		}
+		for (i = pool_slots; i-- > 0; ) {
+			struct cbus_event *ev = cc->pool + i * CBUS_SLOT_SIZE;
+
+			ev->node.next = cc->free;
+			cc->free = &ev->node;
 		}
 	}
 	ret = cnlab_init_fault(1);

@@ -14,6 +14,7 @@ Unless --no-klog, the kernel log is checked for oops/BUG/WARNING at the end
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import json
 import os
@@ -583,6 +584,34 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE):
                   gen_cpus=[[cs["generated"] for cs in g.body["cpus"]] for g in gens])
 
 
+_libc = None
+SYS_FINIT_MODULE = 313      # x86_64
+SYS_DELETE_MODULE = 176
+O_NONBLOCK = 0o4000
+
+
+def _syscall(*args):
+    """libc syscall(); returns "" or the error text (what rmmod/insmod do, minus a process spawn)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.syscall(*args) == 0:
+        return ""
+    return os.strerror(ctypes.get_errno())
+
+
+def module_load(path, params=""):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _syscall(SYS_FINIT_MODULE, fd, params.encode(), 0)
+    finally:
+        os.close(fd)
+
+
+def module_unload(name):
+    return _syscall(SYS_DELETE_MODULE, name.encode(), O_NONBLOCK)
+
+
 def t_unload(c, cycles=100):
     stop = threading.Event()
     stats = {"requests": 0, "replies": 0}
@@ -620,13 +649,13 @@ def t_unload(c, cycles=100):
         except (TimeoutError, OSError) as e:
             failures.append(("start", i, repr(e)))
         time.sleep(0.02)
-        rm = subprocess.run(["rmmod", "cnlab"], capture_output=True, text=True)
-        if rm.returncode:
-            failures.append(("rmmod", i, rm.stderr.strip()))
+        err = module_unload("cnlab")
+        if err:
+            failures.append(("rmmod", i, err))
             break
-        ins = subprocess.run(["insmod", MODULE], capture_output=True, text=True)
-        if ins.returncode:
-            failures.append(("insmod", i, ins.stderr.strip()))
+        err = module_load(MODULE)
+        if err:
+            failures.append(("insmod", i, err))
             break
     elapsed = time.monotonic() - t0
     stop.set()
