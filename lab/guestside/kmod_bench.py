@@ -7,7 +7,11 @@ Prints one JSON object:
 
 * ``insert``: the in-kernel BENCH request: ns per ``cbus_insert`` against ns
   per direct ``cn_netlink_send`` to a group with one listener (this process
-  reads it), tight loops of ``chunk`` calls with preemption off;
+  reads it), tight loops of ``chunk`` calls with preemption off: medians over
+  ``--chunks`` one-chunk requests (and means); the BENCH empties the queue
+  before each chunk, so each chunk pays one kick (a worker wake-up);
+  ``insert_long_run`` is one request of ``--iterations`` calls (mean and best
+  chunk), ``insert_big_chunk`` the medians with bigger chunks;
 * ``rate``: end to end, one kthread generator on CPU 0 as fast as possible,
   one reader on the last CPU; for direct, CBUS and CBUS bundles: generated,
   received, lost, and delivered msgs/s (received / (last receive - start));
@@ -28,6 +32,7 @@ import gc
 import json
 import os
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -206,6 +211,43 @@ def bench_insert(c: kabi.CtlClient, reader_cpu: int, iterations: int, chunk: int
     }
 
 
+def bench_chunks(c: kabi.CtlClient, reader_cpu: int, chunk: int, count: int) -> dict:
+    """``count`` BENCH requests of one chunk each: the per-chunk ns/call distributions.
+
+    The median is robust against the chunks a busy host preempts (a TCG vCPU
+    thread descheduled in the middle of a chunk inflates both paths' means).
+    """
+    reader = Reader(reader_cpu)
+    reader.start()
+    cbus, direct = [], []
+    errors = 0
+    for _ in range(count):
+        r = c.bench(timeout=60, idx=GEN_IDX, val=GEN_VAL, group=GROUP, payload=32, iterations=chunk,
+                    chunk=chunk, pause_us=1000, cpu=0)
+        if not r.ok or r.body["status"] != 0 or r.body["direct_ok"] != chunk or r.body["cbus_ok"] != chunk:
+            errors += 1
+            continue
+        cbus.append(r.body["cbus_ns"] / chunk)
+        direct.append(r.body["direct_ns"] / chunk)
+    time.sleep(0.3)
+    reader.finish()
+    if not cbus:
+        return {"error": "no successful BENCH chunk", "errors": errors}
+    cbus.sort()
+    direct.sort()
+    med_c, med_d = statistics.median(cbus), statistics.median(direct)
+    return {
+        "chunk": chunk, "chunks": len(cbus), "errors": errors, "payload": 32,
+        "cbus_insert_ns": round(med_c, 1), "direct_send_ns": round(med_d, 1),
+        "ratio": round(med_d / med_c, 2),
+        "cbus_mean_ns": round(statistics.fmean(cbus), 1), "direct_mean_ns": round(statistics.fmean(direct), 1),
+        "ratio_mean": round(statistics.fmean(direct) / statistics.fmean(cbus), 2),
+        "cbus_p10_p90_ns": [round(pct(cbus, 10), 1), round(pct(cbus, 90), 1)],
+        "direct_p10_p90_ns": [round(pct(direct, 10), 1), round(pct(direct, 90), 1)],
+        "reader_received": reader.received,
+    }
+
+
 def gen_cfg(path: str, flags: int, count: int, rate: int) -> dict:
     return dict(gen_id=GEN_ID, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=count, cpu_mask=1, rate=rate,
                 size_min=32, size_max=32, context="kthread", path=path, flags=flags, burst=256)
@@ -246,10 +288,12 @@ def run_stream(c: kabi.CtlClient, reader_cpu: int, path: str, flags: int, count:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=20000)
-    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--chunk", type=int, default=128, help="BENCH chunk (one kick per chunk: the headline)")
+    ap.add_argument("--chunks", type=int, default=200, help="one-chunk BENCH requests for the medians")
+    ap.add_argument("--also-chunk", type=int, default=1024, help="a second BENCH run with this chunk (0: none)")
     ap.add_argument("--rate-count", type=int, default=200000)
     ap.add_argument("--lat-rate", type=int, default=2000)
-    ap.add_argument("--lat-count", type=int, default=5000)
+    ap.add_argument("--lat-count", type=int, default=10000)
     ap.add_argument("--lat-wait", choices=["poll", "block"], default="poll",
                     help="latency reader: busy-poll (default: measures the kernel path, not the reader's wake-up "
                          "from an idle vCPU) or block in recv")
@@ -263,7 +307,10 @@ def main(argv: list[str]) -> int:
     with kabi.CtlClient(timeout=10.0) as c:
         c.gen_stop(kabi.CNLAB_GEN_ALL)
         if "insert" not in args.skip:
-            out["insert"] = bench_insert(c, reader_cpu, args.iterations, args.chunk)
+            out["insert"] = bench_chunks(c, reader_cpu, args.chunk, args.chunks)
+            out["insert_long_run"] = bench_insert(c, reader_cpu, args.iterations, args.chunk)
+            if args.also_chunk:
+                out["insert_big_chunk"] = bench_chunks(c, reader_cpu, args.also_chunk, max(10, args.chunks // 8))
         if "rate" not in args.skip:
             out["rate"] = {}
             for name, path, flags in (("direct", "direct", 0), ("cbus", "cbus", 0),
