@@ -61,6 +61,10 @@ class FaultTimeline:
     _thread: threading.Thread | None = None
     _t0: float = 0.0
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
         """Start the clock: called when the guest agent says the load began."""
         self._t0 = time.monotonic()

@@ -178,7 +178,7 @@ def execute_scenario(guest: Guest, lib: str, scenario: Scenario, progress) -> di
     timeline = FaultTimeline(guest, lib, host_faults, scenario.duration)
 
     def sink(stream: str, chunk: bytes) -> None:
-        if stream == "stderr" and b"CNLAB-AGENT started" in chunk and timeline._thread is None:
+        if stream == "stderr" and b"CNLAB-AGENT started" in chunk and not timeline.started:
             progress("load")
             timeline.start()
 
