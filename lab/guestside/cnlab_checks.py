@@ -138,6 +138,22 @@ class Consumer(threading.Thread):
         self.join(2)
         self.sock.close()
 
+    def wait_read(self, timeout=10.0):
+        """Until the socket is empty (Rmem 0 in /proc/net/netlink) on three polls in a row."""
+        inode = str(os.fstat(self.sock.fileno()).st_ino)
+        end = time.monotonic() + timeout
+        zero = 0
+        while time.monotonic() < end and zero < 3:
+            rmem = -1
+            with open("/proc/net/netlink") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 10 and parts[-1] == inode:
+                        rmem = int(parts[4])
+            zero = zero + 1 if rmem == 0 else 0
+            time.sleep(0.05)
+        return zero >= 3
+
     def wait_for(self, total, timeout=10.0):
         end = time.monotonic() + timeout
         while self.received < total and time.monotonic() < end:
@@ -747,7 +763,8 @@ def t_balance(c, count=3000):
         if phase == "full":
             c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
     s1 = wait_drained(c)
-    time.sleep(0.3)
+    cons.wait_read(20)
+    time.sleep(0.1)     # the reader thread has the last datagram in hand
     cons.stop()
     d = stats_delta(s0.body["total"], s1.body["total"])
     gt = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")}
