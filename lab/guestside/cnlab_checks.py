@@ -655,7 +655,7 @@ def t_unload(c, cycles=100):
     t0 = time.monotonic()
     for i in range(cycles):
         try:
-            with kabi.CtlClient(timeout=2.0) as s:
+            with kabi.CtlClient(timeout=10.0) as s:
                 ctx = ("kthread", "timer", "hardirq", "softirq")[i % 4]
                 r = s.gen_start(gen_id=i % 4, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
                                 duration_ns=10**10, cpu_mask=(1 << ncpus()) - 1, rate=(i % 3) * 5000,
