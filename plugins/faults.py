@@ -17,8 +17,9 @@ from typing import Any
 
 from lab import hookimpl
 from lab.config import Setting
+from lab.errors import LabError
 from lab.kabi import CNLAB_FAULT_ALLOC_NTH, CNLAB_FAULT_QLIMIT, CNLAB_FAULT_STALL_MS
-from lab.plugin import FAULT_PLAN, GUEST_PLUGIN_DIR, REGISTRIES, FaultRegistry, FaultSpec
+from lab.plugin import FAULT_PLAN, GUEST_PLUGIN_DIR, REGISTRIES, FaultRegistry, FaultSpec, StashKey
 from lab.plugin.emulation import CommandFault
 
 MODULE_PATH = "/run/cnlab/cnlab.ko"
@@ -49,10 +50,12 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
                                  cpu_offline, settings=(Setting("cpu", int, 1, "CPU number (not 0)"), DELAY)))
 
     def reload(s):
-        return CommandFault("module-reload", (("rmmod", "cnlab"),), (("insmod", MODULE_PATH),), delay_s=_delay(s))
+        return CommandFault("module-reload", (("rmmod", "cnlab"),), (("insmod", MODULE_PATH),), delay_s=_delay(s),
+                            hold_s=s["hold_s"])
 
-    registry.add_fault(FaultSpec("module-reload", "unload the lab module under load, load it again after", "module",
-                                 reload, settings=(DELAY,)))
+    registry.add_fault(FaultSpec("module-reload", "unload the lab module under load, load it again after hold_s",
+                                 "module", reload,
+                                 settings=(DELAY, Setting("hold_s", float, 1.0, "seconds unloaded"))))
 
     def kill_consumer(s):
         return CommandFault("consumer-kill", (("pkill", "-KILL", "-f", f"{GUEST_PLUGIN_DIR}/consume.py"),),
@@ -109,15 +112,22 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
                                  settings=(Setting("seconds", float, 1.0, "pause length"), DELAY)))
 
 
+HOST_FAULT_LOG = StashKey[list]()
+
+
 def _host_fault(guest, fault: CommandFault, log: list) -> None:
+    started = time.monotonic()
     time.sleep(fault.delay_s)
-    for argv in fault.inject:
-        guest.qmp(argv[1])
-    log.append(("inject", fault.name, time.monotonic()))
-    time.sleep(fault.hold_s)
-    for argv in fault.restore:
-        guest.qmp(argv[1])
-    log.append(("restore", fault.name, time.monotonic()))
+    for what, argvs in (("inject", fault.inject), ("restore", fault.restore)):
+        for argv in argvs:
+            try:
+                guest.qmp(argv[1])
+                log.append({"what": f"{what} {fault.name}", "qmp": argv[1], "ok": True,
+                            "t": round(time.monotonic() - started, 3)})
+            except LabError as exc:
+                log.append({"what": f"{what} {fault.name}", "qmp": argv[1], "ok": False, "error": str(exc)})
+        if what == "inject":
+            time.sleep(fault.hold_s)
 
 
 @hookimpl(wrapper=True)
@@ -126,7 +136,7 @@ def lab_phase_run(scenario, phase, guest, stash):
         return (yield)
     registries = stash[REGISTRIES]
     threads = []
-    log: list = []
+    log = stash.setdefault(HOST_FAULT_LOG, [])
     for name in scenario.faults:
         fault = registries.faults.build(name, scenario.params.get(name))
         if not isinstance(fault, CommandFault) or fault.phase != phase.name:
@@ -143,3 +153,15 @@ def lab_phase_run(scenario, phase, guest, stash):
     finally:
         for t in threads:
             t.join()
+
+
+@hookimpl
+def lab_result_collect(stash):
+    log = stash.get(HOST_FAULT_LOG, None)
+    return {"host_faults": log} if log else None
+
+
+@hookimpl
+def lab_result_check(data):
+    log = (data.get("faults") or {}).get("host_faults", [])
+    return [f"{e['what']}: QMP {e['qmp']} failed: {e.get('error')}" for e in log if not e["ok"]]

@@ -89,10 +89,10 @@ def check_report(scenario: ScenarioInfo, report: Mapping[str, Any]) -> list[str]
     for c in report.get("consumers", ()):
         name = c.get("name", "?")
         if c.get("missing"):
-            if not killing:
+            if not (killing and c.get("status") == -9):
                 problems.append(f"consumer {name}: no report (status {c.get('status')}): {c.get('stderr', '')}")
             continue
-        if "received" in c and c["received"] == 0 and scenario.emulators:
+        if "received" in c and c["received"] == 0 and scenario.emulators and not c.get("resync"):
             problems.append(f"consumer {name}: received nothing")
         if c.get("reordered"):
             problems.append(f"consumer {name}: {c['reordered']} messages out of order or duplicated")

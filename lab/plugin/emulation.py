@@ -153,8 +153,8 @@ class CommandFault:
     :param name: fault name; :param inject: argv lists to inject; :param restore: argv lists to undo.
     :param phase: the scenario phase it wraps (default ``load``).
     :param delay_s: seconds into the phase before injecting.
-    :param hold_s: for host-side faults (argv ``("qmp", command)``): seconds between inject and restore;
-        guest-side faults are restored when the phase's load is over.
+    :param hold_s: seconds between inject and restore; 0: restore when the phase's load is over.  Host-side
+        faults (argv ``("qmp", command)``) always use it.
     """
 
     name: str

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kabi  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DONE = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED)
+# IDLE: the generator is not known (any more): the module was reloaded under the load
+DONE = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED, kabi.CNLAB_GEN_IDLE)
 CBUS_KEYS = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "rejected")
 
 
@@ -118,6 +119,7 @@ class ConsumerProc:
         return False
 
     def stop(self):
+        wait_until(lambda: self.ready() or self.proc.poll() is not None, 30)  # a restarted one may still be starting
         for run in self.runs:
             if run["proc"].poll() is None:
                 run["proc"].send_signal(signal.SIGTERM)
@@ -140,8 +142,12 @@ class ConsumerProc:
 def gen_totals(client, gen_ids):
     out = {}
     for gid in gen_ids:
-        rep = client.gen_stats(gid)
-        if not rep.ok:
+        try:
+            rep = client.gen_stats(gid)
+        except (TimeoutError, OSError):
+            out[gid] = None
+            continue
+        if not rep.ok or rep.body["state"] == kabi.CNLAB_GEN_IDLE:
             out[gid] = None
             continue
         out[gid] = {"state": rep.body["state"],
@@ -155,6 +161,8 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen):
     """Loss of one consumer against the kernel's counts (None if it cannot be exact)."""
     if report.get("protocol") == "oneshot":
         return {"exact": False, "reason": "one-shot consumer: no per-stream report"}
+    if any(totals is None for totals in gens.values()):
+        return {"exact": False, "reason": "generator statistics lost (module reloaded?): partial accounting"}
     if report.get("missing") or report.get("resync") or report.get("churns"):
         return {"exact": False, "reason": "restarted, churning or missing consumer: partial accounting"}
     lost = 0
@@ -218,11 +226,25 @@ def main():
     drivers = [subprocess.Popen(src["driver"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for src in plan.get("live", [])]
     timers = []
-    for f in faults:
+    restored = set()
+
+    def timeline(f):
+        # inject, then (with hold_s) restore while the load runs, in order: a reloaded module must be back
+        # before the load can end, and insmod must not race a slow rmmod
+        time.sleep(f.get("delay_s", 0))
         if f.get("delay_s"):
-            t = threading.Timer(f["delay_s"], run_argvs, (f["inject"], log, f"inject {f['name']}"))
+            run_argvs(f["inject"], log, f"inject {f['name']}")
+        if f.get("hold_s"):
+            time.sleep(f["hold_s"])
+            run_argvs(f.get("restore", []), log, f"restore {f['name']}")
+
+    for f in faults:
+        if f.get("delay_s") or f.get("hold_s"):
+            t = threading.Thread(target=timeline, args=(f,), daemon=True)
             t.start()
             timers.append(t)
+        if f.get("hold_s"):
+            restored.add(f["name"])
 
     def load_over():
         for c in consumers:
@@ -242,14 +264,18 @@ def main():
     if not wait_until(load_over, plan.get("timeout_s", 120), pause=0.1):
         errors.append("load did not finish in time; stopping generators")
         for gid in gen_ids:
-            client.gen_stop(gid)
+            try:
+                client.gen_stop(gid)
+            except (TimeoutError, OSError) as exc:
+                errors.append(f"GEN_STOP {gid}: {exc}")
         for d in drivers:
             d.kill()
     load_s = time.monotonic() - started
     for t in timers:
         t.join()
     for f in reversed(faults):
-        run_argvs(f.get("restore", []), log, f"restore {f['name']}")
+        if f["name"] not in restored:
+            run_argvs(f.get("restore", []), log, f"restore {f['name']}")
     for c in consumers:
         c.check_killed()
 
