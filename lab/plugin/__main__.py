@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 from ..config import load_config
+from ..console_scan import scan_console
 from ..errors import LabError, UsageError
 from ..guest import Guest
 from ..labsetup import Lab, LabOptions
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         with Guest(spec) as guest:
             result = run_scenario(pm, guest, scenario)
             console = guest.console_text()
+        kernel_reports = scan_console(console)
+        if kernel_reports:
+            problems = result.problems + tuple(f"console: {r.kind}: {r.title}" for r in kernel_reports)
+            result = dataclasses.replace(result, passed=False, problems=problems)
         status = pm.hook.lab_report_status(result=result)
         print(f"{status:<6} {scenario.name}" + (f": {result.error}" if result.error else ""))
         for problem in result.problems:
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"scenario": dataclasses.asdict(scenario), "status": status,
                                              "passed": result.passed, "error": result.error,
                                              "problems": list(result.problems), "data": result.data,
+                                             "kernel_reports": [r.to_dict() for r in kernel_reports],
                                              "console_tail": console.splitlines()[-60:]},
                                             indent=2, default=str) + "\n")
         if args.json:
