@@ -25,7 +25,10 @@ gen_start_body(**configs[0])
 program = pm.registries.consumers.build("beat-counter")
 files = [f for r in call_hook(pm, "lab_guest_files_add", config=pm.config) for f in r]
 scenario = ScenarioInfo("beats", emulators=("heartbeat",), consumers=("beat-counter",))
-problems = call_hook(pm, "lab_result_check", scenario=scenario, data={"example": {"beats": 0}})
+problems = call_hook(pm, "lab_result_check", scenario=scenario,
+                     data={"runner": {"consumers": [{"name": "beat-counter", "beats": 0}]}})
+fine = call_hook(pm, "lab_result_check", scenario=scenario,
+                 data={"runner": {"consumers": [{"name": "beat-counter", "beats": 9}]}})
 print(json.dumps({
     "info": pm.infos["example"].__dict__,
     "kind": pm.kind_of("example"),
@@ -34,6 +37,7 @@ print(json.dumps({
     "argv": program.argv("/g"),
     "files": [f.dest for f in files if f.source.is_file()],
     "problems": [p for r in problems for p in (r or [])],
+    "fine": [p for r in fine for p in (r or []) if "beat" in p],
 }))
 """
 
@@ -80,6 +84,7 @@ def test_example_is_loaded_through_its_entry_point(installed, tmp_path):
     assert out["argv"][1] == "/g/example_counter.py"
     assert "/run/cnlab/plugins/example_counter.py" in out["files"]
     assert "beat-counter saw no heartbeats" in out["problems"]
+    assert out["fine"] == []
 
 
 def test_cnlab_plugins_lists_and_blocks_the_example(installed, tmp_path):
