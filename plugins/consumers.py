@@ -48,6 +48,10 @@ def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, An
         "checker", "order/gap/duplicate/ENOBUFS/drops/latency checker on every emulator group",
         {"rcvbuf": rcvbuf}, extra=(Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"),)))
     registry.add_consumer(_spec(
+        "pyroute2", "checker that receives and decodes through pyroute2 (ConnectorSocket, Marshal keyed on idx)",
+        {"rcvbuf": rcvbuf, "pyroute2": True},
+        extra=(Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"),)))
+    registry.add_consumer(_spec(
         "slow", "checker that sleeps after every datagram (provokes overruns)",
         {"rcvbuf": rcvbuf, "delay_us": 200},
         extra=(Setting("delay_us", int, 200, "sleep after each datagram, microseconds"),)))

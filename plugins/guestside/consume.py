@@ -11,7 +11,10 @@ Variants: ``--delay-us`` (slow), ``--rcvbuf`` (tiny buffer),
 ``--churn-ms`` (leave and rejoin the groups; sequence tracking restarts at
 each rejoin, so messages sent while away are not counted as gaps),
 ``--resync`` (a restarted consumer: start each stream at the first message
-seen), ``--listen-proc`` (send PROC_CN_MCAST_LISTEN so cn_proc talks).
+seen), ``--listen-proc`` (send PROC_CN_MCAST_LISTEN so cn_proc talks),
+``--pyroute2`` (pyroute2's ``ConnectorSocket`` and a ``Marshal`` subclass
+keyed on ``cn_msg.idx`` decode every datagram instead of ``kabi`` structs;
+CBUS bundles still go through ``kabi``).
 """
 
 import argparse
@@ -122,6 +125,60 @@ def handle(buf, n, checker, now):
         off += (nl_len + 3) & ~3
 
 
+def pyroute2_parser():
+    """A function parsing one datagram with pyroute2's Marshal (connector.md section 11)."""
+    from pyroute2.netlink.connector import cn_msg
+    from pyroute2.netlink.nlsocket import Marshal
+
+    class LabEvent(cn_msg):
+        fields = cn_msg.fields + (("gen_id", "I"), ("cpu", "I"), ("lab_seq", "Q"), ("ts_ns", "Q"),
+                                  ("ev_len", "I"), ("ev_flags", "I"))
+
+    class ProcEventHead(cn_msg):
+        fields = cn_msg.fields + (("what", "I"), ("cpu", "I"), ("timestamp_ns", "Q"))
+
+    class LabMarshal(Marshal):
+        # the netlink type is always NLMSG_DONE: key on cn_msg.idx (offset 16); every idx but cn_proc's is ours
+        key_format, key_offset = "I", 16
+        msg_map = {CN_IDX_PROC: ProcEventHead}
+        default_message_class = LabEvent
+
+        def is_enough(self, msg):
+            return False
+
+    marshal = LabMarshal()
+
+    def parse(buf, n, checker, now):
+        data = bytes(buf[:n])
+        msgs = list(marshal.parse(data))
+        if any(m["idx"] != CN_IDX_PROC and m["flags"] & kabi.CNLAB_CN_F_BUNDLE for m in msgs):
+            handle(data, n, checker, now)  # CBUS bundles: the inner cn_msgs are not netlink messages
+            return
+        for msg in msgs:
+            if msg["idx"] == CN_IDX_PROC:
+                checker.event(("proc", msg["cpu"]), msg["seq"], msg["timestamp_ns"], now, 1 << 32)
+            elif msg["len"] >= 32:
+                checker.event((msg["gen_id"], msg["cpu"]), msg["lab_seq"], msg["ts_ns"], now, 1 << 64)
+
+    return parse
+
+
+def open_pyroute2_socket(groups, rcvbuf):
+    from pyroute2.netlink.connector import ConnectorSocket
+
+    owner = ConnectorSocket()
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, kabi.NETLINK_CONNECTOR, fileno=os.dup(owner.fileno()))
+    if rcvbuf:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    owner.bind(groups=0)
+    for g in groups:
+        sock.setsockopt(kabi.SOL_NETLINK, kabi.NETLINK_ADD_MEMBERSHIP, g)
+    return owner, sock
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="consumer")
@@ -132,12 +189,19 @@ def main():
     ap.add_argument("--resync", action="store_true")
     ap.add_argument("--listen-proc", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--pyroute2", action="store_true")
     args = ap.parse_args()
     groups = [int(g) for g in args.groups.split(",") if g]
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
-    sock = kabi.open_socket(groups, args.rcvbuf)
+    parse = handle
+    owner = None
+    if args.pyroute2:
+        owner, sock = open_pyroute2_socket(groups, args.rcvbuf)
+        parse = pyroute2_parser()
+    else:
+        sock = kabi.open_socket(groups, args.rcvbuf)
     portid = sock.getsockname()[0]
     rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     if args.listen_proc:
@@ -163,7 +227,7 @@ def main():
                     enobufs += 1
                     continue
                 raise
-            handle(buf, n, checker, time.monotonic_ns())
+            parse(buf, n, checker, time.monotonic_ns())
 
     while not stop:
         if next_churn is not None and time.monotonic() >= next_churn:
@@ -191,7 +255,7 @@ def main():
             if exc.errno == errno.EINTR:
                 continue
             raise
-        handle(buf, n, checker, time.monotonic_ns())
+        parse(buf, n, checker, time.monotonic_ns())
         if args.delay_us:
             time.sleep(args.delay_us / 1e6)
     drain_nonblocking()
@@ -212,7 +276,8 @@ def main():
                 drain_nonblocking()
                 quiet_until = time.monotonic() + 0.3
     report = {"name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf, "enobufs": enobufs,
-              "socket_drops": socket_drops(portid), "churns": churns, "resync": args.resync}
+              "socket_drops": socket_drops(portid), "churns": churns, "resync": args.resync,
+              "parser": "pyroute2" if args.pyroute2 else "kabi"}
     report.update(checker.report())
     if args.listen_proc:
         try:

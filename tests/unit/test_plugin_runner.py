@@ -298,3 +298,16 @@ def test_runplan_reconcile():
     assert runplan.reconcile(dict(report, churns=2), gens, 0, {0: [18]})["exact"] is False
     other_group = runplan.reconcile(dict(report, groups=[20], streams={}), gens, 0, {0: [18]})
     assert other_group["lost"] == 0
+
+
+def test_consumer_pyroute2_parser_matches_kabi_parser():
+    pytest.importorskip("pyroute2")
+    consume = load_guest_module("consume")
+    parse = consume.pyroute2_parser()
+    via_pyroute2, via_kabi = consume.Checker(False), consume.Checker(False)
+    proc = kabi.frame_nl(kabi.frame_cn(1, 1, consume.PROC_EVENT.pack(2, 0, 9) + bytes(24), seq=500))
+    for data in [_datagram(1, 0, 0) + _datagram(1, 0, 2), _datagram(1, 1, 0), proc]:
+        parse(bytearray(data), len(data), via_pyroute2, 10)
+        consume.handle(bytearray(data), len(data), via_kabi, 10)
+    assert via_pyroute2.report() == via_kabi.report()
+    assert via_kabi.report()["gaps"] == 1 and via_kabi.report()["received"] == 4
