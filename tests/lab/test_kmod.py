@@ -14,7 +14,9 @@ worker; run with ``-n 2 --dist loadgroup`` to spread the groups):
 * ``kmod-1cpu`` / ``kmod-4cpu``: delivery on 1 and 4 vCPUs (4: also hotplug);
 * ``kmod-2cpu``: delivery, balance, permissions, fuzzing, fault knobs;
 * ``kmod-unload``: the 100 unload/load cycles (it reloads the module, so it
-  gets a guest of its own).
+  gets a guest of its own);
+* ``kmod-warn``: a deliberate WARN() proves the end-of-test check sees one
+  (its guest is tainted and stopped afterwards).
 """
 
 from __future__ import annotations
@@ -192,3 +194,25 @@ def test_unload_load_cycles_under_load(pool):
     assert un["cycles"] == 100 and un["final_lines"] >= 100
     assert not un["failures"] and not un["unbalanced"]
     assert un["replies"] > 0
+
+
+# ------------------------------------------------------- the gate itself
+
+@pytest.mark.xdist_group("kmod-warn")
+def test_kernel_watch_catches_a_warning(pool):
+    """The end-of-test check is not blind: a deliberate WARN() is seen on the console and as taint W."""
+    guest = pool.get("warn", 1)
+    watch = KernelWatch(guest)
+    guest.run(["sh", "-c", "echo 1 > /sys/module/cnlab/parameters/debug_warn"], timeout=30, check=True)
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import kabi\n"
+              "with kabi.CtlClient() as c:\n"
+              "    r = c.fault(kabi.CNLAB_FAULT_WARN, kabi.CNLAB_WARN_MAGIC)\n"
+              "    print(r.status)\n")
+    result = guest.run(["python3", "-c", script, pool.lib], timeout=60, check=True)
+    assert result.text.strip() == "0"
+    report = watch.report()
+    assert not report.clean
+    assert report.new_taint & (1 << 9), report.describe()  # W
+    kinds = {line.split(":", 1)[0] for line in report.problems}
+    assert {"WARNING", "call trace"} <= kinds, report.describe()
+    pool.close()  # tainted with W: never share this guest
