@@ -29,7 +29,27 @@ problems = call_hook(pm, "lab_result_check", scenario=scenario,
                      data={"runner": {"consumers": [{"name": "beat-counter", "beats": 0}]}})
 fine = call_hook(pm, "lab_result_check", scenario=scenario,
                  data={"runner": {"consumers": [{"name": "beat-counter", "beats": 9}]}})
+
+class FakeGuest:  # answers runplan.py like a guest whose beat-counter saw 200 beats
+    ssh = type("S", (), {"put": staticmethod(lambda *a, **k: None)})()
+    plans = []
+
+    def run(self, argv, timeout=None, check=False, stdin=None):
+        from lab.command import CommandResult
+        if stdin is not None:
+            self.plans.append(json.loads(stdin))
+        report = {"errors": [], "consumers": [{"name": "beat-counter", "beats": 200, "protocol": "oneshot"}],
+                  "generators": {}, "cbus": {}, "live": [], "faults": []}
+        return CommandResult(list(argv), 0, json.dumps(report).encode())
+
+from lab.plugin import run_scenario
+guest = FakeGuest()
+result = run_scenario(pm, guest, scenario)
+plan = guest.plans[0]
 print(json.dumps({
+    "scenario": {"passed": result.passed, "problems": list(result.problems), "error": result.error,
+                 "generators": [(g["idx"], g["group"], g["context"]) for g in plan["generators"]],
+                 "consumers": [c["argv"][1:] for c in plan["consumers"]]},
     "info": pm.infos["example"].__dict__,
     "kind": pm.kind_of("example"),
     "hooks": pm.hooks_of("example"),
@@ -85,6 +105,11 @@ def test_example_is_loaded_through_its_entry_point(installed, tmp_path):
     assert "/run/cnlab/plugins/example_counter.py" in out["files"]
     assert "beat-counter saw no heartbeats" in out["problems"]
     assert out["fine"] == []
+    # a whole scenario through the hooks (guest faked): the runner drives the example's emulator and consumer
+    assert out["scenario"]["passed"], out["scenario"]
+    assert out["scenario"]["generators"] == [[0x1A, 26, "softirq"]]
+    assert out["scenario"]["consumers"] == [["/run/cnlab/plugins/example_counter.py", "--group", "26",
+                                             "--seconds", "5.0"]]
 
 
 def test_cnlab_plugins_lists_and_blocks_the_example(installed, tmp_path):
