@@ -294,7 +294,6 @@ class LabPluginManager(pluggy.PluginManager):
         for ep in self._entry_points():
             if ep.name == name:
                 self.load_entry_point(ep)
-                self.infos[name] = PluginInfo(name, "entry point", self.infos[name].origin)
                 return
         self.import_plugin(name, source="-p", name=name)
 
