@@ -12,6 +12,10 @@ what loading an out-of-tree, unsigned module sets::
 The pure functions (:func:`console_problems`, :func:`unexpected_taint`,
 :func:`taint_letters`) take text and integers, so they are unit tested
 without a guest.
+
+:func:`console_problems` is a deliberately blunt line gate for tests (any
+"Call Trace" or "BUG" fails); :mod:`lab.console_scan` is what the scenario
+engine uses to cut whole reports out and fingerprint them.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from .errors import GuestError, LabError
 from .faults import FaultTimeline
 from .guest import Guest
 from .guestfiles import install_guest_programs
+from .kcheck import ALLOWED_TAINT, read_taint, unexpected_taint
 from .labsetup import Lab, LabOptions
 from .qemu_argv import GuestShape
 from .report import write_html
@@ -37,8 +38,7 @@ __all__ = ["run_scenarios", "agent_plan", "evaluate", "EXIT_OK", "EXIT_FAILED", 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUN = 0, 1, 2, 3
 GEN_IDX_BASE = 0x20
-#: Taint bits a lab module always sets: O (out-of-tree, 12) and E (unsigned, 13).
-EXPECTED_TAINT = (1 << 12) | (1 << 13)
+#: Taint a kernel report of this kind sets (W for a WARNING), allowed when the report is expected.
 TAINT_FOR_KIND = {"warning": 1 << 9}
 NS = 1_000_000_000
 #: Faults the guest agent applies itself (on time, without an SSH round trip);
@@ -94,8 +94,8 @@ def evaluate(scenario: Scenario, report: dict, kernel_reports: list[dict], taint
         verdicts.append(_verdict("kernel_problems", not unexpected and not missing,
                                  f"unexpected: {unexpected or 'none'}; expected but absent: {missing or 'none'}"))
     if inv.no_new_taint:
-        allowed = EXPECTED_TAINT | sum(TAINT_FOR_KIND.get(k, 0) for k in expected_kinds)
-        new = (taint_after & ~taint_before) & ~allowed
+        allowed = ALLOWED_TAINT | sum(TAINT_FOR_KIND.get(k, 0) for k in expected_kinds)
+        new = unexpected_taint(taint_before, taint_after, allowed)
         verdicts.append(_verdict("taint", new == 0, f"before {taint_before}, after {taint_after}, new bits {new:#x}"))
     generated = sum(g.get("generated", 0) for g in report["generators"].values())
     received = sum(c["received"] for c in report["consumers"])
@@ -164,15 +164,11 @@ def _console_since(guest: Guest, offset: int) -> str:
     return text
 
 
-def _taint(guest: Guest) -> int:
-    return int(guest.run(["cat", "/proc/sys/kernel/tainted"], timeout=30, check=True).text.strip())
-
-
 def execute_scenario(guest: Guest, lib: str, scenario: Scenario, progress) -> dict:
     """Run one scenario on a ready guest; returns the result record (without env)."""
     started = time.monotonic()
     console_start = guest.console_log.stat().st_size if guest.console_log.exists() else 0
-    taint_before = _taint(guest)
+    taint_before = read_taint(guest)
     plan = agent_plan(scenario, guest.spec.accel.timeout_scale)
     host_faults = tuple(f for f in scenario.faults if f.kind not in IN_GUEST_FAULTS)
     timeline = FaultTimeline(guest, lib, host_faults, scenario.duration)
@@ -192,7 +188,7 @@ def execute_scenario(guest: Guest, lib: str, scenario: Scenario, progress) -> di
                          f"{result.stderr.decode(errors='replace').strip()[-400:]}")
     report = json.loads(result.text)
     applied = sorted(applied + report.get("faults", []), key=lambda f: f["at"])
-    taint_after = _taint(guest)
+    taint_after = read_taint(guest)
     console_slice = _console_since(guest, console_start)
     kernel_reports = [r.to_dict() for r in scan_console(console_slice)]
     verdicts, metrics = evaluate(scenario, report, kernel_reports, taint_before, taint_after,
