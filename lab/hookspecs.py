@@ -267,8 +267,9 @@ def lab_phase_run(scenario: ScenarioInfo, phase: PhaseInfo, guest: Guest, stash:
 def lab_scenario_stop(scenario: ScenarioInfo, guest: Guest, stash: Stash, error: BaseException | None) -> None:
     """A scenario ends: stop what :func:`lab_scenario_start` started.
 
-    Called once per scenario, also when a phase failed (then ``error`` is the
-    exception).  Implementations must be safe to call after a partial start.
+    Called once per scenario once :func:`lab_scenario_start` has been called,
+    also when the start or a phase failed (then ``error`` is the exception).
+    Implementations must be safe to call after a partial start.
 
     :param scenario: the scenario.
     :param guest: its guest (may be dead if ``error`` is a guest crash).
