@@ -206,8 +206,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
+    from .runner import PluginOptions
+
+    config_path = args.config or (Path("cnlab.toml") if Path("cnlab.toml").exists() else None)
+    plugin_config = PluginOptions(config_path, tuple(args.plugin_args), tuple(args.plugins_dir))
     return run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json, args.junit,
-                         report_path=args.report)
+                         report_path=args.report, plugin_config=plugin_config)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

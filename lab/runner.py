@@ -12,6 +12,7 @@ the retry passes), and ends with a summary table and an exit status.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -34,7 +35,7 @@ from .report import write_html
 from .results import ResultsWriter, write_junit
 from .scenario import Scenario
 
-__all__ = ["run_scenarios", "agent_plan", "evaluate", "EXIT_OK", "EXIT_FAILED", "EXIT_NOT_RUN"]
+__all__ = ["run_scenarios", "PluginOptions", "agent_plan", "evaluate", "EXIT_OK", "EXIT_FAILED", "EXIT_NOT_RUN"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUN = 0, 1, 2, 3
 GEN_IDX_BASE = 0x20
@@ -209,17 +210,98 @@ def execute_scenario(guest: Guest, lib: str, scenario: Scenario, progress) -> di
     }
 
 
+def execute_plugin_scenario(pm, guest: Guest, scenario: Scenario, progress) -> dict:
+    """Run a ``[plugins]`` scenario through the plugin hooks (``lab.plugin.run_scenario``).
+
+    The plugins' own checks (``lab_result_check``) become one verdict; the
+    console scan and the taint check are the engine's, as for any scenario.
+    """
+    from .plugin import ScenarioInfo, run_scenario
+
+    started = time.monotonic()
+    console_start = guest.console_log.stat().st_size if guest.console_log.exists() else 0
+    taint_before = read_taint(guest)
+    info = ScenarioInfo(scenario.name, scenario.plugins.emulators, scenario.plugins.consumers,
+                        scenario.plugins.faults, cpus=scenario.cpus, params=scenario.plugins.params)
+    progress("load")
+    result = run_scenario(pm, guest, info, durations={"load": scenario.duration})
+    progress("checks")
+    taint_after = read_taint(guest)
+    kernel_reports = [r.to_dict() for r in scan_console(_console_since(guest, console_start))]
+    detail = result.error or "; ".join(result.problems) or "no problems"
+    verdicts = [_verdict("plugins", result.error == "" and not result.problems, detail)]
+    expected = set(scenario.invariants.expect_problems)
+    kinds = {r["kind"] for r in kernel_reports}
+    verdicts.append(_verdict("kernel_problems", kinds == expected,
+                             f"unexpected: {sorted(kinds - expected) or 'none'}; "
+                             f"expected but absent: {sorted(expected - kinds) or 'none'}"))
+    allowed = ALLOWED_TAINT | sum(TAINT_FOR_KIND.get(k, 0) for k in expected)
+    new = unexpected_taint(taint_before, taint_after, allowed)
+    verdicts.append(_verdict("taint", new == 0, f"before {taint_before}, after {taint_after}, new bits {new:#x}"))
+    return {
+        "scenario": scenario.name,
+        "source": scenario.source,
+        "status": "passed" if all(v["ok"] for v in verdicts) else "failed",
+        "invariants": verdicts,
+        "metrics": json.loads(json.dumps(dict(result.data), default=str)),
+        "plugins": {"emulators": list(info.emulators), "consumers": list(info.consumers),
+                    "faults": list(info.faults), "status": pm.hook.lab_report_status(result=result)},
+        "faults": [],
+        "kernel_reports": kernel_reports,
+        "taint": {"before": taint_before, "after": taint_after},
+        "console": {"path": str(guest.console_log), "offset": console_start},
+        "duration": round(time.monotonic() - started, 3),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginOptions:
+    """What selects a run's plugins (picklable, so workers can rebuild the manager)."""
+
+    config_path: Path | None = None
+    plugin_args: tuple[str, ...] = ()
+    plugins_dirs: tuple[Path, ...] = ()
+
+
+def plugin_manager(options: PluginOptions | None):
+    """The plugin manager for a run (built-ins, entry points, -p, --plugins-dir, the config file)."""
+    from .config import load_config
+    from .plugin import get_plugin_manager
+
+    options = options or PluginOptions()
+    return get_plugin_manager(load_config(options.config_path, plugin_args=options.plugin_args,
+                                          plugins_dirs=options.plugins_dirs))
+
+
+def check_plugin_names(pm, scenarios: list[Scenario]) -> None:
+    """Fail before anything boots if a scenario names an emulator, consumer or fault nobody registered."""
+    for scenario in scenarios:
+        if scenario.plugins is None:
+            continue
+        for kind in ("emulators", "consumers", "faults"):
+            registry = getattr(pm.registries, kind)
+            for name in getattr(scenario.plugins, kind):
+                try:
+                    registry.get(name)
+                except LabError as exc:
+                    raise type(exc)(f"{scenario.source}: plugins.{kind}: {exc}") from None
+
+
 # ------------------------------------------------------------------ workers
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _worker(worker: int, options: LabOptions, log_dir: str, tasks, results) -> None:
+def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | None, log_dir: str, tasks,
+            results) -> None:
     """Worker process: owns at most one guest; runs scenarios from ``tasks``."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    from .plugin import guest_setup_args
+
     lab = Lab(options)
+    pm = plugin_manager(plugin_config)
     guest: Guest | None = None
     lib = ""
     booted = 0
@@ -238,19 +320,25 @@ def _worker(worker: int, options: LabOptions, log_dir: str, tasks, results) -> N
             try:
                 if guest is not None and (fresh or not guest.alive() or
                                           guest.spec.shape != GuestShape(scenario.cpus, scenario.memory) or
-                                          guest.spec.cmdline != scenario.cmdline):
+                                          guest.spec.cmdline[:len(scenario.cmdline)] != scenario.cmdline):
                     guest.stop()
                     guest = None
                 if guest is None:
                     progress("boot")
                     booted += 1
-                    spec = lab.guest_spec(GuestShape(scenario.cpus, scenario.memory), name=f"w{worker}g{booted}",
-                                          cmdline=scenario.cmdline)
+                    shape = GuestShape(scenario.cpus, scenario.memory)
+                    plugin_cmdline, plugin_qemu = guest_setup_args(pm, shape)
+                    spec = lab.guest_spec(shape, name=f"w{worker}g{booted}",
+                                          cmdline=scenario.cmdline + plugin_cmdline)
+                    spec = dataclasses.replace(spec, qemu_extra=plugin_qemu)
                     guest = Guest(spec, log_dir=Path(log_dir))
                     guest.start()
                     boot_s = guest.timing.ssh
                     lib = install_guest_programs(guest)
-                record = execute_scenario(guest, lib, scenario, progress)
+                if scenario.plugins is not None:
+                    record = execute_plugin_scenario(pm, guest, scenario, progress)
+                else:
+                    record = execute_scenario(guest, lib, scenario, progress)
             except LabError as exc:
                 console = ""
                 if guest is not None:
@@ -302,8 +390,10 @@ def _print_summary(records: list[dict], out) -> None:
 
 
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
-                  junit_path: Path | None = None, out=sys.stdout, report_path: Path | None = None) -> int:
+                  junit_path: Path | None = None, out=sys.stdout, report_path: Path | None = None,
+                  plugin_config: PluginOptions | None = None) -> int:
     """Run ``scenarios`` on ``jobs`` guests in parallel; returns the exit status."""
+    check_plugin_names(plugin_manager(plugin_config), scenarios)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = json_path or out_dir / "results.jsonl"
     log_dir = out_dir / "consoles"
@@ -316,8 +406,8 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     tasks, results = ctx.Queue(), ctx.Queue()
     for scenario in scenarios:
         tasks.put((scenario, 1, False))
-    workers = [ctx.Process(target=_worker, args=(i + 1, lab.options, str(log_dir), tasks, results), daemon=True)
-               for i in range(jobs)]
+    workers = [ctx.Process(target=_worker, args=(i + 1, lab.options, plugin_config, str(log_dir), tasks, results),
+                           daemon=True) for i in range(jobs)]
     for w in workers:
         w.start()
     final: dict[str, dict] = {}

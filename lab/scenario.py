@@ -33,6 +33,16 @@ the key and what was expected.  Example::
     max_loss = 0
     p99_latency_us = 0             # 0: not checked
     min_rate = 0                   # delivered messages/s, 0: not checked
+
+Instead of (or without) ``[[emulators]]``, a scenario may name objects that
+plugins registered (see ``cnlab plugins``); they run through the plugin
+hooks (``lab.plugin.run_scenario``)::
+
+    [plugins]
+    emulators = ["proc-events", "irq"]
+    consumers = ["checker"]
+    faults = ["cpu-offline"]
+    params = { "proc-events" = { count = 500 } }
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from typing import Any
 from .errors import ConfigError
 from .qemu_argv import MAX_CPUS
 
-__all__ = ["Scenario", "EmulatorSpec", "ConsumerSpec", "FaultSpec", "Invariants", "load_scenario",
+__all__ = ["Scenario", "PluginObjects", "EmulatorSpec", "ConsumerSpec", "FaultSpec", "Invariants", "load_scenario",
            "FAULT_KINDS", "scenario_from_dict"]
 
 PATHS = ("direct", "cbus")
@@ -106,6 +116,16 @@ class Invariants:
 
 
 @dataclass(frozen=True)
+class PluginObjects:
+    """Registered emulators, consumers and faults (by name) a scenario runs through the hooks."""
+
+    emulators: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+    faults: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A validated scenario."""
 
@@ -120,6 +140,7 @@ class Scenario:
     consumers: tuple[ConsumerSpec, ...] = ()
     faults: tuple[FaultSpec, ...] = ()
     invariants: Invariants = field(default_factory=Invariants)
+    plugins: PluginObjects | None = None
 
     @property
     def shape_key(self) -> tuple:
@@ -259,9 +280,27 @@ def scenario_from_dict(data: dict, source: str) -> Scenario:
                                       "a list of problem kinds")),
     )
     inv.done()
+    plugins = None
+    if "plugins" in top.table:
+        table = _Reader(source, "plugins", top.get("plugins", dict))
+        names = {}
+        for key in ("emulators", "consumers", "faults"):
+            names[key] = tuple(table.get(key, list, [], lambda v: all(isinstance(x, str) for x in v),
+                                         "a list of registered names"))
+        params = table.get("params", dict, {}, lambda v: all(isinstance(x, dict) for x in v.values()),
+                           "a table of per-object tables")
+        table.done()
+        if not names["emulators"]:
+            table.fail("emulators", "at least one registered emulator name")
+        plugins = PluginObjects(names["emulators"], names["consumers"], names["faults"], params)
     top.done()
+    if plugins is not None:
+        if emulators or faults:
+            raise ConfigError(f"{source}: plugins: expected either [plugins] or [[emulators]]/[[faults]], not both")
+        return Scenario(name=name, source=source, duration=duration, description=description, cpus=cpus,
+                        memory=memory, cmdline=cmdline, invariants=invariants, plugins=plugins)
     if not emulators:
-        raise ConfigError(f"{source}: emulators: expected at least one [[emulators]] table")
+        raise ConfigError(f"{source}: emulators: expected at least one [[emulators]] table (or a [plugins] table)")
     names = [e.name for e in emulators]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: emulators: names must be unique, got {names}")
