@@ -78,3 +78,29 @@ def test_agent_plan_gives_each_emulator_its_own_even_connector_id():
     assert (a["idx"], b["idx"]) == (0x20, 0x22) and a["idx"] % 2 == 0
     assert a["cpu_mask"] == 2 and a["duration_ns"] == 2_000_000_000
     assert b["count"] == 10 and b["duration_ns"] == 0 and b["flags"] == 1
+
+
+def test_plugin_scenarios_name_registered_objects():
+    s = scenario_from_dict({"name": "p", "plugins": {"emulators": ["proc-events"], "consumers": ["checker"],
+                                                     "params": {"proc-events": {"count": 5}}}}, "p.toml")
+    assert s.plugins.emulators == ("proc-events",) and s.plugins.params["proc-events"] == {"count": 5}
+    assert s.emulators == ()
+
+
+@pytest.mark.parametrize(("plugins", "message"), [
+    ({"emulators": []}, "plugins.emulators: expected at least one registered emulator name"),
+    ({"emulators": ["x"], "fault": ["y"]}, "plugins.fault: unknown key"),
+    ({"emulators": [1]}, "plugins.emulators: expected a list of registered names"),
+])
+def test_plugin_table_errors(plugins, message):
+    with pytest.raises(ConfigError, match=message):
+        scenario_from_dict({"name": "p", "plugins": plugins}, "p.toml")
+
+
+def test_unknown_plugin_object_fails_before_anything_boots():
+    from lab.errors import LabError
+    from lab.runner import check_plugin_names, plugin_manager
+
+    s = scenario_from_dict({"name": "p", "plugins": {"emulators": ["proc-events"], "faults": ["meteor"]}}, "p.toml")
+    with pytest.raises(LabError, match=r"p.toml: plugins.faults: no fault named 'meteor'"):
+        check_plugin_names(plugin_manager(None), [s])
