@@ -154,7 +154,9 @@ class Consumer(threading.Thread):
             time.sleep(0.05)
         return zero >= 3
 
-    def wait_for(self, total, timeout=10.0):
+    def wait_for(self, total, timeout=60.0):
+        """Until ``total`` messages were read: returns at once when they are, so
+        the generous bound only matters on a heavily loaded host (TCG, CI)."""
         end = time.monotonic() + timeout
         while self.received < total and time.monotonic() < end:
             time.sleep(0.01)
@@ -248,7 +250,7 @@ def t_deliver(c, count=2000):
             continue
         s1 = wait_drained(c)
         tot = gen_totals(g)
-        cons.wait_for(tot["generated"], 10)
+        cons.wait_for(tot["generated"])
         cons.stop()
         d = stats_delta(s0, s1.body["total"])
         ncpu = bin(g.body["cfg"]["cpu_mask"]).count("1")
@@ -501,7 +503,7 @@ def t_faults(c):
     s1 = wait_drained(c).body["total"]
     d = stats_delta(s0, s1)
     tot = gen_totals(g) if g else {}
-    cons.wait_for(900, 5)
+    cons.wait_for(900)
     ok1 = (r.ok and g is not None and d["drop_nomem"] == 100 and tot["err_nomem"] == 100
            and d["sent"] == 900 and d["drop_full"] == 0 and d["drop_nolistener"] == 0
            and d["drop_nlerr"] == 0 and cons.received == 900)
@@ -525,7 +527,7 @@ def t_faults(c):
     c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
     d = stats_delta(s0, s1)
     tot = gen_totals(g) if g else {}
-    cons.wait_for(100, 5)
+    cons.wait_for(100)
     ok2 = (g is not None and d["drop_full"] == 900 and tot["err_full"] == 900
            and d["sent"] == 100 and d["drop_nomem"] == 0 and cons.received == 100
            and mid["queued"] - s0["queued"] == 100)
@@ -588,7 +590,7 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE):
     d = stats_delta(s0, s1.body["total"])
     generated = sum(gen_totals(g)["generated"] for g in gens)
     ok = sum(gen_totals(g)["ok"] for g in gens)
-    cons.wait_for(ok, 10)
+    cons.wait_for(ok)
     cons.stop()
     good = (all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens)
             and invariant_ok(s1) and d["queued"] == 0 and cons.lost == 0
