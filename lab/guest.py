@@ -152,6 +152,8 @@ class Guest:
 
     def cmdline(self) -> str:
         extra = [f"cnlab.nonce={self._nonce}", *self.spec.cmdline]
+        if self.spec.image.modules_disk is not None:
+            extra.append("cnlab.moddisk=/dev/nvme1n1")  # the second NVMe controller (qemu_argv.disk_args)
         if self.spec.load_modules and self.spec.modules:
             extra.append("cnlab.load=" + ",".join(f"{GUEST_MODULE_DIR}/{m.name}" for m in self.spec.modules))
         return kernel_cmdline(extra)

@@ -18,7 +18,7 @@
  *   cnlab.gw=A.B.C.D     default gateway (default 10.0.2.2)
  *   cnlab.load=PATH,...  modules to load before announcing readiness
  *   cnlab.root=DEV       root disk (default /dev/nvme0n1)
- *   cnlab.moddisk=DEV    disk with /lib/modules (default /dev/nvme1n1)
+ *   cnlab.moddisk=DEV    disk with /lib/modules (none if not given)
  *   cnlab.halt           stage 1 only: print the ready line, power off
  *
  * Any fatal error is printed to the console and the guest powers off, so
@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -243,26 +244,68 @@ static void copy_boot_files(const char *dst)
 	closedir(d);
 }
 
+/*
+ * NVMe namespaces appear asynchronously (the driver scans them from a
+ * workqueue), so wait for the node with inotify on /dev: devtmpfs creates it.
+ */
+static int wait_for_device(const char *path, int timeout_ms)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	struct timespec start, now;
+	int fd, left = timeout_ms;
+
+	if (access(path, F_OK) == 0)
+		return 0;
+	fd = inotify_init1(IN_CLOEXEC);
+	if (fd < 0 || inotify_add_watch(fd, "/dev", IN_CREATE) < 0)
+		return -1;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (access(path, F_OK) != 0 && left > 0) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+		if (poll(&pfd, 1, left) > 0 && read(fd, buf, sizeof(buf)) < 0)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		left = timeout_ms - (int)((now.tv_sec - start.tv_sec) * 1000 +
+					  (now.tv_nsec - start.tv_nsec) / 1000000);
+	}
+	close(fd);
+	return access(path, F_OK);
+}
+
 static void stage1_switch_root(void)
 {
-	char root[64] = "/dev/nvme0n1", moddisk[64] = "/dev/nvme1n1";
+	char root[64] = "/dev/nvme0n1", moddisk[64] = "";
 	static const char * const moves[] = { "/dev", "/proc", "/sys" };
 	char target[64];
 	size_t i;
 
+	pid_t loader;
+
 	cmdline_get("cnlab.root", root, sizeof(root));
 	cmdline_get("cnlab.moddisk", moddisk, sizeof(moddisk));
-	load_module_list("/etc/cnlab/modules");
-	trace("modules loaded");
+	/* The virtio modules load on the other vCPU while this one mounts the disks. */
+	loader = fork();
+	if (loader == 0) {
+		load_module_list("/etc/cnlab/modules");
+		_exit(0);
+	}
 	mkdir("/newroot", 0755);
+	if (wait_for_device(root, 30000))
+		die("root disk never appeared");
 	if (mount(root, "/newroot", "ext4", MS_NOATIME, ""))
 		die("mount root disk");
 	mount_or_die("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV,
 		     "mode=0755");
 	copy_boot_files("/newroot/run/cnlab");
-	if (access(moddisk, F_OK) == 0 &&
+	if (moddisk[0] && wait_for_device(moddisk, 30000) == 0 &&
 	    mount(moddisk, "/newroot/lib/modules", "ext4", MS_RDONLY | MS_NOATIME, ""))
 		say("cnlab-init: mount %s: %s\n", moddisk, strerror(errno));
+	if (loader < 0)
+		load_module_list("/etc/cnlab/modules");
+	else
+		waitpid(loader, NULL, 0);
+	trace("modules loaded, disks mounted");
 	for (i = 0; i < sizeof(moves) / sizeof(moves[0]); i++) {
 		snprintf(target, sizeof(target), "/newroot%s", moves[i]);
 		mkdir(target, 0755);
