@@ -8,7 +8,7 @@ Tests: echo deliver balance invariant perm fuzz faults hotplug initfail
 unload ("all" runs them in that order). Each prints one JSON line
 {"test": ..., "ok": bool, "seconds": ..., ...}; exit status 1 if any failed.
 Unless --no-klog, the kernel log is checked for oops/BUG/WARNING at the end
-(tests/lab/test_kmod.py checks the console and the taint itself).
+(tests/integration/test_kmod.py checks the console and the taint itself).
 """
 
 from __future__ import annotations

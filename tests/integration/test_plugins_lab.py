@@ -3,7 +3,7 @@
 Every built-in emulator with the checker in one guest, CPU hotplug and a
 QMP pause under load, and the slow and multi consumers, each run as a
 ``[plugins]`` scenario by ``lab.runner`` (the same path ``cnlab run`` takes).
-The module-knob faults are exercised by tests/lab/test_kmod.py and by the
+The module-knob faults are exercised by tests/integration/test_kmod.py and by the
 engine's own queue-full-stall scenario.
 """
 
@@ -18,7 +18,8 @@ from lab.scenario import scenario_from_dict
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("plugins")]
 
 #: Sized for TCG guests, so that the checker keeps up and loss must reconcile exactly.
-SMALL = {"proc-events": {"count": 800, "rate": 1000}, "audit": {"rate": 1500, "duration_s": 1.5}}
+SMALL = {"proc-events": {"count": 800, "rate": 1000}, "audit": {"rate": 800, "duration_s": 1.5},
+         "irq": {"count": 1000, "rate": 1000}, "uevent": {"count": 200, "rate": 300}}
 
 
 def _scenario(name, emulators, faults=(), consumers=("checker",)):
