@@ -238,12 +238,19 @@ def execute_plugin_scenario(pm, guest: Guest, scenario: Scenario, progress) -> d
     allowed = ALLOWED_TAINT | sum(TAINT_FOR_KIND.get(k, 0) for k in expected)
     new = unexpected_taint(taint_before, taint_after, allowed)
     verdicts.append(_verdict("taint", new == 0, f"before {taint_before}, after {taint_after}, new bits {new:#x}"))
+    data = json.loads(json.dumps(dict(result.data), default=str))
+    headline = _plugin_headline(data)
+    if "lost" in headline:
+        max_loss = scenario.invariants.max_loss
+        verdicts.append(_verdict("loss", headline["lost"] <= max_loss,
+                                 f"lost {headline['lost']} of {headline['received'] + headline['lost']} "
+                                 f"(max {max_loss})"))
     return {
         "scenario": scenario.name,
         "source": scenario.source,
         "status": "passed" if all(v["ok"] for v in verdicts) else "failed",
         "invariants": verdicts,
-        "metrics": json.loads(json.dumps(dict(result.data), default=str)),
+        "metrics": headline | {"plugins": data},
         "plugins": {"emulators": list(info.emulators), "consumers": list(info.consumers),
                     "faults": list(info.faults), "status": pm.hook.lab_report_status(result=result)},
         "faults": [],
@@ -261,6 +268,18 @@ class PluginOptions:
     config_path: Path | None = None
     plugin_args: tuple[str, ...] = ()
     plugins_dirs: tuple[Path, ...] = ()
+
+
+def _plugin_headline(data: dict) -> dict:
+    """The summary table's figures from the built-in runner plugin's report, if it ran."""
+    consumers = (data.get("runner") or {}).get("consumers") or []
+    if not consumers:
+        return {}
+    return {
+        "received": sum(c.get("received", 0) for c in consumers),
+        "lost": sum((c.get("accounting") or {}).get("lost", 0) for c in consumers),
+        "latency_us": consumers[0].get("latency_us") or {},
+    }
 
 
 def plugin_manager(options: PluginOptions | None):
