@@ -16,12 +16,13 @@ import os
 import signal
 import subprocess
 
-__all__ = ["spawn_owned", "stop_process"]
+__all__ = ["spawn_owned", "stop_process", "die_with_parent"]
 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (or exit now if it has)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -35,7 +36,7 @@ def spawn_owned(argv: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         argv,
         start_new_session=True,
-        preexec_fn=lambda: _die_with_parent(parent),
+        preexec_fn=lambda: die_with_parent(parent),
         **kwargs,
     )
 

@@ -11,7 +11,6 @@ the retry passes), and ends with a summary table and an exit status.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import multiprocessing as mp
@@ -30,6 +29,7 @@ from .guest import Guest
 from .guestfiles import install_guest_programs
 from .kcheck import ALLOWED_TAINT, read_taint, unexpected_taint
 from .labsetup import Lab, LabOptions
+from .procs import die_with_parent
 from .qemu_argv import GuestShape
 from .report import write_html
 from .results import ResultsWriter, write_junit
@@ -307,15 +307,10 @@ def check_plugin_names(pm, scenarios: list[Scenario]) -> None:
 
 
 # ------------------------------------------------------------------ workers
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | None, log_dir: str, tasks,
-            results) -> None:
+            results, parent_pid: int) -> None:
     """Worker process: owns at most one guest; runs scenarios from ``tasks``."""
-    _die_with_parent()
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     from .plugin import guest_setup_args
 
@@ -425,8 +420,10 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     tasks, results = ctx.Queue(), ctx.Queue()
     for scenario in scenarios:
         tasks.put((scenario, 1, False))
-    workers = [ctx.Process(target=_worker, args=(i + 1, lab.options, plugin_config, str(log_dir), tasks, results),
-                           daemon=True) for i in range(jobs)]
+    parent = os.getpid()
+    workers = [ctx.Process(target=_worker, daemon=True,
+                           args=(i + 1, lab.options, plugin_config, str(log_dir), tasks, results, parent))
+               for i in range(jobs)]
     for w in workers:
         w.start()
     final: dict[str, dict] = {}
