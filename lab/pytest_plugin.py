@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from .execution import execute_scenario
 from .guest import Guest
 from .guestfiles import install_guest_programs
 from .labsetup import Lab, LabOptions
 from .qemu_argv import GuestShape
-from .runner import execute_scenario
 from .scenario import Scenario, load_scenario
 
 

@@ -4,8 +4,8 @@ import json
 import xml.etree.ElementTree as ET
 
 from lab.results import ResultsWriter, read_results, write_junit
-from lab.runner import evaluate
 from lab.scenario import scenario_from_dict
+from lab.verdicts import evaluate
 
 
 def _scenario(**inv):

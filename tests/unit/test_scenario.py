@@ -3,7 +3,7 @@
 import pytest
 
 from lab.errors import ConfigError
-from lab.runner import agent_plan
+from lab.execution import agent_plan
 from lab.scenario import scenario_from_dict
 from lab.scenario_sets import builtin_sets, resolve_scenarios
 
