@@ -174,6 +174,7 @@ def test_init_failure_unwinds_completely(pool):
 
 # ------------------------------------------------------------------- hotplug
 
+@pytest.mark.heavy
 @pytest.mark.xdist_group("kmod-4cpu")
 def test_cpu_offline_online_under_generators(pool):
     # 20 s of load: a CPU going down on a 4-vCPU TCG guest takes about 0.3 s quiet but a
