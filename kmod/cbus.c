@@ -106,7 +106,7 @@ struct cbus_cpu {
 	u64 nl_msgs;
 	u64 bundles;
 	u64 hist[CNLAB_BATCH_BUCKETS];
-	struct mutex drain_lock;
+	struct mutex drain_lock;	/* one drainer at a time: keeps per-CPU order */
 	struct work_struct work;
 	unsigned int cpu;
 	/* Bundle being built (under drain_lock). */
@@ -128,7 +128,11 @@ static u64 cbus_stall_until;
 static u32 cbus_stall_last_ms;
 static DECLARE_WAIT_QUEUE_HEAD(cbus_stall_wq);
 
-#define CBUS_ADD(field, n) WRITE_ONCE(field, (field) + (n))
+/* Counter bump by its single writer; lockless readers use READ_ONCE(). */
+static inline void cbus_add(u64 *field, u64 n)
+{
+	WRITE_ONCE(*field, *field + n);
+}
 
 /*
  * Copy a small message word by word: for the short messages that use pool
@@ -290,12 +294,12 @@ EXPORT_SYMBOL_GPL(cbus_insert);
 static void cbus_account(struct cbus_cpu *cc, int ret, u32 n)
 {
 	if (ret >= 0) {
-		CBUS_ADD(cc->sent, n);
-		CBUS_ADD(cc->nl_msgs, 1);
+		cbus_add(&cc->sent, n);
+		cbus_add(&cc->nl_msgs, 1);
 	} else if (ret == -ESRCH) {
-		CBUS_ADD(cc->drop_nolistener, n);
+		cbus_add(&cc->drop_nolistener, n);
 	} else {
-		CBUS_ADD(cc->drop_nlerr, n);
+		cbus_add(&cc->drop_nlerr, n);
 	}
 }
 
@@ -308,7 +312,7 @@ static void cbus_flush_bundle(struct cbus_cpu *cc)
 	ret = cn_netlink_send(cc->bundle, 0, cc->bundle_group, GFP_KERNEL);
 	cbus_account(cc, ret, cc->bundle_count);
 	if (ret >= 0)
-		CBUS_ADD(cc->bundles, 1);
+		cbus_add(&cc->bundles, 1);
 	cc->bundle_count = 0;
 }
 
@@ -344,15 +348,15 @@ static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
 		cbus_account(cc, ret, 1);
 	}
 	cbus_event_free(cc, ev);
-	CBUS_ADD(cc->deq, 1);
+	cbus_add(&cc->deq, 1);
 }
 
 static void cbus_account_batch(struct cbus_cpu *cc, u32 n)
 {
 	unsigned int bucket = min_t(unsigned int, ilog2(n), CNLAB_BATCH_BUCKETS - 1);
 
-	CBUS_ADD(cc->batches, 1);
-	CBUS_ADD(cc->hist[bucket], 1);
+	cbus_add(&cc->batches, 1);
+	cbus_add(&cc->hist[bucket], 1);
 	if (n > cc->batch_max)
 		WRITE_ONCE(cc->batch_max, n);
 }
@@ -444,12 +448,22 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	s->bundles = READ_ONCE(cc->bundles);
 	for (i = 0; i < CNLAB_BATCH_BUCKETS; i++)
 		s->batch_hist[i] = READ_ONCE(cc->hist[i]);
+	/*
+	 * Pairs with the full barriers of llist_add() (producer, after its
+	 * counters) and llist_del_all() (consumer, before it counts): a
+	 * message counted by the consumer was counted by the producer first.
+	 */
 	smp_rmb();
 	s->drop_full = READ_ONCE(cc->drop_full);
 	s->drop_nomem = READ_ONCE(cc->drop_nomem);
 	s->rejected = READ_ONCE(cc->rejected);
 	s->hwm = READ_ONCE(cc->hwm);
 	s->kicks = READ_ONCE(cc->kicks);
+	/*
+	 * inserted last, so it is never older than the drops just read; the
+	 * producer's plain stores are ordered on x86 only, hence the clamp
+	 * below (exact when quiescent, as documented).
+	 */
 	smp_rmb();
 	s->inserted = READ_ONCE(cc->inserted);
 	done = s->sent + s->drop_nolistener + s->drop_nlerr + s->drop_full +
@@ -617,7 +631,7 @@ int cnlab_cbus_init(struct dentry *dbg)
 		mutex_init(&cc->drain_lock);
 		INIT_WORK(&cc->work, cbus_work_fn);
 		cc->cpu = cpu;
-		cc->bundle = kzalloc_node(sizeof(struct cn_msg) + bundle_bytes,
+		cc->bundle = kzalloc_node(struct_size(cc->bundle, data, bundle_bytes),
 					  GFP_KERNEL, cpu_to_node(cpu));
 		if (!cc->bundle) {
 			ret = -ENOMEM;

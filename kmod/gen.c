@@ -410,7 +410,7 @@ static int gen_setup_inst(struct cnlab_gen *g, struct gen_inst *in,
 	in->gen = g;
 	in->cpu = cpu;
 	in->rng = 0x9e3779b9u ^ (g->id << 8) ^ cpu;
-	in->buf = kzalloc_node(sizeof(struct cn_msg) + c->size_max, GFP_KERNEL,
+	in->buf = kzalloc_node(struct_size(in->buf, data, c->size_max), GFP_KERNEL,
 			       cpu_to_node(cpu));
 	if (!in->buf)
 		return -ENOMEM;
@@ -588,12 +588,13 @@ int cnlab_gen_do_stop(struct cnlab_req *rq)
 		return -EINVAL;
 
 	mutex_lock(&cnlab_gen_lock);
+	if (s.gen_id != CNLAB_GEN_ALL && !cnlab_gens[s.gen_id].used) {
+		mutex_unlock(&cnlab_gen_lock);
+		return -ENOENT;
+	}
 	if (s.gen_id == CNLAB_GEN_ALL) {
 		for (i = 0; i < CNLAB_MAX_GENS; i++)
 			gen_stop(&cnlab_gens[i]);
-	} else if (!cnlab_gens[s.gen_id].used) {
-		mutex_unlock(&cnlab_gen_lock);
-		return -ENOENT;
 	} else {
 		gen_stop(&cnlab_gens[s.gen_id]);
 	}
