@@ -14,6 +14,7 @@ Boot sequence (every wait is a named deadline, none is a bare sleep):
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import os
@@ -108,6 +109,7 @@ class Guest:
         self._proc: subprocess.Popen | None = None
         self._pidfd: int | None = None
         self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp_loop: asyncio.AbstractEventLoop | None = None
         self._ready_conn: socket.socket | None = None
         self._ssh: SSHSession | None = None
         self._broken: LabError | None = None
@@ -195,6 +197,19 @@ class Guest:
         sock.listen(1)
         return sock
 
+    def _qmp_client(self, conn: socket.socket) -> QEMUMonitorProtocol:
+        """A QMP client on an event loop of its own, closed at teardown.
+
+        The synchronous client adopts the calling thread's loop; a guest
+        started from a pool thread would leave that loop unclosed.
+        """
+        self._qmp_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._qmp_loop)
+        try:
+            return QEMUMonitorProtocol(conn)
+        finally:
+            asyncio.set_event_loop(None)
+
     def _boot(self, deadline: Deadline) -> None:
         self.write_initrd()
         qmp_listener = self._listen("qmp.sock")
@@ -209,7 +224,7 @@ class Guest:
         try:
             qmp_conn = self._accept(qmp_listener, deadline, "QMP connection")
             self._wait_readable(qmp_conn, deadline, "QMP greeting")
-            self._qmp = QEMUMonitorProtocol(qmp_conn)
+            self._qmp = self._qmp_client(qmp_conn)
             try:
                 self._qmp.connect(negotiate=True)
             except (QMPError, OSError, EOFError) as exc:
@@ -370,6 +385,9 @@ class Guest:
             except Exception:
                 pass
             self._qmp = None
+        if self._qmp_loop is not None:
+            self._qmp_loop.close()
+            self._qmp_loop = None
         if self._proc is not None:
             stop_process(self._proc, grace=3.0)
         if self._pidfd is not None:

@@ -14,11 +14,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from lab.errors import BootError
+from lab.guest import Guest
 from lab.guestfiles import install_guest_programs
+from lab.qemu_argv import GuestShape
 
 pytestmark = pytest.mark.lab
 
@@ -107,3 +110,23 @@ def test_parallel_guests_do_not_collide(cnlab_guest_factory, index):
     """Run with -n 4: four workers boot at once; ports and sockets must not clash."""
     guest = cnlab_guest_factory(cpus=1, module=False, name=f"par{index}")
     assert guest.run(["hostname"], check=True).text.strip() == "cnlab"
+
+
+@pytest.mark.heavy
+def test_eight_guests_started_at_once_get_distinct_ports_and_sockets(cnlab_lab):
+    """Eight guests in one process, all booting at the same moment: every one
+    comes up with its own forwarded port and its own socket folder."""
+    specs = [cnlab_lab.guest_spec(GuestShape(cpus=1, memory_mb=256), name=f"oct{i}", with_module=False)
+             for i in range(8)]
+    guests = [Guest(spec) for spec in specs]
+    try:
+        with ThreadPoolExecutor(max_workers=len(guests)) as pool:
+            list(pool.map(Guest.start, guests))
+        answers = [guest.run(["cat", "/proc/sys/kernel/random/boot_id"], check=True).text.strip()
+                   for guest in guests]
+    finally:
+        for guest in guests:
+            guest.stop()
+    assert len({guest.ssh_port for guest in guests}) == 8
+    assert len({guest.workdir for guest in guests}) == 8
+    assert len(set(answers)) == 8, "two connections reached the same guest"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -36,6 +37,24 @@ def test_owned_child_dies_with_its_parent(how):
         os.close(pidfd)
         parent.stdin.close()
         parent.stdout.close()
+
+
+def test_owned_child_outlives_the_short_lived_thread_that_asked_for_it():
+    """PR_SET_PDEATHSIG follows the forking thread: a pool thread must not take its guests with it."""
+    from lab.procs import spawn_owned, stop_process
+
+    started = []
+    asker = threading.Thread(target=lambda: started.append(spawn_owned(["sleep", "600"])))
+    asker.start()
+    asker.join()
+    child = started[0]
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        readable, _, _ = select.select([pidfd], [], [], 1.0)
+        assert not readable, "the child died with the thread that spawned it"
+    finally:
+        os.close(pidfd)
+        stop_process(child)
 
 
 def test_tcg_when_requested(tmp_path):
