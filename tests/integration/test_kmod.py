@@ -140,13 +140,24 @@ def test_stats_balance_exactly(pool):
 
 @pytest.mark.xdist_group("kmod-2cpu")
 def test_fault_knobs_give_exactly_the_counted_drops(pool):
+    """Each knob gives exactly its drops, counted under its own reason, and nothing else."""
     res = run_checks(pool, "2cpu", 2, ["faults"])
+    reasons = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
+
+    def only(delta: dict, **want: int) -> None:
+        got = {k: delta[k] for k in (*reasons, "sent", "queued")}
+        assert got == {**dict.fromkeys((*reasons, "sent", "queued"), 0), **want}, got
+
     alloc = res["fault_alloc"][0]
-    assert alloc["delta"]["drop_nomem"] == 100 and alloc["delta"]["sent"] == 900
-    assert alloc["gaps"] + alloc["tail"] == 100
+    only(alloc["delta"], drop_nomem=100, sent=900)
+    assert alloc["delta"]["inserted"] == 1000 and alloc["gen"]["err_nomem"] == 100
+    assert alloc["received"] == 900 and alloc["gaps"] + alloc["tail"] == 100
     stall = res["fault_stall"][0]
-    assert stall["delta"]["drop_full"] == 900 and stall["delta"]["sent"] == 100
-    assert res["fault_nolistener"][0]["delta"]["drop_nolistener"] == 500
+    only(stall["delta"], drop_full=900, sent=100)
+    assert stall["delta"]["inserted"] == 1000 and stall["gen"]["err_full"] == 900
+    assert stall["received"] == 100 and stall["queued_during_stall"] >= 100
+    only(res["fault_nolistener"][0]["delta"], drop_nolistener=500)
+    assert res["fault_nolistener"][0]["delta"]["inserted"] == 500
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
