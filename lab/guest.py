@@ -36,8 +36,9 @@ from .accel import Accel
 from .command import CommandResult
 from .cpio import CpioEntry, write_newc
 from .deadline import Deadline
-from .errors import BootError, BootTimeout, GuestCrashed, GuestError, LabError
+from .errors import BootError, BootTimeout, GuestCrashed, GuestError, LabError, UsageError
 from .image import GuestImage
+from .netns import GUEST_ADDRESS, GuestLink
 from .procs import spawn_owned, stop_process
 from .qemu_argv import BootPaths, GuestShape, kernel_cmdline, qemu_argv
 from .ssh import SSHSession
@@ -51,6 +52,9 @@ QEMU_BINARY = "qemu-system-x86_64"
 BOOT_SECONDS = 30.0
 PORT_RANGE = (20000, 60000)
 GUEST_MODULE_DIR = "/run/cnlab"
+NETWORKS = ("user", "tap")
+#: A connection on the lab's own link whose data stays unacknowledged this long is dead.
+DEAD_LINK_S = 8.0
 _READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)\r?\n")
 
 
@@ -76,6 +80,13 @@ class GuestSpec:
     qemu_extra: tuple[str, ...] = ()
     name: str = "guest"
     qemu_binary: str = QEMU_BINARY
+    #: "user": QEMU user-mode networking, SSH through a forwarded loopback port.
+    #: "tap": a tap in a bridge in a namespace of the lab's own (lab.netns), for link faults.
+    network: str = "user"
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise UsageError(f"guest network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
 
 
 @dataclass
@@ -110,6 +121,8 @@ class Guest:
         self._pidfd: int | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self._qmp_loop: asyncio.AbstractEventLoop | None = None
+        #: The guest's private link (network "tap"), for link faults; None on user networking.
+        self.link: GuestLink | None = None
         self._ready_conn: socket.socket | None = None
         self._ssh: SSHSession | None = None
         self._broken: LabError | None = None
@@ -158,6 +171,8 @@ class Guest:
             extra.append("cnlab.moddisk=/dev/nvme1n1")  # the second NVMe controller (qemu_argv.disk_args)
         if self.spec.load_modules and self.spec.modules:
             extra.append("cnlab.load=" + ",".join(f"{GUEST_MODULE_DIR}/{m.name}" for m in self.spec.modules))
+        if self.link is not None:
+            extra += self.link.guest_cmdline()
         return kernel_cmdline(extra)
 
     def argv(self, paused: bool = True) -> list[str]:
@@ -171,7 +186,8 @@ class Guest:
             ready_socket=self.workdir / "ready.sock",
         )
         return qemu_argv(self.spec.qemu_binary, self.spec.shape, self.spec.accel, paths, self.cmdline(),
-                         list(self.spec.qemu_extra), paused=paused)
+                         list(self.spec.qemu_extra), paused=paused,
+                         tap_fd=self.link.tap_fd if self.link is not None else None)
 
     def start(self) -> None:
         """Boot until SSH works; on failure, raise and leave no QEMU behind."""
@@ -214,9 +230,12 @@ class Guest:
         self.write_initrd()
         qmp_listener = self._listen("qmp.sock")
         ready_listener = self._listen("ready.sock")
+        if self.spec.network == "tap":
+            self.link = GuestLink()
         qemu_log = open(self.workdir / "qemu.stderr", "wb")
         try:
-            self._proc = spawn_owned(self.argv(), stdout=qemu_log, stderr=subprocess.STDOUT)
+            self._proc = spawn_owned(self.argv(), stdout=qemu_log, stderr=subprocess.STDOUT,
+                                     pass_fds=(self.link.tap_fd,) if self.link is not None else ())
         finally:
             qemu_log.close()
         self._pidfd = _pidfd(self._proc.pid)
@@ -237,15 +256,26 @@ class Guest:
             qmp_listener.close()
             ready_listener.close()
         self.timing.qmp = time.monotonic() - spawned
-        self.ssh_port = self._forward_ssh_port()
+        if self.link is None:
+            self.ssh_port = self._forward_ssh_port()
         self._qmp.cmd("cont")
         self.ready_info = self._wait_ready(deadline)
         self.timing.ready = time.monotonic() - spawned
-        keys = self.spec.image.keys
-        self._ssh = SSHSession("127.0.0.1", self.ssh_port, keys.client_key, keys.known_hosts,
-                               connect_timeout=10.0 * self.spec.accel.timeout_scale)
+        self._ssh = self._ssh_session()
         self._ssh.connect(deadline)
         self.timing.ssh = time.monotonic() - spawned
+
+    def _ssh_session(self) -> SSHSession:
+        keys = self.spec.image.keys
+        if self.link is None:
+            return SSHSession("127.0.0.1", self.ssh_port, keys.client_key, keys.known_hosts,
+                              connect_timeout=10.0 * self.spec.accel.timeout_scale)
+        # On the lab's own link a broken connection is expected (link faults): notice it
+        # within DEAD_LINK_S and keep each connect attempt short, so reconnecting is quick.
+        link = self.link
+        return SSHSession(GUEST_ADDRESS, 22, keys.client_key, keys.known_hosts,
+                          connect_timeout=5.0 * self.spec.accel.timeout_scale, dead_link_s=DEAD_LINK_S,
+                          open_socket=lambda timeout: link.connect(22, timeout))
 
     def _qemu_exit_error(self) -> BootError:
         assert self._proc is not None
@@ -396,6 +426,9 @@ class Guest:
         if self._ready_conn is not None:
             self._ready_conn.close()
             self._ready_conn = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
         self._cleanup_workdir()
 
     def _cleanup_workdir(self) -> None:

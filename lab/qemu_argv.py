@@ -112,13 +112,15 @@ def channel_args(paths: BootPaths) -> list[str]:
     ]
 
 
-def net_args() -> list[str]:
-    # User-mode networking; the SSH forward is added over QMP once a free port is found.
-    return ["-netdev", "user,id=net0,ipv6=off", "-device", "virtio-net-pci,netdev=net0"]
+def net_args(tap_fd: int | None = None) -> list[str]:
+    """User-mode networking (the SSH forward is added over QMP once a free port is found),
+    or the tap the lab opened in its own namespace (``lab.netns``), passed by descriptor."""
+    netdev = "user,id=net0,ipv6=off" if tap_fd is None else f"tap,id=net0,fd={tap_fd}"
+    return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
 
 
 def qemu_argv(binary: str, shape: GuestShape, accel: Accel, paths: BootPaths, cmdline: str,
-              extra: list[str] | None = None, paused: bool = True) -> list[str]:
+              extra: list[str] | None = None, paused: bool = True, tap_fd: int | None = None) -> list[str]:
     """The whole QEMU command for one guest, started paused (``-S``) unless told otherwise."""
     return [
         binary,
@@ -126,7 +128,7 @@ def qemu_argv(binary: str, shape: GuestShape, accel: Accel, paths: BootPaths, cm
         *boot_args(paths, cmdline),
         *disk_args(paths),
         *channel_args(paths),
-        *net_args(),
+        *net_args(tap_fd),
         *(extra or []),
         *(["-S"] if paused else []),
     ]

@@ -73,6 +73,14 @@ def check_plugin_names(pm, scenarios: list[Scenario]) -> None:
 
 
 
+def guest_network(pm, scenario: Scenario) -> str:
+    """``"tap"`` when a scenario's faults act on the lab's own link, else ``"user"``."""
+    if scenario.plugins is None:
+        return "user"
+    targets = {pm.registries.faults.get(name).target for name in scenario.plugins.faults}
+    return "tap" if "host-link" in targets else "user"
+
+
 # ------------------------------------------------------------------ workers
 def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | None, log_dir: str, tasks,
             results, parent_pid: int) -> None:
@@ -99,7 +107,8 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             started = time.monotonic()
             boot_s = 0.0
             try:
-                if guest is not None and (fresh or not guest.alive() or
+                network = guest_network(pm, scenario)
+                if guest is not None and (fresh or not guest.alive() or guest.spec.network != network or
                                           guest.spec.shape != GuestShape(scenario.cpus, scenario.memory) or
                                           guest.spec.cmdline[:len(scenario.cmdline)] != scenario.cmdline):
                     guest.stop()
@@ -111,7 +120,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                     plugin_cmdline, plugin_qemu = guest_setup_args(pm, shape)
                     spec = lab.guest_spec(shape, name=f"w{worker}g{booted}",
                                           cmdline=scenario.cmdline + plugin_cmdline)
-                    spec = dataclasses.replace(spec, qemu_extra=plugin_qemu)
+                    spec = dataclasses.replace(spec, qemu_extra=plugin_qemu, network=network)
                     guest = Guest(spec, log_dir=Path(log_dir))
                     guest.start()
                     boot_s = guest.timing.ssh

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +28,25 @@ __all__ = ["SSHSession"]
 log = logging.getLogger(__name__)
 
 OutputSink = Callable[[str, bytes], None]
+SocketOpener = Callable[[float], socket.socket]
 
 
 class SSHSession:
     """One SSH connection to one guest, reconnecting when it drops."""
 
     def __init__(self, host: str, port: int, key_file: Path, known_hosts: Path, user: str = "root",
-                 keepalive: int = 5, connect_timeout: float = 30.0) -> None:
+                 keepalive: int = 5, connect_timeout: float = 30.0, dead_link_s: float = 0.0,
+                 open_socket: SocketOpener | None = None) -> None:
+        """``dead_link_s`` > 0: a connection whose data stays unacknowledged that long fails
+        (``TCP_USER_TIMEOUT``; the keepalives make sure there is data).  ``open_socket(timeout)``
+        replaces the plain TCP connect, e.g. to connect from inside a network namespace."""
         self.host = host
         self.port = port
         self.user = user
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
+        self.dead_link_s = dead_link_s
+        self._open_socket = open_socket or (lambda timeout: socket.create_connection((host, port), timeout=timeout))
         self._pkey = paramiko.Ed25519Key.from_private_key_file(str(key_file))
         self._host_key = self._pinned_key(known_hosts)
         self._client: paramiko.SSHClient | None = None
@@ -63,8 +71,11 @@ class SSHSession:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         remaining = max(deadline.remaining(), 1.0)
         try:
+            sock = self._open_socket(remaining)
+            if self.dead_link_s > 0:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.dead_link_s * 1000))
             client.connect(
-                self.host, port=self.port, username=self.user, pkey=self._pkey,
+                self.host, port=self.port, username=self.user, pkey=self._pkey, sock=sock,
                 look_for_keys=False, allow_agent=False, timeout=remaining,
                 banner_timeout=remaining, auth_timeout=remaining,
             )

@@ -115,19 +115,30 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
 HOST_FAULT_LOG = StashKey[list]()
 
 
+def _host_action(guest, argv: tuple[str, ...]) -> None:
+    """One host-side step: ``("qmp", command)`` or ``("link", "up"|"down")`` on the guest's tap."""
+    if argv[0] == "qmp":
+        guest.qmp(argv[1])
+    elif guest.link is None:
+        raise LabError("the guest is not on the lab's tap network")
+    else:
+        guest.link.set_tap_up(argv[1] == "up")
+
+
 def _host_fault(guest, fault: CommandFault, log: list) -> None:
     started = time.monotonic()
-    time.sleep(fault.delay_s)
+    time.sleep(fault.delay_s)  # the schedule itself: inject delay_s into the phase
     for what, argvs in (("inject", fault.inject), ("restore", fault.restore)):
         for argv in argvs:
+            entry = {"what": f"{what} {fault.name}", "action": " ".join(argv),
+                     "t": round(time.monotonic() - started, 3)}
             try:
-                guest.qmp(argv[1])
-                log.append({"what": f"{what} {fault.name}", "qmp": argv[1], "ok": True,
-                            "t": round(time.monotonic() - started, 3)})
+                _host_action(guest, argv)
+                log.append(entry | {"ok": True})
             except LabError as exc:
-                log.append({"what": f"{what} {fault.name}", "qmp": argv[1], "ok": False, "error": str(exc)})
+                log.append(entry | {"ok": False, "error": str(exc)})
         if what == "inject":
-            time.sleep(fault.hold_s)
+            time.sleep(fault.hold_s)  # the schedule: how long the fault holds
 
 
 @hookimpl(wrapper=True)
@@ -164,4 +175,4 @@ def lab_result_collect(stash):
 @hookimpl
 def lab_result_check(data):
     log = (data.get("faults") or {}).get("host_faults", [])
-    return [f"{e['what']}: QMP {e['qmp']} failed: {e.get('error')}" for e in log if not e["ok"]]
+    return [f"{e['what']}: {e['action']} failed: {e.get('error')}" for e in log if not e["ok"]]

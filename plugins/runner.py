@@ -19,6 +19,7 @@ from typing import Any
 
 from lab import hookimpl
 from lab.errors import LabError, PluginError
+from lab.guestjob import run_job
 from lab.plugin import FAULT_PLAN, GUEST_PLUGIN_DIR, REGISTRIES, ScenarioInfo, Stash, StashKey
 from lab.plugin.emulation import GeneratorProfile, GuestProgram, LiveSource
 
@@ -67,13 +68,18 @@ def lab_phase_run(scenario: ScenarioInfo, phase, guest, stash: Stash) -> None:
     if phase.name != "load" or not (scenario.emulators or scenario.consumers):
         return
     plan = build_plan(scenario, stash)
-    result = guest.run(["python3", f"{GUEST_PLUGIN_DIR}/runplan.py"], stdin=json.dumps(plan).encode(),
-                       timeout=plan["timeout_s"] + 120)
+    argv = ["python3", f"{GUEST_PLUGIN_DIR}/runplan.py"]
+    if guest.link is None:
+        result = guest.run(argv, stdin=json.dumps(plan).encode(), timeout=plan["timeout_s"] + 120)
+    else:  # on the lab's own link, which link faults break: a job that outlives the connection
+        result = run_job(guest, argv, stdin=json.dumps(plan).encode(),
+                         timeout=(plan["timeout_s"] + 120) * guest.spec.accel.timeout_scale, name="runplan")
     if not result.ok:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise LabError(f"runplan.py exited with status {result.exit_status}: {' | '.join(tail)}")
     report = json.loads(result.text)
     report["plan"] = plan
+    report["ssh_reconnects"] = result.extra.get("reconnects", 0)
     stash[LOAD_REPORT] = report
 
 

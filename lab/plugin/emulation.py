@@ -166,8 +166,9 @@ class CommandFault:
 
     @property
     def host_side(self) -> bool:
-        """True when the fault acts through QMP on the host rather than by guest commands."""
-        return any(argv[:1] == ("qmp",) for argv in self.inject)
+        """True when the fault acts from the host (argv ``("qmp", command)`` or ``("link", "up"|"down")``)
+        rather than by guest commands."""
+        return any(argv[:1] in (("qmp",), ("link",)) for argv in self.inject)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "commands", "name": self.name, "inject": [list(a) for a in self.inject],

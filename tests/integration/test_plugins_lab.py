@@ -45,3 +45,29 @@ def test_every_builtin_emulator_and_guest_faults_under_load(cnlab_lab, tmp_path)
               for name, r in records.items() if r["status"] != "passed"}
     assert status == EXIT_OK and not failed, failed
     assert set(records) == {s.name for s in scenarios}
+
+
+def test_link_faults_on_the_lab_link_are_ridden_out(cnlab_lab, tmp_path):
+    """The guest sits on the lab's tap: netem on its side of the link, and a flap long
+    enough (16 s) to break the SSH connection, which the orchestrator must re-establish."""
+    link_params = {"link-flap": {"down_s": 16.0, "delay_s": 0.5},
+                   "link-netem": {"delay_ms": 100, "loss_pct": 10.0, "delay_s": 0.2}}
+
+    def scenario(name, fault):
+        return scenario_from_dict({"name": name, "duration": 3.0, "guest": {"cpus": 2},
+                                   "plugins": {"emulators": ["proc-events"], "consumers": ["checker"],
+                                               "faults": [fault], "params": SMALL | link_params}},
+                                  f"<{name}>")
+
+    scenarios = [scenario("link-flap", "link-flap"), scenario("link-netem", "link-netem")]
+    with open(tmp_path / "out.txt", "w") as out:
+        status = run_scenarios(cnlab_lab, scenarios, 2, tmp_path / "run", out=out)
+    records = {r["scenario"]: r for r in read_results(tmp_path / "run" / "results.jsonl")}
+    failed = {name: [v for v in r["invariants"] if not v["ok"]] or r.get("error")
+              for name, r in records.items() if r["status"] != "passed"}
+    assert status == EXIT_OK and not failed, failed
+    flap = records["link-flap"]["metrics"]["plugins"]
+    assert [e["action"] for e in flap["faults"]["host_faults"]] == ["link down", "link up"]
+    assert flap["runner"]["ssh_reconnects"] >= 1, "the flap never broke the SSH link"
+    netem = records["link-netem"]["metrics"]["plugins"]["runner"]
+    assert [f["argv"][:3] for f in netem["faults"]] == [["tc", "qdisc", "add"], ["tc", "qdisc", "del"]]

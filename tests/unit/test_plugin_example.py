@@ -32,6 +32,7 @@ fine = call_hook(pm, "lab_result_check", scenario=scenario,
 
 class FakeGuest:  # answers runplan.py like a guest whose beat-counter saw 200 beats
     ssh = type("S", (), {"put": staticmethod(lambda *a, **k: None)})()
+    link = None  # user networking
     plans = []
 
     def run(self, argv, timeout=None, check=False, stdin=None):

@@ -403,11 +403,9 @@ def test_builtin_consumers_and_faults_build():
     assert pm.registries.consumers.build("multi").instances == 3
     assert "--rcvbuf" in pm.registries.consumers.build("tiny-rcvbuf").argv("/g")
     for spec in pm.registries.faults:
-        if spec.plugin == "linkfaults":
-            with pytest.raises(PluginError, match="does not create yet"):
-                pm.registries.faults.build(spec.name)
-        else:
-            assert pm.registries.faults.build(spec.name).inject
+        assert pm.registries.faults.build(spec.name).inject
+    assert pm.registries.faults.build("link-flap").host_side
+    assert not pm.registries.faults.build("link-netem").host_side
 
 
 def test_guest_files_of_builtins_exist():

@@ -54,6 +54,7 @@ class FakeGuest:
                                  "faults": []}
         self.status = status
         self.ssh = SimpleNamespace(put=lambda src, dest, mode=None: self.files.__setitem__(dest, (src, mode)))
+        self.link = None  # user networking: no lab link
 
     def run(self, argv, timeout=None, check=False, stdin=None):
         self.commands.append((list(argv), stdin))
@@ -182,13 +183,34 @@ def test_fault_wrapper_puts_guest_faults_in_the_plan_and_runs_qmp_faults_on_the_
     assert [f["name"] for f in faults] == ["cpu-offline", "module-reload"]
     assert faults[1]["hold_s"] == 1.0 and faults[1]["restore"] == [["insmod", "/run/cnlab/cnlab.ko"]]
     assert guest.qmp_calls == ["stop", "cont"]
-    assert [e["qmp"] for e in result.data["faults"]["host_faults"]] == ["stop", "cont"]
+    assert [e["action"] for e in result.data["faults"]["host_faults"]] == ["qmp stop", "qmp cont"]
 
 
-def test_declared_only_link_faults_refuse_to_run():
-    result = run_scenario(manager(), FakeGuest(), ScenarioInfo("l", emulators=("irq",), faults=("link-flap",)))
+def test_link_flap_on_a_guest_without_the_lab_link_fails_the_scenario():
+    result = run_scenario(manager(), FakeGuest(), ScenarioInfo("l", emulators=("irq",), faults=("link-flap",),
+                                                               params={"link-flap": {"delay_s": 0, "down_s": 0}}))
     assert not result.passed
-    assert "link-flap" in result.error and "does not create yet" in result.error
+    assert any("link down failed: the guest is not on the lab's tap network" in p for p in result.problems), result
+
+
+def test_link_flap_takes_the_tap_down_then_up():
+    faults = sys.modules["cnlab_plugins.faults"]
+    states = []
+    guest = SimpleNamespace(link=SimpleNamespace(set_tap_up=states.append))
+    flap = manager().registries.faults.build("link-flap", {"delay_s": 0, "down_s": 0})
+    log = []
+    faults._host_fault(guest, flap, log)
+    assert states == [False, True]
+    assert [(e["action"], e["ok"]) for e in log] == [("link down", True), ("link up", True)]
+
+
+def test_netem_goes_into_the_guest_plan_on_the_guests_side_of_the_link():
+    guest = FakeGuest()
+    run_scenario(manager(), guest, ScenarioInfo("n", emulators=("irq",), faults=("link-netem",)))
+    (netem,) = plan_of(guest)["faults"]
+    assert netem["inject"] == [["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "100ms",
+                                "loss", "5.0%"]]
+    assert netem["restore"] == [["tc", "qdisc", "del", "dev", "eth0", "root"]]
 
 
 REPORT = {

@@ -47,10 +47,13 @@ class _Server(paramiko.ServerInterface):
                 break
             stdin += chunk
         out, err = proc.communicate(stdin)
-        channel.sendall(out)
-        channel.sendall_stderr(err)
-        channel.send_exit_status(proc.returncode)
-        channel.close()
+        try:
+            channel.sendall(out)
+            channel.sendall_stderr(err)
+            channel.send_exit_status(proc.returncode)
+            channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the connection was dropped under the command (as a dead link does)
 
 
 class FakeGuestSSH:
