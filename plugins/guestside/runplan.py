@@ -163,8 +163,11 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen):
         return {"exact": False, "reason": "one-shot consumer: no per-stream report"}
     if any(totals is None for totals in gens.values()):
         return {"exact": False, "reason": "generator statistics lost (module reloaded?): partial accounting"}
-    if report.get("missing") or report.get("resync") or report.get("churns"):
-        return {"exact": False, "reason": "restarted, churning or missing consumer: partial accounting"}
+    if report.get("missing") or report.get("churns"):
+        return {"exact": False, "reason": "churning or missing consumer: partial accounting"}
+    # A restarted consumer (resync) counts each stream from the first message it saw: exact while
+    # the only sends that failed were those with no listener at all (before it joined).
+    resync = bool(report.get("resync"))
     lost = 0
     pre_socket = 0
     streams = report["streams"]
@@ -173,15 +176,20 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen):
             continue
         for cpu, c in totals["cpus"].items():
             s = streams.get(f"{gid}/{cpu}")
+            if s is None and resync:
+                continue  # never seen since it joined: the stream may have ended before
             nxt = s["next"] if s else 0
             lost += (s["gaps"] if s else 0) + max(0, c["generated"] - nxt)
             pre_socket += c["err_nomem"] + c["err_full"] + c["err_other"]
+    if resync and pre_socket:
+        return {"exact": False, "reason": f"restarted consumer and {pre_socket} failed sends: which of them "
+                                          "came after it joined is unknown"}
     # cn_proc streams: the kernel keeps no per-socket generated count, so only gaps (not tail loss) are known
     lost += sum(s["gaps"] for key, s in streams.items() if key.startswith("proc/"))
     drops = report["socket_drops"]
     expected = drops + pre_socket + cbus_nlerr
     return {"exact": True, "lost": lost, "socket_drops": drops, "pre_socket": pre_socket, "cbus_nlerr": cbus_nlerr,
-            "reconciled": lost == expected}
+            "reconciled": lost == expected, "since_join": resync}
 
 
 def main():

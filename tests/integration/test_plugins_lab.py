@@ -47,6 +47,20 @@ def test_every_builtin_emulator_and_guest_faults_under_load(cnlab_lab, tmp_path)
     assert set(records) == {s.name for s in scenarios}
 
 
+@pytest.mark.parametrize("fault", ["module-reload", "consumer-kill", "rcvbuf-squeeze", "alloc-fail", "drain-stall",
+                                   "queue-limit", "memory-pressure"])
+def test_every_other_fault_injector_under_load(cnlab_lab, tmp_path, fault):
+    """Each remaining built-in fault under CBUS load with the checker: the run passes, which
+    means the fault's commands succeeded and the loss it causes reconciles exactly."""
+    scenarios = [_scenario(f"fault-{fault}", ["proc-events", "irq"], [fault], max_loss=1_000_000)]
+    with open(tmp_path / "out.txt", "w") as out:
+        status = run_scenarios(cnlab_lab, scenarios, 1, tmp_path / "run", out=out)
+    (record,) = read_results(tmp_path / "run" / "results.jsonl")
+    assert status == EXIT_OK, [v for v in record["invariants"] if not v["ok"]] or record.get("error")
+    applied = record["metrics"]["plugins"]["runner"]["faults"]
+    assert applied and all(entry.get("status", 0) == 0 for entry in applied), applied  # restarts carry no status
+
+
 def test_link_faults_on_the_lab_link_are_ridden_out(cnlab_lab, tmp_path):
     """The guest sits on the lab's tap: netem on its side of the link, and a flap long
     enough (16 s) to break the SSH connection, which the orchestrator must re-establish."""

@@ -315,11 +315,25 @@ def test_runplan_reconcile():
     report = {"groups": [18], "socket_drops": 1, "streams": {"0/0": {"gaps": 1, "next": 9}}}
     acc = runplan.reconcile(report, gens, 0, {0: [18]})
     assert acc == {"exact": True, "lost": 2, "socket_drops": 1, "pre_socket": 1, "cbus_nlerr": 0,
-                   "reconciled": True}
+                   "reconciled": True, "since_join": False}
     assert runplan.reconcile(report, {0: None}, 0, {0: [18]})["exact"] is False
     assert runplan.reconcile(dict(report, churns=2), gens, 0, {0: [18]})["exact"] is False
     other_group = runplan.reconcile(dict(report, groups=[20], streams={}), gens, 0, {0: [18]})
     assert other_group["lost"] == 0
+
+
+def test_runplan_reconciles_a_restarted_consumer_from_when_it_joined():
+    runplan = load_guest_module("runplan")
+    gens = {0: {"state": 2, "cpus": {0: {"generated": 100, "ok": 60, "err_nolistener": 40, "err_nomem": 0,
+                                         "err_full": 0, "err_other": 0},
+                                     1: {"generated": 5, "ok": 0, "err_nolistener": 5, "err_nomem": 0,
+                                         "err_full": 0, "err_other": 0}}}}
+    # Joined at seq 40 of CPU 0 (the 40 before went to nobody); one ENOBUFS drop since; CPU 1 ended before.
+    restarted = {"groups": [18], "socket_drops": 1, "resync": True, "streams": {"0/0": {"gaps": 1, "next": 100}}}
+    acc = runplan.reconcile(restarted, gens, 0, {0: [18]})
+    assert (acc["exact"], acc["lost"], acc["reconciled"], acc["since_join"]) == (True, 1, True, True)
+    gens[0]["cpus"][0]["err_nomem"] = 3
+    assert runplan.reconcile(restarted, gens, 0, {0: [18]})["exact"] is False
 
 
 def test_consumer_pyroute2_parser_matches_kabi_parser():
