@@ -1,0 +1,43 @@
+"""lab.bench_kmod: goal verdicts and the table from a guest's JSON (no guest)."""
+
+from __future__ import annotations
+
+from lab.bench_kmod import BENCH_CMDLINE, _print_table, summarise_kmod
+
+RAW = {
+    "insert": {"chunk": 128, "chunks": 200, "cbus_insert_ns": 200.0, "direct_send_ns": 4400.0, "ratio": 22.0,
+               "ratio_mean": 21.0, "cbus_mean_ns": 210.0, "direct_mean_ns": 4410.0,
+               "cbus_p10_p90_ns": [190, 300], "direct_p10_p90_ns": [4000, 6000]},
+    "rate": {"direct": {"msgs_per_s": 40000, "generated": 10, "received": 10, "datagrams": 10},
+             "cbus": {"msgs_per_s": 50000, "generated": 10, "received": 10, "datagrams": 10},
+             "cbus_bundle": {"msgs_per_s": 160000, "generated": 10, "received": 10, "datagrams": 1}},
+    "latency": {"rate": 2000, "count": 10000, "rounds": 5, "reader": "block", "reader_cpu": 0, "generator_cpu": 0,
+                "clocksource": "tsc",
+                "direct": {"p50_us": 44.5, "p90_us": 70.0, "p99_us": 155.3, "p99.9_us": 351.5, "max_us": 426.8,
+                           "round_p99_us": [177.7, 136.1, 132.0, 98.4, 214.0]},
+                "cbus": {"p50_us": 62.1, "p90_us": 99.3, "p99_us": 623.7, "p99.9_us": 900.0, "max_us": 1000.0,
+                         "round_p99_us": [142.4, 129.4, 1250.2, 117.6, 314.9]}},
+}
+
+
+def test_goals_come_from_the_run():
+    s = summarise_kmod(RAW)
+    assert s["goals"]["insert_ratio>=20"] and s["goals"]["bundle_rate>=1.5x_direct"]
+    assert not s["goals"]["cbus_rate>=1.5x_direct"]
+    assert not s["goals"]["cbus_p99<=500us"]  # 623.7 us in this input
+    assert s["latency_us"]["direct"]["p99"] == 155.3
+    raw = {**RAW, "latency": {**RAW["latency"], "cbus": {**RAW["latency"]["cbus"], "p99_us": 499.0}}}
+    assert summarise_kmod(raw)["goals"]["cbus_p99<=500us"]
+
+
+def test_table_shows_reader_placement_clocksource_and_rounds(capsys):
+    _print_table({"kernel": "k", "cpus": 2, "accel": "tcg"}, RAW, summarise_kmod(RAW))
+    out = capsys.readouterr().out
+    assert "2,000 msgs/s per path" in out and "5 alternating rounds" in out
+    assert "reader blocks on CPU 0" in out and "clocksource tsc" in out
+    assert "1,250" in out  # a round's p99 is printed, not hidden
+    assert "cbus_p99<=500us NOT met" in out
+
+
+def test_bench_guest_uses_the_tsc():
+    assert "tsc=reliable" in BENCH_CMDLINE
