@@ -179,11 +179,46 @@ def _print_summary(records: list[dict], out) -> None:
         print("  * flaky: failed with a crashed guest, passed on retry", file=out)
 
 
+def plugin_results(scenarios: list[Scenario], records: list[dict]) -> list:
+    """The ``[plugins]`` scenarios' records as the hooks' ``ScenarioResult`` objects, in run order."""
+    from .plugin import ScenarioInfo, ScenarioResult
+
+    by_name = {s.name: s for s in scenarios if s.plugins is not None}
+    results = []
+    for record in records:
+        scenario = by_name.get(record["scenario"])
+        if scenario is None:
+            continue
+        info = ScenarioInfo(scenario.name, scenario.plugins.emulators, scenario.plugins.consumers,
+                            scenario.plugins.faults, cpus=scenario.cpus, params=scenario.plugins.params)
+        problems = tuple(v["detail"] for v in record.get("invariants", ()) if not v["ok"])
+        results.append(ScenarioResult(info, record["status"] == "passed",
+                                      (record.get("metrics") or {}).get("plugins", {}), problems,
+                                      record.get("error", "")))
+    return results
+
+
+def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir: Path, out) -> list[str]:
+    """Let plugins write their reports (``lab_report_write``); a failing plugin is reported, not fatal."""
+    from .plugin import call_hook
+
+    results = plugin_results(scenarios, records)
+    if not results:
+        return []
+    try:
+        written = call_hook(pm, "lab_report_write", results=results, directory=out_dir)
+    except LabError as exc:
+        print(f"cnlab run: {exc}", file=out)
+        return []
+    return [str(path) for paths in written if paths for path in paths]
+
+
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
                   junit_path: Path | None = None, out=sys.stdout, report_path: Path | None = None,
                   plugin_config: PluginOptions | None = None) -> int:
     """Run ``scenarios`` on ``jobs`` guests in parallel; returns the exit status."""
-    check_plugin_names(plugin_manager(plugin_config), scenarios)
+    pm = plugin_manager(plugin_config)
+    check_plugin_names(pm, scenarios)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = json_path or out_dir / "results.jsonl"
     log_dir = out_dir / "consoles"
@@ -249,6 +284,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     if report_path is not None:
         write_html(records, report_path)
     extras = [str(p) for p in (junit_path, report_path) if p is not None]
+    extras += _plugin_reports(pm, scenarios, records, out_dir, out)
     print(f"results: {json_path}" + "".join(f", {p}" for p in extras), file=out)
     if pending:
         print(f"cnlab run: never ran: {', '.join(pending)}", file=out)

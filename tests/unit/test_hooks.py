@@ -361,3 +361,27 @@ def test_hook_lab_report_write(tmp_path):
     written = call_hook(pm, "lab_report_write", results=[ScenarioResult(SCENARIO, True)], directory=tmp_path)
     assert written == [[tmp_path / "summary.txt"]]
     assert (tmp_path / "summary.txt").read_text() == "demo True\n"
+
+
+def test_the_engine_hands_finished_plugin_scenarios_to_lab_report_write(tmp_path):
+    from io import StringIO
+
+    from lab.runner import _plugin_reports
+    from lab.scenario import scenario_from_dict
+
+    class Writer:
+        @hookimpl
+        def lab_report_write(self, results, directory):
+            path = directory / "mine.txt"
+            path.write_text("".join(f"{r.scenario.name} {r.passed} {r.problems}\n" for r in results))
+            return [path]
+
+    scenarios = [scenario_from_dict({"name": "p", "duration": 1.0,
+                                     "plugins": {"emulators": ["irq"], "consumers": ["checker"]}}, "<p>"),
+                 scenario_from_dict({"name": "plain", "duration": 1.0, "emulators": [{"name": "e"}]}, "<plain>")]
+    records = [{"scenario": "p", "status": "failed", "metrics": {"plugins": {"runner": {}}},
+                "invariants": [{"name": "loss", "ok": False, "detail": "lost 3"}]},
+               {"scenario": "plain", "status": "passed", "invariants": []}]
+    written = _plugin_reports(pm_with(Writer()), scenarios, records, tmp_path, StringIO())
+    assert written == [str(tmp_path / "mine.txt")]
+    assert (tmp_path / "mine.txt").read_text() == "p False ('lost 3',)\n"
