@@ -18,16 +18,13 @@ from .errors import GuestError
 from .faults import FaultTimeline
 from .guest import Guest
 from .kcheck import ALLOWED_TAINT, read_taint, unexpected_taint
-from .scenario import Scenario
+from .scenario import IN_GUEST_FAULTS, Scenario
 from .verdicts import TAINT_FOR_KIND, evaluate, verdict
 
 __all__ = ["agent_plan", "execute_scenario", "execute_plugin_scenario", "IN_GUEST_FAULTS"]
 
 GEN_IDX_BASE = 0x20
 NS = 1_000_000_000
-#: Faults the guest agent applies itself (on time, without an SSH round trip);
-#: the rest (QMP pause) are applied from the host.
-IN_GUEST_FAULTS = ("cpu_offline", "stall", "alloc_fail", "queue_limit", "warn")
 
 
 # ----------------------------------------------------------------- planning

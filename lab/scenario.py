@@ -25,9 +25,14 @@ the key and what was expected.  Example::
 
     [[faults]]
     kind = "cpu_offline"           # see FAULT_KINDS
-    at = 1.0                       # seconds after the load starts (or every = N)
+    at = 1.0                       # seconds after the load starts (or every = N, or on = EVENT)
     duration = 0.5
     cpu = 1
+
+    [[faults]]
+    kind = "stall"                 # in-guest kinds can wait for an event instead of a time:
+    on = "queue_depth"             # see FAULT_EVENTS
+    threshold = 200                # CBUS messages queued (or messages received, for "received")
 
     [invariants]
     max_loss = 0
@@ -56,12 +61,20 @@ from .errors import ConfigError
 from .qemu_argv import MAX_CPUS
 
 __all__ = ["Scenario", "PluginObjects", "EmulatorSpec", "ConsumerSpec", "FaultSpec", "Invariants", "load_scenario",
-           "FAULT_KINDS", "scenario_from_dict"]
+           "FAULT_KINDS", "FAULT_EVENTS", "IN_GUEST_FAULTS", "scenario_from_dict"]
 
 PATHS = ("direct", "cbus")
 CONTEXTS = ("kthread", "softirq", "timer", "hardirq")
 #: Faults the engine applies on the timeline.
 FAULT_KINDS = ("cpu_offline", "pause", "stall", "alloc_fail", "queue_limit", "warn", "crash")
+#: Faults the guest agent applies itself, on time or on an event, without an SSH round trip.
+IN_GUEST_FAULTS = ("cpu_offline", "stall", "alloc_fail", "queue_limit", "warn")
+#: Events an in-guest fault can wait for (``on``), watched by the guest agent during the load:
+#: ``received`` (the consumers got ``threshold`` messages in all), ``queue_depth`` (CBUS holds
+#: ``threshold`` queued messages), ``gap`` (a consumer saw its first lost message),
+#: ``enobufs`` (a consumer's socket overflowed).
+FAULT_EVENTS = ("received", "queue_depth", "gap", "enobufs")
+THRESHOLD_EVENTS = ("received", "queue_depth")
 MAX_DURATION = 600.0
 
 
@@ -92,7 +105,7 @@ class ConsumerSpec:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """A fault applied at a time (``at``) or periodically (``every``)."""
+    """A fault applied at a time (``at``), periodically (``every``) or once on an event (``on``)."""
 
     kind: str
     at: float | None = None
@@ -100,6 +113,8 @@ class FaultSpec:
     duration: float = 0.5
     cpu: int = 1
     value: int = 0
+    on: str | None = None
+    threshold: int = 0
 
 
 @dataclass(frozen=True)
@@ -244,10 +259,17 @@ def _fault(source: str, i: int, table: Any, cpus: int, duration: float) -> Fault
         duration=float(r.get("duration", number, 0.5, lambda v: 0 <= v <= 60, "seconds from 0 to 60")),
         cpu=r.get("cpu", int, 1, lambda v: 1 <= v < max(cpus, 2), f"a CPU from 1 to {cpus - 1} (CPU 0 stays)"),
         value=r.get("value", int, 0, lambda v: v >= 0, "an integer >= 0"),
+        on=r.get("on", str, None, lambda v: v in FAULT_EVENTS, f"one of {', '.join(FAULT_EVENTS)}"),
+        threshold=r.get("threshold", int, 0, lambda v: v >= 0, "an integer >= 0"),
     )
     r.done()
-    if (spec.at is None) == (spec.every is None):
-        r.fail("at", "exactly one of 'at' or 'every'")
+    if sum(x is not None for x in (spec.at, spec.every, spec.on)) != 1:
+        r.fail("at", "exactly one of 'at', 'every' or 'on'")
+    if spec.on is not None and spec.kind not in IN_GUEST_FAULTS:
+        r.fail("on", f"a fault the guest applies itself ({', '.join(IN_GUEST_FAULTS)}) for kind {spec.kind!r}",
+               spec.on)
+    if spec.on in THRESHOLD_EVENTS and spec.threshold < 1:
+        r.fail("threshold", f"a count >= 1 for on = {spec.on!r}", spec.threshold)
     if spec.kind == "cpu_offline" and cpus < 2:
         r.fail("kind", "a guest with 2 or more CPUs for cpu_offline", cpus)
     return spec

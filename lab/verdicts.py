@@ -57,6 +57,11 @@ def evaluate(scenario: Scenario, report: dict, kernel_reports: list[dict], taint
         verdicts.append(verdict("accounting", ok, detail))
     if loss is not None:
         verdicts.append(verdict("loss", loss <= inv.max_loss, f"lost {loss} of {generated} (max {inv.max_loss})"))
+    if scenario.faults:
+        failed = [f"{f['kind']}: {f['detail']}" for f in report.get("faults", ()) if not f["ok"]]
+        failed += report.get("faults_never_triggered", [])
+        verdicts.append(verdict("faults", not failed, "; ".join(failed) or
+                                 f"{len(report.get('faults', ()))} in-guest fault(s) applied"))
     gaps = sum(s["gaps"] for c in report["consumers"] for s in c["per_gen"].values())
     reordered = sum(s["reordered"] for c in report["consumers"] for s in c["per_gen"].values())
     verdicts.append(verdict("order", reordered == 0, f"{reordered} out-of-order per (generator, CPU)"))

@@ -163,12 +163,16 @@ class InGuestFaults(threading.Thread):
     starts the next scenario with the module's defaults.
     """
 
-    def __init__(self, faults, duration, t0):
+    def __init__(self, faults, duration, t0, probes=None):
         super().__init__(daemon=True)
         self.client = kabi.CtlClient(timeout=10.0)
         self.events = []
+        self.waiting = []  # faults waiting for an event (fault["on"]), each applied once
+        self.probes = probes or {}
         for fault in faults:
-            if fault["at"] is not None:
+            if fault.get("on"):
+                self.waiting.append(fault)
+            elif fault["at"] is not None:
                 self.events.append((fault["at"], fault))
             else:
                 t = fault["every"]
@@ -176,6 +180,7 @@ class InGuestFaults(threading.Thread):
                     self.events.append((t, fault))
                     t += fault["every"]
         self.events.sort(key=lambda e: e[0])
+        self.watcher = threading.Thread(target=self.watch, daemon=True)
         self.t0 = t0
         self.halt = threading.Event()
         self.applied = []
@@ -196,6 +201,8 @@ class InGuestFaults(threading.Thread):
     def apply(self, fault):
         kind = fault["kind"]
         record = {"kind": kind, "at": round(self.now(), 3), "until": None, "ok": True, "detail": ""}
+        if fault.get("on"):
+            record["on"] = event_name(fault)
         self.applied.append(record)
         try:
             if kind == "cpu_offline":
@@ -228,23 +235,64 @@ class InGuestFaults(threading.Thread):
             record["detail"] = str(exc)
 
     def run(self):
+        if self.waiting:
+            self.watcher.start()
         for at, fault in self.events:
             if self.halt.wait(max(0.0, self.t0 + at - time.monotonic())):
                 return
             self.apply(fault)
 
+    def watch(self):
+        """Apply each event-triggered fault once, when its event happens (polled: no notification)."""
+        while self.waiting and not self.halt.wait(EVENT_POLL_S):
+            for fault in list(self.waiting):
+                if self.probes[fault["on"]](fault["threshold"]):
+                    self.waiting.remove(fault)
+                    self.apply(fault)
+
+    def never_triggered(self):
+        """Event-triggered faults whose event never happened during the load."""
+        return [f"fault {f['kind']} on {event_name(f)}: the event never happened" for f in self.waiting]
+
     def finish(self):
         """Stop, bring CPUs back, and restore the module's knobs."""
         self.halt.set()
         self.join(30)
+        if self.watcher.is_alive():
+            self.watcher.join(30)
         for cpu in list(self.offline):
             cpu_online(cpu, True)
-        kinds = {f["kind"] for _, f in self.events}
+        kinds = {f["kind"] for _, f in self.events} | {r["kind"] for r in self.applied}
         if "alloc_fail" in kinds:
             self.knob("alloc_fail", 0)
         if "queue_limit" in kinds:
             self.knob("queue_limit", default_queue_limit())
         return self.applied
+
+
+EVENT_POLL_S = 0.02
+
+
+def event_name(fault):
+    """``queue_depth>=200``, ``gap``: how a fault's event reads in results."""
+    return f"{fault['on']}>={fault['threshold']}" if fault.get("threshold") else fault["on"]
+
+
+def event_probes(consumers, client):
+    """The events a fault can wait for: each takes the fault's threshold, True once it happened."""
+
+    def queue_depth(threshold):
+        try:
+            return client.stats().body["total"]["queued"] >= threshold
+        except (TimeoutError, OSError):
+            return False
+
+    return {
+        "received": lambda threshold: sum(c.received() for c in consumers) >= threshold,
+        "queue_depth": queue_depth,
+        "gap": lambda _: any(s["gaps"] for c in consumers for s in list(c.per_gen.values())),
+        "enobufs": lambda _: any(c.enobufs for c in consumers),
+    }
 
 
 def wait_until(predicate, seconds, pause=0.05):
@@ -274,7 +322,8 @@ def main():
         reply = client.gen_start(**cfg)
         if not reply.ok:
             errors.append(f"GEN_START {gen['gen_id']}: {reply.error_name}")
-    faults = InGuestFaults(plan.get("faults", []), plan["duration"], time.monotonic())
+    faults = InGuestFaults(plan.get("faults", []), plan["duration"], time.monotonic(),
+                           event_probes(consumers, kabi.CtlClient(timeout=10.0)))
     faults.start()
     print(f"CNLAB-AGENT started {time.monotonic_ns()}", file=sys.stderr, flush=True)
     done_states = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED)
@@ -316,6 +365,7 @@ def main():
     print(json.dumps({
         "errors": errors,
         "faults": applied,
+        "faults_never_triggered": faults.never_triggered(),
         "elapsed_s": round((time.monotonic_ns() - start_ns) / 1e9, 3),
         "consumers": [c.report() for c in consumers],
         "generators": generators,

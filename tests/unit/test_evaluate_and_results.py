@@ -32,6 +32,20 @@ def _verdicts(scenario, report, reports=(), before=12288, after=12288):
     return {v["name"]: v for v in verdicts}, metrics
 
 
+def test_faults_verdict_fails_on_a_failed_or_never_triggered_fault():
+    scenario = scenario_from_dict({"name": "s", "emulators": [{"name": "e"}],
+                                   "faults": [{"kind": "stall", "on": "queue_depth", "threshold": 50}]}, "s.toml")
+    assert scenario.faults[0].on == "queue_depth" and scenario.faults[0].threshold == 50
+    applied = [{"kind": "stall", "at": 0.4, "on": "queue_depth>=50", "ok": True, "detail": "stalled"}]
+    verdicts, _ = _verdicts(scenario, _report() | {"faults": applied, "faults_never_triggered": []})
+    assert verdicts["faults"]["ok"]
+    never = ["fault stall on queue_depth>=50: the event never happened"]
+    verdicts, _ = _verdicts(scenario, _report() | {"faults": [], "faults_never_triggered": never})
+    assert not verdicts["faults"]["ok"] and "never happened" in verdicts["faults"]["detail"]
+    verdicts, _ = _verdicts(scenario, _report() | {"faults": [dict(applied[0], ok=False, detail="refused")]})
+    assert verdicts["faults"]["detail"] == "stall: refused"
+
+
 def test_clean_run_passes_everything():
     verdicts, metrics = _verdicts(_scenario(), _report())
     assert all(v["ok"] for v in verdicts.values()) and metrics["lost"] == 0
