@@ -25,13 +25,6 @@ from .qemu_argv import GuestShape
 
 __all__ = ["run_kmod_bench", "summarise_kmod", "GOALS"]
 
-#: Guest kernel arguments. Under TCG the kernel does not trust the TSC and
-#: falls back to the emulated HPET: every ktime_get_ns() (the message's
-#: timestamp) and every clock_gettime() (no vDSO for HPET: a system call) is
-#: then an MMIO access that QEMU serves under its global lock, shared with
-#: the other vCPU and the I/O thread. TCG's TSC is derived from the host's
-#: invariant TSC, so it is monotonic and consistent across vCPUs.
-BENCH_CMDLINE = ("tsc=reliable",)
 
 #: Issue 3's goals.
 GOALS = {"insert_ratio": 20.0, "bundle_rate_ratio": 1.5, "p99_us": 500.0}
@@ -127,7 +120,7 @@ def _print_table(meta: dict, raw: dict, s: dict) -> None:
 
 def run_kmod_bench(lab: Lab, shape: GuestShape, json_path: Path) -> int:
     """Boot one guest, measure, print the table, write JSON; 0 if the run completed."""
-    spec = lab.guest_spec(shape, name="bench-kmod", cmdline=BENCH_CMDLINE)
+    spec = lab.guest_spec(shape, name="bench-kmod")  # BASE_CMDLINE has tsc=reliable
     with Guest(spec) as guest:
         lib = install_guest_programs(guest)
         result = guest.run(["python3", f"{lib}/kmod_bench.py"], timeout=900)

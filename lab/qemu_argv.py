@@ -30,6 +30,12 @@ BASE_CMDLINE = (
     # initcall_debug: crypto_algapi_init); cnlab tests the connector, not crypto.
     "cryptomgr.notests",
     "8250.nr_uarts=2",
+    # Under TCG the kernel distrusts the TSC and falls back to the emulated HPET:
+    # every clock read is then an MMIO exit served under QEMU's global lock
+    # (docs/kmod.md: p99 delivery latency 1.2-1.6 ms on HPET, about 0.3 ms on
+    # the TSC).  TCG's TSC follows the host's invariant TSC: monotonic and the
+    # same on every vCPU.
+    "tsc=reliable",
 )
 
 

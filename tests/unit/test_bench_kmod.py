@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lab.bench_kmod import BENCH_CMDLINE, _print_table, summarise_kmod
+from lab.bench_kmod import _print_table, summarise_kmod
+from lab.qemu_argv import BASE_CMDLINE
 
 RAW = {
     "insert": {"chunk": 128, "chunks": 200, "cbus_insert_ns": 200.0, "direct_send_ns": 4400.0, "ratio": 22.0,
@@ -40,4 +41,4 @@ def test_table_shows_reader_placement_clocksource_and_rounds(capsys):
 
 
 def test_bench_guest_uses_the_tsc():
-    assert "tsc=reliable" in BENCH_CMDLINE
+    assert "tsc=reliable" in BASE_CMDLINE
