@@ -84,6 +84,9 @@ def machine_args(shape: GuestShape, accel: Accel) -> list[str]:
         "-m", str(shape.memory_mb),
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
         "-no-reboot",
+        # qboot (QEMU's minimal firmware, in qemu-system-data) instead of SeaBIOS:
+        # measured with bench boot, the floor went from 1.73 to 1.63 s under TCG.
+        "-bios", "qboot.rom",
     ]
 
 

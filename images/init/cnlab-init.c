@@ -274,14 +274,69 @@ static int wait_for_device(const char *path, int timeout_ms)
 	return access(path, F_OK);
 }
 
-static void stage1_switch_root(void)
+/* Signals PID 1 handles, read from a signalfd; blocked before any fork. */
+static int init_signalfd(void)
+{
+	sigset_t mask;
+	int sfd;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGPWR);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (sfd < 0)
+		die("signalfd");
+	return sfd;
+}
+
+/*
+ * Start the SSH daemon once, as soon as the root disk is mounted (in a
+ * chroot: stage 1 has not switched root yet), on the other vCPU: "-r" (no re-exec)
+ * makes each connection a fork of a daemon that has already loaded its
+ * libraries, config and host key.  Serving each connection with "sshd -i"
+ * paid that start-up (about 0.2 s under TCG) on every connection,
+ * including the first one the host waits for.  Logs go to a file, not to
+ * the console the host scans.
+ */
+static pid_t start_sshd(const char *root)
+{
+	static char * const argv[] = { SSHD, "-D", "-r", "-f", SSHD_CONFIG,
+				       "-E", SSHD_LOG, NULL };
+	static char * const envp[] = {
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root", "LANG=C.UTF-8", NULL };
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		sigset_t none;
+		int null = open("/dev/null", O_RDONLY);
+
+		if (null >= 0)
+			dup2(null, 0);
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		setsid();
+		if (chroot(root) || chdir("/"))
+			_exit(126);
+		execve(SSHD, argv, envp);
+		_exit(127);
+	}
+	if (pid < 0)
+		die("fork sshd");
+	return pid;
+}
+
+static pid_t stage1_switch_root(void)
 {
 	char root[64] = "/dev/nvme0n1", moddisk[64] = "";
 	static const char * const moves[] = { "/dev", "/proc", "/sys" };
 	char target[64];
 	size_t i;
 
-	pid_t loader;
+	pid_t loader, sshd;
 
 	cmdline_get("cnlab.root", root, sizeof(root));
 	cmdline_get("cnlab.moddisk", moddisk, sizeof(moddisk));
@@ -299,6 +354,8 @@ static void stage1_switch_root(void)
 	mount_or_die("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV,
 		     "mode=0755");
 	copy_boot_files("/newroot/run/cnlab");
+	mkdir("/newroot/run/sshd", 0755);
+	sshd = start_sshd("/newroot");
 	if (moddisk[0] && wait_for_device(moddisk, 30000) == 0 &&
 	    mount(moddisk, "/newroot/lib/modules", "ext4", MS_RDONLY | MS_NOATIME, ""))
 		say("cnlab-init: mount %s: %s\n", moddisk, strerror(errno));
@@ -316,6 +373,7 @@ static void stage1_switch_root(void)
 	if (chdir("/newroot") || mount(".", "/", NULL, MS_MOVE, NULL) ||
 	    chroot(".") || chdir("/"))
 		die("switch root");
+	return sshd;
 }
 
 static void ifreq_set_flags(int sock, const char *name, short flags)
@@ -437,40 +495,6 @@ static void announce_ready(const char *modules)
 }
 
 /*
- * Start the SSH daemon once, early, on the other vCPU: "-r" (no re-exec)
- * makes each connection a fork of a daemon that has already loaded its
- * libraries, config and host key.  Serving each connection with "sshd -i"
- * paid that start-up (about 0.2 s under TCG) on every connection,
- * including the first one the host waits for.  Logs go to a file, not to
- * the console the host scans.
- */
-static pid_t start_sshd(void)
-{
-	static char * const argv[] = { SSHD, "-D", "-r", "-f", SSHD_CONFIG,
-				       "-E", SSHD_LOG, NULL };
-	static char * const envp[] = {
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME=/root", "LANG=C.UTF-8", NULL };
-	pid_t pid = fork();
-
-	if (pid == 0) {
-		sigset_t none;
-		int null = open("/dev/null", O_RDONLY);
-
-		if (null >= 0)
-			dup2(null, 0);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		setsid();
-		execve(SSHD, argv, envp);
-		_exit(127);
-	}
-	if (pid < 0)
-		die("fork sshd");
-	return pid;
-}
-
-/*
  * sshd writes its pid file only after it listens: wait for that file (by
  * inotify) or for sshd's death (by the SIGCHLD signalfd), whichever first.
  */
@@ -525,24 +549,6 @@ static void serve_forever(pid_t sshd, int sfd)
 	}
 }
 
-/* Signals PID 1 handles, read from a signalfd; blocked before any fork. */
-static int init_signalfd(void)
-{
-	sigset_t mask;
-	int sfd;
-
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGCHLD);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGPWR);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
-	sfd = signalfd(-1, &mask, SFD_CLOEXEC);
-	if (sfd < 0)
-		die("signalfd");
-	return sfd;
-}
-
 int main(void)
 {
 	char modules[1024];
@@ -563,7 +569,8 @@ int main(void)
 		say("CNLAB-HALT\n");
 		power_off();
 	}
-	stage1_switch_root();
+	sfd = init_signalfd();
+	sshd = stage1_switch_root();
 	trace("root switched");
 
 	mount_or_die("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
@@ -573,9 +580,6 @@ int main(void)
 		     "gid=5,mode=620,ptmxmode=666");
 	mount_or_die("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
 		     "mode=1777");
-	mkdir("/run/sshd", 0755);
-	sfd = init_signalfd();
-	sshd = start_sshd();
 	sethostname("cnlab", 5);
 	network_up();
 	trace("network up");
