@@ -31,6 +31,7 @@ from .qemu_argv import GuestShape
 from .report import write_html
 from .results import ResultsWriter, write_junit
 from .scenario import Scenario
+from .timings import longest_first, remember_timings
 
 __all__ = ["run_scenarios", "PluginOptions", "plugin_manager", "check_plugin_names", "EXIT_OK", "EXIT_FAILED",
            "EXIT_NOT_RUN"]
@@ -229,7 +230,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
           f"accelerator {environment['accel']} ({environment['accel_reason']})", file=out)
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
-    for scenario in scenarios:
+    for scenario in longest_first(scenarios, lab.cache):
         tasks.put((scenario, 1, False))
     parent = os.getpid()
     workers = [ctx.Process(target=_worker, daemon=True,
@@ -278,6 +279,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
             if w.is_alive():
                 w.kill()
     records = [final[s.name] for s in scenarios if s.name in final]
+    remember_timings(records, lab.cache)
     _print_summary(records, out)
     if junit_path is not None:
         write_junit(junit_path, records, environment)

@@ -60,7 +60,7 @@ def build_plan(scenario: ScenarioInfo, stash: Stash) -> dict[str, Any]:
                           "listen": listen and program.protocol == "checker", "protocol": program.protocol})
     timeout = float(scenario.params.get("runner", {}).get("timeout_s", 240.0))
     return {"generators": generators, "live": live, "consumers": consumers, "faults": list(stash.get(FAULT_PLAN, [])),
-            "timeout_s": timeout, "settle_s": 0.5, "folder": f"{GUEST_PLUGIN_DIR}/out/{scenario.name}"}
+            "timeout_s": timeout, "folder": f"{GUEST_PLUGIN_DIR}/out/{scenario.name}"}
 
 
 @hookimpl

@@ -50,6 +50,7 @@ class Consumer(threading.Thread):
         self.first_ns = 0
         self.last_ns = 0
         self.halt = threading.Event()
+        self.busy = False  # True from a ready select() until its datagram is handled
 
     def run(self):
         buf = bytearray(1 << 17)
@@ -60,11 +61,13 @@ class Consumer(threading.Thread):
             ready, _, _ = select.select([self.sock], [], [], 0.1)
             if not ready:
                 continue
+            self.busy = True
             try:
                 n = self.sock.recv_into(buf)
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     self.enobufs += 1
+                    self.busy = False
                     continue
                 raise
             now = time.monotonic_ns()
@@ -85,6 +88,7 @@ class Consumer(threading.Thread):
                 off += (nl_len + 3) & ~3
             if self.slow_s:
                 time.sleep(self.slow_s)
+            self.busy = False
 
     def event(self, ev, now):
         gen_id, cpu, seq, ts, _len, _flags = ev
@@ -111,13 +115,28 @@ class Consumer(threading.Thread):
     def received(self):
         return sum(s["received"] for s in self.per_gen.values())
 
-    def socket_drops(self):
+    def _netlink_row(self):
         with open("/proc/net/netlink") as f:
             for line in f.readlines()[1:]:
                 cols = line.split()
                 if len(cols) >= 9 and cols[1] == str(kabi.NETLINK_CONNECTOR) and cols[2] == str(self.portid):
-                    return int(cols[8])
-        return -1
+                    return cols
+        return None
+
+    def socket_drops(self):
+        row = self._netlink_row()
+        return int(row[8]) if row else -1
+
+    def caught_up(self):
+        """Everything queued for this socket has been read and handled.
+
+        Called once nothing can arrive any more (generators done, CBUS
+        drained): the receive queue is empty (Rmem in /proc/net/netlink),
+        read before ``busy``, so a datagram taken from the queue before that
+        read is still being handled if ``busy`` is set.
+        """
+        row = self._netlink_row()
+        return row is not None and int(row[4]) == 0 and not self.busy
 
     def report(self):
         lat = sorted(self.latencies)
@@ -338,15 +357,9 @@ def main():
             client.gen_stop(gen["gen_id"])
     applied = faults.finish()
     wait_until(lambda: client.stats().body["total"]["queued"] == 0, 10)
-    # Let the consumers catch up: done when nothing new arrived for 0.3 s.
-    last = -1
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        total = sum(c.received() for c in consumers)
-        if total == last:
-            break
-        last = total
-        time.sleep(0.3)
+    # Nothing can arrive any more: wait until every consumer has read and handled its queue.
+    if not wait_until(lambda: all(c.caught_up() for c in consumers), 15 * plan.get("timeout_scale", 1), pause=0.01):
+        errors.append("consumers did not catch up with their receive queues in time")
     generators = {}
     for gen in plan["generators"]:
         reply = client.gen_stats(gen["gen_id"])
