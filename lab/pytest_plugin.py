@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from .execution import execute_scenario
 from .guest import Guest
 from .guestfiles import install_guest_programs
 from .labsetup import Lab, LabOptions
@@ -65,12 +64,13 @@ class ScenarioItem(pytest.Item):
         self.scenario = scenario
 
     def runtest(self) -> None:
+        from .runner import execute_any, plugin_manager, scenario_guest_spec
+
         lab = Lab(LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto")))
-        spec = lab.guest_spec(GuestShape(self.scenario.cpus, self.scenario.memory), name="scenario",
-                              cmdline=self.scenario.cmdline)
-        with Guest(spec) as guest:
+        pm = plugin_manager(None)
+        with Guest(scenario_guest_spec(lab, pm, self.scenario, "scenario")) as guest:
             lib = install_guest_programs(guest)
-            record = execute_scenario(guest, lib, self.scenario, lambda phase: None)
+            record = execute_any(pm, guest, lib, self.scenario, lambda phase: None)
         self.user_properties.append(("metrics", record["metrics"]))
         if record["status"] != "passed":
             raise ScenarioFailed(record)

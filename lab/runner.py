@@ -23,7 +23,7 @@ from pathlib import Path
 from .console_scan import scan_console
 from .errors import LabError
 from .execution import execute_plugin_scenario, execute_scenario
-from .guest import Guest
+from .guest import Guest, GuestSpec
 from .guestfiles import install_guest_programs
 from .labsetup import Lab, LabOptions
 from .procs import die_with_parent
@@ -82,14 +82,29 @@ def guest_network(pm, scenario: Scenario) -> str:
     return "tap" if "host-link" in targets else "user"
 
 
+def scenario_guest_spec(lab: Lab, pm, scenario: Scenario, name: str) -> GuestSpec:
+    """The guest a scenario needs: its shape and command line, the plugins' additions, its network."""
+    from .plugin import guest_setup_args
+
+    shape = GuestShape(scenario.cpus, scenario.memory)
+    plugin_cmdline, plugin_qemu = guest_setup_args(pm, shape)
+    spec = lab.guest_spec(shape, name=name, cmdline=scenario.cmdline + plugin_cmdline)
+    return dataclasses.replace(spec, qemu_extra=plugin_qemu, network=guest_network(pm, scenario))
+
+
+def execute_any(pm, guest: Guest, lib: str, scenario: Scenario, progress) -> dict:
+    """Run a scenario of either kind on a ready guest (guest programs installed in ``lib``)."""
+    if scenario.plugins is not None:
+        return execute_plugin_scenario(pm, guest, scenario, progress)
+    return execute_scenario(guest, lib, scenario, progress)
+
+
 # ------------------------------------------------------------------ workers
 def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | None, log_dir: str, tasks,
             results, parent_pid: int) -> None:
     """Worker process: owns at most one guest; runs scenarios from ``tasks``."""
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    from .plugin import guest_setup_args
-
     lab = Lab(options)
     pm = plugin_manager(plugin_config)
     guest: Guest | None = None
@@ -117,19 +132,12 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                 if guest is None:
                     progress("boot")
                     booted += 1
-                    shape = GuestShape(scenario.cpus, scenario.memory)
-                    plugin_cmdline, plugin_qemu = guest_setup_args(pm, shape)
-                    spec = lab.guest_spec(shape, name=f"w{worker}g{booted}",
-                                          cmdline=scenario.cmdline + plugin_cmdline)
-                    spec = dataclasses.replace(spec, qemu_extra=plugin_qemu, network=network)
-                    guest = Guest(spec, log_dir=Path(log_dir))
+                    guest = Guest(scenario_guest_spec(lab, pm, scenario, f"w{worker}g{booted}"),
+                                  log_dir=Path(log_dir))
                     guest.start()
                     boot_s = guest.timing.ssh
                     lib = install_guest_programs(guest)
-                if scenario.plugins is not None:
-                    record = execute_plugin_scenario(pm, guest, scenario, progress)
-                else:
-                    record = execute_scenario(guest, lib, scenario, progress)
+                record = execute_any(pm, guest, lib, scenario, progress)
             except LabError as exc:
                 console = ""
                 if guest is not None:
