@@ -71,9 +71,10 @@ FAULT_KINDS = ("cpu_offline", "pause", "stall", "alloc_fail", "queue_limit", "wa
 IN_GUEST_FAULTS = ("cpu_offline", "stall", "alloc_fail", "queue_limit", "warn")
 #: Events an in-guest fault can wait for (``on``), watched by the guest agent during the load:
 #: ``received`` (the consumers got ``threshold`` messages in all), ``queue_depth`` (CBUS holds
-#: ``threshold`` queued messages), ``gap`` (a consumer saw its first lost message),
-#: ``enobufs`` (a consumer's socket overflowed).
-FAULT_EVENTS = ("received", "queue_depth", "gap", "enobufs")
+#: ``threshold`` queued messages), ``drop`` (the kernel counted a dropped message: CBUS or a
+#: direct send), ``gap`` (a consumer saw its first lost message), ``enobufs`` (a consumer's socket
+#: overflowed).  Consumer-side events come as late as the consumer lags; kernel-side ones do not.
+FAULT_EVENTS = ("received", "queue_depth", "drop", "gap", "enobufs")
 THRESHOLD_EVENTS = ("received", "queue_depth")
 MAX_DURATION = 600.0
 

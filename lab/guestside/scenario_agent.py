@@ -297,18 +297,40 @@ def event_name(fault):
     return f"{fault['on']}>={fault['threshold']}" if fault.get("threshold") else fault["on"]
 
 
-def event_probes(consumers, client):
-    """The events a fault can wait for: each takes the fault's threshold, True once it happened."""
+DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
 
-    def queue_depth(threshold):
-        try:
-            return client.stats().body["total"]["queued"] >= threshold
-        except (TimeoutError, OSError):
-            return False
+
+def event_probes(consumers, client, generators, stats_before):
+    """The events a fault can wait for: each takes the fault's threshold, True once it happened.
+
+    ``stats_before``: the CBUS totals from before the generators started
+    (they are cumulative; a generator's own counts start at zero).
+    """
+
+    def total():
+        return client.stats().body["total"]
+
+    def kernel_drops():
+        now = total()
+        cbus = sum(now[k] - stats_before[k] for k in DROP_KEYS)
+        direct = 0
+        for gen in generators:
+            for cpu in client.gen_stats(gen["gen_id"]).body.get("cpus", []):
+                direct += sum(cpu[k] for k in ("err_nolistener", "err_nomem", "err_full", "err_other"))
+        return cbus + direct
+
+    def guarded(probe):
+        def check(threshold):
+            try:
+                return probe(threshold)
+            except (TimeoutError, OSError):
+                return False
+        return check
 
     return {
         "received": lambda threshold: sum(c.received() for c in consumers) >= threshold,
-        "queue_depth": queue_depth,
+        "queue_depth": guarded(lambda threshold: total()["queued"] >= threshold),
+        "drop": guarded(lambda _: kernel_drops() > 0),
         "gap": lambda _: any(s["gaps"] for c in consumers for s in list(c.per_gen.values())),
         "enobufs": lambda _: any(c.enobufs for c in consumers),
     }
@@ -342,7 +364,7 @@ def main():
         if not reply.ok:
             errors.append(f"GEN_START {gen['gen_id']}: {reply.error_name}")
     faults = InGuestFaults(plan.get("faults", []), plan["duration"], time.monotonic(),
-                           event_probes(consumers, kabi.CtlClient(timeout=10.0)))
+                           event_probes(consumers, kabi.CtlClient(timeout=10.0), plan["generators"], before))
     faults.start()
     print(f"CNLAB-AGENT started {time.monotonic_ns()}", file=sys.stderr, flush=True)
     done_states = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED)
