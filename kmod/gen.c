@@ -674,14 +674,53 @@ int cnlab_gen_init(void)
 	return cnlab_init_fault(4);
 }
 
+static const char *const gen_state_names[] = {
+	[CNLAB_GEN_IDLE] = "idle",
+	[CNLAB_GEN_RUNNING] = "running",
+	[CNLAB_GEN_DONE] = "done",
+	[CNLAB_GEN_STOPPED] = "stopped",
+};
+
+/*
+ * Log the final per-CPU counts of a stopped generator, so that a consumer's
+ * loss can still be reconciled after the module is gone. One header line
+ * with the number of CPU lines that follow (CPUs that generated nothing
+ * are left out), then one line per CPU. @state is the state before unload.
+ */
+static void gen_log_final(struct cnlab_gen *g, u32 state)
+{
+	const struct gen_cpu *gc;
+	unsigned int cpu, n = 0;
+
+	if (!g->used || !g->pcpu)
+		return;
+	for_each_possible_cpu(cpu)
+		if (per_cpu_ptr(g->pcpu, cpu)->seq)
+			n++;
+	pr_info(CNLAB_NAME ": gen %u final: state %s cpus %u\n", g->id,
+		gen_state_names[state], n);
+	for_each_possible_cpu(cpu) {
+		gc = per_cpu_ptr(g->pcpu, cpu);
+		if (!gc->seq)
+			continue;
+		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu nomem %llu full %llu other %llu\n",
+			g->id, cpu, gc->seq, gc->ok, gc->err_nolistener,
+			gc->err_nomem, gc->err_full, gc->err_other);
+	}
+}
+
 void cnlab_gen_exit(void)
 {
-	u32 i;
+	struct cnlab_gen *g;
+	u32 i, state;
 
 	mutex_lock(&cnlab_gen_lock);
 	for (i = 0; i < CNLAB_MAX_GENS; i++) {
-		gen_stop(&cnlab_gens[i]);
-		gen_release(&cnlab_gens[i]);
+		g = &cnlab_gens[i];
+		state = gen_state(g);
+		gen_stop(g);
+		gen_log_final(g, state);
+		gen_release(g);
 	}
 	mutex_unlock(&cnlab_gen_lock);
 }

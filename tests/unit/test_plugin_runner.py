@@ -347,3 +347,101 @@ def test_consumer_pyroute2_parser_matches_kabi_parser():
         consume.handle(bytearray(data), len(data), via_kabi, 10)
     assert via_pyroute2.report() == via_kabi.report()
     assert via_kabi.report()["gaps"] == 1 and via_kabi.report()["received"] == 4
+
+
+#: What the module logs when it is unloaded under load (kmod/gen.c gen_log_final, kmod/cbus.c), as /dev/kmsg
+#: records: generator 1 ran on CPUs 0 and 1 (direct path), generator 2 on CPU 1 only (CBUS), generator 3 never
+#: generated; another module's line in between.
+UNLOAD_KMSG = (
+    "6,900,5000000,-;cnlab: gen 1 final: state running cpus 2\n"
+    "6,901,5000001,-;cnlab: gen 1 cpu 0 final: generated 500 ok 490 nolistener 0 nomem 4 full 0 other 0\n"
+    "6,902,5000002,-;cnlab: gen 1 cpu 1 final: generated 300 ok 300 nolistener 0 nomem 0 full 0 other 0\n"
+    "4,903,5000003,-;e1000e: some other driver\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:02.0\n"
+    "6,904,5000004,-;cnlab: gen 2 final: state done cpus 1\n"
+    "6,905,5000005,-;cnlab: gen 2 cpu 1 final: generated 1000 ok 990 nolistener 0 nomem 0 full 10 other 0\n"
+    "6,906,5000006,-;cnlab: gen 3 final: state done cpus 0\n"
+    "6,907,5000007,-;cnlab: cbus final: inserted 1500 sent 1488 full 10 nomem 0 nolistener 0 nlerr 2 queued 0 "
+    "rejected 0\n"
+    "6,908,5000008,-;cnlab: unloaded\n"
+)
+CBUS_ZERO = dict.fromkeys(("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr",
+                           "queued", "rejected"), 0)
+
+
+def test_runplan_kernel_log_reads_only_what_came_after_the_mark(tmp_path):
+    runplan = load_guest_module("runplan")
+    log = tmp_path / "kmsg"
+    log.write_text("6,10,100,-;cnlab: gen 1 final: state done cpus 0\n"  # an earlier run's unload
+                   "6,11,101,-;cnlab: cbus final: inserted 1 sent 1 full 0 nomem 0 nolistener 0 nlerr 0 queued 0 "
+                   "rejected 0\n")
+    klog = runplan.KernelLog(str(log))
+    with open(log, "a") as f:
+        f.write(UNLOAD_KMSG)
+    lines = klog.read()
+    klog.close()
+    assert lines[0] == "cnlab: gen 1 final: state running cpus 2" and lines[-1] == "cnlab: unloaded"
+    assert not any(line.startswith(" ") or "SUBSYSTEM" in line for line in lines)
+    (unload,) = runplan.parse_unloads(lines)
+    assert unload["gens"][1] == {"state": "running", "expected_cpus": 2, "cpus": {
+        0: {"generated": 500, "ok": 490, "err_nolistener": 0, "err_nomem": 4, "err_full": 0, "err_other": 0},
+        1: {"generated": 300, "ok": 300, "err_nolistener": 0, "err_nomem": 0, "err_full": 0, "err_other": 0}}}
+    assert unload["gens"][3] == {"state": "done", "expected_cpus": 0, "cpus": {}}
+    assert unload["cbus"] == {"inserted": 1500, "sent": 1488, "drop_full": 10, "drop_nomem": 0,
+                              "drop_nolistener": 0, "drop_nlerr": 2, "queued": 0, "rejected": 0}
+    missing = runplan.KernelLog(str(tmp_path / "nope"))
+    assert missing.read() == [] and "nope" in missing.error
+
+
+def test_runplan_reconciles_exactly_with_counts_recovered_after_a_module_reload():
+    runplan = load_guest_module("runplan")
+    lines = [r.partition(";")[2] for r in UNLOAD_KMSG.splitlines() if not r.startswith(" ")]
+    gens = {1: None, 2: None, 3: None}  # what GEN_STATS says after the reload: idle, never started
+    before = dict(CBUS_ZERO, inserted=700, sent=700)  # the module had run before this load
+    after = dict(CBUS_ZERO, inserted=5, sent=5)  # and the reloaded one has sent a little since
+    cbus, reason = runplan.recover(gens, runplan.parse_unloads(lines), before, after)
+    assert reason is None
+    assert gens[1] == {"state": kabi.CNLAB_GEN_STOPPED, "unloaded": "running", "cpus": {
+        0: {"generated": 500, "ok": 490, "err_nolistener": 0, "err_nomem": 4, "err_full": 0, "err_other": 0},
+        1: {"generated": 300, "ok": 300, "err_nolistener": 0, "err_nomem": 0, "err_full": 0, "err_other": 0}}}
+    assert gens[3]["cpus"] == {}
+    assert cbus == {"inserted": 805, "sent": 793, "drop_full": 10, "drop_nomem": 0, "drop_nolistener": 0,
+                    "drop_nlerr": 2, "rejected": 0, "queued": 0, "balanced": True, "unloads": 1}
+    # The checker: gen 1 CPU 0 with 2 gaps and next 498 (2 lost at the tail), all of gen 1 CPU 1, gen 2 CPU 1
+    # with 1 gap and next 980 (20 at the tail): lost 4 + 0 + 21 = 25 = 9 socket drops + 14 failed sends
+    # (4 nomem of gen 1, 10 full of gen 2) + 2 CBUS send errors.
+    report = {"groups": [18, 24], "socket_drops": 9,
+              "streams": {"1/0": {"gaps": 2, "next": 498}, "1/1": {"gaps": 0, "next": 300},
+                          "2/1": {"gaps": 1, "next": 980}}}
+    acc = runplan.reconcile(report, gens, cbus["drop_nlerr"], {1: [18], 2: [24], 3: [24]})
+    assert acc == {"exact": True, "lost": 25, "socket_drops": 9, "pre_socket": 14, "cbus_nlerr": 2,
+                   "reconciled": True, "since_join": False}
+    assert runplan.reconcile(dict(report, socket_drops=8), gens, 2, {1: [18], 2: [24], 3: [24]})["reconciled"] is False
+
+
+@pytest.mark.parametrize("drop, why", [
+    ("cnlab: gen 2 cpu 1 final", "generator 2: incomplete final counts in the kernel log (0 CPU lines of 1)"),
+    ("cnlab: gen 1 final", "generator 1: incomplete final counts in the kernel log (2 CPU lines of None)"),
+    ("cnlab: gen 2", "generator 2: no final counts in the kernel log"),
+    ("cnlab: cbus final", "module unloaded but its 'cbus final' line is missing or malformed"),
+])
+def test_runplan_reload_without_its_log_lines_stays_partial_with_the_reason(drop, why):
+    runplan = load_guest_module("runplan")
+    lines = [r.partition(";")[2] for r in UNLOAD_KMSG.splitlines() if not r.startswith(" ")]
+    lines = [line for line in lines if not line.startswith(drop)]
+    gens = {1: None, 2: None}
+    cbus, reason = runplan.recover(gens, runplan.parse_unloads(lines), CBUS_ZERO, CBUS_ZERO)
+    assert why in reason
+    report = {"groups": [18], "socket_drops": 0, "streams": {}}
+    acc = runplan.reconcile(report, gens, 0, {1: [18], 2: [18]}, reason)
+    assert acc == {"exact": False, "reason": f"{reason}: partial accounting"}
+
+
+def test_runplan_recovery_refuses_counts_of_two_unloads_and_unbalanced_finals():
+    runplan = load_guest_module("runplan")
+    lines = [r.partition(";")[2] for r in UNLOAD_KMSG.splitlines() if not r.startswith(" ")]
+    gens = {2: None}
+    _, reason = runplan.recover(gens, runplan.parse_unloads(lines + lines), CBUS_ZERO, CBUS_ZERO)
+    assert reason == "generator 2: final counts logged by 2 unloads" and gens[2] is None
+    unbalanced = [line.replace("sent 1488", "sent 1400") for line in lines]
+    cbus, reason = runplan.recover({}, runplan.parse_unloads(unbalanced), CBUS_ZERO, CBUS_ZERO)
+    assert reason is None and cbus["balanced"] is False
