@@ -313,11 +313,12 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen, lost_reason=None):
     if lost_reason or any(totals is None for totals in gens.values()):
         why = lost_reason or "generator statistics lost (module reloaded?)"
         return {"exact": False, "reason": f"{why}: partial accounting"}
-    if report.get("missing") or report.get("churns"):
-        return {"exact": False, "reason": "churning or missing consumer: partial accounting"}
-    # A restarted consumer (resync) counts each stream from the first message it saw: exact while
-    # the only sends that failed were those with no listener at all (before it joined).
-    resync = bool(report.get("resync"))
+    if report.get("missing"):
+        return {"exact": False, "reason": "missing consumer: partial accounting"}
+    # A restarted consumer (resync), or one that left and rejoined its groups (churns), counts each
+    # stream from the first message it saw since it (re)joined: exact while the only sends that failed
+    # were those with no listener at all (while it was away).
+    resync = bool(report.get("resync") or report.get("churns"))
     lost = 0
     pre_socket = 0
     streams = report["streams"]
@@ -326,14 +327,14 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen, lost_reason=None):
             continue
         for cpu, c in totals["cpus"].items():
             s = streams.get(f"{gid}/{cpu}")
-            if s is None and resync:
-                continue  # never seen since it joined: the stream may have ended before
+            if resync and (s is None or s.get("next") is None):
+                continue  # not seen since it (re)joined: the stream may have ended before
             nxt = s["next"] if s else 0
             lost += (s["gaps"] if s else 0) + max(0, c["generated"] - nxt)
             pre_socket += c["err_nomem"] + c["err_full"] + c["err_other"]
     if resync and pre_socket:
-        return {"exact": False, "reason": f"restarted consumer and {pre_socket} failed sends: which of them "
-                                          "came after it joined is unknown"}
+        return {"exact": False, "reason": f"restarted or rejoining consumer and {pre_socket} failed sends: "
+                                          "which of them came while it listened is unknown"}
     # cn_proc streams: the kernel keeps no per-socket generated count, so only gaps (not tail loss) are known
     lost += sum(s["gaps"] for key, s in streams.items() if key.startswith("proc/"))
     drops = report["socket_drops"]

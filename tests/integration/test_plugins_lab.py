@@ -30,6 +30,19 @@ def _scenario(name, emulators, faults=(), consumers=("checker",), max_loss=0):
                                "invariants": {"max_loss": max_loss}}, f"<{name}>")
 
 
+def _run_all_passing(cnlab_lab, tmp_path, scenarios, jobs: int) -> dict:
+    """Run ``scenarios`` through ``lab.runner`` (as ``cnlab run`` does); every one must pass.
+    Returns the result records by scenario name."""
+    with open(tmp_path / "out.txt", "w") as out:
+        status = run_scenarios(cnlab_lab, scenarios, jobs, tmp_path / "run", out=out)
+    records = {r["scenario"]: r for r in read_results(tmp_path / "run" / "results.jsonl")}
+    failed = {name: [v for v in r["invariants"] if not v["ok"]] or r.get("error")
+              for name, r in records.items() if r["status"] != "passed"}
+    assert status == EXIT_OK and not failed, failed
+    assert set(records) == {s.name for s in scenarios}
+    return records
+
+
 def test_every_builtin_emulator_and_guest_faults_under_load(cnlab_lab, tmp_path):
     scenarios = [
         _scenario("all-emulators", ["proc-events", "uevent", "audit", "irq", "cn_proc"]),
@@ -38,13 +51,18 @@ def test_every_builtin_emulator_and_guest_faults_under_load(cnlab_lab, tmp_path)
         # The slow consumer overruns on purpose: loss is expected, and must still reconcile exactly.
         _scenario("slow-and-multi", ["uevent"], consumers=["slow", "multi"], max_loss=1_000_000),
     ]
-    with open(tmp_path / "out.txt", "w") as out:
-        status = run_scenarios(cnlab_lab, scenarios, 2, tmp_path / "run", out=out)
-    records = {r["scenario"]: r for r in read_results(tmp_path / "run" / "results.jsonl")}
-    failed = {name: [v for v in r["invariants"] if not v["ok"]] or r.get("error")
-              for name, r in records.items() if r["status"] != "passed"}
-    assert status == EXIT_OK and not failed, failed
-    assert set(records) == {s.name for s in scenarios}
+    _run_all_passing(cnlab_lab, tmp_path, scenarios, 2)
+
+
+@pytest.mark.parametrize("consumer", ["tiny-rcvbuf", "churn", "pyroute2"])
+def test_other_consumer_variants_reconcile_exactly(cnlab_lab, tmp_path, consumer):
+    """The remaining consumer variants under CBUS and direct load: their loss (the tiny buffer
+    overflows; the churning one misses what is sent while it is away) must equal what the
+    kernel and the socket counted, exactly."""
+    scenario = _scenario(f"consumer-{consumer}", ["proc-events", "irq"], consumers=[consumer], max_loss=1_000_000)
+    record = _run_all_passing(cnlab_lab, tmp_path, [scenario], 1)[scenario.name]
+    accounting = [c["accounting"] for c in record["metrics"]["plugins"]["runner"]["consumers"]]
+    assert accounting and all(a["exact"] and a["reconciled"] for a in accounting), accounting
 
 
 @pytest.mark.parametrize("fault", ["module-reload", "consumer-kill", "rcvbuf-squeeze", "alloc-fail", "drain-stall",
@@ -82,13 +100,8 @@ def test_link_faults_on_the_lab_link_are_ridden_out(cnlab_lab, tmp_path):
                                                "faults": [fault], "params": SMALL | link_params}},
                                   f"<{name}>")
 
-    scenarios = [scenario("link-flap", "link-flap"), scenario("link-netem", "link-netem")]
-    with open(tmp_path / "out.txt", "w") as out:
-        status = run_scenarios(cnlab_lab, scenarios, 2, tmp_path / "run", out=out)
-    records = {r["scenario"]: r for r in read_results(tmp_path / "run" / "results.jsonl")}
-    failed = {name: [v for v in r["invariants"] if not v["ok"]] or r.get("error")
-              for name, r in records.items() if r["status"] != "passed"}
-    assert status == EXIT_OK and not failed, failed
+    records = _run_all_passing(cnlab_lab, tmp_path, [scenario("link-flap", "link-flap"),
+                                                     scenario("link-netem", "link-netem")], 2)
     flap = records["link-flap"]["metrics"]["plugins"]
     assert [e["action"] for e in flap["faults"]["host_faults"]] == ["link down", "link up"]
     assert flap["runner"]["ssh_reconnects"] >= 1, "the flap never broke the SSH link"

@@ -317,7 +317,7 @@ def test_runplan_reconcile():
     assert acc == {"exact": True, "lost": 2, "socket_drops": 1, "pre_socket": 1, "cbus_nlerr": 0,
                    "reconciled": True, "since_join": False}
     assert runplan.reconcile(report, {0: None}, 0, {0: [18]})["exact"] is False
-    assert runplan.reconcile(dict(report, churns=2), gens, 0, {0: [18]})["exact"] is False
+    assert runplan.reconcile(dict(report, missing=True), gens, 0, {0: [18]})["exact"] is False
     other_group = runplan.reconcile(dict(report, groups=[20], streams={}), gens, 0, {0: [18]})
     assert other_group["lost"] == 0
 
@@ -334,6 +334,19 @@ def test_runplan_reconciles_a_restarted_consumer_from_when_it_joined():
     assert (acc["exact"], acc["lost"], acc["reconciled"], acc["since_join"]) == (True, 1, True, True)
     gens[0]["cpus"][0]["err_nomem"] = 3
     assert runplan.reconcile(restarted, gens, 0, {0: [18]})["exact"] is False
+
+
+def test_runplan_reconciles_a_churning_consumer_over_the_windows_it_listened():
+    runplan = load_guest_module("runplan")
+    gens = {0: {"state": 2, "cpus": {0: {"generated": 50, "ok": 42, "err_nolistener": 8, "err_nomem": 0,
+                                         "err_full": 0, "err_other": 0},
+                                     1: {"generated": 9, "ok": 9, "err_nolistener": 0, "err_nomem": 0,
+                                         "err_full": 0, "err_other": 0}}}}
+    # Left twice; CPU 0 seen since the last rejoin (one gap, two tail messages lost); CPU 1 only before it.
+    churning = {"groups": [18], "socket_drops": 3, "churns": 2,
+                "streams": {"0/0": {"gaps": 1, "next": 48}, "0/1": {"gaps": 0, "next": None}}}
+    acc = runplan.reconcile(churning, gens, 0, {0: [18]})
+    assert (acc["exact"], acc["lost"], acc["reconciled"], acc["since_join"]) == (True, 3, True, True)
 
 
 def test_consumer_pyroute2_parser_matches_kabi_parser():
