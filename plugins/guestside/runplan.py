@@ -315,6 +315,11 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen, lost_reason=None):
         return {"exact": False, "reason": f"{why}: partial accounting"}
     if report.get("missing"):
         return {"exact": False, "reason": "missing consumer: partial accounting"}
+    if report.get("churns") and report["socket_drops"]:
+        # A drop just before the consumer left its groups shows no gap: the next message of that stream
+        # came while it was away, or after it rejoined and restarted the stream.
+        return {"exact": False, "reason": f"{report['socket_drops']} socket drops and {report['churns']} rejoins: "
+                                          "drops just before leaving cannot be seen as gaps; partial accounting"}
     # A restarted consumer (resync), or one that left and rejoined its groups (churns), counts each
     # stream from the first message it saw since it (re)joined: exact while the only sends that failed
     # were those with no listener at all (while it was away).

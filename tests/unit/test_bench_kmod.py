@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.bench_kmod import _print_table, summarise_kmod
+from lab.bench_kmod import BENCH_CMDLINE, _print_table, summarise_kmod
 from lab.qemu_argv import BASE_CMDLINE
 
 RAW = {
@@ -41,4 +41,5 @@ def test_table_shows_reader_placement_clocksource_and_rounds(capsys):
 
 
 def test_bench_guest_uses_the_tsc():
-    assert "tsc=reliable" in BASE_CMDLINE
+    assert "tsc=reliable" in BENCH_CMDLINE
+    assert "tsc=reliable" not in BASE_CMDLINE  # no clocksource watchdog in ordinary guests: see qemu_argv

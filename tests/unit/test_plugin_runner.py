@@ -342,11 +342,16 @@ def test_runplan_reconciles_a_churning_consumer_over_the_windows_it_listened():
                                          "err_full": 0, "err_other": 0},
                                      1: {"generated": 9, "ok": 9, "err_nolistener": 0, "err_nomem": 0,
                                          "err_full": 0, "err_other": 0}}}}
-    # Left twice; CPU 0 seen since the last rejoin (one gap, two tail messages lost); CPU 1 only before it.
-    churning = {"groups": [18], "socket_drops": 3, "churns": 2,
-                "streams": {"0/0": {"gaps": 1, "next": 48}, "0/1": {"gaps": 0, "next": None}}}
+    # Left twice; CPU 0 seen to its end since the last rejoin; CPU 1 seen only before it (not counted).
+    churning = {"groups": [18], "socket_drops": 0, "churns": 2,
+                "streams": {"0/0": {"gaps": 0, "next": 50}, "0/1": {"gaps": 0, "next": None}}}
     acc = runplan.reconcile(churning, gens, 0, {0: [18]})
-    assert (acc["exact"], acc["lost"], acc["reconciled"], acc["since_join"]) == (True, 3, True, True)
+    assert (acc["exact"], acc["lost"], acc["reconciled"], acc["since_join"]) == (True, 0, True, True)
+    assert runplan.reconcile(dict(churning, streams={"0/0": {"gaps": 1, "next": 48}}), gens, 0,
+                             {0: [18]})["reconciled"] is False  # 3 lost, nothing counted: silent loss
+    # With socket drops, one just before leaving would show no gap: not exact, and said why.
+    dropped = runplan.reconcile(dict(churning, socket_drops=3), gens, 0, {0: [18]})
+    assert dropped["exact"] is False and "cannot be seen as gaps" in dropped["reason"]
 
 
 def test_consumer_pyroute2_parser_matches_kabi_parser():
