@@ -64,4 +64,5 @@ def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, An
     registry.add_consumer(_spec(
         "churn", "checker that leaves and rejoins its groups during the run (gaps while away are not loss)",
         {"rcvbuf": rcvbuf, "churn_ms": 100},
-        extra=(Setting("churn_ms", int, 100, "period of leave/rejoin, milliseconds"),)))
+        extra=(Setting("churn_ms", int, 100, "period of leave/rejoin, milliseconds"),
+               Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"))))
