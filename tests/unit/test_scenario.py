@@ -108,3 +108,14 @@ def test_unknown_plugin_object_fails_before_anything_boots():
     s = scenario_from_dict({"name": "p", "plugins": {"emulators": ["proc-events"], "faults": ["meteor"]}}, "p.toml")
     with pytest.raises(LabError, match=r"p.toml: plugins.faults: no fault named 'meteor'"):
         check_plugin_names(plugin_manager(None), [s])
+
+
+def test_full_matrix_covers_every_shape_emulator_and_fault_at_a_bounded_total_rate():
+    from lab.scenario_sets import MATRIX_CPUS, MATRIX_EMULATORS, MATRIX_FAULTS, full_matrix
+
+    matrix = full_matrix()
+    assert len(matrix) == len(MATRIX_CPUS) * len(MATRIX_EMULATORS) * len(MATRIX_FAULTS) - len(MATRIX_EMULATORS)
+    assert not [s for s in matrix if s.cpus == 1 and any(f.kind == "cpu_offline" for f in s.faults)]
+    for name in MATRIX_EMULATORS:
+        totals = {s.cpus: s.emulators[0].rate * s.cpus for s in matrix if s.name == f"{name}-none-{s.cpus}cpu"}
+        assert totals[4] <= totals[2] and totals[1] <= totals[2], (name, totals)
