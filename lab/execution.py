@@ -181,11 +181,15 @@ def execute_plugin_scenario(pm, guest: Guest, scenario: Scenario, progress) -> d
 
 def _plugin_headline(data: dict) -> dict:
     """The summary table's figures from the built-in runner plugin's report, if it ran."""
-    consumers = (data.get("runner") or {}).get("consumers") or []
+    runner = data.get("runner") or {}
+    consumers = runner.get("consumers") or []
     if not consumers:
         return {}
+    received = sum(c.get("received", 0) for c in consumers)
+    load_s = runner.get("load_s") or 0
     return {
-        "received": sum(c.get("received", 0) for c in consumers),
+        "received": received,
+        "rate": round(received / load_s, 1) if load_s else 0.0,  # all consumers together, over the load
         "lost": sum((c.get("accounting") or {}).get("lost", 0) for c in consumers),
         "latency_us": consumers[0].get("latency_us") or {},
     }

@@ -104,3 +104,13 @@ def test_junit_has_environment_and_failures(tmp_path):
     bad = suite.findall("testcase")[1]
     assert "lost 5" in bad.find("failure").text and "warning:1" in bad.find("failure").text
     assert json.loads(suite.findall("testcase")[0].find("properties")[0].get("value")) == 10
+
+
+def test_plugin_scenarios_headline_rate_is_what_the_consumers_received_over_the_load():
+    from lab.execution import _plugin_headline
+
+    data = {"runner": {"load_s": 2.0, "consumers": [
+        {"received": 3000, "accounting": {"lost": 4}, "latency_us": {"p99": 80.0}},
+        {"received": 1000, "accounting": {"exact": False}}]}}
+    assert _plugin_headline(data) == {"received": 4000, "rate": 2000.0, "lost": 4, "latency_us": {"p99": 80.0}}
+    assert _plugin_headline({}) == {}
