@@ -185,6 +185,7 @@ class InGuestFaults(threading.Thread):
     def __init__(self, faults, duration, t0, probes=None):
         super().__init__(daemon=True)
         self.client = kabi.CtlClient(timeout=10.0)
+        self.client_lock = threading.Lock()
         self.events = []
         self.waiting = []  # faults waiting for an event (fault["on"]), each applied once
         self.probes = probes or {}
@@ -213,7 +214,8 @@ class InGuestFaults(threading.Thread):
             with open("/sys/module/cnlab/parameters/debug_warn", "w") as f:
                 f.write("1")
             value = kabi.CNLAB_WARN_MAGIC
-        reply = self.client.fault(KNOBS[kind], value)
+        with self.client_lock:  # timed and event faults share one client; it drops replies it did not ask for
+            reply = self.client.fault(KNOBS[kind], value)
         if not reply.ok:
             raise OSError(f"{kind}={value} refused: {reply.error_name}")
 
