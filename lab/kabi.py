@@ -461,6 +461,21 @@ def check_invariant(s: dict[str, Any]) -> bool:
                              + s["queued"])
 
 
+def wait_until(predicate: Any, seconds: float, pause: float = 0.05) -> Any:
+    """Poll ``predicate`` until it is true or ``seconds`` pass; its last value.
+
+    For kernel state that has no notification (generator states, queue
+    depths, /proc/net/netlink): the guest programs' one polling loop.
+    """
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(pause)
+    return predicate()
+
+
 # --------------------------------------------------------------------------
 # Sockets (guest side)
 

@@ -338,15 +338,7 @@ def event_probes(consumers, client, generators, stats_before):
     }
 
 
-def wait_until(predicate, seconds, pause=0.05):
-    """Poll kernel state (there is no notification for it), bounded in time."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-    return predicate()
+wait_until = kabi.wait_until
 
 
 def main():

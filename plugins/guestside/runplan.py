@@ -59,14 +59,7 @@ def online_mask():
         return mask
 
 
-def wait_until(predicate, seconds, pause=0.05):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(pause)
-    return predicate()
+wait_until = kabi.wait_until
 
 
 def run_argvs(argvs, log, what):
