@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .accel import TCG_THREADS
 from .errors import GuestError, LabError, UsageError
 from .guest import Guest
 from .labsetup import Lab, LabOptions
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel-modules", type=Path, help="/lib/modules/<release> of --kernel")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                         help="accelerator (auto: KVM if it really works, else TCG)")
+    parser.add_argument("--tcg-threads", choices=list(TCG_THREADS), default="auto",
+                        help="TCG: a host thread per vCPU (multi) or per guest (single); auto: multi while "
+                             "the vCPUs of the guests running at once fit the host's cores")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what cnlab does")
     parser.add_argument("-p", dest="plugin_args", action="append", default=[], metavar="NAME",
                         help="load plugin NAME (module or entry point); -p no:NAME blocks one")
@@ -128,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _lab(args: argparse.Namespace) -> Lab:
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
-                          kernel_modules=args.kernel_modules, accel=args.accel))
+                          kernel_modules=args.kernel_modules, accel=args.accel,
+                          tcg_threads=args.tcg_threads))
 
 
 def _shape(args: argparse.Namespace) -> GuestShape:
@@ -162,7 +167,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     shape = _shape(args)
     lab = _lab(args)
     spec = lab.guest_spec(shape, name="exec", with_module=not args.no_module, cmdline=tuple(args.append))
-    print(f"cnlab: {shape.cpus}-vCPU guest under {spec.accel.name} ({spec.accel.reason})", file=sys.stderr)
+    print(f"cnlab: {shape.cpus}-vCPU guest under {spec.accel.label} ({spec.accel.reason})", file=sys.stderr)
     with Guest(spec) as guest:
         for source, dest in args.put:
             guest.ssh.put(source, dest, mode=source.stat().st_mode & 0o777)
@@ -179,7 +184,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
     ssh = shutil.which("ssh")
     if ssh is None:
         raise UsageError("cnlab shell needs the ssh client: apt-get install openssh-client")
-    print(f"cnlab: booting a {shape.cpus}-vCPU guest under {spec.accel.name} …", file=sys.stderr)
+    print(f"cnlab: booting a {shape.cpus}-vCPU guest under {spec.accel.label} …", file=sys.stderr)
     with Guest(spec) as guest, tempfile.TemporaryDirectory(prefix="cnlab-shell-") as tmp:
         keys = spec.image.keys
         pinned = Path(tmp) / "known_hosts"

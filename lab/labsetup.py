@@ -32,6 +32,8 @@ class LabOptions:
     kbuild: Path | None = None
     kernel_modules: Path | None = None
     accel: str = "auto"
+    tcg_threads: str = "auto"  # see lab.accel.tcg_threads_for
+    guests_at_once: int = 1  # how many guests of this lab run at the same time
 
 
 class Lab:
@@ -78,10 +80,11 @@ class Lab:
                    load_module: bool = True, cmdline: tuple[str, ...] = ()) -> GuestSpec:
         """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
         modules = (self.module.module("cnlab"),) if with_module else ()
+        shape = shape or GuestShape()
         return GuestSpec(
             image=self.image,
-            accel=self.accel,
-            shape=shape or GuestShape(),
+            accel=self.accel.for_guests(shape.cpus * self.options.guests_at_once, self.options.tcg_threads),
+            shape=shape,
             modules=modules,
             load_modules=load_module,
             cmdline=cmdline,

@@ -56,6 +56,12 @@ class ScenarioFile(pytest.File):
         yield item
 
 
+def _options_from_environment() -> LabOptions:
+    return LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"),
+                      tcg_threads=os.environ.get("CNLAB_TCG_THREADS", "auto"),
+                      guests_at_once=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 class ScenarioItem(pytest.Item):
     """Runs one scenario on a fresh guest of its shape."""
 
@@ -66,7 +72,7 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         from .runner import execute_any, plugin_manager, scenario_guest_spec
 
-        lab = Lab(LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto")))
+        lab = Lab(_options_from_environment())
         pm = plugin_manager(None)
         with Guest(scenario_guest_spec(lab, pm, self.scenario, "scenario")) as guest:
             lib = install_guest_programs(guest)
@@ -96,9 +102,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def cnlab_lab() -> Lab:
-    """The lab (cache from ``CNLAB_CACHE``, accelerator from ``CNLAB_ACCEL``)."""
-    options = LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"))
-    lab = Lab(options)
+    """The lab (cache from ``CNLAB_CACHE``, accelerator from ``CNLAB_ACCEL``, TCG
+    threading from ``CNLAB_TCG_THREADS``; each xdist worker counts as a guest
+    running at once)."""
+    lab = Lab(_options_from_environment())
     lab.image  # noqa: B018 - build once per session (file-locked across workers)
     return lab
 

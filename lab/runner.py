@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .accel import tcg_threads_for
 from .console_scan import scan_console
 from .errors import LabError
 from .execution import execute_plugin_scenario, execute_scenario
@@ -31,7 +32,8 @@ from .qemu_argv import GuestShape
 from .report import write_html
 from .results import ResultsWriter, write_junit
 from .scenario import Scenario
-from .timings import longest_first, remember_timings
+from .schedule import Schedule, Task
+from .timings import expected_durations, remember_timings
 
 __all__ = ["run_scenarios", "PluginOptions", "plugin_manager", "check_plugin_names", "EXIT_OK", "EXIT_FAILED",
            "EXIT_NOT_RUN"]
@@ -112,10 +114,10 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
     booted = 0
     try:
         while True:
-            task = tasks.get()
+            task: Task | None = tasks.get()
             if task is None:
                 return
-            scenario, attempt, fresh = task
+            scenario, attempt, fresh = task.scenario, task.attempt, task.fresh
 
             def progress(phase: str, name=scenario.name) -> None:
                 results.put(("progress", worker, name, phase))
@@ -153,8 +155,10 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             record["worker"] = worker
             record["boot_s"] = round(boot_s, 3)
             record["wall_s"] = round(time.monotonic() - started, 3)
-            record["guest"] = {"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline)}
-            results.put(("result", worker, scenario.name, record))
+            record["guest"] = {"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline),
+                               "accel": lab.accel.for_guests(scenario.cpus * options.guests_at_once,
+                                                             options.tcg_threads).label}
+            results.put(("result", worker, scenario.name, record | {"shape_key": scenario.shape_key}))
     finally:
         if guest is not None:
             guest.stop()
@@ -234,15 +238,21 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     log_dir.mkdir(exist_ok=True)
     lab.image, lab.module  # noqa: B018 - build once, before the workers start
     environment = _environment(lab)
+    threading = "" if lab.accel.name == "kvm" else (
+        f"; TCG {tcg_threads_for(jobs * max(s.cpus for s in scenarios), lab.options.tcg_threads)}-threaded "
+        f"for {jobs} guest(s) of up to {max(s.cpus for s in scenarios)} vCPUs on {os.cpu_count()} host cores")
     print(f"cnlab run: {len(scenarios)} scenarios on {jobs} guest(s); kernel {environment['kernel']}, "
-          f"accelerator {environment['accel']} ({environment['accel_reason']})", file=out)
+          f"accelerator {environment['accel']} ({environment['accel_reason']}){threading}", file=out)
     ctx = mp.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for scenario in longest_first(scenarios, lab.cache):
-        tasks.put((scenario, 1, False))
+    schedule = Schedule(scenarios, jobs, expected_durations(lab.cache))
+    tasks, results = [ctx.Queue() for _ in range(jobs)], ctx.Queue()
+    for worker in range(1, jobs + 1):
+        tasks[worker - 1].put(schedule.next_for(worker))
     parent = os.getpid()
+    # Each worker's guests run beside the others': that decides how TCG threads them.
+    options = dataclasses.replace(lab.options, guests_at_once=jobs)
     workers = [ctx.Process(target=_worker, daemon=True,
-                           args=(i + 1, lab.options, plugin_config, str(log_dir), tasks, results, parent))
+                           args=(i + 1, options, plugin_config, str(log_dir), tasks[i], results, parent))
                for i in range(jobs)]
     for w in workers:
         w.start()
@@ -262,12 +272,16 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
             if kind == "progress":
                 print(f"[{elapsed:6.1f}s] guest {worker}: {name}: {payload}", file=out, flush=True)
                 continue
+            shape = payload.pop("shape_key")
             record = payload | environment
             writer.write(record)
-            if record["status"] == "error" and record["attempt"] == 1:
+            retry = record["status"] == "error" and record["attempt"] == 1
+            if retry:
                 print(f"[{elapsed:6.1f}s] guest {worker}: {name}: ERROR ({record['error'][:120]}); "
                       f"retrying on a fresh guest", file=out, flush=True)
-                tasks.put((pending[name], 2, True))
+                schedule.retry(worker, Task(pending[name], attempt=2, fresh=True))
+            tasks[worker - 1].put(schedule.next_for(worker, shape))  # None: nothing left, the worker ends
+            if retry:
                 continue
             if record["attempt"] == 2:
                 record["retried"] = True
@@ -280,8 +294,8 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                   f"({done} done, {failed} failed, {len(pending)} left)", file=out, flush=True)
     finally:
         writer.close()
-        for _ in workers:
-            tasks.put(None)
+        for queue_ in tasks:
+            queue_.put(None)
         for w in workers:
             w.join(30)
             if w.is_alive():

@@ -1,20 +1,20 @@
-"""How long each scenario took last time, to start the longest ones first.
+"""How long each scenario took last time, for planning who runs what (lab.schedule).
 
-With N guests, running the longest scenarios first (the LPT rule) keeps the
-last guest from finishing alone long after the others.  The last wall time
-of every scenario, by name, lives in ``timings.json`` in the cache folder;
-a scenario never seen before is estimated by its configured duration.
+The last duration of every scenario (boot excluded), by name, lives in
+``timings.json`` in the cache folder; a scenario never seen before is
+estimated by its configured duration.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .cache import file_lock, write_json_atomic
 from .scenario import Scenario
 
-__all__ = ["longest_first", "remember_timings"]
+__all__ = ["expected_durations", "remember_timings"]
 
 FILE_NAME = "timings.json"
 
@@ -27,28 +27,26 @@ def _load(cache: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
 
 
-def longest_first(scenarios: list[Scenario], cache: Path) -> list[Scenario]:
-    """``scenarios`` longest first, kept in groups of one guest shape.
-
-    A worker reuses its guest while the shape stays the same, so shapes are
-    not interleaved: the group with the most expected time comes first, and
-    within a group the longest scenario first (stable for ties).
-    """
+def expected_durations(cache: Path) -> Callable[[Scenario], float]:
+    """Each scenario's expected seconds: its last duration, else its configured one."""
     known = _load(cache)
 
-    def expected(s: Scenario) -> float:
-        return known.get(s.name, s.duration)
+    def expected(scenario: Scenario) -> float:
+        return known.get(scenario.name, scenario.duration)
 
-    groups: dict[tuple, list[Scenario]] = {}
-    for scenario in scenarios:
-        groups.setdefault(scenario.shape_key, []).append(scenario)
-    ordered = sorted(groups.values(), key=lambda group: -sum(map(expected, group)))
-    return [s for group in ordered for s in sorted(group, key=lambda s: -expected(s))]
+    return expected
 
 
 def remember_timings(records: list[dict], cache: Path) -> None:
-    """Record each finished scenario's duration (boot excluded), merged into what is already known."""
+    """Record each finished scenario's duration (boot excluded), merged into what is already known.
+
+    A known duration moves halfway towards the new one: one run on a busy
+    host does not upset the next run's plan.
+    """
     with file_lock(cache / "locks" / FILE_NAME):
         known = _load(cache)
-        known.update({r["scenario"]: r["duration"] for r in records if r.get("duration")})
+        for record in records:
+            name, seconds = record["scenario"], record.get("duration")
+            if seconds:
+                known[name] = round((known[name] + seconds) / 2, 3) if name in known else seconds
         write_json_atomic(cache / FILE_NAME, known)
