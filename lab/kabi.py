@@ -25,9 +25,9 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Union
+
+# No dataclasses or typing here: under TCG their imports (inspect, ast, ...)
+# cost a guest program about 0.1 s at every start.
 
 # --------------------------------------------------------------------------
 # Constants (must equal cnlab.h; checked by tests/unit/test_kabi.py)
@@ -116,14 +116,14 @@ MSG_NAMES = {CNLAB_MSG_ECHO: "ECHO", CNLAB_MSG_GEN_START: "GEN_START",
 # --------------------------------------------------------------------------
 # Struct layouts
 
-FieldSpec = tuple[str, Union[str, "Layout"]]
+FieldSpec = "tuple[str, str | Layout]"
 
 
 class Layout:
     """A C struct: ordered fields, each a struct format code (``"I"``,
     ``"8Q"`` for an array) or a nested ``Layout``."""
 
-    def __init__(self, name: str, fields: Sequence[FieldSpec]):
+    def __init__(self, name: str, fields: list[FieldSpec]):
         self.name = name
         self.fields = list(fields)
         self.offsets: dict[str, tuple[int, int]] = {}
@@ -142,8 +142,8 @@ class Layout:
         self.size = self.struct.size
         assert self.size == off, name
 
-    def _flatten(self, values: dict[str, Any]) -> list[Any]:
-        out: list[Any] = []
+    def _flatten(self, values: dict) -> list:
+        out: list = []
         for fname, spec in self.fields:
             v = values.get(fname, 0)
             if isinstance(spec, Layout):
@@ -156,14 +156,14 @@ class Layout:
                 out.append(v)
         return out
 
-    def pack(self, **values: Any) -> bytes:
+    def pack(self, **values: object) -> bytes:
         unknown = set(values) - set(self.offsets)
         if unknown:
             raise KeyError(f"{self.name}: unknown fields {sorted(unknown)}")
         return self.struct.pack(*self._flatten(values))
 
-    def _build(self, flat: Sequence[Any], pos: int) -> tuple[dict[str, Any], int]:
-        out: dict[str, Any] = {}
+    def _build(self, flat: list, pos: int) -> tuple[dict, int]:
+        out: dict = {}
         for fname, spec in self.fields:
             if isinstance(spec, Layout):
                 out[fname], pos = spec._build(flat, pos)
@@ -176,8 +176,8 @@ class Layout:
                 pos += 1
         return out, pos
 
-    def unpack(self, buf: Union[bytes, bytearray, memoryview],
-               offset: int = 0) -> dict[str, Any]:
+    def unpack(self, buf: bytes | bytearray | memoryview,
+               offset: int = 0) -> dict:
         return self._build(self.struct.unpack_from(buf, offset), 0)[0]
 
 
@@ -268,22 +268,27 @@ def frame_nl(payload: bytes, seq: int = 0, pid: int = 0,
                          pid=pid) + payload
 
 
-@dataclass
 class CnMessage:
-    idx: int
-    val: int
-    seq: int
-    ack: int
-    flags: int
-    data: bytes
-    nl_seq: int = 0
+    """One connector message out of a datagram."""
+
+    __slots__ = ("idx", "val", "seq", "ack", "flags", "data", "nl_seq")
+
+    def __init__(self, idx: int, val: int, seq: int, ack: int, flags: int, data: bytes, nl_seq: int = 0):
+        self.idx, self.val, self.seq, self.ack = idx, val, seq, ack
+        self.flags, self.data, self.nl_seq = flags, data, nl_seq
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CnMessage) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "CnMessage(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
     @property
     def id(self) -> tuple[int, int]:
         return (self.idx, self.val)
 
 
-def parse_datagram(buf: Union[bytes, bytearray, memoryview],
+def parse_datagram(buf: bytes | bytearray | memoryview,
                    n: int | None = None) -> list[CnMessage]:
     """Every connector message in one received datagram (walks nlmsghdrs
     by NLMSG_ALIGN(nlmsg_len); dispatch on the cn_msg id, not nlmsg_type)."""
@@ -327,7 +332,7 @@ def expand(msg: CnMessage) -> list[CnMessage]:
     return [msg]
 
 
-def decode_event(data: bytes) -> dict[str, Any]:
+def decode_event(data: bytes) -> dict:
     return EVENT.unpack(data)
 
 
@@ -349,7 +354,7 @@ def encode_echo(user_ns: int = 0, data: bytes = b"", seq: int = 0) -> bytes:
     return encode_request(CNLAB_MSG_ECHO, body, seq=seq)
 
 
-def gen_start_body(**cfg: Any) -> bytes:
+def gen_start_body(**cfg: object) -> bytes:
     """cnlab_gen_start; ``context``/``path`` may be names."""
     cfg = dict(cfg)
     if isinstance(cfg.get("context"), str):
@@ -359,7 +364,7 @@ def gen_start_body(**cfg: Any) -> bytes:
     return GEN_START.pack(**cfg)
 
 
-def encode_gen_start(seq: int = 0, **cfg: Any) -> bytes:
+def encode_gen_start(seq: int = 0, **cfg: object) -> bytes:
     return encode_request(CNLAB_MSG_GEN_START, gen_start_body(**cfg), seq=seq)
 
 
@@ -382,7 +387,7 @@ def encode_fault(op: int, value: int, seq: int = 0) -> bytes:
                           seq=seq)
 
 
-def encode_bench(seq: int = 0, **cfg: Any) -> bytes:
+def encode_bench(seq: int = 0, **cfg: object) -> bytes:
     return encode_request(CNLAB_MSG_BENCH, BENCH.pack(**cfg), seq=seq)
 
 
@@ -393,15 +398,18 @@ def encode_bench_result(seq: int = 0) -> bytes:
 # --------------------------------------------------------------------------
 # Replies
 
-@dataclass
 class Reply:
-    type: int
-    status: int
-    seq: int
-    ack: int
-    header: dict[str, Any]
-    body: dict[str, Any] = field(default_factory=dict)
-    raw: bytes = b""
+    """A decoded reply of the module's control channel."""
+
+    __slots__ = ("type", "status", "seq", "ack", "header", "body", "raw")
+
+    def __init__(self, type: int, status: int, seq: int, ack: int, header: dict,  # noqa: A002 - the ABI's name
+                 body: dict | None = None, raw: bytes = b""):
+        self.type, self.status, self.seq, self.ack = type, status, seq, ack
+        self.header, self.body, self.raw = header, {} if body is None else body, raw
+
+    def __repr__(self) -> str:
+        return f"Reply(type={self.type}, status={self.status}, seq={self.seq}, body={self.body!r})"
 
     @property
     def ok(self) -> bool:
@@ -412,7 +420,7 @@ class Reply:
         return _errno.errorcode.get(-self.status, str(self.status)) if self.status else ""
 
 
-def _decode_body(msg_type: int, body: bytes) -> dict[str, Any]:
+def _decode_body(msg_type: int, body: bytes) -> dict:
     if msg_type == CNLAB_MSG_ECHO:
         d = ECHO.unpack(body)
         d["data"] = body[ECHO.size:ECHO.size + d["data_len"]]
@@ -448,20 +456,20 @@ def decode_reply(msg: CnMessage) -> Reply:
     body = msg.data[HDR.size:HDR.size + hdr["len"]]
     if len(body) != hdr["len"]:
         raise ValueError("reply body truncated")
-    decoded: dict[str, Any] = {}
+    decoded: dict = {}
     if hdr["status"] == 0 and body:
         decoded = _decode_body(hdr["type"], body)
     return Reply(hdr["type"], hdr["status"], msg.seq, msg.ack, hdr, decoded, body)
 
 
-def check_invariant(s: dict[str, Any]) -> bool:
+def check_invariant(s: dict) -> bool:
     """inserted == sent + every drop + queued, for one cnlab_cbus_stats."""
     return s["inserted"] == (s["sent"] + s["drop_full"] + s["drop_nomem"]
                              + s["drop_nolistener"] + s["drop_nlerr"]
                              + s["queued"])
 
 
-def wait_until(predicate: Any, seconds: float, pause: float = 0.05) -> Any:
+def wait_until(predicate: object, seconds: float, pause: float = 0.05) -> object:
     """Poll ``predicate`` until it is true or ``seconds`` pass; its last value.
 
     For kernel state that has no notification (generator states, queue
@@ -479,7 +487,7 @@ def wait_until(predicate: Any, seconds: float, pause: float = 0.05) -> Any:
 # --------------------------------------------------------------------------
 # Sockets (guest side)
 
-def open_socket(groups: Sequence[int] = (), rcvbuf: int = 0) -> socket.socket:
+def open_socket(groups: tuple[int, ...] | list[int] = (), rcvbuf: int = 0) -> socket.socket:
     """A NETLINK_CONNECTOR socket, autobound, joined to ``groups``."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
     if rcvbuf:
@@ -507,7 +515,7 @@ class CtlClient:
     def __enter__(self) -> CtlClient:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def next_seq(self) -> int:
@@ -555,7 +563,7 @@ class CtlClient:
         t = time.monotonic_ns()
         return self.request(CNLAB_MSG_ECHO, ECHO.pack(user_ns=t, data_len=len(data)) + data)
 
-    def gen_start(self, **cfg: Any) -> Reply:
+    def gen_start(self, **cfg: object) -> Reply:
         return self.request(CNLAB_MSG_GEN_START, gen_start_body(**cfg))
 
     def gen_stop(self, gen_id: int, timeout: float | None = None) -> Reply:
@@ -570,7 +578,7 @@ class CtlClient:
     def fault(self, op: int, value: int) -> Reply:
         return self.request(CNLAB_MSG_SET_FAULT, FAULT.pack(op=op, value=value))
 
-    def bench(self, timeout: float = 120.0, **cfg: Any) -> Reply:
+    def bench(self, timeout: float = 120.0, **cfg: object) -> Reply:
         return self.request(CNLAB_MSG_BENCH, BENCH.pack(**cfg), timeout)
 
     def bench_result(self) -> Reply:

@@ -14,11 +14,11 @@ parallelism stay with the engine.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import LabError
+from ..guestfiles import put_files
 from .manager import HookCallError, LabPluginManager, call_hook
 from .model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
 from .registry import Registries
@@ -47,11 +47,8 @@ def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:
         if f.dest in seen and seen[f.dest].source != f.source:
             raise LabError(f"two plugins install {f.dest}: {seen[f.dest].source} and {f.source}")
         seen[f.dest] = f
-    folders = sorted({posixpath.dirname(d) for d in seen})
-    if folders:
-        guest.run(["mkdir", "-p", *folders], check=True)
-    for f in seen.values():
-        guest.ssh.put(f.source, f.dest, mode=f.mode)
+    if seen:
+        put_files(guest, [(f.source, f.dest, f.mode) for f in seen.values()])
     return list(seen.values())
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import sys
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,6 +60,10 @@ class FakeGuest:
 
     def run(self, argv, timeout=None, check=False, stdin=None):
         self.commands.append((list(argv), stdin))
+        if argv[0] == "tar":  # lab.guestfiles.put_files: the files arrive as a tar stream
+            with tarfile.open(fileobj=io.BytesIO(stdin)) as tar:
+                for member in tar.getmembers():
+                    self.files["/" + member.name] = (tar.extractfile(member).read(), member.mode)
         out = json.dumps(self.report).encode() if argv[-1].endswith("runplan.py") else b""
         return CommandResult(list(argv), self.status, out, b"boom\n" if self.status else b"")
 
@@ -78,8 +84,9 @@ def test_install_guest_files_copies_every_contribution():
     guest = FakeGuest()
     files = install_guest_files(pm, guest)
     assert {Path(f.dest).name for f in files} >= {"kabi.py", "consume.py", "runplan.py", "storm.py"}
-    assert guest.commands[0][0] == ["mkdir", "-p", "/run/cnlab/plugins"]
-    assert guest.files["/run/cnlab/plugins/consume.py"][1] == 0o755
+    assert [argv for argv, _ in guest.commands] == [["tar", "-x", "-f", "-", "-C", "/", "--no-same-owner"]]
+    content, mode = guest.files["/run/cnlab/plugins/consume.py"]
+    assert mode == 0o755 and content == (GUESTSIDE / "consume.py").read_bytes()
 
 
 def test_two_plugins_installing_one_destination_is_an_error(tmp_path):
