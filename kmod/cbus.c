@@ -5,19 +5,23 @@
  * Producer (cbus_insert): with local IRQs off on the current CPU: count
  * the message, take a preallocated slot from the CPU's free list (or, for a
  * big message or an empty pool, a kmalloc() buffer), copy it, check the
- * queue limit, llist_add() it to the CPU's queue and, only if the queue was
- * empty, queue the CPU's drain work. No netlink work, no global lock, no
- * atomic read-modify-write but the llist_add(), only CPU-local cache lines
- * in the common case (the consumer runs on the same CPU while it is online
- * and gives slots back to the local free list; from another CPU it gives
- * them back through a lock-free remote list).
+ * queue limit, add it to the CPU's queue and, only if the queue was empty,
+ * wake the CPU's drain thread. No netlink work, no global lock, no atomic
+ * read-modify-write but the list add, only CPU-local cache lines in the
+ * common case (the drain thread runs on the same CPU and gives slots back
+ * to the local free list; from another CPU they go back through a
+ * lock-free remote list).
  *
- * Consumer (cbus_work_fn): takes the whole queue with llist_del_all(),
- * restores FIFO order and sends each message, or a bundle of consecutive
- * bundle-able messages, with cn_netlink_send(GFP_KERNEL). One drain of a
- * given queue at a time (drain_lock), so per-CPU order is kept even when
- * the work runs away from its CPU (CPU hotplug) or the hotplug callback
- * drains a dead CPU.
+ * Consumer (cbus_thread_fn, a per-CPU smpboot thread "cbus/N" like
+ * ksoftirqd): takes the whole queue with llist_del_all(), restores FIFO
+ * order and sends each message, or a bundle of consecutive bundle-able
+ * messages, with cn_netlink_send(GFP_KERNEL). One drain of a given queue at
+ * a time (drain_lock), so per-CPU order is kept when the hotplug callback
+ * or the unload drains a CPU's queue from elsewhere.
+ *
+ * Why a thread and not a work item: waking an idle worker through
+ * queue_work_on() cost 11.4 us (median) under TCG, a wake_up_process() of
+ * the thread 4.6 us; the kick is the dearest part of a burst of inserts.
  *
  * Invariant per CPU and in total:
  *	inserted == sent + drop_full + drop_nomem + drop_nolistener +
@@ -36,9 +40,9 @@
 #include <linux/sched.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
+#include <linux/smpboot.h>
 #include <linux/timekeeping.h>
 #include <linux/wait.h>
-#include <linux/workqueue.h>
 #include <asm/unaligned.h>
 
 #include "cbus.h"
@@ -54,11 +58,11 @@ MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..32768)");
 
 static unsigned int drain_budget = 4096;
 module_param(drain_budget, uint, 0444);
-MODULE_PARM_DESC(drain_budget, "Messages one drain work run sends before requeueing itself");
+MODULE_PARM_DESC(drain_budget, "Messages a drain thread sends before it yields the CPU");
 
-static bool wq_highpri = true;
-module_param(wq_highpri, bool, 0444);
-MODULE_PARM_DESC(wq_highpri, "Run the CBUS drain work on a WQ_HIGHPRI workqueue (default on)");
+static int drain_nice = MIN_NICE;
+module_param(drain_nice, int, 0444);
+MODULE_PARM_DESC(drain_nice, "Nice level of the per-CPU drain threads (-20..19, default -20)");
 
 static unsigned int pool_slots = 1024;
 module_param(pool_slots, uint, 0444);
@@ -107,7 +111,7 @@ struct cbus_cpu {
 	u64 bundles;
 	u64 hist[CNLAB_BATCH_BUCKETS];
 	struct mutex drain_lock;	/* one drainer at a time: keeps per-CPU order */
-	struct work_struct work;
+	struct task_struct *thread;	/* the drain thread (smpboot's store) */
 	unsigned int cpu;
 	/* Bundle being built (under drain_lock). */
 	struct cn_msg *bundle;
@@ -116,7 +120,6 @@ struct cbus_cpu {
 };
 
 static struct cbus_cpu __percpu *cbus_pcpu;
-static struct workqueue_struct *cbus_wq;
 static int cbus_hp_state;
 static struct dentry *cbus_dbg_file;
 
@@ -163,6 +166,34 @@ static __always_inline void cbus_fill(struct cbus_event *ev,
 		cbus_copy_small(ev->msg.data, msg->data, msg->len);
 	else
 		memcpy(ev->msg.data, msg->data, msg->len);
+}
+
+/*
+ * llist_add() inline: llist_add_batch() is out of line, and a call and
+ * return cost the hot path more than the cmpxchg under emulation.  Full
+ * barrier like llist_add(); true if the list was empty.
+ */
+static __always_inline bool cbus_list_add(struct llist_node *node,
+					  struct llist_head *head)
+{
+	struct llist_node *first = READ_ONCE(head->first);
+
+	do {
+		node->next = first;
+	} while (!try_cmpxchg(&head->first, &first, node));
+	return !first;
+}
+
+/*
+ * Wake the CPU's drain thread. A thread parked for CPU hotplug ignores the
+ * wake-up (TASK_PARKED); the dead-CPU drain or the unpark picks the queue up.
+ */
+static __always_inline void cbus_kick(struct cbus_cpu *cc)
+{
+	struct task_struct *thread = READ_ONCE(cc->thread);
+
+	if (likely(thread))
+		wake_up_process(thread);
 }
 
 /* A slot from this CPU's pool, or NULL. IRQs off, on cc's CPU. */
@@ -268,10 +299,10 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	cc->enq++;
 	if (depth >= cc->hwm)
 		cc->hwm = depth + 1;
-	if (llist_add(&ev->node, &cc->list)) {
-		/* Empty -> non-empty: the worker may be idle, kick it. */
+	if (cbus_list_add(&ev->node, &cc->list)) {
+		/* Empty -> non-empty: the drain thread may sleep, kick it. */
 		cc->kicks++;
-		queue_work_on(smp_processor_id(), cbus_wq, &cc->work);
+		cbus_kick(cc);
 	}
 	local_irq_restore(irqflags);
 	return 0;
@@ -363,9 +394,9 @@ static void cbus_account_batch(struct cbus_cpu *cc, u32 n)
 
 /*
  * Drain the queue of one CPU; called with drain_lock held, in process
- * context. Returns true if messages remain after the budget was used.
+ * context. Stops after the batch that reaches @budget messages.
  */
-static bool cbus_drain(struct cbus_cpu *cc, unsigned int budget)
+static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 {
 	struct cbus_event *ev, *tmp;
 	struct llist_node *list;
@@ -383,13 +414,12 @@ static bool cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 		cbus_account_batch(cc, n);
 		done += n;
 		if (done >= budget)
-			return !llist_empty(&cc->list);
+			return;
 		cond_resched();
 	}
-	return false;
 }
 
-/* Fault knob: hold the drain workers until cbus_stall_until. */
+/* Fault knob: hold the drain threads until cbus_stall_until. */
 static void cbus_stall_wait(void)
 {
 	s64 left;
@@ -403,19 +433,39 @@ static void cbus_stall_wait(void)
 	}
 }
 
-static void cbus_work_fn(struct work_struct *work)
+/*
+ * The smpboot loop calls this with the thread TASK_INTERRUPTIBLE (a full
+ * barrier before the check): an insert after it wakes the thread, an
+ * insert before it is seen here. No lost wake-up.
+ */
+static int cbus_thread_should_run(unsigned int cpu)
 {
-	struct cbus_cpu *cc = container_of(work, struct cbus_cpu, work);
-	bool more;
+	return !llist_empty(&per_cpu_ptr(cbus_pcpu, cpu)->list);
+}
+
+/* One drain of up to drain_budget messages; the loop calls it again while more wait. */
+static void cbus_thread_fn(unsigned int cpu)
+{
+	struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
 
 	cbus_stall_wait();
 	mutex_lock(&cc->drain_lock);
-	more = cbus_drain(cc, drain_budget);
+	cbus_drain(cc, drain_budget);
 	mutex_unlock(&cc->drain_lock);
-	if (more && !READ_ONCE(cbus_stopping))
-		queue_work_on(cpu_online(cc->cpu) ? cc->cpu : WORK_CPU_UNBOUND,
-			      cbus_wq, work);
+	cond_resched();
 }
+
+static void cbus_thread_setup(unsigned int cpu)
+{
+	set_user_nice(current, drain_nice);
+}
+
+static struct smp_hotplug_thread cbus_threads = {
+	.thread_should_run	= cbus_thread_should_run,
+	.thread_fn		= cbus_thread_fn,
+	.setup			= cbus_thread_setup,
+	.thread_comm		= "cbus/%u",
+};
 
 /*
  * CPU hotplug, teardown of CPUHP_BP_PREPARE_DYN: runs on a surviving CPU
@@ -548,7 +598,7 @@ u32 cnlab_cbus_stall_ms(void)
 	return READ_ONCE(cbus_stall_last_ms);
 }
 
-/* Hold every drain worker for @ms from now (0 ends a stall). */
+/* Hold every drain thread for @ms from now (0 ends a stall). */
 u32 cnlab_cbus_stall(u32 ms)
 {
 	u32 old = xchg(&cbus_stall_last_ms, ms);
@@ -579,9 +629,9 @@ static int cbus_stats_show(struct seq_file *m, void *v)
 
 	for_each_possible_cpu(cpu)
 		miss += READ_ONCE(per_cpu_ptr(cbus_pcpu, cpu)->pool_miss);
-	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu highpri %d\n",
+	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu drain_nice %d\n",
 		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes,
-		   pool_slots, CBUS_SLOT_DATA, miss, wq_highpri);
+		   pool_slots, CBUS_SLOT_DATA, miss, drain_nice);
 	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
 	for_each_possible_cpu(cpu) {
 		cnlab_cbus_read(cpu, &s);
@@ -608,14 +658,13 @@ static void cbus_free_cpus(void)
 
 int cnlab_cbus_init(struct dentry *dbg)
 {
-	unsigned int wq_flags = wq_highpri ? WQ_HIGHPRI : 0;
 	struct cbus_cpu *cc;
 	unsigned int i;
 	int cpu, ret;
 
 	if (!queue_limit || queue_limit > CNLAB_QLIMIT_MAX ||
 	    bundle_bytes < 256 || bundle_bytes > 32768 || !drain_budget ||
-	    pool_slots > 65536)
+	    pool_slots > 65536 || drain_nice < MIN_NICE || drain_nice > MAX_NICE)
 		return -EINVAL;
 	cbus_limit = queue_limit;
 	cbus_alloc_nth = 0;
@@ -629,7 +678,7 @@ int cnlab_cbus_init(struct dentry *dbg)
 		cc = per_cpu_ptr(cbus_pcpu, cpu);
 		init_llist_head(&cc->list);
 		mutex_init(&cc->drain_lock);
-		INIT_WORK(&cc->work, cbus_work_fn);
+		cc->thread = NULL;
 		cc->cpu = cpu;
 		cc->bundle = kzalloc_node(struct_size(cc->bundle, data, bundle_bytes),
 					  GFP_KERNEL, cpu_to_node(cpu));
@@ -658,19 +707,18 @@ int cnlab_cbus_init(struct dentry *dbg)
 	if (ret)
 		goto err_cpus;
 
-	cbus_wq = alloc_workqueue("cnlab_cbus", wq_flags, 0);
-	if (!cbus_wq) {
-		ret = -ENOMEM;
+	cbus_threads.store = &cbus_pcpu->thread;
+	ret = smpboot_register_percpu_thread(&cbus_threads);
+	if (ret)
 		goto err_cpus;
-	}
 	ret = cnlab_init_fault(2);
 	if (ret)
-		goto err_wq;
+		goto err_threads;
 
 	ret = cpuhp_setup_state_nocalls(CPUHP_BP_PREPARE_DYN, "cnlab/cbus:dead",
 					NULL, cbus_cpu_dead);
 	if (ret < 0)
-		goto err_wq;
+		goto err_threads;
 	cbus_hp_state = ret;
 	ret = cnlab_init_fault(3);
 	if (ret)
@@ -683,8 +731,8 @@ int cnlab_cbus_init(struct dentry *dbg)
 
 err_hp:
 	cpuhp_remove_state_nocalls(cbus_hp_state);
-err_wq:
-	destroy_workqueue(cbus_wq);
+err_threads:
+	smpboot_unregister_percpu_thread(&cbus_threads);
 err_cpus:
 	cbus_free_cpus();
 	return ret;
@@ -704,14 +752,14 @@ void cnlab_cbus_exit(void)
 
 	debugfs_remove(cbus_dbg_file);
 	cpuhp_remove_state_nocalls(cbus_hp_state);
+	/* Stops each drain thread once its current drain is done. */
+	smpboot_unregister_percpu_thread(&cbus_threads);
 	for_each_possible_cpu(cpu) {
 		cc = per_cpu_ptr(cbus_pcpu, cpu);
-		cancel_work_sync(&cc->work);
 		mutex_lock(&cc->drain_lock);
 		cbus_drain(cc, UINT_MAX);
 		mutex_unlock(&cc->drain_lock);
 	}
-	destroy_workqueue(cbus_wq);
 
 	cnlab_cbus_read(-1, &s);
 	pr_info(CNLAB_NAME ": cbus final: inserted %llu sent %llu full %llu nomem %llu nolistener %llu nlerr %llu queued %llu rejected %llu\n",

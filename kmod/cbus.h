@@ -3,7 +3,7 @@
  * CBUS: per-CPU deferred sending through the netlink connector.
  *
  * cbus_insert() copies a cn_msg onto the current CPU's queue and returns;
- * a per-CPU work item sends queued messages with cn_netlink_send() later,
+ * a per-CPU drain thread sends queued messages with cn_netlink_send() later,
  * in per-CPU FIFO order. Callable from process, softirq, timer and hard-IRQ
  * context (not NMI). Return codes:
  *
