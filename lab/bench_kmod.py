@@ -50,6 +50,8 @@ def summarise_kmod(raw: dict) -> dict:
         "insert_ratio_mean": ins.get("ratio_mean"),
         "insert_ratio_long_run": raw.get("insert_long_run", {}).get("ratio"),
         "insert_ratio_big_chunk": raw.get("insert_big_chunk", {}).get("ratio"),
+        "insert_ratio_without_kick": ins.get("ratio_further_calls"),
+        "first_call_ns": ins.get("first_call_ns"),
         "rate_msgs_per_s": {k: v.get("msgs_per_s") for k, v in rate.items()},
         "rate_ratio_vs_direct": {k: _ratio(v.get("msgs_per_s"), direct_rate) for k, v in rate.items()},
         "latency_rate": lat.get("rate"),
@@ -89,6 +91,12 @@ def _print_table(meta: dict, raw: dict, s: dict) -> None:
               f"{_fmt(lo, ',.0f') + '..' + _fmt(hi, ',.0f'):>20}")
     print(f"  direct / cbus = {_fmt(ins.get('ratio'), '.1f')}x by medians, {_fmt(ins.get('ratio_mean'), '.1f')}x by "
           f"means (goal >= {GOALS['insert_ratio']:.0f}x)")
+    first, further = ins.get("first_call_ns") or {}, ins.get("further_calls_ns") or {}
+    if first and further:
+        print(f"  a chunk's first call (CBUS: the one that wakes the drain thread): cbus_insert "
+              f"{_fmt(first.get('cbus'), ',.0f')} ns, direct {_fmt(first.get('direct'), ',.0f')} ns; each further "
+              f"call: cbus_insert {_fmt(further.get('cbus'), ',.1f')} ns, direct {_fmt(further.get('direct'), ',.1f')}"
+              f" ns, {_fmt(ins.get('ratio_further_calls'), '.1f')}x (medians)")
     long = raw.get("insert_long_run")
     if long and "cbus_insert_ns" in long:
         print(f"  one run of {_fmt(long['iterations'])} calls: cbus_insert {_fmt(long['cbus_insert_ns'], ',.1f')} ns, "

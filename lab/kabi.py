@@ -228,6 +228,7 @@ BENCH_RESULT = Layout("cnlab_bench_result", [
     ("cbus_ok", "Q"), ("direct_ns", "Q"), ("direct_calls", "Q"),
     ("direct_ok", "Q"), ("direct_esrch", "Q"), ("direct_err", "Q"),
     ("cbus_ns_min_chunk", "Q"), ("direct_ns_min_chunk", "Q"),
+    ("cbus_first_ns", "Q"), ("direct_first_ns", "Q"),
     ("cfg", BENCH)])
 
 #: every UAPI struct by its C name (cn_msg's ``id`` is idx + val here)

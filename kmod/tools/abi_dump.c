@@ -113,6 +113,8 @@ int main(void)
 	F(cnlab_bench_result, direct_err);
 	F(cnlab_bench_result, cbus_ns_min_chunk);
 	F(cnlab_bench_result, direct_ns_min_chunk);
+	F(cnlab_bench_result, cbus_first_ns);
+	F(cnlab_bench_result, direct_first_ns);
 	F(cnlab_bench_result, cfg); E();
 	printf("\n}, \"consts\": {");
 	K(CNLAB_ABI_VERSION); K(CNLAB_CTL_IDX); K(CNLAB_CTL_VAL);

@@ -224,6 +224,8 @@ def bench_chunks(c: kabi.CtlClient, reader_cpu: int, chunk: int, count: int) -> 
     reader = Reader(reader_cpu)
     reader.start()
     cbus, direct = [], []
+    first = {"cbus": [], "direct": []}  # ns of each chunk's first call (CBUS: the kick)
+    rest = {"cbus": [], "direct": []}  # ns per call of the chunk's other calls
     errors = 0
     for _ in range(count):
         r = c.bench(timeout=60, idx=GEN_IDX, val=GEN_VAL, group=GROUP, payload=32, iterations=chunk,
@@ -233,6 +235,10 @@ def bench_chunks(c: kabi.CtlClient, reader_cpu: int, chunk: int, count: int) -> 
             continue
         cbus.append(r.body["cbus_ns"] / chunk)
         direct.append(r.body["direct_ns"] / chunk)
+        for path in ("cbus", "direct"):
+            first[path].append(r.body[f"{path}_first_ns"])
+            if chunk > 1:
+                rest[path].append((r.body[f"{path}_ns"] - r.body[f"{path}_first_ns"]) / (chunk - 1))
     time.sleep(0.3)
     reader.finish()
     if not cbus:
@@ -249,6 +255,10 @@ def bench_chunks(c: kabi.CtlClient, reader_cpu: int, chunk: int, count: int) -> 
         "cbus_p10_p90_ns": [round(pct(cbus, 10), 1), round(pct(cbus, 90), 1)],
         "direct_p10_p90_ns": [round(pct(direct, 10), 1), round(pct(direct, 90), 1)],
         "reader_received": reader.received,
+        "first_call_ns": {path: round(statistics.median(v), 1) for path, v in first.items()},
+        "further_calls_ns": {path: round(statistics.median(v), 1) for path, v in rest.items() if v},
+        "ratio_further_calls": round(statistics.median(rest["direct"]) / statistics.median(rest["cbus"]), 2)
+        if rest["cbus"] else None,
     }
 
 

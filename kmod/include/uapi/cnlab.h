@@ -275,6 +275,8 @@ struct cnlab_bench_result {
 	__u64	direct_err;	/* other errors */
 	__u64	cbus_ns_min_chunk;	/* best chunk, ns per call * 1000 */
 	__u64	direct_ns_min_chunk;	/* best chunk, ns per call * 1000 */
+	__u64	cbus_first_ns;	/* part of cbus_ns: each chunk's first call (the kick) */
+	__u64	direct_first_ns;	/* part of direct_ns: each chunk's first call */
 	struct cnlab_bench cfg;
 };
 
