@@ -41,7 +41,7 @@ def _floor_once(lab: Lab, shape: GuestShape, workdir: Path) -> float:
     argv = [
         QEMU_BINARY,
         *machine_args(shape, lab.accel),
-        "-kernel", str(image.kernel.image), "-initrd", str(image.initramfs),
+        "-kernel", str(image.boot_kernel), "-initrd", str(image.initramfs),
         "-append", kernel_cmdline(["cnlab.halt"]),
         "-chardev", f"file,id=console,path={console}", "-serial", "chardev:console",
     ]

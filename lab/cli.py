@@ -148,6 +148,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
           f"{manifest['kernel']['package_version']})")
     print(f"rootfs    {image.rootfs}")
     print(f"initramfs {image.initramfs}")
+    print(f"boots     {image.boot_kernel} ({manifest.get('boot', 'bzImage')})")
     print(f"manifest  {image.manifest_path}")
     if not args.no_module:
         print(f"module    {lab.module.module('cnlab')} (sources {lab.module.source_hash})")

@@ -177,7 +177,7 @@ class Guest:
 
     def argv(self, paused: bool = True) -> list[str]:
         paths = BootPaths(
-            kernel=self.spec.image.kernel.image,
+            kernel=self.spec.image.boot_kernel,
             initrd=self.workdir / "initrd",
             rootfs=self.spec.image.rootfs,
             modules_disk=self.spec.image.modules_disk,

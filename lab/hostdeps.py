@@ -26,6 +26,7 @@ REQUIRED_PACKAGES: dict[str, str] = {
     "sparse": "the module's C=1 check",
     "openssh-client": "cnlab shell's interactive ssh",
     "linux-headers-cloud-amd64": "builds the module against Debian's cloud kernel",
+    "lz4": "unpacks the cloud kernel once, so guests boot it without its decompressor (lab.pvh)",
 }
 
 

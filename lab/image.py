@@ -32,6 +32,7 @@ from .errors import BuildError
 from .hostdeps import require_tool
 from .kernel import KernelSpec
 from .keys import LabKeys, ensure_keys
+from .pvh import PvhUnavailable, write_pvh_kernel
 
 __all__ = ["GuestImage", "build_image", "images_dir", "SUITE"]
 
@@ -64,6 +65,12 @@ class GuestImage:
     initramfs: Path
     keys: LabKeys
     manifest_path: Path
+    pvh_kernel: Path | None = None  # the kernel as a PVH ELF (lab.pvh), if it could be made
+
+    @property
+    def boot_kernel(self) -> Path:
+        """What QEMU's ``-kernel`` gets: the PVH ELF when there is one, else the bzImage."""
+        return self.pvh_kernel or self.kernel.image
 
     def manifest(self) -> dict:
         return json.loads(self.manifest_path.read_text())
@@ -229,6 +236,19 @@ def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
     (folder / "init").unlink()
 
 
+def _pvh_inputs(kernel: KernelSpec) -> dict:
+    stat = kernel.image.stat()
+    return {"recipe": 1, "kernel": kernel.describe(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _build_pvh(folder: Path, kernel: KernelSpec) -> None:
+    """The kernel as a PVH ELF, or a note saying why not (so the reason is cached too)."""
+    try:
+        write_pvh_kernel(kernel.image, folder / "vmlinux")
+    except PvhUnavailable as exc:
+        (folder / "unavailable").write_text(f"{exc}\n")
+
+
 # ------------------------------------------------------------------- driver
 def _cached(cache: Path, kind: str, inputs: dict, build, force: bool) -> tuple[Path, str, bool]:
     key = content_key(inputs)
@@ -264,11 +284,16 @@ def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestIm
         modules_disk = mod_folder / "modules.ext4"
     ird_inputs = _initramfs_inputs(kernel)
     ird, ird_key, _ = _cached(cache, "initramfs", ird_inputs, lambda d: _build_initramfs(d, kernel, ird_inputs), force)
+    pvh, _, _ = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force)
+    pvh_kernel = pvh / "vmlinux" if (pvh / "vmlinux").is_file() else None
+    if pvh_kernel is None:
+        log.info("booting the bzImage: %s", (pvh / "unavailable").read_text().strip())
     manifest = {
         "kernel": kernel.describe(),
         "rootfs": {"key": rootfs_key, "inputs": rootfs_inputs, "packages": _read_packages(rootfs / "dpkg.tsv")},
         "modules_disk": mod_key,
         "initramfs": {"key": ird_key, "inputs": ird_inputs},
+        "boot": "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip(),
     }
     manifest_path = cache / "manifests" / f"{content_key(manifest)}.json"
     if not manifest_path.exists():
@@ -282,6 +307,7 @@ def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestIm
         initramfs=ird / "base.cpio",
         keys=keys,
         manifest_path=manifest_path,
+        pvh_kernel=pvh_kernel,
     )
 
 

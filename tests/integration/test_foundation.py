@@ -36,6 +36,9 @@ def test_guest_boots_with_n_cpus_module_loaded_and_echo_round_trip(cnlab_guest_f
     lib = install_guest_programs(guest)
     echo = json.loads(guest.run(["python3", f"{lib}/smoke_echo.py", "50"], timeout=60, check=True).text)
     assert echo["intact"] == echo["echoes"] == 50
+    # Debian's cloud kernel boots as a PVH ELF (lab.pvh), not through its bzImage decompressor
+    assert guest.spec.image.manifest()["boot"] == "pvh"
+    assert "qemu-system-x86_64" in guest.argv()[0] and str(guest.spec.image.pvh_kernel) in guest.argv()
 
 
 def test_guest_has_the_tools_scenarios_need(cnlab_guest_factory):
