@@ -54,11 +54,18 @@ static void bench_best(u64 *best, u64 ns, u32 n)
 		*best = per;
 }
 
-static __always_inline void bench_direct_one(struct cn_msg *msg, u32 group,
-			     struct cnlab_bench_result *r)
+/* One call of either path; @cbus is a constant at each call site. */
+static __always_inline void bench_call(bool cbus, struct cn_msg *msg, u32 group,
+				       struct cnlab_bench_result *r)
 {
-	int ret = cn_netlink_send(msg, 0, group, GFP_ATOMIC);
+	int ret;
 
+	if (cbus) {
+		if (!cbus_insert_group(msg, group, 0, GFP_ATOMIC))
+			r->cbus_ok++;
+		return;
+	}
+	ret = cn_netlink_send(msg, 0, group, GFP_ATOMIC);
 	if (!ret)
 		r->direct_ok++;
 	else if (ret == -ESRCH)
@@ -67,12 +74,53 @@ static __always_inline void bench_direct_one(struct cn_msg *msg, u32 group,
 		r->direct_err++;
 }
 
+/*
+ * Time c->iterations calls of one path in chunks. Always inlined with a
+ * constant @cbus, so each path gets its own loop with no test for the path
+ * inside the timed region.
+ */
+static __always_inline int bench_path(bool cbus, const struct cnlab_bench *c,
+				      struct cn_msg *msg,
+				      struct cnlab_bench_result *r)
+{
+	u64 t0, tf = 0, t1;
+	u32 done, n, i;
+	int err;
+
+	for (done = 0; done < c->iterations; done += n) {
+		n = min(c->chunk, c->iterations - done);
+		err = bench_settle(c->cpu, c->pause_us);
+		if (err)
+			return err;
+		preempt_disable();
+		t0 = ktime_get_ns();
+		for (i = 0; i < n; i++) {
+			msg->seq = done + i;
+			bench_call(cbus, msg, c->group, r);
+			if (!i)
+				tf = ktime_get_ns();
+		}
+		t1 = ktime_get_ns();
+		preempt_enable();
+		if (cbus) {
+			r->cbus_ns += t1 - t0;
+			r->cbus_first_ns += tf - t0;
+			r->cbus_calls += n;
+			bench_best(&r->cbus_ns_min_chunk, t1 - t0, n);
+		} else {
+			r->direct_ns += t1 - t0;
+			r->direct_first_ns += tf - t0;
+			r->direct_calls += n;
+			bench_best(&r->direct_ns_min_chunk, t1 - t0, n);
+		}
+	}
+	return 0;
+}
+
 static int bench_run(const struct cnlab_bench *c, struct cnlab_bench_result *r)
 {
 	struct cn_msg *msg;
-	u32 done, n, i;
-	u64 t0, tf = 0, t1;
-	int err = 0;
+	int err;
 
 	msg = kzalloc(sizeof(*msg) + c->payload, GFP_KERNEL);
 	if (!msg)
@@ -81,49 +129,9 @@ static int bench_run(const struct cnlab_bench *c, struct cnlab_bench_result *r)
 	msg->id.val = c->val;
 	msg->len = c->payload;
 
-	for (done = 0; done < c->iterations; done += n) {
-		n = min(c->chunk, c->iterations - done);
-		err = bench_settle(c->cpu, c->pause_us);
-		if (err)
-			goto out;
-		preempt_disable();
-		t0 = ktime_get_ns();
-		for (i = 0; i < n; i++) {
-			msg->seq = done + i;
-			if (!cbus_insert_group(msg, c->group, 0, GFP_ATOMIC))
-				r->cbus_ok++;
-			if (!i)
-				tf = ktime_get_ns();
-		}
-		t1 = ktime_get_ns();
-		preempt_enable();
-		r->cbus_ns += t1 - t0;
-		r->cbus_first_ns += tf - t0;
-		r->cbus_calls += n;
-		bench_best(&r->cbus_ns_min_chunk, t1 - t0, n);
-	}
-
-	for (done = 0; done < c->iterations; done += n) {
-		n = min(c->chunk, c->iterations - done);
-		err = bench_settle(c->cpu, c->pause_us);
-		if (err)
-			goto out;
-		preempt_disable();
-		t0 = ktime_get_ns();
-		for (i = 0; i < n; i++) {
-			msg->seq = done + i;
-			bench_direct_one(msg, c->group, r);
-			if (!i)
-				tf = ktime_get_ns();
-		}
-		t1 = ktime_get_ns();
-		preempt_enable();
-		r->direct_ns += t1 - t0;
-		r->direct_first_ns += tf - t0;
-		r->direct_calls += n;
-		bench_best(&r->direct_ns_min_chunk, t1 - t0, n);
-	}
-out:
+	err = bench_path(true, c, msg, r);
+	if (!err)
+		err = bench_path(false, c, msg, r);
 	kfree(msg);
 	return err;
 }
