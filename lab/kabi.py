@@ -289,6 +289,46 @@ class CnMessage:
         return (self.idx, self.val)
 
 
+def walk_datagram(buf: bytes | bytearray, n: int, now: int, on_event, on_other=None,
+                  ids: frozenset | None = None, foreign: frozenset = frozenset()) -> int:
+    """Hand every generator event in the first ``n`` bytes of a received datagram to a consumer.
+
+    The readers' hot loop, shared: it walks the nlmsghdrs (``NLMSG_ALIGN``,
+    stopping at a short or truncated one) and calls ``on_event(event, now)``
+    with the ``EVENT_S`` tuple ``(gen_id, cpu, seq, ts_ns, len, flags)`` of
+    each cnlab message of at least an event's size, and of each inner
+    message of a CBUS bundle.  A message that is not one goes to
+    ``on_other(off, idx, val, seq, length)`` if given, ``off`` being where
+    its data starts: too short, a connector idx in ``foreign`` (cn_proc's),
+    or an ``(idx, val)`` missing from ``ids`` when that is given.  Returns
+    the number of bundles.
+    """
+    nl_unpack = NLMSGHDR_S.unpack_from
+    cn_unpack = CN_MSG_S.unpack_from
+    ev_unpack = EVENT_S.unpack_from
+    ev_size = EVENT_S.size
+    bundles = off = 0
+    while off + DATA_OFFSET <= n:
+        nl_len = nl_unpack(buf, off)[0]
+        if nl_len < DATA_OFFSET or off + nl_len > n:
+            break
+        idx, val, seq, _ack, length, flags = cn_unpack(buf, off + NLMSG_HDRLEN)
+        data = off + DATA_OFFSET
+        if flags & CNLAB_CN_F_BUNDLE:
+            bundles += 1
+            p, end = data, min(data + length, off + nl_len)
+            while p + CN_MSG.size + ev_size <= end:
+                inner = cn_unpack(buf, p)[4]
+                on_event(ev_unpack(buf, p + CN_MSG.size), now)
+                p += CN_MSG.size + inner
+        elif length >= ev_size and idx not in foreign and (ids is None or (idx, val) in ids):
+            on_event(ev_unpack(buf, data), now)
+        elif on_other is not None:
+            on_other(data, idx, val, seq, length)
+        off += (nl_len + 3) & ~3
+    return bundles
+
+
 def parse_datagram(buf: bytes | bytearray | memoryview,
                    n: int | None = None) -> list[CnMessage]:
     """Every connector message in one received datagram (walks nlmsghdrs

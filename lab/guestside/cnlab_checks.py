@@ -80,9 +80,7 @@ class Consumer(threading.Thread):
 
     def run(self):
         buf = bytearray(1 << 17)
-        unpack_ev = kabi.EVENT_S.unpack_from
-        cn_unpack = kabi.CN_MSG_S.unpack_from
-        nl_unpack = kabi.NLMSGHDR_S.unpack_from
+        ours = frozenset({(GEN_IDX, GEN_VAL)})
         while not self._halt.is_set():
             r, _, _ = select.select([self.sock], [], [], 0.1)
             if not r:
@@ -99,24 +97,7 @@ class Consumer(threading.Thread):
                 self.first_ns = now
             self.last_ns = now
             self.datagrams += 1
-            off = 0
-            while off + 36 <= n:
-                nl_len = nl_unpack(buf, off)[0]
-                idx, val, _seq, _ack, ln, flags = cn_unpack(buf, off + 16)
-                if (idx, val) == (GEN_IDX, GEN_VAL) or flags & kabi.CNLAB_CN_F_BUNDLE:
-                    if flags & kabi.CNLAB_CN_F_BUNDLE:
-                        self.bundles += 1
-                        p = off + 36
-                        end = p + ln
-                        while p + 20 <= end:
-                            iln = cn_unpack(buf, p)[4]
-                            self._event(unpack_ev(buf, p + 20), now)
-                            p += 20 + iln
-                    else:
-                        self._event(unpack_ev(buf, off + 36), now)
-                off += (nl_len + 3) & ~3
-                if nl_len < 36:
-                    break
+            self.bundles += kabi.walk_datagram(buf, n, now, self._event, ids=ours)
 
     def _event(self, ev, now):
         gen_id, cpu, seq, ts, _ln, _fl = ev

@@ -54,9 +54,6 @@ class Consumer(threading.Thread):
 
     def run(self):
         buf = bytearray(1 << 17)
-        nl_unpack = kabi.NLMSGHDR_S.unpack_from
-        cn_unpack = kabi.CN_MSG_S.unpack_from
-        ev_unpack = kabi.EVENT_S.unpack_from
         while not self.halt.is_set():
             ready, _, _ = select.select([self.sock], [], [], 0.1)
             if not ready:
@@ -70,22 +67,7 @@ class Consumer(threading.Thread):
                     self.busy = False
                     continue
                 raise
-            now = time.monotonic_ns()
-            off = 0
-            while off + 36 <= n:
-                nl_len = nl_unpack(buf, off)[0]
-                _idx, _val, _seq, _ack, length, flags = cn_unpack(buf, off + 16)
-                if flags & kabi.CNLAB_CN_F_BUNDLE:
-                    p, end = off + 36, off + 36 + length
-                    while p + 20 + 32 <= end:
-                        inner = cn_unpack(buf, p)[4]
-                        self.event(ev_unpack(buf, p + 20), now)
-                        p += 20 + inner
-                elif length >= 32:
-                    self.event(ev_unpack(buf, off + 36), now)
-                if nl_len < 36:
-                    break
-                off += (nl_len + 3) & ~3
+            kabi.walk_datagram(buf, n, time.monotonic_ns(), self.event)
             if self.slow_s:
                 time.sleep(self.slow_s)
             self.busy = False

@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kabi  # noqa: E402  (shipped next to this file by the core plugin)
 
 CN_IDX_PROC = 1
+PROC_IDX = frozenset({CN_IDX_PROC})  # connector idx values that are not cnlab generators
 PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
@@ -51,7 +52,11 @@ class Checker:
         self.expected.clear()
         self.reset_marks += 1
 
-    def event(self, key, seq, ts, now, modulus):
+    def event(self, ev, now, modulus=1 << 64):
+        """One message: ``ev`` starts (stream, cpu, seq, ts_ns), like a cnlab event tuple;
+        cn_proc's stream is "proc" and its sequence wraps at 2**32."""
+        key = (ev[0], ev[1])
+        seq, ts = ev[2], ev[3]
         s = self.streams.setdefault(key, {"received": 0, "gaps": 0, "reordered": 0})
         s["received"] += 1
         exp = self.expected.get(key)
@@ -99,30 +104,12 @@ def proc_listen(sock, op):
 
 
 def handle(buf, n, checker, now):
-    off = 0
-    nl_unpack = kabi.NLMSGHDR_S.unpack_from
-    cn_unpack = kabi.CN_MSG_S.unpack_from
-    ev_unpack = kabi.EVENT_S.unpack_from
-    while off + 36 <= n:
-        nl_len = nl_unpack(buf, off)[0]
-        if nl_len < 36:
-            break
-        idx, _val, seq, _ack, length, flags = cn_unpack(buf, off + 16)
-        if idx == CN_IDX_PROC:
-            if length >= PROC_EVENT.size:
-                _what, cpu, ts = PROC_EVENT.unpack_from(buf, off + 36)
-                checker.event(("proc", cpu), seq, ts, now, 1 << 32)
-        elif flags & kabi.CNLAB_CN_F_BUNDLE:
-            p, end = off + 36, off + 36 + length
-            while p + 20 + 32 <= end:
-                inner = cn_unpack(buf, p)[4]
-                gen_id, cpu, eseq, ts, _l, _f = ev_unpack(buf, p + 20)
-                checker.event((gen_id, cpu), eseq, ts, now, 1 << 64)
-                p += 20 + inner
-        elif length >= 32:
-            gen_id, cpu, eseq, ts, _l, _f = ev_unpack(buf, off + 36)
-            checker.event((gen_id, cpu), eseq, ts, now, 1 << 64)
-        off += (nl_len + 3) & ~3
+    def proc_event(off, idx, _val, seq, length):
+        if idx == CN_IDX_PROC and length >= PROC_EVENT.size:
+            _what, cpu, ts = PROC_EVENT.unpack_from(buf, off)
+            checker.event(("proc", cpu, seq, ts), now, 1 << 32)
+
+    kabi.walk_datagram(buf, n, now, checker.event, proc_event, foreign=PROC_IDX)
 
 
 def pyroute2_parser():
@@ -156,9 +143,9 @@ def pyroute2_parser():
             return
         for msg in msgs:
             if msg["idx"] == CN_IDX_PROC:
-                checker.event(("proc", msg["cpu"]), msg["seq"], msg["timestamp_ns"], now, 1 << 32)
+                checker.event(("proc", msg["cpu"], msg["seq"], msg["timestamp_ns"]), now, 1 << 32)
             elif msg["len"] >= 32:
-                checker.event((msg["gen_id"], msg["cpu"]), msg["lab_seq"], msg["ts_ns"], now, 1 << 64)
+                checker.event((msg["gen_id"], msg["cpu"], msg["lab_seq"], msg["ts_ns"]), now)
 
     return parse
 

@@ -182,6 +182,36 @@ def test_event_and_bundle_parsing():
         kabi.parse_bundle(inner[:-1])
 
 
+def test_walk_datagram_hands_over_events_bundles_and_the_rest():
+    def event(gen_id, seq):
+        return kabi.EVENT.pack(gen_id=gen_id, cpu=1, seq=seq, ts_ns=500 + seq, len=0)
+
+    def message(cn: bytes) -> bytes:
+        nl = kabi.frame_nl(cn)
+        return nl + b"\0" * (kabi.nlmsg_align(len(nl)) - len(nl))
+
+    inner = b"".join(kabi.frame_cn(0x20, 1, event(7, s), seq=s) for s in (0, 1))
+    dg = message(kabi.frame_cn(0x20, 1, inner, flags=kabi.CNLAB_CN_F_BUNDLE))
+    dg += message(kabi.frame_cn(0x20, 1, event(7, 2), seq=2))
+    dg += message(kabi.frame_cn(0x21, 1, event(8, 0)))  # another generator's id
+    dg += message(kabi.frame_cn(1, 1, b"\1" * 40, seq=9))  # cn_proc
+    dg += message(kabi.frame_cn(0x20, 1, b"short"))
+    events, others = [], []
+
+    def other(off, idx, val, seq, length):
+        others.append((idx, seq, length, bytes(dg[off:off + 1])))
+
+    bundles = kabi.walk_datagram(dg, len(dg), 42, lambda ev, now: events.append((ev[0], ev[2], now)), other,
+                                 foreign=frozenset({1}))
+    assert bundles == 1
+    assert events == [(7, 0, 42), (7, 1, 42), (7, 2, 42), (8, 0, 42)]
+    assert others == [(1, 9, 40, b"\1"), (0x20, 0, 5, b"s")]
+    # Only the wanted ids; a truncated last message ends the walk
+    events.clear()
+    kabi.walk_datagram(dg, len(dg) - 3, 0, lambda ev, now: events.append(ev[0]), ids=frozenset({(0x20, 1)}))
+    assert events == [7, 7, 7]
+
+
 def test_fuzz_overrides():
     dg = kabi.encode_request(kabi.CNLAB_MSG_STATS, b"", hdr_len=99, version=2)
     hdr = kabi.HDR.unpack(dg, kabi.DATA_OFFSET)
