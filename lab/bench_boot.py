@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .calibration import read_lpj
 from .errors import BootError
 from .guest import BOOT_SECONDS, QEMU_BINARY, Guest
 from .labsetup import Lab
@@ -38,11 +39,13 @@ def _floor_once(lab: Lab, shape: GuestShape, workdir: Path) -> float:
     """Seconds from spawning QEMU to its exit, for an init that powers off at once."""
     image = lab.image
     console = workdir / "floor.console.log"
+    calibration = lab.guest_spec(shape, with_module=False).calibration
+    lpj = read_lpj(calibration) if calibration else None  # the same head start the guests get
     argv = [
         QEMU_BINARY,
         *machine_args(shape, lab.accel),
         "-kernel", str(image.boot_kernel), "-initrd", str(image.initramfs),
-        "-append", kernel_cmdline(["cnlab.halt"]),
+        "-append", kernel_cmdline(["cnlab.halt"] + ([f"lpj={lpj}"] if lpj else [])),
         "-chardev", f"file,id=console,path={console}", "-serial", "chardev:console",
     ]
     started = time.monotonic()

@@ -33,6 +33,7 @@ from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .accel import Accel
+from .calibration import read_lpj, record_lpj
 from .command import CommandResult
 from .cpio import CpioEntry, write_newc
 from .deadline import Deadline
@@ -55,7 +56,7 @@ GUEST_MODULE_DIR = "/run/cnlab"
 NETWORKS = ("user", "tap")
 #: A connection on the lab's own link whose data stays unacknowledged this long is dead.
 DEAD_LINK_S = 8.0
-_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)\r?\n")
+_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)(?: lpj=(\d+))?\r?\n")
 
 
 @enum.unique
@@ -83,6 +84,9 @@ class GuestSpec:
     #: "user": QEMU user-mode networking, SSH through a forwarded loopback port.
     #: "tap": a tap in a bridge in a namespace of the lab's own (lab.netns), for link faults.
     network: str = "user"
+    #: The delay-loop calibration file (lab.calibration): its lpj= goes on the command line,
+    #: and a guest that measured one records it there.  None: the kernel calibrates as usual.
+    calibration: Path | None = None
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -173,6 +177,9 @@ class Guest:
             extra.append("cnlab.load=" + ",".join(f"{GUEST_MODULE_DIR}/{m.name}" for m in self.spec.modules))
         if self.link is not None:
             extra += self.link.guest_cmdline()
+        lpj = read_lpj(self.spec.calibration) if self.spec.calibration else None
+        if lpj:
+            extra.append(f"lpj={lpj}")
         return kernel_cmdline(extra)
 
     def argv(self, paused: bool = True) -> list[str]:
@@ -260,6 +267,8 @@ class Guest:
             self.ssh_port = self._forward_ssh_port()
         self._qmp.cmd("cont")
         self.ready_info = self._wait_ready(deadline)
+        if self.spec.calibration is not None and self.ready_info["lpj"]:
+            record_lpj(self.spec.calibration, self.ready_info["lpj"])
         self.timing.ready = time.monotonic() - spawned
         self._ssh = self._ssh_session()
         self._ssh.connect(deadline)
@@ -325,7 +334,7 @@ class Guest:
                 failed = [item for item in modules.split(",") if item.rsplit(":", 1)[-1] not in ("0", "none", "")]
                 if modules != "none" and failed:
                     raise BootError(f"guest {self.spec.name}: loading modules failed: {', '.join(failed)}")
-                return {"cpus": int(match.group(2)), "modules": modules}
+                return {"cpus": int(match.group(2)), "modules": modules, "lpj": int(match.group(4) or 0)}
             self._wait_readable(self._ready_conn, deadline, "readiness line")
             chunk = self._ready_conn.recv(4096)
             if not chunk:

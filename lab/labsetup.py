@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .accel import Accel, choose_accel
 from .cache import cache_root
+from .calibration import lpj_file
 from .guest import GuestSpec
 from .image import GuestImage, build_image
 from .kernel import KernelSpec, custom_kernel, debian_cloud_kernel
@@ -81,9 +82,12 @@ class Lab:
         """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
         modules = (self.module.module("cnlab"),) if with_module else ()
         shape = shape or GuestShape()
+        accel = self.accel.for_guests(shape.cpus * self.options.guests_at_once, self.options.tcg_threads)
         return GuestSpec(
             image=self.image,
-            accel=self.accel.for_guests(shape.cpus * self.options.guests_at_once, self.options.tcg_threads),
+            accel=accel,
+            # TCG only: under KVM the kernel calibrates fast and right by itself
+            calibration=lpj_file(self.cache, self.image.kernel.release) if accel.name == "tcg" else None,
             shape=shape,
             modules=modules,
             load_modules=load_module,

@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
@@ -470,6 +471,27 @@ static void load_lab_modules(char *status, size_t len)
 	}
 }
 
+/*
+ * The boot CPU's loops_per_jiffy when the kernel computed it from the timer
+ * frequency, or 0. The host passes it as lpj= to later guests: under
+ * single-threaded TCG the secondary CPUs' own calibration fails and falls
+ * back to a slow loop that ends with a wrong value.
+ */
+static unsigned long measured_lpj(void)
+{
+	static char log[1 << 18];
+	static const char marker[] = "value calculated using timer frequency";
+	char *at, *lpj;
+	int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, sizeof(log) - 1);
+
+	if (n <= 0)
+		return 0;
+	log[n] = '\0';
+	at = strstr(log, marker);
+	lpj = at ? strstr(at, "(lpj=") : NULL;
+	return lpj ? strtoul(lpj + 5, NULL, 10) : 0;
+}
+
 static void announce_ready(const char *modules)
 {
 	static const char port[] = "/dev/ttyS1";
@@ -479,8 +501,8 @@ static void announce_ready(const char *modules)
 
 	cmdline_get("cnlab.nonce", nonce, sizeof(nonce));
 	n = snprintf(line, sizeof(line),
-		     "CNLAB-READY nonce=%s cpus=%ld modules=%s\n", nonce, cpus,
-		     modules);
+		     "CNLAB-READY nonce=%s cpus=%ld modules=%s lpj=%lu\n", nonce,
+		     cpus, modules, measured_lpj());
 	if (n < 0 || (size_t)n >= sizeof(line))
 		n = sizeof(line) - 1;
 	say("%s", line);

@@ -60,6 +60,8 @@ for request in requests():
     if command == "cont":
         if mode in ("ok", "collide"):
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none\r\n".encode())
+        elif mode == "lpj":  # the init measured the boot CPU's loops_per_jiffy
+            ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none lpj=10384536\r\n".encode())
         elif mode == "wrong-nonce":
             ready.sendall(b"CNLAB-READY nonce=0000 cpus=2 modules=none\r\n")
     if command == "quit":

@@ -1,5 +1,7 @@
 """Guest boot logic against a fake QEMU (readiness, failures, deadlines)."""
 
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,13 +43,26 @@ def test_ready_after_qmp_greeting_cont_and_nonce(spec, monkeypatch):
     guest = _boot(spec, "ok", monkeypatch)
     try:
         assert guest.state is GuestState.READY
-        assert guest.ready_info == {"cpus": 2, "modules": "none"}
+        assert guest.ready_info == {"cpus": 2, "modules": "none", "lpj": 0}
         assert guest.ssh_port and 20000 <= guest.ssh_port < 60000
         assert guest.timing.qmp <= guest.timing.ready
     finally:
         guest.stop()
     assert guest.state is GuestState.STOPPED and not guest.alive()
     assert not guest.workdir.exists()
+
+
+def test_a_measured_lpj_is_recorded_once_and_given_to_later_guests(spec, monkeypatch, tmp_path):
+    calibration = tmp_path / "calibration" / "lpj.json"
+    spec = dataclasses.replace(spec, calibration=calibration)
+    first = _boot(spec, "lpj", monkeypatch)
+    first.stop()
+    assert first.ready_info["lpj"] == 10384536
+    assert json.loads(calibration.read_text()) == {"lpj": 10384536}
+    later = Guest(spec)
+    assert later.cmdline().endswith(" lpj=10384536")
+    calibration.write_text("{damaged")
+    assert "lpj=" not in Guest(spec).cmdline()  # a damaged file: the kernel calibrates as usual
 
 
 def test_port_collision_is_retried(spec, monkeypatch):
