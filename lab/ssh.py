@@ -102,6 +102,15 @@ class SSHSession:
         assert transport is not None
         return transport
 
+    def _open_session(self) -> paramiko.Channel:
+        """A new session channel; a transport that died unnoticed gets one reconnect (nothing ran yet)."""
+        try:
+            return self._transport().open_session()
+        except (paramiko.SSHException, EOFError):
+            if self.connected:
+                raise
+        return self._transport().open_session()
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -114,7 +123,7 @@ class SSHSession:
         argv = as_argv(argv)
         started = time.monotonic()
         try:
-            channel = self._transport().open_session()
+            channel = self._open_session()
             channel.exec_command(quote_argv(argv))
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"cannot start {argv[0]} over SSH: {exc}") from exc

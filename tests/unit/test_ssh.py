@@ -168,6 +168,29 @@ def test_reconnects_after_the_connection_drops(keys, server):
     session.close()
 
 
+def test_a_drop_not_yet_noticed_still_reconnects_once(keys, server, monkeypatch):
+    session = _session(keys, server)
+    assert session.run(["true"]).ok
+    server.drop_connections()
+    # The transport still looks alive when the next command starts: opening its channel fails,
+    # and that command reconnects instead of failing.
+    calls = []
+    real = type(session).connected
+
+    def stale_then_real(self):
+        calls.append(1)
+        return True if len(calls) == 1 else real.fget(self)
+
+    monkeypatch.setattr(type(session), "connected", property(stale_then_real))
+    for _ in range(50):
+        if not real.fget(session):
+            break
+        threading.Event().wait(0.05)
+    assert session.run(["echo", "again"]).stdout == b"again\n"
+    assert session.reconnects == 1
+    session.close()
+
+
 def test_timeout_marks_the_result(keys, server):
     session = _session(keys, server)
     result = session.run(["sleep", "5"], timeout=0.5)
