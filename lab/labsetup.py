@@ -82,7 +82,7 @@ class Lab:
         """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
         modules = (self.module.module("cnlab"),) if with_module else ()
         shape = shape or GuestShape()
-        accel = self.accel.for_guests(shape.cpus * self.options.guests_at_once, self.options.tcg_threads)
+        accel = self.accel.for_guests(self.options.guests_at_once, shape.cpus, self.options.tcg_threads)
         return GuestSpec(
             image=self.image,
             accel=accel,

@@ -156,7 +156,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             record["boot_s"] = round(boot_s, 3)
             record["wall_s"] = round(time.monotonic() - started, 3)
             record["guest"] = {"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline),
-                               "accel": lab.accel.for_guests(scenario.cpus * options.guests_at_once,
+                               "accel": lab.accel.for_guests(options.guests_at_once, scenario.cpus,
                                                              options.tcg_threads).label}
             results.put(("result", worker, scenario.name, record | {"shape_key": scenario.shape_key}))
     finally:
@@ -239,7 +239,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     lab.image, lab.module  # noqa: B018 - build once, before the workers start
     environment = _environment(lab)
     threading = "" if lab.accel.name == "kvm" else (
-        f"; TCG {tcg_threads_for(jobs * max(s.cpus for s in scenarios), lab.options.tcg_threads)}-threaded "
+        f"; TCG {tcg_threads_for(jobs, max(s.cpus for s in scenarios), lab.options.tcg_threads)}-threaded "
         f"for {jobs} guest(s) of up to {max(s.cpus for s in scenarios)} vCPUs on {os.cpu_count()} host cores")
     print(f"cnlab run: {len(scenarios)} scenarios on {jobs} guest(s); kernel {environment['kernel']}, "
           f"accelerator {environment['accel']} ({environment['accel_reason']}){threading}", file=out)

@@ -62,27 +62,28 @@ def test_tcg_when_requested(tmp_path):
     assert choice.name == "tcg" and choice.qemu_args()[1].startswith("tcg,thread=multi")
 
 
-@pytest.mark.parametrize("vcpus, host, choice, expected", [
-    (2, 2, "auto", "multi"),  # one 2-vCPU guest on 2 cores: a thread per vCPU
-    (4, 2, "auto", "single"),  # two 2-vCPU guests on 2 cores: one thread each
-    (8, 8, "auto", "multi"),
-    (4, 2, "multi", "multi"),  # an explicit choice wins
-    (1, 8, "single", "single"),
+@pytest.mark.parametrize("guests, vcpus, host, choice, expected", [
+    (1, 2, 2, "auto", "multi"),  # one 2-vCPU guest on 2 cores: a thread per vCPU
+    (1, 4, 2, "auto", "multi"),  # a guest alone may use every core, overcommitted or not
+    (2, 2, 2, "auto", "single"),  # two 2-vCPU guests on 2 cores: one thread each
+    (4, 2, 8, "auto", "multi"),
+    (2, 2, 2, "multi", "multi"),  # an explicit choice wins
+    (1, 1, 8, "single", "single"),
 ])
-def test_tcg_threads_follow_the_vcpus_running_at_once(vcpus, host, choice, expected):
-    assert accel.tcg_threads_for(vcpus, choice, host_cpus=host) == expected
+def test_tcg_threads_follow_the_guests_running_at_once(guests, vcpus, host, choice, expected):
+    assert accel.tcg_threads_for(guests, vcpus, choice, host_cpus=host) == expected
 
 
 def test_single_threaded_tcg_reaches_the_qemu_arguments_and_kvm_is_untouched(monkeypatch):
     monkeypatch.setattr(accel.os, "cpu_count", lambda: 2)
     tcg = accel.Accel("tcg", "test")
-    crowded = tcg.for_guests(4)
+    crowded = tcg.for_guests(2, 2)
     assert crowded.qemu_args()[1] == "tcg,thread=single,tb-size=256"
-    assert crowded.label == "tcg (single-threaded)" and tcg.for_guests(2).label == "tcg"
+    assert crowded.label == "tcg (single-threaded)" and tcg.for_guests(1, 4).label == "tcg"
     kvm = accel.Accel("kvm", "test")
-    assert kvm.for_guests(64) is kvm and kvm.label == "kvm"
+    assert kvm.for_guests(16, 4) is kvm and kvm.label == "kvm"
     with pytest.raises(ValueError, match="unknown TCG threading 'many'"):
-        tcg.for_guests(2, "many")
+        tcg.for_guests(1, 2, "many")
 
 
 def test_broken_kvm_falls_back_and_the_verdict_is_cached(tmp_path, monkeypatch):
