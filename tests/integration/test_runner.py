@@ -68,7 +68,7 @@ def test_a_killed_run_keeps_finished_results_and_leaves_no_qemu(cnlab_lab, tmp_p
             assert select.select([fd], [], [], 30)[0], f"QEMU {pid} outlived the killed run"
         finally:
             os.close(fd)
-    # The run orders scenarios longest first, so which one finished first is not fixed.
+    # The run plans its order from remembered durations (lab.schedule), so which one finished first is not fixed.
     assert json.loads(results.read_text().splitlines()[0])["scenario"] in argv[-3:]
     assert Path(results).stat().st_size > 0
 
