@@ -31,6 +31,7 @@
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
 #include <linux/irqflags.h>
+#include <linux/kthread.h>
 #include <linux/kernel.h>
 #include <linux/llist.h>
 #include <linux/module.h>
@@ -419,16 +420,29 @@ static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 	}
 }
 
-/* Fault knob: hold the drain threads until cbus_stall_until. */
-static void cbus_stall_wait(void)
+/* The drain thread must leave its stall: unload, or its CPU going down. */
+static bool cbus_stall_interrupted(void)
+{
+	return READ_ONCE(cbus_stopping) || kthread_should_park() ||
+	       kthread_should_stop();
+}
+
+/*
+ * Fault knob: hold the drain thread until cbus_stall_until. Returns false
+ * if the thread has to park or stop first (kthread_park() wakes it; CPU
+ * hotplug must not wait for a stall to end).
+ */
+static bool cbus_stall_wait(void)
 {
 	s64 left;
 
 	for (;;) {
 		left = (s64)(READ_ONCE(cbus_stall_until) - ktime_get_ns());
 		if (left <= 0 || READ_ONCE(cbus_stopping))
-			return;
-		wait_event_timeout(cbus_stall_wq, READ_ONCE(cbus_stopping),
+			return true;
+		if (kthread_should_park() || kthread_should_stop())
+			return false;
+		wait_event_timeout(cbus_stall_wq, cbus_stall_interrupted(),
 				   nsecs_to_jiffies(left) + 1);
 	}
 }
@@ -448,7 +462,8 @@ static void cbus_thread_fn(unsigned int cpu)
 {
 	struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
 
-	cbus_stall_wait();
+	if (!cbus_stall_wait())
+		return;	/* park first; the dead-CPU drain or the next call drains */
 	mutex_lock(&cc->drain_lock);
 	cbus_drain(cc, drain_budget);
 	mutex_unlock(&cc->drain_lock);

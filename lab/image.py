@@ -32,7 +32,7 @@ from .errors import BuildError
 from .hostdeps import require_tool
 from .kernel import KernelSpec
 from .keys import LabKeys, ensure_keys
-from .pvh import PvhUnavailable, write_pvh_kernel
+from .pvh import PVH_TOOLS, PvhUnavailable, write_pvh_kernel
 
 __all__ = ["GuestImage", "build_image", "images_dir", "SUITE"]
 
@@ -238,7 +238,10 @@ def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
 
 def _pvh_inputs(kernel: KernelSpec) -> dict:
     stat = kernel.image.stat()
-    return {"recipe": 1, "kernel": kernel.describe(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    # The tools are part of the key: a result cached while lz4 was missing is not reused once it is there.
+    tools = {tool: shutil.which(tool) is not None for tool in PVH_TOOLS}
+    return {"recipe": 1, "kernel": kernel.describe(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "tools": tools}
 
 
 def _build_pvh(folder: Path, kernel: KernelSpec) -> None:

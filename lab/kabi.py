@@ -314,14 +314,17 @@ def walk_datagram(buf: bytes | bytearray, n: int, now: int, on_event, on_other=N
             break
         idx, val, seq, _ack, length, flags = cn_unpack(buf, off + NLMSG_HDRLEN)
         data = off + DATA_OFFSET
-        if flags & CNLAB_CN_F_BUNDLE:
+        if idx in foreign:
+            if on_other is not None:
+                on_other(data, idx, val, seq, length)
+        elif flags & CNLAB_CN_F_BUNDLE:
             bundles += 1
             p, end = data, min(data + length, off + nl_len)
             while p + CN_MSG.size + ev_size <= end:
                 inner = cn_unpack(buf, p)[4]
                 on_event(ev_unpack(buf, p + CN_MSG.size), now)
                 p += CN_MSG.size + inner
-        elif length >= ev_size and idx not in foreign and (ids is None or (idx, val) in ids):
+        elif length >= ev_size and (ids is None or (idx, val) in ids):
             on_event(ev_unpack(buf, data), now)
         elif on_other is not None:
             on_other(data, idx, val, seq, length)

@@ -22,7 +22,11 @@ import subprocess
 import zlib
 from pathlib import Path
 
-__all__ = ["PvhUnavailable", "bzimage_payload", "decompress_payload", "has_pvh_note", "write_pvh_kernel"]
+__all__ = ["PVH_TOOLS", "PvhUnavailable", "bzimage_payload", "decompress_payload", "has_pvh_note",
+           "write_pvh_kernel"]
+
+#: Command-line tools some payloads need (gzip and xz are unpacked in Python).
+PVH_TOOLS = ("lz4", "zstd")
 
 #: ELF note type of the 32-bit PVH entry point (Xen's ``XEN_ELFNOTE_PHYS32_ENTRY``).
 PVH_NOTE_TYPE = 18
@@ -99,7 +103,11 @@ def has_pvh_note(elf: bytes) -> bool:
 
 def write_pvh_kernel(bzimage: Path, out: Path) -> None:
     """Write the kernel of ``bzimage`` as an ELF QEMU can boot directly, or raise PvhUnavailable."""
-    elf = decompress_payload(bzimage_payload(bzimage.read_bytes()))
-    if not has_pvh_note(elf):
+    try:
+        elf = decompress_payload(bzimage_payload(bzimage.read_bytes()))
+        pvh = has_pvh_note(elf)
+    except (struct.error, zlib.error, lzma.LZMAError, EOFError, ValueError, IndexError) as exc:
+        raise PvhUnavailable(f"cannot read the kernel out of {bzimage.name}: {exc}") from exc
+    if not pvh:
         raise PvhUnavailable("the kernel has no PVH entry note (built without CONFIG_PVH)")
     out.write_bytes(elf)

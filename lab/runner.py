@@ -226,6 +226,24 @@ def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir:
     return [str(path) for paths in written if paths for path in paths]
 
 
+def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, out) -> None:
+    """A worker process that died holding a first attempt: that scenario runs next on a busy live worker.
+
+    (A second attempt is not moved: a scenario that kills its worker twice is reported as never run.)
+    """
+    for index, process in enumerate(workers, start=1):
+        task = handed.get(index)
+        if task is None or process.is_alive() or task.attempt > 1:
+            continue
+        handed[index] = None
+        busy = [i for i, p in enumerate(workers, start=1) if p.is_alive() and handed.get(i) is not None]
+        if busy:
+            target = min(busy, key=schedule.expected_left)
+            schedule.retry(target, Task(task.scenario, attempt=2, fresh=True))
+            print(f"guest {index}: its worker exited (status {process.exitcode}); "
+                  f"{task.scenario.name} runs next on guest {target}", file=out, flush=True)
+
+
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
                   junit_path: Path | None = None, out=sys.stdout, report_path: Path | None = None,
                   plugin_config: PluginOptions | None = None) -> int:
@@ -246,8 +264,14 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     ctx = mp.get_context("spawn")
     schedule = Schedule(scenarios, jobs, expected_durations(lab.cache))
     tasks, results = [ctx.Queue() for _ in range(jobs)], ctx.Queue()
+    handed: dict[int, Task | None] = {}  # per worker: the task it was given and has not answered
+
+    def hand_out(worker: int, task: Task | None) -> None:
+        handed[worker] = task
+        tasks[worker - 1].put(task)  # None: nothing left, the worker ends
+
     for worker in range(1, jobs + 1):
-        tasks[worker - 1].put(schedule.next_for(worker))
+        hand_out(worker, schedule.next_for(worker))
     parent = os.getpid()
     # Each worker's guests run beside the others': that decides how TCG threads them.
     options = dataclasses.replace(lab.options, guests_at_once=jobs)
@@ -262,6 +286,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     writer = ResultsWriter(json_path)
     try:
         while pending:
+            _rescue_lost_tasks(workers, handed, schedule, out)
             try:
                 kind, worker, name, payload = results.get(timeout=5)
             except queue.Empty:
@@ -280,7 +305,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                 print(f"[{elapsed:6.1f}s] guest {worker}: {name}: ERROR ({record['error'][:120]}); "
                       f"retrying on a fresh guest", file=out, flush=True)
                 schedule.retry(worker, Task(pending[name], attempt=2, fresh=True))
-            tasks[worker - 1].put(schedule.next_for(worker, shape))  # None: nothing left, the worker ends
+            hand_out(worker, schedule.next_for(worker, shape))
             if retry:
                 continue
             if record["attempt"] == 2:

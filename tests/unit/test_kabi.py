@@ -194,7 +194,7 @@ def test_walk_datagram_hands_over_events_bundles_and_the_rest():
     dg = message(kabi.frame_cn(0x20, 1, inner, flags=kabi.CNLAB_CN_F_BUNDLE))
     dg += message(kabi.frame_cn(0x20, 1, event(7, 2), seq=2))
     dg += message(kabi.frame_cn(0x21, 1, event(8, 0)))  # another generator's id
-    dg += message(kabi.frame_cn(1, 1, b"\1" * 40, seq=9))  # cn_proc
+    dg += message(kabi.frame_cn(1, 1, b"\1" * 40, seq=9, flags=kabi.CNLAB_CN_F_BUNDLE))  # cn_proc: never a bundle
     dg += message(kabi.frame_cn(0x20, 1, b"short"))
     events, others = [], []
 

@@ -62,6 +62,12 @@ def test_anything_unexpected_is_a_reason_not_a_crash(tmp_path):
     with pytest.raises(PvhUnavailable, match="compression not handled"):
         decompress_payload(b"BZh91AY&SY")
     bz = tmp_path / "bzImage"
+    bz.write_bytes(_bzimage(gzip.compress(b"\x7fELF\x02\x01" + b"\0" * 10)))  # truncated ELF header
+    with pytest.raises(PvhUnavailable, match="cannot read the kernel out of bzImage"):
+        write_pvh_kernel(bz, tmp_path / "vmlinux")
+    bz.write_bytes(_bzimage(b"\x1f\x8b" + b"not gzip at all"))
+    with pytest.raises(PvhUnavailable, match="cannot read the kernel"):
+        write_pvh_kernel(bz, tmp_path / "vmlinux")
     bz.write_bytes(_bzimage(gzip.compress(_elf([(b"Xen", 6)]))))
     with pytest.raises(PvhUnavailable, match="no PVH entry note"):
         write_pvh_kernel(bz, tmp_path / "vmlinux")

@@ -81,3 +81,24 @@ def test_a_retry_runs_next_on_the_same_guest():
     schedule.retry(1, Task(a, attempt=2, fresh=True))
     assert schedule.next_for(1) == Task(a, attempt=2, fresh=True)
     assert schedule.next_for(1).scenario is b
+
+
+def test_a_first_attempt_held_by_a_dead_worker_moves_to_a_busy_live_one():
+    import io
+    from types import SimpleNamespace
+
+    from lab.runner import _rescue_lost_tasks
+
+    a, b, c = _s("a", 5.0), _s("b", 4.0), _s("c", 1.0)
+    schedule = Schedule([a, b, c], 2, _expected)
+    workers = [SimpleNamespace(is_alive=lambda: False, exitcode=1), SimpleNamespace(is_alive=lambda: True)]
+    handed = {1: Task(a), 2: Task(b)}
+    out = io.StringIO()
+    _rescue_lost_tasks(workers, handed, schedule, out)
+    assert handed[1] is None and "a runs next on guest 2" in out.getvalue()
+    assert schedule.next_for(2) == Task(a, attempt=2, fresh=True)
+    # A second attempt that killed its worker again is not moved
+    handed = {1: Task(c, attempt=2, fresh=True), 2: Task(b)}
+    planned = len(schedule)
+    _rescue_lost_tasks(workers, handed, schedule, io.StringIO())
+    assert handed[1] is not None and len(schedule) == planned
