@@ -77,12 +77,16 @@ class Lab:
             log.info("accelerator: %s (%s)", self._accel.name, self._accel.reason)
         return self._accel
 
+    def accel_for(self, cpus: int) -> Accel:
+        """The accelerator, TCG threading chosen, for one guest of ``cpus`` vCPUs of this lab."""
+        return self.accel.for_guests(self.options.guests_at_once, cpus, self.options.tcg_threads)
+
     def guest_spec(self, shape: GuestShape | None = None, name: str = "guest", with_module: bool = True,
                    load_module: bool = True, cmdline: tuple[str, ...] = ()) -> GuestSpec:
         """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
         modules = (self.module.module("cnlab"),) if with_module else ()
         shape = shape or GuestShape()
-        accel = self.accel.for_guests(self.options.guests_at_once, shape.cpus, self.options.tcg_threads)
+        accel = self.accel_for(shape.cpus)
         return GuestSpec(
             image=self.image,
             accel=accel,

@@ -156,8 +156,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             record["boot_s"] = round(boot_s, 3)
             record["wall_s"] = round(time.monotonic() - started, 3)
             record["guest"] = {"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline),
-                               "accel": lab.accel.for_guests(options.guests_at_once, scenario.cpus,
-                                                             options.tcg_threads).label}
+                               "accel": lab.accel_for(scenario.cpus).label}
             results.put(("result", worker, scenario.name, record | {"shape_key": scenario.shape_key}))
     finally:
         if guest is not None:

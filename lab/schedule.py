@@ -17,7 +17,7 @@ most time left, so no guest idles while scenarios wait.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .scenario import Scenario
 
@@ -38,13 +38,6 @@ class Task:
     fresh: bool = False
 
 
-@dataclass
-class _Lane:
-    """What one guest is planned to run."""
-
-    tasks: list[Task] = field(default_factory=list)
-
-
 class Schedule:
     """Per-guest task lists for ``workers`` guests (numbered from 1)."""
 
@@ -53,7 +46,7 @@ class Schedule:
         self._expected = expected
         self._boot_s = boot_s
         lanes = _balance([list() for _ in range(workers)], scenarios, self._cost)
-        self._lanes = [_Lane([Task(s) for s in self._ordered(lane)]) for lane in lanes]
+        self._lanes = [[Task(s) for s in self._ordered(lane)] for lane in lanes]  # per guest, in run order
 
     # ------------------------------------------------------------- planning
     def _cost(self, scenarios: list[Scenario]) -> float:
@@ -69,31 +62,31 @@ class Schedule:
 
     def planned(self) -> list[list[str]]:
         """The scenario names each guest still has to run, in order."""
-        return [[t.scenario.name for t in lane.tasks] for lane in self._lanes]
+        return [[t.scenario.name for t in lane] for lane in self._lanes]
 
     def expected_left(self, worker: int) -> float:
         """Expected seconds of the tasks still planned for ``worker``."""
-        return sum(self._expected(t.scenario) for t in self._lanes[worker - 1].tasks)
+        return sum(self._expected(t.scenario) for t in self._lanes[worker - 1])
 
     # ------------------------------------------------------------- dispatch
     def next_for(self, worker: int, shape: tuple | None = None) -> Task | None:
         """The next task for ``worker`` (whose guest has ``shape``), or None when nothing is left."""
-        own = self._lanes[worker - 1].tasks
+        own = self._lanes[worker - 1]
         if own:
             return own.pop(0)
-        victims = [w for w in range(1, len(self._lanes) + 1) if self._lanes[w - 1].tasks]
+        victims = [w for w in range(1, len(self._lanes) + 1) if self._lanes[w - 1]]
         if not victims:
             return None
-        victim = self._lanes[max(victims, key=self.expected_left) - 1].tasks
+        victim = self._lanes[max(victims, key=self.expected_left) - 1]
         same_shape = [i for i, t in enumerate(victim) if t.scenario.shape_key == shape]
         return victim.pop(same_shape[-1] if same_shape else len(victim) - 1)
 
     def retry(self, worker: int, task: Task) -> None:
         """Run ``task`` next on ``worker`` (its guest has been replaced)."""
-        self._lanes[worker - 1].tasks.insert(0, task)
+        self._lanes[worker - 1].insert(0, task)
 
     def __len__(self) -> int:
-        return sum(len(lane.tasks) for lane in self._lanes)
+        return sum(len(lane) for lane in self._lanes)
 
 
 def _balance(lanes: list[list[Scenario]], scenarios: list[Scenario],

@@ -22,14 +22,10 @@ def _expected(s):
     return s.duration
 
 
-def _lane_time(schedule, worker):
-    return schedule.expected_left(worker)
-
-
 def test_the_plan_beats_longest_first_on_the_quick_set():
     scenarios = [_s(name, seconds) for name, seconds in QUICK.items()]
     schedule = Schedule(scenarios, 2, _expected)
-    busiest = max(_lane_time(schedule, w) for w in (1, 2))
+    busiest = max(schedule.expected_left(w) for w in (1, 2))
     # Handing out longest first to whichever guest is free ends at 21.74 s; the best split is 20.44 s.
     best = min(max(sum(c), sum(QUICK.values()) - sum(c))
                for k in range(len(QUICK)) for c in itertools.combinations(QUICK.values(), k))
@@ -69,8 +65,8 @@ def test_a_guest_out_of_work_takes_the_shortest_left_from_the_busiest_guest():
 def test_stealing_prefers_a_scenario_of_the_thiefs_shape():
     scenarios = [_s("x", 1.0, cpus=1), _s("y", 20.0), _s("z", 1.5, cpus=4), _s("w", 1.2, cpus=1)]
     schedule = Schedule(scenarios, 2, _expected, boot_s=0.0)
-    schedule._lanes[0].tasks[:] = []  # guest 1 finished its list
-    schedule._lanes[1].tasks[:] = [Task(s) for s in scenarios]
+    schedule._lanes[0][:] = []  # guest 1 finished its list
+    schedule._lanes[1][:] = [Task(s) for s in scenarios]
     assert schedule.next_for(1, shape=scenarios[0].shape_key).scenario.name == "w"
 
 
