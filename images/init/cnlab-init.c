@@ -516,6 +516,27 @@ static void announce_ready(const char *modules)
 	/* Kept open: closing could drop the line before the host reads it. */
 }
 
+/* The end of sshd's log on the console: why it died, for the host's error. */
+static void show_sshd_log(void)
+{
+	char buf[400];
+	ssize_t n = -1;
+	off_t size;
+	int fd = open(SSHD_LOG, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	size = lseek(fd, 0, SEEK_END);
+	if (size >= 0 && lseek(fd, size > (off_t)sizeof(buf) - 1 ?
+			       size - (off_t)sizeof(buf) + 1 : 0, SEEK_SET) >= 0)
+		n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n > 0) {
+		buf[n] = '\0';
+		say("cnlab-init: sshd log: %s\n", buf);
+	}
+}
+
 /*
  * sshd writes its pid file only after it listens: wait for that file (by
  * inotify) or for sshd's death (by the SIGCHLD signalfd), whichever first.
@@ -543,6 +564,7 @@ static void wait_sshd_listening(pid_t sshd, int sfd)
 		    waitpid(sshd, NULL, WNOHANG) == sshd) {
 			say("cnlab-init: FATAL: sshd exited before listening (log: %s)\n",
 			    SSHD_LOG);
+			show_sshd_log();
 			power_off();
 		}
 	}
