@@ -131,6 +131,7 @@ class Guest:
         self._ssh: SSHSession | None = None
         self._broken: LabError | None = None
         self._nonce = os.urandom(8).hex()
+        self._given_lpj: int | None = None  # set by cmdline(): the lpj= this boot got
 
     # ------------------------------------------------------------- guards
     def _require(self, method: str, *states: GuestState) -> None:
@@ -177,9 +178,9 @@ class Guest:
             extra.append("cnlab.load=" + ",".join(f"{GUEST_MODULE_DIR}/{m.name}" for m in self.spec.modules))
         if self.link is not None:
             extra += self.link.guest_cmdline()
-        lpj = read_lpj(self.spec.calibration) if self.spec.calibration else None
-        if lpj:
-            extra.append(f"lpj={lpj}")
+        self._given_lpj = read_lpj(self.spec.calibration) if self.spec.calibration else None
+        if self._given_lpj:
+            extra.append(f"lpj={self._given_lpj}")
         return kernel_cmdline(extra)
 
     def argv(self, paused: bool = True) -> list[str]:
@@ -267,7 +268,7 @@ class Guest:
             self.ssh_port = self._forward_ssh_port()
         self._qmp.cmd("cont")
         self.ready_info = self._wait_ready(deadline)
-        if self.spec.calibration is not None and self.ready_info["lpj"]:
+        if self.spec.calibration is not None and self.ready_info["lpj"] and not self._given_lpj:
             record_lpj(self.spec.calibration, self.ready_info["lpj"])
         self.timing.ready = time.monotonic() - spawned
         self._ssh = self._ssh_session()

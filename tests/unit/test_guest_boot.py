@@ -10,6 +10,7 @@ import pytest
 
 import lab.guest as guest_mod
 from lab.accel import Accel
+from lab.calibration import READINGS
 from lab.errors import BootError, BootTimeout, GuestError
 from lab.guest import Guest, GuestSpec, GuestState
 from lab.image import GuestImage
@@ -52,17 +53,29 @@ def test_ready_after_qmp_greeting_cont_and_nonce(spec, monkeypatch):
     assert not guest.workdir.exists()
 
 
-def test_a_measured_lpj_is_recorded_once_and_given_to_later_guests(spec, monkeypatch, tmp_path):
+def test_measured_lpjs_are_recorded_and_their_median_given_to_later_guests(spec, monkeypatch, tmp_path):
     calibration = tmp_path / "calibration" / "lpj.json"
     spec = dataclasses.replace(spec, calibration=calibration)
-    first = _boot(spec, "lpj", monkeypatch)
-    first.stop()
-    assert first.ready_info["lpj"] == 10384536
-    assert json.loads(calibration.read_text()) == {"lpj": 10384536}
+    for _ in range(READINGS):
+        guest = _boot(spec, "lpj", monkeypatch)
+        guest.stop()
+        assert guest.ready_info["lpj"] == 10384536
+    assert json.loads(calibration.read_text()) == {"readings": [10384536] * READINGS}
     later = Guest(spec)
     assert later.cmdline().endswith(" lpj=10384536")
     calibration.write_text("{damaged")
     assert "lpj=" not in Guest(spec).cmdline()  # a damaged file: the kernel calibrates as usual
+
+
+def test_a_guest_given_lpj_records_nothing(spec, monkeypatch, tmp_path):
+    calibration = tmp_path / "calibration" / "lpj.json"
+    calibration.parent.mkdir()
+    calibration.write_text(json.dumps({"readings": [10376720] * READINGS}))
+    recorded = []
+    monkeypatch.setattr(guest_mod, "record_lpj", lambda path, lpj: recorded.append(lpj))
+    guest = _boot(dataclasses.replace(spec, calibration=calibration), "lpj", monkeypatch)
+    guest.stop()
+    assert " lpj=10376720" in guest.cmdline() and recorded == []
 
 
 def test_port_collision_is_retried(spec, monkeypatch):
