@@ -250,6 +250,49 @@ def t_deliver(c, count=2000):
     return ok_all
 
 
+BENCH_GROUP = 6
+BENCH_VAL = 0x7
+
+
+def t_bench(c, iterations=96, chunk=32):
+    """The BENCH request times both paths and every timed call really sends.
+
+    A listener on the bench's group must get each path's ``iterations``
+    messages, seq 0..iterations-1 in order (CBUS first, then direct); the
+    reply's counters and times must agree with that.
+    """
+    sock = kabi.open_socket([BENCH_GROUP], 16 << 20)
+    seqs = []
+
+    def other(_off, idx, val, seq, _length):
+        if (idx, val) == (GEN_IDX, BENCH_VAL):
+            seqs.append(seq)
+
+    try:
+        r = c.bench(timeout=60, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32,
+                    iterations=iterations, chunk=chunk, pause_us=100, cpu=0)
+        buf = bytearray(1 << 16)
+        end = time.monotonic() + 20
+        while len(seqs) < 2 * iterations and time.monotonic() < end:
+            if select.select([sock], [], [], 0.2)[0]:
+                n = sock.recv_into(buf)
+                kabi.walk_datagram(buf, n, 0, lambda _ev, _now: None, other, ids=frozenset())
+    finally:
+        sock.close()
+    if not r.ok:
+        return report("bench", False, error=r.error_name)
+    b = r.body
+    want = list(range(iterations))
+    good = (b["status"] == 0 and b["cbus_calls"] == b["direct_calls"] == iterations
+            and b["cbus_ok"] == b["direct_ok"] == iterations and b["direct_esrch"] == b["direct_err"] == 0
+            and 0 < b["cbus_first_ns"] < b["cbus_ns"] and 0 < b["direct_first_ns"] < b["direct_ns"]
+            and 0 < b["cbus_ns_min_chunk"] <= b["cbus_ns"] * 1000 // iterations
+            and 0 < b["direct_ns_min_chunk"] <= b["direct_ns"] * 1000 // iterations
+            and seqs == want + want)
+    return report("bench", good, received=len(seqs), in_order=seqs == want + want,
+                  body={k: v for k, v in b.items() if k != "cfg"})
+
+
 def t_invariant(c):
     r = wait_drained(c)
     t = r.body["total"]
@@ -777,8 +820,8 @@ def t_balance(c, count=3000):
 
 TESTS = {"echo": t_echo, "deliver": t_deliver, "balance": t_balance, "invariant": t_invariant,
          "perm": t_perm, "fuzz": t_fuzz, "faults": t_faults, "hotplug": t_hotplug,
-         "initfail": t_initfail, "unload": t_unload}
-ALL = ["echo", "deliver", "balance", "invariant", "perm", "fuzz", "faults", "hotplug", "invariant",
+         "initfail": t_initfail, "unload": t_unload, "bench": t_bench}
+ALL = ["echo", "deliver", "balance", "invariant", "perm", "fuzz", "faults", "bench", "hotplug", "invariant",
        "initfail", "unload"]
 
 

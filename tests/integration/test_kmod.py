@@ -178,6 +178,15 @@ def test_malformed_requests_are_rejected(pool):
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
+def test_bench_request_times_both_paths_and_every_call_sends(pool):
+    """BENCH (what ``cnlab bench kmod`` stands on): each timed call reaches a listener, in order."""
+    res = run_checks(pool, "2cpu", 2, ["bench", "invariant"])
+    b = res["bench"][0]
+    assert b["received"] == 2 * 96 and b["in_order"]
+    assert b["body"]["cbus_ok"] == b["body"]["direct_ok"] == 96
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
 def test_init_failure_unwinds_completely(pool):
     res = run_checks(pool, "2cpu", 2, ["initfail", "echo"])
     assert len(res["initfail"][0]["steps"]) == 6
