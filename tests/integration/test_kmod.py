@@ -12,9 +12,15 @@ Guests are shared by tests of one ``xdist_group`` (one boot per group and
 worker; run with ``-n 2 --dist loadgroup`` to spread the groups):
 
 * ``kmod-1cpu`` / ``kmod-4cpu``: delivery on 1 and 4 vCPUs (4: also hotplug);
-* ``kmod-2cpu``: delivery, balance, permissions, fuzzing, fault knobs;
+* ``kmod-2cpu``: delivery, balance, permissions, fuzzing, fault knobs, BENCH;
 * ``kmod-unload``: the 100 unload/load cycles (it reloads the module, so it
   gets a guest of its own);
+
+The tests whose point is a race between CPUs (delivery on 4 vCPUs, hotplug,
+unload under load) are ``heavy``: tox runs them one at a time after the
+parallel ones, so their guest runs alone and TCG gives it a host thread per
+vCPU (vCPUs that really run at once, not taking turns on one thread); they
+check that it did.
 * ``kmod-warn``: a deliberate WARN() proves the end-of-test check sees one
   (its guest is tainted and stopped afterwards).
 """
@@ -79,11 +85,23 @@ def pool(cnlab_lab) -> Iterator[GuestPool]:
     p.close()
 
 
+def require_parallel_vcpus(guest: Guest) -> None:
+    """Races between CPUs need vCPUs that run at once: KVM, or TCG with a thread per vCPU."""
+    accel = guest.spec.accel
+    if os.environ.get("CNLAB_TCG_THREADS") == "single":
+        return  # asked for by whoever runs the tests
+    assert accel.name == "kvm" or accel.threads == "multi", (
+        f"{guest.spec.name} runs under {accel.label}: run the heavy tests alone (tox does) or with "
+        "CNLAB_TCG_THREADS=multi")
+
+
 def run_checks(pool: GuestPool, group: str, cpus: int, tests: list[str], *options: str,
-               timeout: float = 600) -> dict[str, list[dict]]:
+               timeout: float = 600, parallel_vcpus: bool = False) -> dict[str, list[dict]]:
     """Run guest checks; assert each passed and the kernel stayed clean."""
     guest = pool.get(group, cpus)
     assert guest.ready_info.get("cpus") == cpus
+    if parallel_vcpus:
+        require_parallel_vcpus(guest)
     watch = KernelWatch(guest)
     result = guest.run(["python3", f"{pool.lib}/{CHECKS}", "--no-klog", *options, *tests], timeout=timeout)
     lines = [json.loads(line) for line in result.text.splitlines() if line.startswith("{")]
@@ -106,12 +124,12 @@ def run_checks(pool: GuestPool, group: str, cpus: int, tests: list[str], *option
 @pytest.mark.parametrize("cpus", [
     pytest.param(1, marks=pytest.mark.xdist_group("kmod-1cpu")),
     pytest.param(2, marks=pytest.mark.xdist_group("kmod-2cpu")),
-    pytest.param(4, marks=pytest.mark.xdist_group("kmod-4cpu")),
+    pytest.param(4, marks=[pytest.mark.xdist_group("kmod-4cpu"), pytest.mark.heavy]),
 ])
 def test_delivery_in_order_both_paths(pool, cpus):
     """Every context x path (and bundles): a reader sees every message, in order per CPU."""
     group = {1: "1cpu", 2: "2cpu", 4: "4cpu"}[cpus]
-    res = run_checks(pool, group, cpus, ["deliver", "invariant"])
+    res = run_checks(pool, group, cpus, ["deliver", "invariant"], parallel_vcpus=cpus == 4)
     combos = res["deliver"]
     assert len(combos) == 11  # 4 contexts x (direct, cbus, cbus bundle), no direct from hard IRQ
     assert {(r["ctx"], r["path"], r["bundle"]) for r in combos} >= {("hardirq", "cbus", False),
@@ -199,7 +217,7 @@ def test_init_failure_unwinds_completely(pool):
 def test_cpu_offline_online_under_generators(pool):
     # 20 s of load: a CPU going down on a 4-vCPU TCG guest takes about 0.3 s quiet but a
     # second or more on a loaded CI host (only 3 cycles fitted in 6 s there).
-    res = run_checks(pool, "4cpu", 4, ["hotplug", "invariant"], "--hotplug-seconds", "20")
+    res = run_checks(pool, "4cpu", 4, ["hotplug", "invariant"], "--hotplug-seconds", "20", parallel_vcpus=True)
     hp = res["hotplug"][0]
     assert hp["cycles"] >= 6
     assert hp["lost"] == hp["reordered"] == 0
@@ -209,10 +227,12 @@ def test_cpu_offline_online_under_generators(pool):
 
 # -------------------------------------------------------------------- unload
 
+@pytest.mark.heavy
 @pytest.mark.xdist_group("kmod-unload")
 def test_unload_load_cycles_under_load(pool):
     """100 rmmod/insmod cycles with generators running and two threads sending requests."""
-    res = run_checks(pool, "unload", 2, ["unload", "echo"], "--unload-cycles", "100", timeout=1200)
+    res = run_checks(pool, "unload", 2, ["unload", "echo"], "--unload-cycles", "100", timeout=1200,
+                     parallel_vcpus=True)
     un = res["unload"][0]
     assert un["cycles"] == 100 and un["final_lines"] >= 100
     assert not un["failures"] and not un["unbalanced"]
