@@ -110,6 +110,12 @@ def _fmt(v: object, spec: str = ",.0f") -> str:
     return str(v)
 
 
+def _pair_line(label: str, rec: dict, stat: str) -> str:
+    """One line of ns per call for both paths and their ratio."""
+    return (f"  {label}: cbus_insert {_fmt(rec['cbus_insert_ns'], ',.1f')} ns, direct "
+            f"{_fmt(rec['direct_send_ns'], ',.1f')} ns ({stat}): {_fmt(rec.get('ratio'), '.1f')}x")
+
+
 def _print_table(meta: dict, raw: dict, s: dict) -> None:
     print(f"cnlab bench kmod: kernel {meta['kernel']}, {meta['cpus']} vCPUs, accelerator {meta['accel']}")
     ins = raw.get("insert", {})
@@ -123,9 +129,7 @@ def _print_table(meta: dict, raw: dict, s: dict) -> None:
               f"thread), direct {_fmt(first.get('direct'), ',.0f')} ns")
     big = raw.get("insert_big_chunk")
     if big and "cbus_insert_ns" in big:
-        print(f"  loops of {big['chunk']} calls, the kick included: cbus_insert "
-              f"{_fmt(big['cbus_insert_ns'], ',.1f')} ns, direct {_fmt(big['direct_send_ns'], ',.1f')} ns: "
-              f"{_fmt(big.get('ratio'), '.1f')}x")
+        print(_pair_line(f"loops of {big['chunk']} calls, the kick included", big, "medians"))
     print(f"  bursts of {ins.get('chunk')} calls, the kick included:")
     print(f"  {'':26}{'median ns':>10}{'mean ns':>10}{'p10..p90 ns':>20}")
     for label, key, mean_key, spread in (("cbus_insert", "cbus_insert_ns", "cbus_mean_ns", "cbus_p10_p90_ns"),
@@ -142,9 +146,8 @@ def _print_table(meta: dict, raw: dict, s: dict) -> None:
           f"  from these medians, no burst reaches {GOALS['insert_ratio']:.0f}x")
     long = raw.get("insert_long_run")
     if long and "cbus_insert_ns" in long:
-        print(f"  one request of {_fmt(long['iterations'])} calls in bursts of {long['chunk']}: cbus_insert "
-              f"{_fmt(long['cbus_insert_ns'], ',.1f')} ns, direct {_fmt(long['direct_send_ns'], ',.1f')} ns "
-              f"(means), {_fmt(long.get('ratio'), '.1f')}x")
+        print(_pair_line(f"one request of {_fmt(long['iterations'])} calls in bursts of {long['chunk']}", long,
+                         "means"))
     rate = raw.get("rate", {})
     print("\nend to end, one reader, generator as fast as possible")
     print(f"  {'path':14}{'generated':>10}{'received':>10}{'dropped':>9}{'datagrams':>10}{'msgs/s':>10}{'x direct':>9}")
