@@ -274,15 +274,20 @@ def run_stream(c: kabi.CtlClient, reader_cpu: int, path: str, flags: int, count:
     time.sleep(0.1)
     s0 = c.stats().body["total"]
     t0 = time.monotonic_ns()
-    r = c.gen_start(**gen_cfg(path, flags, count, rate))
-    if not r.ok:
-        reader.finish()
-        raise RuntimeError(f"GEN_START {path}: {r.error_name}")
     if rate:
         # Stay off the GIL while the generator runs: a control request and
         # its parsing here would hold the reader thread back (its messages'
-        # latency would include this thread's work).
+        # latency would include this thread's work).  So the GEN_START reply,
+        # which arrives as the first messages do, is read only afterwards.
+        seq = c.next_seq()
+        c.send_raw(kabi.encode_gen_start(seq=seq, **gen_cfg(path, flags, count, rate)))
         time.sleep(count / rate)
+        r = c.recv_reply(seq, timeout=10)
+    else:
+        r = c.gen_start(**gen_cfg(path, flags, count, rate))
+    if r is None or not r.ok:
+        reader.finish()
+        raise RuntimeError(f"GEN_START {path}: {r.error_name if r else 'no reply'}")
     g = wait_done(c, GEN_ID, timeout=120 + (count / rate if rate else 0))
     s1 = wait_drained(c).body["total"]
     wait_read(reader, 60)
