@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--json", type=Path, default=Path("results/bench-suite.json"))
     kmod = bench_sub.add_parser("kmod", help="cbus_insert against a direct send, rates and latency")
     kmod.add_argument("--cpus", type=_positive_int, default=2)
+    kmod.add_argument("--runs", type=_positive_int, default=1,
+                      help="measure in this many fresh guests, one after another, and compare them")
     kmod.add_argument("--json", type=Path, default=Path("results/bench-kmod.json"))
     return parser
 
@@ -255,7 +257,7 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
 def cmd_bench_kmod(args: argparse.Namespace) -> int:
     from .bench_kmod import run_kmod_bench
 
-    return run_kmod_bench(_lab(args), shape=GuestShape(cpus=args.cpus), json_path=args.json)
+    return run_kmod_bench(_lab(args), shape=GuestShape(cpus=args.cpus), json_path=args.json, runs=args.runs)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab.bench_kmod import BENCH_CMDLINE, _print_table, burst_for_ratio, summarise_kmod
+from lab.bench_kmod import BENCH_CMDLINE, _print_runs, _print_table, burst_for_ratio, goals_met, summarise_kmod
 from lab.qemu_argv import BASE_CMDLINE
 
 RAW = {
@@ -66,3 +66,16 @@ def test_table_shows_reader_placement_clocksource_and_rounds(capsys):
 def test_bench_guest_uses_the_tsc():
     assert "tsc=reliable" in BENCH_CMDLINE
     assert "tsc=reliable" not in BASE_CMDLINE  # no clocksource watchdog in ordinary guests: see qemu_argv
+
+
+def test_runs_side_by_side_count_where_each_goal_held(capsys):
+    slow = {**RAW, "insert": {**RAW["insert"], "ratio": 17.0}}
+    runs = [{"summary": summarise_kmod(RAW)}, {"summary": summarise_kmod(slow)}]
+    held = goals_met(runs)
+    assert held["insert>=20x_per_call"] == 2 and held["insert>=20x_128_call_burst"] == 1
+    assert held["cbus_p99<=500us"] == 0
+    _print_runs(runs)
+    out = capsys.readouterr().out
+    assert "2 runs, one fresh guest each" in out
+    assert "insert>=20x_128_call_burst 1/2" in out and "cbus_p99<=500us 0/2" in out
+    assert "17.0x" in out and "22.0x" in out
