@@ -35,6 +35,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
@@ -56,9 +57,12 @@
 #define SSHD_CONFIG "/etc/cnlab/sshd_config"
 #define SSHD_PIDFILE "/run/sshd.pid"
 #define SSHD_LOG "/run/cnlab/sshd.log"
+#define SSHD_STARTS 3	/* sshd starts before the guest gives up */
 
 static char cmdline[CMDLINE_MAX];
 static int tracing;
+/* Test hook: the first N sshd starts exec a missing program (cnlab.sshd_fail=N). */
+static int sshd_sabotage;
 
 static void say(const char *fmt, ...)
 {
@@ -300,7 +304,8 @@ static int init_signalfd(void)
  * libraries, config and host key.  Serving each connection with "sshd -i"
  * paid that start-up (about 0.2 s under TCG) on every connection,
  * including the first one the host waits for.  Logs go to a file, not to
- * the console the host scans.
+ * the console the host scans. Started again (in the switched root) if it
+ * dies before it listens: see wait_sshd_listening().
  */
 static pid_t start_sshd(const char *root)
 {
@@ -309,8 +314,12 @@ static pid_t start_sshd(const char *root)
 	static char * const envp[] = {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME=/root", "LANG=C.UTF-8", NULL };
-	pid_t pid = fork();
+	bool sabotage = sshd_sabotage > 0;
+	pid_t pid;
 
+	if (sabotage)
+		sshd_sabotage--;
+	pid = fork();
 	if (pid == 0) {
 		sigset_t none;
 		int null = open("/dev/null", O_RDONLY);
@@ -320,9 +329,13 @@ static pid_t start_sshd(const char *root)
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		setsid();
-		if (chroot(root) || chdir("/"))
+		if (chroot(root) || chdir("/")) {
+			say("cnlab-init: sshd: chroot %s: %s\n", root, strerror(errno));
 			_exit(126);
-		execve(SSHD, argv, envp);
+		}
+		execve(sabotage ? "/nonexistent/sshd" : SSHD, argv, envp);
+		say("cnlab-init: sshd: exec %s: %s\n", sabotage ? "/nonexistent/sshd" : SSHD,
+		    strerror(errno));
 		_exit(127);
 	}
 	if (pid < 0)
@@ -524,8 +537,10 @@ static void show_sshd_log(void)
 	off_t size;
 	int fd = open(SSHD_LOG, O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
+	if (fd < 0) {
+		say("cnlab-init: sshd log: %s: %s\n", SSHD_LOG, strerror(errno));
 		return;
+	}
 	size = lseek(fd, 0, SEEK_END);
 	if (size >= 0 && lseek(fd, size > (off_t)sizeof(buf) - 1 ?
 			       size - (off_t)sizeof(buf) + 1 : 0, SEEK_SET) >= 0)
@@ -534,19 +549,37 @@ static void show_sshd_log(void)
 	if (n > 0) {
 		buf[n] = '\0';
 		say("cnlab-init: sshd log: %s\n", buf);
+	} else {
+		say("cnlab-init: sshd log: empty\n");
 	}
+}
+
+/* "exit status N" or "killed by signal N" for a wait status. */
+static const char *describe_status(int status, char *buf, size_t len)
+{
+	if (WIFSIGNALED(status))
+		snprintf(buf, len, "killed by signal %d", WTERMSIG(status));
+	else
+		snprintf(buf, len, "exit status %d", WEXITSTATUS(status));
+	return buf;
 }
 
 /*
  * sshd writes its pid file only after it listens: wait for that file (by
  * inotify) or for sshd's death (by the SIGCHLD signalfd), whichever first.
+ * An sshd that dies before it listens is reported on the console, with how
+ * it ended and the end of its log, and started again, up to SSHD_STARTS
+ * times in all (it died so, without a word in its log, on a saturated CI
+ * host). Returns the pid of the sshd that listens.
  */
-static void wait_sshd_listening(pid_t sshd, int sfd)
+static pid_t wait_sshd_listening(pid_t sshd, int sfd)
 {
 	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
 	struct signalfd_siginfo si;
 	struct pollfd fds[2];
 	int ifd = inotify_init1(IN_CLOEXEC);
+	int starts = 1, status;
+	char how[64];
 
 	if (ifd < 0 || inotify_add_watch(ifd, "/run", IN_CLOSE_WRITE | IN_MOVED_TO) < 0)
 		die("inotify /run");
@@ -559,16 +592,23 @@ static void wait_sshd_listening(pid_t sshd, int sfd)
 			die("sshd did not listen within 60 s");
 		if (fds[0].revents & POLLIN && read(ifd, buf, sizeof(buf)) < 0)
 			die("inotify read");
-		if (fds[1].revents & POLLIN &&
-		    read(sfd, &si, sizeof(si)) == sizeof(si) &&
-		    waitpid(sshd, NULL, WNOHANG) == sshd) {
+		if (!(fds[1].revents & POLLIN) ||
+		    read(sfd, &si, sizeof(si)) != sizeof(si) ||
+		    waitpid(sshd, &status, WNOHANG) != sshd)
+			continue;
+		say("cnlab-init: sshd exited before listening (%s, start %d of %d)\n",
+		    describe_status(status, how, sizeof(how)), starts, SSHD_STARTS);
+		show_sshd_log();
+		if (starts == SSHD_STARTS) {
 			say("cnlab-init: FATAL: sshd exited before listening (log: %s)\n",
 			    SSHD_LOG);
-			show_sshd_log();
 			power_off();
 		}
+		starts++;
+		sshd = start_sshd("/");
 	}
 	close(ifd);
+	return sshd;
 }
 
 /* Reap children; power off on a shutdown signal or when sshd dies. */
@@ -596,6 +636,7 @@ static void serve_forever(pid_t sshd, int sfd)
 int main(void)
 {
 	char modules[1024];
+	char sabotage_arg[16];
 	pid_t sshd;
 	int sfd;
 
@@ -608,6 +649,8 @@ int main(void)
 		     "");
 	read_cmdline();
 	tracing = cmdline_has("cnlab.trace");
+	if (cmdline_get("cnlab.sshd_fail", sabotage_arg, sizeof(sabotage_arg)))
+		sshd_sabotage = atoi(sabotage_arg);
 	trace("start");
 	if (cmdline_has("cnlab.halt")) {
 		say("CNLAB-HALT\n");
@@ -629,7 +672,7 @@ int main(void)
 	trace("network up");
 	load_lab_modules(modules, sizeof(modules));
 	trace("lab modules loaded");
-	wait_sshd_listening(sshd, sfd);
+	sshd = wait_sshd_listening(sshd, sfd);
 	trace("sshd listening");
 	announce_ready(modules);
 	serve_forever(sshd, sfd);

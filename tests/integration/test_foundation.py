@@ -93,19 +93,40 @@ ORPHAN_SCRIPT = textwrap.dedent("""
 
 
 def test_sigkill_of_the_orchestrator_leaves_no_qemu(cnlab_lab):
-    orchestrator = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, env=dict(os.environ, CNLAB_CACHE=str(cnlab_lab.cache)))
-    qemu_pid = int(orchestrator.stdout.readline())
-    pidfd = os.pidfd_open(qemu_pid)
-    try:
-        os.kill(orchestrator.pid, signal.SIGKILL)
-        orchestrator.wait()
-        readable, _, _ = select.select([pidfd], [], [], 30)
-        assert readable, f"QEMU {qemu_pid} still alive 30 s after its orchestrator was killed"
-    finally:
-        os.close(pidfd)
-        orchestrator.stdin.close()
-        orchestrator.stdout.close()
+    # "with": whatever fails, the orchestrator is reaped and its pipes closed
+    # here, not left for a later test's garbage collection to complain about.
+    with subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env=dict(os.environ, CNLAB_CACHE=str(cnlab_lab.cache))) as orchestrator:
+        line = orchestrator.stdout.readline()
+        assert line.strip().isdigit(), "the orchestrator's guest did not boot (its error is in the captured stderr)"
+        qemu_pid = int(line)
+        pidfd = os.pidfd_open(qemu_pid)
+        try:
+            os.kill(orchestrator.pid, signal.SIGKILL)
+            orchestrator.wait()
+            readable, _, _ = select.select([pidfd], [], [], 30)
+            assert readable, f"QEMU {qemu_pid} still alive 30 s after its orchestrator was killed"
+        finally:
+            os.close(pidfd)
+
+
+def test_an_sshd_that_dies_before_listening_is_started_again(cnlab_guest_factory):
+    """The init reports how sshd ended and starts it again (cnlab.sshd_fail=N: the first N starts fail)."""
+    guest = cnlab_guest_factory(cpus=1, module=False, cmdline=("cnlab.sshd_fail=2",))
+    assert guest.run(["true"], timeout=30).ok
+    console = guest.console_text()
+    for start in (1, 2):
+        assert f"sshd exited before listening (exit status 127, start {start} of 3)" in console
+    assert "start 3 of 3" not in console
+
+
+def test_an_sshd_that_never_listens_ends_the_boot_with_the_reason(cnlab_guest_factory):
+    with pytest.raises(BootError) as info:
+        cnlab_guest_factory(cpus=1, module=False, cmdline=("cnlab.sshd_fail=3",))
+    tail = info.value.console_tail
+    assert "exec /nonexistent/sshd: No such file or directory" in tail
+    assert "sshd exited before listening (exit status 127, start 3 of 3)" in tail
+    assert "FATAL: sshd exited before listening" in tail
 
 
 @pytest.mark.parametrize("index", range(4))
