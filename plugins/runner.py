@@ -25,6 +25,9 @@ from lab.plugin.emulation import GeneratorProfile, GuestProgram, LiveSource
 
 LOAD_REPORT = StashKey[dict]()
 MAX_GENERATORS = 16
+#: Seconds the consumers get to bind their sockets before the generators start, times the accelerator's
+#: timeout scale (3 under TCG).
+BIND_SECONDS = 20
 
 
 def build_plan(scenario: ScenarioInfo, stash: Stash) -> dict[str, Any]:
@@ -68,6 +71,9 @@ def lab_phase_run(scenario: ScenarioInfo, phase, guest, stash: Stash) -> None:
     if phase.name != "load" or not (scenario.emulators or scenario.consumers):
         return
     plan = build_plan(scenario, stash)
+    # Consumers start Python programs (pyroute2's import is heavy): a TCG guest on a host busy with
+    # other guests needed more than 20 s to bind one.
+    plan["bind_timeout_s"] = BIND_SECONDS * guest.spec.accel.timeout_scale
     argv = ["python3", f"{GUEST_PLUGIN_DIR}/runplan.py"]
     if guest.link is None:
         result = guest.run(argv, stdin=json.dumps(plan).encode(), timeout=plan["timeout_s"] + 120)

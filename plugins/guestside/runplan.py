@@ -361,8 +361,10 @@ def main():
                 consumers.append(OneShot(name, c["argv"]))
             else:
                 consumers.append(ConsumerProc(name, c["argv"], c.get("listen", False), folder))
-    if not wait_until(lambda: all(c.ready() for c in consumers), 20):
-        errors.append("consumers did not bind in time")
+    bind_timeout = plan.get("bind_timeout_s", 20)
+    if not wait_until(lambda: all(c.ready() for c in consumers), bind_timeout):
+        late = ", ".join(c.name for c in consumers if not c.ready())
+        errors.append(f"consumers did not bind within {bind_timeout:g} s: {late}")
     try:
         before = client.stats().body["total"]
     except (TimeoutError, OSError) as exc:

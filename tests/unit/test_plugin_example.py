@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cnlab-example-plugin"
 
 PROBE = r"""
-import json, sys
+import json, sys, types
 from lab.config import LabConfig
 from lab.plugin import ScenarioInfo, call_hook, get_plugin_manager
 from lab.kabi import gen_start_body
@@ -32,6 +32,7 @@ fine = call_hook(pm, "lab_result_check", scenario=scenario,
 
 class FakeGuest:  # answers runplan.py like a guest whose beat-counter saw 200 beats
     link = None  # user networking
+    spec = types.SimpleNamespace(accel=types.SimpleNamespace(timeout_scale=1))
     plans = []
 
     def run(self, argv, timeout=None, check=False, stdin=None):

@@ -48,6 +48,8 @@ def load_guest_module(name: str):
 class FakeGuest:
     """Records commands and files; answers runplan.py with a canned report."""
 
+    spec = SimpleNamespace(accel=SimpleNamespace(timeout_scale=3))  # as under TCG
+
     def __init__(self, report: dict | None = None, status: int = 0) -> None:
         self.commands: list[tuple[list[str], bytes | None]] = []
         self.files: dict[str, tuple[Path, int]] = {}
@@ -124,6 +126,7 @@ def test_runner_plan_from_registries():
     result = run_scenario(pm, guest, scenario)
     assert result.passed, result
     plan = plan_of(guest)
+    assert plan["bind_timeout_s"] == 60  # 20 s, times TCG's timeout scale
     assert [g["gen_id"] for g in plan["generators"]] == [0, 1, 2, 3, 4]  # 3 proc-events + 2 irq generators
     assert {g["group"] for g in plan["generators"]} == {18, 24}
     assert plan["generators"][0]["count"] == 10
