@@ -131,7 +131,8 @@ def test_an_sshd_that_never_listens_ends_the_boot_with_the_reason(cnlab_guest_fa
 
 @pytest.mark.parametrize("index", range(4))
 def test_parallel_guests_do_not_collide(cnlab_guest_factory, index):
-    """Run with -n 4: four workers boot at once; ports and sockets must not clash."""
+    """Run under xdist (tox: a worker per host CPU): workers boot at once; ports and sockets must not clash.
+    The heavy test below boots eight at once in one process."""
     guest = cnlab_guest_factory(cpus=1, module=False, name=f"par{index}")
     assert guest.run(["hostname"], check=True).text.strip() == "cnlab"
 
