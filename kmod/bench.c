@@ -75,6 +75,16 @@ static noinline void bench_direct_failed(int ret, struct cnlab_bench_result *r)
 		r->direct_err++;
 }
 
+/* 1 for a call that succeeded, else 0 (a failed direct send counted out of line). */
+static __always_inline u32 bench_ok(bool cbus, int ret, struct cnlab_bench_result *r)
+{
+	if (likely(!ret))
+		return 1;
+	if (!cbus)
+		bench_direct_failed(ret, r);
+	return 0;
+}
+
 /*
  * Time c->iterations calls of one path in chunks. Always inlined with a
  * constant @cbus, so each path gets its own loop with no test for the path
@@ -93,24 +103,16 @@ static __always_inline int bench_path(bool cbus, const struct cnlab_bench *c,
 		err = bench_settle(c->cpu, c->pause_us);
 		if (err)
 			return err;
-		ok = 0;
 		preempt_disable();
 		t0 = ktime_get_ns();
 		/* The first call apart (CBUS: the kick), no test in the loop. */
 		msg->seq = done;
 		ret = bench_call(cbus, msg, c->group);
 		tf = ktime_get_ns();
-		if (likely(!ret))
-			ok++;
-		else if (!cbus)
-			bench_direct_failed(ret, r);
+		ok = bench_ok(cbus, ret, r);
 		for (i = 1; i < n; i++) {
 			msg->seq = done + i;
-			ret = bench_call(cbus, msg, c->group);
-			if (likely(!ret))
-				ok++;
-			else if (!cbus)
-				bench_direct_failed(ret, r);
+			ok += bench_ok(cbus, bench_call(cbus, msg, c->group), r);
 		}
 		t1 = ktime_get_ns();
 		preempt_enable();

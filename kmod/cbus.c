@@ -20,8 +20,9 @@
  * or the unload drains a CPU's queue from elsewhere.
  *
  * Why a thread and not a work item: waking an idle worker through
- * queue_work_on() cost 11.4 us (median) under TCG, a wake_up_process() of
- * the thread 4.6 us; the kick is the dearest part of a burst of inserts.
+ * queue_work_on() cost 11.4 us (median in the BENCH loop) under TCG, a
+ * wake_up_process() of the thread 6.8-8.5 us; the kick is the dearest part
+ * of a burst of inserts.
  *
  * Invariant per CPU and in total:
  *	inserted == sent + drop_full + drop_nomem + drop_nolistener +

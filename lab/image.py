@@ -289,14 +289,15 @@ def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestIm
     ird, ird_key, _ = _cached(cache, "initramfs", ird_inputs, lambda d: _build_initramfs(d, kernel, ird_inputs), force)
     pvh, _, _ = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force)
     pvh_kernel = pvh / "vmlinux" if (pvh / "vmlinux").is_file() else None
+    boot = "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip()
     if pvh_kernel is None:
-        log.info("booting the bzImage: %s", (pvh / "unavailable").read_text().strip())
+        log.info("booting the %s", boot)
     manifest = {
         "kernel": kernel.describe(),
         "rootfs": {"key": rootfs_key, "inputs": rootfs_inputs, "packages": _read_packages(rootfs / "dpkg.tsv")},
         "modules_disk": mod_key,
         "initramfs": {"key": ird_key, "inputs": ird_inputs},
-        "boot": "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip(),
+        "boot": boot,
     }
     manifest_path = cache / "manifests" / f"{content_key(manifest)}.json"
     if not manifest_path.exists():

@@ -35,7 +35,6 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
@@ -314,11 +313,13 @@ static pid_t start_sshd(const char *root)
 	static char * const envp[] = {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME=/root", "LANG=C.UTF-8", NULL };
-	bool sabotage = sshd_sabotage > 0;
+	const char *path = SSHD;
 	pid_t pid;
 
-	if (sabotage)
+	if (sshd_sabotage > 0) {
 		sshd_sabotage--;
+		path = "/nonexistent/sshd";
+	}
 	pid = fork();
 	if (pid == 0) {
 		sigset_t none;
@@ -333,9 +334,8 @@ static pid_t start_sshd(const char *root)
 			say("cnlab-init: sshd: chroot %s: %s\n", root, strerror(errno));
 			_exit(126);
 		}
-		execve(sabotage ? "/nonexistent/sshd" : SSHD, argv, envp);
-		say("cnlab-init: sshd: exec %s: %s\n", sabotage ? "/nonexistent/sshd" : SSHD,
-		    strerror(errno));
+		execve(path, argv, envp);
+		say("cnlab-init: sshd: exec %s: %s\n", path, strerror(errno));
 		_exit(127);
 	}
 	if (pid < 0)
