@@ -12,7 +12,7 @@ __all__ = ["__version__", "hookimpl"]
 
 def __getattr__(name: str):
     if name == "hookimpl":
-        from .hookspecs import hookimpl
+        from lab.hookspecs import hookimpl
 
         return hookimpl
     raise AttributeError(f"module 'lab' has no attribute {name!r}")

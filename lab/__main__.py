@@ -5,7 +5,7 @@ Standard library only until the hand-over to the virtual environment.
 
 import sys
 
-from .bootstrap import bootstrap_and_run
+from lab.cli.bootstrap import bootstrap_and_run
 
 if __name__ == "__main__":
     sys.exit(bootstrap_and_run(sys.argv[1:]))

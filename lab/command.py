@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from .errors import CommandFailed
+from lab.errors import CommandFailed
 
 __all__ = ["CommandResult", "as_argv", "quote_argv"]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
+from lab.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",

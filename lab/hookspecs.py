@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .config import LabConfig, Setting
-    from .guest import Guest
-    from .plugin.model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash
-    from .plugin.registry import ConsumerRegistry, EmulatorRegistry, FaultRegistry
-    from .qemu_argv import GuestShape
+    from lab.config import LabConfig, Setting
+    from lab.guest.machine import Guest
+    from lab.guest.qemu_argv import GuestShape
+    from lab.plugin.model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash
+    from lab.plugin.registry import ConsumerRegistry, EmulatorRegistry, FaultRegistry
 
 __all__ = [
     "PROJECT_NAME",

@@ -3,7 +3,7 @@
 Registered through the ``pytest11`` entry point, so plugin authors get the
 same fixtures as cnlab's own tests:
 
-* ``cnlab_lab`` (session): a :class:`~lab.labsetup.Lab`; the image and the
+* ``cnlab_lab`` (session): a :class:`~lab.guest.labsetup.Lab`; the image and the
   module are built once, under file locks, however many xdist workers run;
 * ``cnlab_guest_factory``: boots guests (``factory(cpus=2, …)``) and stops
   them all at the end of the test;
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from .guest import Guest
-from .guestfiles import install_guest_programs
-from .labsetup import Lab, LabOptions
-from .qemu_argv import GuestShape
-from .scenario import Scenario, load_scenario
+from lab.engine.scenario import Scenario, load_scenario
+from lab.guest.files import install_guest_programs
+from lab.guest.labsetup import Lab, LabOptions
+from lab.guest.machine import Guest
+from lab.guest.qemu_argv import GuestShape
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,7 +70,7 @@ class ScenarioItem(pytest.Item):
         self.scenario = scenario
 
     def runtest(self) -> None:
-        from .runner import execute_any, plugin_manager, scenario_guest_spec
+        from lab.engine.run import execute_any, plugin_manager, scenario_guest_spec
 
         lab = Lab(_options_from_environment())
         pm = plugin_manager(None)

@@ -4,9 +4,9 @@ Plugin authors need ``lab.hookimpl`` and, for registration hooks, the spec
 classes re-exported here.  See docs/plugins.md.
 """
 
-from ..config import Setting
-from .driver import FAULT_PLAN, REGISTRIES, guest_setup_args, install_guest_files, run_scenario
-from .manager import (
+from lab.config import Setting
+from lab.plugin.driver import FAULT_PLAN, REGISTRIES, guest_setup_args, install_guest_files, run_scenario
+from lab.plugin.manager import (
     BUILTIN_PLUGINS,
     ENTRY_POINT_GROUP,
     ESSENTIAL_PLUGINS,
@@ -18,8 +18,8 @@ from .manager import (
     get_plugin_manager,
     parse_plugin_args,
 )
-from .model import GUEST_PLUGIN_DIR, GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
-from .registry import (
+from lab.plugin.model import GUEST_PLUGIN_DIR, GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
+from lab.plugin.registry import (
     ConsumerRegistry,
     ConsumerSpec,
     EmulatorRegistry,

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import LabError
-from ..guestfiles import put_files
-from .manager import HookCallError, LabPluginManager, call_hook
-from .model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
-from .registry import Registries
+from lab.errors import LabError
+from lab.guest.files import put_files
+from lab.plugin.manager import HookCallError, LabPluginManager, call_hook
+from lab.plugin.model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
+from lab.plugin.registry import Registries
 
 __all__ = ["REGISTRIES", "FAULT_PLAN", "guest_setup_args", "install_guest_files", "run_scenario"]
 

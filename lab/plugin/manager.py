@@ -38,10 +38,10 @@ from typing import Any, TextIO
 
 import pluggy
 
-from .. import hookspecs
-from ..config import LabConfig, Setting, validate_settings
-from ..errors import ConfigError, PluginError
-from .registry import Registries
+from lab import hookspecs
+from lab.config import LabConfig, Setting, validate_settings
+from lab.errors import ConfigError, PluginError
+from lab.plugin.registry import Registries
 
 __all__ = [
     "ENTRY_POINT_GROUP",

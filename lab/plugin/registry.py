@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
-from ..config import Setting, validate_settings
-from ..errors import PluginError
+from lab.config import Setting, validate_settings
+from lab.errors import PluginError
 
 __all__ = [
     "EmulatorSpec",

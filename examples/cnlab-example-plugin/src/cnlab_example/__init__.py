@@ -14,7 +14,7 @@ from typing import Any
 from lab import hookimpl
 from lab.config import Setting
 from lab.plugin import GUEST_PLUGIN_DIR, ConsumerSpec, EmulatorSpec, GuestFile
-from lab.plugin.emulation import GeneratorProfile, GuestProgram
+from lab.plugin.objects import GeneratorProfile, GuestProgram
 
 HEARTBEAT_IDX = 0x1A  # even: only root can join (connector.md section 3)
 HEARTBEAT_VAL = 1

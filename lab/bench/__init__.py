@@ -1,0 +1,2 @@
+"""Benchmarks: commands that print figures side by side and write JSON.
+"""

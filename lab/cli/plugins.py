@@ -1,0 +1,47 @@
+"""``cnlab plugins``: every plugin with its kind, source and hooks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+from lab.config import config_from_args
+from lab.plugin.manager import LabPluginManager, get_plugin_manager
+
+__all__ = ["list_plugins", "format_plugins"]
+
+
+def format_plugins(pm: LabPluginManager) -> str:
+    """A table: name, kind, source (origin), hooks; then what the registries hold and each plugin's settings."""
+    rows = []
+    for name, info in pm.infos.items():
+        source = info.source + (" (essential)" if info.essential else "")
+        if info.blocked:
+            rows.append((name, "-", f"{source}, blocked", info.origin, "-"))
+            continue
+        rows.append((name, pm.kind_of(name), source, info.origin, ", ".join(pm.hooks_of(name)) or "-"))
+    head = ("NAME", "KIND", "SOURCE", "ORIGIN", "HOOKS")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+             for row in [head, *rows]]
+    for reg in (pm.registries.emulators, pm.registries.consumers, pm.registries.faults):
+        lines.append("")
+        lines.append(f"{reg.kind}s:")
+        for spec in reg:
+            lines.append(f"  {spec.name:<16} {spec.plugin:<12} {spec.description}")
+    declared = [(n, s) for n, ss in pm.declared.items() for s in ss]
+    if declared:
+        lines.append("")
+        lines.append("settings ([plugins.<name>] in the lab config):")
+        for name, s in declared:
+            lines.append(f"  {name}.{s.key} = {pm.settings[name][s.key]!r}  ({s.type_name}, default "
+                         f"{s.default!r}) {s.description}")
+    return "\n".join(lines)
+
+
+def list_plugins(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """The ``cnlab plugins`` command: print the table, return the exit status (errors raise ``LabError``)."""
+    pm = get_plugin_manager(config_from_args(args))
+    print(format_plugins(pm), file=out or sys.stdout)
+    return 0

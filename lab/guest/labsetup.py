@@ -1,0 +1,100 @@
+"""Putting a lab together: cache, kernel, image, module and accelerator.
+
+:class:`Lab` is what the command line, the benchmarks and the pytest fixtures
+use to get a :class:`~lab.guest.machine.GuestSpec`; it builds only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.guest.accel import Accel, choose_accel
+from lab.guest.calibration import lpj_file
+from lab.guest.machine import GuestSpec
+from lab.guest.qemu_argv import GuestShape
+from lab.host.cache import cache_root
+from lab.image.build import GuestImage, build_image
+from lab.image.kernel import KernelSpec, custom_kernel, debian_cloud_kernel
+from lab.image.module import ModuleBuild, build_module
+
+__all__ = ["LabOptions", "Lab"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    """Where the lab keeps things and which kernel and accelerator it uses."""
+
+    cache: Path | None = None
+    kernel: Path | None = None
+    kbuild: Path | None = None
+    kernel_modules: Path | None = None
+    accel: str = "auto"
+    tcg_threads: str = "auto"  # see lab.guest.accel.tcg_threads_for
+    guests_at_once: int = 1  # how many guests of this lab run at the same time
+
+
+class Lab:
+    """Resolves and builds (lazily, once) everything guests of this lab need."""
+
+    def __init__(self, options: LabOptions | None = None) -> None:
+        self.options = options or LabOptions()
+        self.cache = (self.options.cache or cache_root()).resolve()
+        self._kernel: KernelSpec | None = None
+        self._image: GuestImage | None = None
+        self._module: ModuleBuild | None = None
+        self._accel: Accel | None = None
+
+    @property
+    def kernel(self) -> KernelSpec:
+        if self._kernel is None:
+            if self.options.kernel is not None:
+                self._kernel = custom_kernel(self.options.kernel, self.options.kbuild, self.options.kernel_modules)
+            else:
+                self._kernel = debian_cloud_kernel(self.cache)
+        return self._kernel
+
+    @property
+    def image(self) -> GuestImage:
+        if self._image is None:
+            self._image = build_image(self.kernel, self.cache)
+        return self._image
+
+    @property
+    def module(self) -> ModuleBuild:
+        if self._module is None:
+            self._module = build_module(self.kernel, self.cache)
+        return self._module
+
+    @property
+    def accel(self) -> Accel:
+        if self._accel is None:
+            self._accel = choose_accel(self.options.accel, self.cache, self.image.kernel.image,
+                                       self.image.initramfs)
+            log.info("accelerator: %s (%s)", self._accel.name, self._accel.reason)
+        return self._accel
+
+    def accel_for(self, cpus: int) -> Accel:
+        """The accelerator, TCG threading chosen, for one guest of ``cpus`` vCPUs of this lab."""
+        return self.accel.for_guests(self.options.guests_at_once, cpus, self.options.tcg_threads)
+
+    def guest_spec(self, shape: GuestShape | None = None, name: str = "guest", with_module: bool = True,
+                   load_module: bool = True, cmdline: tuple[str, ...] = ()) -> GuestSpec:
+        """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
+        modules = (self.module.module("cnlab"),) if with_module else ()
+        shape = shape or GuestShape()
+        accel = self.accel_for(shape.cpus)
+        return GuestSpec(
+            image=self.image,
+            accel=accel,
+            # TCG only: under KVM the kernel calibrates fast and right by itself
+            calibration=lpj_file(self.cache, self.image.kernel.release) if accel.name == "tcg" else None,
+            shape=shape,
+            modules=modules,
+            load_modules=load_module,
+            cmdline=cmdline,
+            name=name,
+        )

@@ -1,0 +1,447 @@
+"""One QEMU guest: boot to SSH-ready, run commands, stop, never leak.
+
+Boot sequence (every wait is a named deadline, none is a bare sleep):
+
+1. write the per-boot initramfs (base archive + keys + lab modules);
+2. listen on the QMP and readiness sockets, spawn QEMU paused (``-S``) with
+   :func:`lab.host.procs.spawn_owned`;
+3. accept QEMU's QMP connection (the greeting) and its readiness channel;
+4. add the SSH port forward over QMP, retrying another port on collision;
+5. ``cont``; wait for ``CNLAB-READY nonce=…`` on ttyS1 while watching QEMU's
+   pidfd, so a guest that dies fails at once with the console tail;
+6. connect SSH with the pinned host key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import random
+import re
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from lab.command import CommandResult
+from lab.deadline import Deadline
+from lab.errors import BootError, BootTimeout, GuestCrashed, GuestError, LabError, UsageError
+from lab.guest.accel import Accel
+from lab.guest.calibration import read_lpj, record_lpj
+from lab.guest.netns import GUEST_ADDRESS, GuestLink
+from lab.guest.qemu_argv import BootPaths, GuestShape, kernel_cmdline, qemu_argv
+from lab.guest.ssh import SSHSession
+from lab.host.procs import spawn_owned, stop_process
+from lab.image.build import GuestImage
+from lab.image.cpio import CpioEntry, write_newc
+
+__all__ = ["Guest", "GuestSpec", "GuestState", "BootTiming"]
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = "qemu-system-x86_64"
+#: Boot budget under KVM; multiplied by the accelerator's timeout scale.
+BOOT_SECONDS = 30.0
+PORT_RANGE = (20000, 60000)
+GUEST_MODULE_DIR = "/run/cnlab"
+NETWORKS = ("user", "tap")
+#: A connection on the lab's own link whose data stays unacknowledged this long is dead.
+DEAD_LINK_S = 8.0
+_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)(?: lpj=(\d+))?\r?\n")
+
+
+@enum.unique
+class GuestState(enum.Enum):
+    NEW = "new"
+    BOOTING = "booting"
+    READY = "ready"
+    STOPPED = "stopped"
+    BROKEN = "broken"
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What to boot: image, shape, accelerator and what goes into the guest."""
+
+    image: GuestImage
+    accel: Accel
+    shape: GuestShape = GuestShape()
+    modules: tuple[Path, ...] = ()
+    load_modules: bool = True
+    cmdline: tuple[str, ...] = ()
+    qemu_extra: tuple[str, ...] = ()
+    name: str = "guest"
+    qemu_binary: str = QEMU_BINARY
+    #: "user": QEMU user-mode networking, SSH through a forwarded loopback port.
+    #: "tap": a tap in a bridge in a namespace of the lab's own (lab.guest.netns), for link faults.
+    network: str = "user"
+    #: The delay-loop calibration file (lab.guest.calibration): its lpj= goes on the command line,
+    #: and a guest that measured one records it there.  None: the kernel calibrates as usual.
+    calibration: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORKS:
+            raise UsageError(f"guest network must be one of {', '.join(NETWORKS)}, got {self.network!r}")
+
+
+@dataclass
+class BootTiming:
+    """Seconds from spawn to each boot milestone."""
+
+    qmp: float = 0.0
+    ready: float = 0.0
+    ssh: float = 0.0
+    marks: dict = field(default_factory=dict)
+
+
+def _pidfd(pid: int) -> int:
+    return os.pidfd_open(pid)
+
+
+class Guest:
+    """A guest's whole life; use as a context manager so it is always stopped."""
+
+    def __init__(self, spec: GuestSpec, log_dir: Path | None = None, keep_workdir: bool = False) -> None:
+        self.spec = spec
+        self.state = GuestState.NEW
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"cnlab-{spec.name}-"))
+        self.log_dir = log_dir or self.workdir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.console_log = self.log_dir / f"{spec.name}.console.log"
+        self.keep_workdir = keep_workdir
+        self.timing = BootTiming()
+        self.ssh_port: int | None = None
+        self.ready_info: dict = {}
+        self._proc: subprocess.Popen | None = None
+        self._pidfd: int | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp_loop: asyncio.AbstractEventLoop | None = None
+        #: The guest's private link (network "tap"), for link faults; None on user networking.
+        self.link: GuestLink | None = None
+        self._ready_conn: socket.socket | None = None
+        self._ssh: SSHSession | None = None
+        self._broken: LabError | None = None
+        self._nonce = os.urandom(8).hex()
+        self._given_lpj: int | None = None  # set by cmdline(): the lpj= this boot got
+
+    # ------------------------------------------------------------- guards
+    def _require(self, method: str, *states: GuestState) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self.state not in states:
+            raise GuestError(f"{method}() needs state {'/'.join(s.value for s in states)}, "
+                             f"guest {self.spec.name} is {self.state.value}")
+
+    def __enter__(self) -> Guest:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- boot
+    @property
+    def boot_seconds(self) -> float:
+        return BOOT_SECONDS * self.spec.accel.timeout_scale
+
+    def write_initrd(self) -> Path:
+        """Write this boot's initramfs: the cached base plus keys and modules."""
+        keys = self.spec.image.keys
+        entries = [
+            CpioEntry("cnlab", None, 0o700),
+            CpioEntry("cnlab/ssh_host_ed25519_key", keys.host_key.read_bytes(), 0o600),
+            CpioEntry("cnlab/authorized_keys", keys.client_pub.read_bytes(), 0o600),
+        ]
+        for module in self.spec.modules:
+            entries.append(CpioEntry(f"cnlab/{module.name}", module.read_bytes(), 0o600))
+        initrd = self.workdir / "initrd"
+        with open(initrd, "wb") as out:
+            with open(self.spec.image.initramfs, "rb") as base:
+                shutil.copyfileobj(base, out)
+            out.write(write_newc(entries))
+        return initrd
+
+    def cmdline(self) -> str:
+        extra = [f"cnlab.nonce={self._nonce}", *self.spec.cmdline]
+        if self.spec.image.modules_disk is not None:
+            extra.append("cnlab.moddisk=/dev/nvme1n1")  # the second NVMe controller (qemu_argv.disk_args)
+        if self.spec.load_modules and self.spec.modules:
+            extra.append("cnlab.load=" + ",".join(f"{GUEST_MODULE_DIR}/{m.name}" for m in self.spec.modules))
+        if self.link is not None:
+            extra += self.link.guest_cmdline()
+        self._given_lpj = read_lpj(self.spec.calibration) if self.spec.calibration else None
+        if self._given_lpj:
+            extra.append(f"lpj={self._given_lpj}")
+        return kernel_cmdline(extra)
+
+    def argv(self, paused: bool = True) -> list[str]:
+        paths = BootPaths(
+            kernel=self.spec.image.boot_kernel,
+            initrd=self.workdir / "initrd",
+            rootfs=self.spec.image.rootfs,
+            modules_disk=self.spec.image.modules_disk,
+            console_log=self.console_log,
+            qmp_socket=self.workdir / "qmp.sock",
+            ready_socket=self.workdir / "ready.sock",
+        )
+        return qemu_argv(self.spec.qemu_binary, self.spec.shape, self.spec.accel, paths, self.cmdline(),
+                         list(self.spec.qemu_extra), paused=paused,
+                         tap_fd=self.link.tap_fd if self.link is not None else None)
+
+    def start(self) -> None:
+        """Boot until SSH works; on failure, raise and leave no QEMU behind."""
+        self._require("start", GuestState.NEW)
+        self.state = GuestState.BOOTING
+        deadline = Deadline(self.boot_seconds, f"guest {self.spec.name} to boot")
+        try:
+            self._boot(deadline)
+        except BaseException as exc:
+            tail = self.console_tail()
+            self._teardown()
+            self.state = GuestState.BROKEN
+            if isinstance(exc, GuestError) and not exc.console_tail:
+                exc.console_tail = tail
+            if isinstance(exc, LabError):
+                self._broken = exc
+            raise
+        self.state = GuestState.READY
+
+    def _listen(self, name: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.bind(str(self.workdir / name))
+        sock.listen(1)
+        return sock
+
+    def _qmp_client(self, conn: socket.socket) -> QEMUMonitorProtocol:
+        """A QMP client on an event loop of its own, closed at teardown.
+
+        The synchronous client adopts the calling thread's loop; a guest
+        started from a pool thread would leave that loop unclosed.
+        """
+        self._qmp_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._qmp_loop)
+        try:
+            return QEMUMonitorProtocol(conn)
+        finally:
+            asyncio.set_event_loop(None)
+
+    def _boot(self, deadline: Deadline) -> None:
+        self.write_initrd()
+        qmp_listener = self._listen("qmp.sock")
+        ready_listener = self._listen("ready.sock")
+        if self.spec.network == "tap":
+            self.link = GuestLink()
+        qemu_log = open(self.workdir / "qemu.stderr", "wb")
+        try:
+            self._proc = spawn_owned(self.argv(), stdout=qemu_log, stderr=subprocess.STDOUT,
+                                     pass_fds=(self.link.tap_fd,) if self.link is not None else ())
+        finally:
+            qemu_log.close()
+        self._pidfd = _pidfd(self._proc.pid)
+        spawned = time.monotonic()
+        try:
+            qmp_conn = self._accept(qmp_listener, deadline, "QMP connection")
+            self._wait_readable(qmp_conn, deadline, "QMP greeting")
+            self._qmp = self._qmp_client(qmp_conn)
+            try:
+                self._qmp.connect(negotiate=True)
+            except (QMPError, OSError, EOFError) as exc:
+                if self._proc.poll() is not None:
+                    raise self._qemu_exit_error() from exc
+                raise BootError(f"guest {self.spec.name}: QMP negotiation failed: {exc}") from exc
+            self._qmp.settimeout(10.0 * self.spec.accel.timeout_scale)
+            self._ready_conn = self._accept(ready_listener, deadline, "readiness channel")
+        finally:
+            qmp_listener.close()
+            ready_listener.close()
+        self.timing.qmp = time.monotonic() - spawned
+        if self.link is None:
+            self.ssh_port = self._forward_ssh_port()
+        self._qmp.cmd("cont")
+        self.ready_info = self._wait_ready(deadline)
+        if self.spec.calibration is not None and self.ready_info["lpj"] and not self._given_lpj:
+            record_lpj(self.spec.calibration, self.ready_info["lpj"])
+        self.timing.ready = time.monotonic() - spawned
+        self._ssh = self._ssh_session()
+        self._ssh.connect(deadline)
+        self.timing.ssh = time.monotonic() - spawned
+
+    def _ssh_session(self) -> SSHSession:
+        keys = self.spec.image.keys
+        if self.link is None:
+            return SSHSession("127.0.0.1", self.ssh_port, keys.client_key, keys.known_hosts,
+                              connect_timeout=10.0 * self.spec.accel.timeout_scale)
+        # On the lab's own link a broken connection is expected (link faults): notice it
+        # within DEAD_LINK_S and keep each connect attempt short, so reconnecting is quick.
+        link = self.link
+        return SSHSession(GUEST_ADDRESS, 22, keys.client_key, keys.known_hosts,
+                          connect_timeout=5.0 * self.spec.accel.timeout_scale, dead_link_s=DEAD_LINK_S,
+                          open_socket=lambda timeout: link.connect(22, timeout))
+
+    def _qemu_exit_error(self) -> BootError:
+        assert self._proc is not None
+        status = self._proc.wait()
+        stderr = (self.workdir / "qemu.stderr").read_text(errors="replace").strip()
+        detail = f": {stderr.splitlines()[-1]}" if stderr else ""
+        return BootError(f"QEMU exited with status {status} before guest {self.spec.name} was ready{detail}")
+
+    def _wait_readable(self, sock: socket.socket, deadline: Deadline, what: str) -> None:
+        assert self._pidfd is not None
+        while True:
+            readable, _, _ = select.select([sock, self._pidfd], [], [], deadline.remaining())
+            if self._pidfd in readable:
+                raise self._qemu_exit_error()
+            if sock in readable:
+                return
+            if deadline.expired():
+                raise BootTimeout(f"guest {self.spec.name}: no {what} within {deadline.seconds:.0f} s "
+                                  f"({self.spec.accel.name})")
+
+    def _accept(self, listener: socket.socket, deadline: Deadline, what: str) -> socket.socket:
+        self._wait_readable(listener, deadline, what)
+        conn, _ = listener.accept()
+        return conn
+
+    def _forward_ssh_port(self) -> int:
+        """Ask QEMU to forward a random free loopback port to the guest's sshd."""
+        assert self._qmp is not None
+        rng = random.SystemRandom()
+        last = ""
+        for _ in range(64):
+            port = rng.randrange(*PORT_RANGE)
+            reply = self._qmp.cmd("human-monitor-command",
+                                  **{"command-line": f"hostfwd_add net0 tcp:127.0.0.1:{port}-:22"})
+            last = str(reply).strip()
+            if not last:
+                return port
+        raise BootError(f"could not forward an SSH port for guest {self.spec.name}: {last}")
+
+    def _wait_ready(self, deadline: Deadline) -> dict:
+        assert self._ready_conn is not None
+        buffer = b""
+        while True:
+            match = _READY.search(buffer)
+            if match and match.group(1).decode() == self._nonce:
+                modules = match.group(3).decode()
+                failed = [item for item in modules.split(",") if item.rsplit(":", 1)[-1] not in ("0", "none", "")]
+                if modules != "none" and failed:
+                    raise BootError(f"guest {self.spec.name}: loading modules failed: {', '.join(failed)}")
+                return {"cpus": int(match.group(2)), "modules": modules, "lpj": int(match.group(4) or 0)}
+            self._wait_readable(self._ready_conn, deadline, "readiness line")
+            chunk = self._ready_conn.recv(4096)
+            if not chunk:
+                raise self._channel_closed_error()
+            buffer += chunk
+
+    def _channel_closed_error(self) -> BootError:
+        """QEMU closes its sockets as it exits: wait (bounded) for the exit to report why."""
+        assert self._proc is not None
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            return BootError(f"guest {self.spec.name}: readiness channel closed while QEMU still runs")
+        return self._qemu_exit_error()
+
+    # ------------------------------------------------------------ running
+    @property
+    def ssh(self) -> SSHSession:
+        self._require("ssh", GuestState.READY)
+        assert self._ssh is not None
+        return self._ssh
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def run(self, argv: list[str], timeout: float | None = None, check: bool = False, **kwargs) -> CommandResult:
+        """Run a command in the guest over SSH (argv list, never a string)."""
+        self._require("run", GuestState.READY)
+        if not self.alive():
+            self.state = GuestState.BROKEN
+            self._broken = GuestCrashed(f"guest {self.spec.name} is gone (QEMU exited)", self.console_tail())
+            raise self._broken
+        scaled = timeout * self.spec.accel.timeout_scale if timeout else None
+        return self.ssh.run(argv, timeout=scaled, check=check, **kwargs)
+
+    def qmp(self, command: str, **arguments) -> object:
+        """Send a QMP command (``query-status``, ``stop``, ``cont``, …)."""
+        self._require("qmp", GuestState.READY, GuestState.BOOTING)
+        assert self._qmp is not None
+        try:
+            return self._qmp.cmd(command, **arguments)
+        except (QMPError, OSError) as exc:
+            raise GuestError(f"QMP {command} failed on guest {self.spec.name}: {exc}") from exc
+
+    def pause(self) -> None:
+        self.qmp("stop")
+
+    def resume(self) -> None:
+        self.qmp("cont")
+
+    def status(self) -> str:
+        reply = self.qmp("query-status")
+        return reply["status"] if isinstance(reply, dict) else str(reply)
+
+    def console_text(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+    # ---------------------------------------------------------------- stop
+    def stop(self) -> None:
+        """Stop the guest (QMP quit, then kill the process group); idempotent."""
+        if self.state in (GuestState.STOPPED, GuestState.NEW):
+            self.state = GuestState.STOPPED
+            self._cleanup_workdir()
+            return
+        self._teardown()
+        if self.state != GuestState.BROKEN:
+            self.state = GuestState.STOPPED
+
+    def _teardown(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+        if self._qmp is not None:
+            if self.alive():
+                try:
+                    self._qmp.settimeout(2.0)
+                    self._qmp.cmd("quit")
+                except Exception:  # noqa: BLE001 - the guest may be gone already; the kill below is the backstop
+                    pass
+            try:
+                self._qmp.close()
+            except Exception:
+                pass
+            self._qmp = None
+        if self._qmp_loop is not None:
+            self._qmp_loop.close()
+            self._qmp_loop = None
+        if self._proc is not None:
+            stop_process(self._proc, grace=3.0)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._ready_conn is not None:
+            self._ready_conn.close()
+            self._ready_conn = None
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        self._cleanup_workdir()
+
+    def _cleanup_workdir(self) -> None:
+        if not self.keep_workdir:
+            # The console log survives when it lives in a separate log_dir.
+            shutil.rmtree(self.workdir, ignore_errors=True)

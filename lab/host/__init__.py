@@ -1,0 +1,2 @@
+"""The host machine: Debian packages, child processes that die with us, the cache.
+"""

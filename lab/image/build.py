@@ -1,0 +1,322 @@
+"""Guest image build: root disk, module disk and base initramfs, all cached.
+
+Three artefacts, each in a cache folder named by a hash of its inputs:
+
+* the root disk (``rootfs.ext4``): Debian from mmdebstrap, with our sshd
+  config and the host's pyroute2; independent of the kernel;
+* the module disk (``modules.ext4``): the guest kernel's ``/lib/modules``;
+* the base initramfs (``base.cpio``): cnlab-init and the virtio modules.
+
+Per-boot material (keys, the lab's kernel module) is appended to the base
+initramfs at boot (:mod:`lab.bootfiles`), so neither a new key nor a module
+change rebuilds anything here.  Deciding that nothing needs a rebuild costs a
+few hashes and ``stat`` calls.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import BuildError
+from lab.host.cache import content_key, file_lock, hash_tree, publish_dir, write_json_atomic
+from lab.host.packages import require_tool
+from lab.image.cpio import CpioEntry, write_newc
+from lab.image.kernel import KernelSpec
+from lab.image.keys import LabKeys, ensure_keys
+from lab.image.pvh import PVH_TOOLS, PvhUnavailable, write_pvh_kernel
+
+__all__ = ["GuestImage", "build_image", "images_dir", "SUITE"]
+
+log = logging.getLogger(__name__)
+
+#: Bump when the build recipe changes in a way the hashed inputs do not show.
+RECIPE_VERSION = 3
+SUITE = "bookworm"
+GUEST_SITE_PACKAGES = "/usr/lib/python3/dist-packages"
+DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
+
+
+def images_dir() -> Path:
+    """The repository's ``images/`` folder (recipes, init source, rootfs overlay)."""
+    return Path(__file__).resolve().parents[2] / "images"
+
+
+def _listed(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """Everything needed to boot a guest of one kernel."""
+
+    kernel: KernelSpec
+    rootfs: Path
+    modules_disk: Path | None
+    initramfs: Path
+    keys: LabKeys
+    manifest_path: Path
+    pvh_kernel: Path | None = None  # the kernel as a PVH ELF (lab.image.pvh), if it could be made
+
+    @property
+    def boot_kernel(self) -> Path:
+        """What QEMU's ``-kernel`` gets: the PVH ELF when there is one, else the bzImage."""
+        return self.pvh_kernel or self.kernel.image
+
+    def manifest(self) -> dict:
+        return json.loads(self.manifest_path.read_text())
+
+
+def _run(argv: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise BuildError(f"{what} failed (exit {result.returncode}):\n{tail}")
+    return result
+
+
+def _mkfs_ext4(source: Path, image: Path, size_bytes: int, label: str) -> None:
+    mkfs = require_tool("mkfs.ext4", "e2fsprogs")
+    size_mb = max(64, size_bytes * 5 // 4 // 2**20 + 96)
+    _run(
+        [mkfs, "-q", "-F", "-O", "^has_journal", "-L", label, "-d", str(source), str(image), f"{size_mb}M"],
+        f"mkfs.ext4 -d {source}",
+    )
+
+
+def _pyroute2_source() -> tuple[Path, str]:
+    """The host's pyroute2 package folder and version (the guest gets the same)."""
+    spec = importlib.util.find_spec("pyroute2")  # found, not imported: importing costs 0.5 s
+    if spec is None or spec.origin is None:
+        raise BuildError("pyroute2 is not installed on the host")
+    return Path(spec.origin).resolve().parent, importlib.metadata.version("pyroute2")
+
+
+# --------------------------------------------------------------------- rootfs
+def _rootfs_inputs() -> dict:
+    root = images_dir()
+    _, pyroute2_version = _pyroute2_source()
+    return {
+        "recipe": RECIPE_VERSION,
+        "suite": SUITE,
+        "packages": _listed(root / "packages.txt"),
+        "overlay": hash_tree(root / "rootfs"),
+        "pyroute2": pyroute2_version,
+        "dpkg_excludes": DPKG_EXCLUDES,
+    }
+
+
+def _build_rootfs(folder: Path, inputs: dict) -> None:
+    mmdebstrap = require_tool("mmdebstrap", "mmdebstrap")
+    if os.geteuid() != 0:
+        # Debian 12's mkfs.ext4 -d takes only a directory, and only root can
+        # create one with the right owners.
+        raise BuildError("building the guest root filesystem needs root (sudo cnlab image build)")
+    tree = folder / "tree"
+    pyroute2_dir, _ = _pyroute2_source()
+    stage = folder / "stage"
+    shutil.copytree(pyroute2_dir, stage / "pyroute2", ignore=shutil.ignore_patterns("__pycache__"))
+    overlay = images_dir() / "rootfs" / "etc" / "cnlab"
+    argv = [
+        mmdebstrap,
+        "--quiet",
+        "--mode=root",
+        "--variant=apt",
+        "--include=" + ",".join(inputs["packages"]),
+        *[f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES],
+        "--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*",
+        "--customize-hook=mkdir -p \"$1\"/lib/modules \"$1\"" + GUEST_SITE_PACKAGES,
+        f"--customize-hook=copy-in {overlay} /etc",
+        f"--customize-hook=copy-in {stage / 'pyroute2'} {GUEST_SITE_PACKAGES}",
+        "--customize-hook=chroot \"$1\" dpkg-query -W -f='${Package}\\t${Version}\\n' > \"$1\"/etc/cnlab/dpkg.tsv",
+        f"--customize-hook=download /etc/cnlab/dpkg.tsv {folder / 'dpkg.tsv'}",
+        inputs["suite"],
+        str(tree),
+    ]
+    _run(argv, "mmdebstrap")
+    size = sum(p.lstat().st_size for p in tree.rglob("*"))
+    _mkfs_ext4(tree, folder / "rootfs.ext4", size, "cnlab-root")
+    shutil.rmtree(tree)
+    shutil.rmtree(stage)
+
+
+# ------------------------------------------------------------- module disk
+def _modules_disk_inputs(kernel: KernelSpec) -> dict | None:
+    if kernel.modules_dir is None:
+        return None
+    stamp = kernel.modules_dir / "modules.dep"
+    return {
+        "recipe": RECIPE_VERSION,
+        "release": kernel.release,
+        "source": kernel.source,
+        "version": kernel.package_version,
+        "dir": str(kernel.modules_dir),
+        "mtime": stamp.stat().st_mtime_ns if stamp.exists() else 0,
+    }
+
+
+def _build_modules_disk(folder: Path, kernel: KernelSpec) -> None:
+    assert kernel.modules_dir is not None
+    tree = kernel.modules_dir.parent  # holds <release>/, mounted at /lib/modules
+    size = sum(p.stat().st_size for p in kernel.modules_dir.rglob("*") if p.is_file())
+    _mkfs_ext4(tree, folder / "modules.ext4", size, "cnlab-modules")
+
+
+# ---------------------------------------------------------------- initramfs
+def _module_closure(kernel: KernelSpec, wanted: list[str]) -> list[Path]:
+    """The .ko files for ``wanted`` and their dependencies, dependencies first."""
+    if kernel.modules_dir is None:
+        return []
+    dep_file = kernel.modules_dir / "modules.dep"
+    if not dep_file.exists():
+        raise BuildError(f"{dep_file} missing: run depmod for {kernel.release}")
+    deps: dict[str, list[str]] = {}
+    paths: dict[str, str] = {}
+    for line in dep_file.read_text().splitlines():
+        path, _, rest = line.partition(":")
+        name = Path(path).name.split(".ko")[0].replace("-", "_")
+        paths[name] = path
+        deps[name] = [Path(d).name.split(".ko")[0].replace("-", "_") for d in rest.split()]
+    builtin_file = kernel.modules_dir / "modules.builtin"
+    builtin = {
+        Path(line).name.split(".ko")[0].replace("-", "_")
+        for line in (builtin_file.read_text().splitlines() if builtin_file.exists() else [])
+    }
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order or name in builtin:
+            return
+        if name not in deps:
+            raise BuildError(f"kernel {kernel.release} has no module {name} and does not build it in")
+        for dep in deps[name]:
+            visit(dep)
+        order.append(name)
+
+    for name in wanted:
+        visit(name)
+    return [kernel.modules_dir / paths[name] for name in order]
+
+
+def _compile_init(out: Path) -> None:
+    gcc = require_tool("gcc", "gcc")
+    source = images_dir() / "init" / "cnlab-init.c"
+    _run([gcc, "-static", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(source)], "compiling cnlab-init")
+
+
+def _initramfs_inputs(kernel: KernelSpec) -> dict:
+    return {
+        "recipe": RECIPE_VERSION,
+        "init": hash_tree(images_dir() / "init"),
+        "modules": _listed(images_dir() / "initramfs-modules.txt"),
+        "kernel": _modules_disk_inputs(kernel) or kernel.describe(),
+    }
+
+
+def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
+    _compile_init(folder / "init")
+    modules = _module_closure(kernel, inputs["modules"])
+    folders = ("dev", "proc", "sys", "etc", "etc/cnlab", "lib", "lib/modules", "newroot")
+    entries = [CpioEntry(d, None, 0o755) for d in folders]
+    entries.append(CpioEntry("init", (folder / "init").read_bytes(), 0o755))
+    for module in modules:
+        entries.append(CpioEntry(f"lib/modules/{module.name}", module.read_bytes()))
+    listing = "".join(f"/lib/modules/{m.name}\n" for m in modules).encode()
+    entries.append(CpioEntry("etc/cnlab/modules", listing))
+    (folder / "base.cpio").write_bytes(write_newc(entries))
+    (folder / "init").unlink()
+
+
+def _pvh_inputs(kernel: KernelSpec) -> dict:
+    stat = kernel.image.stat()
+    # The tools are part of the key: a result cached while lz4 was missing is not reused once it is there.
+    tools = {tool: shutil.which(tool) is not None for tool in PVH_TOOLS}
+    return {"recipe": 1, "kernel": kernel.describe(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "tools": tools}
+
+
+def _build_pvh(folder: Path, kernel: KernelSpec) -> None:
+    """The kernel as a PVH ELF, or a note saying why not (so the reason is cached too)."""
+    try:
+        write_pvh_kernel(kernel.image, folder / "vmlinux")
+    except PvhUnavailable as exc:
+        (folder / "unavailable").write_text(f"{exc}\n")
+
+
+# ------------------------------------------------------------------- driver
+def _cached(cache: Path, kind: str, inputs: dict, build, force: bool) -> tuple[Path, str, bool]:
+    key = content_key(inputs)
+    folder = cache / kind / key
+    if folder.exists() and not force:
+        return folder, key, False
+    with file_lock(cache / "locks" / f"{kind}.lock"):
+        if folder.exists() and not force:
+            return folder, key, False
+        started = time.monotonic()
+        log.info("building %s %s", kind, key)
+        with publish_dir(folder) as scratch:
+            build(scratch)
+            write_json_atomic(scratch / "inputs.json", inputs)
+        log.info("built %s in %.1f s", kind, time.monotonic() - started)
+    return folder, key, True
+
+
+def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestImage:
+    """Build whatever is missing for ``kernel`` and return the image set."""
+    if not kernel.image.is_file():
+        raise BuildError(f"kernel image not found: {kernel.image}")
+    keys = ensure_keys(cache / "keys")
+    rootfs_inputs = _rootfs_inputs()
+    rootfs, rootfs_key, rootfs_built = _cached(
+        cache, "rootfs", rootfs_inputs, lambda d: _build_rootfs(d, rootfs_inputs), force
+    )
+    mod_inputs = _modules_disk_inputs(kernel)
+    modules_disk = None
+    mod_key = None
+    if mod_inputs is not None:
+        mod_folder, mod_key, _ = _cached(cache, "moddisk", mod_inputs, lambda d: _build_modules_disk(d, kernel), force)
+        modules_disk = mod_folder / "modules.ext4"
+    ird_inputs = _initramfs_inputs(kernel)
+    ird, ird_key, _ = _cached(cache, "initramfs", ird_inputs, lambda d: _build_initramfs(d, kernel, ird_inputs), force)
+    pvh, _, _ = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force)
+    pvh_kernel = pvh / "vmlinux" if (pvh / "vmlinux").is_file() else None
+    boot = "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip()
+    if pvh_kernel is None:
+        log.info("booting the %s", boot)
+    manifest = {
+        "kernel": kernel.describe(),
+        "rootfs": {"key": rootfs_key, "inputs": rootfs_inputs, "packages": _read_packages(rootfs / "dpkg.tsv")},
+        "modules_disk": mod_key,
+        "initramfs": {"key": ird_key, "inputs": ird_inputs},
+        "boot": boot,
+    }
+    manifest_path = cache / "manifests" / f"{content_key(manifest)}.json"
+    if not manifest_path.exists():
+        write_json_atomic(manifest_path, manifest)
+    if rootfs_built:
+        log.info("root filesystem %s ready", rootfs_key)
+    return GuestImage(
+        kernel=kernel,
+        rootfs=rootfs / "rootfs.ext4",
+        modules_disk=modules_disk,
+        initramfs=ird / "base.cpio",
+        keys=keys,
+        manifest_path=manifest_path,
+        pvh_kernel=pvh_kernel,
+    )
+
+
+def _read_packages(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    rows = (line.split("\t") for line in path.read_text().splitlines() if "\t" in line)
+    return {name: version for name, version in rows}

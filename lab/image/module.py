@@ -1,0 +1,85 @@
+"""Build the lab's kernel module (``kmod/``) against a guest kernel, cached.
+
+The build runs on a copy of ``kmod/`` inside the cache, in a folder keyed by
+a hash of the sources and the kernel, so an unchanged module costs a hash and
+a changed one a few seconds; the worktree stays free of build products.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import BuildError, HostSetupError
+from lab.host.cache import content_key, file_lock, hash_tree, publish_dir
+from lab.host.packages import require_tool
+from lab.image.kernel import KernelSpec
+
+__all__ = ["ModuleBuild", "build_module", "kmod_dir"]
+
+SOURCE_PATTERNS = ("*.c", "*.h", "Kbuild", "Makefile")
+
+
+def kmod_dir() -> Path:
+    """The repository's ``kmod/`` folder."""
+    return Path(__file__).resolve().parents[2] / "kmod"
+
+
+@dataclass(frozen=True)
+class ModuleBuild:
+    """Built module files and the hash of the sources they came from."""
+
+    modules: tuple[Path, ...]
+    source_hash: str
+    build_log: str
+
+    def module(self, name: str = "cnlab") -> Path:
+        for path in self.modules:
+            if path.stem == name:
+                return path
+        raise BuildError(f"module {name}.ko was not built (have: {', '.join(p.name for p in self.modules)})")
+
+
+def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
+                 extra_make: list[str] | None = None) -> ModuleBuild:
+    """Build (or reuse) the modules in ``source`` for ``kernel``."""
+    source = source or kmod_dir()
+    if kernel.kbuild_dir is None:
+        raise HostSetupError(
+            f"no kernel build tree for {kernel.release}: install linux-headers-{kernel.release} "
+            "or pass --kbuild DIR"
+        )
+    source_hash = hash_tree(source, SOURCE_PATTERNS)
+    key = content_key(source_hash, kernel.release, str(kernel.kbuild_dir), extra_make or [])
+    folder = cache / "kmod" / key
+    if not folder.exists():
+        with file_lock(cache / "locks" / "kmod.lock"):
+            if not folder.exists():
+                with publish_dir(folder) as scratch:
+                    _compile(source, scratch, kernel.kbuild_dir, extra_make or [])
+    modules = tuple(sorted(p for p in folder.glob("*.ko")))
+    if not modules:
+        raise BuildError(f"building {source} produced no .ko files")
+    log_path = folder / "build.log"
+    return ModuleBuild(modules, source_hash, log_path.read_text() if log_path.exists() else "")
+
+
+def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str]) -> None:
+    make = require_tool("make", "make")
+    tree = scratch / "src"
+    shutil.copytree(source, tree, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd", "*.mod*", "tests", "tools"))
+    result = subprocess.run(
+        [make, "-C", str(kbuild), f"M={tree}", "W=1", *extra_make, "modules"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    (scratch / "build.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()[-5:]
+        raise BuildError("module build failed: " + " | ".join(errors[:5]))
+    for built in tree.glob("*.ko"):
+        shutil.copy2(built, scratch / built.name)
+    shutil.rmtree(tree)

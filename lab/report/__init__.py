@@ -1,0 +1,2 @@
+"""Reporters of finished runs: the summary table, JUnit XML, the HTML report.
+"""
