@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -36,18 +36,22 @@ __all__ = [
     "load_config",
     "config_from_args",
     "validate_settings",
+    "check_value",
 ]
 
 #: The config file used when ``--config`` is not given and it exists in the current folder.
 DEFAULT_CONFIG_NAME = "cnlab.toml"
 
 _TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+_TOML_NAMES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+                                tuple: "array", dict: "table"}
 _LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders"}
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One key of a plugin's ``[plugins.<name>]`` table.
+    """One key a plugin accepts: in its ``[plugins.<name>]`` config table, or in a scenario's table for
+    one of its emulators, consumers or faults.
 
     :param key: the TOML key.
     :param type: ``bool``, ``int``, ``float`` (an integer is accepted), ``str`` or ``list``.
@@ -55,6 +59,9 @@ class Setting:
     :param description: one line for ``cnlab plugins`` and the docs.
     :param choices: allowed values, if the set is closed.
     :param item_type: element type for ``list`` settings.
+    :param min: smallest allowed value (numbers; for lists, each element), if bounded below.
+    :param max: largest allowed value (numbers; for lists, each element), if bounded above.
+    :param length: for ``list`` settings, the exact number of elements, if fixed (``payload = [min, max]``).
     """
 
     key: str
@@ -63,13 +70,18 @@ class Setting:
     description: str
     choices: tuple[Any, ...] = ()
     item_type: type | None = None
+    min: float | None = None
+    max: float | None = None
+    length: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             raise TypeError(f"setting {self.key!r}: unsupported type {self.type!r} (use one of {_type_list()})")
         if not self.key.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"setting key {self.key!r} is not a bare TOML key")
-        _check_value("<declaration>", self, self.default)
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"setting {self.key!r}: min {self.min} is above max {self.max}")
+        check_value(lambda: f"setting {self.key!r} default", self, self.default)
 
     @property
     def type_name(self) -> str:
@@ -77,6 +89,38 @@ class Setting:
         if self.type is list and self.item_type is not None:
             name += f" of {_TYPES[self.item_type]}"
         return name
+
+    @property
+    def range_text(self) -> str:
+        """``0..100``, ``>= 1``, ``<= 8``, one of ... or "" (for ``cnlab plugins`` and messages)."""
+        if self.choices:
+            return "one of " + ", ".join(map(repr, self.choices))
+        if self.min is not None and self.max is not None:
+            return f"{_num(self.min)}..{_num(self.max)}"
+        if self.min is not None:
+            return f">= {_num(self.min)}"
+        if self.max is not None:
+            return f"<= {_num(self.max)}"
+        return ""
+
+    def expected(self) -> str:
+        """What a valid value looks like, as a message fragment."""
+        text = {"boolean": "true or false", "integer": "an integer", "number": "a number", "string": "a string",
+                "array": "an array"}.get(_TYPES[self.type], _TYPES[self.type])
+        if self.type is list:
+            text = f"an array of {self.length} " if self.length else "an array of "
+            text += {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(self.item_type,
+                                                                                             "values")
+        rng = self.range_text
+        if rng and not self.choices:
+            text += f" in {rng}"
+        elif self.choices:
+            text += f", {rng}"
+        return text
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _type_list() -> str:
@@ -93,32 +137,53 @@ def _is(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def _check_value(owner: str, setting: Setting, value: Any) -> Any:
-    where = f"[plugins.{owner}] {setting.key}"
+def check_value(place: Callable[[], str], setting: Setting, value: Any) -> Any:
+    """``value`` for ``setting``, normalised (lists to tuples, integers to floats for ``float``).
+
+    :param place: where the value was written, for the message (``[plugins.x] key``, ``file: faults[0].cpu``).
+    :raises ConfigError: wrong type, outside ``choices``, ``min``/``max`` or ``length``.
+    """
+    def fail(got: str) -> ConfigError:
+        return ConfigError(f"{place()}: expected {setting.expected()}, got {got}")
+
     if not _is(value, setting.type):
-        raise ConfigError(f"{where}: expected {setting.type_name}, got {type(value).__name__} {value!r}")
+        raise fail(f"{_TOML_NAMES.get(type(value), type(value).__name__)} {value!r}")
+    items = [value]
     if setting.type is list:
+        if setting.length is not None and len(value) != setting.length:
+            raise fail(f"{len(value)} element(s) {value!r}")
         if setting.item_type is not None:
             for item in value:
                 if not _is(item, setting.item_type):
-                    raise ConfigError(f"{where}: expected {setting.type_name}, got element {item!r}")
+                    raise fail(f"element {item!r}")
+        items = list(value)
         value = tuple(value)
     if setting.type is float:
         value = float(value)
     if setting.choices and value not in setting.choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, setting.choices))}")
+        raise fail(repr(value))
+    for item in items:
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            if (setting.min is not None and item < setting.min) or (setting.max is not None and item > setting.max):
+                raise fail(repr(item) if setting.type is not list else f"element {item!r}")
     return value
 
 
-def validate_settings(owner: str, declared: Sequence[Setting], table: Mapping[str, Any]) -> Mapping[str, Any]:
+def validate_settings(owner: str, declared: Sequence[Setting], table: Mapping[str, Any],
+                      place: Callable[[str], str] | None = None, what: str = "") -> Mapping[str, Any]:
     """Check ``table`` against ``declared``; return every key with its value (defaults filled), read-only.
 
-    :raises ConfigError: an undeclared key, a value of the wrong type or outside ``choices``;
-        the message names ``[plugins.<owner>]`` and the key.
+    :param owner: the plugin whose table it is.
+    :param place: ``place(key)`` says where a key was written (default ``[plugins.<owner>] key``).
+    :param what: what takes the keys, for the unknown-key message (default ``plugin '<owner>'``).
+    :raises ConfigError: an undeclared key (with a suggestion), a value of the wrong type, outside ``choices``
+        or the declared range; the message names where it was written and the key.
     """
+    place = place or (lambda key: f"[plugins.{owner}] {key}")
+    what = what or f"plugin {owner!r}"
     by_key = {s.key: s for s in declared}
     if len(by_key) != len(declared):
-        raise ConfigError(f"plugin {owner!r} declares a setting twice")
+        raise ConfigError(f"{what} declares a setting twice")
     values: dict[str, Any] = {}
     for key, value in table.items():
         setting = by_key.get(key)
@@ -126,8 +191,8 @@ def validate_settings(owner: str, declared: Sequence[Setting], table: Mapping[st
             hint = difflib.get_close_matches(key, list(by_key), n=1)
             known = f"did you mean {hint[0]!r}?" if hint else (
                 f"known keys: {', '.join(sorted(by_key))}" if by_key else "it takes no settings")
-            raise ConfigError(f"[plugins.{owner}] {key}: unknown key for plugin {owner!r} ({known})")
-        values[key] = _check_value(owner, setting, value)
+            raise ConfigError(f"{place(key)}: unknown key for {what} ({known})")
+        values[key] = check_value(lambda key=key: place(key), setting, value)
     for setting in declared:
         values.setdefault(setting.key, tuple(setting.default) if setting.type is list else setting.default)
     return MappingProxyType(values)

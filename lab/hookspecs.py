@@ -5,17 +5,20 @@ hook but not marked is never called (the manager reports it).  Hooks are
 named ``lab_<object>_<verb>`` and grouped by lifecycle phase::
 
     configure   lab_settings_declare ─► lab_plugin_configure
-    register    lab_emulators_register, lab_consumers_register, lab_faults_register
+    register    lab_emulators_register, lab_consumers_register, lab_faults_register, lab_events_register
     guest       lab_qemu_args_add, lab_kernel_cmdline_add, lab_guest_files_add ─► boot ─► lab_guest_ready
-    scenario    lab_scenario_start ─► lab_phase_run (per phase; fault wrappers) ─► lab_scenario_stop
+    scenario    lab_scenario_start ─► lab_phase_run (per phase; the load runs the guest agent) ─► lab_scenario_stop
     results     lab_result_collect ─► lab_result_check
     report      lab_report_status, lab_report_write
     teardown    lab_plugin_unconfigure
 
-Hooks marked *per plugin* are called once for each plugin on its own (the
-manager needs to know whose answer is whose); the others are ordinary pluggy
+Hooks marked *per plugin* are called once for each plugin on its own, in
+load order (built-ins first), with that plugin's own ``settings``: the
+manager knows whose answer is whose.  The others are ordinary pluggy
 broadcasts.  Every hook's implementation may accept fewer arguments than the
-spec lists; specs may grow arguments in later versions.
+spec lists; specs may grow arguments in later versions.  The engine calls
+every hook through ``lab.plugin.call_hook`` (or per plugin), so a plugin
+raising fails the scenario it raised in, naming the plugin and the hook.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ if TYPE_CHECKING:
     from lab.config import LabConfig, Setting
     from lab.guest.machine import Guest
     from lab.guest.qemu_argv import GuestShape
-    from lab.plugin.model import GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash
-    from lab.plugin.registry import ConsumerRegistry, EmulatorRegistry, FaultRegistry
+    from lab.plugin.model import GuestFile, PhaseInfo, Scenario, ScenarioResult, Stash, Verdict
+    from lab.plugin.registry import ConsumerRegistry, EmulatorRegistry, EventRegistry, FaultRegistry
 
 __all__ = [
     "PROJECT_NAME",
@@ -42,6 +45,7 @@ __all__ = [
     "lab_emulators_register",
     "lab_consumers_register",
     "lab_faults_register",
+    "lab_events_register",
     "lab_qemu_args_add",
     "lab_kernel_cmdline_add",
     "lab_guest_files_add",
@@ -139,13 +143,33 @@ def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, An
 def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) -> None:
     """Add fault injectors with ``registry.add_fault(FaultSpec(...))``.
 
-    Called **per plugin**, once, after :func:`lab_consumers_register`.
+    Called **per plugin**, once, after :func:`lab_consumers_register`.  A
+    fault's factory returns a :class:`lab.plugin.objects.Fault` (inject and
+    restore actions); the scenario says when it fires (``at``, ``every``,
+    ``on``) and the guest agent fires it.
 
     :param registry: the fault registry (a view bound to this plugin).
     :param settings: this plugin's validated settings (as given to :func:`lab_plugin_configure`).
     :return: ignored.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_events_register(registry: EventRegistry, settings: Mapping[str, Any]) -> None:
+    """Add events faults can wait for (``on = NAME``) with ``registry.add_event(EventSpec(...))``.
+
+    Called **per plugin**, once, after :func:`lab_faults_register`.  An event
+    is something the guest agent counts (``lab.plugin.objects.FileCounter``:
+    a number in a guest file); a fault ``on`` it fires once the count
+    reaches the fault's ``threshold``.
+
+    :param registry: the event registry (a view bound to this plugin).
+    :param settings: this plugin's validated settings.
+    :return: ignored.
+
+    .. versionadded:: 0.2
     """
 
 
@@ -200,14 +224,15 @@ def lab_guest_files_add(config: LabConfig) -> Sequence[GuestFile] | None:
 
 
 @hookspec
-def lab_guest_ready(guest: Guest, scenario: ScenarioInfo) -> None:
+def lab_guest_ready(guest: Guest, scenario: Scenario, settings: Mapping[str, Any]) -> None:
     """A scenario's guest is up, the module is loaded and plugin files are installed.
 
-    Called once per guest, before :func:`lab_scenario_start`.  Use it for
-    guest-wide preparation (sysctls, extra modules).
+    Called **per plugin**, once per scenario, before :func:`lab_scenario_start`.
+    Use it for guest-wide preparation (sysctls, extra modules).
 
     :param guest: the running guest (``guest.run(argv)``, ``guest.ssh.put()``).
-    :param scenario: the scenario the guest was booted for.
+    :param scenario: the scenario about to run.
+    :param settings: this plugin's validated settings.
     :return: ignored.
 
     .. versionadded:: 0.1
@@ -215,20 +240,21 @@ def lab_guest_ready(guest: Guest, scenario: ScenarioInfo) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Scenario: start, phases (fault injectors wrap these), stop.
+# Scenario: start, phases, stop.
 
 
 @hookspec
-def lab_scenario_start(scenario: ScenarioInfo, guest: Guest, stash: Stash) -> None:
-    """A scenario starts: start consumers and live sources.
+def lab_scenario_start(scenario: Scenario, guest: Guest, stash: Stash, settings: Mapping[str, Any]) -> None:
+    """A scenario starts: prepare what the plugin needs for it.
 
-    Called once per scenario, after :func:`lab_guest_ready`.  An exception
-    fails this scenario (``PluginError`` naming the plugin and the hook); the
-    other scenarios carry on.
+    Called **per plugin**, once per scenario, after :func:`lab_guest_ready`.
+    An exception fails this scenario (``PluginError`` naming the plugin and
+    the hook); the other scenarios carry on.
 
     :param scenario: the scenario.
     :param guest: its guest.
     :param stash: per-scenario state shared between hooks (typed keys).
+    :param settings: this plugin's validated settings.
     :return: ignored.
 
     .. versionadded:: 0.1
@@ -236,22 +262,26 @@ def lab_scenario_start(scenario: ScenarioInfo, guest: Guest, stash: Stash) -> No
 
 
 @hookspec
-def lab_phase_run(scenario: ScenarioInfo, phase: PhaseInfo, guest: Guest, stash: Stash) -> None:
-    """Run one phase of a scenario (``setup``, ``load``, ``drain``, ``verify``, ...).
+def lab_phase_run(scenario: Scenario, phase: PhaseInfo, guest: Guest, stash: Stash) -> None:
+    """Run one phase of a scenario (``setup``, ``load``, ``drain``, ``verify``).
 
-    Called once per phase, in ``scenario.phases`` order.  Ordinary
-    implementations do the phase's work (start generators in ``load``, wait
-    for quiet in ``drain``).  **Fault injectors** implement it as a wrapper::
+    Called once per phase, in ``scenario.phases`` order, as a broadcast.  In
+    ``load`` the essential ``core`` plugin runs the guest agent: consumers,
+    generators, live sources and every fault on its trigger.  Faults are not
+    phase wrappers (register a ``FaultSpec``); a wrapper is the way to run
+    something beside the load::
 
         @hookimpl(wrapper=True)
         def lab_phase_run(scenario, phase, guest, stash):
             if phase.name != "load":
                 return (yield)
-            inject(guest)
+            monitor = start_monitor(guest)
             try:
                 return (yield)
             finally:
-                restore(guest)
+                stash[MONITOR] = monitor.stop()
+
+    ``stash[lab.plugin.SETTINGS]`` holds every plugin's settings by plugin name.
 
     :param scenario: the scenario.
     :param phase: the phase being run.
@@ -264,17 +294,19 @@ def lab_phase_run(scenario: ScenarioInfo, phase: PhaseInfo, guest: Guest, stash:
 
 
 @hookspec
-def lab_scenario_stop(scenario: ScenarioInfo, guest: Guest, stash: Stash, error: BaseException | None) -> None:
+def lab_scenario_stop(scenario: Scenario, guest: Guest, stash: Stash, error: BaseException | None,
+                      settings: Mapping[str, Any]) -> None:
     """A scenario ends: stop what :func:`lab_scenario_start` started.
 
-    Called once per scenario once :func:`lab_scenario_start` has been called,
-    also when the start or a phase failed (then ``error`` is the exception).
-    Implementations must be safe to call after a partial start.
+    Called **per plugin**, once per scenario once :func:`lab_scenario_start`
+    has been called, also when the start or a phase failed (then ``error`` is
+    the exception).  Implementations must be safe to call after a partial start.
 
     :param scenario: the scenario.
     :param guest: its guest (may be dead if ``error`` is a guest crash).
     :param stash: per-scenario state.
     :param error: what ended the scenario early, or None.
+    :param settings: this plugin's validated settings.
     :return: ignored.
 
     .. versionadded:: 0.1
@@ -286,16 +318,19 @@ def lab_scenario_stop(scenario: ScenarioInfo, guest: Guest, stash: Stash, error:
 
 
 @hookspec
-def lab_result_collect(scenario: ScenarioInfo, guest: Guest, stash: Stash) -> Mapping[str, Any] | None:
-    """Gather results (consumer reports, module statistics) after the scenario stopped.
+def lab_result_collect(scenario: Scenario, guest: Guest, stash: Stash,
+                       settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Gather results (reports of the plugin's own guest programs, statistics) after the scenario stopped.
 
-    Called once per scenario, after :func:`lab_scenario_stop`, while the guest
-    is still up.  All results are used: the engine stores each plugin's
-    mapping under the plugin's name.
+    Called **per plugin**, once per scenario, after :func:`lab_scenario_stop`,
+    while the guest is still up.  The engine stores each plugin's mapping
+    under the plugin's name; the guest agent's report is already there as
+    ``agent`` (every consumer's report, generator and CBUS counts, faults).
 
     :param scenario: the scenario.
     :param guest: its guest.
     :param stash: per-scenario state.
+    :param settings: this plugin's validated settings.
     :return: a JSON-serialisable mapping, or None.
 
     .. versionadded:: 0.1
@@ -303,15 +338,21 @@ def lab_result_collect(scenario: ScenarioInfo, guest: Guest, stash: Stash) -> Ma
 
 
 @hookspec
-def lab_result_check(scenario: ScenarioInfo, data: Mapping[str, Any]) -> Sequence[str] | None:
+def lab_result_check(scenario: Scenario, data: Mapping[str, Any],
+                     settings: Mapping[str, Any]) -> Sequence[str | Verdict] | None:
     """Judge the collected results (e.g. loss accounting must reconcile).
 
-    Called once per scenario with everything :func:`lab_result_collect`
-    gathered.  All results are used: any problem fails the scenario.
+    Called **per plugin**, once per scenario, with everything collected:
+    ``data["agent"]`` (the guest agent's report), ``data["kernel"]`` (console
+    reports and taint) and each plugin's :func:`lab_result_collect` mapping.
+    Every answer becomes a verdict of the scenario's result: a string is a
+    failed check (one line), a :class:`lab.plugin.Verdict` a check that held
+    or failed.  Any failed check fails the scenario.
 
     :param scenario: the scenario.
     :param data: collected results, keyed by plugin name.
-    :return: a list of problems (one line each), empty or None when all is well.
+    :param settings: this plugin's validated settings.
+    :return: a list of problems or verdicts, empty or None when there is nothing to say.
 
     .. versionadded:: 0.1
     """
@@ -326,9 +367,9 @@ def lab_report_status(result: ScenarioResult) -> str | None:
     """Give the one-word status shown for a scenario (``PASS``, ``FAIL``, ``XFAIL``...).
 
     ``firstresult``: the first non-None answer wins; the essential ``core``
-    plugin answers last with PASS/FAIL.
+    plugin answers last with PASS/FAIL/ERROR.
 
-    :param result: the scenario's result.
+    :param result: the scenario's result record.
     :return: a short status, or None to leave the decision to others.
 
     .. versionadded:: 0.1
@@ -336,13 +377,15 @@ def lab_report_status(result: ScenarioResult) -> str | None:
 
 
 @hookspec
-def lab_report_write(results: Sequence[ScenarioResult], directory: Path) -> Sequence[Path] | None:
+def lab_report_write(results: Sequence[ScenarioResult], directory: Path,
+                     settings: Mapping[str, Any]) -> Sequence[Path] | None:
     """Write reports for a finished run.
 
-    Called once per run, after every scenario.
+    Called **per plugin**, once per run, after every scenario.
 
-    :param results: every scenario's result, in run order.
+    :param results: every scenario's result record, in scenario order.
     :param directory: the run's output folder (exists).
+    :param settings: this plugin's validated settings.
     :return: the files written, or None.
 
     .. versionadded:: 0.1

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from lab.engine.scenario import Scenario, load_scenario
+from lab.engine.plan import plan_scenario
+from lab.engine.scenario import load_scenario
 from lab.guest.files import install_guest_programs
 from lab.guest.labsetup import Lab, LabOptions
 from lab.guest.machine import Guest
 from lab.guest.qemu_argv import GuestShape
+from lab.plugin.model import Scenario
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,11 +48,28 @@ class ScenarioFailed(Exception):
     """A collected scenario finished with failed invariants (or an error)."""
 
 
+def _scenario_plugins(config: pytest.Config):
+    """The plugin manager scenario items use (built once per session; ./cnlab.toml if present)."""
+    from lab.engine.run import PluginOptions, plugin_manager
+
+    pm = config.stash.get(_PM_KEY, None)
+    if pm is None:
+        local = Path("cnlab.toml")
+        pm = plugin_manager(PluginOptions(local if local.is_file() else None))
+        config.stash[_PM_KEY] = pm
+    return pm
+
+
+_PM_KEY = pytest.StashKey[object]()
+
+
 class ScenarioFile(pytest.File):
-    """A scenario TOML file: one test item."""
+    """A scenario TOML file: one test item (read and planned at collection, so a bad file fails early)."""
 
     def collect(self):
-        scenario = load_scenario(self.path)
+        pm = _scenario_plugins(self.config)
+        scenario = load_scenario(self.path, pm.registries)
+        plan_scenario(scenario, pm.registries)
         item = ScenarioItem.from_parent(self, name=scenario.name, scenario=scenario)
         item.add_marker(pytest.mark.lab)
         yield item
@@ -70,22 +89,23 @@ class ScenarioItem(pytest.Item):
         self.scenario = scenario
 
     def runtest(self) -> None:
-        from lab.engine.run import execute_any, plugin_manager, scenario_guest_spec
+        from lab.engine.execute import execute_scenario
+        from lab.engine.run import scenario_guest_spec
 
         lab = Lab(_options_from_environment())
-        pm = plugin_manager(None)
+        pm = _scenario_plugins(self.config)
         with Guest(scenario_guest_spec(lab, pm, self.scenario, "scenario")) as guest:
             lib = install_guest_programs(guest)
-            record = execute_any(pm, guest, lib, self.scenario, lambda phase: None)
-        self.user_properties.append(("metrics", record["metrics"]))
-        if record["status"] != "passed":
+            record = execute_scenario(pm, guest, self.scenario, lib)
+        self.user_properties.append(("metrics", dict(record.metrics)))
+        if not record.passed:
             raise ScenarioFailed(record)
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ScenarioFailed):
             record = excinfo.value.args[0]
-            lines = [f"{v['name']}: {v['detail']}" for v in record["invariants"] if not v["ok"]]
-            lines += [f"{r['kind']} {r['fingerprint']}\n{r['excerpt']}" for r in record["kernel_reports"]]
+            lines = [f"{v.name}: {v.detail}" for v in record.verdicts if not v.ok]
+            lines += [f"{r['kind']} {r['fingerprint']}\n{r['excerpt']}" for r in record.kernel_reports]
             return "\n".join(lines)
         return super().repr_failure(excinfo, style)
 

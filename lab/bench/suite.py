@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lab.engine.results import read_results
-from lab.engine.run import run_scenarios
+from lab.engine.run import plugin_manager, run_scenarios
 from lab.engine.sets import resolve_scenarios
 from lab.guest.labsetup import Lab
 
@@ -37,7 +37,7 @@ def _cpu_seconds() -> float:
 
 
 def _one(lab: Lab, jobs: int, out_dir: Path) -> dict:
-    scenarios = resolve_scenarios([], "quick")
+    scenarios = resolve_scenarios([], plugin_manager(None).registries, "quick")
     started, cpu_before = time.monotonic(), _cpu_seconds()
     status = run_scenarios(lab, scenarios, jobs, out_dir, out=io.StringIO()).exit_status
     wall = time.monotonic() - started
@@ -45,7 +45,7 @@ def _one(lab: Lab, jobs: int, out_dir: Path) -> dict:
     records = read_results(out_dir / "results.jsonl")
     per_worker: dict[int, float] = {}
     for r in records:
-        per_worker[r["worker"]] = per_worker.get(r["worker"], 0.0) + r.get("boot_s", 0) + r.get("duration", 0)
+        per_worker[r.worker] = per_worker.get(r.worker, 0.0) + r.boot_s + r.duration
     guest_time = sum(per_worker.values())
     busiest = max(per_worker.values(), default=0.0)
     overhead = max(wall - busiest, 0.0)
@@ -55,8 +55,8 @@ def _one(lab: Lab, jobs: int, out_dir: Path) -> dict:
             "overhead_s": round(overhead, 2), "overhead_pct": round(100 * overhead / wall, 1),
             "idle_s": round(idle, 2), "idle_pct": round(100 * idle / wall, 1),
             "host_cpu_s": round(cpu, 1), "host_cores_busy": round(cpu / wall, 2),
-            "per_scenario": [{k: r.get(k) for k in ("scenario", "worker", "boot_s", "duration", "wall_s")}
-                             for r in records]}
+            "per_scenario": [{k: getattr(r, k) for k in ("scenario", "status", "worker", "boot_s", "duration",
+                                                         "wall_s")} for r in records]}
 
 
 def run_suite_bench(lab: Lab, json_path: Path, out_dir: Path) -> int:

@@ -98,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     shell = sub.add_parser("shell", help="boot a guest and open an interactive shell")
     _add_shape(shell)
 
-    sub.add_parser("plugins", help="list loaded plugins: name, kind, source, hooks")
+    sub.add_parser("plugins", help="list loaded plugins, and every object with its parameters")
+
+    check = sub.add_parser("check", help="validate scenarios and print what each would run, without booting")
+    check.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                       help="scenario files or built-in names (default: the quick set)")
+    check.add_argument("--set", dest="scenario_set", default="quick", help="built-in set when none is named")
 
     report = sub.add_parser("report", help="HTML report of a results file (JSON lines)")
     report.add_argument("results", type=Path, metavar="RESULTS")
@@ -199,6 +204,31 @@ def cmd_shell(args: argparse.Namespace) -> int:
         return subprocess.call(argv)
 
 
+def _plugin_options(args: argparse.Namespace):
+    from lab.config import DEFAULT_CONFIG_NAME
+    from lab.engine.run import PluginOptions
+
+    config_path = args.config or (Path(DEFAULT_CONFIG_NAME) if Path(DEFAULT_CONFIG_NAME).exists() else None)
+    return PluginOptions(config_path, tuple(args.plugin_args), tuple(args.plugins_dir))
+
+
+def _scenarios(args: argparse.Namespace):
+    """The plugin options and every named scenario, read and planned: bad input fails here, before any boot."""
+    from lab.engine.run import plugin_manager
+    from lab.engine.sets import resolve_scenarios
+
+    options = _plugin_options(args)
+    pm = plugin_manager(options)
+    return options, pm, resolve_scenarios(args.scenarios, pm.registries, args.scenario_set)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lab.cli.check import check_scenarios
+
+    _, pm, scenarios = _scenarios(args)
+    return check_scenarios(pm, scenarios, sys.stdout)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.smoke:
         from lab.cli.smoke import run_smoke
@@ -207,31 +237,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     import time as _time
 
     from lab.engine.run import run_scenarios
-    from lab.engine.sets import resolve_scenarios
+    from lab.report.summary import finish_run
 
-    scenarios = resolve_scenarios(args.scenarios, args.scenario_set)
+    plugin_config, _, scenarios = _scenarios(args)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
-    from lab.engine.run import PluginOptions
-
-    config_path = args.config or (Path("cnlab.toml") if Path("cnlab.toml").exists() else None)
-    plugin_config = PluginOptions(config_path, tuple(args.plugin_args), tuple(args.plugins_dir))
-    from lab.report.summary import finish_run
-
     outcome = run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json,
                             plugin_config=plugin_config)
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from lab.engine.results import read_results
+    from lab.engine.results import final_records, read_results
     from lab.report.html import write_html
 
     if not args.results.is_file():
         raise UsageError(f"cnlab report: no such results file: {args.results}")
-    records = read_results(args.results)
+    try:
+        records = final_records(read_results(args.results))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"cnlab report: {args.results}: not a cnlab results file ({exc})") from None
     if not records:
         raise UsageError(f"cnlab report: {args.results} holds no results")
     output = args.output or args.results.with_suffix(".html")
@@ -275,6 +302,7 @@ COMMANDS = {
     ("shell", None): cmd_shell,
     ("run", None): cmd_run,
     ("plugins", None): cmd_plugins,
+    ("check", None): cmd_check,
     ("report", None): cmd_report,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,

@@ -25,17 +25,33 @@ def format_plugins(pm: LabPluginManager) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
              for row in [head, *rows]]
-    for reg in (pm.registries.emulators, pm.registries.consumers, pm.registries.faults):
+    regs = pm.registries
+    for reg, common in ((regs.emulators, ""), (regs.consumers, "every consumer also takes: groups (array of "
+                                                               "integer 1..32, default: every emulator's group)"),
+                        (regs.faults, "every fault also takes: at | every (seconds) | on (an event) [threshold "
+                                      "(integer >= 1, default 1)], duration (seconds; default below)"),
+                        (regs.events, "")):
         lines.append("")
-        lines.append(f"{reg.kind}s:")
+        lines.append(f"{reg.kind}s (name = ... in a scenario's [[{reg.kind}s]] table)" if reg.kind != "event"
+                     else "events (on = ... in a fault's table)")
+        if common:
+            lines.append(f"  ({common})")
         for spec in reg:
-            lines.append(f"  {spec.name:<16} {spec.plugin:<12} {spec.description}")
+            head = f"  {spec.name:<16} {spec.plugin:<12} {spec.description}"
+            if reg.kind == "fault":
+                head += f" [target {spec.target}, duration {spec.duration:g} s]"
+            lines.append(head)
+            for s in getattr(spec, "settings", ()):
+                rng = f", {s.range_text}" if s.range_text else ""
+                default = list(s.default) if isinstance(s.default, tuple) else s.default
+                lines.append(f"      {s.key} ({s.type_name}{rng}, default {default!r}): {s.description}")
     declared = [(n, s) for n, ss in pm.declared.items() for s in ss]
     if declared:
         lines.append("")
         lines.append("settings ([plugins.<name>] in the lab config):")
         for name, s in declared:
-            lines.append(f"  {name}.{s.key} = {pm.settings[name][s.key]!r}  ({s.type_name}, default "
+            rng = f", {s.range_text}" if s.range_text else ""
+            lines.append(f"  {name}.{s.key} = {pm.settings[name][s.key]!r}  ({s.type_name}{rng}, default "
                          f"{s.default!r}) {s.description}")
     return "\n".join(lines)
 

@@ -1,68 +1,73 @@
-"""Running one scenario on a ready guest: the plan, the agent, the checks.
+"""Running one scenario on a ready guest: the one execution path every scenario takes.
 
-:func:`execute_scenario` runs a scenario's generators and consumers through
-the guest agent (``lab/guestside/agent.py``) with its fault
-timeline; :func:`execute_plugin_scenario` runs a ``[plugins]`` scenario
-through the plugin hooks.  Both read the console and the taint around the
-run and return the result record.
+:func:`execute_scenario` copies the plugins' guest files in, then calls the
+hooks in order: ``lab_guest_ready``, ``lab_scenario_start``,
+``lab_phase_run`` for each phase (in ``load`` the essential ``core`` plugin
+runs the guest agent with the scenario's plan), ``lab_scenario_stop``
+(always, once started), ``lab_result_collect`` and ``lab_result_check``.
+It reads the console and the taint around the run and returns the
+scenario's :class:`~lab.plugin.model.ScenarioResult`.
+
+A plugin raising in a hook fails the scenario with a verdict naming the plugin
+and the hook; a guest that died (or an agent that could not run) raises
+:class:`~lab.errors.GuestError` for the caller, which retries on a fresh guest.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from typing import Any
 
-from lab.engine.host_faults import FaultTimeline
-from lab.engine.scenario import IN_GUEST_FAULTS, Scenario
-from lab.engine.verdicts import TAINT_FOR_KIND, evaluate, verdict
-from lab.errors import GuestError
+from lab.engine.hooks import install_guest_files
+from lab.engine.metrics import headline
+from lab.engine.plan import NS, plan_scenario
+from lab.errors import GuestError, LabError, TransportError
 from lab.guest.console_scan import scan_console
-from lab.guest.kcheck import ALLOWED_TAINT, read_taint, unexpected_taint
+from lab.guest.kcheck import read_taint
 from lab.guest.machine import Guest
+from lab.plugin.manager import HookCallError, LabPluginManager, call_hook
+from lab.plugin.model import (
+    AGENT_REPORT,
+    PLAN,
+    SETTINGS,
+    PhaseInfo,
+    Scenario,
+    ScenarioResult,
+    Stash,
+    StashKey,
+    Verdict,
+)
 
-__all__ = ["agent_plan", "execute_scenario", "execute_plugin_scenario", "IN_GUEST_FAULTS"]
+__all__ = ["execute_scenario", "runtime_plan", "fault_records", "LIB", "PROGRESS", "HOST_FAULT_RECORDS"]
 
-GEN_IDX_BASE = 0x20
-NS = 1_000_000_000
+#: The guest folder of the lab's guest programs (the agent), for the core plugin.
+LIB = StashKey[str]()
+#: ``progress(phase)`` of the scenario's worker.
+PROGRESS = StashKey[Callable[[str], None]]()
+#: Host-side fault records of the load (``lab.engine.host_faults``), filled by the core plugin.
+HOST_FAULT_RECORDS = StashKey[list]()
 
-
-# ----------------------------------------------------------------- planning
-def agent_plan(scenario: Scenario, timeout_scale: int) -> dict:
-    """What the guest agent runs: generator configs per the module ABI and consumers."""
-    generators = []
-    for i, emu in enumerate(scenario.emulators):
-        generators.append({
-            "gen_id": i + 1,
-            "idx": GEN_IDX_BASE + 2 * i,  # each emulator its own (even) connector id
-            "val": 1,
-            "group": emu.group,
-            "count": emu.count,
-            "duration_ns": 0 if emu.count else int(scenario.duration * NS),
-            "cpu_mask": sum(1 << c for c in emu.cpus),
-            "rate": emu.rate,
-            "size_min": emu.payload[0],
-            "size_max": emu.payload[1],
-            "context": emu.context,
-            "path": emu.path,
-            "flags": 1 if emu.bundle else 0,
-            "burst": 0,
-        })
-    consumers = [asdict(c) | {"groups": list(c.groups)} for c in scenario.consumers]
-    in_guest = [asdict(f) for f in scenario.faults if f.kind in IN_GUEST_FAULTS]
-    return {"duration": scenario.duration, "generators": generators, "consumers": consumers,
-            "faults": in_guest, "timeout_scale": timeout_scale}
-
-
-
-# ---------------------------------------------------------------- execution
 #: After a report starts, how long the console may keep growing before we read it.
 REPORT_SETTLE_SECONDS = 3.0
+#: Seconds consumers get to bind their sockets, times the accelerator's timeout scale (3 under TCG): Python
+#: consumers with heavy imports (pyroute2) needed more than 20 s on a TCG guest of a busy host.
+BIND_SECONDS = 20
+
+
+def runtime_plan(scenario: Scenario, pm: LabPluginManager, timeout_scale: int) -> dict[str, Any]:
+    """The agent's plan with the timeouts of this guest's accelerator."""
+    plan = plan_scenario(scenario, pm.registries)
+    plan["timeout_scale"] = timeout_scale
+    plan["bind_timeout_s"] = BIND_SECONDS * timeout_scale
+    longest = max([scenario.duration] + [g.get("duration_ns", 0) / NS for g in plan["generators"]])
+    plan["timeout_s"] = longest + 60 * timeout_scale
+    return plan
 
 
 def _console_since(guest: Guest, offset: int) -> str:
-    """The console from ``offset``; once a problem shows, keep reading until the
-    report stops growing (bounded), so a report still being printed is whole."""
+    """The console from ``offset``; once a problem shows, keep reading until the report stops growing
+    (bounded), so a report still being printed is whole."""
 
     def read() -> str:
         with open(guest.console_log, "rb") as handle:
@@ -82,116 +87,101 @@ def _console_since(guest: Guest, offset: int) -> str:
     return text
 
 
-def execute_scenario(guest: Guest, lib: str, scenario: Scenario, progress) -> dict:
-    """Run one scenario on a ready guest; returns the result record (without env)."""
-    started = time.monotonic()
-    console_start = guest.console_log.stat().st_size if guest.console_log.exists() else 0
-    taint_before = read_taint(guest)
-    plan = agent_plan(scenario, guest.spec.accel.timeout_scale)
-    host_faults = tuple(f for f in scenario.faults if f.kind not in IN_GUEST_FAULTS)
-    timeline = FaultTimeline(guest, lib, host_faults, scenario.duration)
-
-    def sink(stream: str, chunk: bytes) -> None:
-        if stream == "stderr" and b"CNLAB-AGENT started" in chunk and not timeline.started:
-            progress("load")
-            timeline.start()
-
-    progress("setup")
-    result = guest.run(["python3", f"{lib}/agent.py"], stdin=json.dumps(plan).encode(),
-                       timeout=scenario.duration + 120, sink=sink)
-    applied = [f.to_dict() for f in timeline.stop()]
-    progress("checks")
-    if not result.ok:
-        raise GuestError(f"scenario agent failed (status {result.exit_status}): "
-                         f"{result.stderr.decode(errors='replace').strip()[-400:]}")
-    report = json.loads(result.text)
-    applied = sorted(applied + report.get("faults", []), key=lambda f: f["at"])
-    taint_after = read_taint(guest)
-    console_slice = _console_since(guest, console_start)
-    kernel_reports = [r.to_dict() for r in scan_console(console_slice)]
-    verdicts, metrics = evaluate(scenario, report, kernel_reports, taint_before, taint_after,
-                                 guest.spec.accel.slowdown)
-    return {
-        "scenario": scenario.name,
-        "source": scenario.source,
-        "status": "passed" if all(v["ok"] for v in verdicts) else "failed",
-        "invariants": verdicts,
-        "metrics": metrics,
-        "series": {c["name"]: c["series"] for c in report["consumers"]},
-        "faults": applied,
-        "kernel_reports": kernel_reports,
-        "taint": {"before": taint_before, "after": taint_after},
-        "console": {"path": str(guest.console_log), "offset": console_start,
-                    "tail": "\n".join(console_slice.splitlines()[-40:])},
-        "duration": round(time.monotonic() - started, 3),
-    }
+def fault_records(agent: dict[str, Any] | None, host: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every firing as it happened: the agent's records with the host's steps merged into host-side ones,
+    each with ``delay_ms`` (start of injection minus when it was due, or when its event was seen)."""
+    records = [dict(r) for r in (agent or {}).get("faults", ())]
+    by_key = {(h["label"], h["n"]): h for h in host}
+    for n, record in enumerate(records, start=1):
+        if record.get("side") == "host":
+            done = by_key.get((record["label"], n))
+            if done is None:
+                record.update(ok=False, detail="the host never received the request")
+            else:
+                record.update({k: done[k] for k in ("received", "start", "end", "restored", "ok", "actions")})
+        if record.get("start") is not None and record.get("due") is not None and not record.get("before_load"):
+            record["delay_ms"] = round((record["start"] - record["due"]) * 1000, 1)
+    return records
 
 
-def execute_plugin_scenario(pm, guest: Guest, scenario: Scenario, progress) -> dict:
-    """Run a ``[plugins]`` scenario through the plugin hooks (``lab.plugin.run_scenario``).
+def _verdicts(pm: LabPluginManager, scenario: Scenario, data: dict[str, Any]) -> list[Verdict]:
+    verdicts = []
+    for plugin, results in pm.call_each("lab_result_check", scenario=scenario, data=data).items():
+        for item in (results[0] if results else None) or ():
+            if isinstance(item, Verdict):
+                verdicts.append(Verdict(item.name, item.ok, item.detail, plugin))
+            else:
+                verdicts.append(Verdict(plugin, False, str(item), plugin))
+    return verdicts
 
-    The plugins' own checks (``lab_result_check``) become one verdict; the
-    console scan and the taint check are the engine's, as for any scenario.
+
+def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib: str,
+                     progress: Callable[[str], None] = lambda phase: None) -> ScenarioResult:
+    """Run ``scenario`` on ``guest`` (guest programs installed in ``lib``); its result record.
+
+    :raises GuestError: the guest died or the agent could not run (the caller retries on a fresh guest).
     """
-    from lab.plugin import ScenarioInfo, run_scenario
-
     started = time.monotonic()
     console_start = guest.console_log.stat().st_size if guest.console_log.exists() else 0
     taint_before = read_taint(guest)
-    info = ScenarioInfo(scenario.name, scenario.plugins.emulators, scenario.plugins.consumers,
-                        scenario.plugins.faults, cpus=scenario.cpus, params=scenario.plugins.params)
-    progress("load")
-    result = run_scenario(pm, guest, info, durations={"load": scenario.duration})
+    stash = Stash()
+    stash[SETTINGS] = pm.settings
+    stash[PLAN] = runtime_plan(scenario, pm, guest.spec.accel.timeout_scale)
+    stash[LIB] = lib
+    stash[PROGRESS] = progress
+    error: LabError | None = None
+    hooks_started = False
+    try:
+        install_guest_files(pm, guest)
+        pm.call_each("lab_guest_ready", guest=guest, scenario=scenario)
+        hooks_started = True
+        pm.call_each("lab_scenario_start", scenario=scenario, guest=guest, stash=stash)
+        for index, name in enumerate(scenario.phases):
+            progress(name)
+            phase = PhaseInfo(name, index, scenario.duration if name == "load" else 0.0)
+            call_hook(pm, "lab_phase_run", scenario=scenario, phase=phase, guest=guest, stash=stash)
+    except LabError as exc:
+        error = exc
+    finally:
+        if hooks_started:
+            try:
+                pm.call_each("lab_scenario_stop", scenario=scenario, guest=guest, stash=stash, error=error)
+            except HookCallError as exc:
+                error = error or exc
+    cause = error.original if isinstance(error, HookCallError) else error
+    if isinstance(cause, GuestError | TransportError) or (error is not None and not guest.alive()):
+        raise cause if isinstance(cause, LabError) else error
     progress("checks")
     taint_after = read_taint(guest)
-    kernel_reports = [r.to_dict() for r in scan_console(_console_since(guest, console_start))]
-    detail = result.error or "; ".join(result.problems) or "no problems"
-    verdicts = [verdict("plugins", result.error == "" and not result.problems, detail)]
-    expected = set(scenario.invariants.expect_problems)
-    kinds = {r["kind"] for r in kernel_reports}
-    verdicts.append(verdict("kernel_problems", kinds == expected,
-                             f"unexpected: {sorted(kinds - expected) or 'none'}; "
-                             f"expected but absent: {sorted(expected - kinds) or 'none'}"))
-    allowed = ALLOWED_TAINT | sum(TAINT_FOR_KIND.get(k, 0) for k in expected)
-    new = unexpected_taint(taint_before, taint_after, allowed)
-    verdicts.append(verdict("taint", new == 0, f"before {taint_before}, after {taint_after}, new bits {new:#x}"))
-    data = json.loads(json.dumps(dict(result.data), default=str))
-    headline = _plugin_headline(data)
-    if "lost" in headline:
-        max_loss = scenario.invariants.max_loss
-        verdicts.append(verdict("loss", headline["lost"] <= max_loss,
-                                 f"lost {headline['lost']} of {headline['received'] + headline['lost']} "
-                                 f"(max {max_loss})"))
-    return {
-        "scenario": scenario.name,
-        "source": scenario.source,
-        "status": "passed" if all(v["ok"] for v in verdicts) else "failed",
-        "invariants": verdicts,
-        "metrics": headline | {"plugins": data},
-        "plugins": {"emulators": list(info.emulators), "consumers": list(info.consumers),
-                    "faults": list(info.faults), "status": pm.hook.lab_report_status(result=result)},
-        "faults": [],
-        "kernel_reports": kernel_reports,
-        "taint": {"before": taint_before, "after": taint_after},
-        "console": {"path": str(guest.console_log), "offset": console_start},
-        "duration": round(time.monotonic() - started, 3),
-    }
-
-
-
-def _plugin_headline(data: dict) -> dict:
-    """The summary table's figures from the built-in runner plugin's report, if it ran."""
-    runner = data.get("runner") or {}
-    consumers = runner.get("consumers") or []
-    if not consumers:
-        return {}
-    received = sum(c.get("received", 0) for c in consumers)
-    load_s = runner.get("load_s") or 0
-    return {
-        "received": received,
-        "rate": round(received / load_s, 1) if load_s else 0.0,  # all consumers together, over the load
-        "lost": sum((c.get("accounting") or {}).get("lost", 0) for c in consumers),
-        "latency_us": consumers[0].get("latency_us") or {},
-    }
-
+    console = _console_since(guest, console_start)
+    kernel_reports = [r.to_dict() for r in scan_console(console)]
+    agent = stash.get(AGENT_REPORT, None)
+    host_records = stash.get(HOST_FAULT_RECORDS, [])
+    faults = fault_records(agent, host_records)
+    data: dict[str, Any] = {"agent": agent, "faults": faults,
+                            "kernel": {"reports": kernel_reports, "taint_before": taint_before,
+                                       "taint_after": taint_after},
+                            "guest": {"cpus": scenario.cpus, "accel": guest.spec.accel.name,
+                                      "slowdown": guest.spec.accel.slowdown}}
+    verdicts: list[Verdict] = []
+    try:
+        for plugin, results in pm.call_each("lab_result_collect", scenario=scenario, guest=guest,
+                                            stash=stash).items():
+            if results and results[0] is not None:
+                data[plugin] = results[0]
+        verdicts = _verdicts(pm, scenario, data)
+    except HookCallError as exc:
+        error = error or exc
+    if error is not None:
+        verdicts.append(Verdict("hooks", False, str(error).partition("\n")[0]))
+    return ScenarioResult(
+        scenario=scenario.name, source=scenario.source,
+        status="passed" if all(v.ok for v in verdicts) else "failed",
+        verdicts=tuple(verdicts), metrics=headline(agent),
+        data={k: v for k, v in data.items() if k not in ("kernel", "faults", "guest")}, faults=tuple(faults),
+        series={c.get("name", "?"): c.get("series", []) for c in (agent or {}).get("consumers", ())},
+        kernel_reports=tuple(kernel_reports), taint={"before": taint_before, "after": taint_after},
+        console={"path": str(guest.console_log), "offset": console_start,
+                 "tail": "\n".join(console.splitlines()[-40:])},
+        duration=round(time.monotonic() - started, 3))
 

@@ -10,7 +10,9 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["ResultsWriter", "read_results"]
+from lab.plugin.model import ScenarioResult
+
+__all__ = ["ResultsWriter", "read_results", "final_records"]
 
 
 class ResultsWriter:
@@ -36,12 +38,24 @@ class ResultsWriter:
         self.close()
 
 
-def read_results(path: Path) -> list[dict]:
-    """Records from a JSON-lines file; a torn last line (killed writer) is skipped."""
+def read_results(path: Path) -> list[ScenarioResult]:
+    """Records from a JSON-lines file, every attempt in file order; a torn line (killed writer) is skipped.
+
+    :raises ValueError: a record of a newer schema than this cnlab reads.
+    """
     records = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            data = json.loads(line)
         except ValueError:
             continue
+        records.append(ScenarioResult.from_json(data))
     return records
+
+
+def final_records(records: list[ScenarioResult]) -> list[ScenarioResult]:
+    """The last attempt of each scenario, in first-seen order (a retried scenario's first attempt drops out)."""
+    last: dict[str, ScenarioResult] = {}
+    for record in records:
+        last[record.scenario] = record
+    return list(last.values())

@@ -1,12 +1,16 @@
-"""The scenario engine: scenarios on N guests in parallel, checked and recorded.
+"""The scenario engine's parallel run: scenarios on N guests, checked and recorded.
 
 The parent process builds everything once, then starts N worker processes
 (each owns one guest at a time and spawns its QEMU from its main thread, so
 ``PR_SET_PDEATHSIG`` holds; workers die with the parent the same way).  A
 worker reuses a healthy guest of the right shape and replaces a crashed one.
-The parent writes every result as it arrives (JSON lines), prints progress,
-retries a scenario whose guest crashed once on a fresh guest (``flaky`` if
-the retry passes), and ends with a summary table and an exit status.
+The parent writes every result record as it arrives (JSON lines), reports
+progress, retries a scenario whose guest crashed once on a fresh guest
+(``flaky`` if the retry passes), and returns a :class:`RunOutcome`.
+
+Interrupted (SIGINT, SIGTERM), the parent kills its workers at once (their
+guests die with them) and records every scenario that did not finish: as
+``interrupted`` if it was running, ``not run`` if it was waiting.
 """
 
 from __future__ import annotations
@@ -18,51 +22,30 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from lab.engine.execute import execute_plugin_scenario, execute_scenario
+from lab.engine.execute import execute_scenario
+from lab.engine.hooks import guest_setup_args
+from lab.engine.plan import guest_network
 from lab.engine.results import ResultsWriter
-from lab.engine.scenario import Scenario
 from lab.engine.schedule import Schedule, Task
 from lab.engine.timings import expected_durations, remember_timings
 from lab.errors import LabError
-from lab.guest.accel import tcg_threads_for
+from lab.guest.accel import qemu_version, tcg_threads_for
 from lab.guest.console_scan import scan_console
 from lab.guest.files import install_guest_programs
 from lab.guest.labsetup import Lab, LabOptions
 from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import GuestShape
 from lab.host.procs import die_with_parent
+from lab.plugin.manager import LabPluginManager, call_hook
+from lab.plugin.model import Scenario, ScenarioResult
 
-__all__ = ["run_scenarios", "RunOutcome", "PluginOptions", "plugin_manager", "check_plugin_names", "EXIT_OK",
-           "EXIT_FAILED", "EXIT_NOT_RUN"]
+__all__ = ["run_scenarios", "RunOutcome", "RunEvent", "PluginOptions", "plugin_manager", "EXIT_OK", "EXIT_FAILED",
+           "EXIT_NOT_RUN", "EXIT_INTERRUPTED"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUN = 0, 1, 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOutcome:
-    """What a run produced: the final record of every scenario that finished, in scenario order.
-
-    :param records: one per finished scenario (a retried one: its last attempt).
-    :param environment: kernel, accelerator, QEMU and module of the run.
-    :param never_ran: scenarios that never finished (their worker died twice, or the run was cut short).
-    :param json_path: the JSON-lines file every attempt was written to.
-    :param plugin_reports: files plugins wrote (``lab_report_write``).
-    """
-
-    records: list[dict]
-    environment: dict
-    never_ran: tuple[str, ...]
-    json_path: Path
-    plugin_reports: tuple[str, ...] = ()
-
-    @property
-    def exit_status(self) -> int:
-        """0 all passed, 1 some failed, 3 some never ran."""
-        if self.never_ran:
-            return EXIT_NOT_RUN
-        return EXIT_OK if all(r["status"] == "passed" for r in self.records) else EXIT_FAILED
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,58 +57,112 @@ class PluginOptions:
     plugins_dirs: tuple[Path, ...] = ()
 
 
-
-def plugin_manager(options: PluginOptions | None):
+def plugin_manager(options: PluginOptions | None) -> LabPluginManager:
     """The plugin manager for a run (built-ins, entry points, -p, --plugins-dir, the config file)."""
     from lab.config import load_config
-    from lab.plugin import get_plugin_manager
+    from lab.plugin.manager import get_plugin_manager
 
     options = options or PluginOptions()
     return get_plugin_manager(load_config(options.config_path, plugin_args=options.plugin_args,
                                           plugins_dirs=options.plugins_dirs))
 
 
-def check_plugin_names(pm, scenarios: list[Scenario]) -> None:
-    """Fail before anything boots if a scenario names an emulator, consumer or fault nobody registered."""
-    for scenario in scenarios:
-        if scenario.plugins is None:
-            continue
-        for kind in ("emulators", "consumers", "faults"):
-            registry = getattr(pm.registries, kind)
-            for name in getattr(scenario.plugins, kind):
-                try:
-                    registry.get(name)
-                except LabError as exc:
-                    raise type(exc)(f"{scenario.source}: plugins.{kind}: {exc}") from None
+@dataclasses.dataclass(frozen=True)
+class RunEvent:
+    """Something a run's front end may show as it happens.
+
+    :param kind: ``start`` (the run began: ``detail`` says on what), ``phase`` (a scenario's guest is in
+        ``phase``: boot, setup, load, drain, verify, checks), ``result`` (a scenario finished), ``retry``
+        (a crashed guest's scenario runs again on a fresh guest), ``note`` (anything else worth a line).
+    :param elapsed: seconds since the run began.
+    :param worker: the guest slot (0 for the run itself).
+    :param scenario: the scenario concerned, or "".
+    :param detail: the phase, the status, or the note.
+    :param done: scenarios finished so far; :param failed: of which not passed; :param left: still to finish.
+    """
+
+    kind: str
+    elapsed: float
+    worker: int = 0
+    scenario: str = ""
+    detail: str = ""
+    done: int = 0
+    failed: int = 0
+    left: int = 0
 
 
+def print_events(out=sys.stdout) -> Callable[[RunEvent], None]:
+    """The plain progress lines: ``[  12.3s] guest 2: NAME: PHASE`` (what CI logs show)."""
 
-def guest_network(pm, scenario: Scenario) -> str:
-    """``"tap"`` when a scenario's faults act on the lab's own link, else ``"user"``."""
-    if scenario.plugins is None:
-        return "user"
-    targets = {pm.registries.faults.get(name).target for name in scenario.plugins.faults}
-    return "tap" if "host-link" in targets else "user"
+    def show(event: RunEvent) -> None:
+        if event.kind == "start":
+            print(f"cnlab run: {event.detail}", file=out, flush=True)
+        elif event.kind == "result":
+            print(f"[{event.elapsed:6.1f}s] guest {event.worker}: {event.scenario}: {event.detail.upper()} "
+                  f"({event.done} done, {event.failed} failed, {event.left} left)", file=out, flush=True)
+        elif event.kind == "note":
+            print(f"[{event.elapsed:6.1f}s] {event.detail}", file=out, flush=True)
+        else:
+            print(f"[{event.elapsed:6.1f}s] guest {event.worker}: {event.scenario}: {event.detail}", file=out,
+                  flush=True)
+
+    return show
 
 
-def scenario_guest_spec(lab: Lab, pm, scenario: Scenario, name: str) -> GuestSpec:
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """What a run produced: the final record of every scenario, in scenario order.
+
+    :param records: one per scenario: finished (a retried one: its last attempt), ``interrupted`` or
+        ``not run``.
+    :param environment: kernel, accelerator, QEMU and module of the run.
+    :param never_ran: scenarios that never finished although the run was not interrupted (their worker died
+        twice).
+    :param json_path: the JSON-lines file every attempt was written to.
+    :param plugin_reports: files plugins wrote (``lab_report_write``).
+    :param interrupted: the exit status of the signal that cut the run short (130 SIGINT, 143 SIGTERM), or 0.
+    """
+
+    records: list[ScenarioResult]
+    environment: dict
+    never_ran: tuple[str, ...]
+    json_path: Path
+    plugin_reports: tuple[str, ...] = ()
+    interrupted: int = 0
+
+    @property
+    def exit_status(self) -> int:
+        """0 all passed, 1 some failed, 3 some never ran, 130/143 interrupted."""
+        if self.interrupted:
+            return self.interrupted
+        if self.never_ran:
+            return EXIT_NOT_RUN
+        return EXIT_OK if all(r.passed for r in self.records) else EXIT_FAILED
+
+
+def scenario_guest_spec(lab: Lab, pm: LabPluginManager, scenario: Scenario, name: str) -> GuestSpec:
     """The guest a scenario needs: its shape and command line, the plugins' additions, its network."""
-    from lab.plugin import guest_setup_args
-
     shape = GuestShape(scenario.cpus, scenario.memory)
     plugin_cmdline, plugin_qemu = guest_setup_args(pm, shape)
     spec = lab.guest_spec(shape, name=name, cmdline=scenario.cmdline + plugin_cmdline)
-    return dataclasses.replace(spec, qemu_extra=plugin_qemu, network=guest_network(pm, scenario))
-
-
-def execute_any(pm, guest: Guest, lib: str, scenario: Scenario, progress) -> dict:
-    """Run a scenario of either kind on a ready guest (guest programs installed in ``lib``)."""
-    if scenario.plugins is not None:
-        return execute_plugin_scenario(pm, guest, scenario, progress)
-    return execute_scenario(guest, lib, scenario, progress)
+    return dataclasses.replace(spec, qemu_extra=plugin_qemu, network=guest_network(pm.registries, scenario))
 
 
 # ------------------------------------------------------------------ workers
+def _reusable(guest: Guest, scenario: Scenario, network: str, fresh: bool) -> bool:
+    return (not fresh and guest.alive() and guest.spec.network == network
+            and guest.spec.shape == GuestShape(scenario.cpus, scenario.memory)
+            and guest.spec.cmdline[:len(scenario.cmdline)] == scenario.cmdline)
+
+
+def _error_record(scenario: Scenario, exc: LabError, console: str, started: float) -> ScenarioResult:
+    return ScenarioResult(scenario.name, scenario.source, status="error",
+                          error=str(exc).split("\n--- console tail")[0].partition("\n")[0],
+                          kernel_reports=tuple(r.to_dict() for r in scan_console(console)),
+                          console={"tail": "\n".join(console.splitlines()[-40:])},
+                          duration=round(time.monotonic() - started, 3))
+
+
 def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | None, log_dir: str, tasks,
             results, parent_pid: int) -> None:
     """Worker process: owns at most one guest; runs scenarios from ``tasks``."""
@@ -141,18 +178,16 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             task: Task | None = tasks.get()
             if task is None:
                 return
-            scenario, attempt, fresh = task.scenario, task.attempt, task.fresh
+            scenario = task.scenario
 
             def progress(phase: str, name=scenario.name) -> None:
-                results.put(("progress", worker, name, phase))
+                results.put(("phase", worker, name, phase))
 
             started = time.monotonic()
             boot_s = 0.0
             try:
-                network = guest_network(pm, scenario)
-                if guest is not None and (fresh or not guest.alive() or guest.spec.network != network or
-                                          guest.spec.shape != GuestShape(scenario.cpus, scenario.memory) or
-                                          guest.spec.cmdline[:len(scenario.cmdline)] != scenario.cmdline):
+                network = guest_network(pm.registries, scenario)
+                if guest is not None and not _reusable(guest, scenario, network, task.fresh):
                     guest.stop()
                     guest = None
                 if guest is None:
@@ -163,25 +198,20 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                     guest.start()
                     boot_s = guest.timing.ssh
                     lib = install_guest_programs(guest)
-                record = execute_any(pm, guest, lib, scenario, progress)
+                record = execute_scenario(pm, guest, scenario, lib, progress)
             except LabError as exc:
                 console = ""
                 if guest is not None:
                     guest.stop()  # QEMU has exited or is killed now: the console is complete
                     console = guest.console_text()
                     guest = None
-                record = {"scenario": scenario.name, "source": scenario.source, "status": "error",
-                          "error": str(exc).split("\n--- console tail")[0], "invariants": [], "metrics": {},
-                          "kernel_reports": [r.to_dict() for r in scan_console(console)],
-                          "console": {"tail": "\n".join(console.splitlines()[-40:])},
-                          "duration": round(time.monotonic() - started, 3)}
-            record["attempt"] = attempt
-            record["worker"] = worker
-            record["boot_s"] = round(boot_s, 3)
-            record["wall_s"] = round(time.monotonic() - started, 3)
-            record["guest"] = {"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline),
-                               "accel": lab.accel_for(scenario.cpus).label}
-            results.put(("result", worker, scenario.name, record | {"shape_key": scenario.shape_key}))
+                record = _error_record(scenario, exc, console, started)
+            record = dataclasses.replace(
+                record, attempt=task.attempt, worker=worker, boot_s=round(boot_s, 3),
+                wall_s=round(time.monotonic() - started, 3),
+                guest={"cpus": scenario.cpus, "memory": scenario.memory, "cmdline": list(scenario.cmdline),
+                       "accel": lab.accel_for(scenario.cpus).label})
+            results.put(("result", worker, scenario.name, record))
     finally:
         if guest is not None:
             guest.stop()
@@ -189,48 +219,24 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
 
 # ------------------------------------------------------------------- parent
 def _environment(lab: Lab) -> dict:
-    from lab.guest.accel import qemu_version
-
     return {"kernel": lab.kernel.release, "kernel_package": lab.kernel.package_version,
             "accel": lab.accel.name, "accel_reason": lab.accel.reason, "qemu": qemu_version(),
             "module_source_hash": lab.module.source_hash, "host_cpus": os.cpu_count()}
 
 
-def plugin_results(scenarios: list[Scenario], records: list[dict]) -> list:
-    """The ``[plugins]`` scenarios' records as the hooks' ``ScenarioResult`` objects, in run order."""
-    from lab.plugin import ScenarioInfo, ScenarioResult
-
-    by_name = {s.name: s for s in scenarios if s.plugins is not None}
-    results = []
-    for record in records:
-        scenario = by_name.get(record["scenario"])
-        if scenario is None:
-            continue
-        info = ScenarioInfo(scenario.name, scenario.plugins.emulators, scenario.plugins.consumers,
-                            scenario.plugins.faults, cpus=scenario.cpus, params=scenario.plugins.params)
-        problems = tuple(v["detail"] for v in record.get("invariants", ()) if not v["ok"])
-        results.append(ScenarioResult(info, record["status"] == "passed",
-                                      (record.get("metrics") or {}).get("plugins", {}), problems,
-                                      record.get("error", "")))
-    return results
-
-
-def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir: Path, out) -> list[str]:
+def _plugin_reports(pm: LabPluginManager, records: list[ScenarioResult], out_dir: Path,
+                    on_event: Callable[[RunEvent], None]) -> list[str]:
     """Let plugins write their reports (``lab_report_write``); a failing plugin is reported, not fatal."""
-    from lab.plugin import call_hook
-
-    results = plugin_results(scenarios, records)
-    if not results:
-        return []
     try:
-        written = call_hook(pm, "lab_report_write", results=results, directory=out_dir)
+        written = pm.call_each("lab_report_write", results=records, directory=out_dir)
     except LabError as exc:
-        print(f"cnlab run: {exc}", file=out)
+        on_event(RunEvent("note", 0.0, detail=f"cnlab run: {exc}"))
         return []
-    return [str(path) for paths in written if paths for path in paths]
+    return [str(path) for results in written.values() for paths in results if paths for path in paths]
 
 
-def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, out) -> None:
+def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule,
+                       on_event: Callable[[RunEvent], None], elapsed: float) -> None:
     """A worker process that died holding a first attempt: that scenario runs next on a busy live worker.
 
     (A second attempt is not moved: a scenario that kills its worker twice is reported as never run.)
@@ -244,30 +250,45 @@ def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, out) -> 
         if busy:
             target = min(busy, key=schedule.expected_left)
             schedule.retry(target, Task(task.scenario, attempt=2, fresh=True))
-            print(f"guest {index}: its worker exited (status {process.exitcode}); "
-                  f"{task.scenario.name} runs next on guest {target}", file=out, flush=True)
+            on_event(RunEvent("note", elapsed, detail=f"guest {index}: its worker exited (status "
+                                                      f"{process.exitcode}); {task.scenario.name} runs next on "
+                                                      f"guest {target}"))
+
+
+def _status_word(pm: LabPluginManager, record: ScenarioResult) -> str:
+    try:
+        return call_hook(pm, "lab_report_status", result=record) or record.status
+    except LabError:
+        return record.status
 
 
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
-                  out=sys.stdout, plugin_config: PluginOptions | None = None) -> RunOutcome:
-    """Run ``scenarios`` on ``jobs`` guests in parallel; every record is in ``json_path`` as it arrives."""
+                  out=sys.stdout, plugin_config: PluginOptions | None = None,
+                  on_event: Callable[[RunEvent], None] | None = None) -> RunOutcome:
+    """Run ``scenarios`` on ``jobs`` guests in parallel; every record is in ``json_path`` as it arrives.
+
+    :param on_event: sees the run's progress (default: plain lines on ``out``).
+    """
+    on_event = on_event or print_events(out)
     pm = plugin_manager(plugin_config)
-    check_plugin_names(pm, scenarios)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = json_path or out_dir / "results.jsonl"
     log_dir = out_dir / "consoles"
     log_dir.mkdir(exist_ok=True)
     lab.image, lab.module  # noqa: B018 - build once, before the workers start
     environment = _environment(lab)
+    most_cpus = max(s.cpus for s in scenarios)
     threading = "" if lab.accel.name == "kvm" else (
-        f"; TCG {tcg_threads_for(jobs, max(s.cpus for s in scenarios), lab.options.tcg_threads)}-threaded "
-        f"for {jobs} guest(s) of up to {max(s.cpus for s in scenarios)} vCPUs on {os.cpu_count()} host cores")
-    print(f"cnlab run: {len(scenarios)} scenarios on {jobs} guest(s); kernel {environment['kernel']}, "
-          f"accelerator {environment['accel']} ({environment['accel_reason']}){threading}", file=out)
+        f"; TCG {tcg_threads_for(jobs, most_cpus, lab.options.tcg_threads)}-threaded "
+        f"for {jobs} guest(s) of up to {most_cpus} vCPUs on {os.cpu_count()} host cores")
+    on_event(RunEvent("start", 0.0, detail=f"{len(scenarios)} scenarios on {jobs} guest(s); kernel "
+                                           f"{environment['kernel']}, accelerator {environment['accel']} "
+                                           f"({environment['accel_reason']}){threading}", left=len(scenarios)))
     ctx = mp.get_context("spawn")
     schedule = Schedule(scenarios, jobs, expected_durations(lab.cache))
     tasks, results = [ctx.Queue() for _ in range(jobs)], ctx.Queue()
     handed: dict[int, Task | None] = {}  # per worker: the task it was given and has not answered
+    running: set[str] = set()
 
     def hand_out(worker: int, task: Task | None) -> None:
         handed[worker] = task
@@ -283,13 +304,15 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                for i in range(jobs)]
     for w in workers:
         w.start()
-    final: dict[str, dict] = {}
+    final: dict[str, ScenarioResult] = {}
     pending = {s.name: s for s in scenarios}
     started = time.monotonic()
     writer = ResultsWriter(json_path)
+    interrupted = 0
     try:
         while pending:
-            _rescue_lost_tasks(workers, handed, schedule, out)
+            elapsed = time.monotonic() - started
+            _rescue_lost_tasks(workers, handed, schedule, on_event, elapsed)
             try:
                 kind, worker, name, payload = results.get(timeout=5)
             except queue.Empty:
@@ -297,38 +320,55 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                     break
                 continue
             elapsed = time.monotonic() - started
-            if kind == "progress":
-                print(f"[{elapsed:6.1f}s] guest {worker}: {name}: {payload}", file=out, flush=True)
+            if kind == "phase":
+                running.add(name)
+                on_event(RunEvent("phase", elapsed, worker, name, payload))
                 continue
-            shape = payload.pop("shape_key")
-            record = payload | environment
-            writer.write(record)
-            retry = record["status"] == "error" and record["attempt"] == 1
+            running.discard(name)
+            record = dataclasses.replace(payload, env=environment)
+            writer.write(record.to_json())
+            shape = pending[name].shape_key
+            retry = record.status == "error" and record.attempt == 1
             if retry:
-                print(f"[{elapsed:6.1f}s] guest {worker}: {name}: ERROR ({record['error'][:120]}); "
-                      f"retrying on a fresh guest", file=out, flush=True)
+                on_event(RunEvent("retry", elapsed, worker, name, f"ERROR ({record.error[:120]}); retrying on a "
+                                                                 "fresh guest"))
                 schedule.retry(worker, Task(pending[name], attempt=2, fresh=True))
             hand_out(worker, schedule.next_for(worker, shape))
             if retry:
                 continue
-            if record["attempt"] == 2:
-                record["retried"] = True
-                record["flaky"] = record["status"] == "passed"
+            if record.attempt == 2:
+                record = dataclasses.replace(record, retried=True, flaky=record.passed)
             final[name] = record
             pending.pop(name)
-            done = len(final)
-            failed = sum(1 for r in final.values() if r["status"] != "passed")
-            print(f"[{elapsed:6.1f}s] guest {worker}: {name}: {record['status'].upper()} "
-                  f"({done} done, {failed} failed, {len(pending)} left)", file=out, flush=True)
+            on_event(RunEvent("result", elapsed, worker, name, _status_word(pm, record), done=len(final),
+                              failed=sum(1 for r in final.values() if not r.passed), left=len(pending)))
+    except KeyboardInterrupt:
+        interrupted = EXIT_INTERRUPTED
+    except SystemExit as exc:  # SIGTERM, raised by the front end's handler
+        interrupted = exc.code if isinstance(exc.code, int) else 143
     finally:
-        writer.close()
         for queue_ in tasks:
             queue_.put(None)
         for w in workers:
-            w.join(30)
+            if interrupted:
+                w.kill()  # their guests die with them (PR_SET_PDEATHSIG)
+            w.join(30 if not interrupted else 5)
             if w.is_alive():
                 w.kill()
+        if interrupted:
+            elapsed = round(time.monotonic() - started, 3)
+            why = "SIGINT" if interrupted == EXIT_INTERRUPTED else f"signal {interrupted - 128}"
+            for name, scenario in list(pending.items()):
+                status = "interrupted" if name in running else "not run"
+                record = ScenarioResult(name, scenario.source, status=status, env=environment,
+                                        error=f"the run was interrupted ({why}) after {elapsed} s",
+                                        guest={"cpus": scenario.cpus, "memory": scenario.memory,
+                                               "cmdline": list(scenario.cmdline)})
+                writer.write(record.to_json())
+                final[name] = record
+            pending.clear()
+        writer.close()
     records = [final[s.name] for s in scenarios if s.name in final]
     remember_timings(records, lab.cache)
-    extras = _plugin_reports(pm, scenarios, records, out_dir, out)
-    return RunOutcome(records, environment, tuple(pending), json_path, tuple(extras))
+    extras = _plugin_reports(pm, records, out_dir, on_event)
+    return RunOutcome(records, environment, tuple(pending), json_path, tuple(extras), interrupted)

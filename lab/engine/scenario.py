@@ -1,7 +1,11 @@
 """Scenario files: what to load a guest with, what to break, what must hold.
 
-A scenario is a TOML file, validated up front; every error names the file,
-the key and what was expected.  Example::
+A scenario is a TOML file.  Every emulator, consumer and fault it uses is an
+object a plugin registered (``cnlab plugins`` lists them with their
+parameters), named by ``name`` in its own table, with its parameters in the
+same table.  Everything is checked when the file is read, before any guest
+boots; an error names the file, the table and key as written, and what was
+expected, with a suggestion where one fits.  Example::
 
     name = "proc-storm-cbus"
     duration = 3.0                 # seconds of load
@@ -12,287 +16,213 @@ the key and what was expected.  Example::
     cmdline = ["slub_debug=FZPU"]
 
     [[emulators]]
-    name = "procfork"
+    name = "generator"             # the lab module's raw generator: every load shape is a parameter
+    label = "procfork"             # optional: unique name in this scenario (default: the name)
     path = "cbus"                  # direct | cbus
     context = "kthread"            # kthread | softirq | timer | hardirq
     rate = 2000                    # messages/s per CPU, 0 = as fast as possible
     payload = [40, 40]             # bytes, min and max
-    group = 2                      # connector group the consumers join
+    group = 2
+
+    [[emulators]]
+    name = "proc-events"           # an emulator a plugin registered, with its own parameters
+    count = 500
 
     [[consumers]]
-    name = "checker"
-    groups = [2]
+    name = "checker"               # none listed: one checker on every emulator's group
+    groups = [2]                   # every consumer takes groups (default: every emulator's group)
 
     [[faults]]
-    kind = "cpu_offline"           # see FAULT_KINDS
-    at = 1.0                       # seconds after the load starts (or every = N, or on = EVENT)
-    duration = 0.5
+    name = "cpu-offline"
+    at = 1.0                       # when: at = seconds, every = seconds, or on = an event
+    duration = 0.5                 # seconds until it is undone (0: when the load ends)
     cpu = 1
 
     [[faults]]
-    kind = "stall"                 # in-guest kinds can wait for an event instead of a time:
-    on = "queue_depth"             # see FAULT_EVENTS
-    threshold = 200                # CBUS messages queued (or messages received, for "received")
+    name = "drain-stall"
+    on = "queue_depth"             # events: received, queue_depth, drop, gap, enobufs, and plugins' own
+    threshold = 200                # fires once the event's count reaches this (default 1)
 
     [invariants]
     max_loss = 0
-    p99_latency_us = 0             # 0: not checked
+    p99_latency_us = 0             # 0: not checked (bounds are for KVM, x10 under TCG)
     min_rate = 0                   # delivered messages/s, 0: not checked
-
-Instead of (or without) ``[[emulators]]``, a scenario may name objects that
-plugins registered (see ``cnlab plugins``); they run through the plugin
-hooks (``lab.plugin.run_scenario``)::
-
-    [plugins]
-    emulators = ["proc-events", "irq"]
-    consumers = ["checker"]
-    faults = ["cpu-offline"]
-    params = { "proc-events" = { count = 500 } }
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab.errors import ConfigError
+from lab.errors import ConfigError, PluginError
 from lab.guest.qemu_argv import MAX_CPUS
+from lab.plugin.model import Invariants, ObjectUse, Scenario, Trigger
+from lab.plugin.registry import Registries
 
-__all__ = ["Scenario", "PluginObjects", "EmulatorSpec", "ConsumerSpec", "FaultSpec", "Invariants", "load_scenario",
-           "FAULT_KINDS", "FAULT_EVENTS", "IN_GUEST_FAULTS", "scenario_from_dict"]
+__all__ = ["load_scenario", "scenario_from_dict", "MAX_DURATION", "OLD_FAULT_KINDS"]
 
-PATHS = ("direct", "cbus")
-CONTEXTS = ("kthread", "softirq", "timer", "hardirq")
-#: Faults the engine applies on the timeline.
-FAULT_KINDS = ("cpu_offline", "pause", "stall", "alloc_fail", "queue_limit", "warn", "crash")
-#: Faults the guest agent applies itself, on time or on an event, without an SSH round trip.
-IN_GUEST_FAULTS = ("cpu_offline", "stall", "alloc_fail", "queue_limit", "warn")
-#: Events an in-guest fault can wait for (``on``), watched by the guest agent during the load:
-#: ``received`` (the consumers got ``threshold`` messages in all), ``queue_depth`` (CBUS holds
-#: ``threshold`` queued messages), ``drop`` (the kernel counted a dropped message: CBUS or a
-#: direct send), ``gap`` (a consumer saw its first lost message), ``enobufs`` (a consumer's socket
-#: overflowed).  Consumer-side events come as late as the consumer lags; kernel-side ones do not.
-FAULT_EVENTS = ("received", "queue_depth", "drop", "gap", "enobufs")
-THRESHOLD_EVENTS = ("received", "queue_depth")
 MAX_DURATION = 600.0
+MAX_FAULT_SECONDS = 600.0
+#: The fault kinds of the old ``[[faults]] kind = ...`` form and the registered faults that replace them.
+OLD_FAULT_KINDS = {"cpu_offline": "cpu-offline", "pause": "pause", "stall": "drain-stall",
+                   "alloc_fail": "alloc-fail", "queue_limit": "queue-limit", "warn": "warn", "crash": "crash"}
+_GENERATOR_KEYS = {"path", "context", "rate", "payload", "bundle", "cpus", "group", "count"}
+_TOP_KEYS = ("name", "description", "duration", "guest", "emulators", "consumers", "faults", "invariants")
 
 
-@dataclass(frozen=True)
-class EmulatorSpec:
-    """One traffic generator in the module (a kernel subsystem stand-in)."""
+class _Table:
+    """One TOML table with typed getters; every error names file and key as the user wrote them."""
 
-    name: str
-    path: str = "cbus"
-    context: str = "kthread"
-    rate: int = 1000
-    count: int = 0
-    payload: tuple[int, int] = (40, 40)
-    cpus: tuple[int, ...] = ()
-    group: int = 2
-    bundle: bool = False
-
-
-@dataclass(frozen=True)
-class ConsumerSpec:
-    """One userspace listener in the guest."""
-
-    name: str
-    groups: tuple[int, ...] = (2,)
-    rcvbuf: int = 8 << 20
-    slow_us: int = 0
-
-
-@dataclass(frozen=True)
-class FaultSpec:
-    """A fault applied at a time (``at``), periodically (``every``) or once on an event (``on``)."""
-
-    kind: str
-    at: float | None = None
-    every: float | None = None
-    duration: float = 0.5
-    cpu: int = 1
-    value: int = 0
-    on: str | None = None
-    threshold: int = 0
-
-
-@dataclass(frozen=True)
-class Invariants:
-    """What must hold after the run."""
-
-    no_kernel_problems: bool = True
-    no_new_taint: bool = True
-    accounting: bool = True
-    max_loss: int = 0
-    p99_latency_us: float = 0.0
-    min_rate: float = 0.0
-    expect_problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PluginObjects:
-    """Registered emulators, consumers and faults (by name) a scenario runs through the hooks."""
-
-    emulators: tuple[str, ...] = ()
-    consumers: tuple[str, ...] = ()
-    faults: tuple[str, ...] = ()
-    params: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A validated scenario."""
-
-    name: str
-    source: str
-    duration: float = 3.0
-    description: str = ""
-    cpus: int = 2
-    memory: int = 1024
-    cmdline: tuple[str, ...] = ()
-    emulators: tuple[EmulatorSpec, ...] = ()
-    consumers: tuple[ConsumerSpec, ...] = ()
-    faults: tuple[FaultSpec, ...] = ()
-    invariants: Invariants = field(default_factory=Invariants)
-    plugins: PluginObjects | None = None
-
-    @property
-    def shape_key(self) -> tuple:
-        """Scenarios with the same key can share a guest."""
-        return (self.cpus, self.memory, self.cmdline)
-
-
-class _Reader:
-    """Typed access to one TOML table, with errors that name file and key."""
-
-    def __init__(self, source: str, where: str, table: Any) -> None:
+    def __init__(self, source: str, where: str, value: Any) -> None:
         self.source, self.where = source, where
-        if not isinstance(table, dict):
-            self.fail("", "a table")
-        self.table = dict(table)
-        self.used: set[str] = set()
+        if not isinstance(value, dict):
+            raise self.error("", "a table", value)
+        self.values = dict(value)
+        self.read: set[str] = set()
 
-    def fail(self, key: str, expected: str, got: object = None) -> None:
-        place = f"{self.where}.{key}" if self.where and key else (key or self.where or "(top level)")
-        tail = f", got {got!r}" if got is not None else ""
-        raise ConfigError(f"{self.source}: {place}: expected {expected}{tail}")
+    def place(self, key: str) -> str:
+        path = f"{self.where}.{key}" if self.where and key else (key or self.where or "(top level)")
+        return f"{self.source}: {path}"
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., check=None, expected: str = ""):
-        self.used.add(key)
-        if key not in self.table:
+    def error(self, key: str, expected: str, got: object = ..., hint: str = "") -> ConfigError:
+        tail = "" if got is ... else f", got {got!r}"
+        return ConfigError(f"{self.place(key)}: expected {expected}{tail}" + (f" ({hint})" if hint else ""))
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., ok: Callable[[Any], bool] | None = None,
+            expected: str = "") -> Any:
+        self.read.add(key)
+        if key not in self.values:
             if default is ...:
-                self.fail(key, f"{expected or _type_name(kind)} (required)")
+                raise self.error(key, (expected or _type_name(kind)) + " (required)")
             return default
-        value = self.table[key]
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            self.fail(key, expected or _type_name(kind), value)
-        if not isinstance(value, kind):
-            self.fail(key, expected or _type_name(kind), value)
-        if check is not None and not check(value):
-            self.fail(key, expected, value)
+        value = self.values[key]
+        numeric = kind in (int, float, (int, float))
+        if (isinstance(value, bool) and numeric) or not isinstance(value, kind) or (ok is not None and not ok(value)):
+            raise self.error(key, expected or _type_name(kind), value)
         return value
 
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
+    def rest(self) -> dict[str, Any]:
+        """The keys not read yet (an object's own parameters)."""
+        return {k: v for k, v in self.values.items() if k not in self.read}
+
+    def done(self, allowed: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(self.values) - self.read)
         if unknown:
-            raise ConfigError(f"{self.source}: {self.where + '.' if self.where else ''}{unknown[0]}: unknown key "
-                              f"(allowed: {', '.join(sorted(self.used))})")
+            names = allowed or tuple(sorted(self.read))
+            hint = difflib.get_close_matches(unknown[0], names, n=1)
+            raise ConfigError(f"{self.place(unknown[0])}: unknown key ("
+                              + (f"did you mean {hint[0]!r}? " if hint else "")
+                              + f"allowed: {', '.join(names)})")
 
 
-def _type_name(kind) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "an array",
              dict: "a table"}
     if isinstance(kind, tuple):
         return "a number" if set(kind) == {int, float} else " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)
 
 
-def _int_list(reader: _Reader, key: str, default: tuple, low: int, high: int) -> tuple[int, ...]:
-    values = reader.get(key, list, list(default))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values):
-        reader.fail(key, f"a list of integers from {low} to {high}", values)
-    return tuple(values)
+def _label_ok(label: str) -> bool:
+    return bool(label) and all(c.isalnum() or c in "-_" for c in label)
 
 
-def _emulator(source: str, i: int, table: Any, cpus: int) -> EmulatorSpec:
-    r = _Reader(source, f"emulators[{i}]", table)
-    payload = _int_list(r, "payload", (40, 40), 0, 8192)
-    if len(payload) != 2 or payload[0] > payload[1]:
-        r.fail("payload", "[min, max] with min <= max", list(payload))
-    spec = EmulatorSpec(
-        name=r.get("name", str),
-        path=r.get("path", str, "cbus", lambda v: v in PATHS, f"one of {', '.join(PATHS)}"),
-        context=r.get("context", str, "kthread", lambda v: v in CONTEXTS, f"one of {', '.join(CONTEXTS)}"),
-        rate=r.get("rate", int, 1000, lambda v: 0 <= v <= 10_000_000, "an integer from 0 to 10000000"),
-        count=r.get("count", int, 0, lambda v: v >= 0, "an integer >= 0"),
-        payload=(payload[0], payload[1]),
-        cpus=_int_list(r, "cpus", (), 0, cpus - 1),
-        group=r.get("group", int, 2, lambda v: 1 <= v <= 32, "a connector group from 1 to 32"),
-        bundle=r.get("bundle", bool, False),
-    )
-    r.done()
-    if spec.path == "direct" and spec.context == "hardirq":
-        r.fail("context", "not hardirq with path = \"direct\" (a direct send is not hard-IRQ safe)", "hardirq")
-    return spec
+class _Reader:
+    """Reads one scenario file's tables into a :class:`Scenario` against the registries."""
+
+    def __init__(self, source: str, registries: Registries) -> None:
+        self.source = source
+        self.registries = registries
+        self.labels: dict[str, str] = {}
+
+    def object_table(self, kind: str, index: int, value: Any) -> tuple[_Table, str, str]:
+        table = _Table(self.source, f"{kind}s[{index}]", value)
+        if kind == "fault" and "kind" in table.values and "name" not in table.values:
+            old = table.values["kind"]
+            new = OLD_FAULT_KINDS.get(old) if isinstance(old, str) else None
+            raise ConfigError(f"{table.place('kind')}: faults are named with name = \"<registered fault>\" "
+                              + (f"(kind = {old!r} is now name = {new!r}; " if new else "(")
+                              + "see cnlab plugins for each fault's parameters)")
+        name = table.get("name", str, ..., expected="a registered " + kind + " name")
+        registry = self.registries.by_kind(kind)
+        if name not in registry:
+            hint = ""
+            if kind == "emulator" and _GENERATOR_KEYS & set(table.values):
+                hint = (f"; the lab module's raw generator is name = \"generator\", with label = {name!r} "
+                        "to keep your name for it")
+            try:
+                registry.get(name)
+            except PluginError as exc:
+                raise ConfigError(f"{table.place('name')}: {exc}{hint}") from None
+        label = table.get("label", str, "", lambda v: _label_ok(v), "a label of letters, digits, '-' and '_'")
+        if not label:
+            label = name
+            n = 2
+            while label in self.labels:
+                label = f"{name}-{n}"
+                n += 1
+        elif label in self.labels:
+            raise table.error("label", "a label used once in the scenario", label,
+                              f"{self.labels[label]} has it already")
+        self.labels[label] = table.where
+        return table, name, label
+
+    def params(self, kind: str, name: str, table: _Table) -> dict[str, Any]:
+        registry = self.registries.by_kind(kind)
+        return dict(registry.validate(name, table.rest(), place=table.place))  # a dict: scenarios go to workers
+
+    def emulator(self, index: int, value: Any) -> ObjectUse:
+        table, name, label = self.object_table("emulator", index, value)
+        params = self.params("emulator", name, table)
+        spec = self.registries.emulators.get(name)
+        return ObjectUse("emulator", name, label, spec.plugin, params, table.where)
+
+    def consumer(self, index: int, value: Any) -> ObjectUse:
+        table, name, label = self.object_table("consumer", index, value)
+        groups = table.get("groups", list, [], lambda v: all(isinstance(g, int) and not isinstance(g, bool)
+                                                              and 1 <= g <= 32 for g in v),
+                           "an array of connector groups from 1 to 32")
+        params = self.params("consumer", name, table)
+        spec = self.registries.consumers.get(name)
+        return ObjectUse("consumer", name, label, spec.plugin, params, table.where, groups=tuple(groups))
+
+    def fault(self, index: int, value: Any, duration: float) -> ObjectUse:
+        table, name, label = self.object_table("fault", index, value)
+        spec = self.registries.faults.get(name)
+        number = (int, float)
+        at = table.get("at", number, None, lambda v: 0 <= v <= duration,
+                       f"seconds from 0 to the scenario's duration ({duration:g})")
+        every = table.get("every", number, None, lambda v: 0.05 <= v <= duration,
+                          f"seconds from 0.05 to the scenario's duration ({duration:g})")
+        on = table.get("on", str, None, expected="an event name")
+        threshold = table.get("threshold", int, 1, lambda v: v >= 1, "a count >= 1")
+        hold = table.get("duration", number, spec.duration, lambda v: 0 <= v <= MAX_FAULT_SECONDS,
+                         f"seconds from 0 to {MAX_FAULT_SECONDS:g} (0: undone when the load ends)")
+        given = [k for k in ("at", "every", "on") if k in table.values]
+        if len(given) != 1:
+            raise table.error(given[1] if len(given) > 1 else "at",
+                              "exactly one of 'at' (seconds), 'every' (seconds) or 'on' (an event)",
+                              hint=f"this table has {', '.join(given) or 'none'}")
+        if "threshold" in table.values and on is None:
+            raise table.error("threshold", "a threshold only with on = EVENT")
+        if on is not None and on not in self.registries.events:
+            try:
+                self.registries.events.get(on)
+            except PluginError as exc:
+                raise ConfigError(f"{table.place('on')}: {exc}") from None
+        params = self.params("fault", name, table)
+        trigger = Trigger(at=None if at is None else float(at), every=None if every is None else float(every),
+                          on=on, threshold=threshold)
+        return ObjectUse("fault", name, label, spec.plugin, params, table.where, trigger=trigger,
+                         duration=float(hold))
 
 
-def _consumer(source: str, i: int, table: Any) -> ConsumerSpec:
-    r = _Reader(source, f"consumers[{i}]", table)
-    spec = ConsumerSpec(
-        name=r.get("name", str),
-        groups=_int_list(r, "groups", (2,), 1, 32),
-        rcvbuf=r.get("rcvbuf", int, 8 << 20, lambda v: 4096 <= v <= 1 << 30, "bytes from 4096 to 1 GiB"),
-        slow_us=r.get("slow_us", int, 0, lambda v: 0 <= v <= 1_000_000, "microseconds from 0 to 1000000"),
-    )
-    r.done()
-    return spec
-
-
-def _fault(source: str, i: int, table: Any, cpus: int, duration: float) -> FaultSpec:
-    r = _Reader(source, f"faults[{i}]", table)
-    number = (int, float)
-    spec = FaultSpec(
-        kind=r.get("kind", str, ..., lambda v: v in FAULT_KINDS, f"one of {', '.join(FAULT_KINDS)}"),
-        at=r.get("at", number, None, lambda v: 0 <= v <= duration, f"seconds from 0 to the duration ({duration})"),
-        every=r.get("every", number, None, lambda v: 0.1 <= v <= duration, "seconds from 0.1 to the duration"),
-        duration=float(r.get("duration", number, 0.5, lambda v: 0 <= v <= 60, "seconds from 0 to 60")),
-        cpu=r.get("cpu", int, 1, lambda v: 1 <= v < max(cpus, 2), f"a CPU from 1 to {cpus - 1} (CPU 0 stays)"),
-        value=r.get("value", int, 0, lambda v: v >= 0, "an integer >= 0"),
-        on=r.get("on", str, None, lambda v: v in FAULT_EVENTS, f"one of {', '.join(FAULT_EVENTS)}"),
-        threshold=r.get("threshold", int, 0, lambda v: v >= 0, "an integer >= 0"),
-    )
-    r.done()
-    if sum(x is not None for x in (spec.at, spec.every, spec.on)) != 1:
-        r.fail("at", "exactly one of 'at', 'every' or 'on'")
-    if spec.on is not None and spec.kind not in IN_GUEST_FAULTS:
-        r.fail("on", f"a fault the guest applies itself ({', '.join(IN_GUEST_FAULTS)}) for kind {spec.kind!r}",
-               spec.on)
-    if spec.on in THRESHOLD_EVENTS and spec.threshold < 1:
-        r.fail("threshold", f"a count >= 1 for on = {spec.on!r}", spec.threshold)
-    if spec.kind == "cpu_offline" and cpus < 2:
-        r.fail("kind", "a guest with 2 or more CPUs for cpu_offline", cpus)
-    return spec
-
-
-def scenario_from_dict(data: dict, source: str) -> Scenario:
-    """Validate a parsed scenario table."""
-    top = _Reader(source, "", data)
-    name = top.get("name", str, Path(source).stem)
-    duration = float(top.get("duration", (int, float), 3.0, lambda v: 0 < v <= MAX_DURATION,
-                             f"seconds, more than 0 and at most {MAX_DURATION:.0f}"))
-    description = top.get("description", str, "")
-    guest = _Reader(source, "guest", top.get("guest", dict, {}))
-    cpus = guest.get("cpus", int, 2, lambda v: 1 <= v <= MAX_CPUS, f"an integer from 1 to {MAX_CPUS}")
-    memory = guest.get("memory", int, 1024, lambda v: 256 <= v <= 16384, "MB from 256 to 16384")
-    cmdline = tuple(guest.get("cmdline", list, [], lambda v: all(isinstance(x, str) for x in v), "a list of strings"))
-    guest.done()
-    emulators = tuple(_emulator(source, i, t, cpus) for i, t in enumerate(top.get("emulators", list, [])))
-    consumers = tuple(_consumer(source, i, t) for i, t in enumerate(top.get("consumers", list, [])))
-    faults = tuple(_fault(source, i, t, cpus, duration) for i, t in enumerate(top.get("faults", list, [])))
-    inv = _Reader(source, "invariants", top.get("invariants", dict, {}))
-    invariants = Invariants(
+def _invariants(source: str, value: Any) -> Invariants:
+    inv = _Table(source, "invariants", value)
+    out = Invariants(
         no_kernel_problems=inv.get("no_kernel_problems", bool, True),
         no_new_taint=inv.get("no_new_taint", bool, True),
         accounting=inv.get("accounting", bool, True),
@@ -300,46 +230,63 @@ def scenario_from_dict(data: dict, source: str) -> Scenario:
         p99_latency_us=float(inv.get("p99_latency_us", (int, float), 0.0, lambda v: v >= 0, "microseconds >= 0")),
         min_rate=float(inv.get("min_rate", (int, float), 0.0, lambda v: v >= 0, "messages/s >= 0")),
         expect_problems=tuple(inv.get("expect_problems", list, [], lambda v: all(isinstance(x, str) for x in v),
-                                      "a list of problem kinds")),
+                                      "an array of kernel report kinds (warning, oops, bug...)")),
     )
     inv.done()
-    plugins = None
-    if "plugins" in top.table:
-        table = _Reader(source, "plugins", top.get("plugins", dict))
-        names = {}
-        for key in ("emulators", "consumers", "faults"):
-            names[key] = tuple(table.get(key, list, [], lambda v: all(isinstance(x, str) for x in v),
-                                         "a list of registered names"))
-        params = table.get("params", dict, {}, lambda v: all(isinstance(x, dict) for x in v.values()),
-                           "a table of per-object tables")
-        table.done()
-        if not names["emulators"]:
-            table.fail("emulators", "at least one registered emulator name")
-        plugins = PluginObjects(names["emulators"], names["consumers"], names["faults"], params)
-    top.done()
-    if plugins is not None:
-        if emulators or faults:
-            raise ConfigError(f"{source}: plugins: expected either [plugins] or [[emulators]]/[[faults]], not both")
-        return Scenario(name=name, source=source, duration=duration, description=description, cpus=cpus,
-                        memory=memory, cmdline=cmdline, invariants=invariants, plugins=plugins)
+    return out
+
+
+def scenario_from_dict(data: dict, source: str, registries: Registries) -> Scenario:
+    """Validate a parsed scenario against the registries (see the module docstring for the format).
+
+    :raises ConfigError: the first problem, naming ``source``, the table and key, and what was expected.
+    """
+    top = _Table(source, "", data)
+    if "plugins" in top.values:
+        raise ConfigError(f"{source}: plugins: the [plugins] table is gone: give each object its own table, "
+                          "[[emulators]], [[consumers]] or [[faults]], with name = \"<registered name>\" and its "
+                          "parameters in the same table (docs/plugins.md)")
+    name = top.get("name", str, Path(source).stem, _label_ok, "a name of letters, digits, '-' and '_'")
+    duration = float(top.get("duration", (int, float), 3.0, lambda v: 0 < v <= MAX_DURATION,
+                             f"seconds, more than 0 and at most {MAX_DURATION:g}"))
+    description = top.get("description", str, "")
+    guest = _Table(source, "guest", top.get("guest", dict, {}))
+    cpus = guest.get("cpus", int, 2, lambda v: 1 <= v <= MAX_CPUS, f"an integer from 1 to {MAX_CPUS}")
+    memory = guest.get("memory", int, 1024, lambda v: 256 <= v <= 16384, "MB from 256 to 16384")
+    cmdline = tuple(guest.get("cmdline", list, [], lambda v: all(isinstance(x, str) for x in v),
+                              "an array of strings"))
+    guest.done()
+    reader = _Reader(source, registries)
+    lists = {key: top.get(key, list, [], lambda v: all(isinstance(x, dict) for x in v),
+                          f"an array of tables ([[{key}]])") for key in ("emulators", "consumers", "faults")}
+    emulators = tuple(reader.emulator(i, t) for i, t in enumerate(lists["emulators"]))
+    consumers = tuple(reader.consumer(i, t) for i, t in enumerate(lists["consumers"]))
+    faults = tuple(reader.fault(i, t, duration) for i, t in enumerate(lists["faults"]))
+    invariants = _invariants(source, top.get("invariants", dict, {}))
+    top.done(_TOP_KEYS)
     if not emulators:
-        raise ConfigError(f"{source}: emulators: expected at least one [[emulators]] table (or a [plugins] table)")
-    names = [e.name for e in emulators]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{source}: emulators: names must be unique, got {names}")
+        raise ConfigError(f"{source}: emulators: expected at least one [[emulators]] table (cnlab plugins lists "
+                          "the emulators)")
     if not consumers:
-        consumers = (ConsumerSpec("checker", tuple(sorted({e.group for e in emulators}))),)
+        params = dict(registries.consumers.validate("checker", {}, place=lambda key: f"{source}: consumers.{key}"))
+        consumers = (ObjectUse("consumer", "checker", "checker", registries.consumers.get("checker").plugin, params,
+                               "consumers (default)"),)
     return Scenario(name=name, source=source, duration=duration, description=description, cpus=cpus,
                     memory=memory, cmdline=cmdline, emulators=emulators, consumers=consumers, faults=faults,
                     invariants=invariants)
 
 
-def load_scenario(path: Path) -> Scenario:
-    """Read and validate one scenario file."""
+def load_scenario(path: Path, registries: Registries) -> Scenario:
+    """Read and validate one scenario file.
+
+    :raises ConfigError: a missing or unreadable file, bad TOML, or the first problem in it.
+    """
     try:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such scenario file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the scenario: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return scenario_from_dict(data, str(path))
+    return scenario_from_dict(data, str(path), registries)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab.engine.scenario import Scenario
+from lab.plugin.model import Scenario
 
 __all__ = ["BOOT_ESTIMATE_S", "Schedule", "Task"]
 

@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from lab.engine.scenario import Scenario
 from lab.host.cache import file_lock, write_json_atomic
+from lab.plugin.model import Scenario, ScenarioResult
 
 __all__ = ["expected_durations", "remember_timings"]
 
@@ -37,7 +37,7 @@ def expected_durations(cache: Path) -> Callable[[Scenario], float]:
     return expected
 
 
-def remember_timings(records: list[dict], cache: Path) -> None:
+def remember_timings(records: list[ScenarioResult], cache: Path) -> None:
     """Record each finished scenario's duration (boot excluded), merged into what is already known.
 
     A known duration moves halfway towards the new one: one run on a busy
@@ -46,7 +46,7 @@ def remember_timings(records: list[dict], cache: Path) -> None:
     with file_lock(cache / "locks" / FILE_NAME):
         known = _load(cache)
         for record in records:
-            name, seconds = record["scenario"], record.get("duration")
-            if seconds:
+            name, seconds = record.scenario, record.duration
+            if seconds and record.status in ("passed", "failed"):
                 known[name] = round((known[name] + seconds) / 2, 3) if name in known else seconds
         write_json_atomic(cache / FILE_NAME, known)

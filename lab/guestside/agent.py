@@ -1,388 +1,236 @@
-"""Runs one scenario's load inside a guest and reports what it saw (JSON).
+#!/usr/bin/env python3
+"""The guest agent: runs one scenario's load in the guest and prints one JSON report.
 
-Reads the plan (generators and consumers, from lab.engine.run) as JSON on stdin,
-starts the consumers, snapshots the module's statistics, starts the
-generators, prints ``CNLAB-AGENT started`` on stderr (the host starts its
-fault timeline then), waits for the generators to finish and the CBUS queues
-to drain, lets the consumers catch up, and prints one JSON object: per
-consumer counts, gaps, reorders, ENOBUFS, socket drops, latency percentiles
-and a time series; per generator the kernel's counters; CBUS before/after.
+The plan (JSON on stdin, from ``lab.engine.plan``) holds GEN_START configs,
+live sources (cn_proc and its process storm), consumer command lines, faults
+(actions and triggers) and the probes of the events they wait for.  Steps:
+
+1. mark the kernel log; faults ``at = 0`` fire;
+2. start the consumers and wait until every one has bound its socket;
+3. read the module's statistics, start the generators and live drivers,
+   print ``CNLAB-AGENT load <ns>`` on stderr (the host's clock for the load);
+4. fire faults on their triggers (``agent_faults``) while the load runs,
+   restarting a consumer once if a fault SIGKILLed it;
+5. undo every fault, bring CPUs back, and measure the drain: every CPU's
+   CBUS queue must empty in time, or the report names the CPUs still holding
+   messages;
+6. stop the consumers (each drains its socket and writes its report) and
+   reconcile each consumer's loss with the kernel's counts
+   (``agent_accounting``).
+
+Standard library only, plus ``kabi`` and the ``agent_*`` modules shipped beside it.
 """
 
-import errno
 import json
-import select
+import os
+import re
+import subprocess
 import sys
-import threading
 import time
 
-import kabi
-
-BIN_NS = 250_000_000
-MAX_LATENCY_SAMPLES = 200_000
-
-
-def online_cpus():
-    with open("/sys/devices/system/cpu/online") as f:
-        spec = f.read().strip()
-    cpus = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
-class Consumer(threading.Thread):
-    """A listener on some groups that checks per-(generator, CPU) order."""
-
-    def __init__(self, name, groups, rcvbuf, slow_us, start_ns):
-        super().__init__(daemon=True)
-        self.name = name
-        self.sock = kabi.open_socket(list(groups), rcvbuf)
-        self.portid = self.sock.getsockname()[0]
-        self.slow_s = slow_us / 1e6
-        self.start_ns = start_ns
-        self.expected = {}
-        self.per_gen = {}
-        self.enobufs = 0
-        self.latencies = []
-        self.bins = {}
-        self.first_ns = 0
-        self.last_ns = 0
-        self.halt = threading.Event()
-        self.busy = False  # True from a ready select() until its datagram is handled
-
-    def run(self):
-        buf = bytearray(1 << 17)
-        while not self.halt.is_set():
-            ready, _, _ = select.select([self.sock], [], [], 0.1)
-            if not ready:
-                continue
-            self.busy = True
-            try:
-                n = self.sock.recv_into(buf)
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.enobufs += 1
-                    self.busy = False
-                    continue
-                raise
-            kabi.walk_datagram(buf, n, time.monotonic_ns(), self.event)
-            if self.slow_s:
-                time.sleep(self.slow_s)
-            self.busy = False
-
-    def event(self, ev, now):
-        gen_id, cpu, seq, ts, _len, _flags = ev
-        stats = self.per_gen.setdefault(gen_id, {"received": 0, "gaps": 0, "reordered": 0})
-        key = (gen_id, cpu)
-        expected = self.expected.get(key, 0)
-        if seq > expected:
-            stats["gaps"] += seq - expected
-        elif seq < expected:
-            stats["reordered"] += 1
-        self.expected[key] = max(expected, seq + 1)
-        stats["received"] += 1
-        if not self.first_ns:
-            self.first_ns = now
-        self.last_ns = now
-        if len(self.latencies) < MAX_LATENCY_SAMPLES:
-            self.latencies.append(now - ts)
-        slot = (now - self.start_ns) // BIN_NS
-        cell = self.bins.setdefault(slot, [0, 0])
-        cell[0] += 1
-        if seq > expected:
-            cell[1] += seq - expected
-
-    def received(self):
-        return sum(s["received"] for s in self.per_gen.values())
-
-    def _netlink_row(self):
-        with open("/proc/net/netlink") as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                if len(cols) >= 9 and cols[1] == str(kabi.NETLINK_CONNECTOR) and cols[2] == str(self.portid):
-                    return cols
-        return None
-
-    def socket_drops(self):
-        row = self._netlink_row()
-        return int(row[8]) if row else -1
-
-    def caught_up(self):
-        """Everything queued for this socket has been read and handled.
-
-        Called once nothing can arrive any more (generators done, CBUS
-        drained): the receive queue is empty (Rmem in /proc/net/netlink),
-        read before ``busy``, so a datagram taken from the queue before that
-        read is still being handled if ``busy`` is set.
-        """
-        row = self._netlink_row()
-        return row is not None and int(row[4]) == 0 and not self.busy
-
-    def report(self):
-        lat = sorted(self.latencies)
-
-        def pct(p):
-            return round(lat[min(len(lat) - 1, int(len(lat) * p))] / 1000, 1) if lat else None
-
-        span = (self.last_ns - self.first_ns) / 1e9
-        return {
-            "name": self.name,
-            "received": self.received(),
-            "per_gen": {str(k): v for k, v in sorted(self.per_gen.items())},
-            "enobufs": self.enobufs,
-            "socket_drops": self.socket_drops(),
-            "rate": round(self.received() / span, 1) if span > 0 else 0.0,
-            "latency_us": {"p50": pct(0.50), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0)},
-            "series": [[round(slot * BIN_NS / 1e9, 2), c[0], c[1]] for slot, c in sorted(self.bins.items())],
-        }
-
-
-KNOBS = {
-    "stall": kabi.CNLAB_FAULT_STALL_MS,
-    "alloc_fail": kabi.CNLAB_FAULT_ALLOC_NTH,
-    "queue_limit": kabi.CNLAB_FAULT_QLIMIT,
-    "warn": kabi.CNLAB_FAULT_WARN,
-}
-
-
-def cpu_online(cpu, online):
-    with open(f"/sys/devices/system/cpu/cpu{cpu}/online", "w") as f:
-        f.write("1" if online else "0")
-
-
-def default_queue_limit():
-    with open("/sys/module/cnlab/parameters/queue_limit") as f:
-        return int(f.read())
-
-
-class InGuestFaults(threading.Thread):
-    """Applies the plan's in-guest faults on time (seconds after the load starts).
-
-    Module knobs set here are restored when the run ends, so a reused guest
-    starts the next scenario with the module's defaults.
-    """
-
-    def __init__(self, faults, duration, t0, probes=None):
-        super().__init__(daemon=True)
-        self.client = kabi.CtlClient(timeout=10.0)
-        self.client_lock = threading.Lock()
-        self.events = []
-        self.waiting = []  # faults waiting for an event (fault["on"]), each applied once
-        self.probes = probes or {}
-        for fault in faults:
-            if fault.get("on"):
-                self.waiting.append(fault)
-            elif fault["at"] is not None:
-                self.events.append((fault["at"], fault))
-            else:
-                t = fault["every"]
-                while t < duration:
-                    self.events.append((t, fault))
-                    t += fault["every"]
-        self.events.sort(key=lambda e: e[0])
-        self.watcher = threading.Thread(target=self.watch, daemon=True)
-        self.t0 = t0
-        self.halt = threading.Event()
-        self.applied = []
-        self.offline = set()
-
-    def now(self):
-        return time.monotonic() - self.t0
-
-    def knob(self, kind, value):
-        if kind == "warn":
-            with open("/sys/module/cnlab/parameters/debug_warn", "w") as f:
-                f.write("1")
-            value = kabi.CNLAB_WARN_MAGIC
-        with self.client_lock:  # timed and event faults share one client; it drops replies it did not ask for
-            reply = self.client.fault(KNOBS[kind], value)
-        if not reply.ok:
-            raise OSError(f"{kind}={value} refused: {reply.error_name}")
-
-    def apply(self, fault):
-        kind = fault["kind"]
-        record = {"kind": kind, "at": round(self.now(), 3), "until": None, "ok": True, "detail": ""}
-        if fault.get("on"):
-            record["on"] = event_name(fault)
-        self.applied.append(record)
-        try:
-            if kind == "cpu_offline":
-                cpu_online(fault["cpu"], False)
-                self.offline.add(fault["cpu"])
-                self.halt.wait(fault["duration"])
-                cpu_online(fault["cpu"], True)
-                self.offline.discard(fault["cpu"])
-                record["detail"] = f"cpu{fault['cpu']} offline for {fault['duration']} s"
-            elif kind == "stall":
-                value = fault["value"] or int(fault["duration"] * 1000)
-                self.knob("stall", value)
-                record["detail"] = f"drain worker stalled {value} ms"
-            elif kind == "alloc_fail":
-                value = fault["value"] or 10
-                self.knob("alloc_fail", value)
-                self.halt.wait(fault["duration"])
-                self.knob("alloc_fail", 0)
-                record["detail"] = f"every {value}th allocation failed for {fault['duration']} s"
-            elif kind == "queue_limit":
-                value = fault["value"] or 64
-                self.knob("queue_limit", value)
-                record["detail"] = f"queue limit {value}"
-            elif kind == "warn":
-                self.knob("warn", 1)
-                record["detail"] = "WARN requested"
-            record["until"] = round(self.now(), 3)
-        except OSError as exc:
-            record["ok"] = False
-            record["detail"] = str(exc)
-
-    def run(self):
-        if self.waiting:
-            self.watcher.start()
-        for at, fault in self.events:
-            if self.halt.wait(max(0.0, self.t0 + at - time.monotonic())):
-                return
-            self.apply(fault)
-
-    def watch(self):
-        """Apply each event-triggered fault once, when its event happens (polled: no notification)."""
-        while self.waiting and not self.halt.wait(EVENT_POLL_S):
-            for fault in list(self.waiting):
-                if self.probes[fault["on"]](fault["threshold"]):
-                    self.waiting.remove(fault)
-                    self.apply(fault)
-
-    def never_triggered(self):
-        """Event-triggered faults whose event never happened during the load."""
-        return [f"fault {f['kind']} on {event_name(f)}: the event never happened" for f in self.waiting]
-
-    def finish(self):
-        """Stop, bring CPUs back, and restore the module's knobs."""
-        self.halt.set()
-        self.join(30)
-        if self.watcher.is_alive():
-            self.watcher.join(30)
-        for cpu in list(self.offline):
-            cpu_online(cpu, True)
-        kinds = {f["kind"] for _, f in self.events} | {r["kind"] for r in self.applied}
-        if "alloc_fail" in kinds:
-            self.knob("alloc_fail", 0)
-        if "queue_limit" in kinds:
-            self.knob("queue_limit", default_queue_limit())
-        return self.applied
-
-
-EVENT_POLL_S = 0.02
-
-
-def event_name(fault):
-    """``queue_depth>=200``, ``gap``: how a fault's event reads in results."""
-    return f"{fault['on']}>={fault['threshold']}" if fault.get("threshold") else fault["on"]
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kabi  # noqa: E402
+from agent_accounting import CBUS_KEYS, DONE, KernelLog, gen_totals, parse_unloads, reconcile, recover  # noqa: E402
+from agent_consumers import start_consumers  # noqa: E402
+from agent_faults import Actions, FaultScheduler  # noqa: E402
 
 DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
+GEN_ERR_KEYS = ("err_nolistener", "err_nomem", "err_full", "err_other")
 
 
-def event_probes(consumers, client, generators, stats_before):
-    """The events a fault can wait for: each takes the fault's threshold, True once it happened.
-
-    ``stats_before``: the CBUS totals from before the generators started
-    (they are cumulative; a generator's own counts start at zero).
-    """
-
-    def total():
-        return client.stats().body["total"]
-
-    def kernel_drops():
-        now = total()
-        cbus = sum(now[k] - stats_before[k] for k in DROP_KEYS)
-        direct = 0
-        for gen in generators:
-            for cpu in client.gen_stats(gen["gen_id"]).body.get("cpus", []):
-                direct += sum(cpu[k] for k in ("err_nolistener", "err_nomem", "err_full", "err_other"))
-        return cbus + direct
-
-    def guarded(probe):
-        def check(threshold):
-            try:
-                return probe(threshold)
-            except (TimeoutError, OSError):
-                return False
-        return check
-
-    return {
-        "received": lambda threshold: sum(c.received() for c in consumers) >= threshold,
-        "queue_depth": guarded(lambda threshold: total()["queued"] >= threshold),
-        "drop": guarded(lambda _: kernel_drops() > 0),
-        "gap": lambda _: any(s["gaps"] for c in consumers for s in list(c.per_gen.values())),
-        "enobufs": lambda _: any(c.enobufs for c in consumers),
-    }
+def online_mask():
+    with open("/sys/devices/system/cpu/online") as f:
+        mask = 0
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            for c in range(int(lo), int(hi or lo) + 1):
+                mask |= 1 << c
+        return mask
 
 
-wait_until = kabi.wait_until
+def read_counter(probe):
+    with open(probe["path"]) as f:
+        m = re.search(probe["pattern"], f.read())
+    if not m:
+        raise ValueError(f"{probe['path']}: no match for {probe['pattern']!r}")
+    return int(m.group(1))
+
+
+def make_probes(events, consumers, client, gen_ids, before):
+    """Event name -> function returning its count now (see lab.plugin.objects.AGENT_EVENTS)."""
+
+    def live(key):
+        return lambda: sum(c.live().get(key, 0) for c in consumers)
+
+    def queue_depth():
+        return client.stats().body["total"]["queued"]
+
+    def drops():
+        now = client.stats().body["total"]
+        count = sum(now[k] - before[k] for k in DROP_KEYS) if before else 0
+        for gid in gen_ids:
+            for cpu in client.gen_stats(gid).body.get("cpus", []):
+                count += sum(cpu[k] for k in GEN_ERR_KEYS)
+        return count
+
+    agent = {"received": live("received"), "gap": live("gaps"), "enobufs": live("enobufs"),
+             "queue_depth": queue_depth, "drop": drops}
+    probes = {}
+    for name, probe in events.items():
+        if probe["kind"] == "agent":
+            probes[name] = agent[probe["name"]]
+        else:
+            base = read_counter(probe) if probe.get("relative", True) else 0
+            probes[name] = lambda probe=probe, base=base: read_counter(probe) - base
+    return probes
+
+
+def signal_all(consumers):
+    def send(signum):
+        for c in consumers:
+            for pid in c.pids():
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+    return send
+
+
+def drain(client, seconds):
+    """Wait for every CBUS queue to empty; ``{"ok", "waited_s", "cpus"?}`` (cpus: those still holding)."""
+    started = time.monotonic()
+
+    def empty():
+        try:
+            return client.stats().body["total"]["queued"] == 0
+        except (TimeoutError, OSError):
+            return False
+
+    ok = bool(kabi.wait_until(empty, seconds, pause=0.01))
+    out = {"ok": ok, "waited_s": round(time.monotonic() - started, 3)}
+    if not ok:
+        try:
+            out["cpus"] = {str(c["cpu"]): c["queued"] for c in client.stats().body["cpus"] if c["queued"]}
+        except (TimeoutError, OSError) as exc:
+            out["cpus"] = {}
+            out["error"] = str(exc)
+    return out
 
 
 def main():
     plan = json.load(sys.stdin)
-    start_ns = time.monotonic_ns()
-    client = kabi.CtlClient(timeout=10.0)
-    consumers = [Consumer(c["name"], c["groups"], c["rcvbuf"], c["slow_us"], start_ns) for c in plan["consumers"]]
-    for consumer in consumers:
-        consumer.start()
-    before = client.stats().body["total"]
-    all_cpus = sum(1 << c for c in online_cpus())
+    folder = plan["folder"]
+    os.makedirs(folder, exist_ok=True)
+    scale = plan.get("timeout_scale", 1)
     errors = []
-    for gen in plan["generators"]:
-        cfg = dict(gen)
-        cfg["cpu_mask"] = cfg.get("cpu_mask") or all_cpus
+    klog = KernelLog()  # the mark: unload lines of this load only
+    client = kabi.CtlClient(timeout=10.0)
+    fault_client = kabi.CtlClient(timeout=10.0)
+    consumers = []
+    actions = Actions(fault_client, signal_all(consumers), folder)
+    scheduler = FaultScheduler(plan.get("faults", []), actions, {}, plan["duration"])
+    scheduler.fire_before_load()
+    consumers.extend(start_consumers(plan, folder))
+    bind_timeout = plan.get("bind_timeout_s", 20)
+    bind_started = time.monotonic()
+    if not kabi.wait_until(lambda: all(c.ready() for c in consumers), bind_timeout, pause=0.02):
+        late = ", ".join(c.label for c in consumers if not c.ready())
+        errors.append(f"consumers did not bind within {bind_timeout:g} s: {late}")
+    bind_s = time.monotonic() - bind_started
+    try:
+        before = client.stats().body["total"]
+    except (TimeoutError, OSError) as exc:
+        before = None
+        errors.append(f"STATS before: {exc}")
+    mask = online_mask()
+    gen_ids, groups_of_gen = [], {}
+    t0 = time.monotonic()
+    for cfg in plan.get("generators", []):
+        cfg = {k: v for k, v in cfg.items() if k != "label"}
+        cfg["cpu_mask"] = (cfg.get("cpu_mask") or mask) & mask
         reply = client.gen_start(**cfg)
-        if not reply.ok:
-            errors.append(f"GEN_START {gen['gen_id']}: {reply.error_name}")
-    faults = InGuestFaults(plan.get("faults", []), plan["duration"], time.monotonic(),
-                           event_probes(consumers, kabi.CtlClient(timeout=10.0), plan["generators"], before))
-    faults.start()
-    print(f"CNLAB-AGENT started {time.monotonic_ns()}", file=sys.stderr, flush=True)
-    done_states = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED)
+        if reply.ok:
+            gen_ids.append(cfg["gen_id"])
+            groups_of_gen[cfg["gen_id"]] = [cfg["group"]]
+        else:
+            errors.append(f"GEN_START {cfg['gen_id']}: {reply.error_name}")
+    drivers = [subprocess.Popen(src["driver"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for src in plan.get("live", [])]
+    print(f"CNLAB-AGENT load {time.monotonic_ns()}", file=sys.stderr, flush=True)
+    scheduler.probes = make_probes(plan.get("events", {}), consumers, fault_client, gen_ids, before)
+    scheduler.start_load(t0)
+    restarted = []
 
-    def all_done():
-        return all(client.gen_stats(g["gen_id"]).body.get("state") in done_states for g in plan["generators"])
+    def load_over():
+        for c in consumers:
+            if c.check_killed():
+                restarted.append({"consumer": c.label, "t": round(time.monotonic() - t0, 3)})
+        if any(d.poll() is None for d in drivers):
+            return False
+        for gid in gen_ids:
+            try:
+                reply = client.gen_stats(gid)
+            except (TimeoutError, OSError):
+                return False
+            if reply.ok and reply.body["state"] not in DONE:
+                return False
+        return True
 
-    finished = wait_until(all_done, plan["duration"] + 30 * plan.get("timeout_scale", 1))
-    if not finished:
-        errors.append("generators did not finish in time; stopping them")
-        for gen in plan["generators"]:
-            client.gen_stop(gen["gen_id"])
-    applied = faults.finish()
-    wait_until(lambda: client.stats().body["total"]["queued"] == 0, 10)
-    # Nothing can arrive any more: wait until every consumer has read and handled its queue.
-    if not wait_until(lambda: all(c.caught_up() for c in consumers), 15 * plan.get("timeout_scale", 1), pause=0.01):
-        errors.append("consumers did not catch up with their receive queues in time")
-    generators = {}
-    for gen in plan["generators"]:
-        reply = client.gen_stats(gen["gen_id"])
-        totals = {}
-        for cpu in reply.body.get("cpus", []):
-            for key in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other"):
-                totals[key] = totals.get(key, 0) + cpu[key]
-        generators[str(gen["gen_id"])] = totals
-    after_reply = client.stats()
-    after = after_reply.body["total"]
-    for consumer in consumers:
-        consumer.halt.set()
-    for consumer in consumers:
-        consumer.join(2)
-    keys = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "queued", "rejected")
-    print(json.dumps({
-        "errors": errors,
-        "faults": applied,
-        "faults_never_triggered": faults.never_triggered(),
-        "elapsed_s": round((time.monotonic_ns() - start_ns) / 1e9, 3),
-        "consumers": [c.report() for c in consumers],
-        "generators": generators,
-        "cbus": {k: after[k] - before[k] for k in keys if k != "queued"} | {"queued": after["queued"]},
-        "cbus_balanced": kabi.check_invariant(after),
-    }))
+    if not kabi.wait_until(load_over, plan.get("timeout_s", plan["duration"] + 60 * scale), pause=0.05):
+        errors.append("the load did not finish in time; stopping the generators")
+        for gid in gen_ids:
+            try:
+                client.gen_stop(gid)
+            except (TimeoutError, OSError) as exc:
+                errors.append(f"GEN_STOP {gid}: {exc}")
+        for d in drivers:
+            d.kill()
+    load_s = time.monotonic() - t0
+    fault_records, never_fired = scheduler.finish()
+    for c in consumers:
+        c.check_killed()
+    drained = drain(client, 15 * scale)
+    if not drained["ok"]:
+        held = ", ".join(f"cpu{cpu} {n}" for cpu, n in sorted(drained.get("cpus", {}).items())) or "unknown"
+        errors.append(f"CBUS did not drain within {15 * scale} s: still queued: {held}")
+    gens = gen_totals(client, gen_ids)
+    try:
+        after = client.stats().body["total"]
+    except (TimeoutError, OSError) as exc:
+        after = None
+        errors.append(f"STATS after: {exc}")
+    unloads = parse_unloads(klog.read())
+    klog.close()
+    lost_reason = None
+    if unloads:  # the module was reloaded: its statistics restarted at zero, the gone ones are in the log
+        cbus, lost_reason = recover(gens, unloads, before, after)
+        if klog.lost and lost_reason:
+            lost_reason += f" ({klog.lost} kernel log records overwritten before they were read)"
+        cbus = cbus or {"partial": lost_reason}
+    else:
+        cbus = {k: after[k] - before[k] for k in CBUS_KEYS} if before and after else {}
+        if after:
+            cbus["queued"] = after["queued"]
+            cbus["hwm"] = after.get("hwm", 0)
+            cbus["balanced"] = kabi.check_invariant(after)
+        if any(totals is None for totals in gens.values()):
+            lost_reason = "generator statistics unavailable and no unload lines in the kernel log since the load began"
+            if klog.error:
+                lost_reason += f" ({klog.error})"
+    reports = []
+    for c in consumers:
+        for r in c.stop():
+            r["accounting"] = reconcile(r, gens, cbus.get("drop_nlerr", 0), groups_of_gen, lost_reason)
+            reports.append(r)
+    live = []
+    for src, d in zip(plan.get("live", []), drivers, strict=True):
+        out, err = d.communicate()
+        live.append({"label": src["label"], "name": src["name"], "status": d.returncode,
+                     "stdout": out.decode(errors="replace")[-500:], "stderr": err.decode(errors="replace")[-300:]})
+    print(json.dumps({"errors": errors, "load_s": round(load_s, 3), "bind_s": round(bind_s, 3), "drain": drained,
+                      "consumers": reports, "generators": {str(k): v for k, v in gens.items()}, "cbus": cbus,
+                      "live": live, "faults": fault_records, "faults_never_fired": never_fired,
+                      "restarted": restarted, "unloads": len(unloads)}))
     return 0
 
 

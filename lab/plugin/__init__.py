@@ -1,11 +1,12 @@
 """The plugin framework: manager factory, registries, hook value types.
 
-Plugin authors need ``lab.hookimpl`` and, for registration hooks, the spec
-classes re-exported here.  See docs/plugins.md.
+Plugin authors need ``lab.hookimpl``, the spec classes for the registration
+hooks (``EmulatorSpec``, ``ConsumerSpec``, ``FaultSpec``, ``EventSpec``) and
+the objects their factories return (``lab.plugin.objects``).  See
+docs/plugins.md and docs/guest-contract.md.
 """
 
 from lab.config import Setting
-from lab.plugin.driver import FAULT_PLAN, REGISTRIES, guest_setup_args, install_guest_files, run_scenario
 from lab.plugin.manager import (
     BUILTIN_PLUGINS,
     ENTRY_POINT_GROUP,
@@ -18,12 +19,30 @@ from lab.plugin.manager import (
     get_plugin_manager,
     parse_plugin_args,
 )
-from lab.plugin.model import GUEST_PLUGIN_DIR, GuestFile, PhaseInfo, ScenarioInfo, ScenarioResult, Stash, StashKey
+from lab.plugin.model import (
+    AGENT_REPORT,
+    GUEST_PLUGIN_DIR,
+    PLAN,
+    SETTINGS,
+    GuestFile,
+    Invariants,
+    ObjectUse,
+    PhaseInfo,
+    Scenario,
+    ScenarioInfo,
+    ScenarioResult,
+    Stash,
+    StashKey,
+    Trigger,
+    Verdict,
+)
 from lab.plugin.registry import (
     ConsumerRegistry,
     ConsumerSpec,
     EmulatorRegistry,
     EmulatorSpec,
+    EventRegistry,
+    EventSpec,
     FaultRegistry,
     FaultSpec,
     Registries,
@@ -35,11 +54,9 @@ __all__ = [
     "ESSENTIAL_PLUGINS",
     "PER_PLUGIN_HOOKS",
     "GUEST_PLUGIN_DIR",
-    "FAULT_PLAN",
-    "REGISTRIES",
-    "guest_setup_args",
-    "install_guest_files",
-    "run_scenario",
+    "SETTINGS",
+    "PLAN",
+    "AGENT_REPORT",
     "HookCallError",
     "LabPluginManager",
     "PluginInfo",
@@ -48,15 +65,22 @@ __all__ = [
     "parse_plugin_args",
     "Setting",
     "GuestFile",
+    "Invariants",
+    "ObjectUse",
     "PhaseInfo",
+    "Scenario",
     "ScenarioInfo",
     "ScenarioResult",
     "Stash",
     "StashKey",
+    "Trigger",
+    "Verdict",
     "ConsumerRegistry",
     "ConsumerSpec",
     "EmulatorRegistry",
     "EmulatorSpec",
+    "EventRegistry",
+    "EventSpec",
     "FaultRegistry",
     "FaultSpec",
     "Registries",

@@ -16,7 +16,7 @@
 8. ``check_pending()``: a misspelt or unmarked hook is a ``PluginError`` naming
    the plugin and the hook;
 9. settings (``lab_settings_declare``, validation of ``[plugins.<name>]``),
-   ``lab_plugin_configure`` and the three registration hooks.
+   ``lab_plugin_configure`` and the four registration hooks.
 
 A hook that raises becomes a :class:`HookCallError` (a ``PluginError``) naming
 the plugin and the hook: :func:`call_hook` for broadcasts,
@@ -59,7 +59,7 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "cnlab"
 #: Cannot be blocked: the fallbacks every run needs.
-ESSENTIAL_PLUGINS: tuple[str, ...] = ("cnlab_plugins.core",)
+ESSENTIAL_PLUGINS: tuple[str, ...] = ("cnlab_plugins.core", "cnlab_plugins.checks")
 #: Built-in plugins, loaded exactly like third-party ones; block with ``-p no:<last component>``.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "cnlab_plugins.emulators",
@@ -67,15 +67,21 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cnlab_plugins.consumers",
     "cnlab_plugins.faults",
     "cnlab_plugins.linkfaults",
-    "cnlab_plugins.runner",
 )
-#: Hooks the manager calls once per plugin (it must know whose answer is whose).
+#: Hooks the manager calls once per plugin, with that plugin's settings (it must know whose answer is whose).
 PER_PLUGIN_HOOKS: tuple[str, ...] = (
     "lab_settings_declare",
     "lab_plugin_configure",
     "lab_emulators_register",
     "lab_consumers_register",
     "lab_faults_register",
+    "lab_events_register",
+    "lab_guest_ready",
+    "lab_scenario_start",
+    "lab_scenario_stop",
+    "lab_result_collect",
+    "lab_result_check",
+    "lab_report_write",
 )
 #: ``sys.modules`` prefix of plugins loaded by path from a plugins directory.
 DIRECTORY_MODULE_PREFIX = "cnlab_dirplugin_"
@@ -356,6 +362,13 @@ class LabPluginManager(pluggy.PluginManager):
         """:func:`call_hook` on this manager."""
         return call_hook(self, hook_name, **kwargs)
 
+    def call_each(self, hook_name: str, **kwargs: Any) -> dict[str, list[Any]]:
+        """Call a per-plugin hook (:data:`PER_PLUGIN_HOOKS`) on each plugin alone, adding its ``settings``.
+
+        :raises HookCallError: naming the plugin and the hook.
+        """
+        return self.call_per_plugin(hook_name, lambda name: dict(kwargs, settings=self.settings.get(name, {})))
+
     # -- set-up --------------------------------------------------------------
 
     def setup_plugins(self) -> None:
@@ -390,6 +403,9 @@ class LabPluginManager(pluggy.PluginManager):
         self.call_per_plugin("lab_faults_register",
                              lambda name: {"registry": self.registries.faults.for_plugin(name),
                                            "settings": self.settings[name]})
+        self.call_per_plugin("lab_events_register",
+                             lambda name: {"registry": self.registries.events.for_plugin(name),
+                                           "settings": self.settings[name]})
 
     def unconfigure(self) -> None:
         """``lab_plugin_unconfigure`` for every plugin."""
@@ -405,8 +421,9 @@ class LabPluginManager(pluggy.PluginManager):
         return sorted(c.name for c in self.get_hookcallers(plugin) or ())
 
     def kind_of(self, name: str) -> str:
-        """What a plugin provides: ``emulator``, ``consumer``, ``fault`` (joined by ``+``) or ``hooks``."""
-        kinds = [reg.kind for reg in (self.registries.emulators, self.registries.consumers, self.registries.faults)
+        """What a plugin provides: ``emulator``, ``consumer``, ``fault``, ``event`` (joined by ``+``) or ``hooks``."""
+        kinds = [reg.kind for reg in (self.registries.emulators, self.registries.consumers, self.registries.faults,
+                                      self.registries.events)
                  if any(spec.plugin == name for spec in reg)]
         return "+".join(kinds) or "hooks"
 

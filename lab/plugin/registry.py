@@ -1,29 +1,35 @@
-"""Registries that ``lab_*_register`` hooks fill: emulators, consumers, faults.
+"""Registries that ``lab_*_register`` hooks fill: emulators, consumers, faults, events.
 
 A plugin gets the registry as a hook argument and calls ``add_*`` with a spec.
 The manager hands every plugin its own view (``for_plugin``), so each spec
 records the plugin that added it, and a name clash names both plugins.
 
-Specs only *declare*: ``factory(settings)`` builds the runnable object when a
-scenario asks for it, with ``settings`` validated against ``spec.settings``.
+Specs only *declare*: a scenario's table for an object is validated against
+``spec.settings`` when the scenario is read (before any guest boots), and
+``factory(params)`` builds the runnable object (``lab.plugin.objects``) when
+the scenario is planned.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from lab.config import Setting, validate_settings
-from lab.errors import PluginError
+from lab.errors import ConfigError, PluginError
 
 __all__ = [
     "EmulatorSpec",
     "ConsumerSpec",
     "FaultSpec",
+    "EventSpec",
     "EmulatorRegistry",
     "ConsumerRegistry",
     "FaultRegistry",
+    "EventRegistry",
+    "Registries",
     "FAULT_TARGETS",
 ]
 
@@ -31,9 +37,24 @@ __all__ = [
 FAULT_TARGETS = ("module", "guest", "consumer", "host-link", "qemu")
 
 
+#: Keys of a scenario's object tables that the engine itself reads (a spec may not declare them).
+RESERVED_KEYS = ("name", "label")
+RESERVED_CONSUMER_KEYS = RESERVED_KEYS + ("groups",)
+RESERVED_FAULT_KEYS = RESERVED_KEYS + ("at", "every", "on", "threshold", "duration")
+
+
 def _check_name(kind: str, name: str) -> None:
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise PluginError(f"{kind} name {name!r}: use letters, digits, '-' and '_'")
+
+
+def _check_settings(kind: str, name: str, settings: tuple[Setting, ...], reserved: tuple[str, ...]) -> None:
+    for s in settings:
+        if not isinstance(s, Setting):
+            raise PluginError(f"{kind} {name!r}: setting {s!r} is not a lab.config.Setting")
+        if s.key in reserved:
+            raise PluginError(f"{kind} {name!r}: setting {s.key!r} is a key the engine reads itself "
+                              f"({', '.join(reserved)})")
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,8 @@ class EmulatorSpec:
     :param idx: connector idx of its messages (even for emulated sources; see connector.md §3).
     :param val: connector val.
     :param group: netlink group (1..32) consumers join.
-    :param factory: ``factory(settings) -> emulator``; the object the scenario engine drives.
+    :param factory: ``factory(params) -> GeneratorProfile | LiveSource`` (``lab.plugin.objects``); the object
+        the scenario engine drives.
     :param settings: keys accepted in a scenario's per-emulator table.
     :param real: a real kernel source (cn_proc) rather than the lab module's generators.
     :param plugin: the plugin that added it (filled by the registry).
@@ -68,6 +90,7 @@ class EmulatorSpec:
         if not self.real and self.idx % 2:
             raise PluginError(f"emulator {self.name!r}: idx {self.idx:#x} is odd (odd groups are open to "
                               "non-root on 6.6+; use an even idx)")
+        _check_settings("emulator", self.name, self.settings, RESERVED_KEYS)
 
 
 @dataclass(frozen=True)
@@ -76,8 +99,9 @@ class ConsumerSpec:
 
     :param name: unique consumer name.
     :param description: one line.
-    :param factory: ``factory(settings) -> consumer`` (e.g. a guest program and its arguments).
-    :param settings: keys accepted in a scenario's per-consumer table.
+    :param factory: ``factory(params) -> lab.plugin.objects.GuestProgram``.
+    :param settings: keys accepted in a scenario's per-consumer table (besides ``groups``, which every
+        consumer takes).
     :param plugin: the plugin that added it (filled by the registry).
     """
 
@@ -89,6 +113,7 @@ class ConsumerSpec:
 
     def __post_init__(self) -> None:
         _check_name("consumer", self.name)
+        _check_settings("consumer", self.name, self.settings, RESERVED_CONSUMER_KEYS)
 
 
 @dataclass(frozen=True)
@@ -97,9 +122,12 @@ class FaultSpec:
 
     :param name: unique fault name.
     :param description: one line.
-    :param target: one of :data:`FAULT_TARGETS`.
-    :param factory: ``factory(settings) -> fault`` with ``inject(ctx)`` and ``restore(ctx)``.
-    :param settings: keys accepted in a scenario's per-fault table.
+    :param target: one of :data:`FAULT_TARGETS` (``host-link``: the scenario's guest sits on the lab's own
+        link, a tap in a namespace the lab makes, and its load rides out SSH breaking).
+    :param factory: ``factory(params) -> lab.plugin.objects.Fault`` (inject and restore actions).
+    :param settings: keys accepted in a scenario's per-fault table (besides the trigger keys ``at``, ``every``,
+        ``on``, ``threshold`` and ``duration``, which every fault takes).
+    :param duration: default seconds between inject and restore (0: restore when the load ends).
     :param plugin: the plugin that added it (filled by the registry).
     """
 
@@ -108,15 +136,41 @@ class FaultSpec:
     target: str
     factory: Callable[[Mapping[str, Any]], Any]
     settings: tuple[Setting, ...] = ()
+    duration: float = 0.0
     plugin: str = ""
 
     def __post_init__(self) -> None:
         _check_name("fault", self.name)
         if self.target not in FAULT_TARGETS:
             raise PluginError(f"fault {self.name!r}: target {self.target!r} is not one of {FAULT_TARGETS}")
+        if self.duration < 0:
+            raise PluginError(f"fault {self.name!r}: duration {self.duration} is negative")
+        _check_settings("fault", self.name, self.settings, RESERVED_FAULT_KEYS)
 
 
-S = TypeVar("S", EmulatorSpec, ConsumerSpec, FaultSpec)
+@dataclass(frozen=True)
+class EventSpec:
+    """An event a fault can wait for (``on = NAME``): something the guest agent counts.
+
+    :param name: unique event name.
+    :param description: one line (what is counted).
+    :param probe: how it is counted: :class:`lab.plugin.objects.AgentCounter` or
+        :class:`lab.plugin.objects.FileCounter`.
+    :param plugin: the plugin that added it (filled by the registry).
+    """
+
+    name: str
+    description: str
+    probe: Any
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name("event", self.name)
+        if not hasattr(self.probe, "to_json"):
+            raise PluginError(f"event {self.name!r}: probe {self.probe!r} is not an AgentCounter or FileCounter")
+
+
+S = TypeVar("S", EmulatorSpec, ConsumerSpec, FaultSpec, EventSpec)
 
 
 class _Registry(Generic[S]):
@@ -144,17 +198,41 @@ class _Registry(Generic[S]):
         pass
 
     def get(self, name: str) -> S:
+        """The spec registered as ``name``.
+
+        :raises PluginError: no such name (the message suggests the closest one and lists the known ones).
+        """
         try:
             return self._store[name]
         except KeyError:
-            raise PluginError(f"no {self.kind} named {name!r} (known: {', '.join(sorted(self._store)) or '-'})") \
-                from None
+            hint = difflib.get_close_matches(name, list(self._store), n=1)
+            suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+            raise PluginError(f"no {self.kind} named {name!r} ({suggestion}known: "
+                              f"{', '.join(sorted(self._store)) or '-'})") from None
 
-    def build(self, name: str, table: Mapping[str, Any] | None = None) -> Any:
-        """Validate ``table`` against the spec's settings and call its factory."""
+    def validate(self, name: str, table: Mapping[str, Any], place: Callable[[str], str]) -> Mapping[str, Any]:
+        """``table`` checked against the spec's settings, defaults filled in (read-only).
+
+        :param place: ``place(key)`` says where the key was written, for messages.
+        :raises ConfigError: unknown key (with a suggestion), wrong type, out of range.
+        """
         spec = self.get(name)
-        settings = validate_settings(f"{spec.plugin}.{self.kind}s.{name}", spec.settings, table or {})
-        return spec.factory(settings)
+        return validate_settings(spec.plugin, spec.settings, table, place=place,
+                                 what=f"{self.kind} {name!r} (plugin {spec.plugin!r})")
+
+    def build(self, name: str, params: Mapping[str, Any]) -> Any:
+        """Call the spec's factory with validated ``params``; a factory error names the object and plugin.
+
+        :raises PluginError: the factory raised.
+        """
+        spec = self.get(name)
+        try:
+            return spec.factory(params)
+        except (PluginError, ConfigError):
+            raise
+        except Exception as exc:
+            raise PluginError(f"{self.kind} {name!r} of plugin {spec.plugin!r}: its factory raised "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     def __iter__(self) -> Iterator[S]:
         return iter(sorted(self._store.values(), key=lambda s: s.name))
@@ -217,10 +295,29 @@ class FaultRegistry(_Registry[FaultSpec]):
         return self._add(spec)
 
 
+class EventRegistry(_Registry[EventSpec]):
+    """Events faults can wait for, by name."""
+
+    kind = "event"
+
+    def add_event(self, spec: EventSpec) -> EventSpec:
+        """Register ``spec``; returns it with ``plugin`` filled in.
+
+        :raises PluginError: the name is taken.
+        """
+        return self._add(spec)
+
+
 @dataclass
 class Registries:
-    """The three registries, filled once per plugin manager."""
+    """The four registries, filled once per plugin manager."""
 
     emulators: EmulatorRegistry = field(default_factory=EmulatorRegistry)
     consumers: ConsumerRegistry = field(default_factory=ConsumerRegistry)
     faults: FaultRegistry = field(default_factory=FaultRegistry)
+    events: EventRegistry = field(default_factory=EventRegistry)
+
+    def by_kind(self, kind: str) -> _Registry:
+        """The registry of ``emulator``, ``consumer``, ``fault`` or ``event``."""
+        return {"emulator": self.emulators, "consumer": self.consumers, "fault": self.faults,
+                "event": self.events}[kind]

@@ -8,14 +8,18 @@ opens in any browser and can be attached to a CI run.
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from lab.plugin.model import ScenarioResult
 
 __all__ = ["render_html", "write_html"]
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}
-td:first-child,th:first-child{text-align:left}.passed{color:#1a7f37}.failed,.error{color:#cf222e;font-weight:bold}
+td:first-child,th:first-child{text-align:left}.passed{color:#1a7f37}.failed,.error,.interrupted{color:#cf222e;font-weight:bold}
 section{margin-top:2em;border-top:2px solid #eee;padding-top:1em}pre{background:#f6f8fa;padding:8px;overflow:auto;
 max-height:24em}svg{background:#fafafa;border:1px solid #ddd}.fault{stroke:#cf222e;stroke-dasharray:4 3}
 """
@@ -26,11 +30,19 @@ def _esc(value: object) -> str:
     return html.escape(str(value))
 
 
-def _plot(title: str, points: list[tuple[float, float]], faults: list[dict], colour: str, unit: str) -> str:
+def _span(fault: Mapping[str, Any]) -> tuple[float, float]:
+    """Where a fault firing sits on the load's time axis: from its start until undone (or its end)."""
+    start = max(fault.get("start") or 0.0, 0.0)
+    return start, max(fault.get("restored") or fault.get("end") or start, start)
+
+
+def _plot(title: str, points: list[tuple[float, float]], faults: list[Mapping[str, Any]], colour: str,
+          unit: str) -> str:
     """An SVG line plot of (t, value) with fault spans shaded and marked."""
     if not points:
         return f"<p>{_esc(title)}: no data</p>"
-    t_max = max(max(t for t, _ in points), max((f.get("until") or f["at"] for f in faults), default=0), 0.25)
+    faults = [f for f in faults if f.get("start") is not None]
+    t_max = max(max(t for t, _ in points), max((_span(f)[1] for f in faults), default=0), 0.25)
     v_max = max(max(v for _, v in points), 1.0)
 
     def x(t: float) -> float:
@@ -42,13 +54,13 @@ def _plot(title: str, points: list[tuple[float, float]], faults: list[dict], col
     parts = [f'<svg width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{_esc(title)}">',
              f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.0f})</text>']
     for fault in faults:
-        start, end = x(fault["at"]), x(fault.get("until") or fault["at"])
+        start, end = (x(t) for t in _span(fault))
         if end - start > 1:
             parts.append(f'<rect x="{start:.1f}" y="{PAD}" width="{end - start:.1f}" height="{HEIGHT - 2 * PAD}" '
                          'fill="#cf222e" opacity="0.12"/>')
         parts.append(f'<line class="fault" x1="{start:.1f}" y1="{PAD - 8}" x2="{start:.1f}" y2="{HEIGHT - PAD}"/>')
         parts.append(f'<text x="{start + 3:.1f}" y="{PAD - 10}" font-size="11" fill="#cf222e">'
-                     f'{_esc(fault["kind"])}</text>')
+                     f'{_esc(fault["label"])}</text>')
     line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
     parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/>')
     parts.append(f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#888"/>')
@@ -57,55 +69,60 @@ def _plot(title: str, points: list[tuple[float, float]], faults: list[dict], col
     return "".join(parts)
 
 
-def _scenario_section(record: dict) -> str:
-    metrics = record.get("metrics", {})
-    faults = record.get("faults", [])
-    out = [f'<section id="{_esc(record["scenario"])}"><h2>{_esc(record["scenario"])} '
-           f'<span class="{_esc(record["status"])}">{_esc(record["status"])}</span></h2>']
-    if record.get("error"):
-        out.append(f"<p class=error>{_esc(record['error'])}</p>")
+def _scenario_section(record: ScenarioResult) -> str:
+    metrics = record.metrics
+    faults = list(record.faults)
+    out = [f'<section id="{_esc(record.scenario)}"><h2>{_esc(record.scenario)} '
+           f'<span class="{_esc(record.status)}">{_esc(record.status)}</span></h2>']
+    if record.error:
+        out.append(f"<p class=error>{_esc(record.error)}</p>")
     out.append("<ul>" + "".join(
-        f'<li class="{"passed" if v["ok"] else "failed"}">{_esc(v["name"])}: {_esc(v["detail"])}</li>'
-        for v in record.get("invariants", [])) + "</ul>")
-    for name, series in (record.get("series") or {}).items():
+        f'<li class="{"passed" if v.ok else "failed"}">{_esc(v.name)}: {_esc(v.detail)}</li>'
+        for v in record.verdicts) + "</ul>")
+    for name, series in (record.series or {}).items():
         rate = [(t, n * 4.0) for t, n, _ in series]  # 0.25 s bins
         loss = [(t, gaps) for t, _, gaps in series]
         out.append(_plot(f"{name}: delivered", rate, faults, "#0969da", "msgs/s"))
         out.append(_plot(f"{name}: lost (sequence gaps)", loss, faults, "#cf222e", "msgs per 0.25 s"))
     latency = metrics.get("latency_us") or {}
     if latency:
-        out.append("<p>latency (us): " + ", ".join(f"{k} {_esc(v)}" for k, v in latency.items()) + "</p>")
+        out.append("<p>latency, kernel timestamp to consumer receipt, consumer backlog included (us): "
+                   + ", ".join(f"{k} {_esc(v)}" for k, v in latency.items()) + "</p>")
     if faults:
-        out.append("<p>faults: " + "; ".join(f"{_esc(f['kind'])} at {f['at']} s ({_esc(f['detail'])})"
-                                             for f in faults) + "</p>")
-    for report in record.get("kernel_reports", []):
+        out.append("<p>faults: " + "; ".join(
+            f"{_esc(f['label'])} ({_esc(f.get('trigger', ''))}) at {_esc(f.get('start'))} s"
+            + (f", delay {_esc(f['delay_ms'])} ms" if f.get("delay_ms") is not None else "")
+            + ("" if f.get("ok", True) else " FAILED") for f in faults) + "</p>")
+    for report in record.kernel_reports:
         out.append(f"<h3>{_esc(report['kind'])} {_esc(report['fingerprint'])}</h3><pre>{_esc(report['excerpt'])}</pre>")
     out.append("</section>")
     return "".join(out)
 
 
-def render_html(records: list[dict]) -> str:
-    """The whole report page for ``records`` (JSON-lines results)."""
-    env = records[0] if records else {}
+def render_html(records: list[ScenarioResult]) -> str:
+    """The whole report page for ``records``."""
+    env = records[0].env if records else {}
     head = (f"<p>kernel {_esc(env.get('kernel', '?'))}, accelerator {_esc(env.get('accel', '?'))}, "
             f"{_esc(env.get('qemu', '?'))}, module {_esc(env.get('module_source_hash', '?'))}</p>")
     rows = []
     for r in records:
-        m = r.get("metrics", {})
+        m = r.metrics
         p99 = (m.get("latency_us") or {}).get("p99", "-")
-        rows.append(f'<tr><td><a href="#{_esc(r["scenario"])}">{_esc(r["scenario"])}</a></td>'
-                    f'<td class="{_esc(r["status"])}">{_esc(r["status"])}</td>'
-                    f'<td>{_esc(r.get("guest", {}).get("cpus", "-"))}</td><td>{_esc(m.get("rate", "-"))}</td>'
-                    f'<td>{_esc(m.get("lost", "-"))}</td>'
-                    f'<td>{_esc(p99)}</td><td>{_esc(r.get("duration", "-"))}</td></tr>')
+        lost = m.get("lost")
+        rows.append(f'<tr><td><a href="#{_esc(r.scenario)}">{_esc(r.scenario)}</a></td>'
+                    f'<td class="{_esc(r.status)}">{_esc(r.status)}</td>'
+                    f'<td>{_esc(r.guest.get("cpus", "-"))}</td><td>{_esc(m.get("rate", "-"))}</td>'
+                    f'<td>{_esc("-" if lost is None else lost)}</td>'
+                    f'<td>{_esc(p99)}</td><td>{_esc(r.duration)}</td></tr>')
     table = ("<table><tr><th>scenario</th><th>status</th><th>vCPUs</th><th>msgs/s</th><th>lost</th>"
              "<th>p99 us</th><th>seconds</th></tr>" + "".join(rows) + "</table>")
-    passed = sum(1 for r in records if r["status"] == "passed")
+    passed = sum(1 for r in records if r.passed)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>cnlab report</title><style>{_CSS}</style>"
             f"</head><body><h1>cnlab: {passed}/{len(records)} passed</h1>{head}{table}"
             + "".join(_scenario_section(r) for r in records) + "</body></html>")
 
 
-def write_html(records: list[dict], path: Path) -> None:
+def write_html(records: list[ScenarioResult], path: Path) -> None:
+    """Write the report page for ``records`` to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(records), encoding="utf-8")

@@ -10,35 +10,39 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from lab.plugin.model import ScenarioResult
+
 __all__ = ["write_junit"]
 
 
-def write_junit(path: Path, records: list[dict], environment: dict) -> None:
-    """A JUnit XML file with one test case per scenario record."""
-    failures = sum(1 for r in records if r["status"] in ("failed",))
-    errors = sum(1 for r in records if r["status"] == "error")
+def write_junit(path: Path, records: list[ScenarioResult], environment: dict) -> None:
+    """A JUnit XML file with one test case per scenario record (interrupted and not-run ones are skipped)."""
+    failures = sum(1 for r in records if r.status == "failed")
+    errors = sum(1 for r in records if r.status == "error")
+    skipped = sum(1 for r in records if r.status in ("interrupted", "not run"))
     suite = ET.Element("testsuite", name="cnlab", tests=str(len(records)), failures=str(failures),
-                       errors=str(errors), time=f"{sum(r.get('duration', 0) for r in records):.3f}")
+                       errors=str(errors), skipped=str(skipped), time=f"{sum(r.duration for r in records):.3f}")
     props = ET.SubElement(suite, "properties")
     for key, value in sorted(environment.items()):
         ET.SubElement(props, "property", name=key, value=str(value))
     for record in records:
-        case = ET.SubElement(suite, "testcase", classname="cnlab.scenario", name=record["scenario"],
-                             time=f"{record.get('duration', 0):.3f}")
+        case = ET.SubElement(suite, "testcase", classname="cnlab.scenario", name=record.scenario,
+                             time=f"{record.duration:.3f}")
         case_props = ET.SubElement(case, "properties")
-        for key in ("guest", "accel", "kernel", "retried", "flaky"):
-            if key in record:
-                ET.SubElement(case_props, "property", name=key, value=json.dumps(record[key]))
-        for name, metric in sorted(record.get("metrics", {}).items()):
+        for key in ("guest", "retried", "flaky", "attempt"):
+            ET.SubElement(case_props, "property", name=key, value=json.dumps(getattr(record, key)))
+        for name, metric in sorted(record.metrics.items()):
             ET.SubElement(case_props, "property", name=f"metric.{name}", value=json.dumps(metric))
-        failed = [v for v in record.get("invariants", []) if not v["ok"]]
-        if record["status"] == "failed":
-            node = ET.SubElement(case, "failure", message="; ".join(v["name"] for v in failed)[:500])
-            node.text = "\n".join(f"{v['name']}: {v['detail']}" for v in failed)
-            for report in record.get("kernel_reports", []):
+        failed = [v for v in record.verdicts if not v.ok]
+        if record.status == "failed":
+            node = ET.SubElement(case, "failure", message="; ".join(v.name for v in failed)[:500])
+            node.text = "\n".join(f"{v.name}: {v.detail}" for v in failed)
+            for report in record.kernel_reports:
                 node.text += f"\n\n{report['kind']} {report['fingerprint']}\n{report['excerpt']}"
-        elif record["status"] == "error":
-            node = ET.SubElement(case, "error", message=record.get("error", "")[:500])
-            node.text = record.get("error", "")
+        elif record.status == "error":
+            node = ET.SubElement(case, "error", message=record.error[:500])
+            node.text = record.error
+        elif record.status in ("interrupted", "not run"):
+            ET.SubElement(case, "skipped", message=f"{record.status}: {record.error}"[:500])
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -6,29 +6,49 @@ from pathlib import Path
 from typing import TextIO
 
 from lab.engine.run import RunOutcome
+from lab.plugin.model import ScenarioResult
 from lab.report.html import write_html
 from lab.report.junit import write_junit
 
 __all__ = ["print_summary", "finish_run"]
 
 
-def print_summary(records: list[dict], out) -> None:
-    print(f"\n{'scenario':32} {'status':8} {'vCPU':>4} {'rate/s':>9} {'lost':>6} {'p99 us':>8} {'time s':>7}",
-          file=out)
+#: Verdicts whose failure marks a figure of the table with "!" (figure column -> verdict name).
+_MARKS = {"lost": "loss", "p99": "latency", "rate": "throughput", "drain": "drain"}
+LEGEND = ("rate/s: messages all consumers received per second of load.  p50/p99 ms: from the kernel's timestamp "
+          "when a message was made to the consumer's receipt, so a consumer's backlog is included.  drain s: how "
+          "long CBUS took to empty after the load.  ! marks a figure outside the scenario's bounds.")
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.1f}"
+
+
+def print_summary(records: list[ScenarioResult], out: TextIO) -> None:
+    """One line per scenario with its headline figures, then the checks that failed, then the legend."""
+    print(f"\n{'scenario':30} {'status':11} {'vCPU':>4} {'rate/s':>8} {'lost':>7} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'drain s':>7} {'time s':>6}", file=out)
     for r in records:
-        m = r.get("metrics", {})
-        p99 = (m.get("latency_us") or {}).get("p99")
-        status = r["status"] + ("*" if r.get("flaky") else "")
-        print(f"{r['scenario'][:32]:32} {status:8} {r['guest']['cpus']:>4} {m.get('rate', 0):>9.0f} "
-              f"{str(m.get('lost', '-')):>6} {str(p99 if p99 is not None else '-'):>8} {r['duration']:>7.1f}", file=out)
-        for v in r.get("invariants", []):
-            if not v["ok"]:
-                print(f"    x {v['name']}: {v['detail']}", file=out)
-        if r["status"] == "error":
-            print(f"    ! {r.get('error', '')[:200]}", file=out)
-    flaky = [r for r in records if r.get("flaky")]
-    if flaky:
-        print("  * flaky: failed with a crashed guest, passed on retry", file=out)
+        m = r.metrics
+        failed = {v.name for v in r.verdicts if not v.ok}
+
+        latency = m.get("latency_us") or {}
+        lost, drain = m.get("lost"), m.get("drain_s")
+        cells = {"rate": f"{m.get('rate', 0):.0f}", "lost": "-" if lost is None else str(lost),
+                 "p99": _ms(latency.get("p99")), "drain": "-" if drain is None else f"{drain:.2f}"}
+        cells = {k: v + ("!" if _MARKS[k] in failed else "") for k, v in cells.items()}
+        status = r.status + ("*" if r.flaky else "")
+        print(f"{r.scenario[:30]:30} {status:11} {r.guest.get('cpus', '-'):>4} {cells['rate']:>8} "
+              f"{cells['lost']:>7} {_ms(latency.get('p50')):>8} {cells['p99']:>8} {cells['drain']:>7} "
+              f"{r.duration:>6.1f}", file=out)
+        for v in r.verdicts:
+            if not v.ok:
+                print(f"    x {v.name}: {v.detail}", file=out)
+        if r.error:
+            print(f"    ! {r.error[:200]}", file=out)
+    print(LEGEND, file=out)
+    if any(r.flaky for r in records):
+        print("* flaky: failed with a crashed guest, passed on retry", file=out)
 
 
 def finish_run(outcome: RunOutcome, out: TextIO, junit_path: Path | None = None,
@@ -43,4 +63,7 @@ def finish_run(outcome: RunOutcome, out: TextIO, junit_path: Path | None = None,
     print(f"results: {outcome.json_path}" + "".join(f", {p}" for p in extras), file=out)
     if outcome.never_ran:
         print(f"cnlab run: never ran: {', '.join(outcome.never_ran)}", file=out)
+    if outcome.interrupted:
+        cut = [r.scenario for r in outcome.records if r.status in ("interrupted", "not run")]
+        print(f"cnlab run: interrupted; not finished: {', '.join(cut) or 'none'}", file=out)
     return outcome.exit_status

@@ -1,10 +1,12 @@
 """Built-in userspace consumers: ``consume.py`` in the guest, one JSON report each.
 
-The consumer joins the emulators' groups, checks order per (generator, CPU)
-(module events) or per CPU (cn_proc), counts gaps, duplicates/reorders,
-``ENOBUFS`` and the socket's drops from ``/proc/net/netlink``, and measures
-latency from the event's kernel timestamp.  Variants are the same program with
-other options.
+The consumer joins its groups (every emulator's, unless the scenario gives
+``groups``), checks order per (generator, CPU) (module events) or per CPU
+(cn_proc), counts gaps, duplicates/reorders, ``ENOBUFS`` and the socket's
+drops from ``/proc/net/netlink``, measures latency from the event's kernel
+timestamp, and keeps live counters for event-triggered faults (the
+``checker`` protocol of docs/guest-contract.md).  Variants are the same
+program with other options.
 """
 
 from __future__ import annotations
@@ -19,16 +21,26 @@ from lab.plugin.objects import GuestProgram
 
 from .guestside import HERE
 
+#: A receive buffer that keeps up with the built-in load shapes under TCG (SO_RCVBUFFORCE).
+DEFAULT_RCVBUF = 8 << 20
+RCVBUF_MAX = 1 << 30
+
+
+def _rcvbuf(default: int) -> Setting:
+    return Setting("rcvbuf", int, default, "receive buffer in bytes (0: the kernel's default)", min=0, max=RCVBUF_MAX)
+
 
 @hookimpl
 def lab_settings_declare() -> list[Setting]:
-    return [Setting("rcvbuf", int, 0, "SO_RCVBUF(FORCE) of every consumer in bytes (0: kernel default)")]
+    """``rcvbuf``: the default receive buffer of every consumer."""
+    return [Setting("rcvbuf", int, DEFAULT_RCVBUF, "default SO_RCVBUF(FORCE) of every consumer in bytes "
+                    "(0: the kernel's default)", min=0, max=RCVBUF_MAX)]
 
 
 @hookimpl
 def lab_guest_files_add(config) -> list[GuestFile]:
-    return [GuestFile(HERE / "consume.py", f"{GUEST_PLUGIN_DIR}/consume.py", 0o755),
-            GuestFile(HERE / "runplan.py", f"{GUEST_PLUGIN_DIR}/runplan.py", 0o755)]
+    """``consume.py`` into the plugins' guest folder."""
+    return [GuestFile(HERE / "consume.py", f"{GUEST_PLUGIN_DIR}/consume.py", 0o755)]
 
 
 def _spec(name: str, description: str, base: Mapping[str, Any], instances: int = 1,
@@ -43,26 +55,24 @@ def _spec(name: str, description: str, base: Mapping[str, Any], instances: int =
 
 @hookimpl
 def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, Any]) -> None:
+    """checker and its variants."""
     rcvbuf = settings["rcvbuf"]
     registry.add_consumer(_spec(
-        "checker", "order/gap/duplicate/ENOBUFS/drops/latency checker on every emulator group",
-        {"rcvbuf": rcvbuf}, extra=(Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"),)))
+        "checker", "order/gap/duplicate/ENOBUFS/drops/latency checker", {}, extra=(_rcvbuf(rcvbuf),)))
     registry.add_consumer(_spec(
         "pyroute2", "checker that receives and decodes through pyroute2 (ConnectorSocket, Marshal keyed on idx)",
-        {"rcvbuf": rcvbuf, "pyroute2": True},
-        extra=(Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"),)))
+        {"pyroute2": True}, extra=(_rcvbuf(rcvbuf),)))
     registry.add_consumer(_spec(
-        "slow", "checker that sleeps after every datagram (provokes overruns)",
-        {"rcvbuf": rcvbuf, "delay_us": 200},
-        extra=(Setting("delay_us", int, 200, "sleep after each datagram, microseconds"),)))
+        "slow", "checker that sleeps after every datagram (provokes overruns)", {},
+        extra=(Setting("delay_us", int, 200, "sleep after each datagram, microseconds", min=0, max=1_000_000),
+               _rcvbuf(rcvbuf))))
     registry.add_consumer(_spec(
-        "multi", "several checkers on the same groups",
-        {"rcvbuf": rcvbuf}, instances=3, extra=(Setting("instances", int, 3, "how many consumers"),)))
+        "multi", "several checkers on the same groups", {}, instances=3,
+        extra=(Setting("instances", int, 3, "how many consumers", min=1, max=16), _rcvbuf(rcvbuf))))
     registry.add_consumer(_spec(
-        "tiny-rcvbuf", "checker with a tiny receive buffer (SO_RCVBUFFORCE)",
-        {"rcvbuf": 4096}, extra=(Setting("rcvbuf", int, 4096, "receive buffer in bytes"),)))
+        "tiny-rcvbuf", "checker with a tiny receive buffer (SO_RCVBUFFORCE)", {},
+        extra=(_rcvbuf(4096),)))
     registry.add_consumer(_spec(
-        "churn", "checker that leaves and rejoins its groups during the run (gaps while away are not loss)",
-        {"rcvbuf": rcvbuf, "churn_ms": 100},
-        extra=(Setting("churn_ms", int, 100, "period of leave/rejoin, milliseconds"),
-               Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"))))
+        "churn", "checker that leaves and rejoins its groups during the run (gaps while away are not loss)", {},
+        extra=(Setting("churn_ms", int, 100, "period of leave/rejoin, milliseconds", min=10, max=60_000),
+               _rcvbuf(rcvbuf))))

@@ -2,10 +2,13 @@
 """Connector consumer for the built-in consumer plugins (runs in the guest).
 
 Joins groups, receives until SIGTERM, then drains what is queued and writes
-one JSON report: per stream (``gen_id/cpu`` for lab-module events,
-``proc/cpu`` for cn_proc) the messages received, the next expected sequence
-number, gaps (sequence jumps), reorders/duplicates; ENOBUFS errors; the
-socket's drops from /proc/net/netlink; latency from the kernel timestamp.
+one JSON report (schema 1 of docs/guest-contract.md): per stream
+(``gen_id/cpu`` for lab-module events, ``proc/cpu`` for cn_proc) the messages
+received, the next expected sequence number, gaps (sequence jumps),
+reorders/duplicates; ENOBUFS errors; the socket's drops from
+/proc/net/netlink; latency from the kernel timestamp; a time series in
+250 ms bins.  While it runs it keeps ``OUT.live`` (received, gaps, enobufs)
+up to date every 50 ms for event-triggered faults.
 
 Variants: ``--delay-us`` (slow), ``--rcvbuf`` (tiny buffer),
 ``--churn-ms`` (leave and rejoin the groups; sequence tracking restarts at
@@ -37,15 +40,22 @@ PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 MAX_SAMPLES = 200_000
+BIN_NS = 250_000_000
+LIVE_EVERY_S = 0.05
+REPORT_SCHEMA = 1
 
 
 class Checker:
-    def __init__(self, resync):
+    def __init__(self, resync, start_ns=None):
         self.resync = resync
         self.expected = {}
         self.streams = {}
         self.latencies = []
         self.reset_marks = 0
+        self.start_ns = time.monotonic_ns() if start_ns is None else start_ns
+        self.bins = {}
+        self.received = 0
+        self.gaps = 0
 
     def forget(self):
         """After a rejoin: every stream restarts at its next message."""
@@ -65,8 +75,13 @@ class Checker:
             exp = seq if (self.resync or key[0] == "proc" or self.reset_marks) else 0
             s.setdefault("baseline", exp)
         diff = (seq - exp) % modulus
+        cell = self.bins.setdefault((now - self.start_ns) // BIN_NS, [0, 0])
+        cell[0] += 1
+        self.received += 1
         if diff < modulus // 2:
             s["gaps"] += diff
+            self.gaps += diff
+            cell[1] += diff
             self.expected[key] = (seq + 1) % modulus
         else:
             s["reordered"] += 1
@@ -85,8 +100,16 @@ class Checker:
             "reordered": sum(s["reordered"] for s in self.streams.values()),
             "streams": {f"{k[0]}/{k[1]}": dict(s, next=self.expected.get(k)) for k, s in sorted(
                 self.streams.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))},
-            "latency_us": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0), "samples": len(lat)},
+            "latency_us": {"p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0),
+                           "samples": len(lat)},
+            "series": [[round(slot * BIN_NS / 1e9, 2), c[0], c[1]] for slot, c in sorted(self.bins.items())],
         }
+
+
+def write_atomically(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
 
 
 def socket_drops(portid):
@@ -197,7 +220,17 @@ def main():
     enobufs = 0
     churns = 0
     buf = bytearray(1 << 17)
+    live_at = [0.0]
+
+    def publish_live(force=False):
+        now = time.monotonic()
+        if args.out and (force or now - live_at[0] >= LIVE_EVERY_S):
+            live_at[0] = now
+            write_atomically(args.out + ".live", json.dumps({"received": checker.received, "gaps": checker.gaps,
+                                                             "enobufs": enobufs}))
+
     if args.out:
+        publish_live(force=True)
         with open(args.out + ".ready", "w") as f:
             f.write(str(portid))
     next_churn = time.monotonic() + args.churn_ms / 1000 if args.churn_ms else None
@@ -227,6 +260,7 @@ def main():
                 sock.setsockopt(kabi.SOL_NETLINK, kabi.NETLINK_ADD_MEMBERSHIP, g)
             churns += 1
             next_churn = time.monotonic() + args.churn_ms / 1000
+        publish_live()
         try:
             ready = select.select([sock], [], [], 0.05)[0]
         except InterruptedError:
@@ -262,7 +296,9 @@ def main():
             if select.select([sock], [], [], 0.1)[0]:
                 drain_nonblocking()
                 quiet_until = time.monotonic() + 0.3
-    report = {"name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf, "enobufs": enobufs,
+    publish_live(force=True)
+    report = {"schema": REPORT_SCHEMA, "name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf,
+              "enobufs": enobufs,
               "socket_drops": socket_drops(portid), "churns": churns, "resync": args.resync,
               "parser": "pyroute2" if args.pyroute2 else "kabi"}
     report.update(checker.report())
@@ -273,9 +309,7 @@ def main():
             pass
     text = json.dumps(report)
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text)
-        os.rename(args.out + ".tmp", args.out)
+        write_atomically(args.out, text)
     print(text)
     return 0
 

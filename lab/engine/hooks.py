@@ -1,0 +1,33 @@
+"""The plugin contributions the engine gathers around a guest: boot arguments and guest files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lab.errors import LabError
+from lab.guest.files import put_files
+from lab.plugin.manager import LabPluginManager, call_hook
+from lab.plugin.model import GuestFile
+
+__all__ = ["guest_setup_args", "install_guest_files"]
+
+
+def guest_setup_args(pm: LabPluginManager, shape: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(kernel command-line args, extra QEMU args)`` from ``lab_kernel_cmdline_add`` and ``lab_qemu_args_add``."""
+    cmdline = tuple(str(a) for r in call_hook(pm, "lab_kernel_cmdline_add", config=pm.config, shape=shape)
+                    for a in (r or ()))
+    qemu = tuple(str(a) for r in call_hook(pm, "lab_qemu_args_add", config=pm.config, shape=shape) for a in (r or ()))
+    return cmdline, qemu
+
+
+def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:
+    """Copy every ``lab_guest_files_add`` file into ``guest``; a destination named twice is an error."""
+    files = [f for group in call_hook(pm, "lab_guest_files_add", config=pm.config) for f in (group or ())]
+    seen: dict[str, GuestFile] = {}
+    for f in files:
+        if f.dest in seen and seen[f.dest].source != f.source:
+            raise LabError(f"two plugins install {f.dest}: {seen[f.dest].source} and {f.source}")
+        seen[f.dest] = f
+    if seen:
+        put_files(guest, [(f.source, f.dest, f.mode) for f in seen.values()])
+    return list(seen.values())

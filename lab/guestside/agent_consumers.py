@@ -1,0 +1,157 @@
+"""Consumer programs under the guest agent (docs/guest-contract.md says what they must do).
+
+``checker`` protocol: started with ``--name NAME --out PATH`` (plus the plan's
+argv, which carries ``--groups``); the program creates ``PATH.ready`` once its
+socket is bound, may keep ``PATH.live`` (``{"received", "gaps", "enobufs"}``)
+up to date for event triggers, and on SIGTERM drains its socket and writes
+its JSON report to ``PATH``.  One killed by SIGKILL (a ``consumer-kill``
+fault) is started again once with ``--resync``.
+
+``oneshot`` protocol: runs to completion on its own options and prints one
+JSON line on stdout.
+
+A program that ends without a report is reported as ``missing`` with its
+exit status and the end of its stderr.  Standard library only.
+"""
+
+import json
+import os
+import signal
+import subprocess
+
+import kabi
+
+STDERR_TAIL = 2000
+
+
+def _tail(data):
+    return data.decode(errors="replace")[-STDERR_TAIL:]
+
+
+class OneShot:
+    """A consumer that runs on its own options and prints one JSON line (``protocol = oneshot``)."""
+
+    protocol = "oneshot"
+
+    def __init__(self, label, argv):
+        self.label = label
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def ready(self):
+        return True
+
+    def live(self):
+        return {}
+
+    def pids(self):
+        return [self.proc.pid] if self.proc.poll() is None else []
+
+    def check_killed(self):
+        return False
+
+    def stop(self):
+        try:
+            out, err = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        try:
+            report = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return [{"name": self.label, "missing": True, "status": self.proc.returncode, "stderr": _tail(err)}]
+        return [dict(report, name=self.label, protocol="oneshot")]
+
+
+class CheckerProc:
+    """A ``checker``-protocol consumer process (restarted once with ``--resync`` after a SIGKILL)."""
+
+    protocol = "checker"
+
+    def __init__(self, label, argv, listen, folder):
+        self.label = label
+        self.base = list(argv)
+        self.listen = listen
+        self.folder = folder
+        self.runs = []
+        self.restarts = 0
+        self.start(False)
+
+    def start(self, resync):
+        suffix = f"-r{self.restarts}" if resync else ""
+        out = os.path.join(self.folder, f"{self.label}{suffix}.json")
+        argv = self.base + ["--name", self.label + suffix, "--out", out]
+        if self.listen:
+            argv.append("--listen-proc")
+        if resync:
+            argv.append("--resync")
+        err = open(out + ".stderr", "wb")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        err.close()
+        self.runs.append({"out": out, "proc": self.proc, "resync": resync})
+
+    def ready(self):
+        return os.path.exists(self.runs[-1]["out"] + ".ready")
+
+    def live(self):
+        """The latest live counters of every run so far, summed ({} before any)."""
+        total = {}
+        for run in self.runs:
+            try:
+                with open(run["out"] + ".live") as f:
+                    counts = json.load(f)
+            except (OSError, ValueError):
+                continue
+            for key, value in counts.items():
+                if isinstance(value, int):
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def pids(self):
+        return [run["proc"].pid for run in self.runs if run["proc"].poll() is None]
+
+    def check_killed(self):
+        code = self.proc.poll()
+        if code == -signal.SIGKILL and self.restarts < 1:
+            self.restarts += 1
+            self.start(True)
+            return True
+        return False
+
+    def stop(self):
+        kabi.wait_until(lambda: self.ready() or self.proc.poll() is not None, 30)  # a restarted one may be starting
+        for run in self.runs:
+            if run["proc"].poll() is None:
+                run["proc"].send_signal(signal.SIGTERM)
+        reports = []
+        for run in self.runs:
+            try:
+                run["proc"].wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run["proc"].kill()
+                run["proc"].wait()
+            try:
+                with open(run["out"] + ".stderr", "rb") as f:
+                    err = f.read()
+            except OSError:
+                err = b""
+            if os.path.exists(run["out"]):
+                with open(run["out"]) as f:
+                    reports.append(json.load(f))
+            else:
+                reports.append({"name": self.label, "missing": True, "status": run["proc"].returncode,
+                                "stderr": _tail(err)})
+        return reports
+
+
+def start_consumers(plan, folder):
+    """Every consumer instance of the plan, started."""
+    consumers = []
+    for c in plan.get("consumers", []):
+        instances = c.get("instances", 1)
+        for i in range(instances):
+            label = c["label"] if instances == 1 else f"{c['label']}-{i}"
+            if c.get("protocol") == "oneshot":
+                consumers.append(OneShot(label, c["argv"]))
+            else:
+                consumers.append(CheckerProc(label, c["argv"], c.get("listen", False), folder))
+    return consumers

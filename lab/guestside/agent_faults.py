@@ -1,0 +1,276 @@
+"""Faults inside the guest agent: their actions, their triggers, and a record of every firing.
+
+A fault in the plan is a list of inject actions, a list of restore actions,
+a trigger (``at``, ``every`` or ``on`` an event with a threshold) and a
+duration.  :class:`FaultScheduler` fires each one on time, or once its
+event's count reaches the threshold (events are polled every
+``EVENT_POLL_S``: the kernel and the consumers announce nothing), runs the
+actions in this process (no program starts per injection, except for ``exec``
+actions) and undoes them ``duration`` seconds later, or when the load ends.
+
+Host-side faults (QMP) are announced on stderr as ``CNLAB-HOST-FAULT {json}``
+lines; the orchestrator carries them out and undoes them itself (a paused
+guest cannot ask to be resumed).
+
+Every firing leaves a record: label, trigger, ``due`` (when it was planned,
+or when its event was seen), ``start`` and ``end`` of the inject actions,
+``restored``, each action's outcome, ``ok``.  Times are seconds from the
+start of the load (the generators' start).  Standard library only.
+"""
+
+import heapq
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import kabi
+
+EVENT_POLL_S = 0.02
+#: The fault thread runs SCHED_FIFO at this priority (it sleeps between firings).
+FIFO_PRIORITY = 10
+KNOBS = {"stall_ms": kabi.CNLAB_FAULT_STALL_MS, "alloc_nth": kabi.CNLAB_FAULT_ALLOC_NTH,
+         "queue_limit": kabi.CNLAB_FAULT_QLIMIT, "warn": kabi.CNLAB_FAULT_WARN}
+MODULE_PARAMS = "/sys/module/cnlab/parameters"
+
+
+def knob_default(name):
+    """The module's default for a knob: its module parameter of that name if there is one, else 0."""
+    try:
+        with open(f"{MODULE_PARAMS}/{name}") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def cpu_path(cpu):
+    return f"/sys/devices/system/cpu/cpu{cpu}/online"
+
+
+class Actions:
+    """Carries out fault actions and remembers what must be undone when the load ends.
+
+    :param client: a ``kabi.CtlClient`` (module knobs); shared, so calls are serialised here.
+    :param signal_consumers: ``signal_consumers(signum)`` sends a signal to every consumer process.
+    :param folder: where spawned programs' output goes.
+    """
+
+    def __init__(self, client, signal_consumers, folder):
+        self.client = client
+        self.lock = threading.Lock()
+        self.signal_consumers = signal_consumers
+        self.folder = folder
+        self.offline = set()
+        self.spawned = []
+        self.defaults = {name: knob_default(name) for name in ("queue_limit",)}
+
+    def run(self, action):
+        """One action; ``{"action", "ok", "error"?}``, never raises."""
+        kind, args = action[0], action[1:]
+        out = {"action": " ".join(str(a) for a in action), "ok": True}
+        try:
+            if kind == "write":
+                with open(args[0], "w") as f:
+                    f.write(str(args[1]))
+            elif kind == "knob":
+                name, value = args
+                if value is None:
+                    value = self.defaults.get(name, 0)
+                with self.lock:
+                    reply = self.client.fault(KNOBS[name], int(value))
+                if not reply.ok:
+                    raise OSError(f"SET_FAULT {name}={value} refused: {reply.error_name}")
+            elif kind == "cpu":
+                cpu, online = args
+                with open(cpu_path(cpu), "w") as f:
+                    f.write("1" if online else "0")
+                (self.offline.discard if online else self.offline.add)(cpu)
+            elif kind == "exec":
+                proc = subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+                if proc.returncode:
+                    raise OSError(f"exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+            elif kind == "spawn":
+                log = open(os.path.join(self.folder, f"spawn-{len(self.spawned)}.log"), "w")
+                self.spawned.append(subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
+                                                     start_new_session=True))
+            elif kind == "signal":
+                self.signal_consumers(getattr(signal, "SIG" + args[1]))
+            else:
+                raise OSError(f"unknown action {kind!r}")
+        except (OSError, ValueError, TimeoutError, subprocess.SubprocessError) as exc:
+            out.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+        return out
+
+    def kill_spawned(self):
+        for proc in self.spawned:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            proc.wait()
+        self.spawned = []
+
+    def finish(self):
+        """Every CPU a fault took offline back online, every spawned program gone."""
+        for cpu in sorted(self.offline):
+            self.run(["cpu", cpu, True])
+        self.kill_spawned()
+
+
+class FaultScheduler(threading.Thread):
+    """Fires the plan's faults on their triggers while the load runs.
+
+    :param faults: the plan's fault entries.
+    :param actions: an :class:`Actions`.
+    :param probes: event name -> function returning the event's count now.
+    :param duration: the scenario's load duration (``every`` stops there).
+    """
+
+    def __init__(self, faults, actions, probes, duration):
+        super().__init__(name="faults", daemon=True)
+        self.faults = faults
+        self.actions = actions
+        self.probes = probes
+        self.duration = duration
+        self.t0 = None
+        self.halt = threading.Event()
+        self.records = []
+        self.heap = []
+        self.seq = 0
+        self.waiting = [f for f in faults if f["trigger"]["on"]]
+        self.lock = threading.Lock()
+        self.probe_errors = {}
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    def _push(self, due, step, fault, record=None):
+        self.seq += 1
+        heapq.heappush(self.heap, (due, self.seq, step, fault, record))
+
+    def fire_before_load(self):
+        """Faults ``at = 0``: injected before the consumers start (their times are then negative)."""
+        self.t0 = time.monotonic()
+        for fault in self.faults:
+            if fault["trigger"]["at"] == 0:
+                self._fire(fault, 0.0)
+                self.records[-1]["before_load"] = True
+
+    def start_load(self, t0):
+        """The generators started at ``t0`` (monotonic): plan the timed faults, then watch."""
+        for record in self.records:  # re-base the faults fired before the load on the load's clock
+            for key in ("start", "end"):
+                if record.get(key) is not None:
+                    record[key] = round(record[key] - (t0 - self.t0), 4)
+        self.t0 = t0
+        for fault in self.faults:
+            trigger = fault["trigger"]
+            if trigger["at"]:
+                self._push(trigger["at"], "inject", fault)
+            elif trigger["every"]:
+                t = trigger["every"]
+                while t < self.duration - 1e-9:
+                    self._push(t, "inject", fault)
+                    t += trigger["every"]
+        self.start()
+
+    def _fire(self, fault, due, seen=None):
+        record = {"label": fault["label"], "name": fault["name"], "side": fault["side"],
+                  "trigger": fault["trigger"]["text"], "due": round(due, 4), "start": None, "end": None,
+                  "restored": None, "ok": True, "actions": [], "summary": fault.get("summary", "")}
+        if seen is not None:
+            record["seen"] = seen
+        with self.lock:
+            self.records.append(record)
+        record["start"] = round(self.now(), 4)
+        if fault["side"] == "host":
+            host_request({"label": fault["label"], "n": len(self.records), "due": due, "t": record["start"],
+                          "inject": fault["inject"], "restore": fault["restore"], "duration": fault["duration"]})
+            record["end"] = record["start"]
+            record["requested"] = True
+            return
+        for action in fault["inject"]:
+            outcome = self.actions.run(action)
+            record["actions"].append(outcome)
+            if not outcome["ok"]:
+                record["ok"] = False
+                break
+        record["end"] = round(self.now(), 4)
+        if fault["restore"] and fault["duration"] > 0:
+            self._push(record["start"] + fault["duration"], "restore", fault, record)
+
+    def _restore(self, fault, record):
+        if record["restored"] is not None or fault["side"] == "host":
+            return
+        for action in fault["restore"]:
+            outcome = self.actions.run(action)
+            outcome["restore"] = True
+            record["actions"].append(outcome)
+            if not outcome["ok"]:
+                record["ok"] = False
+        record["restored"] = round(self.now(), 4)
+
+    def _poll_events(self):
+        counts = {}
+        for fault in list(self.waiting):
+            name = fault["trigger"]["on"]
+            if name not in counts:
+                try:
+                    counts[name] = self.probes[name]()
+                except (OSError, TimeoutError, ValueError, KeyError) as exc:
+                    self.probe_errors[name] = f"{type(exc).__name__}: {exc}"
+                    counts[name] = None
+            if counts[name] is not None and counts[name] >= fault["trigger"]["threshold"]:
+                self.waiting.remove(fault)
+                seen = self.now()
+                self._fire(fault, seen, seen={"count": counts[name]})
+
+    def run(self):
+        try:  # fire on time even when generators and consumers keep every CPU busy
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(FIFO_PRIORITY))
+        except (OSError, AttributeError):
+            pass
+        next_poll = 0.0
+        while not self.halt.is_set():
+            now = self.now()
+            while self.heap and self.heap[0][0] <= now:
+                due, _, step, fault, record = heapq.heappop(self.heap)
+                if step == "inject":
+                    self._fire(fault, due)
+                else:
+                    self._restore(fault, record)
+                now = self.now()
+            if self.waiting and now >= next_poll:
+                self._poll_events()
+                next_poll = now + EVENT_POLL_S
+            wake = [next_poll] if self.waiting else []
+            if self.heap:
+                wake.append(self.heap[0][0])
+            self.halt.wait(max(0.0, min(wake) - self.now()) if wake else 0.5)
+
+    def finish(self):
+        """Stop firing; undo every fault not undone yet, newest first; CPUs online, spawned programs gone."""
+        self.halt.set()
+        if self.is_alive():
+            self.join(60)
+        by_label = {f["label"]: f for f in self.faults}
+        for record in reversed(self.records):
+            fault = by_label[record["label"]]
+            if fault["restore"] and record["start"] is not None:
+                self._restore(fault, record)
+        self.actions.finish()
+        never = [f"fault {f['label']} ({f['trigger']['text']}): the event never happened"
+                 + (f" (probe failed: {self.probe_errors[f['trigger']['on']]})"
+                    if f["trigger"]["on"] in self.probe_errors else "")
+                 for f in self.waiting]
+        return self.records, never
+
+
+def host_request(request):
+    """Ask the orchestrator to carry out a host-side fault (one line on stderr, read as it comes)."""
+    sys.stderr.write("CNLAB-HOST-FAULT " + json.dumps(request) + "\n")
+    sys.stderr.flush()
