@@ -33,7 +33,8 @@ def _build(registries: Registries, scenario: Scenario, use: ObjectUse) -> Any:
     try:
         return registries.by_kind(use.kind).build(use.name, use.params)
     except PluginError as exc:
-        raise _fail(scenario, use, str(exc)) from None
+        message = str(exc).removeprefix(f"{use.kind} {use.name!r}: ")
+        raise _fail(scenario, use, message) from None
 
 
 def guest_network(registries: Registries, scenario: Scenario) -> str:

@@ -93,9 +93,9 @@ class Actions:
                 if proc.returncode:
                     raise OSError(f"exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
             elif kind == "spawn":
-                log = open(os.path.join(self.folder, f"spawn-{len(self.spawned)}.log"), "w")
-                self.spawned.append(subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
-                                                     start_new_session=True))
+                with open(os.path.join(self.folder, f"spawn-{len(self.spawned)}.log"), "w") as log:
+                    self.spawned.append(subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
+                                                         start_new_session=True))
             elif kind == "signal":
                 self.signal_consumers(getattr(signal, "SIG" + args[1]))
             else:

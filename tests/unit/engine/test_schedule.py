@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from lab.engine.scenario import scenario_from_dict
 from lab.engine.schedule import Schedule, Task
+from lab.plugin.model import Scenario
 
 # Durations of the quick set measured at -n 2 (seconds).
 QUICK = {"plugins-mix": 5.94, "pause-resume": 5.86, "cpu-hotplug": 5.2, "queue-full-stall": 4.52,
@@ -14,8 +14,7 @@ QUICK = {"plugins-mix": 5.94, "pause-resume": 5.86, "cpu-hotplug": 5.2, "queue-f
 
 
 def _s(name, duration, cpus=2):
-    return scenario_from_dict({"name": name, "duration": duration, "guest": {"cpus": cpus},
-                               "emulators": [{"name": "e"}]}, f"{name}.toml")
+    return Scenario(name, f"{name}.toml", duration=duration, cpus=cpus)
 
 
 def _expected(s):
@@ -80,7 +79,6 @@ def test_a_retry_runs_next_on_the_same_guest():
 
 
 def test_a_first_attempt_held_by_a_dead_worker_moves_to_a_busy_live_one():
-    import io
     from types import SimpleNamespace
 
     from lab.engine.run import _rescue_lost_tasks
@@ -89,12 +87,12 @@ def test_a_first_attempt_held_by_a_dead_worker_moves_to_a_busy_live_one():
     schedule = Schedule([a, b, c], 2, _expected)
     workers = [SimpleNamespace(is_alive=lambda: False, exitcode=1), SimpleNamespace(is_alive=lambda: True)]
     handed = {1: Task(a), 2: Task(b)}
-    out = io.StringIO()
-    _rescue_lost_tasks(workers, handed, schedule, out)
-    assert handed[1] is None and "a runs next on guest 2" in out.getvalue()
+    events = []
+    _rescue_lost_tasks(workers, handed, schedule, events.append, 1.0)
+    assert handed[1] is None and "a runs next on guest 2" in events[0].detail
     assert schedule.next_for(2) == Task(a, attempt=2, fresh=True)
     # A second attempt that killed its worker again is not moved
     handed = {1: Task(c, attempt=2, fresh=True), 2: Task(b)}
     planned = len(schedule)
-    _rescue_lost_tasks(workers, handed, schedule, io.StringIO())
+    _rescue_lost_tasks(workers, handed, schedule, events.append, 2.0)
     assert handed[1] is not None and len(schedule) == planned

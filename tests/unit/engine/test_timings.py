@@ -1,11 +1,11 @@
 """Expected scenario durations, remembered between runs."""
 
-from lab.engine.scenario import scenario_from_dict
 from lab.engine.timings import expected_durations, remember_timings
+from lab.plugin.model import Scenario, ScenarioResult
 
 
 def _s(name, duration=3.0):
-    return scenario_from_dict({"name": name, "duration": duration, "emulators": [{"name": "e"}]}, f"{name}.toml")
+    return Scenario(name, f"{name}.toml", duration=duration)
 
 
 def test_unknown_scenarios_are_expected_to_take_their_configured_duration(tmp_path):
@@ -14,10 +14,12 @@ def test_unknown_scenarios_are_expected_to_take_their_configured_duration(tmp_pa
 
 
 def test_remembered_durations_win_and_move_halfway_towards_each_new_one(tmp_path):
-    remember_timings([{"scenario": "a", "duration": 9.0}, {"scenario": "b", "duration": 1.0}], tmp_path)
-    remember_timings([{"scenario": "a", "duration": 5.0}, {"scenario": "x", "status": "error"}], tmp_path)
+    remember_timings([ScenarioResult("a", duration=9.0), ScenarioResult("b", duration=1.0)], tmp_path)
+    remember_timings([ScenarioResult("a", duration=5.0), ScenarioResult("x", status="error", duration=2.0),
+                      ScenarioResult("y", status="not run")], tmp_path)
     expected = expected_durations(tmp_path)
     assert expected(_s("a")) == 7.0 and expected(_s("b")) == 1.0 and expected(_s("new", 6.0)) == 6.0
+    assert expected(_s("x", 3.0)) == 3.0  # an error's or an unrun scenario's duration says nothing
 
 
 def test_a_damaged_timings_file_is_ignored(tmp_path):

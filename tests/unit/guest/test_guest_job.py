@@ -14,11 +14,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from test_ssh import FakeGuestSSH
 
 from lab.guest.job import _JOB_PROGRAM, run_job
 from lab.guest.ssh import SSHSession
 from lab.image.keys import ensure_keys
+
+from .test_ssh import FakeGuestSSH
 
 
 @pytest.fixture

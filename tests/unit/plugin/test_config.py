@@ -79,31 +79,39 @@ def test_config_from_args_without_file(tmp_path, monkeypatch):
 
 
 DECL = (
-    Setting("rate", int, 10, "messages/s"),
-    Setting("scale", float, 1.0, "multiplier"),
+    Setting("rate", int, 10, "messages/s", min=0, max=1000),
+    Setting("scale", float, 1.0, "multiplier", min=0.5),
     Setting("verbose", bool, False, "talk"),
     Setting("mode", str, "fast", "how", choices=("fast", "slow")),
-    Setting("groups", list, [2, 4], "groups", item_type=int),
+    Setting("groups", list, [2, 4], "groups", item_type=int, min=1, max=32),
+    Setting("pair", list, [1, 2], "two numbers", item_type=int, length=2),
 )
 
 
 def test_validate_fills_defaults_and_converts():
     values = validate_settings("p", DECL, {"scale": 2, "groups": [6]})
-    assert dict(values) == {"rate": 10, "scale": 2.0, "verbose": False, "mode": "fast", "groups": (6,)}
+    assert dict(values) == {"rate": 10, "scale": 2.0, "verbose": False, "mode": "fast", "groups": (6,),
+                            "pair": (1, 2)}
     assert isinstance(values["scale"], float)
     assert validate_settings("p", DECL, {})["groups"] == (2, 4)
 
 
 @pytest.mark.parametrize("table, message", [
     ({"rat": 1}, r"\[plugins.p\] rat: unknown key for plugin 'p' \(did you mean 'rate'\?\)"),
-    ({"zzz": 1}, r"\[plugins.p\] zzz: unknown key for plugin 'p' \(known keys: groups, mode, rate, scale, verbose\)"),
-    ({"rate": "10"}, r"\[plugins.p\] rate: expected integer, got str '10'"),
-    ({"rate": 1.5}, r"\[plugins.p\] rate: expected integer, got float"),
-    ({"rate": True}, r"\[plugins.p\] rate: expected integer, got bool"),
-    ({"verbose": 1}, r"\[plugins.p\] verbose: expected boolean, got int"),
-    ({"scale": False}, r"\[plugins.p\] scale: expected number, got bool"),
-    ({"mode": "medium"}, r"\[plugins.p\] mode: 'medium' is not one of 'fast', 'slow'"),
-    ({"groups": [2, "x"]}, r"\[plugins.p\] groups: expected array of integer, got element 'x'"),
+    ({"zzz": 1}, r"\[plugins.p\] zzz: unknown key for plugin 'p' \(known keys: groups, mode, pair, rate, scale, "
+             r"verbose\)"),
+    ({"rate": "10"}, r"\[plugins.p\] rate: expected an integer in 0..1000, got string '10'"),
+    ({"rate": 1.5}, r"\[plugins.p\] rate: expected an integer in 0..1000, got number 1.5"),
+    ({"rate": True}, r"\[plugins.p\] rate: expected an integer in 0..1000, got boolean True"),
+    ({"rate": -1}, r"\[plugins.p\] rate: expected an integer in 0..1000, got -1"),
+    ({"rate": 1001}, r"\[plugins.p\] rate: expected an integer in 0..1000, got 1001"),
+    ({"verbose": 1}, r"\[plugins.p\] verbose: expected true or false, got integer 1"),
+    ({"scale": False}, r"\[plugins.p\] scale: expected a number in >= 0.5, got boolean False"),
+    ({"scale": 0.1}, r"\[plugins.p\] scale: expected a number in >= 0.5, got 0.1"),
+    ({"mode": "medium"}, r"\[plugins.p\] mode: expected a string, one of 'fast', 'slow', got 'medium'"),
+    ({"groups": [2, "x"]}, r"\[plugins.p\] groups: expected an array of integers in 1..32, got element 'x'"),
+    ({"groups": [2, 33]}, r"\[plugins.p\] groups: expected an array of integers in 1..32, got element 33"),
+    ({"pair": [1]}, r"\[plugins.p\] pair: expected an array of 2 integers, got 1 element\(s\) \[1\]"),
 ])
 def test_validate_errors_name_plugin_and_key(table, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -119,3 +127,9 @@ def test_setting_declarations_are_checked():
     with pytest.raises(ConfigError, match="declares a setting twice"):
         validate_settings("p", (Setting("a", int, 1, ""), Setting("a", int, 2, "")), {})
     assert Setting("g", list, [], "", item_type=str).type_name == "array of string"
+    with pytest.raises(ConfigError, match="setting 'n' default: expected an integer in 1..5, got 9"):
+        Setting("n", int, 9, "", min=1, max=5)
+    with pytest.raises(ValueError, match="min 5 is above max 1"):
+        Setting("n", int, 3, "", min=5, max=1)
+    assert Setting("n", int, 3, "", min=1, max=5).range_text == "1..5"
+    assert Setting("f", float, 3.0, "", min=0.5).range_text == ">= 0.5"

@@ -1,0 +1,216 @@
+"""One scenario through the one execution path, on a fake guest that answers like the guest agent (no QEMU)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lab import hookimpl
+from lab.command import CommandResult
+from lab.config import LabConfig
+from lab.engine.execute import execute_scenario, fault_records
+from lab.engine.hooks import guest_setup_args, install_guest_files
+from lab.engine.scenario import scenario_from_dict
+from lab.errors import GuestError
+from lab.plugin import GuestFile, Verdict, get_plugin_manager
+
+ROOT = Path(__file__).resolve().parents[3]
+ENV = {"LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def agent_report(**changes) -> dict:
+    report = {"errors": [], "load_s": 2.0, "bind_s": 0.5, "drain": {"ok": True, "waited_s": 0.01},
+              "generators": {"0": {"state": 2, "cpus": {"0": {"generated": 100}}}}, "cbus": {"balanced": True},
+              "live": [], "faults": [], "faults_never_fired": [], "restarted": [], "unloads": 0,
+              "consumers": [{"name": "checker", "received": 100, "reordered": 0, "gaps": 0, "socket_drops": 0,
+                             "enobufs": 0, "latency_us": {"p50": 1.0, "p99": 2.0, "samples": 100},
+                             "series": [[0.0, 100, 0]],
+                             "accounting": {"exact": True, "lost": 0, "socket_drops": 0, "pre_socket": 0,
+                                            "cbus_nlerr": 0, "reconciled": True}}]}
+    return report | changes
+
+
+class FakeGuest:
+    """Answers the commands the engine sends; the agent gets a canned report and may ask for host faults."""
+
+    def __init__(self, tmp_path: Path, report: dict | None = None, status: int = 0, stderr: bytes = b"",
+                 alive: bool = True) -> None:
+        self.spec = SimpleNamespace(accel=SimpleNamespace(timeout_scale=3, slowdown=10, name="tcg"))
+        self.console_log = tmp_path / "console.log"
+        self.console_log.write_text("boot\n")
+        self.link = None
+        self.files: dict[str, bytes] = {}
+        self.commands: list[list[str]] = []
+        self.plans: list[dict] = []
+        self.qmp_calls: list[str] = []
+        self.report, self.status, self.stderr, self._alive = report or agent_report(), status, stderr, alive
+
+    def alive(self) -> bool:
+        return self._alive
+
+    def qmp(self, command, **arguments):
+        self.qmp_calls.append(command)
+
+    def run(self, argv, timeout=None, check=False, stdin=None, sink=None):
+        self.commands.append(list(argv))
+        if argv[0] == "tar":
+            with tarfile.open(fileobj=io.BytesIO(stdin)) as tar:
+                for member in tar.getmembers():
+                    self.files["/" + member.name] = tar.extractfile(member).read()
+            return CommandResult(list(argv), 0, b"", b"")
+        if argv[:2] == ["cat", "/proc/sys/kernel/tainted"]:
+            return CommandResult(list(argv), 0, b"12288\n", b"")
+        if argv[-1].endswith("agent.py"):
+            self.plans.append(json.loads(stdin))
+            if sink is not None:
+                sink("stderr", b"CNLAB-AGENT load 1\n" + self.stderr)
+            return CommandResult(list(argv), self.status, json.dumps(self.report).encode(), self.stderr)
+        return CommandResult(list(argv), 0, b"", b"")
+
+
+def manager(*plugins):
+    pm = get_plugin_manager(LabConfig(env=ENV))
+    for n, plugin in enumerate(plugins):
+        pm.add_plugin(plugin, f"test{n}", "test", "here")
+    return pm
+
+
+def read(pm, data: dict):
+    return scenario_from_dict({"name": "s", "emulators": [{"name": "generator"}]} | data, "s.toml", pm.registries)
+
+
+def test_a_scenario_runs_the_agent_with_its_plan_and_passes(tmp_path):
+    pm = manager()
+    guest = FakeGuest(tmp_path)
+    result = execute_scenario(pm, guest, read(pm, {}), "/run/cnlab/py")
+    assert result.passed, result.problems
+    (plan,) = guest.plans
+    assert plan["bind_timeout_s"] == 60 and plan["timeout_scale"] == 3  # 20 s x TCG's timeout scale
+    assert plan["generators"][0]["duration_ns"] == 3_000_000_000 and plan["consumers"][0]["groups"] == [2]
+    assert "/run/cnlab/plugins/consume.py" in guest.files and "/run/cnlab/plugins/kabi.py" in guest.files
+    assert result.metrics["received"] == 100 and result.series == {"checker": [[0.0, 100, 0]]}
+    assert {v.plugin for v in result.verdicts} == {"checks"} and result.data["agent"]["load_s"] == 2.0
+
+
+def test_hooks_run_in_order_with_their_settings_and_checks_become_verdicts(tmp_path):
+    calls = []
+
+    class Tracer:
+        @hookimpl
+        def lab_guest_ready(self, scenario, settings):
+            calls.append(("ready", dict(settings)))
+
+        @hookimpl
+        def lab_scenario_start(self, stash):
+            calls.append("start")
+
+        @hookimpl(wrapper=True)
+        def lab_phase_run(self, phase):
+            calls.append(f"phase {phase.name}")
+            return (yield)
+
+        @hookimpl
+        def lab_scenario_stop(self, error):
+            calls.append(("stop", error))
+
+        @hookimpl
+        def lab_result_collect(self):
+            return {"mine": 1}
+
+        @hookimpl
+        def lab_result_check(self, data, settings):
+            calls.append("check")
+            return [Verdict("mine", data["test0"]["mine"] == 1, "saw my data"), "and one problem"]
+
+    pm = manager(Tracer())
+    result = execute_scenario(pm, FakeGuest(tmp_path), read(pm, {}), "/lib")
+    assert calls == [("ready", {}), "start", "phase setup", "phase load", "phase drain", "phase verify",
+                     ("stop", None), "check"]
+    mine = [v for v in result.verdicts if v.plugin == "test0"]
+    assert mine == [Verdict("mine", True, "saw my data", "test0"), Verdict("test0", False, "and one problem",
+                                                                           "test0")]
+    assert result.status == "failed" and result.data["test0"] == {"mine": 1}
+
+
+def test_a_raising_plugin_fails_its_scenario_and_stop_still_runs(tmp_path):
+    stops = []
+
+    class Broken:
+        @hookimpl
+        def lab_scenario_start(self, scenario):
+            raise RuntimeError("cannot start")
+
+        @hookimpl
+        def lab_scenario_stop(self, error):
+            stops.append(type(error).__name__)
+
+    pm = manager(Broken())
+    result = execute_scenario(pm, FakeGuest(tmp_path), read(pm, {}), "/lib")
+    assert stops == ["HookCallError"] and result.status == "failed"
+    assert Verdict("hooks", False, "plugin 'test0' failed in hook lab_scenario_start: RuntimeError: cannot start") \
+        in result.verdicts
+    assert pm.hook.lab_report_status(result=result) == "FAIL"
+
+
+def test_an_agent_that_fails_raises_for_a_retry_on_a_fresh_guest(tmp_path):
+    pm = manager()
+    with pytest.raises(GuestError, match="the guest agent exited with status 1: .*Traceback: boom"):
+        execute_scenario(pm, FakeGuest(tmp_path, status=1, stderr=b"Traceback: boom\n"), read(pm, {}), "/lib")
+
+
+def test_host_side_faults_are_carried_out_on_the_host_and_merged_into_the_record(tmp_path):
+    pm = manager()
+    request = {"label": "pause", "n": 1, "due": 0.5, "t": 0.51, "inject": [["qmp", "stop"]],
+               "restore": [["qmp", "cont"]], "duration": 0.01}
+    agent_faults = [{"label": "pause", "name": "pause", "side": "host", "trigger": "at 0.5 s", "due": 0.5,
+                     "start": 0.51, "end": 0.51, "restored": None, "ok": True, "actions": [], "requested": True}]
+    guest = FakeGuest(tmp_path, report=agent_report(faults=agent_faults),
+                      stderr=b"CNLAB-HOST-FAULT " + json.dumps(request).encode() + b"\n")
+    result = execute_scenario(pm, guest, read(pm, {"faults": [{"name": "pause", "at": 0.5}]}), "/lib")
+    assert guest.qmp_calls == ["stop", "cont"]
+    (fault,) = result.faults
+    assert [a["action"] for a in fault["actions"]] == ["qmp stop", "qmp cont"] and fault["ok"]
+    assert fault["restored"] is not None and "delay_ms" in fault
+    assert next(v for v in result.verdicts if v.name == "faults").ok
+
+
+def test_fault_records_delay_and_a_host_request_that_never_arrived():
+    agent = {"faults": [{"label": "a", "side": "guest", "due": 1.0, "start": 1.012},
+                        {"label": "b", "side": "guest", "due": 0.0, "start": -0.4, "before_load": True},
+                        {"label": "c", "side": "host", "due": 2.0, "start": 2.0}]}
+    a, b, c = fault_records(agent, [])
+    assert a["delay_ms"] == 12.0 and "delay_ms" not in b
+    assert c["ok"] is False and c["detail"] == "the host never received the request"
+
+
+def test_install_guest_files_and_a_destination_named_twice(tmp_path):
+    class Clash:
+        @hookimpl
+        def lab_guest_files_add(self):
+            return [GuestFile(tmp_path / "other.py", "/run/cnlab/plugins/kabi.py")]
+
+    guest = FakeGuest(tmp_path)
+    files = install_guest_files(manager(), guest)
+    assert {Path(f.dest).name for f in files} >= {"kabi.py", "consume.py", "storm.py"}
+    assert guest.files["/run/cnlab/plugins/consume.py"] == (ROOT / "plugins/cnlab_plugins/guestside/consume.py"
+                                                            ).read_bytes()
+    with pytest.raises(Exception, match="two plugins install /run/cnlab/plugins/kabi.py"):
+        install_guest_files(manager(Clash()), FakeGuest(tmp_path))
+
+
+def test_guest_setup_args_collects_cmdline_and_qemu_args():
+    class P:
+        @hookimpl
+        def lab_kernel_cmdline_add(self):
+            return ["slub_debug=FZPU"]
+
+        @hookimpl
+        def lab_qemu_args_add(self):
+            return ["-device", "virtio-rng-pci"]
+
+    assert guest_setup_args(manager(P()), None) == (("slub_debug=FZPU",), ("-device", "virtio-rng-pci"))
