@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--json", type=Path, default=Path("results/bench-boot.json"))
     suite = bench_sub.add_parser("suite", help="the quick set with -n 1 and -n 2: wall times, ratio, overhead")
     suite.add_argument("--json", type=Path, default=Path("results/bench-suite.json"))
+    faults = bench_sub.add_parser("faults", help="how late faults fire after their trigger (at, every, on, host)")
+    faults.add_argument("--runs", type=_positive_int, default=1, help="fresh guests, one after another")
+    faults.add_argument("--json", type=Path, default=Path("results/bench-faults.json"))
     kmod = bench_sub.add_parser("kmod", help="cbus_insert against a direct send, rates and latency")
     kmod.add_argument("--cpus", type=_positive_int, default=2)
     kmod.add_argument("--runs", type=_positive_int, default=1,
@@ -284,6 +287,15 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
         return run_suite_bench(_lab(args), args.json, Path(tmp))
 
 
+def cmd_bench_faults(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from lab.bench.faults import run_fault_bench
+
+    with tempfile.TemporaryDirectory(prefix="cnlab-faults-") as tmp:
+        return run_fault_bench(_lab(args), args.json, Path(tmp), runs=args.runs)
+
+
 def cmd_bench_kmod(args: argparse.Namespace) -> int:
     from lab.bench.kmod import run_kmod_bench
 
@@ -307,6 +319,7 @@ COMMANDS = {
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
     ("bench", "suite"): cmd_bench_suite,
+    ("bench", "faults"): cmd_bench_faults,
 }
 
 

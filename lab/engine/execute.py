@@ -60,7 +60,8 @@ def runtime_plan(scenario: Scenario, pm: LabPluginManager, timeout_scale: int) -
     plan = plan_scenario(scenario, pm.registries)
     plan["timeout_scale"] = timeout_scale
     plan["bind_timeout_s"] = BIND_SECONDS * timeout_scale
-    longest = max([scenario.duration] + [g.get("duration_ns", 0) / NS for g in plan["generators"]])
+    faults = [(f["trigger"]["at"] or f["trigger"]["every"] or 0) + f["duration"] for f in plan["faults"]]
+    longest = max([scenario.duration] + [g.get("duration_ns", 0) / NS for g in plan["generators"]] + faults)
     plan["timeout_s"] = longest + 60 * timeout_scale
     return plan
 
@@ -177,7 +178,8 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     return ScenarioResult(
         scenario=scenario.name, source=scenario.source,
         status="passed" if all(v.ok for v in verdicts) else "failed",
-        verdicts=tuple(verdicts), metrics=headline(agent),
+        verdicts=tuple(verdicts),
+        metrics=headline(agent, {str(g["gen_id"]) for g in stash[PLAN]["generators"] if g["path"] == "direct"}),
         data={k: v for k, v in data.items() if k not in ("kernel", "faults", "guest")}, faults=tuple(faults),
         series={c.get("name", "?"): c.get("series", []) for c in (agent or {}).get("consumers", ())},
         kernel_reports=tuple(kernel_reports), taint={"before": taint_before, "after": taint_after},

@@ -10,16 +10,21 @@ GEN_ERR_KEYS = ("err_nolistener", "err_nomem", "err_full", "err_other")
 CBUS_DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "rejected")
 
 
-def headline(agent: dict[str, Any] | None) -> dict[str, Any]:
+def headline(agent: dict[str, Any] | None, direct_gen_ids: set[str] = frozenset()) -> dict[str, Any]:
     """generated, received, lost (the worst consumer's reconciled loss), rate (all receipts over the load),
     latency_us (the first consumer with samples), gaps, reordered, counted_drops, socket_drops, enobufs,
-    cbus, drain_s; {} without a report."""
+    cbus, drain_s; {} without a report.
+
+    :param direct_gen_ids: generators on the direct path: their failed sends are drops; a CBUS generator's
+        failed inserts are CBUS's own drops already (``drop_full``, ``drop_nomem``), counted once.
+    """
     if not agent:
         return {}
     consumers = [c for c in agent.get("consumers", ()) if not c.get("missing")]
-    gens = [g for g in agent.get("generators", {}).values() if g]
-    generated = sum(c.get("generated", 0) for g in gens for c in g.get("cpus", {}).values())
-    counted = sum(c.get(k, 0) for g in gens for c in g.get("cpus", {}).values() for k in GEN_ERR_KEYS)
+    gens = {gid: g for gid, g in agent.get("generators", {}).items() if g}
+    generated = sum(c.get("generated", 0) for g in gens.values() for c in g.get("cpus", {}).values())
+    counted = sum(c.get(k, 0) for gid, g in gens.items() if gid in direct_gen_ids
+                  for c in g.get("cpus", {}).values() for k in GEN_ERR_KEYS)
     cbus = agent.get("cbus") or {}
     counted += sum(cbus.get(k, 0) for k in CBUS_DROP_KEYS)
     received = sum(c.get("received", 0) for c in consumers)

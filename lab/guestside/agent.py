@@ -10,7 +10,9 @@ live sources (cn_proc and its process storm), consumer command lines, faults
 3. read the module's statistics, start the generators and live drivers,
    print ``CNLAB-AGENT load <ns>`` on stderr (the host's clock for the load);
 4. fire faults on their triggers (``agent_faults``) while the load runs,
-   restarting a consumer once if a fault SIGKILLed it;
+   restarting a consumer once if a fault SIGKILLed it; the load lasts until
+   the generators and live drivers are done and every timed firing has
+   fired and been undone;
 5. undo every fault, bring CPUs back, and measure the drain: every CPU's
    CBUS queue must empty in time, or the report names the CPUs still holding
    messages;
@@ -165,7 +167,7 @@ def main():
         for c in consumers:
             if c.check_killed():
                 restarted.append({"consumer": c.label, "t": round(time.monotonic() - t0, 3)})
-        if any(d.poll() is None for d in drivers):
+        if scheduler.busy() or any(d.poll() is None for d in drivers):
             return False
         for gid in gen_ids:
             try:

@@ -144,6 +144,7 @@ class FaultScheduler(threading.Thread):
         self.waiting = [f for f in faults if f["trigger"]["on"]]
         self.lock = threading.Lock()
         self.probe_errors = {}
+        self.firing = False  # a timed firing or undo is being carried out (its restore may not be planned yet)
 
     def now(self):
         return time.monotonic() - self.t0
@@ -214,6 +215,10 @@ class FaultScheduler(threading.Thread):
                 record["ok"] = False
         record["restored"] = round(self.now(), 4)
 
+    def busy(self):
+        """A timed firing or an undo is under way or still to come: the load lasts until the last one is done."""
+        return self.firing or bool(self.heap)
+
     def _poll_events(self):
         counts = {}
         for fault in list(self.waiting):
@@ -238,11 +243,13 @@ class FaultScheduler(threading.Thread):
         while not self.halt.is_set():
             now = self.now()
             while self.heap and self.heap[0][0] <= now:
+                self.firing = True
                 due, _, step, fault, record = heapq.heappop(self.heap)
                 if step == "inject":
                     self._fire(fault, due)
                 else:
                     self._restore(fault, record)
+                self.firing = False
                 now = self.now()
             if self.waiting and now >= next_poll:
                 self._poll_events()

@@ -105,8 +105,9 @@ def test_headline_figures_come_from_the_agent_report():
                             "latency_us": {"p99": 80.0, "samples": 10}, "socket_drops": 2},
                            {"received": 1000, "accounting": {"exact": True, "lost": 9}, "socket_drops": -1},
                            {"name": "gone", "missing": True}]}
-    m = headline(agent)
+    m = headline(agent, {"0"})
     assert (m["generated"], m["received"], m["lost"], m["rate"], m["counted_drops"], m["socket_drops"]) == (
         1000, 4000, 9, 2000.0, 5, 2)
+    assert headline(agent)["counted_drops"] == 3  # a CBUS generator's failed inserts are CBUS's drops: once
     assert m["latency_us"]["p99"] == 80.0 and m["drain_s"] == 0.5
     assert headline(None) == {}
