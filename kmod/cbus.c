@@ -131,6 +131,7 @@ static u32 cbus_limit __read_mostly;
 static u32 cbus_alloc_nth __read_mostly;
 static u64 cbus_stall_until;
 static u32 cbus_stall_last_ms;
+static unsigned int cbus_stall_gen;	/* bumped by every SET_FAULT STALL_MS */
 static DECLARE_WAIT_QUEUE_HEAD(cbus_stall_wq);
 
 /* Counter bump by its single writer; lockless readers use READ_ONCE(). */
@@ -421,29 +422,37 @@ static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 	}
 }
 
-/* The drain thread must leave its stall: unload, or its CPU going down. */
-static bool cbus_stall_interrupted(void)
+/*
+ * The drain thread must look at its stall again: a new stall value (which
+ * may end the stall or move its end), unload, or its CPU going down.
+ */
+static bool cbus_stall_interrupted(unsigned int gen)
 {
-	return READ_ONCE(cbus_stopping) || kthread_should_park() ||
-	       kthread_should_stop();
+	return READ_ONCE(cbus_stall_gen) != gen || READ_ONCE(cbus_stopping) ||
+	       kthread_should_park() || kthread_should_stop();
 }
 
 /*
  * Fault knob: hold the drain thread until cbus_stall_until. Returns false
  * if the thread has to park or stop first (kthread_park() wakes it; CPU
- * hotplug must not wait for a stall to end).
+ * hotplug must not wait for a stall to end). A new stall value wakes the
+ * wait, and the deadline is read again: STALL_MS 0 ends a running stall.
  */
 static bool cbus_stall_wait(void)
 {
+	unsigned int gen;
 	s64 left;
 
 	for (;;) {
+		gen = READ_ONCE(cbus_stall_gen);
+		/* Pairs with the smp_wmb() in cnlab_cbus_stall(). */
+		smp_rmb();
 		left = (s64)(READ_ONCE(cbus_stall_until) - ktime_get_ns());
 		if (left <= 0 || READ_ONCE(cbus_stopping))
 			return true;
 		if (kthread_should_park() || kthread_should_stop())
 			return false;
-		wait_event_timeout(cbus_stall_wq, cbus_stall_interrupted(),
+		wait_event_timeout(cbus_stall_wq, cbus_stall_interrupted(gen),
 				   nsecs_to_jiffies(left) + 1);
 	}
 }
@@ -614,12 +623,19 @@ u32 cnlab_cbus_stall_ms(void)
 	return READ_ONCE(cbus_stall_last_ms);
 }
 
-/* Hold every drain thread for @ms from now (0 ends a stall). */
+/*
+ * Hold every drain thread for @ms from now; 0 ends a stall at once. The new
+ * deadline replaces the old one, and the threads waiting in a stall are
+ * woken to read it (the generation makes their wait condition true).
+ */
 u32 cnlab_cbus_stall(u32 ms)
 {
 	u32 old = xchg(&cbus_stall_last_ms, ms);
 
 	WRITE_ONCE(cbus_stall_until, ktime_get_ns() + (u64)ms * NSEC_PER_MSEC);
+	/* Deadline first: a waiter that sees the new generation reads it. */
+	smp_wmb();
+	WRITE_ONCE(cbus_stall_gen, READ_ONCE(cbus_stall_gen) + 1);
 	wake_up_all(&cbus_stall_wq);
 	return old;
 }
