@@ -355,7 +355,8 @@ static void gen_stop_instances(struct cnlab_gen *g)
 	}
 }
 
-static void gen_release(struct cnlab_gen *g)
+/* Stop the instances and free them; the per-CPU counters stay. */
+static void gen_free_instances(struct cnlab_gen *g)
 {
 	unsigned int i;
 
@@ -365,6 +366,11 @@ static void gen_release(struct cnlab_gen *g)
 	kfree(g->inst);
 	g->inst = NULL;
 	g->nr_inst = 0;
+}
+
+static void gen_release(struct cnlab_gen *g)
+{
+	gen_free_instances(g);
 	free_percpu(g->pcpu);
 	g->pcpu = NULL;
 }
@@ -476,6 +482,7 @@ static int gen_start(struct cnlab_gen_start *c)
 {
 	struct cnlab_gen *g = &cnlab_gens[c->gen_id];
 	unsigned int nr_cpus = min_t(unsigned int, nr_cpu_ids, CNLAB_MAX_CPUS);
+	struct cnlab_gen prev;
 	u64 mask = 0;
 	unsigned int cpu, i;
 	int err;
@@ -492,8 +499,6 @@ static int gen_start(struct cnlab_gen_start *c)
 		err = -EBUSY;
 		goto out_unlock;
 	}
-	gen_release(g);
-
 	for (cpu = 0; cpu < nr_cpus; cpu++)
 		if ((c->cpu_mask & BIT_ULL(cpu)) && cpu_online(cpu))
 			mask |= BIT_ULL(cpu);
@@ -503,6 +508,14 @@ static int gen_start(struct cnlab_gen_start *c)
 	}
 	c->cpu_mask = mask;
 
+	/*
+	 * The previous run's instances go (they point at *g); its counters,
+	 * config and times are kept in @prev until the new run has started,
+	 * so a start that fails leaves GEN_STATS and the unload log as they
+	 * were.
+	 */
+	gen_free_instances(g);
+	prev = *g;
 	memset(g, 0, sizeof(*g));
 	g->id = c->gen_id;
 	g->cfg = *c;
@@ -529,12 +542,13 @@ static int gen_start(struct cnlab_gen_start *c)
 		gen_launch_inst(&g->inst[i]);
 	mutex_unlock(&cnlab_gen_lock);
 	cpus_read_unlock();
+	free_percpu(prev.pcpu);
 	return 0;
 
 err_release:
 	/* Nothing was launched: threads are created but never woken. */
 	gen_release(g);
-	memset(g, 0, sizeof(*g));
+	*g = prev;	/* the previous run, without instances */
 out_unlock:
 	mutex_unlock(&cnlab_gen_lock);
 	cpus_read_unlock();
