@@ -95,7 +95,8 @@ struct cbus_cpu {
 	u64 hwm;
 	u64 kicks;
 	u64 pool_miss;		/* small message, empty pool: kmalloc */
-	u32 alloc_count;	/* fault injection: allocations seen */
+	u32 alloc_count;	/* fault injection: allocations seen in alloc_epoch */
+	u32 alloc_epoch;	/* the ALLOC_NTH setting alloc_count belongs to */
 	struct llist_node *free;	/* slot free list (owner CPU, IRQs off) */
 
 	/* Slots given back from other CPUs (lock-free). */
@@ -128,7 +129,13 @@ static struct dentry *cbus_dbg_file;
 static bool cbus_accepting __read_mostly;
 static bool cbus_stopping __read_mostly;
 static u32 cbus_limit __read_mostly;
-static u32 cbus_alloc_nth __read_mostly;
+/*
+ * ALLOC_NTH fault knob: epoch (high 32 bits, bumped by every setting) and
+ * nth (low 32 bits) in one word, so a producer reads both at once and each
+ * CPU restarts its own count at its first insert of a new epoch: no other
+ * CPU ever writes a producer's count.
+ */
+static atomic64_t cbus_alloc_fault __read_mostly;
 static u64 cbus_stall_until;
 static u32 cbus_stall_last_ms;
 static unsigned int cbus_stall_gen;	/* bumped by every SET_FAULT STALL_MS */
@@ -240,7 +247,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	struct cbus_event *ev = NULL;
 	struct cbus_cpu *cc;
 	unsigned long irqflags;
-	u64 depth;
+	u64 depth, fault;
 	u32 nth;
 	int ret;
 
@@ -269,12 +276,19 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		goto out_free;
 	}
 	cc->inserted++;
-	nth = READ_ONCE(cbus_alloc_nth);
-	if (unlikely(nth) && ++cc->alloc_count % nth == 0) {
+	fault = atomic64_read(&cbus_alloc_fault);
+	nth = (u32)fault;
+	if (unlikely(nth)) {
 		/* Injected allocation failure (SET_FAULT ALLOC_NTH). */
-		cc->drop_nomem++;
-		ret = -ENOMEM;
-		goto out_free;
+		if (cc->alloc_epoch != (u32)(fault >> 32)) {
+			cc->alloc_epoch = fault >> 32;
+			cc->alloc_count = 0;
+		}
+		if (++cc->alloc_count % nth == 0) {
+			cc->drop_nomem++;
+			ret = -ENOMEM;
+			goto out_free;
+		}
 	}
 	if (likely(msg->len <= CBUS_SLOT_DATA)) {
 		ev = cbus_slot_get(cc);
@@ -603,19 +617,24 @@ u32 cnlab_cbus_set_limit(u32 limit)
 
 u32 cnlab_cbus_alloc_fail_nth(void)
 {
-	return READ_ONCE(cbus_alloc_nth);
+	return (u32)atomic64_read(&cbus_alloc_fault);
 }
 
-/* Fail every nth CBUS allocation on each CPU from now on (0: off). */
+/*
+ * Fail every nth CBUS allocation on each CPU from now on (0: off), counted
+ * on each CPU from its first insert that sees this setting. One atomic
+ * store switches every CPU: no insert slips through uncounted, and no CPU
+ * keeps a count of the previous setting.
+ */
 u32 cnlab_cbus_set_alloc_fail_nth(u32 nth)
 {
-	u32 old = xchg(&cbus_alloc_nth, 0);
-	int cpu;
+	s64 old = atomic64_read(&cbus_alloc_fault);
+	s64 new;
 
-	for_each_possible_cpu(cpu)
-		WRITE_ONCE(per_cpu_ptr(cbus_pcpu, cpu)->alloc_count, 0);
-	WRITE_ONCE(cbus_alloc_nth, nth);
-	return old;
+	do {
+		new = (s64)((((u64)old >> 32) + 1) << 32 | nth);
+	} while (!atomic64_try_cmpxchg(&cbus_alloc_fault, &old, new));
+	return (u32)old;
 }
 
 u32 cnlab_cbus_stall_ms(void)
@@ -699,7 +718,7 @@ int cnlab_cbus_init(struct dentry *dbg)
 	    pool_slots > 65536 || drain_nice < MIN_NICE || drain_nice > MAX_NICE)
 		return -EINVAL;
 	cbus_limit = queue_limit;
-	cbus_alloc_nth = 0;
+	atomic64_set(&cbus_alloc_fault, 0);
 	cbus_stall_until = 0;
 	cbus_stopping = false;
 
