@@ -114,6 +114,7 @@ struct cbus_cpu {
 	u64 bundles;
 	u64 hist[CNLAB_BATCH_BUCKETS];
 	struct mutex drain_lock;	/* one drainer at a time: keeps per-CPU order */
+	struct llist_node *backlog;	/* taken off the queue, not yet sent (FIFO) */
 	struct task_struct *thread;	/* the drain thread (smpboot's store) */
 	unsigned int cpu;
 	/* Bundle being built (under drain_lock). */
@@ -410,30 +411,36 @@ static void cbus_account_batch(struct cbus_cpu *cc, u32 n)
 }
 
 /*
- * Drain the queue of one CPU; called with drain_lock held, in process
- * context. Stops after the batch that reaches @budget messages.
+ * Send up to @budget messages of one CPU's queue, in FIFO order: first what
+ * an earlier call left (the backlog), then whole queues taken with
+ * llist_del_all(). What is left beyond the budget stays in the backlog for
+ * the next call (thread_should_run sees it). Called with drain_lock held,
+ * in process context; yields the CPU when asked between messages. The
+ * messages one call sends are one "batch" in the statistics.
  */
 static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 {
-	struct cbus_event *ev, *tmp;
-	struct llist_node *list;
-	unsigned int done = 0;
-	u32 n;
+	struct llist_node *node = cc->backlog;
+	struct cbus_event *ev;
+	u32 n = 0;
 
-	while ((list = llist_del_all(&cc->list))) {
-		list = llist_reverse_order(list);
-		n = 0;
-		llist_for_each_entry_safe(ev, tmp, list, node) {
-			cbus_deliver(cc, ev);
-			n++;
+	while (n < budget) {
+		if (!node) {
+			node = llist_del_all(&cc->list);
+			if (!node)
+				break;
+			node = llist_reverse_order(node);
 		}
-		cbus_flush_bundle(cc);
-		cbus_account_batch(cc, n);
-		done += n;
-		if (done >= budget)
-			return;
+		ev = llist_entry(node, struct cbus_event, node);
+		node = node->next;	/* before cbus_deliver() frees ev */
+		cbus_deliver(cc, ev);
+		n++;
 		cond_resched();
 	}
+	cbus_flush_bundle(cc);
+	WRITE_ONCE(cc->backlog, node);
+	if (n)
+		cbus_account_batch(cc, n);
 }
 
 /*
@@ -478,7 +485,9 @@ static bool cbus_stall_wait(void)
  */
 static int cbus_thread_should_run(unsigned int cpu)
 {
-	return !llist_empty(&per_cpu_ptr(cbus_pcpu, cpu)->list);
+	struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
+
+	return READ_ONCE(cc->backlog) || !llist_empty(&cc->list);
 }
 
 /* One drain of up to drain_budget messages; the loop calls it again while more wait. */
@@ -729,6 +738,7 @@ int cnlab_cbus_init(struct dentry *dbg)
 		cc = per_cpu_ptr(cbus_pcpu, cpu);
 		init_llist_head(&cc->list);
 		mutex_init(&cc->drain_lock);
+		cc->backlog = NULL;
 		cc->thread = NULL;
 		cc->cpu = cpu;
 		cc->bundle = kzalloc_node(struct_size(cc->bundle, data, bundle_bytes),
