@@ -158,10 +158,11 @@ static int cnlab_do_stats(struct cnlab_req *rq)
 	struct cnlab_stats_req req;
 	struct cnlab_cbus_stats *cpus;
 	struct cnlab_stats_rep *rep;
-	u32 nr = min_t(u32, nr_cpu_ids, CNLAB_MAX_CPUS);
+	u32 nr = min_t(u32, num_possible_cpus(), CNLAB_MAX_CPUS);
 	u32 len = sizeof(*rep) + nr * sizeof(*cpus);
 	struct cn_msg *cn;
-	u32 i;
+	u32 i = 0;
+	int cpu;
 
 	if (rq->len != sizeof(req))
 		return -EBADMSG;
@@ -179,8 +180,12 @@ static int cnlab_do_stats(struct cnlab_req *rq)
 	rep->stall_ms = cnlab_cbus_stall_ms();
 	cnlab_ctl_counters(&rep->ctl_requests, &rep->ctl_errors,
 			   &rep->ctl_reply_fail);
-	for (i = 0; i < nr; i++)
-		cnlab_cbus_read(i, &cpus[i]);
+	/* The first nr possible CPUs (the mask may have holes), each with its number. */
+	for_each_possible_cpu(cpu) {
+		if (i == nr)
+			break;
+		cnlab_cbus_read(cpu, &cpus[i++]);
+	}
 	cnlab_cbus_read(-1, &rep->total);
 	return cnlab_reply_send(rq, cn, len);
 }

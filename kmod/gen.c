@@ -632,7 +632,7 @@ static u32 gen_state(struct cnlab_gen *g)
 
 int cnlab_gen_do_stats(struct cnlab_req *rq)
 {
-	u32 nr = min_t(u32, nr_cpu_ids, CNLAB_MAX_CPUS);
+	u32 nr = min_t(u32, num_possible_cpus(), CNLAB_MAX_CPUS);
 	struct cnlab_gen_stats_req req;
 	struct cnlab_gen_cpu_stats *cs;
 	struct cnlab_gen_stats_rep *rep;
@@ -640,7 +640,8 @@ int cnlab_gen_do_stats(struct cnlab_req *rq)
 	struct cnlab_gen *g;
 	struct gen_cpu *gc;
 	struct cn_msg *cn;
-	u32 cpu;
+	u32 i = 0;
+	int cpu;
 
 	if (rq->len != sizeof(req))
 		return -EBADMSG;
@@ -663,17 +664,21 @@ int cnlab_gen_do_stats(struct cnlab_req *rq)
 	rep->end_ns = rep->active ? 0 : READ_ONCE(g->end_ns);
 	if (g->used)
 		rep->cfg = g->cfg;
-	for (cpu = 0; cpu < nr; cpu++) {
-		cs[cpu].cpu = cpu;
-		if (!g->pcpu)
-			continue;
-		gc = per_cpu_ptr(g->pcpu, cpu);
-		cs[cpu].generated = READ_ONCE(gc->seq);
-		cs[cpu].ok = READ_ONCE(gc->ok);
-		cs[cpu].err_nolistener = READ_ONCE(gc->err_nolistener);
-		cs[cpu].err_nomem = READ_ONCE(gc->err_nomem);
-		cs[cpu].err_full = READ_ONCE(gc->err_full);
-		cs[cpu].err_other = READ_ONCE(gc->err_other);
+	/* The first nr possible CPUs (the mask may have holes), each with its number. */
+	for_each_possible_cpu(cpu) {
+		if (i == nr)
+			break;
+		cs[i].cpu = cpu;
+		if (g->pcpu) {
+			gc = per_cpu_ptr(g->pcpu, cpu);
+			cs[i].generated = READ_ONCE(gc->seq);
+			cs[i].ok = READ_ONCE(gc->ok);
+			cs[i].err_nolistener = READ_ONCE(gc->err_nolistener);
+			cs[i].err_nomem = READ_ONCE(gc->err_nomem);
+			cs[i].err_full = READ_ONCE(gc->err_full);
+			cs[i].err_other = READ_ONCE(gc->err_other);
+		}
+		i++;
 	}
 	mutex_unlock(&cnlab_gen_lock);
 	return cnlab_reply_send(rq, cn, len);
