@@ -56,7 +56,7 @@ MODULE_PARM_DESC(queue_limit, "CBUS per-CPU queue limit at load (1..1048576; SET
 
 static unsigned int bundle_bytes = 8192;
 module_param(bundle_bytes, uint, 0444);
-MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..32768)");
+MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..16364: a bundle is one connector message)");
 
 static unsigned int drain_budget = 4096;
 module_param(drain_budget, uint, 0444);
@@ -723,7 +723,7 @@ int cnlab_cbus_init(struct dentry *dbg)
 	int cpu, ret;
 
 	if (!queue_limit || queue_limit > CNLAB_QLIMIT_MAX ||
-	    bundle_bytes < 256 || bundle_bytes > 32768 || !drain_budget ||
+	    bundle_bytes < 256 || bundle_bytes > CBUS_MAX_DATA || !drain_budget ||
 	    pool_slots > 65536 || drain_nice < MIN_NICE || drain_nice > MAX_NICE)
 		return -EINVAL;
 	cbus_limit = queue_limit;
