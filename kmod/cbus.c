@@ -26,7 +26,7 @@
  *
  * Invariant per CPU and in total:
  *	inserted == sent + drop_full + drop_nomem + drop_nolistener +
- *		    drop_nlerr + queued
+ *		    drop_overrun + drop_nlerr + queued
  */
 #include <linux/cpuhotplug.h>
 #include <linux/cpumask.h>
@@ -38,6 +38,7 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/mutex.h>
+#include <linux/netlink.h>
 #include <linux/percpu.h>
 #include <linux/sched.h>
 #include <linux/seq_file.h>
@@ -45,6 +46,7 @@
 #include <linux/smpboot.h>
 #include <linux/timekeeping.h>
 #include <linux/wait.h>
+#include <net/sock.h>
 #include <asm/unaligned.h>
 
 #include "cbus.h"
@@ -107,6 +109,7 @@ struct cbus_cpu {
 	u64 deq ____cacheline_aligned;	/* taken off the queue */
 	u64 sent;
 	u64 drop_nolistener;
+	u64 drop_overrun;
 	u64 drop_nlerr;
 	u64 batches;
 	u64 batch_max;
@@ -124,6 +127,8 @@ struct cbus_cpu {
 };
 
 static struct cbus_cpu __percpu *cbus_pcpu;
+/* The connector's kernel socket, to tell "no listener" from "all full". */
+static struct sock *cbus_cn_sk;
 static int cbus_hp_state;
 static struct dentry *cbus_dbg_file;
 
@@ -339,14 +344,47 @@ int cbus_insert(struct cn_msg *msg, gfp_t gfp)
 }
 EXPORT_SYMBOL_GPL(cbus_insert);
 
-/* Count the outcome of one cn_netlink_send() carrying n messages. */
-static void cbus_account(struct cbus_cpu *cc, int ret, u32 n)
+/*
+ * Take a reference to the connector's kernel socket (ctl.c finds it at
+ * init); kept until unload.
+ */
+void cnlab_cbus_set_cn_sock(struct sock *sk)
+{
+	if (cbus_cn_sk)
+		return;
+	sock_hold(sk);
+	WRITE_ONCE(cbus_cn_sk, sk);
+}
+
+bool cnlab_cbus_cn_sock_known(void)
+{
+	return READ_ONCE(cbus_cn_sk);
+}
+
+/*
+ * After cn_netlink_send() returned -ESRCH for @group: true if the group has
+ * listeners (so every one of them was full, or filtered the message: an
+ * overrun), false if it has none or it cannot be told (group 0, resolved by
+ * the connector; connector socket not found). Any context.
+ */
+bool cnlab_cbus_has_listeners(u32 group)
+{
+	struct sock *sk = READ_ONCE(cbus_cn_sk);
+
+	return sk && group && netlink_has_listeners(sk, group);
+}
+
+/* Count the outcome of one cn_netlink_send() to @group carrying n messages. */
+static void cbus_account(struct cbus_cpu *cc, int ret, u32 group, u32 n)
 {
 	if (ret >= 0) {
 		cbus_add(&cc->sent, n);
 		cbus_add(&cc->nl_msgs, 1);
 	} else if (ret == -ESRCH) {
-		cbus_add(&cc->drop_nolistener, n);
+		if (cnlab_cbus_has_listeners(group))
+			cbus_add(&cc->drop_overrun, n);
+		else
+			cbus_add(&cc->drop_nolistener, n);
 	} else {
 		cbus_add(&cc->drop_nlerr, n);
 	}
@@ -359,7 +397,7 @@ static void cbus_flush_bundle(struct cbus_cpu *cc)
 	if (!cc->bundle_count)
 		return;
 	ret = cn_netlink_send(cc->bundle, 0, cc->bundle_group, GFP_KERNEL);
-	cbus_account(cc, ret, cc->bundle_count);
+	cbus_account(cc, ret, cc->bundle_group, cc->bundle_count);
 	if (ret >= 0)
 		cbus_add(&cc->bundles, 1);
 	cc->bundle_count = 0;
@@ -394,7 +432,7 @@ static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
 	} else {
 		cbus_flush_bundle(cc);
 		ret = cn_netlink_send(&ev->msg, 0, ev->group, GFP_KERNEL);
-		cbus_account(cc, ret, 1);
+		cbus_account(cc, ret, ev->group, 1);
 	}
 	cbus_event_free(cc, ev);
 	cbus_add(&cc->deq, 1);
@@ -539,6 +577,7 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	/* Consumer counters first: they can only trail the producer's. */
 	s->sent = READ_ONCE(cc->sent);
 	s->drop_nolistener = READ_ONCE(cc->drop_nolistener);
+	s->drop_overrun = READ_ONCE(cc->drop_overrun);
 	s->drop_nlerr = READ_ONCE(cc->drop_nlerr);
 	s->batches = READ_ONCE(cc->batches);
 	s->batch_max = READ_ONCE(cc->batch_max);
@@ -564,8 +603,8 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	 */
 	smp_rmb();
 	s->inserted = READ_ONCE(cc->inserted);
-	done = s->sent + s->drop_nolistener + s->drop_nlerr + s->drop_full +
-	       s->drop_nomem;
+	done = s->sent + s->drop_nolistener + s->drop_overrun + s->drop_nlerr +
+	       s->drop_full + s->drop_nomem;
 	s->queued = s->inserted > done ? s->inserted - done : 0;
 	s->cpu = cc->cpu;
 	s->online = cpu_online(cc->cpu);
@@ -590,6 +629,7 @@ void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s)
 		s->drop_full += c.drop_full;
 		s->drop_nomem += c.drop_nomem;
 		s->drop_nolistener += c.drop_nolistener;
+		s->drop_overrun += c.drop_overrun;
 		s->drop_nlerr += c.drop_nlerr;
 		s->rejected += c.rejected;
 		s->queued += c.queued;
@@ -671,13 +711,14 @@ u32 cnlab_cbus_stall(u32 ms)
 static void cbus_show_one(struct seq_file *m, const char *name,
 			  const struct cnlab_cbus_stats *s)
 {
-	seq_printf(m, "%-5s %6u %12llu %12llu %9llu %9llu %9llu %9llu %9llu %7llu %7llu %9llu %9llu %7llu %s\n",
+	seq_printf(m, "%-5s %6u %12llu %12llu %9llu %9llu %9llu %9llu %9llu %9llu %7llu %7llu %9llu %9llu %7llu %s\n",
 		   name, s->online, s->inserted, s->sent, s->drop_full,
-		   s->drop_nomem, s->drop_nolistener, s->drop_nlerr,
-		   s->rejected, s->queued, s->hwm, s->kicks, s->batches,
-		   s->batch_max,
+		   s->drop_nomem, s->drop_nolistener, s->drop_overrun,
+		   s->drop_nlerr, s->rejected, s->queued, s->hwm, s->kicks,
+		   s->batches, s->batch_max,
 		   s->inserted == s->sent + s->drop_full + s->drop_nomem +
-		   s->drop_nolistener + s->drop_nlerr + s->queued ? "ok" : "MISMATCH");
+		   s->drop_nolistener + s->drop_overrun + s->drop_nlerr +
+		   s->queued ? "ok" : "MISMATCH");
 }
 
 static int cbus_stats_show(struct seq_file *m, void *v)
@@ -692,7 +733,7 @@ static int cbus_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu drain_nice %d\n",
 		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes,
 		   pool_slots, CBUS_SLOT_DATA, miss, drain_nice);
-	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
+	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten   overrun     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
 	for_each_possible_cpu(cpu) {
 		cnlab_cbus_read(cpu, &s);
 		snprintf(name, sizeof(name), "%d", cpu);
@@ -823,8 +864,13 @@ void cnlab_cbus_exit(void)
 	}
 
 	cnlab_cbus_read(-1, &s);
-	pr_info(CNLAB_NAME ": cbus final: inserted %llu sent %llu full %llu nomem %llu nolistener %llu nlerr %llu queued %llu rejected %llu\n",
+	pr_info(CNLAB_NAME ": cbus final: inserted %llu sent %llu full %llu nomem %llu nolistener %llu overrun %llu nlerr %llu queued %llu rejected %llu\n",
 		s.inserted, s.sent, s.drop_full, s.drop_nomem,
-		s.drop_nolistener, s.drop_nlerr, s.queued, s.rejected);
+		s.drop_nolistener, s.drop_overrun, s.drop_nlerr, s.queued,
+		s.rejected);
 	cbus_free_cpus();
+	if (cbus_cn_sk) {
+		sock_put(cbus_cn_sk);
+		cbus_cn_sk = NULL;
+	}
 }

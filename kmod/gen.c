@@ -35,6 +35,7 @@ struct gen_cpu {
 	u64 seq;		/* == generated */
 	u64 ok;
 	u64 err_nolistener;
+	u64 err_overrun;
 	u64 err_nomem;
 	u64 err_full;
 	u64 err_other;
@@ -177,6 +178,8 @@ static void gen_emit(struct gen_inst *in)
 		ret = cn_netlink_send(m, 0, g->cfg.group, GFP_ATOMIC);
 		if (!ret)
 			gc->ok++;
+		else if (ret == -ESRCH && cnlab_cbus_has_listeners(g->cfg.group))
+			gc->err_overrun++;
 		else if (ret == -ESRCH)
 			gc->err_nolistener++;
 		else if (ret == -ENOMEM)
@@ -674,6 +677,7 @@ int cnlab_gen_do_stats(struct cnlab_req *rq)
 			cs[i].generated = READ_ONCE(gc->seq);
 			cs[i].ok = READ_ONCE(gc->ok);
 			cs[i].err_nolistener = READ_ONCE(gc->err_nolistener);
+			cs[i].err_overrun = READ_ONCE(gc->err_overrun);
 			cs[i].err_nomem = READ_ONCE(gc->err_nomem);
 			cs[i].err_full = READ_ONCE(gc->err_full);
 			cs[i].err_other = READ_ONCE(gc->err_other);
@@ -722,9 +726,10 @@ static void gen_log_final(struct cnlab_gen *g, u32 state)
 		gc = per_cpu_ptr(g->pcpu, cpu);
 		if (!gc->seq)
 			continue;
-		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu nomem %llu full %llu other %llu\n",
+		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu overrun %llu nomem %llu full %llu other %llu\n",
 			g->id, cpu, gc->seq, gc->ok, gc->err_nolistener,
-			gc->err_nomem, gc->err_full, gc->err_other);
+			gc->err_overrun, gc->err_nomem, gc->err_full,
+			gc->err_other);
 	}
 }
 

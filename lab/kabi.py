@@ -200,7 +200,7 @@ EVENT = Layout("cnlab_event", [("gen_id", "I"), ("cpu", "I"), ("seq", "Q"),
 STATS_REQ = Layout("cnlab_stats_req", [("flags", "I"), ("reserved", "I")])
 CBUS_STATS = Layout("cnlab_cbus_stats", [
     ("inserted", "Q"), ("sent", "Q"), ("drop_full", "Q"),
-    ("drop_nomem", "Q"), ("drop_nolistener", "Q"), ("drop_nlerr", "Q"),
+    ("drop_nomem", "Q"), ("drop_nolistener", "Q"), ("drop_overrun", "Q"), ("drop_nlerr", "Q"),
     ("rejected", "Q"), ("queued", "Q"), ("hwm", "Q"), ("kicks", "Q"),
     ("batches", "Q"), ("batch_max", "Q"), ("nl_msgs", "Q"), ("bundles", "Q"),
     ("batch_hist", f"{CNLAB_BATCH_BUCKETS}Q"), ("cpu", "I"),
@@ -213,7 +213,7 @@ GEN_STATS_REQ = Layout("cnlab_gen_stats_req", [("gen_id", "I"),
                                                ("reserved", "I")])
 GEN_CPU_STATS = Layout("cnlab_gen_cpu_stats", [
     ("cpu", "I"), ("reserved", "I"), ("generated", "Q"), ("ok", "Q"),
-    ("err_nolistener", "Q"), ("err_nomem", "Q"), ("err_full", "Q"),
+    ("err_nolistener", "Q"), ("err_overrun", "Q"), ("err_nomem", "Q"), ("err_full", "Q"),
     ("err_other", "Q")])
 GEN_STATS_REP = Layout("cnlab_gen_stats_rep", [
     ("gen_id", "I"), ("state", "I"), ("nr_cpus", "I"), ("active", "I"),
@@ -501,7 +501,7 @@ def decode_reply(msg: CnMessage) -> Reply:
     if len(body) != hdr["len"]:
         raise ValueError("reply body truncated")
     decoded: dict = {}
-    if hdr["status"] == 0 and body:
+    if body:  # error replies have none, but a failed BENCH carries what it measured
         decoded = _decode_body(hdr["type"], body)
     return Reply(hdr["type"], hdr["status"], msg.seq, msg.ack, hdr, decoded, body)
 
@@ -509,7 +509,7 @@ def decode_reply(msg: CnMessage) -> Reply:
 def check_invariant(s: dict) -> bool:
     """inserted == sent + every drop + queued, for one cnlab_cbus_stats."""
     return s["inserted"] == (s["sent"] + s["drop_full"] + s["drop_nomem"]
-                             + s["drop_nolistener"] + s["drop_nlerr"]
+                             + s["drop_nolistener"] + s["drop_overrun"] + s["drop_nlerr"]
                              + s["queued"])
 
 

@@ -43,9 +43,10 @@ def evaluate(scenario: Scenario, report: dict, kernel_reports: list[dict], taint
     received = sum(c["received"] for c in report["consumers"])
     direct_ids = {str(i + 1) for i, e in enumerate(scenario.emulators) if e.path == "direct"}
     counted = sum(g.get(k, 0) for gid, g in report["generators"].items() if gid in direct_ids
-                  for k in ("err_nolistener", "err_nomem", "err_full", "err_other"))
+                  for k in ("err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other"))
     cbus = report["cbus"]
-    counted += sum(cbus.get(k, 0) for k in ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "rejected"))
+    counted += sum(cbus.get(k, 0) for k in ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr",
+                                            "rejected"))
     loss = generated - received if len(report["consumers"]) == 1 else None
     if inv.accounting:
         ok = report["cbus_balanced"] and cbus["queued"] == 0 and not report["errors"]

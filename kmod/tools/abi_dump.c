@@ -77,6 +77,7 @@ int main(void)
 	S(cnlab_cbus_stats); F(cnlab_cbus_stats, inserted);
 	F(cnlab_cbus_stats, sent); F(cnlab_cbus_stats, drop_full);
 	F(cnlab_cbus_stats, drop_nomem); F(cnlab_cbus_stats, drop_nolistener);
+	F(cnlab_cbus_stats, drop_overrun);
 	F(cnlab_cbus_stats, drop_nlerr); F(cnlab_cbus_stats, rejected);
 	F(cnlab_cbus_stats, queued); F(cnlab_cbus_stats, hwm);
 	F(cnlab_cbus_stats, kicks); F(cnlab_cbus_stats, batches);
@@ -93,6 +94,7 @@ int main(void)
 	S(cnlab_gen_cpu_stats); F(cnlab_gen_cpu_stats, cpu);
 	F(cnlab_gen_cpu_stats, reserved); F(cnlab_gen_cpu_stats, generated);
 	F(cnlab_gen_cpu_stats, ok); F(cnlab_gen_cpu_stats, err_nolistener);
+	F(cnlab_gen_cpu_stats, err_overrun);
 	F(cnlab_gen_cpu_stats, err_nomem); F(cnlab_gen_cpu_stats, err_full);
 	F(cnlab_gen_cpu_stats, err_other); E();
 	S(cnlab_gen_stats_rep); F(cnlab_gen_stats_rep, gen_id);

@@ -170,7 +170,7 @@ def wait_drained(c, timeout=10.0):
 
 
 def gen_totals(rep):
-    tot = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")}
+    tot = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")}
     for cs in rep.body["cpus"]:
         for k in tot:
             tot[k] += cs[k]
@@ -179,7 +179,7 @@ def gen_totals(rep):
 
 def stats_delta(a, b):
     return {k: b[k] - a[k] for k in ("inserted", "sent", "drop_full", "drop_nomem",
-                                       "drop_nolistener", "drop_nlerr", "queued")}
+                                       "drop_nolistener", "drop_overrun", "drop_nlerr", "queued")}
 
 
 def invariant_ok(rep):
@@ -534,7 +534,7 @@ def t_faults(c):
     tot = gen_totals(g) if g else {}
     cons.wait_for(900)
     ok1 = (r.ok and g is not None and d["drop_nomem"] == 100 and tot["err_nomem"] == 100
-           and d["sent"] == 900 and d["drop_full"] == 0 and d["drop_nolistener"] == 0
+           and d["sent"] == 900 and d["drop_full"] == 0 and d["drop_nolistener"] == d["drop_overrun"] == 0
            and d["drop_nlerr"] == 0 and cons.received == 900)
     # gaps seen by the consumer + messages missing after the last one seen
     tail = (g.body["cpus"][0]["generated"] - cons.expected.get((13, 0), 0)) if g else 0
@@ -714,7 +714,8 @@ def t_unload(c, cycles=100):
     for line in finals[-cycles:]:
         words = line.split("cbus final:")[1].split()
         f = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
-        if f["inserted"] != f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["nlerr"] or f["queued"]:
+        if (f["inserted"] != f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["overrun"] + f["nlerr"]
+                or f["queued"]):
             bad_finals.append(line)
     good = not failures and not bad_finals and len(finals) >= cycles
     return report("unload", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
@@ -798,7 +799,7 @@ def t_balance(c, count=3000):
     time.sleep(0.1)     # the reader thread has the last datagram in hand
     cons.stop()
     d = stats_delta(s0.body["total"], s1.body["total"])
-    gt = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")}
+    gt = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")}
     for g in gens:
         for k, v in gen_totals(g).items():
             gt[k] += v
@@ -806,8 +807,8 @@ def t_balance(c, count=3000):
     for a, b in zip(s0.body["cpus"], s1.body["cpus"], strict=True):
         dc = stats_delta(a, b)
         per_cpu.append(dc["inserted"] == dc["sent"] + dc["drop_full"] + dc["drop_nomem"]
-                       + dc["drop_nolistener"] + dc["drop_nlerr"] and dc["queued"] == 0)
-    drops = d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_nlerr"]
+                       + dc["drop_nolistener"] + dc["drop_overrun"] + dc["drop_nlerr"] and dc["queued"] == 0)
+    drops = d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_overrun"] + d["drop_nlerr"]
     # tail loss: messages after the last one the reader saw, per (gen, cpu)
     tails = sum(cs["generated"] - cons.expected.get((g.body["gen_id"], cs["cpu"]), 0)
                 for g in gens for cs in g.body["cpus"])
@@ -815,7 +816,8 @@ def t_balance(c, count=3000):
             and invariant_ok(s1) and all(per_cpu) and d["queued"] == 0
             and d["inserted"] == gt["generated"]
             and d["drop_full"] == gt["err_full"] and d["drop_nomem"] == gt["err_nomem"]
-            and gt["err_other"] == 0 and gt["ok"] == d["sent"] + d["drop_nolistener"] + d["drop_nlerr"]
+            and gt["err_other"] == 0
+            and gt["ok"] == d["sent"] + d["drop_nolistener"] + d["drop_overrun"] + d["drop_nlerr"]
             and d["inserted"] == d["sent"] + drops
             and cons.received == d["sent"] and cons.reordered == 0 and cons.lost + tails == drops
             and d["drop_full"] > 0 and d["drop_nomem"] > 0)
@@ -1136,15 +1138,13 @@ def t_overrun(c, count=300):
         drops = netlink_drops(sock)
         sock.close()
         d = stats_delta(s0, s1)
-        d["drop_overrun"] = s1.get("drop_overrun", 0) - s0.get("drop_overrun", 0)
         t = gen_totals(g) if g else {}
-        t["err_overrun"] = sum(cs.get("err_overrun", 0) for cs in g.body["cpus"]) if g else 0
         out[path] = {"error": err, "socket_drops": drops, "gen": t, "cbus_delta": d}
     s0 = wait_drained(c).body["total"]
     g, err = run_gen(c, None, 13, 100, context="kthread", path="cbus", cpu_mask=1, rate=0)
     s1 = wait_drained(c).body["total"]
     nobody = {"drop_nolistener": s1["drop_nolistener"] - s0["drop_nolistener"],
-              "drop_overrun": s1.get("drop_overrun", 0) - s0.get("drop_overrun", 0)}
+              "drop_overrun": s1["drop_overrun"] - s0["drop_overrun"]}
     cb, di = out["cbus"], out["direct"]
     good = (cb["cbus_delta"]["drop_nolistener"] == 0 and cb["cbus_delta"]["drop_overrun"] == cb["socket_drops"] > 0
             and cb["cbus_delta"]["sent"] + cb["socket_drops"] == count

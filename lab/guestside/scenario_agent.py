@@ -281,7 +281,7 @@ def event_name(fault):
     return f"{fault['on']}>={fault['threshold']}" if fault.get("threshold") else fault["on"]
 
 
-DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
+DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr")
 
 
 def event_probes(consumers, client, generators, stats_before):
@@ -300,7 +300,7 @@ def event_probes(consumers, client, generators, stats_before):
         direct = 0
         for gen in generators:
             for cpu in client.gen_stats(gen["gen_id"]).body.get("cpus", []):
-                direct += sum(cpu[k] for k in ("err_nolistener", "err_nomem", "err_full", "err_other"))
+                direct += sum(cpu[k] for k in ("err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other"))
         return cbus + direct
 
     def guarded(probe):
@@ -363,7 +363,7 @@ def main():
         reply = client.gen_stats(gen["gen_id"])
         totals = {}
         for cpu in reply.body.get("cpus", []):
-            for key in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other"):
+            for key in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other"):
                 totals[key] = totals.get(key, 0) + cpu[key]
         generators[str(gen["gen_id"])] = totals
     after_reply = client.stats()
@@ -372,7 +372,8 @@ def main():
         consumer.halt.set()
     for consumer in consumers:
         consumer.join(2)
-    keys = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "queued", "rejected")
+    keys = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr", "queued",
+            "rejected")
     print(json.dumps({
         "errors": errors,
         "faults": applied,

@@ -152,7 +152,8 @@ def test_stats_balance_exactly(pool):
     d = bal["cbus_delta"]
     assert d["queued"] == 0
     assert d["inserted"] == bal["gen"]["generated"] > 0
-    assert d["inserted"] == d["sent"] + d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_nlerr"]
+    assert d["inserted"] == (d["sent"] + d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_overrun"]
+                             + d["drop_nlerr"])
     assert bal["received"] == d["sent"]
     assert all(bal["per_cpu_balanced"])
 
@@ -161,7 +162,7 @@ def test_stats_balance_exactly(pool):
 def test_fault_knobs_give_exactly_the_counted_drops(pool):
     """Each knob gives exactly its drops, counted under its own reason, and nothing else."""
     res = run_checks(pool, "2cpu", 2, ["faults"])
-    reasons = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
+    reasons = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr")
 
     def only(delta: dict, **want: int) -> None:
         got = {k: delta[k] for k in (*reasons, "sent", "queued")}

@@ -158,14 +158,15 @@ struct cnlab_stats_req {
 /*
  * CBUS counters of one CPU (cpu = CPU number) or of all (cpu = ~0).
  * Invariant: inserted == sent + drop_full + drop_nomem + drop_nolistener
- *            + drop_nlerr + queued (exact when quiescent).
+ *            + drop_overrun + drop_nlerr + queued (exact when quiescent).
  */
 struct cnlab_cbus_stats {
 	__u64	inserted;	/* cbus_insert calls accepted for accounting */
 	__u64	sent;		/* delivered to >= 1 listener */
 	__u64	drop_full;	/* queue at its limit (-ENOBUFS to caller) */
 	__u64	drop_nomem;	/* event allocation failed (-ENOMEM) */
-	__u64	drop_nolistener; /* cn_netlink_send -ESRCH: nobody took it */
+	__u64	drop_nolistener; /* cn_netlink_send -ESRCH: nobody listening */
+	__u64	drop_overrun;	/* -ESRCH with listeners: all of them full */
 	__u64	drop_nlerr;	/* any other cn_netlink_send error */
 	__u64	rejected;	/* refused (-EINVAL/-EMSGSIZE/-ESHUTDOWN) */
 	__u64	queued;		/* accepted, not yet sent or dropped */
@@ -211,7 +212,8 @@ struct cnlab_gen_cpu_stats {
 	__u32	reserved;
 	__u64	generated;	/* messages built == next seq */
 	__u64	ok;		/* direct: cn_netlink_send 0; cbus: insert 0 */
-	__u64	err_nolistener;	/* direct: -ESRCH */
+	__u64	err_nolistener;	/* direct: -ESRCH, nobody listening */
+	__u64	err_overrun;	/* direct: -ESRCH, every listener full */
 	__u64	err_nomem;	/* -ENOMEM (either path) */
 	__u64	err_full;	/* cbus: -ENOBUFS (queue full) */
 	__u64	err_other;
