@@ -39,6 +39,8 @@ struct gen_cpu {
 	u64 err_nomem;
 	u64 err_full;
 	u64 err_other;
+	u64 bursts;
+	u64 bursts_missed;
 };
 
 struct cnlab_gen;
@@ -50,7 +52,8 @@ struct gen_inst {
 	bool ready;		/* context initialised: safe to cancel */
 	u32 rng;
 	u64 sent;
-	u64 period_ns;		/* timer/hrtimer period */
+	u64 period_ns;		/* timer/hrtimer period; burst mode: 1/rate */
+	u64 next_ns;		/* burst mode: when the next burst is due */
 	struct cn_msg *buf;
 	struct task_struct *task;
 	struct tasklet_struct tasklet;
@@ -195,6 +198,53 @@ static void gen_emit_n(struct gen_inst *in, u32 n)
 		gen_emit(in);
 }
 
+static bool gen_bursts(const struct gen_inst *in)
+{
+	return in->gen->cfg.flags & CNLAB_GEN_F_BURSTS;
+}
+
+/*
+ * Burst mode: is a burst due? Bursts are due at start + k / rate; half a
+ * period early counts, so a pacing timer whose phase or granularity
+ * (jiffies) differs a little does not miss its slot.
+ */
+static bool gen_burst_due(const struct gen_inst *in, u64 now)
+{
+	return now + in->period_ns / 2 >= in->next_ns;
+}
+
+/*
+ * Burst mode: emit one burst of cfg.burst messages back to back (fewer if
+ * count ends first), with preemption disabled (by the caller or the
+ * context), and set the next slot. A burst is never made up: slots that
+ * are already past are skipped, and so are those that would leave less
+ * idle time after this burst than it took (at most 50 % of the CPU in any
+ * context, however slow the machine); both count as bursts_missed.
+ */
+static void gen_burst(struct gen_inst *in)
+{
+	const struct cnlab_gen_start *c = &in->gen->cfg;
+	struct gen_cpu *gc;
+	u64 t0, t1, next, earliest, skip;
+	u32 n = c->burst;
+
+	if (c->count && n > c->count - in->sent)
+		n = c->count - in->sent;
+	t0 = ktime_get_ns();
+	gen_emit_n(in, n);
+	t1 = ktime_get_ns();
+	gc = this_cpu_ptr(in->gen->pcpu);
+	gc->bursts++;
+	next = in->next_ns + in->period_ns;
+	earliest = t1 + (t1 - t0);
+	if (next < earliest) {
+		skip = div64_u64(earliest - next + in->period_ns - 1, in->period_ns);
+		next += skip * in->period_ns;
+		gc->bursts_missed += skip;
+	}
+	in->next_ns = next;
+}
+
 /* ---- process context: one kthread per CPU ---- */
 
 static int gen_kthread_fn(void *arg)
@@ -209,6 +259,21 @@ static int gen_kthread_fn(void *arg)
 		now = ktime_get_ns();
 		if (gen_finished(in, now))
 			break;
+		if (gen_bursts(in)) {
+			if (now >= in->next_ns) {
+				preempt_disable();	/* back to back */
+				gen_burst(in);
+				preempt_enable();
+				cond_resched();
+				continue;
+			}
+			next = ns_to_ktime(in->next_ns);
+			set_current_state(TASK_INTERRUPTIBLE);
+			if (!kthread_should_stop())
+				schedule_hrtimeout_range(&next, 0, HRTIMER_MODE_ABS);
+			__set_current_state(TASK_RUNNING);
+			continue;
+		}
 		n = gen_due(in, now, burst);
 		if (n) {
 			while (n--) {
@@ -248,8 +313,16 @@ static void gen_tasklet_fn(struct tasklet_struct *t)
 
 	if (in->done)
 		return;
-	if (!gen_finished(in, now))
+	if (gen_finished(in, now)) {
+		gen_inst_finish(in, now);
+		return;
+	}
+	if (gen_bursts(in)) {
+		if (gen_burst_due(in, now))
+			gen_burst(in);
+	} else {
 		gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
+	}
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
 		return;
@@ -262,7 +335,7 @@ static enum hrtimer_restart gen_pacer_fn(struct hrtimer *h)
 {
 	struct gen_inst *in = container_of(h, struct gen_inst, hrt);
 
-	if (READ_ONCE(in->done))
+	if (READ_ONCE(in->done) || READ_ONCE(in->gen->stop))
 		return HRTIMER_NORESTART;
 	tasklet_schedule(&in->tasklet);
 	hrtimer_forward_now(h, ns_to_ktime(in->period_ns));
@@ -277,8 +350,25 @@ static void gen_timer_fn(struct timer_list *t)
 	u64 now = ktime_get_ns();
 	unsigned long delay = 1;
 
-	if (!gen_finished(in, now))
-		gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
+	if (gen_finished(in, now)) {
+		gen_inst_finish(in, now);
+		return;
+	}
+	if (gen_bursts(in)) {
+		if (gen_burst_due(in, now))
+			gen_burst(in);
+		if (gen_finished(in, now)) {
+			gen_inst_finish(in, now);
+			return;
+		}
+		now = ktime_get_ns();
+		if (in->next_ns > now)
+			delay = max_t(unsigned long, 1,
+				      nsecs_to_jiffies(in->next_ns - now + TICK_NSEC - 1));
+		mod_timer(&in->timer, jiffies + delay);
+		return;
+	}
+	gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
 		return;
@@ -296,8 +386,22 @@ static enum hrtimer_restart gen_hrt_fn(struct hrtimer *h)
 	struct gen_inst *in = container_of(h, struct gen_inst, hrt);
 	u64 now = ktime_get_ns();
 
-	if (!gen_finished(in, now))
-		gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
+	if (gen_finished(in, now)) {
+		gen_inst_finish(in, now);
+		return HRTIMER_NORESTART;
+	}
+	if (gen_bursts(in)) {
+		if (gen_burst_due(in, now))
+			gen_burst(in);
+		if (gen_finished(in, now)) {
+			gen_inst_finish(in, now);
+			return HRTIMER_NORESTART;
+		}
+		/* The next slot: the hrtimer clock is CLOCK_MONOTONIC, as ktime_get_ns(). */
+		hrtimer_set_expires(h, ns_to_ktime(in->next_ns));
+		return HRTIMER_RESTART;
+	}
+	gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
 		return HRTIMER_NORESTART;
@@ -346,6 +450,8 @@ static void gen_stop_instances(struct cnlab_gen *g)
 		case CNLAB_CTX_SOFTIRQ:
 			hrtimer_cancel(&in->hrt);
 			tasklet_kill(&in->tasklet);
+			/* The pacer sees g->stop: it schedules nothing more. */
+			hrtimer_cancel(&in->hrt);
 			break;
 		case CNLAB_CTX_TIMER:
 			del_timer_sync(&in->timer);
@@ -378,6 +484,28 @@ static void gen_release(struct cnlab_gen *g)
 	g->pcpu = NULL;
 }
 
+/*
+ * Burst mode bounds, per CPU instance (docs/kmod.md): a burst runs back to
+ * back in the generator's context, with IRQs off in hard-IRQ context, so
+ * its length and the work per second are capped; timer_list runs at most
+ * once per jiffy.
+ */
+static int gen_validate_bursts(const struct cnlab_gen_start *c)
+{
+	u64 per_s = (u64)c->burst * c->rate;
+	u64 per_burst = (u64)c->burst * c->size_max;
+
+	if (!c->rate || c->rate > CNLAB_BURST_RATE_MAX || !c->burst)
+		return -EINVAL;
+	if (c->context == CNLAB_CTX_TIMER && c->rate > HZ)
+		return -EINVAL;
+	if (per_s > CNLAB_BURST_MSGS_PER_S_MAX ||
+	    per_burst > CNLAB_BURST_BYTES_MAX ||
+	    per_burst * c->rate > CNLAB_BURST_BYTES_PER_S_MAX)
+		return -EINVAL;
+	return 0;
+}
+
 static int gen_validate(struct cnlab_gen_start *c)
 {
 	if (c->gen_id >= CNLAB_MAX_GENS)
@@ -408,6 +536,8 @@ static int gen_validate(struct cnlab_gen_start *c)
 		return -EINVAL;
 	if (c->burst > CNLAB_BURST_MAX)
 		return -ERANGE;
+	if (c->flags & CNLAB_GEN_F_BURSTS)
+		return gen_validate_bursts(c);
 	return 0;
 }
 
@@ -490,7 +620,7 @@ static int gen_start(struct cnlab_gen_start *c)
 	unsigned int cpu, i;
 	int err;
 
-	if (!c->burst)
+	if (!c->burst)	/* burst mode: refused by gen_validate_bursts() */
 		c->burst = c->context == CNLAB_CTX_TIMER ? GEN_BURST_TIMER :
 							    GEN_BURST_DEFAULT;
 	if (!c->duration_ns)
@@ -541,8 +671,10 @@ static int gen_start(struct cnlab_gen_start *c)
 	g->start_ns = ktime_get_ns();
 	g->deadline_ns = g->start_ns + c->duration_ns;
 	atomic_set(&g->active, g->nr_inst);
-	for (i = 0; i < g->nr_inst; i++)
+	for (i = 0; i < g->nr_inst; i++) {
+		g->inst[i].next_ns = g->start_ns;	/* burst mode: first burst at once */
 		gen_launch_inst(&g->inst[i]);
+	}
 	mutex_unlock(&cnlab_gen_lock);
 	cpus_read_unlock();
 	free_percpu(prev.pcpu);
@@ -681,6 +813,8 @@ int cnlab_gen_do_stats(struct cnlab_req *rq)
 			cs[i].err_nomem = READ_ONCE(gc->err_nomem);
 			cs[i].err_full = READ_ONCE(gc->err_full);
 			cs[i].err_other = READ_ONCE(gc->err_other);
+			cs[i].bursts = READ_ONCE(gc->bursts);
+			cs[i].bursts_missed = READ_ONCE(gc->bursts_missed);
 		}
 		i++;
 	}
@@ -726,10 +860,10 @@ static void gen_log_final(struct cnlab_gen *g, u32 state)
 		gc = per_cpu_ptr(g->pcpu, cpu);
 		if (!gc->seq)
 			continue;
-		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu overrun %llu nomem %llu full %llu other %llu\n",
+		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu overrun %llu nomem %llu full %llu other %llu bursts %llu missed %llu\n",
 			g->id, cpu, gc->seq, gc->ok, gc->err_nolistener,
 			gc->err_overrun, gc->err_nomem, gc->err_full,
-			gc->err_other);
+			gc->err_other, gc->bursts, gc->bursts_missed);
 	}
 }
 
