@@ -926,7 +926,8 @@ def t_alloc_nth_exact(c, seconds=5.0, m=7):
     """ALLOC_NTH set while producers run on other CPUs is exact on every CPU.
 
     The setter (this process, pinned to CPU 0) switches ALLOC_NTH between 1 (every insert fails: a run of
-    missing sequence numbers marks the epoch) and m, while kthread generators insert on the other CPUs. After
+    missing sequence numbers marks the epoch; the setter waits for two of them) and m, while kthread generators
+    insert on the other CPUs. After
     each switch to m, each CPU's first failure must be exactly its m-th insert after its last 1-epoch insert,
     then every m-th: a reset that misses a CPU, or inserts let through uncounted during the switch, show as
     a failure out of step.
@@ -946,11 +947,20 @@ def t_alloc_nth_exact(c, seconds=5.0, m=7):
                     cpu_mask=mask, rate=30000, size_min=32, size_max=32, context="kthread", path="cbus")
     switches = 0
     end = time.monotonic() + seconds
+
+    def nomem():
+        return c.stats().body["total"]["drop_nomem"]
+
     while r.ok and time.monotonic() < end:
+        # Each epoch must see inserts, else it leaves no mark: a 1-epoch without inserts would look like
+        # an m-epoch whose count restarted. So wait for two failures of the 1-epoch (its run) before
+        # switching to m, and for two of the m-epoch before switching back.
         c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 1)
-        time.sleep(0.002)
+        base = nomem()
+        kabi.wait_until(lambda b=base: nomem() >= b + 2, 2, pause=0.001)
         c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, m)
-        time.sleep(0.005)
+        base = nomem()
+        kabi.wait_until(lambda b=base: nomem() >= b + 2, 2, pause=0.002)
         switches += 1
     c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 0)
     g = wait_gen_done(c, gid)

@@ -110,6 +110,7 @@ def run_checks(pool: GuestPool, group: str, cpus: int, tests: list[str], *option
     for rec in lines:
         if not rec.get("timing"):
             results.setdefault(rec["test"], []).append(rec)
+        print(json.dumps(rec))  # the figures, for pytest -s
     failed = [rec for recs in results.values() for rec in recs if not rec["ok"]]
     detail = json.dumps(failed, indent=1)[:6000] + "\n" + result.stderr.decode(errors="replace")[-3000:]
     assert not failed, f"guest checks failed:\n{detail}"
