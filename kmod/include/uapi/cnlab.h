@@ -34,14 +34,14 @@
 #define CNLAB_ECHO_MAX_DATA	1024
 #define CNLAB_RATE_MAX		10000000U	/* msgs/s per CPU */
 #define CNLAB_DURATION_MAX_NS	(600ULL * 1000000000ULL)
-#define CNLAB_COUNT_MAX		(1ULL << 40)
+#define CNLAB_COUNT_MAX		1099511627776ULL	/* 2^40 */
 #define CNLAB_BURST_MAX		4096
 /* Burst mode (CNLAB_GEN_F_BURSTS), per CPU instance; beyond them -EINVAL */
 #define CNLAB_BURST_RATE_MAX	50000	/* bursts/s: one every 20 us at most */
 #define CNLAB_BURST_MSGS_PER_S_MAX 1000000	/* burst x rate */
-#define CNLAB_BURST_BYTES_MAX	(1U << 20)	/* burst x size_max */
-#define CNLAB_BURST_BYTES_PER_S_MAX (256ULL << 20)	/* burst x size_max x rate */
-#define CNLAB_QLIMIT_MAX	(1U << 20)
+#define CNLAB_BURST_BYTES_MAX	1048576U	/* 1 MiB: burst x size_max */
+#define CNLAB_BURST_BYTES_PER_S_MAX 268435456ULL	/* 256 MiB: x rate */
+#define CNLAB_QLIMIT_MAX	1048576U	/* 2^20 */
 #define CNLAB_STALL_MAX_MS	60000
 #define CNLAB_BENCH_ITER_MAX	10000000U
 #define CNLAB_BENCH_PAUSE_MAX_US 100000
