@@ -94,16 +94,27 @@ static __always_inline int bench_path(bool cbus, const struct cnlab_bench *c,
 				      struct cn_msg *msg,
 				      struct cnlab_bench_result *r)
 {
+	u32 done, n, i, ok, cpu;
 	u64 t0, tf, t1;
-	u32 done, n, i, ok;
 	int err, ret;
 
 	for (done = 0; done < c->iterations; done += n) {
 		n = min(c->chunk, c->iterations - done);
-		err = bench_settle(c->cpu, c->pause_us);
-		if (err)
-			return err;
-		preempt_disable();
+		/*
+		 * Settle on the CPU this work runs on, not c->cpu: if that CPU
+		 * goes offline, the work goes on elsewhere. If it moved while
+		 * settling, settle again.
+		 */
+		for (;;) {
+			cpu = raw_smp_processor_id();
+			err = bench_settle(cpu, c->pause_us);
+			if (err)
+				return err;
+			preempt_disable();
+			if (smp_processor_id() == cpu)
+				break;
+			preempt_enable();
+		}
 		t0 = ktime_get_ns();
 		/* The first call apart (CBUS: the kick), no test in the loop. */
 		msg->seq = done;
@@ -172,7 +183,8 @@ static void bench_work_fn(struct work_struct *work)
 	bench_have_result = true;
 	bench_running = false;
 	mutex_unlock(&bench_lock);
-	cnlab_reply_to(portid, seq, ack, CNLAB_MSG_BENCH, 0, &r, sizeof(r));
+	/* A run that failed says so in the header too; the body has what was measured. */
+	cnlab_reply_to(portid, seq, ack, CNLAB_MSG_BENCH, r.status, &r, sizeof(r));
 }
 
 int cnlab_bench_do_start(struct cnlab_req *rq)

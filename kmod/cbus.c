@@ -26,7 +26,7 @@
  *
  * Invariant per CPU and in total:
  *	inserted == sent + drop_full + drop_nomem + drop_nolistener +
- *		    drop_nlerr + queued
+ *		    drop_overrun + drop_nlerr + queued
  */
 #include <linux/cpuhotplug.h>
 #include <linux/cpumask.h>
@@ -38,6 +38,7 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/mutex.h>
+#include <linux/netlink.h>
 #include <linux/percpu.h>
 #include <linux/sched.h>
 #include <linux/seq_file.h>
@@ -45,6 +46,7 @@
 #include <linux/smpboot.h>
 #include <linux/timekeeping.h>
 #include <linux/wait.h>
+#include <net/sock.h>
 #include <asm/unaligned.h>
 
 #include "cbus.h"
@@ -56,7 +58,7 @@ MODULE_PARM_DESC(queue_limit, "CBUS per-CPU queue limit at load (1..1048576; SET
 
 static unsigned int bundle_bytes = 8192;
 module_param(bundle_bytes, uint, 0444);
-MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..32768)");
+MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..16364: a bundle is one connector message)");
 
 static unsigned int drain_budget = 4096;
 module_param(drain_budget, uint, 0444);
@@ -95,7 +97,8 @@ struct cbus_cpu {
 	u64 hwm;
 	u64 kicks;
 	u64 pool_miss;		/* small message, empty pool: kmalloc */
-	u32 alloc_count;	/* fault injection: allocations seen */
+	u32 alloc_count;	/* fault injection: allocations seen in alloc_epoch */
+	u32 alloc_epoch;	/* the ALLOC_NTH setting alloc_count belongs to */
 	struct llist_node *free;	/* slot free list (owner CPU, IRQs off) */
 
 	/* Slots given back from other CPUs (lock-free). */
@@ -106,6 +109,7 @@ struct cbus_cpu {
 	u64 deq ____cacheline_aligned;	/* taken off the queue */
 	u64 sent;
 	u64 drop_nolistener;
+	u64 drop_overrun;
 	u64 drop_nlerr;
 	u64 batches;
 	u64 batch_max;
@@ -113,6 +117,7 @@ struct cbus_cpu {
 	u64 bundles;
 	u64 hist[CNLAB_BATCH_BUCKETS];
 	struct mutex drain_lock;	/* one drainer at a time: keeps per-CPU order */
+	struct llist_node *backlog;	/* taken off the queue, not yet sent (FIFO) */
 	struct task_struct *thread;	/* the drain thread (smpboot's store) */
 	unsigned int cpu;
 	/* Bundle being built (under drain_lock). */
@@ -122,15 +127,24 @@ struct cbus_cpu {
 };
 
 static struct cbus_cpu __percpu *cbus_pcpu;
+/* The connector's kernel socket, to tell "no listener" from "all full". */
+static struct sock *cbus_cn_sk;
 static int cbus_hp_state;
 static struct dentry *cbus_dbg_file;
 
 static bool cbus_accepting __read_mostly;
 static bool cbus_stopping __read_mostly;
 static u32 cbus_limit __read_mostly;
-static u32 cbus_alloc_nth __read_mostly;
+/*
+ * ALLOC_NTH fault knob: epoch (high 32 bits, bumped by every setting) and
+ * nth (low 32 bits) in one word, so a producer reads both at once and each
+ * CPU restarts its own count at its first insert of a new epoch: no other
+ * CPU ever writes a producer's count.
+ */
+static atomic64_t cbus_alloc_fault __read_mostly;
 static u64 cbus_stall_until;
 static u32 cbus_stall_last_ms;
+static unsigned int cbus_stall_gen;	/* bumped by every SET_FAULT STALL_MS */
 static DECLARE_WAIT_QUEUE_HEAD(cbus_stall_wq);
 
 /* Counter bump by its single writer; lockless readers use READ_ONCE(). */
@@ -239,7 +253,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	struct cbus_event *ev = NULL;
 	struct cbus_cpu *cc;
 	unsigned long irqflags;
-	u64 depth;
+	u64 depth, fault;
 	u32 nth;
 	int ret;
 
@@ -268,12 +282,19 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		goto out_free;
 	}
 	cc->inserted++;
-	nth = READ_ONCE(cbus_alloc_nth);
-	if (unlikely(nth) && ++cc->alloc_count % nth == 0) {
+	fault = atomic64_read(&cbus_alloc_fault);
+	nth = (u32)fault;
+	if (unlikely(nth)) {
 		/* Injected allocation failure (SET_FAULT ALLOC_NTH). */
-		cc->drop_nomem++;
-		ret = -ENOMEM;
-		goto out_free;
+		if (cc->alloc_epoch != (u32)(fault >> 32)) {
+			cc->alloc_epoch = fault >> 32;
+			cc->alloc_count = 0;
+		}
+		if (++cc->alloc_count % nth == 0) {
+			cc->drop_nomem++;
+			ret = -ENOMEM;
+			goto out_free;
+		}
 	}
 	if (likely(msg->len <= CBUS_SLOT_DATA)) {
 		ev = cbus_slot_get(cc);
@@ -323,14 +344,47 @@ int cbus_insert(struct cn_msg *msg, gfp_t gfp)
 }
 EXPORT_SYMBOL_GPL(cbus_insert);
 
-/* Count the outcome of one cn_netlink_send() carrying n messages. */
-static void cbus_account(struct cbus_cpu *cc, int ret, u32 n)
+/*
+ * Take a reference to the connector's kernel socket (ctl.c finds it at
+ * init); kept until unload.
+ */
+void cnlab_cbus_set_cn_sock(struct sock *sk)
+{
+	if (cbus_cn_sk)
+		return;
+	sock_hold(sk);
+	WRITE_ONCE(cbus_cn_sk, sk);
+}
+
+bool cnlab_cbus_cn_sock_known(void)
+{
+	return READ_ONCE(cbus_cn_sk);
+}
+
+/*
+ * After cn_netlink_send() returned -ESRCH for @group: true if the group has
+ * listeners (so every one of them was full, or filtered the message: an
+ * overrun), false if it has none or it cannot be told (group 0, resolved by
+ * the connector; connector socket not found). Any context.
+ */
+bool cnlab_cbus_has_listeners(u32 group)
+{
+	struct sock *sk = READ_ONCE(cbus_cn_sk);
+
+	return sk && group && netlink_has_listeners(sk, group);
+}
+
+/* Count the outcome of one cn_netlink_send() to @group carrying n messages. */
+static void cbus_account(struct cbus_cpu *cc, int ret, u32 group, u32 n)
 {
 	if (ret >= 0) {
 		cbus_add(&cc->sent, n);
 		cbus_add(&cc->nl_msgs, 1);
 	} else if (ret == -ESRCH) {
-		cbus_add(&cc->drop_nolistener, n);
+		if (cnlab_cbus_has_listeners(group))
+			cbus_add(&cc->drop_overrun, n);
+		else
+			cbus_add(&cc->drop_nolistener, n);
 	} else {
 		cbus_add(&cc->drop_nlerr, n);
 	}
@@ -343,7 +397,7 @@ static void cbus_flush_bundle(struct cbus_cpu *cc)
 	if (!cc->bundle_count)
 		return;
 	ret = cn_netlink_send(cc->bundle, 0, cc->bundle_group, GFP_KERNEL);
-	cbus_account(cc, ret, cc->bundle_count);
+	cbus_account(cc, ret, cc->bundle_group, cc->bundle_count);
 	if (ret >= 0)
 		cbus_add(&cc->bundles, 1);
 	cc->bundle_count = 0;
@@ -378,7 +432,7 @@ static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
 	} else {
 		cbus_flush_bundle(cc);
 		ret = cn_netlink_send(&ev->msg, 0, ev->group, GFP_KERNEL);
-		cbus_account(cc, ret, 1);
+		cbus_account(cc, ret, ev->group, 1);
 	}
 	cbus_event_free(cc, ev);
 	cbus_add(&cc->deq, 1);
@@ -395,55 +449,69 @@ static void cbus_account_batch(struct cbus_cpu *cc, u32 n)
 }
 
 /*
- * Drain the queue of one CPU; called with drain_lock held, in process
- * context. Stops after the batch that reaches @budget messages.
+ * Send up to @budget messages of one CPU's queue, in FIFO order: first what
+ * an earlier call left (the backlog), then whole queues taken with
+ * llist_del_all(). What is left beyond the budget stays in the backlog for
+ * the next call (thread_should_run sees it). Called with drain_lock held,
+ * in process context; yields the CPU when asked between messages. The
+ * messages one call sends are one "batch" in the statistics.
  */
 static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 {
-	struct cbus_event *ev, *tmp;
-	struct llist_node *list;
-	unsigned int done = 0;
-	u32 n;
+	struct llist_node *node = cc->backlog;
+	struct cbus_event *ev;
+	u32 n = 0;
 
-	while ((list = llist_del_all(&cc->list))) {
-		list = llist_reverse_order(list);
-		n = 0;
-		llist_for_each_entry_safe(ev, tmp, list, node) {
-			cbus_deliver(cc, ev);
-			n++;
+	while (n < budget) {
+		if (!node) {
+			node = llist_del_all(&cc->list);
+			if (!node)
+				break;
+			node = llist_reverse_order(node);
 		}
-		cbus_flush_bundle(cc);
-		cbus_account_batch(cc, n);
-		done += n;
-		if (done >= budget)
-			return;
+		ev = llist_entry(node, struct cbus_event, node);
+		node = node->next;	/* before cbus_deliver() frees ev */
+		cbus_deliver(cc, ev);
+		n++;
 		cond_resched();
 	}
+	cbus_flush_bundle(cc);
+	WRITE_ONCE(cc->backlog, node);
+	if (n)
+		cbus_account_batch(cc, n);
 }
 
-/* The drain thread must leave its stall: unload, or its CPU going down. */
-static bool cbus_stall_interrupted(void)
+/*
+ * The drain thread must look at its stall again: a new stall value (which
+ * may end the stall or move its end), unload, or its CPU going down.
+ */
+static bool cbus_stall_interrupted(unsigned int gen)
 {
-	return READ_ONCE(cbus_stopping) || kthread_should_park() ||
-	       kthread_should_stop();
+	return READ_ONCE(cbus_stall_gen) != gen || READ_ONCE(cbus_stopping) ||
+	       kthread_should_park() || kthread_should_stop();
 }
 
 /*
  * Fault knob: hold the drain thread until cbus_stall_until. Returns false
  * if the thread has to park or stop first (kthread_park() wakes it; CPU
- * hotplug must not wait for a stall to end).
+ * hotplug must not wait for a stall to end). A new stall value wakes the
+ * wait, and the deadline is read again: STALL_MS 0 ends a running stall.
  */
 static bool cbus_stall_wait(void)
 {
+	unsigned int gen;
 	s64 left;
 
 	for (;;) {
+		gen = READ_ONCE(cbus_stall_gen);
+		/* Pairs with the smp_wmb() in cnlab_cbus_stall(). */
+		smp_rmb();
 		left = (s64)(READ_ONCE(cbus_stall_until) - ktime_get_ns());
 		if (left <= 0 || READ_ONCE(cbus_stopping))
 			return true;
 		if (kthread_should_park() || kthread_should_stop())
 			return false;
-		wait_event_timeout(cbus_stall_wq, cbus_stall_interrupted(),
+		wait_event_timeout(cbus_stall_wq, cbus_stall_interrupted(gen),
 				   nsecs_to_jiffies(left) + 1);
 	}
 }
@@ -455,7 +523,9 @@ static bool cbus_stall_wait(void)
  */
 static int cbus_thread_should_run(unsigned int cpu)
 {
-	return !llist_empty(&per_cpu_ptr(cbus_pcpu, cpu)->list);
+	struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
+
+	return READ_ONCE(cc->backlog) || !llist_empty(&cc->list);
 }
 
 /* One drain of up to drain_budget messages; the loop calls it again while more wait. */
@@ -507,6 +577,7 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	/* Consumer counters first: they can only trail the producer's. */
 	s->sent = READ_ONCE(cc->sent);
 	s->drop_nolistener = READ_ONCE(cc->drop_nolistener);
+	s->drop_overrun = READ_ONCE(cc->drop_overrun);
 	s->drop_nlerr = READ_ONCE(cc->drop_nlerr);
 	s->batches = READ_ONCE(cc->batches);
 	s->batch_max = READ_ONCE(cc->batch_max);
@@ -532,8 +603,8 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	 */
 	smp_rmb();
 	s->inserted = READ_ONCE(cc->inserted);
-	done = s->sent + s->drop_nolistener + s->drop_nlerr + s->drop_full +
-	       s->drop_nomem;
+	done = s->sent + s->drop_nolistener + s->drop_overrun + s->drop_nlerr +
+	       s->drop_full + s->drop_nomem;
 	s->queued = s->inserted > done ? s->inserted - done : 0;
 	s->cpu = cc->cpu;
 	s->online = cpu_online(cc->cpu);
@@ -558,6 +629,7 @@ void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s)
 		s->drop_full += c.drop_full;
 		s->drop_nomem += c.drop_nomem;
 		s->drop_nolistener += c.drop_nolistener;
+		s->drop_overrun += c.drop_overrun;
 		s->drop_nlerr += c.drop_nlerr;
 		s->rejected += c.rejected;
 		s->queued += c.queued;
@@ -594,19 +666,24 @@ u32 cnlab_cbus_set_limit(u32 limit)
 
 u32 cnlab_cbus_alloc_fail_nth(void)
 {
-	return READ_ONCE(cbus_alloc_nth);
+	return (u32)atomic64_read(&cbus_alloc_fault);
 }
 
-/* Fail every nth CBUS allocation on each CPU from now on (0: off). */
+/*
+ * Fail every nth CBUS allocation on each CPU from now on (0: off), counted
+ * on each CPU from its first insert that sees this setting. One atomic
+ * store switches every CPU: no insert slips through uncounted, and no CPU
+ * keeps a count of the previous setting.
+ */
 u32 cnlab_cbus_set_alloc_fail_nth(u32 nth)
 {
-	u32 old = xchg(&cbus_alloc_nth, 0);
-	int cpu;
+	s64 old = atomic64_read(&cbus_alloc_fault);
+	s64 new;
 
-	for_each_possible_cpu(cpu)
-		WRITE_ONCE(per_cpu_ptr(cbus_pcpu, cpu)->alloc_count, 0);
-	WRITE_ONCE(cbus_alloc_nth, nth);
-	return old;
+	do {
+		new = (s64)((((u64)old >> 32) + 1) << 32 | nth);
+	} while (!atomic64_try_cmpxchg(&cbus_alloc_fault, &old, new));
+	return (u32)old;
 }
 
 u32 cnlab_cbus_stall_ms(void)
@@ -614,12 +691,19 @@ u32 cnlab_cbus_stall_ms(void)
 	return READ_ONCE(cbus_stall_last_ms);
 }
 
-/* Hold every drain thread for @ms from now (0 ends a stall). */
+/*
+ * Hold every drain thread for @ms from now; 0 ends a stall at once. The new
+ * deadline replaces the old one, and the threads waiting in a stall are
+ * woken to read it (the generation makes their wait condition true).
+ */
 u32 cnlab_cbus_stall(u32 ms)
 {
 	u32 old = xchg(&cbus_stall_last_ms, ms);
 
 	WRITE_ONCE(cbus_stall_until, ktime_get_ns() + (u64)ms * NSEC_PER_MSEC);
+	/* Deadline first: a waiter that sees the new generation reads it. */
+	smp_wmb();
+	WRITE_ONCE(cbus_stall_gen, READ_ONCE(cbus_stall_gen) + 1);
 	wake_up_all(&cbus_stall_wq);
 	return old;
 }
@@ -627,13 +711,14 @@ u32 cnlab_cbus_stall(u32 ms)
 static void cbus_show_one(struct seq_file *m, const char *name,
 			  const struct cnlab_cbus_stats *s)
 {
-	seq_printf(m, "%-5s %6u %12llu %12llu %9llu %9llu %9llu %9llu %9llu %7llu %7llu %9llu %9llu %7llu %s\n",
+	seq_printf(m, "%-5s %6u %12llu %12llu %9llu %9llu %9llu %9llu %9llu %9llu %7llu %7llu %9llu %9llu %7llu %s\n",
 		   name, s->online, s->inserted, s->sent, s->drop_full,
-		   s->drop_nomem, s->drop_nolistener, s->drop_nlerr,
-		   s->rejected, s->queued, s->hwm, s->kicks, s->batches,
-		   s->batch_max,
+		   s->drop_nomem, s->drop_nolistener, s->drop_overrun,
+		   s->drop_nlerr, s->rejected, s->queued, s->hwm, s->kicks,
+		   s->batches, s->batch_max,
 		   s->inserted == s->sent + s->drop_full + s->drop_nomem +
-		   s->drop_nolistener + s->drop_nlerr + s->queued ? "ok" : "MISMATCH");
+		   s->drop_nolistener + s->drop_overrun + s->drop_nlerr +
+		   s->queued ? "ok" : "MISMATCH");
 }
 
 static int cbus_stats_show(struct seq_file *m, void *v)
@@ -648,7 +733,7 @@ static int cbus_stats_show(struct seq_file *m, void *v)
 	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu drain_nice %d\n",
 		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes,
 		   pool_slots, CBUS_SLOT_DATA, miss, drain_nice);
-	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
+	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten   overrun     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
 	for_each_possible_cpu(cpu) {
 		cnlab_cbus_read(cpu, &s);
 		snprintf(name, sizeof(name), "%d", cpu);
@@ -679,11 +764,11 @@ int cnlab_cbus_init(struct dentry *dbg)
 	int cpu, ret;
 
 	if (!queue_limit || queue_limit > CNLAB_QLIMIT_MAX ||
-	    bundle_bytes < 256 || bundle_bytes > 32768 || !drain_budget ||
+	    bundle_bytes < 256 || bundle_bytes > CBUS_MAX_DATA || !drain_budget ||
 	    pool_slots > 65536 || drain_nice < MIN_NICE || drain_nice > MAX_NICE)
 		return -EINVAL;
 	cbus_limit = queue_limit;
-	cbus_alloc_nth = 0;
+	atomic64_set(&cbus_alloc_fault, 0);
 	cbus_stall_until = 0;
 	cbus_stopping = false;
 
@@ -694,6 +779,7 @@ int cnlab_cbus_init(struct dentry *dbg)
 		cc = per_cpu_ptr(cbus_pcpu, cpu);
 		init_llist_head(&cc->list);
 		mutex_init(&cc->drain_lock);
+		cc->backlog = NULL;
 		cc->thread = NULL;
 		cc->cpu = cpu;
 		cc->bundle = kzalloc_node(struct_size(cc->bundle, data, bundle_bytes),
@@ -778,8 +864,13 @@ void cnlab_cbus_exit(void)
 	}
 
 	cnlab_cbus_read(-1, &s);
-	pr_info(CNLAB_NAME ": cbus final: inserted %llu sent %llu full %llu nomem %llu nolistener %llu nlerr %llu queued %llu rejected %llu\n",
+	pr_info(CNLAB_NAME ": cbus final: inserted %llu sent %llu full %llu nomem %llu nolistener %llu overrun %llu nlerr %llu queued %llu rejected %llu\n",
 		s.inserted, s.sent, s.drop_full, s.drop_nomem,
-		s.drop_nolistener, s.drop_nlerr, s.queued, s.rejected);
+		s.drop_nolistener, s.drop_overrun, s.drop_nlerr, s.queued,
+		s.rejected);
 	cbus_free_cpus();
+	if (cbus_cn_sk) {
+		sock_put(cbus_cn_sk);
+		cbus_cn_sk = NULL;
+	}
 }

@@ -19,6 +19,7 @@ int cnlab_init_fault(int step);
 
 /* cbus.c */
 struct dentry;
+struct sock;
 int cnlab_cbus_init(struct dentry *dbg);
 void cnlab_cbus_exit(void);
 void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s);	/* -1: total */
@@ -29,6 +30,9 @@ u32 cnlab_cbus_set_alloc_fail_nth(u32 nth);
 u32 cnlab_cbus_stall_ms(void);
 u32 cnlab_cbus_stall(u32 ms);
 bool cnlab_cbus_idle(int cpu);
+void cnlab_cbus_set_cn_sock(struct sock *sk);
+bool cnlab_cbus_has_listeners(u32 group);
+bool cnlab_cbus_cn_sock_known(void);
 
 /* A control request being handled (ctl.c). */
 struct cnlab_req {

@@ -15,18 +15,25 @@
 #include <linux/kernel.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
+#include <linux/net.h>
+#include <linux/skbuff.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
 #include <linux/srcu.h>
 #include <linux/string.h>
 #include <linux/timekeeping.h>
 #include <linux/user_namespace.h>
+#include <linux/uio.h>
+#include <net/net_namespace.h>
+#include <net/sock.h>
 
 #include "cnlab_int.h"
 
 static struct cb_id cnlab_ctl_id = { .idx = CNLAB_CTL_IDX, .val = CNLAB_CTL_VAL };
 static struct srcu_struct cnlab_ctl_srcu;
 static bool cnlab_ctl_closing;
+/* Our own kernel socket while it sends the init probe (cnlab_find_cn_sock()). */
+static struct sock *cnlab_probe_sk;
 
 static atomic64_t ctl_requests = ATOMIC64_INIT(0);
 static atomic64_t ctl_errors = ATOMIC64_INIT(0);
@@ -158,10 +165,11 @@ static int cnlab_do_stats(struct cnlab_req *rq)
 	struct cnlab_stats_req req;
 	struct cnlab_cbus_stats *cpus;
 	struct cnlab_stats_rep *rep;
-	u32 nr = min_t(u32, nr_cpu_ids, CNLAB_MAX_CPUS);
+	u32 nr = min_t(u32, num_possible_cpus(), CNLAB_MAX_CPUS);
 	u32 len = sizeof(*rep) + nr * sizeof(*cpus);
 	struct cn_msg *cn;
-	u32 i;
+	u32 i = 0;
+	int cpu;
 
 	if (rq->len != sizeof(req))
 		return -EBADMSG;
@@ -179,8 +187,12 @@ static int cnlab_do_stats(struct cnlab_req *rq)
 	rep->stall_ms = cnlab_cbus_stall_ms();
 	cnlab_ctl_counters(&rep->ctl_requests, &rep->ctl_errors,
 			   &rep->ctl_reply_fail);
-	for (i = 0; i < nr; i++)
-		cnlab_cbus_read(i, &cpus[i]);
+	/* The first nr possible CPUs (the mask may have holes), each with its number. */
+	for_each_possible_cpu(cpu) {
+		if (i == nr)
+			break;
+		cnlab_cbus_read(cpu, &cpus[i++]);
+	}
 	cnlab_cbus_read(-1, &rep->total);
 	return cnlab_reply_send(rq, cn, len);
 }
@@ -279,6 +291,61 @@ static int cnlab_dispatch(struct cnlab_req *rq)
 	return h->fn(rq);
 }
 
+/*
+ * The init probe arrived: the skb being delivered is owned by the receiving
+ * socket, the connector's kernel socket (netlink_unicast_kernel() sets the
+ * owner before it calls the input function), and nsp is its control block.
+ */
+static void cnlab_probe_arrived(struct netlink_skb_parms *nsp)
+{
+	struct sk_buff *skb = (struct sk_buff *)((char *)nsp -
+						  offsetof(struct sk_buff, cb));
+	struct sock *sk = skb->sk;
+
+	if (sk && sk != nsp->sk && sk->sk_protocol == NETLINK_CONNECTOR &&
+	    net_eq(sock_net(sk), &init_net))
+		cnlab_cbus_set_cn_sock(sk);
+}
+
+/*
+ * cn_netlink_send() gives -ESRCH both when a group has no listener and when
+ * every listener is full. Telling them apart needs netlink_has_listeners()
+ * on the connector's kernel socket, which the connector does not export:
+ * send ourselves one control message from a kernel socket of our own and
+ * take the socket the connector delivers it on. Without it (a kernel whose
+ * internals differ), every -ESRCH counts as "no listener", as before.
+ */
+static void cnlab_find_cn_sock(void)
+{
+	struct {
+		struct nlmsghdr nlh;
+		struct cn_msg cn;
+		struct cnlab_hdr hdr;
+	} req = {};
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	struct msghdr msg = { .msg_name = &kernel, .msg_namelen = sizeof(kernel) };
+	struct kvec iov = { .iov_base = &req, .iov_len = sizeof(req) };
+	struct socket *sock;
+	int err;
+
+	err = sock_create_kern(&init_net, AF_NETLINK, SOCK_DGRAM,
+			       NETLINK_CONNECTOR, &sock);
+	if (!err) {
+		req.nlh.nlmsg_len = sizeof(req);
+		req.nlh.nlmsg_type = NLMSG_DONE;
+		req.cn.id = cnlab_ctl_id;
+		req.cn.len = sizeof(req.hdr);
+		req.hdr.version = CNLAB_ABI_VERSION;
+		WRITE_ONCE(cnlab_probe_sk, sock->sk);
+		err = kernel_sendmsg(sock, &msg, &iov, 1, sizeof(req));
+		WRITE_ONCE(cnlab_probe_sk, NULL);
+		sock_release(sock);
+	}
+	if (!cnlab_cbus_cn_sock_known())
+		pr_info(CNLAB_NAME ": connector socket not found (%d): overruns count as no listener\n",
+			err < 0 ? err : 0);
+}
+
 static void cnlab_ctl_callback(struct cn_msg *msg, struct netlink_skb_parms *nsp)
 {
 	struct cnlab_req rq = {
@@ -290,6 +357,11 @@ static void cnlab_ctl_callback(struct cn_msg *msg, struct netlink_skb_parms *nsp
 	int err;
 
 	srcu_idx = srcu_read_lock(&cnlab_ctl_srcu);
+	if (unlikely(nsp->sk && nsp->sk == READ_ONCE(cnlab_probe_sk))) {
+		cnlab_probe_arrived(nsp);	/* ours, from init: no reply */
+		srcu_read_unlock(&cnlab_ctl_srcu, srcu_idx);
+		return;
+	}
 	atomic64_inc(&ctl_requests);
 	/*
 	 * Exit has started: answer without sleeping (exit relies on RCU
@@ -316,6 +388,7 @@ int cnlab_ctl_init(void)
 	err = cn_add_callback(&cnlab_ctl_id, CNLAB_NAME, cnlab_ctl_callback);
 	if (err)
 		goto err_srcu;
+	cnlab_find_cn_sock();
 
 	err = cnlab_init_fault(6);
 	if (err)

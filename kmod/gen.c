@@ -35,9 +35,12 @@ struct gen_cpu {
 	u64 seq;		/* == generated */
 	u64 ok;
 	u64 err_nolistener;
+	u64 err_overrun;
 	u64 err_nomem;
 	u64 err_full;
 	u64 err_other;
+	u64 bursts;
+	u64 bursts_missed;
 };
 
 struct cnlab_gen;
@@ -49,7 +52,8 @@ struct gen_inst {
 	bool ready;		/* context initialised: safe to cancel */
 	u32 rng;
 	u64 sent;
-	u64 period_ns;		/* timer/hrtimer period */
+	u64 period_ns;		/* timer/hrtimer period; burst mode: 1/rate */
+	u64 next_ns;		/* burst mode: when the next burst is due */
 	struct cn_msg *buf;
 	struct task_struct *task;
 	struct tasklet_struct tasklet;
@@ -177,6 +181,8 @@ static void gen_emit(struct gen_inst *in)
 		ret = cn_netlink_send(m, 0, g->cfg.group, GFP_ATOMIC);
 		if (!ret)
 			gc->ok++;
+		else if (ret == -ESRCH && cnlab_cbus_has_listeners(g->cfg.group))
+			gc->err_overrun++;
 		else if (ret == -ESRCH)
 			gc->err_nolistener++;
 		else if (ret == -ENOMEM)
@@ -190,6 +196,53 @@ static void gen_emit_n(struct gen_inst *in, u32 n)
 {
 	while (n--)
 		gen_emit(in);
+}
+
+static bool gen_bursts(const struct gen_inst *in)
+{
+	return in->gen->cfg.flags & CNLAB_GEN_F_BURSTS;
+}
+
+/*
+ * Burst mode: is a burst due? Bursts are due at start + k / rate; half a
+ * period early counts, so a pacing timer whose phase or granularity
+ * (jiffies) differs a little does not miss its slot.
+ */
+static bool gen_burst_due(const struct gen_inst *in, u64 now)
+{
+	return now + in->period_ns / 2 >= in->next_ns;
+}
+
+/*
+ * Burst mode: emit one burst of cfg.burst messages back to back (fewer if
+ * count ends first), with preemption disabled (by the caller or the
+ * context), and set the next slot. A burst is never made up: slots that
+ * are already past are skipped, and so are those that would leave less
+ * idle time after this burst than it took (at most 50 % of the CPU in any
+ * context, however slow the machine); both count as bursts_missed.
+ */
+static void gen_burst(struct gen_inst *in)
+{
+	const struct cnlab_gen_start *c = &in->gen->cfg;
+	struct gen_cpu *gc;
+	u64 t0, t1, next, earliest, skip;
+	u32 n = c->burst;
+
+	if (c->count && n > c->count - in->sent)
+		n = c->count - in->sent;
+	t0 = ktime_get_ns();
+	gen_emit_n(in, n);
+	t1 = ktime_get_ns();
+	gc = this_cpu_ptr(in->gen->pcpu);
+	gc->bursts++;
+	next = in->next_ns + in->period_ns;
+	earliest = t1 + (t1 - t0);
+	if (next < earliest) {
+		skip = div64_u64(earliest - next + in->period_ns - 1, in->period_ns);
+		next += skip * in->period_ns;
+		gc->bursts_missed += skip;
+	}
+	in->next_ns = next;
 }
 
 /* ---- process context: one kthread per CPU ---- */
@@ -206,6 +259,21 @@ static int gen_kthread_fn(void *arg)
 		now = ktime_get_ns();
 		if (gen_finished(in, now))
 			break;
+		if (gen_bursts(in)) {
+			if (now >= in->next_ns) {
+				preempt_disable();	/* back to back */
+				gen_burst(in);
+				preempt_enable();
+				cond_resched();
+				continue;
+			}
+			next = ns_to_ktime(in->next_ns);
+			set_current_state(TASK_INTERRUPTIBLE);
+			if (!kthread_should_stop())
+				schedule_hrtimeout_range(&next, 0, HRTIMER_MODE_ABS);
+			__set_current_state(TASK_RUNNING);
+			continue;
+		}
 		n = gen_due(in, now, burst);
 		if (n) {
 			while (n--) {
@@ -245,8 +313,16 @@ static void gen_tasklet_fn(struct tasklet_struct *t)
 
 	if (in->done)
 		return;
-	if (!gen_finished(in, now))
+	if (gen_finished(in, now)) {
+		gen_inst_finish(in, now);
+		return;
+	}
+	if (gen_bursts(in)) {
+		if (gen_burst_due(in, now))
+			gen_burst(in);
+	} else {
 		gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
+	}
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
 		return;
@@ -259,7 +335,7 @@ static enum hrtimer_restart gen_pacer_fn(struct hrtimer *h)
 {
 	struct gen_inst *in = container_of(h, struct gen_inst, hrt);
 
-	if (READ_ONCE(in->done))
+	if (READ_ONCE(in->done) || READ_ONCE(in->gen->stop))
 		return HRTIMER_NORESTART;
 	tasklet_schedule(&in->tasklet);
 	hrtimer_forward_now(h, ns_to_ktime(in->period_ns));
@@ -274,8 +350,25 @@ static void gen_timer_fn(struct timer_list *t)
 	u64 now = ktime_get_ns();
 	unsigned long delay = 1;
 
-	if (!gen_finished(in, now))
-		gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
+	if (gen_finished(in, now)) {
+		gen_inst_finish(in, now);
+		return;
+	}
+	if (gen_bursts(in)) {
+		if (gen_burst_due(in, now))
+			gen_burst(in);
+		if (gen_finished(in, now)) {
+			gen_inst_finish(in, now);
+			return;
+		}
+		now = ktime_get_ns();
+		if (in->next_ns > now)
+			delay = max_t(unsigned long, 1,
+				      nsecs_to_jiffies(in->next_ns - now + TICK_NSEC - 1));
+		mod_timer(&in->timer, jiffies + delay);
+		return;
+	}
+	gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
 		return;
@@ -293,8 +386,22 @@ static enum hrtimer_restart gen_hrt_fn(struct hrtimer *h)
 	struct gen_inst *in = container_of(h, struct gen_inst, hrt);
 	u64 now = ktime_get_ns();
 
-	if (!gen_finished(in, now))
-		gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
+	if (gen_finished(in, now)) {
+		gen_inst_finish(in, now);
+		return HRTIMER_NORESTART;
+	}
+	if (gen_bursts(in)) {
+		if (gen_burst_due(in, now))
+			gen_burst(in);
+		if (gen_finished(in, now)) {
+			gen_inst_finish(in, now);
+			return HRTIMER_NORESTART;
+		}
+		/* The next slot: the hrtimer clock is CLOCK_MONOTONIC, as ktime_get_ns(). */
+		hrtimer_set_expires(h, ns_to_ktime(in->next_ns));
+		return HRTIMER_RESTART;
+	}
+	gen_emit_n(in, gen_due(in, now, in->gen->cfg.burst));
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
 		return HRTIMER_NORESTART;
@@ -343,6 +450,8 @@ static void gen_stop_instances(struct cnlab_gen *g)
 		case CNLAB_CTX_SOFTIRQ:
 			hrtimer_cancel(&in->hrt);
 			tasklet_kill(&in->tasklet);
+			/* The pacer sees g->stop: it schedules nothing more. */
+			hrtimer_cancel(&in->hrt);
 			break;
 		case CNLAB_CTX_TIMER:
 			del_timer_sync(&in->timer);
@@ -355,7 +464,8 @@ static void gen_stop_instances(struct cnlab_gen *g)
 	}
 }
 
-static void gen_release(struct cnlab_gen *g)
+/* Stop the instances and free them; the per-CPU counters stay. */
+static void gen_free_instances(struct cnlab_gen *g)
 {
 	unsigned int i;
 
@@ -365,8 +475,35 @@ static void gen_release(struct cnlab_gen *g)
 	kfree(g->inst);
 	g->inst = NULL;
 	g->nr_inst = 0;
+}
+
+static void gen_release(struct cnlab_gen *g)
+{
+	gen_free_instances(g);
 	free_percpu(g->pcpu);
 	g->pcpu = NULL;
+}
+
+/*
+ * Burst mode bounds, per CPU instance (docs/kmod.md): a burst runs back to
+ * back in the generator's context, with IRQs off in hard-IRQ context, so
+ * its length and the work per second are capped; timer_list runs at most
+ * once per jiffy.
+ */
+static int gen_validate_bursts(const struct cnlab_gen_start *c)
+{
+	u64 per_s = (u64)c->burst * c->rate;
+	u64 per_burst = (u64)c->burst * c->size_max;
+
+	if (!c->rate || c->rate > CNLAB_BURST_RATE_MAX || !c->burst)
+		return -EINVAL;
+	if (c->context == CNLAB_CTX_TIMER && c->rate > HZ)
+		return -EINVAL;
+	if (per_s > CNLAB_BURST_MSGS_PER_S_MAX ||
+	    per_burst > CNLAB_BURST_BYTES_MAX ||
+	    per_burst * c->rate > CNLAB_BURST_BYTES_PER_S_MAX)
+		return -EINVAL;
+	return 0;
 }
 
 static int gen_validate(struct cnlab_gen_start *c)
@@ -399,6 +536,8 @@ static int gen_validate(struct cnlab_gen_start *c)
 		return -EINVAL;
 	if (c->burst > CNLAB_BURST_MAX)
 		return -ERANGE;
+	if (c->flags & CNLAB_GEN_F_BURSTS)
+		return gen_validate_bursts(c);
 	return 0;
 }
 
@@ -476,11 +615,12 @@ static int gen_start(struct cnlab_gen_start *c)
 {
 	struct cnlab_gen *g = &cnlab_gens[c->gen_id];
 	unsigned int nr_cpus = min_t(unsigned int, nr_cpu_ids, CNLAB_MAX_CPUS);
+	struct cnlab_gen prev;
 	u64 mask = 0;
 	unsigned int cpu, i;
 	int err;
 
-	if (!c->burst)
+	if (!c->burst)	/* burst mode: refused by gen_validate_bursts() */
 		c->burst = c->context == CNLAB_CTX_TIMER ? GEN_BURST_TIMER :
 							    GEN_BURST_DEFAULT;
 	if (!c->duration_ns)
@@ -492,8 +632,6 @@ static int gen_start(struct cnlab_gen_start *c)
 		err = -EBUSY;
 		goto out_unlock;
 	}
-	gen_release(g);
-
 	for (cpu = 0; cpu < nr_cpus; cpu++)
 		if ((c->cpu_mask & BIT_ULL(cpu)) && cpu_online(cpu))
 			mask |= BIT_ULL(cpu);
@@ -503,6 +641,14 @@ static int gen_start(struct cnlab_gen_start *c)
 	}
 	c->cpu_mask = mask;
 
+	/*
+	 * The previous run's instances go (they point at *g); its counters,
+	 * config and times are kept in @prev until the new run has started,
+	 * so a start that fails leaves GEN_STATS and the unload log as they
+	 * were.
+	 */
+	gen_free_instances(g);
+	prev = *g;
 	memset(g, 0, sizeof(*g));
 	g->id = c->gen_id;
 	g->cfg = *c;
@@ -525,16 +671,19 @@ static int gen_start(struct cnlab_gen_start *c)
 	g->start_ns = ktime_get_ns();
 	g->deadline_ns = g->start_ns + c->duration_ns;
 	atomic_set(&g->active, g->nr_inst);
-	for (i = 0; i < g->nr_inst; i++)
+	for (i = 0; i < g->nr_inst; i++) {
+		g->inst[i].next_ns = g->start_ns;	/* burst mode: first burst at once */
 		gen_launch_inst(&g->inst[i]);
+	}
 	mutex_unlock(&cnlab_gen_lock);
 	cpus_read_unlock();
+	free_percpu(prev.pcpu);
 	return 0;
 
 err_release:
 	/* Nothing was launched: threads are created but never woken. */
 	gen_release(g);
-	memset(g, 0, sizeof(*g));
+	*g = prev;	/* the previous run, without instances */
 out_unlock:
 	mutex_unlock(&cnlab_gen_lock);
 	cpus_read_unlock();
@@ -618,7 +767,7 @@ static u32 gen_state(struct cnlab_gen *g)
 
 int cnlab_gen_do_stats(struct cnlab_req *rq)
 {
-	u32 nr = min_t(u32, nr_cpu_ids, CNLAB_MAX_CPUS);
+	u32 nr = min_t(u32, num_possible_cpus(), CNLAB_MAX_CPUS);
 	struct cnlab_gen_stats_req req;
 	struct cnlab_gen_cpu_stats *cs;
 	struct cnlab_gen_stats_rep *rep;
@@ -626,7 +775,8 @@ int cnlab_gen_do_stats(struct cnlab_req *rq)
 	struct cnlab_gen *g;
 	struct gen_cpu *gc;
 	struct cn_msg *cn;
-	u32 cpu;
+	u32 i = 0;
+	int cpu;
 
 	if (rq->len != sizeof(req))
 		return -EBADMSG;
@@ -649,17 +799,24 @@ int cnlab_gen_do_stats(struct cnlab_req *rq)
 	rep->end_ns = rep->active ? 0 : READ_ONCE(g->end_ns);
 	if (g->used)
 		rep->cfg = g->cfg;
-	for (cpu = 0; cpu < nr; cpu++) {
-		cs[cpu].cpu = cpu;
-		if (!g->pcpu)
-			continue;
-		gc = per_cpu_ptr(g->pcpu, cpu);
-		cs[cpu].generated = READ_ONCE(gc->seq);
-		cs[cpu].ok = READ_ONCE(gc->ok);
-		cs[cpu].err_nolistener = READ_ONCE(gc->err_nolistener);
-		cs[cpu].err_nomem = READ_ONCE(gc->err_nomem);
-		cs[cpu].err_full = READ_ONCE(gc->err_full);
-		cs[cpu].err_other = READ_ONCE(gc->err_other);
+	/* The first nr possible CPUs (the mask may have holes), each with its number. */
+	for_each_possible_cpu(cpu) {
+		if (i == nr)
+			break;
+		cs[i].cpu = cpu;
+		if (g->pcpu) {
+			gc = per_cpu_ptr(g->pcpu, cpu);
+			cs[i].generated = READ_ONCE(gc->seq);
+			cs[i].ok = READ_ONCE(gc->ok);
+			cs[i].err_nolistener = READ_ONCE(gc->err_nolistener);
+			cs[i].err_overrun = READ_ONCE(gc->err_overrun);
+			cs[i].err_nomem = READ_ONCE(gc->err_nomem);
+			cs[i].err_full = READ_ONCE(gc->err_full);
+			cs[i].err_other = READ_ONCE(gc->err_other);
+			cs[i].bursts = READ_ONCE(gc->bursts);
+			cs[i].bursts_missed = READ_ONCE(gc->bursts_missed);
+		}
+		i++;
 	}
 	mutex_unlock(&cnlab_gen_lock);
 	return cnlab_reply_send(rq, cn, len);
@@ -703,9 +860,10 @@ static void gen_log_final(struct cnlab_gen *g, u32 state)
 		gc = per_cpu_ptr(g->pcpu, cpu);
 		if (!gc->seq)
 			continue;
-		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu nomem %llu full %llu other %llu\n",
+		pr_info(CNLAB_NAME ": gen %u cpu %u final: generated %llu ok %llu nolistener %llu overrun %llu nomem %llu full %llu other %llu bursts %llu missed %llu\n",
 			g->id, cpu, gc->seq, gc->ok, gc->err_nolistener,
-			gc->err_nomem, gc->err_full, gc->err_other);
+			gc->err_overrun, gc->err_nomem, gc->err_full,
+			gc->err_other, gc->bursts, gc->bursts_missed);
 	}
 }
 

@@ -57,6 +57,10 @@ CNLAB_RATE_MAX = 10_000_000
 CNLAB_DURATION_MAX_NS = 600 * 1_000_000_000
 CNLAB_COUNT_MAX = 1 << 40
 CNLAB_BURST_MAX = 4096
+CNLAB_BURST_RATE_MAX = 50_000
+CNLAB_BURST_MSGS_PER_S_MAX = 1_000_000
+CNLAB_BURST_BYTES_MAX = 1 << 20
+CNLAB_BURST_BYTES_PER_S_MAX = 256 << 20
 CNLAB_QLIMIT_MAX = 1 << 20
 CNLAB_STALL_MAX_MS = 60_000
 CNLAB_BENCH_ITER_MAX = 10_000_000
@@ -87,7 +91,8 @@ CNLAB_PATH_CBUS = 1
 CNLAB_PATH_MAX = 1
 
 CNLAB_GEN_F_BUNDLE = 0x0001
-CNLAB_GEN_F_ALL = CNLAB_GEN_F_BUNDLE
+CNLAB_GEN_F_BURSTS = 0x0002
+CNLAB_GEN_F_ALL = CNLAB_GEN_F_BUNDLE | CNLAB_GEN_F_BURSTS
 CNLAB_EV_F_CBUS = 0x0001
 
 CNLAB_BATCH_BUCKETS = 8
@@ -200,7 +205,7 @@ EVENT = Layout("cnlab_event", [("gen_id", "I"), ("cpu", "I"), ("seq", "Q"),
 STATS_REQ = Layout("cnlab_stats_req", [("flags", "I"), ("reserved", "I")])
 CBUS_STATS = Layout("cnlab_cbus_stats", [
     ("inserted", "Q"), ("sent", "Q"), ("drop_full", "Q"),
-    ("drop_nomem", "Q"), ("drop_nolistener", "Q"), ("drop_nlerr", "Q"),
+    ("drop_nomem", "Q"), ("drop_nolistener", "Q"), ("drop_overrun", "Q"), ("drop_nlerr", "Q"),
     ("rejected", "Q"), ("queued", "Q"), ("hwm", "Q"), ("kicks", "Q"),
     ("batches", "Q"), ("batch_max", "Q"), ("nl_msgs", "Q"), ("bundles", "Q"),
     ("batch_hist", f"{CNLAB_BATCH_BUCKETS}Q"), ("cpu", "I"),
@@ -213,8 +218,8 @@ GEN_STATS_REQ = Layout("cnlab_gen_stats_req", [("gen_id", "I"),
                                                ("reserved", "I")])
 GEN_CPU_STATS = Layout("cnlab_gen_cpu_stats", [
     ("cpu", "I"), ("reserved", "I"), ("generated", "Q"), ("ok", "Q"),
-    ("err_nolistener", "Q"), ("err_nomem", "Q"), ("err_full", "Q"),
-    ("err_other", "Q")])
+    ("err_nolistener", "Q"), ("err_overrun", "Q"), ("err_nomem", "Q"), ("err_full", "Q"),
+    ("err_other", "Q"), ("bursts", "Q"), ("bursts_missed", "Q")])
 GEN_STATS_REP = Layout("cnlab_gen_stats_rep", [
     ("gen_id", "I"), ("state", "I"), ("nr_cpus", "I"), ("active", "I"),
     ("start_ns", "Q"), ("end_ns", "Q"), ("cfg", GEN_START)])
@@ -398,9 +403,16 @@ def encode_echo(user_ns: int = 0, data: bytes = b"", seq: int = 0) -> bytes:
     return encode_request(CNLAB_MSG_ECHO, body, seq=seq)
 
 
-def gen_start_body(**cfg: object) -> bytes:
-    """cnlab_gen_start; ``context``/``path`` may be names."""
+def gen_start_body(bursts: bool = False, **cfg: object) -> bytes:
+    """cnlab_gen_start; ``context``/``path`` may be names.
+
+    ``bursts=True`` sets CNLAB_GEN_F_BURSTS: ``rate`` then counts bursts per
+    second per CPU and ``burst`` the messages in each, sent back to back
+    (e.g. ``rate=200, burst=64``: 64 messages, 200 times a second).
+    """
     cfg = dict(cfg)
+    if bursts:
+        cfg["flags"] = int(cfg.get("flags", 0)) | CNLAB_GEN_F_BURSTS
     if isinstance(cfg.get("context"), str):
         cfg["context"] = CTX_NAMES[cfg["context"]]
     if isinstance(cfg.get("path"), str):
@@ -501,7 +513,7 @@ def decode_reply(msg: CnMessage) -> Reply:
     if len(body) != hdr["len"]:
         raise ValueError("reply body truncated")
     decoded: dict = {}
-    if hdr["status"] == 0 and body:
+    if body:  # error replies have none, but a failed BENCH carries what it measured
         decoded = _decode_body(hdr["type"], body)
     return Reply(hdr["type"], hdr["status"], msg.seq, msg.ack, hdr, decoded, body)
 
@@ -509,7 +521,7 @@ def decode_reply(msg: CnMessage) -> Reply:
 def check_invariant(s: dict) -> bool:
     """inserted == sent + every drop + queued, for one cnlab_cbus_stats."""
     return s["inserted"] == (s["sent"] + s["drop_full"] + s["drop_nomem"]
-                             + s["drop_nolistener"] + s["drop_nlerr"]
+                             + s["drop_nolistener"] + s["drop_overrun"] + s["drop_nlerr"]
                              + s["queued"])
 
 
@@ -607,8 +619,9 @@ class CtlClient:
         t = time.monotonic_ns()
         return self.request(CNLAB_MSG_ECHO, ECHO.pack(user_ns=t, data_len=len(data)) + data)
 
-    def gen_start(self, **cfg: object) -> Reply:
-        return self.request(CNLAB_MSG_GEN_START, gen_start_body(**cfg))
+    def gen_start(self, bursts: bool = False, **cfg: object) -> Reply:
+        """GEN_START; ``bursts=True``: B (``burst``) messages back to back R (``rate``) times a second."""
+        return self.request(CNLAB_MSG_GEN_START, gen_start_body(bursts=bursts, **cfg))
 
     def gen_stop(self, gen_id: int, timeout: float | None = None) -> Reply:
         return self.request(CNLAB_MSG_GEN_STOP, GEN_STOP.pack(gen_id=gen_id), timeout)

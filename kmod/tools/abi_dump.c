@@ -77,6 +77,7 @@ int main(void)
 	S(cnlab_cbus_stats); F(cnlab_cbus_stats, inserted);
 	F(cnlab_cbus_stats, sent); F(cnlab_cbus_stats, drop_full);
 	F(cnlab_cbus_stats, drop_nomem); F(cnlab_cbus_stats, drop_nolistener);
+	F(cnlab_cbus_stats, drop_overrun);
 	F(cnlab_cbus_stats, drop_nlerr); F(cnlab_cbus_stats, rejected);
 	F(cnlab_cbus_stats, queued); F(cnlab_cbus_stats, hwm);
 	F(cnlab_cbus_stats, kicks); F(cnlab_cbus_stats, batches);
@@ -93,8 +94,10 @@ int main(void)
 	S(cnlab_gen_cpu_stats); F(cnlab_gen_cpu_stats, cpu);
 	F(cnlab_gen_cpu_stats, reserved); F(cnlab_gen_cpu_stats, generated);
 	F(cnlab_gen_cpu_stats, ok); F(cnlab_gen_cpu_stats, err_nolistener);
+	F(cnlab_gen_cpu_stats, err_overrun);
 	F(cnlab_gen_cpu_stats, err_nomem); F(cnlab_gen_cpu_stats, err_full);
-	F(cnlab_gen_cpu_stats, err_other); E();
+	F(cnlab_gen_cpu_stats, err_other); F(cnlab_gen_cpu_stats, bursts);
+	F(cnlab_gen_cpu_stats, bursts_missed); E();
 	S(cnlab_gen_stats_rep); F(cnlab_gen_stats_rep, gen_id);
 	F(cnlab_gen_stats_rep, state); F(cnlab_gen_stats_rep, nr_cpus);
 	F(cnlab_gen_stats_rep, active); F(cnlab_gen_stats_rep, start_ns);
@@ -122,6 +125,8 @@ int main(void)
 	K(CNLAB_GROUP_MIN); K(CNLAB_GROUP_MAX); K(CNLAB_PAYLOAD_MAX);
 	K(CNLAB_ECHO_MAX_DATA); K(CNLAB_RATE_MAX); K(CNLAB_DURATION_MAX_NS);
 	K(CNLAB_COUNT_MAX); K(CNLAB_BURST_MAX); K(CNLAB_QLIMIT_MAX);
+	K(CNLAB_BURST_RATE_MAX); K(CNLAB_BURST_MSGS_PER_S_MAX);
+	K(CNLAB_BURST_BYTES_MAX); K(CNLAB_BURST_BYTES_PER_S_MAX);
 	K(CNLAB_STALL_MAX_MS); K(CNLAB_BENCH_ITER_MAX);
 	K(CNLAB_BENCH_PAUSE_MAX_US); K(CNLAB_GEN_ALL); K(CNLAB_WARN_MAGIC);
 	K(CNLAB_MSG_ECHO); K(CNLAB_MSG_GEN_START); K(CNLAB_MSG_GEN_STOP);
@@ -131,7 +136,8 @@ int main(void)
 	K(CNLAB_CTX_KTHREAD); K(CNLAB_CTX_SOFTIRQ); K(CNLAB_CTX_TIMER);
 	K(CNLAB_CTX_HARDIRQ); K(CNLAB_CTX_MAX);
 	K(CNLAB_PATH_DIRECT); K(CNLAB_PATH_CBUS); K(CNLAB_PATH_MAX);
-	K(CNLAB_GEN_F_BUNDLE); K(CNLAB_GEN_F_ALL); K(CNLAB_EV_F_CBUS);
+	K(CNLAB_GEN_F_BUNDLE); K(CNLAB_GEN_F_BURSTS); K(CNLAB_GEN_F_ALL);
+	K(CNLAB_EV_F_CBUS);
 	K(CNLAB_BATCH_BUCKETS);
 	K(CNLAB_GEN_IDLE); K(CNLAB_GEN_RUNNING); K(CNLAB_GEN_DONE);
 	K(CNLAB_GEN_STOPPED);

@@ -6,8 +6,8 @@ from typing import Any
 
 __all__ = ["headline"]
 
-GEN_ERR_KEYS = ("err_nolistener", "err_nomem", "err_full", "err_other")
-CBUS_DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "rejected")
+GEN_ERR_KEYS = ("err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")
+CBUS_DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr", "rejected")
 
 
 def headline(agent: dict[str, Any] | None, direct_gen_ids: set[str] = frozenset()) -> dict[str, Any]:

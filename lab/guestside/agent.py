@@ -36,8 +36,8 @@ from agent_accounting import CBUS_KEYS, DONE, KernelLog, gen_totals, parse_unloa
 from agent_consumers import start_consumers  # noqa: E402
 from agent_faults import Actions, FaultScheduler  # noqa: E402
 
-DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
-GEN_ERR_KEYS = ("err_nolistener", "err_nomem", "err_full", "err_other")
+DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr")
+GEN_ERR_KEYS = ("err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")
 
 
 def online_mask():

@@ -21,16 +21,18 @@ import kabi
 
 # IDLE: the generator is not known (any more): the module was reloaded under the load
 DONE = (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED, kabi.CNLAB_GEN_IDLE)
-CBUS_KEYS = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr", "rejected")
-GEN_KEYS = ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")
+CBUS_KEYS = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr",
+             "rejected")
+GEN_KEYS = ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")
 # The module's unload lines (kmod/gen.c gen_log_final(), kmod/cbus.c cnlab_cbus_exit()) and their words
 GEN_FINAL = re.compile(r"cnlab: gen (\d+) final: state (\w+) cpus (\d+)$")
 GEN_CPU_FINAL = re.compile(r"cnlab: gen (\d+) cpu (\d+) final: (.*)$")
 CBUS_FINAL = re.compile(r"cnlab: cbus final: (.*)$")
-GEN_WORDS = {"generated": "generated", "ok": "ok", "nolistener": "err_nolistener", "nomem": "err_nomem",
-             "full": "err_full", "other": "err_other"}
+GEN_WORDS = {"generated": "generated", "ok": "ok", "nolistener": "err_nolistener", "overrun": "err_overrun",
+             "nomem": "err_nomem", "full": "err_full", "other": "err_other"}
 CBUS_WORDS = {"inserted": "inserted", "sent": "sent", "full": "drop_full", "nomem": "drop_nomem",
-              "nolistener": "drop_nolistener", "nlerr": "drop_nlerr", "queued": "queued", "rejected": "rejected"}
+              "nolistener": "drop_nolistener", "overrun": "drop_overrun", "nlerr": "drop_nlerr", "queued": "queued",
+              "rejected": "rejected"}
 
 
 class KernelLog:
@@ -174,9 +176,7 @@ def gen_totals(client, gen_ids):
             out[gid] = None
             continue
         out[gid] = {"state": rep.body["state"],
-                    "cpus": {c["cpu"]: {k: c[k] for k in ("generated", "ok", "err_nolistener", "err_nomem",
-                                                            "err_full", "err_other")}
-                             for c in rep.body["cpus"] if c["generated"]}}
+                    "cpus": {c["cpu"]: {k: c[k] for k in GEN_KEYS} for c in rep.body["cpus"] if c["generated"]}}
     return out
 
 

@@ -8,7 +8,7 @@ Tests: echo deliver balance invariant perm fuzz faults hotplug initfail
 unload ("all" runs them in that order). Each prints one JSON line
 {"test": ..., "ok": bool, "seconds": ..., ...}; exit status 1 if any failed.
 Unless --no-klog, the kernel log is checked for oops/BUG/WARNING at the end
-(tests/integration/test_kmod.py checks the console and the taint itself).
+(tests/integration/kmod/test_kmod.py checks the console and the taint itself).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import random
 import select
+import socket
 import struct
 import subprocess
 import sys
@@ -61,8 +62,10 @@ def online_cpus():
 class Consumer(threading.Thread):
     """Reads a group, checks per-(gen, cpu) order, collects latencies."""
 
-    def __init__(self, group=GROUP, rcvbuf=256 << 20, keep_lat=False):
+    def __init__(self, group=GROUP, rcvbuf=256 << 20, keep_lat=False, keep_seqs=False):
         super().__init__(daemon=True)
+        self.keep_seqs = keep_seqs
+        self.seqs = {}     # (gen, cpu) -> [(seq, ts_ns), ...] if keep_seqs
         self.sock = kabi.open_socket([group], rcvbuf)
         self.expected = {}
         self.received = 0
@@ -111,6 +114,8 @@ class Consumer(threading.Thread):
             self.reordered += 1
         self.expected[key] = max(exp, seq + 1)
         self.received += 1
+        if self.keep_seqs:
+            self.seqs.setdefault(key, []).append((seq, ts))
         if self.keep_lat:
             self.lat.append(now - ts)
 
@@ -165,7 +170,7 @@ def wait_drained(c, timeout=10.0):
 
 
 def gen_totals(rep):
-    tot = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")}
+    tot = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")}
     for cs in rep.body["cpus"]:
         for k in tot:
             tot[k] += cs[k]
@@ -174,7 +179,7 @@ def gen_totals(rep):
 
 def stats_delta(a, b):
     return {k: b[k] - a[k] for k in ("inserted", "sent", "drop_full", "drop_nomem",
-                                       "drop_nolistener", "drop_nlerr", "queued")}
+                                       "drop_nolistener", "drop_overrun", "drop_nlerr", "queued")}
 
 
 def invariant_ok(rep):
@@ -529,7 +534,7 @@ def t_faults(c):
     tot = gen_totals(g) if g else {}
     cons.wait_for(900)
     ok1 = (r.ok and g is not None and d["drop_nomem"] == 100 and tot["err_nomem"] == 100
-           and d["sent"] == 900 and d["drop_full"] == 0 and d["drop_nolistener"] == 0
+           and d["sent"] == 900 and d["drop_full"] == 0 and d["drop_nolistener"] == d["drop_overrun"] == 0
            and d["drop_nlerr"] == 0 and cons.received == 900)
     # gaps seen by the consumer + messages missing after the last one seen
     tail = (g.body["cpus"][0]["generated"] - cons.expected.get((13, 0), 0)) if g else 0
@@ -709,7 +714,8 @@ def t_unload(c, cycles=100):
     for line in finals[-cycles:]:
         words = line.split("cbus final:")[1].split()
         f = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
-        if f["inserted"] != f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["nlerr"] or f["queued"]:
+        if (f["inserted"] != f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["overrun"] + f["nlerr"]
+                or f["queued"]):
             bad_finals.append(line)
     good = not failures and not bad_finals and len(finals) >= cycles
     return report("unload", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
@@ -793,7 +799,7 @@ def t_balance(c, count=3000):
     time.sleep(0.1)     # the reader thread has the last datagram in hand
     cons.stop()
     d = stats_delta(s0.body["total"], s1.body["total"])
-    gt = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_nomem", "err_full", "err_other")}
+    gt = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")}
     for g in gens:
         for k, v in gen_totals(g).items():
             gt[k] += v
@@ -801,8 +807,8 @@ def t_balance(c, count=3000):
     for a, b in zip(s0.body["cpus"], s1.body["cpus"], strict=True):
         dc = stats_delta(a, b)
         per_cpu.append(dc["inserted"] == dc["sent"] + dc["drop_full"] + dc["drop_nomem"]
-                       + dc["drop_nolistener"] + dc["drop_nlerr"] and dc["queued"] == 0)
-    drops = d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_nlerr"]
+                       + dc["drop_nolistener"] + dc["drop_overrun"] + dc["drop_nlerr"] and dc["queued"] == 0)
+    drops = d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_overrun"] + d["drop_nlerr"]
     # tail loss: messages after the last one the reader saw, per (gen, cpu)
     tails = sum(cs["generated"] - cons.expected.get((g.body["gen_id"], cs["cpu"]), 0)
                 for g in gens for cs in g.body["cpus"])
@@ -810,7 +816,8 @@ def t_balance(c, count=3000):
             and invariant_ok(s1) and all(per_cpu) and d["queued"] == 0
             and d["inserted"] == gt["generated"]
             and d["drop_full"] == gt["err_full"] and d["drop_nomem"] == gt["err_nomem"]
-            and gt["err_other"] == 0 and gt["ok"] == d["sent"] + d["drop_nolistener"] + d["drop_nlerr"]
+            and gt["err_other"] == 0
+            and gt["ok"] == d["sent"] + d["drop_nolistener"] + d["drop_overrun"] + d["drop_nlerr"]
             and d["inserted"] == d["sent"] + drops
             and cons.received == d["sent"] and cons.reordered == 0 and cons.lost + tails == drops
             and d["drop_full"] > 0 and d["drop_nomem"] > 0)
@@ -818,9 +825,435 @@ def t_balance(c, count=3000):
                   enobufs=cons.enobufs, per_cpu_balanced=per_cpu, tails=tails)
 
 
+# ------------------------------------------------------- issue 17 and bursts
+
+def reload_module(params=""):
+    """Unload cnlab and load it again with ``params``; "" or the error text of the load."""
+    err = module_unload("cnlab")
+    if err and os.path.exists("/sys/module/cnlab"):
+        return "rmmod: " + err
+    return module_load(MODULE, params)
+
+
+def stall_end(c):
+    """End any stall, and wait until the queues are empty (a stall that ignores 0 runs out by itself)."""
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 0)
+    return wait_drained(c, kabi.CNLAB_STALL_MAX_MS / 1000 + 5)
+
+
+def t_stall_end(c):
+    """SET_FAULT STALL_MS 0 ends a running stall: the stalled queue drains at once, not when the old stall ends."""
+    cons = Consumer()
+    cons.start()
+    s0 = wait_drained(c).body["total"]
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 30000)
+    g, err = run_gen(c, cons, 12, 200, context="kthread", path="cbus", cpu_mask=1, rate=0)
+    held = kabi.wait_until(lambda: c.stats().body["total"]["queued"] - s0["queued"] >= 200, 5)
+    t0 = time.monotonic()
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 0)
+    drained = kabi.wait_until(lambda: c.stats().body["total"]["queued"] == 0, 10)
+    seconds = time.monotonic() - t0
+    cons.wait_for(200, 10)
+    cons.stop()
+    if not drained:
+        stall_end(c)
+    good = g is not None and bool(held) and bool(drained) and cons.received == 200 and cons.lost == 0
+    return report("stall_end", good, error=err, held=bool(held), drained_after_s=round(seconds, 2),
+                  received=cons.received)
+
+
+def t_gen_fail_keeps(c):
+    """A GEN_START that fails (no online CPU in its mask) leaves the id's previous run and statistics alone."""
+    gid = 11
+    base = dict(gen_id=gid, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=100, rate=0, size_min=32,
+                size_max=32, context="kthread", path="cbus")
+    r = c.gen_start(cpu_mask=1, **base)
+    g = wait_gen_done(c, gid)
+    before = (g.body["state"], gen_totals(g), g.body["cfg"], g.body["start_ns"], g.body["end_ns"])
+    bad = c.gen_start(cpu_mask=1 << 63, **base)    # CPU 63 is not online here
+    a = c.gen_stats(gid)
+    after = (a.body["state"], gen_totals(a), a.body["cfg"], a.body["start_ns"], a.body["end_ns"])
+    good = r.ok and bad.status == -errno.EINVAL and before == after and before[1]["generated"] == 100
+    return report("gen_fail_keeps", good, start=r.error_name, failed_start=bad.error_name,
+                  state_before=before[0], state_after=after[0], generated_before=before[1]["generated"],
+                  generated_after=after[1]["generated"])
+
+
+def alloc_failures(cons, gen_id, cpu, generated):
+    """The sequence numbers of (gen_id, cpu) that never arrived, sorted."""
+    seen = {s for s, _ in cons.seqs.get((gen_id, cpu), [])}
+    return [s for s in range(generated) if s not in seen]
+
+
+def check_nth_epochs(fails, m):
+    """Each run of consecutive failures (ALLOC_NTH 1) must be followed by failures exactly m apart (ALLOC_NTH m).
+
+    Returns (transitions checked, list of violations). After a run ending at a, the next failure is a + m,
+    a + 2m, ..., until the next run (of two or more) starts, no later than m after the last failure.
+    """
+    runs = []
+    i = 0
+    while i < len(fails):
+        j = i
+        while j + 1 < len(fails) and fails[j + 1] == fails[j] + 1:
+            j += 1
+        runs.append((fails[i], fails[j]))
+        i = j + 1
+    checked = 0
+    bad = []
+    k = 0
+    while k < len(runs):
+        start, end = runs[k]
+        if end == start:        # an isolated failure where a run should end: counted below
+            k += 1
+            continue
+        last = end
+        k += 1
+        while k < len(runs) and runs[k][0] == runs[k][1]:   # isolated failures: the m epoch
+            f = runs[k][0]
+            if f != last + m:
+                bad.append({"after": last, "failure": f, "want": last + m})
+            last = f
+            k += 1
+        if k < len(runs):
+            if runs[k][0] > last + m:
+                bad.append({"after": last, "next_run": runs[k][0], "want_by": last + m})
+            checked += 1
+    return checked, bad
+
+
+def t_alloc_nth_exact(c, seconds=5.0, m=7):
+    """ALLOC_NTH set while producers run on other CPUs is exact on every CPU.
+
+    The setter (this process, pinned to CPU 0) switches ALLOC_NTH between 1 (every insert fails: a run of
+    missing sequence numbers marks the epoch; the setter waits for two of them) and m, while kthread generators
+    insert on the other CPUs. After
+    each switch to m, each CPU's first failure must be exactly its m-th insert after its last 1-epoch insert,
+    then every m-th: a reset that misses a CPU, or inserts let through uncounted during the switch, show as
+    a failure out of step.
+    """
+    cpus = [cpu for cpu in online_cpus() if cpu != 0]
+    if not cpus:
+        return report("alloc_nth_exact", True, skipped="1 CPU")
+    os.sched_setaffinity(0, {0})
+    mask = sum(1 << cpu for cpu in cpus)
+    prev_limit = c.stats().body["queue_limit"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, kabi.CNLAB_QLIMIT_MAX)
+    cons = Consumer(keep_seqs=True)
+    cons.start()
+    s0 = wait_drained(c).body["total"]
+    gid = 9
+    r = c.gen_start(gen_id=gid, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0, duration_ns=int(seconds * 1e9),
+                    cpu_mask=mask, rate=30000, size_min=32, size_max=32, context="kthread", path="cbus")
+    switches = 0
+    end = time.monotonic() + seconds
+
+    def nomem():
+        return c.stats().body["total"]["drop_nomem"]
+
+    while r.ok and time.monotonic() < end:
+        # Each epoch must see inserts, else it leaves no mark: a 1-epoch without inserts would look like
+        # an m-epoch whose count restarted. So wait for two failures of the 1-epoch (its run) before
+        # switching to m, and for two of the m-epoch before switching back.
+        c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 1)
+        base = nomem()
+        kabi.wait_until(lambda b=base: nomem() >= b + 2, 2, pause=0.001)
+        c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, m)
+        base = nomem()
+        kabi.wait_until(lambda b=base: nomem() >= b + 2, 2, pause=0.002)
+        switches += 1
+    c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 0)
+    g = wait_gen_done(c, gid)
+    s1 = wait_drained(c).body["total"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
+    cons.wait_read(30)
+    time.sleep(0.1)
+    cons.stop()
+    os.sched_setaffinity(0, set(online_cpus()))
+    d = stats_delta(s0, s1)
+    checked = 0
+    bad = []
+    per_cpu = {}
+    for cs in g.body["cpus"]:
+        if not cs["generated"]:
+            continue
+        fails = alloc_failures(cons, gid, cs["cpu"], cs["generated"])
+        n, b = check_nth_epochs(fails, m)
+        checked += n
+        bad += [dict(v, cpu=cs["cpu"]) for v in b]
+        per_cpu[cs["cpu"]] = {"generated": cs["generated"], "err_nomem": cs["err_nomem"], "missing": len(fails)}
+    counted = all(v["missing"] == v["err_nomem"] for v in per_cpu.values())
+    good = (r.ok and d["drop_nomem"] == sum(v["err_nomem"] for v in per_cpu.values()) and counted
+            and d["drop_full"] == d["drop_nolistener"] == d["drop_nlerr"] == 0 and cons.reordered == 0
+            and checked >= 20 and not bad)
+    return report("alloc_nth_exact", good, error=r.error_name, switches=switches, transitions_checked=checked,
+                  out_of_step=len(bad), examples=bad[:5], per_cpu=per_cpu, cbus_delta=d)
+
+
+def t_drain_budget(c, budget=16, count=1000):
+    """With drain_budget=N one drain call sends at most N messages, whatever one queue batch holds."""
+    err = reload_module(f"drain_budget={budget}")
+    if err:
+        return report("drain_budget", False, error="load: " + err)
+    try:
+        cons = Consumer()
+        cons.start()
+        c.fault(kabi.CNLAB_FAULT_STALL_MS, 1000)
+        g, gerr = run_gen(c, cons, 13, count, context="kthread", path="cbus", cpu_mask=1, rate=0)
+        s1 = wait_drained(c, 15)
+        cons.wait_for(count, 20)
+        cons.stop()
+        cpu0 = s1.body["cpus"][0]
+        good = (g is not None and cons.received == count and cons.lost == cons.reordered == 0
+                and 0 < cpu0["batch_max"] <= budget and cpu0["batches"] >= count // budget)
+        return report("drain_budget", good, error=gerr, budget=budget, batch_max=cpu0["batch_max"],
+                      batches=cpu0["batches"], received=cons.received)
+    finally:
+        err = reload_module("")
+        if err:
+            report("drain_budget", False, error="reload: " + err)
+
+
+def t_bench_status(c):
+    """A BENCH run that fails answers with its error in the reply header, not only in the body."""
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 5000)
+    run_gen(c, None, 10, 10, context="kthread", path="cbus", cpu_mask=1, rate=0)  # 10 stay queued on CPU 0
+    r = c.bench(timeout=30, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32, iterations=8, chunk=8,
+                pause_us=0, cpu=0)
+    stall_end(c)
+    body_status = r.body.get("status") if r.body else kabi.BENCH_RESULT.unpack(r.raw)["status"] if r.raw else None
+    good = r.status == -errno.ETIMEDOUT and body_status == -errno.ETIMEDOUT
+    return report("bench_status", good, header_status=r.status, body_status=body_status)
+
+
+def t_bench_offline(c):
+    """A BENCH whose CPU goes offline settles on the CPU its work moved to.
+
+    The run starts on CPU 1 (chunks of one call, 100 ms apart); CPU 1 goes offline (the work moves to CPU 0),
+    then the drain threads stall. The insert on CPU 0 stays queued, so waiting for the queue of the CPU the
+    work runs on must time out (-ETIMEDOUT); waiting on CPU 1's queue (empty, its CPU is dead) lets the run
+    carry on into a queue that never empties.
+    """
+    if ncpus() < 2:
+        return report("bench_offline", True, skipped="1 CPU")
+    b = kabi.CtlClient(timeout=60)
+    seq = b.next_seq()
+    b.send_raw(kabi.encode_request(kabi.CNLAB_MSG_BENCH, kabi.BENCH.pack(
+        idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32, iterations=30, chunk=1, pause_us=100000,
+        cpu=1), seq=seq))
+    time.sleep(0.5)
+    cpu_set(1, False)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 20000)
+    r = b.recv_reply(seq, 60)
+    b.close()
+    stall_end(c)
+    cpu_set(1, True)
+    if r is None:
+        return report("bench_offline", False, error="no BENCH reply")
+    res = r.body if r.body else kabi.BENCH_RESULT.unpack(r.raw)
+    good = r.status == -errno.ETIMEDOUT and res["status"] == -errno.ETIMEDOUT
+    return report("bench_offline", good, header_status=r.status, body_status=res["status"],
+                  cbus_calls=res["cbus_calls"], direct_calls=res["direct_calls"], started_on=res["cpu"])
+
+
+def possible_cpus():
+    with open("/sys/devices/system/cpu/possible") as f:
+        out = []
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+        return out
+
+
+def t_cpu_entries(c):
+    """STATS and GEN_STATS have one entry per possible CPU (the first 64), each with its CPU number."""
+    want = possible_cpus()[:kabi.CNLAB_MAX_CPUS]
+    online = set(online_cpus())
+    s = c.stats().body
+    run_gen(c, None, 8, 10, context="kthread", path="cbus", cpu_mask=1, rate=0)
+    g = c.gen_stats(8).body
+    got_s = [e["cpu"] for e in s["cpus"]]
+    got_g = [e["cpu"] for e in g["cpus"]]
+    good = (got_s == want and got_g == want and s["nr_cpus"] == g["nr_cpus"] == len(want)
+            and all(bool(e["online"]) == (e["cpu"] in online) for e in s["cpus"]))
+    return report("cpu_entries", good, possible=len(want), stats_cpus=got_s[:8], gen_stats_cpus=got_g[:8],
+                  online=sorted(online))
+
+
+def bundled_datagrams(c, size=8000, count=40):
+    """Bundled CBUS messages of ``size`` bytes through a reader sized for the connector's maximum:
+    (largest datagram, datagrams cut short, bundles, messages received)."""
+    limit = kabi.NLMSG_HDRLEN + kabi.CONNECTOR_MAX_MSG_SIZE
+    sock = kabi.open_socket([GROUP], 64 << 20)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 300)     # the whole run in one queue batch
+    run_gen(c, None, 7, count, context="kthread", path="cbus", cpu_mask=1, rate=0, size_min=size,
+            size_max=size, flags=kabi.CNLAB_GEN_F_BUNDLE)
+    wait_drained(c, 10)
+    buf = bytearray(limit)
+    biggest = cut = bundles = received = 0
+    while select.select([sock], [], [], 0.5)[0]:
+        n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
+        biggest = max(biggest, n)
+        if n > limit:
+            cut += 1
+            continue
+        bundles += kabi.walk_datagram(buf, n, 0, lambda _ev, _now: None)
+        received += sum(len(kabi.expand(m)) for m in kabi.parse_datagram(buf, n))
+    sock.close()
+    return biggest, cut, bundles, received
+
+
+def t_bundle_bound(c):
+    """bundle_bytes is bounded by the connector's maximum message (16,364 data bytes): a larger value is
+    refused at load, and the largest allowed one gives datagrams a reader sized for that maximum takes whole."""
+    res = {}
+    try:
+        for value in (32768, 16365):
+            err = reload_module(f"bundle_bytes={value}")
+            res[value] = {"load": err or "ok"}
+            if not err:
+                res[value].update(zip(("biggest", "cut", "bundles", "received"), bundled_datagrams(c), strict=True))
+        err = reload_module(f"bundle_bytes={kabi.CONNECTOR_MAX_MSG_SIZE - kabi.CN_MSG.size}")
+        res["max"] = {"load": err or "ok"}
+        if not err:
+            res["max"].update(zip(("biggest", "cut", "bundles", "received"), bundled_datagrams(c), strict=True))
+    finally:
+        reload_module("")
+    mx = res["max"]
+    good = (res[32768]["load"] != "ok" and res[16365]["load"] != "ok" and mx["load"] == "ok" and mx["cut"] == 0
+            and mx["bundles"] > 0 and mx["received"] == 40
+            and mx["biggest"] <= kabi.NLMSG_HDRLEN + kabi.CONNECTOR_MAX_MSG_SIZE)
+    return report("bundle_bound", good, results={str(k): v for k, v in res.items()})
+
+
+def netlink_drops(sock):
+    inode = str(os.fstat(sock.fileno()).st_ino)
+    with open("/proc/net/netlink") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 10 and parts[-1] == inode:
+                return int(parts[8])
+    return -1
+
+
+def t_overrun(c, count=300):
+    """A listener whose socket is full is an overrun, not "no listener": CBUS and the direct path count
+    it apart (drop_overrun, err_overrun), equal to the socket's own drop count; with nobody listening the
+    drops are drop_nolistener / err_nolistener."""
+    out = {}
+    for path, gid in (("cbus", 13), ("direct", 12)):
+        sock = kabi.open_socket([GROUP], 4096)     # never read: full after a few messages
+        s0 = wait_drained(c).body["total"]
+        g, err = run_gen(c, None, gid, count, context="kthread", path=path, cpu_mask=1, rate=0)
+        s1 = wait_drained(c).body["total"]
+        drops = netlink_drops(sock)
+        sock.close()
+        d = stats_delta(s0, s1)
+        t = gen_totals(g) if g else {}
+        out[path] = {"error": err, "socket_drops": drops, "gen": t, "cbus_delta": d}
+    s0 = wait_drained(c).body["total"]
+    g, err = run_gen(c, None, 13, 100, context="kthread", path="cbus", cpu_mask=1, rate=0)
+    s1 = wait_drained(c).body["total"]
+    nobody = {"drop_nolistener": s1["drop_nolistener"] - s0["drop_nolistener"],
+              "drop_overrun": s1["drop_overrun"] - s0["drop_overrun"]}
+    cb, di = out["cbus"], out["direct"]
+    good = (cb["cbus_delta"]["drop_nolistener"] == 0 and cb["cbus_delta"]["drop_overrun"] == cb["socket_drops"] > 0
+            and cb["cbus_delta"]["sent"] + cb["socket_drops"] == count
+            and di["gen"]["err_nolistener"] == 0 and di["gen"]["err_overrun"] == di["socket_drops"] > 0
+            and di["gen"]["ok"] + di["socket_drops"] == count
+            and nobody == {"drop_nolistener": 100, "drop_overrun": 0})
+    return report("overrun", good, results=out, nobody_listening=nobody)
+
+
+def burst_shape(seqs, b, period_ns):
+    """How clustered one stream's kernel timestamps are, given B messages per burst every period_ns."""
+    seqs = sorted(seqs)
+    ts = [t for _, t in seqs]
+    intra = sorted(ts[i] - ts[i - 1] for i in range(1, len(ts)) if seqs[i][0] % b)
+    inter = sorted(ts[i] - ts[i - 1] for i in range(1, len(ts)) if not seqs[i][0] % b)
+    starts = [ts[i] for i in range(0, len(ts), b)]
+    spacing = sorted(starts[i] - starts[i - 1] for i in range(1, len(starts)))
+    spans = [ts[min(i + b, len(ts)) - 1] - ts[i] for i in range(0, len(ts), b)]
+
+    def median(v):
+        return v[len(v) // 2] if v else 0
+    return {"intra_median_us": median(intra) / 1e3, "inter_median_us": median(inter) / 1e3,
+            "spacing_median_us": median(spacing) / 1e3,
+            "tight_bursts": sum(1 for s in spans if s < period_ns / 4), "bursts": len(spans)}
+
+
+def t_bursts(c, rate=50, burst=32, nbursts=12):
+    """GEN_START with CNLAB_GEN_F_BURSTS: B messages back to back every 1/R s, in every context.
+
+    Per context and CPU, from the messages' kernel timestamps: the gaps inside a burst are tiny and the gaps
+    between bursts about 1/R (median); most bursts are tight (all B within a quarter period). The same
+    message rate without the flag (rate R*B msgs/s) is smoothed: no such gap at burst boundaries.
+    Limits: configs beyond the documented bounds are refused with -EINVAL.
+    """
+    period = 1e9 / rate
+    ok_all = True
+    mask = (1 << ncpus()) - 1
+    for i, ctx in enumerate(("kthread", "softirq", "timer", "hardirq")):
+        shapes = {}
+        for mode in ("bursts", "smoothed"):
+            cons = Consumer(keep_seqs=True)
+            cons.start()
+            cfg = dict(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=burst * nbursts, cpu_mask=mask,
+                       size_min=32, size_max=64, context=ctx, path="cbus", burst=burst)
+            if mode == "bursts":
+                cfg.update(rate=rate, bursts=True)
+            else:
+                cfg.update(rate=rate * burst)
+            r = c.gen_start(**cfg)
+            if not r.ok:
+                cons.stop()
+                ok_all = report("bursts", False, ctx=ctx, mode=mode, error=r.error_name) and ok_all
+                break
+            g = wait_gen_done(c, i)
+            wait_drained(c)
+            cons.wait_for(gen_totals(g)["generated"], 20)
+            cons.stop()
+            shapes[mode] = {cpu: burst_shape(cons.seqs.get((i, cpu), []), burst, period)
+                            for cpu in range(ncpus())}
+            shapes[mode]["received"] = cons.received
+            shapes[mode]["generated"] = gen_totals(g)["generated"]
+            shapes[mode]["gen_bursts"] = [cs.get("bursts") for cs in g.body["cpus"]]
+        else:
+            bs, sm = shapes["bursts"], shapes["smoothed"]
+            good = bs["received"] == bs["generated"] == burst * nbursts * ncpus()
+            for cpu in range(ncpus()):
+                x = bs[cpu]
+                good = (good and x["bursts"] == nbursts and x["intra_median_us"] < period / 20e3
+                        and x["inter_median_us"] > period / 2e3
+                        and period / 2e3 < x["spacing_median_us"] < 3 * period / 1e3
+                        and x["tight_bursts"] >= 0.75 * nbursts
+                        and sm[cpu]["inter_median_us"] < period / 4e3)
+            good = good and all(n == nbursts for n in bs["gen_bursts"])
+            ok_all = report("bursts", good, ctx=ctx, period_us=period / 1e3, bursts=bs, smoothed=sm) and ok_all
+    # limits
+    base = dict(gen_id=15, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=64, cpu_mask=1, size_min=32,
+                size_max=32, context="hardirq", path="cbus", bursts=True)
+    bad = {"rate 0": dict(rate=0, burst=8), "burst 0": dict(rate=100, burst=0),
+           "rate over the burst-rate cap": dict(rate=50001, burst=1),
+           "msgs/s over the cap": dict(rate=1000, burst=1001),
+           "bytes per burst over the cap": dict(rate=10, burst=200, size_max=8192),
+           "bytes/s over the cap": dict(rate=1000, burst=64, size_max=8192),
+           "timer faster than HZ": dict(rate=1001, burst=1, context="timer")}
+    refused = {}
+    for name, over in bad.items():
+        refused[name] = c.gen_start(**{**base, **over}).status
+    edge = c.gen_start(**{**base, "rate": 244, "burst": 4096, "count": 4096})
+    wait_gen_done(c, 15)
+    good = all(v == -errno.EINVAL for v in refused.values()) and edge.ok
+    return report("burst_limits", good, refused=refused, edge=edge.error_name or "ok") and ok_all
+
+
 TESTS = {"echo": t_echo, "deliver": t_deliver, "balance": t_balance, "invariant": t_invariant,
          "perm": t_perm, "fuzz": t_fuzz, "faults": t_faults, "hotplug": t_hotplug,
-         "initfail": t_initfail, "unload": t_unload, "bench": t_bench}
+         "initfail": t_initfail, "unload": t_unload, "bench": t_bench, "stall_end": t_stall_end,
+         "gen_fail_keeps": t_gen_fail_keeps, "alloc_nth_exact": t_alloc_nth_exact, "drain_budget": t_drain_budget,
+         "bench_status": t_bench_status, "bench_offline": t_bench_offline, "cpu_entries": t_cpu_entries,
+         "bundle_bound": t_bundle_bound, "overrun": t_overrun, "bursts": t_bursts}
 ALL = ["echo", "deliver", "balance", "invariant", "perm", "fuzz", "faults", "bench", "hotplug", "invariant",
        "initfail", "unload"]
 

@@ -293,8 +293,8 @@ def run_stream(c: kabi.CtlClient, reader_cpu: int, path: str, flags: int, count:
     wait_read(reader, 60)
     time.sleep(0.2)
     reader.finish()
-    gen = {k: sum(cs[k] for cs in g.body["cpus"]) for k in ("generated", "ok", "err_nolistener", "err_nomem",
-                                                             "err_full", "err_other")}
+    gen = {k: sum(cs[k] for cs in g.body["cpus"]) for k in ("generated", "ok", "err_nolistener", "err_overrun",
+                                                             "err_nomem", "err_full", "err_other")}
     span = (reader.last_ns - t0) / 1e9 if reader.last_ns else 0.0
     gen_span = (g.body["end_ns"] - g.body["start_ns"]) / 1e9 if g.body["end_ns"] else 0.0
     out = {
@@ -304,7 +304,7 @@ def run_stream(c: kabi.CtlClient, reader_cpu: int, path: str, flags: int, count:
         "msgs_per_s": round(reader.received / span) if span else 0,
         "gen_msgs_per_s": round(gen["generated"] / gen_span) if gen_span else 0,
         "cbus_sent": s1["sent"] - s0["sent"], "cbus_dropped": sum(s1[k] - s0[k] for k in (
-            "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")),
+            "drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr")),
     }
     return reader, out, g
 

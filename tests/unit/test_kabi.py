@@ -219,3 +219,81 @@ def test_fuzz_overrides():
     raw = kabi.frame_nl(kabi.frame_cn(1, 1, b"x", length=500), nl_len=8)
     assert kabi.NLMSGHDR.unpack(raw)["len"] == 8
     assert kabi.CN_MSG.unpack(raw, 16)["len"] == 500
+
+
+# ------------------------------------------------------- docs/kmod.md sizes
+
+DOCS_KMOD = ROOT / "docs" / "kmod.md"
+# Every way docs/kmod.md states a UAPI struct's size: "`name` (N)", "`name{...}` (N)", "(`struct name`, N bytes)"
+# and "struct name { ... };  /* N */".
+_SIZE_PATTERNS = (
+    r"`(?:struct )?(?P<name>c[a-z_]+)(?:\{[^}`]*\})?` \((?P<size>\d+)\)",
+    r"\(`struct (?P<name>c[a-z_]+)`, (?P<size>\d+) bytes\)",
+    r"struct (?P<name>c[a-z_]+) \{[^}]*\};\s*/\* (?P<size>\d+) \*/",
+)
+
+
+def doc_sizes(text: str) -> list[tuple[str, int, int]]:
+    """(struct name, stated size, line) for every size figure of a UAPI struct in the text."""
+    import re
+
+    found = []
+    for pattern in _SIZE_PATTERNS:
+        for m in re.finditer(pattern, text):
+            if m["name"] in kabi.LAYOUTS:
+                found.append((m["name"], int(m["size"]), text.count("\n", 0, m.start()) + 1))
+    return found
+
+
+def test_doc_sizes_finds_every_form():
+    text = ("| `cnlab_echo` (32) + data | `cnlab_fault{op, reserved, value}` (16) |\n"
+            "GEN_START fields (`struct cnlab_gen_start`, 64 bytes):\n"
+            "struct cnlab_event { __u32 gen_id; };  /* 32 */\n`not_a_struct` (5)\n")
+    assert sorted(doc_sizes(text)) == [("cnlab_echo", 32, 1), ("cnlab_event", 32, 3), ("cnlab_fault", 16, 1),
+                                       ("cnlab_gen_start", 64, 2)]
+
+
+def test_docs_struct_sizes_match_the_abi(c_abi):
+    """Every struct size docs/kmod.md states is the compiled one (and kabi's): the figures cannot drift.
+
+    Each struct of the control table has its size stated; a change to the header that moves a size makes
+    this fail until the docs say the new figure.
+    """
+    found = doc_sizes(DOCS_KMOD.read_text())
+    wrong = [f"docs/kmod.md:{line}: {name} is {c_abi['structs'][name]['size']} bytes, not {size}"
+             for name, size, line in found if size != c_abi["structs"][name]["size"]]
+    wrong += [f"kabi.{name}: {kabi.LAYOUTS[name].size} != {size} in docs/kmod.md:{line}"
+              for name, size, line in found if size != kabi.LAYOUTS[name].size]
+    assert not wrong, "\n".join(wrong)
+    stated = {name for name, _, _ in found}
+    table = {"cnlab_hdr", "cnlab_echo", "cnlab_gen_start", "cnlab_gen_stop", "cnlab_stats_req", "cnlab_stats_rep",
+             "cnlab_cbus_stats", "cnlab_gen_stats_req", "cnlab_gen_stats_rep", "cnlab_gen_cpu_stats",
+             "cnlab_fault", "cnlab_bench", "cnlab_bench_result", "cnlab_event"}
+    assert table <= stated, f"sizes not stated in docs/kmod.md: {sorted(table - stated)}"
+
+
+# ------------------------------------------------------------------ bursts
+
+def test_bursts_flag_and_limits_are_mirrored():
+    """GEN_START's burst mode (CNLAB_GEN_F_BURSTS) and its bounds exist in kabi; the keyword sets the flag."""
+    assert kabi.CNLAB_GEN_F_BURSTS & kabi.CNLAB_GEN_F_ALL
+    assert kabi.CNLAB_GEN_F_BURSTS != kabi.CNLAB_GEN_F_BUNDLE
+    for name in ("CNLAB_BURST_RATE_MAX", "CNLAB_BURST_MSGS_PER_S_MAX", "CNLAB_BURST_BYTES_MAX",
+                 "CNLAB_BURST_BYTES_PER_S_MAX"):
+        assert getattr(kabi, name) > 0, name
+    cfg = kabi.GEN_START.unpack(kabi.gen_start_body(gen_id=1, rate=200, burst=64, bursts=True,
+                                                    flags=kabi.CNLAB_GEN_F_BUNDLE))
+    assert cfg["flags"] == kabi.CNLAB_GEN_F_BURSTS | kabi.CNLAB_GEN_F_BUNDLE
+    assert cfg["rate"] == 200 and cfg["burst"] == 64
+    assert kabi.GEN_START.unpack(kabi.gen_start_body(gen_id=1, bursts=False))["flags"] == 0
+
+
+def test_gen_cpu_stats_count_bursts_and_overruns():
+    """Per (generator, CPU): bursts emitted and missed, and direct sends lost to full listeners."""
+    for name in ("err_overrun", "bursts", "bursts_missed"):
+        assert name in kabi.GEN_CPU_STATS.offsets, name
+    assert "drop_overrun" in kabi.CBUS_STATS.offsets
+    s = dict(inserted=9, sent=4, drop_full=1, drop_nomem=1, drop_nolistener=1, drop_overrun=2, drop_nlerr=0,
+             queued=0)
+    assert kabi.check_invariant(s)
+    assert not kabi.check_invariant(dict(s, drop_overrun=0))

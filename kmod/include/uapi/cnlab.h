@@ -34,9 +34,14 @@
 #define CNLAB_ECHO_MAX_DATA	1024
 #define CNLAB_RATE_MAX		10000000U	/* msgs/s per CPU */
 #define CNLAB_DURATION_MAX_NS	(600ULL * 1000000000ULL)
-#define CNLAB_COUNT_MAX		(1ULL << 40)
+#define CNLAB_COUNT_MAX		1099511627776ULL	/* 2^40 */
 #define CNLAB_BURST_MAX		4096
-#define CNLAB_QLIMIT_MAX	(1U << 20)
+/* Burst mode (CNLAB_GEN_F_BURSTS), per CPU instance; beyond them -EINVAL */
+#define CNLAB_BURST_RATE_MAX	50000	/* bursts/s: one every 20 us at most */
+#define CNLAB_BURST_MSGS_PER_S_MAX 1000000	/* burst x rate */
+#define CNLAB_BURST_BYTES_MAX	1048576U	/* 1 MiB: burst x size_max */
+#define CNLAB_BURST_BYTES_PER_S_MAX 268435456ULL	/* 256 MiB: x rate */
+#define CNLAB_QLIMIT_MAX	1048576U	/* 2^20 */
 #define CNLAB_STALL_MAX_MS	60000
 #define CNLAB_BENCH_ITER_MAX	10000000U
 #define CNLAB_BENCH_PAUSE_MAX_US 100000
@@ -100,7 +105,8 @@ enum cnlab_path {
 
 /* GEN_START: flags */
 #define CNLAB_GEN_F_BUNDLE	0x0001	/* CBUS may bundle (opt-in consumers) */
-#define CNLAB_GEN_F_ALL		CNLAB_GEN_F_BUNDLE
+#define CNLAB_GEN_F_BURSTS	0x0002	/* rate = bursts/s, burst = msgs in each */
+#define CNLAB_GEN_F_ALL		(CNLAB_GEN_F_BUNDLE | CNLAB_GEN_F_BURSTS)
 
 /*
  * GEN_START (CAP_NET_ADMIN). Starts generator gen_id on every CPU of
@@ -116,13 +122,17 @@ struct cnlab_gen_start {
 	__u64	count;		/* messages per CPU, <= CNLAB_COUNT_MAX */
 	__u64	duration_ns;	/* <= CNLAB_DURATION_MAX_NS */
 	__u64	cpu_mask;	/* bit n = CPU n; non-zero */
-	__u32	rate;		/* msgs/s per CPU, 0 = as fast as possible */
+	__u32	rate;		/* msgs/s per CPU, 0 = as fast as possible;
+				 * CNLAB_GEN_F_BURSTS: bursts/s per CPU, >= 1
+				 */
 	__u32	size_min;	/* cn_msg data bytes, >= sizeof(cnlab_event) */
 	__u32	size_max;	/* size_min..CNLAB_PAYLOAD_MAX, uniform */
 	__u16	context;	/* enum cnlab_ctx */
 	__u16	path;		/* enum cnlab_path; DIRECT+HARDIRQ: -EINVAL */
 	__u32	flags;		/* CNLAB_GEN_F_* */
-	__u32	burst;		/* max msgs per wakeup/firing, 0 = default */
+	__u32	burst;		/* max msgs per wakeup/firing, 0 = default;
+				 * CNLAB_GEN_F_BURSTS: msgs in each burst, >= 1
+				 */
 };
 
 /* GEN_STOP (CAP_NET_ADMIN). Reply body: the same struct. */
@@ -158,14 +168,15 @@ struct cnlab_stats_req {
 /*
  * CBUS counters of one CPU (cpu = CPU number) or of all (cpu = ~0).
  * Invariant: inserted == sent + drop_full + drop_nomem + drop_nolistener
- *            + drop_nlerr + queued (exact when quiescent).
+ *            + drop_overrun + drop_nlerr + queued (exact when quiescent).
  */
 struct cnlab_cbus_stats {
 	__u64	inserted;	/* cbus_insert calls accepted for accounting */
 	__u64	sent;		/* delivered to >= 1 listener */
 	__u64	drop_full;	/* queue at its limit (-ENOBUFS to caller) */
 	__u64	drop_nomem;	/* event allocation failed (-ENOMEM) */
-	__u64	drop_nolistener; /* cn_netlink_send -ESRCH: nobody took it */
+	__u64	drop_nolistener; /* cn_netlink_send -ESRCH: nobody listening */
+	__u64	drop_overrun;	/* -ESRCH with listeners: all of them full */
 	__u64	drop_nlerr;	/* any other cn_netlink_send error */
 	__u64	rejected;	/* refused (-EINVAL/-EMSGSIZE/-ESHUTDOWN) */
 	__u64	queued;		/* accepted, not yet sent or dropped */
@@ -211,10 +222,13 @@ struct cnlab_gen_cpu_stats {
 	__u32	reserved;
 	__u64	generated;	/* messages built == next seq */
 	__u64	ok;		/* direct: cn_netlink_send 0; cbus: insert 0 */
-	__u64	err_nolistener;	/* direct: -ESRCH */
+	__u64	err_nolistener;	/* direct: -ESRCH, nobody listening */
+	__u64	err_overrun;	/* direct: -ESRCH, every listener full */
 	__u64	err_nomem;	/* -ENOMEM (either path) */
 	__u64	err_full;	/* cbus: -ENOBUFS (queue full) */
 	__u64	err_other;
+	__u64	bursts;		/* CNLAB_GEN_F_BURSTS: bursts emitted */
+	__u64	bursts_missed;	/* burst slots skipped: late, or the 50 % duty cap */
 };
 
 /* GEN_STATS reply body: this, then nr_cpus struct cnlab_gen_cpu_stats */

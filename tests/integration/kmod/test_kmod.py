@@ -54,13 +54,13 @@ class GuestPool:
         self.guest: Guest | None = None
         self.lib = ""
 
-    def get(self, group: str, cpus: int) -> Guest:
-        key = (group, cpus)
+    def get(self, group: str, cpus: int, cmdline: tuple[str, ...] = ()) -> Guest:
+        key = (group, cpus, cmdline)
         if self.guest is not None and (self.key != key or not self.guest.alive()):
             self.close()
         if self.guest is None:
             spec = self.lab.guest_spec(GuestShape(cpus=cpus, memory_mb=1024), name=f"kmod-{group}",
-                                       cmdline=CMDLINE)
+                                       cmdline=CMDLINE + cmdline)
             log_dir = None
             if os.environ.get("CNLAB_LOG_DIR"):
                 worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -96,9 +96,10 @@ def require_parallel_vcpus(guest: Guest) -> None:
 
 
 def run_checks(pool: GuestPool, group: str, cpus: int, tests: list[str], *options: str,
-               timeout: float = 600, parallel_vcpus: bool = False) -> dict[str, list[dict]]:
+               timeout: float = 600, parallel_vcpus: bool = False,
+               cmdline: tuple[str, ...] = ()) -> dict[str, list[dict]]:
     """Run guest checks; assert each passed and the kernel stayed clean."""
-    guest = pool.get(group, cpus)
+    guest = pool.get(group, cpus, cmdline)
     assert guest.ready_info.get("cpus") == cpus
     if parallel_vcpus:
         require_parallel_vcpus(guest)
@@ -109,6 +110,7 @@ def run_checks(pool: GuestPool, group: str, cpus: int, tests: list[str], *option
     for rec in lines:
         if not rec.get("timing"):
             results.setdefault(rec["test"], []).append(rec)
+        print(json.dumps(rec))  # the figures, for pytest -s
     failed = [rec for recs in results.values() for rec in recs if not rec["ok"]]
     detail = json.dumps(failed, indent=1)[:6000] + "\n" + result.stderr.decode(errors="replace")[-3000:]
     assert not failed, f"guest checks failed:\n{detail}"
@@ -151,7 +153,8 @@ def test_stats_balance_exactly(pool):
     d = bal["cbus_delta"]
     assert d["queued"] == 0
     assert d["inserted"] == bal["gen"]["generated"] > 0
-    assert d["inserted"] == d["sent"] + d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_nlerr"]
+    assert d["inserted"] == (d["sent"] + d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_overrun"]
+                             + d["drop_nlerr"])
     assert bal["received"] == d["sent"]
     assert all(bal["per_cpu_balanced"])
 
@@ -160,7 +163,7 @@ def test_stats_balance_exactly(pool):
 def test_fault_knobs_give_exactly_the_counted_drops(pool):
     """Each knob gives exactly its drops, counted under its own reason, and nothing else."""
     res = run_checks(pool, "2cpu", 2, ["faults"])
-    reasons = ("drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr")
+    reasons = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr")
 
     def only(delta: dict, **want: int) -> None:
         got = {k: delta[k] for k in (*reasons, "sent", "queued")}
@@ -208,6 +211,81 @@ def test_bench_request_times_both_paths_and_every_call_sends(pool):
 def test_init_failure_unwinds_completely(pool):
     res = run_checks(pool, "2cpu", 2, ["initfail", "echo"])
     assert len(res["initfail"][0]["steps"]) == 6
+
+
+# ----------------------------------------------- issue 17: defects found in review
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_stall_zero_ends_a_running_stall(pool):
+    """SET_FAULT STALL_MS 0 ends a 30 s stall at once: the held queue drains within 10 s."""
+    res = run_checks(pool, "2cpu", 2, ["stall_end", "invariant"])
+    assert res["stall_end"][0]["drained_after_s"] < 10
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_failed_gen_start_keeps_the_previous_run(pool):
+    """A GEN_START refused for its CPU mask leaves the id's last run and counts as they were."""
+    res = run_checks(pool, "2cpu", 2, ["gen_fail_keeps"])
+    assert res["gen_fail_keeps"][0]["generated_after"] == 100
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_drain_budget_bounds_one_drain_call(pool):
+    """drain_budget=16: no drain call sends more than 16 messages, though one queue batch held 1000."""
+    res = run_checks(pool, "2cpu", 2, ["drain_budget", "invariant"])
+    assert res["drain_budget"][0]["batch_max"] <= 16
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_bench_errors_reach_the_reply_header_and_settle_follows_the_cpu(pool):
+    """A failed BENCH says so in the reply status; a run moved off an offlined CPU waits on its new CPU's queue."""
+    res = run_checks(pool, "2cpu", 2, ["bench_status", "bench_offline", "bench", "invariant"])
+    assert res["bench_status"][0]["header_status"] == -110  # -ETIMEDOUT
+    assert res["bench_offline"][0]["header_status"] == -110
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_stats_entries_are_the_possible_cpus(pool):
+    res = run_checks(pool, "2cpu", 2, ["cpu_entries"])
+    assert res["cpu_entries"][0]["possible"] == 2
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_bundle_bytes_is_bounded_by_the_connector_maximum(pool):
+    """bundle_bytes above 16,364 is refused at load; at 16,364 no bundle outgrows a reader sized for 16,384."""
+    res = run_checks(pool, "2cpu", 2, ["bundle_bound", "echo"])
+    assert res["bundle_bound"][0]["results"]["max"]["cut"] == 0
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_overrun_is_counted_apart_from_no_listener(pool):
+    """A full listener's drops are overruns (CBUS and direct), equal to the socket's own drop count."""
+    res = run_checks(pool, "2cpu", 2, ["overrun", "invariant"])
+    assert res["overrun"][0]["nobody_listening"] == {"drop_nolistener": 100, "drop_overrun": 0}
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_bursts_are_bursts_in_every_context(pool):
+    """CNLAB_GEN_F_BURSTS: 32 messages back to back 50 times a second, in every context; limits refused."""
+    res = run_checks(pool, "2cpu", 2, ["bursts", "invariant"])
+    assert {r["ctx"] for r in res["bursts"]} == {"kthread", "softirq", "timer", "hardirq"}
+    assert res["burst_limits"][0]["ok"]
+
+
+# Many possible CPUs (cloud guests often have 64 or more for hotplug) and 2 online: the ALLOC_NTH setter's
+# per-CPU loop is as long as on such machines; and STATS must list possible CPUs that never came online.
+WIDE = ("possible_cpus=64",)
+
+
+@pytest.mark.heavy
+@pytest.mark.xdist_group("kmod-wide")
+def test_alloc_nth_set_under_load_is_exact(pool):
+    """ALLOC_NTH switched hundreds of times while another CPU inserts: every CPU's failures stay in step."""
+    res = run_checks(pool, "wide", 2, ["alloc_nth_exact", "cpu_entries", "invariant"], parallel_vcpus=True,
+                     cmdline=WIDE)
+    a = res["alloc_nth_exact"][0]
+    assert a["out_of_step"] == 0 and a["transitions_checked"] >= 20
+    assert res["cpu_entries"][0]["possible"] == 64
 
 
 # ------------------------------------------------------------------- hotplug

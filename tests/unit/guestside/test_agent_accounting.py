@@ -14,18 +14,18 @@ from .guest_modules import load_guest_module
 #: generated; another module's line in between.
 UNLOAD_KMSG = (
     "6,900,5000000,-;cnlab: gen 1 final: state running cpus 2\n"
-    "6,901,5000001,-;cnlab: gen 1 cpu 0 final: generated 500 ok 490 nolistener 0 nomem 4 full 0 other 0\n"
-    "6,902,5000002,-;cnlab: gen 1 cpu 1 final: generated 300 ok 300 nolistener 0 nomem 0 full 0 other 0\n"
+    "6,901,5000001,-;cnlab: gen 1 cpu 0 final: generated 500 ok 490 nolistener 0 overrun 0 nomem 4 full 0 other 0\n"
+    "6,902,5000002,-;cnlab: gen 1 cpu 1 final: generated 300 ok 300 nolistener 0 overrun 0 nomem 0 full 0 other 0\n"
     "4,903,5000003,-;e1000e: some other driver\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:02.0\n"
     "6,904,5000004,-;cnlab: gen 2 final: state done cpus 1\n"
-    "6,905,5000005,-;cnlab: gen 2 cpu 1 final: generated 1000 ok 990 nolistener 0 nomem 0 full 10 other 0\n"
+    "6,905,5000005,-;cnlab: gen 2 cpu 1 final: generated 1000 ok 990 nolistener 0 overrun 0 nomem 0 full 10 other 0\n"
     "6,906,5000006,-;cnlab: gen 3 final: state done cpus 0\n"
-    "6,907,5000007,-;cnlab: cbus final: inserted 1500 sent 1488 full 10 nomem 0 nolistener 0 nlerr 2 queued 0 "
-    "rejected 0\n"
+    "6,907,5000007,-;cnlab: cbus final: inserted 1500 sent 1488 full 10 nomem 0 nolistener 0 overrun 0 nlerr 2 "
+    "queued 0 rejected 0\n"
     "6,908,5000008,-;cnlab: unloaded\n"
 )
-CBUS_ZERO = dict.fromkeys(("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_nlerr",
-                           "queued", "rejected"), 0)
+CBUS_ZERO = dict.fromkeys(("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_overrun",
+                           "drop_nlerr", "queued", "rejected"), 0)
 
 
 
@@ -61,7 +61,7 @@ def test_reconciles_a_churning_consumer_over_the_windows_it_listened():
     accounting = load_guest_module("agent_accounting")
     gens = {0: {"state": 2, "cpus": {0: {"generated": 50, "ok": 42, "err_nolistener": 8, "err_nomem": 0,
                                          "err_full": 0, "err_other": 0},
-                                     1: {"generated": 9, "ok": 9, "err_nolistener": 0, "err_nomem": 0,
+                                     1: {"generated": 9, "ok": 9, "err_nolistener": 0, "err_overrun": 0, "err_nomem": 0,
                                          "err_full": 0, "err_other": 0}}}}
     # Left twice; CPU 0 seen to its end since the last rejoin; CPU 1 seen only before it (not counted).
     churning = {"groups": [18], "socket_drops": 0, "churns": 2,
@@ -79,8 +79,8 @@ def test_kernel_log_reads_only_what_came_after_the_mark(tmp_path):
     accounting = load_guest_module("agent_accounting")
     log = tmp_path / "kmsg"
     log.write_text("6,10,100,-;cnlab: gen 1 final: state done cpus 0\n"  # an earlier run's unload
-                   "6,11,101,-;cnlab: cbus final: inserted 1 sent 1 full 0 nomem 0 nolistener 0 nlerr 0 queued 0 "
-                   "rejected 0\n")
+                   "6,11,101,-;cnlab: cbus final: inserted 1 sent 1 full 0 nomem 0 nolistener 0 overrun 0 nlerr 0 "
+                   "queued 0 rejected 0\n")
     klog = accounting.KernelLog(str(log))
     with open(log, "a") as f:
         f.write(UNLOAD_KMSG)
@@ -90,11 +90,13 @@ def test_kernel_log_reads_only_what_came_after_the_mark(tmp_path):
     assert not any(line.startswith(" ") or "SUBSYSTEM" in line for line in lines)
     (unload,) = accounting.parse_unloads(lines)
     assert unload["gens"][1] == {"state": "running", "expected_cpus": 2, "cpus": {
-        0: {"generated": 500, "ok": 490, "err_nolistener": 0, "err_nomem": 4, "err_full": 0, "err_other": 0},
-        1: {"generated": 300, "ok": 300, "err_nolistener": 0, "err_nomem": 0, "err_full": 0, "err_other": 0}}}
+        0: {"generated": 500, "ok": 490, "err_nolistener": 0, "err_overrun": 0, "err_nomem": 4,
+            "err_full": 0, "err_other": 0},
+        1: {"generated": 300, "ok": 300, "err_nolistener": 0, "err_overrun": 0, "err_nomem": 0,
+            "err_full": 0, "err_other": 0}}}
     assert unload["gens"][3] == {"state": "done", "expected_cpus": 0, "cpus": {}}
     assert unload["cbus"] == {"inserted": 1500, "sent": 1488, "drop_full": 10, "drop_nomem": 0,
-                              "drop_nolistener": 0, "drop_nlerr": 2, "queued": 0, "rejected": 0}
+                              "drop_nolistener": 0, "drop_overrun": 0, "drop_nlerr": 2, "queued": 0, "rejected": 0}
     missing = accounting.KernelLog(str(tmp_path / "nope"))
     assert missing.read() == [] and "nope" in missing.error
 
@@ -108,11 +110,14 @@ def test_reconciles_exactly_with_counts_recovered_after_a_module_reload():
     cbus, reason = accounting.recover(gens, accounting.parse_unloads(lines), before, after)
     assert reason is None
     assert gens[1] == {"state": kabi.CNLAB_GEN_STOPPED, "unloaded": "running", "cpus": {
-        0: {"generated": 500, "ok": 490, "err_nolistener": 0, "err_nomem": 4, "err_full": 0, "err_other": 0},
-        1: {"generated": 300, "ok": 300, "err_nolistener": 0, "err_nomem": 0, "err_full": 0, "err_other": 0}}}
+        0: {"generated": 500, "ok": 490, "err_nolistener": 0, "err_overrun": 0, "err_nomem": 4,
+            "err_full": 0, "err_other": 0},
+        1: {"generated": 300, "ok": 300, "err_nolistener": 0, "err_overrun": 0, "err_nomem": 0,
+            "err_full": 0, "err_other": 0}}}
     assert gens[3]["cpus"] == {}
     assert cbus == {"inserted": 805, "sent": 793, "drop_full": 10, "drop_nomem": 0, "drop_nolistener": 0,
-                    "drop_nlerr": 2, "rejected": 0, "queued": 0, "balanced": True, "unloads": 1}
+                    "drop_overrun": 0, "drop_nlerr": 2, "rejected": 0, "queued": 0, "balanced": True,
+                    "unloads": 1}
     # The checker: gen 1 CPU 0 with 2 gaps and next 498 (2 lost at the tail), all of gen 1 CPU 1, gen 2 CPU 1
     # with 1 gap and next 980 (20 at the tail): lost 4 + 0 + 21 = 25 = 9 socket drops + 14 failed sends
     # (4 nomem of gen 1, 10 full of gen 2) + 2 CBUS send errors.
