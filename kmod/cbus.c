@@ -320,8 +320,8 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		goto out_free;
 	}
 	cc->enq++;
-	if (depth >= cc->hwm)
-		cc->hwm = depth + 1;
+	if (depth >= READ_ONCE(cc->hwm))
+		WRITE_ONCE(cc->hwm, depth + 1);
 	if (cbus_list_add(&ev->node, &cc->list)) {
 		/* Empty -> non-empty: the drain thread may sleep, kick it. */
 		cc->kicks++;
@@ -608,6 +608,25 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	s->queued = s->inserted > done ? s->inserted - done : 0;
 	s->cpu = cc->cpu;
 	s->online = cpu_online(cc->cpu);
+}
+
+/*
+ * Start every CPU's high-water mark again from its queue depth now, so a
+ * scenario sees its own peak.  The owner CPU only ever raises the mark to a
+ * depth it just reached, so a raise racing this reset leaves a depth that
+ * occurred after the reset began.
+ */
+void cnlab_cbus_reset_hwm(void)
+{
+	int cpu;
+
+	for_each_possible_cpu(cpu) {
+		struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
+		u64 enq = READ_ONCE(cc->enq);
+		u64 deq = READ_ONCE(cc->deq);
+
+		WRITE_ONCE(cc->hwm, enq > deq ? enq - deq : 0);
+	}
 }
 
 /* Snapshot of one CPU's counters, or of the total with cpu == -1. */

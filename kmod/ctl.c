@@ -174,8 +174,14 @@ static int cnlab_do_stats(struct cnlab_req *rq)
 	if (rq->len != sizeof(req))
 		return -EBADMSG;
 	memcpy(&req, rq->body, sizeof(req));
-	if (req.flags || req.reserved)
+	if ((req.flags & ~CNLAB_STATS_F_ALL) || req.reserved)
 		return -EINVAL;
+	if (req.flags & CNLAB_STATS_F_RESET_HWM) {
+		/* Reading is for anyone; changing state is not. */
+		if (!__netlink_ns_capable(rq->nsp, &init_user_ns, CAP_NET_ADMIN))
+			return -EPERM;
+		cnlab_cbus_reset_hwm();
+	}
 
 	rep = cnlab_reply_alloc(len, &cn);
 	if (!rep)

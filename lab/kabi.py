@@ -93,6 +93,8 @@ CNLAB_PATH_MAX = 1
 CNLAB_GEN_F_BUNDLE = 0x0001
 CNLAB_GEN_F_BURSTS = 0x0002
 CNLAB_GEN_F_ALL = CNLAB_GEN_F_BUNDLE | CNLAB_GEN_F_BURSTS
+CNLAB_STATS_F_RESET_HWM = 0x0001
+CNLAB_STATS_F_ALL = CNLAB_STATS_F_RESET_HWM
 CNLAB_EV_F_CBUS = 0x0001
 
 CNLAB_BATCH_BUCKETS = 8
@@ -626,8 +628,9 @@ class CtlClient:
     def gen_stop(self, gen_id: int, timeout: float | None = None) -> Reply:
         return self.request(CNLAB_MSG_GEN_STOP, GEN_STOP.pack(gen_id=gen_id), timeout)
 
-    def stats(self) -> Reply:
-        return self.request(CNLAB_MSG_STATS, STATS_REQ.pack())
+    def stats(self, reset_hwm: bool = False) -> Reply:
+        """STATS; ``reset_hwm=True`` (CAP_NET_ADMIN) first restarts every CPU's high-water mark."""
+        return self.request(CNLAB_MSG_STATS, STATS_REQ.pack(flags=CNLAB_STATS_F_RESET_HWM if reset_hwm else 0))
 
     def gen_stats(self, gen_id: int) -> Reply:
         return self.request(CNLAB_MSG_GEN_STATS, GEN_STATS_REQ.pack(gen_id=gen_id))

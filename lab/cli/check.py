@@ -63,8 +63,10 @@ def format_plan(pm: LabPluginManager, scenario: Scenario, plan: dict[str, Any]) 
             lines.append(f"    {use.label} = {use.name} (plugin {use.plugin}): {_params(pm, use)}{extra}")
     lines.append("  module generators:")
     for g in plan["generators"]:
+        shape = (f"bursts of {g['burst']} messages, {g['rate']} a second per CPU" if g.get("flags", 0) & 2
+                 else f"rate {g['rate']}/s per CPU")
         lines.append(f"    {g['gen_id']:2} {g['label']}: idx {g['idx']:#x} group {g['group']} {g['path']}/"
-                     f"{g['context']} rate {g['rate']}/s per CPU, {g['size_min']}..{g['size_max']} B, "
+                     f"{g['context']} {shape}, {g['size_min']}..{g['size_max']} B, "
                      + (f"{g['count']} per CPU" if g.get("count") else f"{g['duration_ns'] / 1e9:g} s"))
     for src in plan["live"]:
         lines.append(f"    live {src['label']}: {' '.join(src['driver'])}")

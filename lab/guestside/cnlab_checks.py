@@ -317,6 +317,7 @@ def t_perm(c):
             with kabi.CtlClient(timeout=3.0) as u:
                 res["echo"] = u.echo(b"x").status
                 res["stats"] = u.stats().status
+                res["stats_reset"] = u.stats(reset_hwm=True).status
                 res["gen_start"] = u.gen_start(gen_id=15, idx=GEN_IDX, val=GEN_VAL, group=GROUP,
                                                count=10, cpu_mask=1, size_min=32,
                                                size_max=32).status
@@ -346,7 +347,7 @@ def t_perm(c):
     eperm = -errno.EPERM
     good = (res.get("echo") == 0 and res.get("stats") == 0 and res.get("gen_start") == eperm
             and res.get("gen_stop") == eperm and res.get("fault") == eperm
-            and res.get("bench") == eperm and res.get("join16") == eperm)
+            and res.get("bench") == eperm and res.get("join16") == eperm and res.get("stats_reset") == eperm)
     st = c.gen_stats(15).body
     good = good and st["state"] == kabi.CNLAB_GEN_IDLE
     return report("perm", good, results=res)
@@ -862,6 +863,25 @@ def t_stall_end(c):
                   received=cons.received)
 
 
+def t_hwm_reset(c):
+    """STATS with CNLAB_STATS_F_RESET_HWM restarts the high-water mark: a stalled queue's peak is gone after it."""
+    cons = Consumer()
+    cons.start()
+    wait_drained(c)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 30000)
+    g, err = run_gen(c, cons, 12, 150, context="kthread", path="cbus", cpu_mask=1, rate=0)
+    kabi.wait_until(lambda: c.stats().body["total"]["queued"] >= 150, 5)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 0)
+    peak = wait_drained(c).body["total"]["hwm"]
+    cons.wait_for(150, 10)
+    cons.stop()
+    reset = c.stats(reset_hwm=True)
+    after = c.stats().body["total"]["hwm"]
+    good = g is not None and peak >= 150 and reset.ok and reset.body["total"]["hwm"] == 0 and after == 0
+    return report("hwm_reset", good, error=err, peak=peak, reset=reset.error_name or "ok",
+                  hwm_in_reply=reset.body.get("total", {}).get("hwm"), hwm_after=after)
+
+
 def t_gen_fail_keeps(c):
     """A GEN_START that fails (no online CPU in its mask) leaves the id's previous run and statistics alone."""
     gid = 11
@@ -1253,7 +1273,7 @@ TESTS = {"echo": t_echo, "deliver": t_deliver, "balance": t_balance, "invariant"
          "initfail": t_initfail, "unload": t_unload, "bench": t_bench, "stall_end": t_stall_end,
          "gen_fail_keeps": t_gen_fail_keeps, "alloc_nth_exact": t_alloc_nth_exact, "drain_budget": t_drain_budget,
          "bench_status": t_bench_status, "bench_offline": t_bench_offline, "cpu_entries": t_cpu_entries,
-         "bundle_bound": t_bundle_bound, "overrun": t_overrun, "bursts": t_bursts}
+         "bundle_bound": t_bundle_bound, "overrun": t_overrun, "bursts": t_bursts, "hwm_reset": t_hwm_reset}
 ALL = ["echo", "deliver", "balance", "invariant", "perm", "fuzz", "faults", "bench", "hotplug", "invariant",
        "initfail", "unload"]
 

@@ -93,8 +93,28 @@ def _check_gen(name: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
         value = out.get(key, 0)
         if not isinstance(value, int) or not 0 <= value <= top:
             raise PluginError(f"emulator {name!r}: GEN_START {key} = {value!r} is outside 0..{top}")
+    if out.get("flags", 0) & kabi.CNLAB_GEN_F_BURSTS:
+        _check_bursts(name, out.get("rate", 0), out.get("burst", 0), hi, context)
     out.update(context=context, path=path, size_min=lo, size_max=hi)
     return out
+
+
+def _check_bursts(name: str, rate: int, burst: int, size_max: int, context: str) -> None:
+    """The module's limits of burst mode (docs/kmod.md), checked before any guest boots."""
+    problems = []
+    if not 1 <= rate <= kabi.CNLAB_BURST_RATE_MAX:
+        problems.append(f"rate {rate} bursts/s is outside 1..{kabi.CNLAB_BURST_RATE_MAX}")
+    if not 1 <= burst <= kabi.CNLAB_BURST_MAX:
+        problems.append(f"burst {burst} is outside 1..{kabi.CNLAB_BURST_MAX}")
+    elif burst * rate > kabi.CNLAB_BURST_MSGS_PER_S_MAX:
+        problems.append(f"burst x rate = {burst * rate} messages/s is above {kabi.CNLAB_BURST_MSGS_PER_S_MAX}")
+    if burst * size_max > kabi.CNLAB_BURST_BYTES_MAX:
+        problems.append(f"burst x largest payload = {burst * size_max} bytes is above {kabi.CNLAB_BURST_BYTES_MAX}")
+    elif burst * size_max * rate > kabi.CNLAB_BURST_BYTES_PER_S_MAX:
+        problems.append(f"burst x largest payload x rate = {burst * size_max * rate} bytes/s is above "
+                        f"{kabi.CNLAB_BURST_BYTES_PER_S_MAX}")
+    if problems:
+        raise PluginError(f"emulator {name!r}: bursts: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 ``generator`` is the module's raw generator: every load shape is one of its
 parameters (path, context, rate, payload range, bundling, bursts, CPU set,
-group, count or duration).  The others model a real subsystem, each on its
+group, count or duration).  With ``bursts = true`` a generator sends
+``burst`` messages back to back ``rate`` times a second on each CPU ("64
+messages, 200 times a second": ``burst = 64``, ``rate = 200``).  The others model a real subsystem, each on its
 own even connector idx and its own group (even: on 6.6+ odd groups are open
 to non-root, connector.md section 3):
 
@@ -54,7 +56,9 @@ def _generator() -> EmulatorSpec:
             raise PluginError(f"payload [{lo}, {hi}]: the first (smallest) must not exceed the second (largest)")
         cfg = {"path": s["path"], "context": s["context"], "rate": s["rate"], "count": s["count"],
                "duration_ns": int(s["duration"] * NS), "size_min": lo, "size_max": hi,
-               "flags": kabi.CNLAB_GEN_F_BUNDLE if s["bundle"] else 0, "burst": s["burst"],
+               "flags": (kabi.CNLAB_GEN_F_BUNDLE if s["bundle"] else 0) | (kabi.CNLAB_GEN_F_BURSTS if s["bursts"]
+                                                                            else 0),
+               "burst": s["burst"],
                "cpu_mask": sum(1 << c for c in s["cpus"])}
         return GeneratorProfile("generator", s["idx"], 1, s["group"], (cfg,))
 
@@ -74,8 +78,10 @@ def _generator() -> EmulatorSpec:
             Setting("duration", float, 0.0, "seconds to run (0: the scenario's duration)", min=0.0,
                     max=kabi.CNLAB_DURATION_MAX_NS / NS),
             Setting("bundle", bool, False, "CBUS sends a CPU's queued messages as bundles (fewer netlink messages)"),
-            Setting("burst", int, 0, "most messages per wake-up (0: the module's default)", min=0,
-                    max=kabi.CNLAB_BURST_MAX),
+            Setting("burst", int, 0, "most messages per wake-up (0: the module's default); with bursts, the "
+                    "messages in each burst", min=0, max=kabi.CNLAB_BURST_MAX),
+            Setting("bursts", bool, False, "burst mode: rate counts bursts per second per CPU, each of burst messages "
+                    "sent back to back"),
             Setting("cpus", list, [], "CPUs to produce on (empty: every online CPU)", item_type=int, min=0,
                     max=kabi.CNLAB_MAX_CPUS - 1),
             Setting("group", int, GENERATOR_GROUP, "connector group the consumers join", min=kabi.CNLAB_GROUP_MIN,

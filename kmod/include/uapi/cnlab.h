@@ -157,11 +157,15 @@ struct cnlab_event {
 
 #define CNLAB_EV_F_CBUS		0x0001	/* sent via cbus_insert */
 
-/* STATS request body (unprivileged) */
+/* STATS request body (unprivileged, but for CNLAB_STATS_F_RESET_HWM) */
 struct cnlab_stats_req {
-	__u32	flags;		/* 0 */
+	__u32	flags;		/* CNLAB_STATS_F_* */
 	__u32	reserved;
 };
+
+/* Restart every CPU's high-water mark from its depth now (CAP_NET_ADMIN); the reply is read after it */
+#define CNLAB_STATS_F_RESET_HWM	0x0001
+#define CNLAB_STATS_F_ALL	CNLAB_STATS_F_RESET_HWM
 
 #define CNLAB_BATCH_BUCKETS	8	/* 1, 2-3, 4-7, ..., 64-127, >=128 */
 

@@ -185,7 +185,7 @@ def test_fault_knobs_give_exactly_the_counted_drops(pool):
 def test_unprivileged_sender_cannot_start_a_generator(pool):
     res = run_checks(pool, "2cpu", 2, ["perm"])
     got = res["perm"][0]["results"]
-    assert got["gen_start"] == got["gen_stop"] == got["fault"] == got["bench"] == -1  # -EPERM
+    assert got["gen_start"] == got["gen_stop"] == got["fault"] == got["bench"] == got["stats_reset"] == -1  # -EPERM
     assert got["echo"] == got["stats"] == 0
 
 
@@ -242,6 +242,13 @@ def test_bench_errors_reach_the_reply_header_and_settle_follows_the_cpu(pool):
     res = run_checks(pool, "2cpu", 2, ["bench_status", "bench_offline", "bench", "invariant"])
     assert res["bench_status"][0]["header_status"] == -110  # -ETIMEDOUT
     assert res["bench_offline"][0]["header_status"] == -110
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_a_privileged_stats_request_restarts_the_high_water_mark(pool):
+    """Each scenario starts from its own peak: STATS with the reset flag forgets a 150-message queue's peak."""
+    res = run_checks(pool, "2cpu", 2, ["hwm_reset", "invariant"])
+    assert res["hwm_reset"][0]["peak"] >= 150 and res["hwm_reset"][0]["hwm_after"] == 0
 
 
 @pytest.mark.xdist_group("kmod-2cpu")

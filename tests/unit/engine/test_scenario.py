@@ -88,6 +88,12 @@ def gen(**params):
         (_with(emulators=[gen(cpus=[3])]), "x.toml: emulators[0]: emulator 'generator': CPU mask 0x8 names CPUs "
                                            "the 2-vCPU guest does not have"),
         (_with(emulators=[gen(idx=0x21)]), "idx 0x21 is odd"),
+        (_with(emulators=[gen(bursts=True, burst=4096, rate=1000)]), "x.toml: emulators[0]: emulator 'generator': "
+                                                                     "bursts: burst x rate = 4096000 messages/s is "
+                                                                     "above 1000000"),
+        (_with(emulators=[gen(bursts=True, burst=0, rate=10)]), "bursts: burst 0 is outside 1..4096"),
+        (_with(emulators=[gen(bursts=True, burst=1024, payload=[2048, 2048], rate=10)]),
+         "burst x largest payload = 2097152 bytes is above 1048576"),
         (_with(emulators=[gen()] * 17), "more than 16 module generators"),
         (_with(faults=[{"name": "cpu-offline", "at": 1, "cpu": 2}]), "x.toml: faults[0]: fault 'cpu-offline': CPU 2 "
                                                                      "does not exist in the 2-vCPU guest"),
