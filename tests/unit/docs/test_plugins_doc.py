@@ -75,12 +75,6 @@ def test_the_walkthrough_counter_is_the_packages_guest_program():
     assert counter == (EXAMPLE / "src" / "cnlab_example" / "guest" / "counter.py").read_text()
 
 
-def test_the_packaged_scenario_is_the_one_the_page_checks():
-    blocks = [s for s in steps(PAGE, tag="example") if s.kind == "command" and s.argv[-1:] == ("heartbeat-faults.toml",)]
-    assert blocks, "docs/plugins.md no longer checks heartbeat-faults.toml"
-    assert (EXAMPLE / "scenarios" / "heartbeat-faults.toml").is_file()
-
-
 ROWS = bad_input_rows(PAGE)
 
 
