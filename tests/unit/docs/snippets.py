@@ -32,7 +32,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Step", "steps", "bad_input_rows", "output_matches", "run_steps", "BAD_INPUT_HEADER"]
+__all__ = ["Step", "steps", "bad_input_rows", "output_matches", "run_steps", "BAD_INPUT_HEADER", "table_after",
+           "codes", "first_codes", "contract_keys", "GUEST_CONTRACT"]
+
+GUEST_CONTRACT = Path(__file__).resolve().parents[3] / "docs" / "guest-contract.md"
 
 MARKED_BLOCK = re.compile(r"^(?P<indent> *)<!-- (?P<kind>file|run|excerpt)(?::\s*(?P<arg>[^ ]+))? -->\n"
                           r"(?P=indent)(?P<fence>```+)(?P<lang>[a-z]*)\n(?P<body>.*?)^(?P=indent)(?P=fence)$",
@@ -164,3 +167,45 @@ def run_steps(page_steps: list[Step], sandbox: Path,
         assert status == (2 if error else 0), f"line {step.line}: `{command}` exited {status}:\n{printed}"
         ran += 1
     return ran
+
+
+# ------------------------------------------------------------------ tables
+def table_after(page: str, marker: str) -> list[list[str]]:
+    """The rows (cells) of the first table after the line that contains ``marker``."""
+    lines = page[page.index(marker):].splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def codes(cell: str) -> set[str]:
+    """The code spans of a table cell."""
+    return set(re.findall(r"`([^`]+)`", cell))
+
+
+def first_codes(rows: list[list[str]]) -> set[str]:
+    """The code spans of the rows' first cells."""
+    return {k for row in rows for k in codes(row[0])}
+
+
+def contract_keys(page: str | None = None) -> dict[str, set[str]]:
+    """The keys docs/guest-contract.md documents, by table."""
+    page = page if page is not None else GUEST_CONTRACT.read_text()
+    checker = table_after(page, "Every key the built-in checker (`consume.py`) writes:")
+    by_key = {re.fullmatch(r"`([^`]+)`", r[0])[1]: r[1] for r in checker}
+    required = first_codes(table_after(page, "Keys the engine needs"))
+    return {
+        "required": {k for k in required if "[" not in k},
+        "required_in_streams": {k.rpartition(".")[2] for k in required if k.startswith("streams[k].")},
+        "optional": first_codes(table_after(page, "Keys the engine reads when present")),
+        "checker": set(by_key),
+        "streams": codes(by_key["streams"]),
+        "latency_us": codes(by_key["latency_us"]),
+        "accounting": {k for row in table_after(page, "**What the agent adds: `accounting`.**")
+                       for k in codes(row[0])},
+        "agent": first_codes(table_after(page, "## 9. What the agent reports")),
+    }
