@@ -87,3 +87,27 @@ def test_every_bad_input_line_is_what_cnlab_check_prints(tmp_path, cnlab, toml, 
     (tmp_path / "bad.toml").write_text(toml)
     status, printed = cnlab(["check", "bad.toml"])
     assert (status, printed) == (2, message + "\n"), f"docs/plugins.md line {line}"
+
+
+@pytest.mark.xfail(strict=True, reason="docs/plugins.md section 8, known gaps: a plugin raising in lab_result_check "
+                   "drops every other verdict of the scenario")
+def test_gap_a_raising_result_check_keeps_the_engines_verdicts(tmp_path):
+    from lab import hookimpl
+    from lab.config import LabConfig
+    from lab.engine.execute import execute_scenario
+    from lab.engine.scenario import scenario_from_dict
+    from lab.plugin import get_plugin_manager
+
+    from ..engine.test_execute import FakeGuest
+
+    class Raises:
+        @hookimpl
+        def lab_result_check(self):
+            raise ValueError("oops")
+
+    pm = get_plugin_manager(LabConfig(env={"LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}))
+    pm.add_plugin(Raises(), "raises", "test", "here")
+    scenario = scenario_from_dict({"emulators": [{"name": "generator"}]}, "s.toml", pm.registries)
+    record = execute_scenario(pm, FakeGuest(tmp_path), scenario, "/run/cnlab/py")
+    assert [v.name for v in record.verdicts if not v.ok] == ["hooks"]
+    assert "accounting" in {v.name for v in record.verdicts}

@@ -196,6 +196,17 @@ def test_the_pages_commands_with_the_example_installed_print_what_it_says(instal
     assert run_steps(page_steps, tmp_path, cnlab, tag="example") >= 3
 
 
+def test_the_pages_scenario_format_example_reads_and_plans(pm):
+    from lab.engine.scenario import scenario_from_dict
+
+    text = next(s.text for s in steps(PAGE) if s.kind == "file" and s.path == "scenario-format.toml")
+    import tomllib
+
+    scenario = scenario_from_dict(tomllib.loads(text), "scenario-format.toml", pm.registries)
+    plan = plan_scenario(scenario, pm.registries)
+    assert [c["groups"] for c in plan["consumers"]] == [[26]] and plan["faults"][0]["label"] == "hog-on-beats"
+
+
 def test_the_pages_scenario_is_the_packages():
     page = next(s.text for s in steps(PAGE) if s.kind == "file" and s.path == "heartbeat-faults.toml")
     assert page == SCENARIO.read_text()
