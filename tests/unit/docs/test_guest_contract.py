@@ -292,3 +292,31 @@ def test_gap_lab_plugin_unconfigure_is_called_at_the_end_of_a_command(tmp_path, 
     assert main(["--plugins-dir", str(plugins), "plugins"]) == 0
     capsys.readouterr()
     assert (tmp_path / "unconfigured").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="docs/guest-contract.md section 10: only the built-in consumer-kill excuses "
+                   "a killed consumer's missing report")
+def test_gap_a_plugins_own_kill_fault_excuses_the_killed_consumer():
+    from lab import hookimpl
+    from lab.config import LabConfig
+    from lab.engine.scenario import scenario_from_dict
+    from lab.plugin import FaultSpec, get_plugin_manager
+    from lab.plugin.objects import Fault, signal_consumers
+
+    class Killer:
+        @hookimpl
+        def lab_faults_register(self, registry):
+            registry.add_fault(FaultSpec("my-kill", "SIGKILL the consumers", "consumer",
+                                         lambda params: Fault((signal_consumers("KILL"),))))
+
+    pm = get_plugin_manager(LabConfig(env={"LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}), setup=False)
+    pm.add_plugin(Killer(), "killer", "test", "here")
+    pm.setup_plugins()
+    scenario = scenario_from_dict({"emulators": [{"name": "generator"}], "faults": [{"name": "my-kill", "at": 1}]},
+                                  "s.toml", pm.registries)
+    agent = {"errors": [], "drain": {"ok": True}, "faults": [], "live": [],
+             "consumers": [{"name": "checker", "missing": True, "status": -9, "stderr": ""},
+                           {"name": "checker-r1", "received": 10, "reordered": 0, "resync": True,
+                            "accounting": {"exact": False, "reason": "restarted"}}]}
+    verdicts = pm.call_each("lab_result_check", scenario=scenario, data={"agent": agent})["checks"][0]
+    assert next(v for v in verdicts if v.name == "consumers").ok
