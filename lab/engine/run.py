@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.engine.events import ProgressCallback, RunCounts, RunEvent, plain_printer
 from lab.engine.execute import execute_plugin_scenario, execute_scenario
 from lab.engine.results import ResultsWriter
 from lab.engine.scenario import Scenario
@@ -215,7 +216,7 @@ def plugin_results(scenarios: list[Scenario], records: list[dict]) -> list:
     return results
 
 
-def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir: Path, out) -> list[str]:
+def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir: Path, note) -> list[str]:
     """Let plugins write their reports (``lab_report_write``); a failing plugin is reported, not fatal."""
     from lab.plugin import call_hook
 
@@ -225,12 +226,12 @@ def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir:
     try:
         written = call_hook(pm, "lab_report_write", results=results, directory=out_dir)
     except LabError as exc:
-        print(f"cnlab run: {exc}", file=out)
+        note(f"cnlab run: {exc}")
         return []
     return [str(path) for paths in written if paths for path in paths]
 
 
-def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, out) -> None:
+def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, note) -> None:
     """A worker process that died holding a first attempt: that scenario runs next on a busy live worker.
 
     (A second attempt is not moved: a scenario that kills its worker twice is reported as never run.)
@@ -244,13 +245,19 @@ def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, out) -> 
         if busy:
             target = min(busy, key=schedule.expected_left)
             schedule.retry(target, Task(task.scenario, attempt=2, fresh=True))
-            print(f"guest {index}: its worker exited (status {process.exitcode}); "
-                  f"{task.scenario.name} runs next on guest {target}", file=out, flush=True)
+            note(f"guest {index}: its worker exited (status {process.exitcode}); "
+                 f"{task.scenario.name} runs next on guest {target}")
 
 
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
-                  out=sys.stdout, plugin_config: PluginOptions | None = None) -> RunOutcome:
-    """Run ``scenarios`` on ``jobs`` guests in parallel; every record is in ``json_path`` as it arrives."""
+                  out=sys.stdout, plugin_config: PluginOptions | None = None,
+                  progress: ProgressCallback | None = None) -> RunOutcome:
+    """Run ``scenarios`` on ``jobs`` guests in parallel; every record is in ``json_path`` as it arrives.
+
+    ``progress`` gets a :class:`~lab.engine.events.RunEvent` for every moment of the run; by default
+    they are printed on ``out`` as plain lines.
+    """
+    emit = progress or plain_printer(out)
     pm = plugin_manager(plugin_config)
     check_plugin_names(pm, scenarios)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,8 +269,9 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     threading = "" if lab.accel.name == "kvm" else (
         f"; TCG {tcg_threads_for(jobs, max(s.cpus for s in scenarios), lab.options.tcg_threads)}-threaded "
         f"for {jobs} guest(s) of up to {max(s.cpus for s in scenarios)} vCPUs on {os.cpu_count()} host cores")
-    print(f"cnlab run: {len(scenarios)} scenarios on {jobs} guest(s); kernel {environment['kernel']}, "
-          f"accelerator {environment['accel']} ({environment['accel_reason']}){threading}", file=out)
+    emit(RunEvent("start", 0.0, counts=RunCounts(0, 0, len(scenarios), jobs),
+                  text=f"cnlab run: {len(scenarios)} scenarios on {jobs} guest(s); kernel {environment['kernel']}, "
+                       f"accelerator {environment['accel']} ({environment['accel_reason']}){threading}"))
     ctx = mp.get_context("spawn")
     schedule = Schedule(scenarios, jobs, expected_durations(lab.cache))
     tasks, results = [ctx.Queue() for _ in range(jobs)], ctx.Queue()
@@ -287,9 +295,13 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     pending = {s.name: s for s in scenarios}
     started = time.monotonic()
     writer = ResultsWriter(json_path)
+
+    def note(text: str) -> None:
+        emit(RunEvent("note", time.monotonic() - started, text=text))
+
     try:
         while pending:
-            _rescue_lost_tasks(workers, handed, schedule, out)
+            _rescue_lost_tasks(workers, handed, schedule, note)
             try:
                 kind, worker, name, payload = results.get(timeout=5)
             except queue.Empty:
@@ -298,15 +310,14 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                 continue
             elapsed = time.monotonic() - started
             if kind == "progress":
-                print(f"[{elapsed:6.1f}s] guest {worker}: {name}: {payload}", file=out, flush=True)
+                emit(RunEvent("phase", elapsed, worker, name, phase=payload))
                 continue
             shape = payload.pop("shape_key")
             record = payload | environment
             writer.write(record)
             retry = record["status"] == "error" and record["attempt"] == 1
             if retry:
-                print(f"[{elapsed:6.1f}s] guest {worker}: {name}: ERROR ({record['error'][:120]}); "
-                      f"retrying on a fresh guest", file=out, flush=True)
+                emit(RunEvent("retry", elapsed, worker, name, text=record["error"]))
                 schedule.retry(worker, Task(pending[name], attempt=2, fresh=True))
             hand_out(worker, schedule.next_for(worker, shape))
             if retry:
@@ -318,8 +329,8 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
             pending.pop(name)
             done = len(final)
             failed = sum(1 for r in final.values() if r["status"] != "passed")
-            print(f"[{elapsed:6.1f}s] guest {worker}: {name}: {record['status'].upper()} "
-                  f"({done} done, {failed} failed, {len(pending)} left)", file=out, flush=True)
+            emit(RunEvent("result", elapsed, worker, name, status=record["status"],
+                          counts=RunCounts(done, failed, len(pending), jobs)))
     finally:
         writer.close()
         for queue_ in tasks:
@@ -330,5 +341,5 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                 w.kill()
     records = [final[s.name] for s in scenarios if s.name in final]
     remember_timings(records, lab.cache)
-    extras = _plugin_reports(pm, scenarios, records, out_dir, out)
+    extras = _plugin_reports(pm, scenarios, records, out_dir, note)
     return RunOutcome(records, environment, tuple(pending), json_path, tuple(extras))

@@ -1,0 +1,161 @@
+"""A live status on a terminal, drawn with ``rich``: running steps, then the run's guests and tallies.
+
+Finished steps, scenario results, retries, notes and log messages are
+printed above the live area as ordinary lines (they stay in the terminal's
+scroll-back); the area itself shows what is happening now and disappears
+when the view stops::
+
+    ✓ module build 3.1 s
+    ✓ proc-storm-cbus      PASSED  guest 1   6.2 s   (1 done, 0 failed, 8 left)
+    ⠴ cnlab run 0:14 · 2 guests · 2 running · 1 done · 0 failed · 6 waiting
+      guest 1  irq-producer-cbus     checks   3.0 s
+      guest 2  pause-resume          boot     1.2 s
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from lab.cli.progress import NORMAL, VERBOSE, step_line
+from lab.engine.events import RunCounts, RunEvent, format_event
+from lab.host.steps import StepEvent
+
+__all__ = ["LiveView"]
+
+_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "bold red"}
+_STATUS_MARK = {"passed": "✓", "failed": "✗", "error": "!"}
+
+
+@dataclass
+class _Guest:
+    scenario: str
+    phase: str
+    scenario_since: float
+    phase_since: float
+
+
+class LiveView:
+    """Draws running steps and a run's state live on a terminal; prints everything final above it."""
+
+    def __init__(self, stream: TextIO, verbosity: int = NORMAL, clock=time.monotonic) -> None:
+        self.verbosity = verbosity
+        self._clock = clock
+        self.console = Console(file=stream, highlight=False)
+        self._lock = threading.Lock()
+        self._steps: dict[str, tuple[str, float]] = {}
+        self._guests: dict[int, _Guest] = {}
+        self._counts: RunCounts | None = None
+        self._run_since: float | None = None
+        self._spinner = Spinner("dots")
+        self._live = Live(console=self.console, get_renderable=self._render, transient=True,
+                          refresh_per_second=8, redirect_stdout=True, redirect_stderr=True)
+
+    # ------------------------------------------------------------ drawing
+    def _render(self) -> Group:
+        now = self._clock()
+        with self._lock:
+            parts = []
+            if self._steps:
+                name, (detail, since) = next(reversed(self._steps.items()))
+                self._spinner.update(text=Text.assemble((name, "bold"), f" ({detail})" if detail else "",
+                                                        (f"  {now - since:.0f} s", "cyan")))
+                parts.append(self._spinner)
+            if self._counts is not None and self._run_since is not None:
+                parts.append(self._run_status(now))
+            return Group(*parts)
+
+    def _run_status(self, now: float) -> Group:
+        counts = self._counts
+        assert counts is not None and self._run_since is not None
+        minutes, seconds = divmod(int(now - self._run_since), 60)
+        running = len(self._guests)
+        header = Text.assemble(("cnlab run ", "bold"), f"{minutes}:{seconds:02d}",
+                               f" · {counts.guests} guest{'s' if counts.guests != 1 else ''}",
+                               f" · {running} running · ", (f"{counts.done} done", "green"), " · ",
+                               (f"{counts.failed} failed", "red" if counts.failed else ""),
+                               f" · {max(counts.left - running, 0)} waiting")
+        guests = Table.grid(padding=(0, 2))
+        for column in ("guest", "scenario", "phase", "time"):
+            guests.add_column(column, justify="right" if column == "time" else "left")
+        for number in range(1, counts.guests + 1):
+            guest = self._guests.get(number)
+            if guest is None:
+                guests.add_row(f"  guest {number}", Text("idle", "dim"), "", "")
+            else:
+                guests.add_row(f"  guest {number}", guest.scenario, Text(guest.phase, "cyan"),
+                               f"{now - guest.scenario_since:.1f} s")
+        if not self._steps:
+            self._spinner.update(text=header)
+            return Group(self._spinner, guests)
+        return Group(header, guests)
+
+    def _above(self, text: Text | str) -> None:
+        self.console.print(text if isinstance(text, Text) else Text(text), soft_wrap=True)
+
+    # -------------------------------------------------------------- events
+    def step(self, event: StepEvent) -> None:
+        with self._lock:
+            if event.state == "start":
+                self._steps[event.name] = (event.detail, self._clock())
+                return
+            self._steps.pop(event.name, None)
+        if event.state == "done":
+            self._above(Text.assemble(("✓ ", "green"), event.name, (f" {event.seconds:.1f} s", "cyan")))
+        elif event.state == "cached":
+            self._above(Text("· " + step_line(event), "dim"))
+        else:
+            self._above(Text("✗ " + step_line(event), "red"))
+
+    def run_event(self, event: RunEvent) -> None:
+        now = self._clock()
+        guest = None
+        with self._lock:
+            if event.counts is not None:
+                self._counts = event.counts
+            if event.kind == "start":
+                self._run_since = now
+            elif event.kind == "phase" and event.worker is not None:
+                guest = self._guests.get(event.worker)
+                if guest is None or guest.scenario != event.scenario:
+                    self._guests[event.worker] = _Guest(event.scenario, event.phase, now, now)
+                else:
+                    guest.phase, guest.phase_since = event.phase, now
+            elif event.kind in ("result", "retry") and event.worker is not None:
+                guest = self._guests.pop(event.worker, None)
+        if event.kind in ("start", "note"):
+            self._above(event.text)
+        elif event.kind == "phase":
+            if self.verbosity >= VERBOSE:
+                self._above(Text(format_event(event, now - (self._run_since or now)), "dim"))
+        elif event.kind == "retry":
+            self._above(Text(f"↻ guest {event.worker}: {event.scenario}: ERROR ({event.text[:120]}); "
+                             "retrying on a fresh guest", "yellow"))
+        elif event.kind == "result":
+            took = f"{now - guest.scenario_since:5.1f} s" if guest is not None else ""
+            counts = event.counts
+            tally = f"({counts.done} done, {counts.failed} failed, {counts.left} left)" if counts else ""
+            style = _STATUS_STYLE.get(event.status, "")
+            self._above(Text.assemble((f"{_STATUS_MARK.get(event.status, '?')} ", style),
+                                      f"{event.scenario:<28} ", (f"{event.status.upper():<7}", style),
+                                      f" guest {event.worker}  {took}  ", (tally, "dim")))
+
+    def message(self, text: str) -> None:
+        self._above(text)
+
+    # ----------------------------------------------------------- lifetime
+    def start(self) -> None:
+        """Take over the terminal's last lines."""
+        self._live.start()
+
+    def stop(self) -> None:
+        """Erase the live area and give the terminal back (idempotent)."""
+        self._live.stop()
