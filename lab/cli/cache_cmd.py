@@ -19,6 +19,10 @@ from lab.host.prune import plan_prune, prune
 
 __all__ = ["parse_duration", "human_size", "human_age", "list_cache", "prune_cache"]
 
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
@@ -61,9 +65,8 @@ def list_cache(root: Path, out: TextIO, now: float | None = None) -> int:
     """Print the cache's artefacts by kind; 0."""
     now = time.time() if now is None else now
     inventory = take_inventory(root)
-    print(f"cache {root}: {human_size(inventory.total_bytes)} "
-          f"({len(inventory.artefacts)} artefacts, {human_size(inventory.other_bytes)} of keys, locks and records)",
-          file=out)
+    print(f"cache {root}: {human_size(inventory.total_bytes)} ({_n(len(inventory.artefacts), 'artefact')}, "
+          f"{human_size(inventory.other_bytes)} of keys, locks and records)", file=out)
     if not inventory.artefacts:
         return 0
     print(f"{'kind':10} {'artefact':44} {'size':>9} {'age':>7} {'last use':>11}", file=out)
@@ -85,7 +88,7 @@ def prune_cache(root: Path, keep_last: int, older_than: float | None, dry_run: b
         for artefact in plan.remove:
             print(f"would remove {_row(artefact, now)}", file=out)
         print(f"would free {human_size(sum(a.size for a in plan.remove))} "
-              f"({len(plan.remove)} artefacts; {len(plan.keep)} kept)", file=out)
+              f"({_n(len(plan.remove), 'artefact')}; {len(plan.keep)} kept)", file=out)
         return 0
     result = prune(inventory, plan)
     for artefact in result.removed:
@@ -94,6 +97,6 @@ def prune_cache(root: Path, keep_last: int, older_than: float | None, dry_run: b
         print(f"kept    {_row(artefact, now, 'a running lab took it meanwhile')}", file=out)
     held = [a for a, why in plan.keep if a.in_use]
     scratch = f", {len(result.scratch_removed)} abandoned scratch folder(s)" if result.scratch_removed else ""
-    print(f"freed {human_size(result.freed)}: {len(result.removed)} artefacts{scratch}; kept {len(plan.keep)} "
+    print(f"freed {human_size(result.freed)}: {_n(len(result.removed), 'artefact')}{scratch}; kept {len(plan.keep)} "
           f"({len(held) + len(result.held)} held by a running lab)", file=out)
     return 0

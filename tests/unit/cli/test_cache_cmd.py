@@ -50,7 +50,7 @@ def test_list_and_prune_through_the_command_line(tmp_path, capsys):
     assert "would remove rootfs     bbbb" in capsys.readouterr().out and (cache / "rootfs" / "bbbb").exists()
     assert main(["--cache", str(cache), "cache", "prune", "--keep-last", "0", "--older-than", "7d"]) == 0
     out = capsys.readouterr().out
-    assert "removed rootfs     bbbb" in out and "freed 200 KiB: 1 artefacts" in out
+    assert "removed rootfs     bbbb" in out and "freed 200 KiB: 1 artefact;" in out
     assert "(1 held by a running lab)" in out
     assert not (cache / "rootfs" / "bbbb").exists() and (cache / "kmod" / "cccc").exists()
     assert (cache / "rootfs" / "aaaa").exists()
