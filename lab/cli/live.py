@@ -5,6 +5,7 @@ printed above the live area as ordinary lines (they stay in the terminal's
 scroll-back); the area itself shows what is happening now and disappears
 when the view stops::
 
+    · cached: kernel, root disk, module disk, initramfs, PVH kernel
     ✓ module build 3.1 s
     ✓ proc-storm-cbus      PASSED  guest 1   6.2 s   (1 done, 0 failed, 8 left)
     ⠴ cnlab run 0:14 · 2 guests · 2 running · 1 done · 0 failed · 6 waiting
@@ -52,6 +53,7 @@ class LiveView:
         self.console = Console(file=stream, highlight=False)
         self._lock = threading.Lock()
         self._steps: dict[str, tuple[str, float]] = {}
+        self._cached: list[str] = []  # cached steps not printed yet (they go out as one line)
         self._guests: dict[int, _Guest] = {}
         self._counts: RunCounts | None = None
         self._run_since: float | None = None
@@ -99,7 +101,15 @@ class LiveView:
         return Group(header, guests)
 
     def _above(self, text: Text | str) -> None:
+        self._flush_cached()
         self.console.print(text if isinstance(text, Text) else Text(text), soft_wrap=True)
+
+    def _flush_cached(self) -> None:
+        """Consecutive cached steps as one line: ``· cached: kernel, root disk, module``."""
+        with self._lock:
+            names, self._cached = self._cached, []
+        if names:
+            self.console.print(Text("· cached: " + ", ".join(names), "dim"), soft_wrap=True)
 
     # -------------------------------------------------------------- events
     def step(self, event: StepEvent) -> None:
@@ -111,7 +121,8 @@ class LiveView:
         if event.state == "done":
             self._above(Text.assemble(("✓ ", "green"), event.name, (f" {event.seconds:.1f} s", "cyan")))
         elif event.state == "cached":
-            self._above(Text("· " + step_line(event), "dim"))
+            with self._lock:
+                self._cached.append(event.name)
         else:
             self._above(Text("✗ " + step_line(event), "red"))
 
@@ -158,4 +169,5 @@ class LiveView:
 
     def stop(self) -> None:
         """Erase the live area and give the terminal back (idempotent)."""
+        self._flush_cached()
         self._live.stop()

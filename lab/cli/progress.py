@@ -32,7 +32,7 @@ from lab.engine.events import RunEvent, format_event
 from lab.host.steps import STEP_LOGGER, StepEvent
 
 __all__ = ["QUIET", "NORMAL", "VERBOSE", "View", "PlainView", "TickerView", "choose_view", "progress_output",
-           "step_line", "verbosity_from_argv", "is_terminal"]
+           "step_line", "terminal_step_line", "verbosity_from_argv", "is_terminal"]
 
 QUIET, NORMAL, VERBOSE, DEBUG = -1, 0, 1, 2
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -62,6 +62,15 @@ def step_line(event: StepEvent) -> str:
     if event.state == "failed":
         return f"{event.name}: failed after {event.seconds:.1f} s"
     return event.text()
+
+
+def terminal_step_line(event: StepEvent) -> str:
+    """A finished step as a terminal shows it (no timestamp: the terminal is watched as it happens)."""
+    if event.state == "done":
+        return f"✓ {event.name} {event.seconds:.1f} s"
+    if event.state == "cached":
+        return f"· {step_line(event)}"
+    return f"✗ {step_line(event)}"
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -152,7 +161,7 @@ class TickerView(PlainView):
             else:
                 self._running.pop(event.name, None)
         if event.state != "start":
-            super().step(event)
+            self._print(terminal_step_line(event))
         else:
             with self._lock:
                 self._draw()
