@@ -15,6 +15,7 @@ when the view stops::
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -51,13 +52,14 @@ class LiveView:
         self.verbosity = verbosity
         self._clock = clock
         self.console = Console(file=stream, highlight=False)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when Ctrl-C stops the view in the middle of an event
         self._steps: dict[str, tuple[str, float]] = {}
         self._cached: list[str] = []  # cached steps not printed yet (they go out as one line)
         self._guests: dict[int, _Guest] = {}
         self._counts: RunCounts | None = None
         self._run_since: float | None = None
         self._spinner = Spinner("dots")
+        self._previous_sigint = None
         self._live = Live(console=self.console, get_renderable=self._render, transient=True,
                           refresh_per_second=8, redirect_stdout=True, redirect_stderr=True)
 
@@ -164,10 +166,20 @@ class LiveView:
 
     # ----------------------------------------------------------- lifetime
     def start(self) -> None:
-        """Take over the terminal's last lines."""
+        """Take over the terminal's last lines; Ctrl-C gives them back at once (before any clean-up)."""
         self._live.start()
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous_sigint = signal.signal(signal.SIGINT, self._interrupted)
+
+    def _interrupted(self, signum, frame) -> None:
+        self.stop()
+        raise KeyboardInterrupt
 
     def stop(self) -> None:
         """Erase the live area and give the terminal back (idempotent)."""
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
         self._flush_cached()
         self._live.stop()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -211,3 +212,22 @@ def test_a_real_terminal_gets_the_live_view():
     assert "✓ root disk" in text and "· cached: kernel\n" in text.replace("\r", "")
     assert "PASSED" in text and "FAILED" in text and "after" in text
     assert "[   0.0s]" not in text
+
+
+def test_ctrl_c_gives_the_terminal_back_at_once(monkeypatch):
+    import signal
+
+    monkeypatch.setenv("TERM", "xterm")
+    master, slave = os.openpty()
+    with open(slave, "w") as terminal:
+        view = choose_view(terminal)
+        assert isinstance(view, LiveView)
+        view.start()
+        assert signal.getsignal(signal.SIGINT) == view._interrupted
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the signal arrives first
+        assert not view._live.is_started
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        view.stop()
+    os.close(master)
