@@ -241,12 +241,15 @@ class HostProbe:
         self.binary = binary
 
     def missing_packages(self) -> list[str]:
+        """The required Debian packages dpkg does not report installed."""
         return missing_packages()
 
     def qemu_version(self) -> str:
+        """``qemu-system-x86_64 --version``'s first line, or ``missing``."""
         return qemu_version(self.binary)
 
     def kvm_device_problem(self) -> str | None:
+        """Why /dev/kvm cannot be opened, or None."""
         if not os.path.exists("/dev/kvm"):
             return "no /dev/kvm"
         if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -254,6 +257,7 @@ class HostProbe:
         return None
 
     def cpu_has_virtualisation(self) -> bool:
+        """True if /proc/cpuinfo shows vmx or svm."""
         try:
             flags = Path("/proc/cpuinfo").read_text()
         except OSError:
@@ -262,6 +266,7 @@ class HostProbe:
                    for word in line.split())
 
     def kvm_verdict(self) -> dict | None:
+        """The cached KVM test boot for this host kernel and QEMU (``CACHE/accel.json``), or None."""
         try:
             stored = json.loads((self.cache / "accel.json").read_text())
         except (OSError, ValueError):
@@ -270,19 +275,23 @@ class HostProbe:
         return stored if isinstance(stored, dict) and stored.get("key") == key else None
 
     def cpu_count(self) -> int:
+        """Cores this process may run on."""
         return len(os.sched_getaffinity(0))
 
     def disk_free(self) -> int:
+        """Free bytes on the file system the cache is (or would be) on."""
         path = self.cache
         while not path.exists() and path != path.parent:
             path = path.parent
         return shutil.disk_usage(path).free
 
     def cache_usage(self) -> tuple[int, int]:
+        """(bytes on disk, artefacts) of the cache."""
         inventory = take_inventory(self.cache)
         return inventory.total_bytes, len(inventory.artefacts)
 
     def kernel_release(self) -> str:
+        """The guest kernel's release (Debian's cloud kernel via apt-cache, or --kernel's)."""
         if self.custom_kernel is not None:
             from lab.image.kernel import custom_kernel
 
@@ -293,10 +302,12 @@ class HostProbe:
         return package.removeprefix("linux-image-")
 
     def headers_dir(self, release: str) -> Path | None:
+        """``/usr/src/linux-headers-RELEASE`` if it is a build tree."""
         path = Path("/usr/src") / f"linux-headers-{release}"
         return path if (path / "Makefile").exists() else None
 
     def lpj_readings(self, release: str) -> list[int]:
+        """The delay-loop readings kept for ``release`` on this host boot."""
         try:
             values = json.loads(lpj_file(self.cache, release).read_text()).get("readings", [])
         except (OSError, ValueError, AttributeError):
@@ -304,7 +315,9 @@ class HostProbe:
         return [v for v in values if isinstance(v, int) and v > 0] if isinstance(values, list) else []
 
     def is_root(self) -> bool:
+        """True when running as root."""
         return os.geteuid() == 0
 
     def has_root_disk(self) -> bool:
+        """True if the cache holds a built root disk."""
         return any((folder / "rootfs.ext4").is_file() for folder in (self.cache / "rootfs").glob("*"))

@@ -115,6 +115,7 @@ class LiveView:
 
     # -------------------------------------------------------------- events
     def step(self, event: StepEvent) -> None:
+        """A started step spins in the live area; a finished one is printed above it."""
         with self._lock:
             if event.state == "start":
                 self._steps[event.name] = (event.detail, self._clock())
@@ -129,6 +130,7 @@ class LiveView:
             self._above(Text("✗ " + step_line(event), "red"))
 
     def run_event(self, event: RunEvent) -> None:
+        """Update the guests and tallies; print results, retries and notes above the live area."""
         now = self._clock()
         guest = None
         with self._lock:
@@ -162,6 +164,7 @@ class LiveView:
                                       f" guest {event.worker}  {took}  ", (tally, "dim")))
 
     def message(self, text: str) -> None:
+        """A log message, printed above the live area."""
         self._above(text)
 
     # ----------------------------------------------------------- lifetime

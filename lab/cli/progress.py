@@ -98,14 +98,17 @@ class PlainView:
         print(text, file=self.stream, flush=True)
 
     def step(self, event: StepEvent) -> None:
+        """One stamped line per step event (none with -q)."""
         if self.verbosity >= NORMAL:
             self._print(f"[{self.elapsed():6.1f}s] {step_line(event)}")
 
     def run_event(self, event: RunEvent) -> None:
+        """The engine's plain line, stamped with this view's clock (-q: only the start and notes)."""
         if self.verbosity >= NORMAL or event.kind in ("start", "note"):
             self._print(format_event(event, self.elapsed()))
 
     def message(self, text: str) -> None:
+        """A log message, as it is."""
         self._print(text)
 
     def start(self) -> None:
@@ -155,6 +158,7 @@ class TickerView(PlainView):
                 self._draw()
 
     def step(self, event: StepEvent) -> None:
+        """A started step ticks on the last line; a finished one becomes a ✓/·/✗ line."""
         with self._lock:
             if event.state == "start":
                 self._running[event.name] = (event.detail, self._clock())
@@ -167,11 +171,13 @@ class TickerView(PlainView):
                 self._draw()
 
     def start(self) -> None:
+        """Start the thread that redraws the ticking line."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._tick, name="cnlab-ticker", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop ticking and clear the ticking line."""
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
@@ -205,6 +211,7 @@ class _ViewHandler(logging.Handler):
         self.setFormatter(logging.Formatter("cnlab: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Hand a step event or a loud enough log record to the view."""
         try:
             event = getattr(record, "step_event", None)
             if event is not None:
