@@ -82,3 +82,32 @@ chmod +x "$3/bin/python"
         bootstrap._ensure_venv(venv, logs)
     assert f"full output in {logs / 'pip.log'}" in str(info.value) and "pip install" in str(info.value)
     assert capfd.readouterr() == ("", "")
+
+
+def test_a_failed_module_build_keeps_its_log(tmp_path):
+    from lab.errors import BuildError
+    from lab.image.kernel import KernelSpec
+    from lab.image.module import build_module
+
+    kbuild = tmp_path / "kbuild"
+    kbuild.mkdir()
+    (kbuild / "Makefile").write_text("modules:\n\t@echo 'cbus.c:12:5: error: boom' >&2; echo noise; exit 2\n")
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "cbus.c").write_text("int x;\n")
+    kernel = KernelSpec(image=tmp_path / "vmlinuz", release="6.1.0-test", modules_dir=None, kbuild_dir=kbuild)
+    with pytest.raises(BuildError) as info:
+        build_module(kernel, tmp_path / "cache", source=source)
+    log = tmp_path / "cache" / "logs" / "kmod-build.log"
+    assert "cbus.c:12:5: error: boom" in str(info.value) and f"full output in {log}" in str(info.value)
+    assert "noise" in log.read_text()
+
+
+def test_doctor_skips_the_set_up(monkeypatch):
+    import lab.cli.main
+
+    monkeypatch.setenv("CNLAB_VENV", "/nonexistent/venv")
+    monkeypatch.setattr(bootstrap, "ensure_packages", lambda **kwargs: pytest.fail("installed packages"))
+    monkeypatch.setattr(bootstrap, "_ensure_venv", lambda *args: pytest.fail("made a venv"))
+    monkeypatch.setattr(lab.cli.main, "main", lambda argv: 7 if argv == ["--cache", "/x", "doctor"] else 0)
+    assert bootstrap.bootstrap_and_run(["--cache", "/x", "doctor"]) == 7
