@@ -358,8 +358,8 @@ def _terminate(signum: int, _frame) -> None:
 
 #: Commands whose stdout carries a guest's output or terminal: their progress goes to stderr, as plain lines.
 _GUEST_TERMINAL = ("exec", "shell")
-#: Commands with long steps worth a live view on a terminal.
-_LIVE = ("image", "run", "bench")
+#: Commands with long steps worth a live view on a terminal (the benchmarks print their own tables as they go).
+_LIVE = ("image", "run")
 
 
 def main(argv: list[str] | None = None) -> int:
