@@ -28,13 +28,13 @@ from rich.table import Table
 from rich.text import Text
 
 from lab.cli.progress import NORMAL, VERBOSE, step_line
-from lab.engine.events import RunCounts, RunEvent, format_event
+from lab.engine.events import RunEvent, format_event
 from lab.host.steps import StepEvent
 
 __all__ = ["LiveView"]
 
-_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "bold red"}
-_STATUS_MARK = {"passed": "✓", "failed": "✗", "error": "!"}
+_STATUS_STYLE = {"passed": "green", "flaky": "yellow", "failed": "red", "error": "bold red"}
+_STATUS_MARK = {"passed": "✓", "flaky": "✓", "failed": "✗", "error": "!"}
 
 
 @dataclass
@@ -43,6 +43,14 @@ class _Guest:
     phase: str
     scenario_since: float
     phase_since: float
+
+
+@dataclass
+class _Tally:
+    done: int = 0
+    failed: int = 0
+    left: int = 0
+    guests: int = 0  # the highest guest slot seen so far
 
 
 class LiveView:
@@ -56,7 +64,7 @@ class LiveView:
         self._steps: dict[str, tuple[str, float]] = {}
         self._cached: list[str] = []  # cached steps not printed yet (they go out as one line)
         self._guests: dict[int, _Guest] = {}
-        self._counts: RunCounts | None = None
+        self._tally: _Tally | None = None
         self._run_since: float | None = None
         self._spinner = Spinner("dots")
         self._previous_sigint = None
@@ -73,12 +81,12 @@ class LiveView:
                 self._spinner.update(text=Text.assemble((name, "bold"), f" ({detail})" if detail else "",
                                                         (f"  {now - since:.0f} s", "cyan")))
                 parts.append(self._spinner)
-            if self._counts is not None and self._run_since is not None:
+            if self._tally is not None and self._run_since is not None:
                 parts.append(self._run_status(now))
             return Group(*parts)
 
     def _run_status(self, now: float) -> Group:
-        counts = self._counts
+        counts = self._tally
         assert counts is not None and self._run_since is not None
         minutes, seconds = divmod(int(now - self._run_since), 60)
         running = len(self._guests)
@@ -134,34 +142,38 @@ class LiveView:
         now = self._clock()
         guest = None
         with self._lock:
-            if event.counts is not None:
-                self._counts = event.counts
             if event.kind == "start":
                 self._run_since = now
-            elif event.kind == "phase" and event.worker is not None:
+                self._tally = _Tally(left=event.left)
+            tally = self._tally = self._tally or _Tally()
+            tally.guests = max(tally.guests, event.worker)
+            if event.kind == "result":
+                tally.done, tally.failed, tally.left = event.done, event.failed, event.left
+            if event.kind == "phase" and event.worker:
                 guest = self._guests.get(event.worker)
                 if guest is None or guest.scenario != event.scenario:
-                    self._guests[event.worker] = _Guest(event.scenario, event.phase, now, now)
+                    self._guests[event.worker] = _Guest(event.scenario, event.detail, now, now)
                 else:
-                    guest.phase, guest.phase_since = event.phase, now
-            elif event.kind in ("result", "retry") and event.worker is not None:
+                    guest.phase, guest.phase_since = event.detail, now
+            elif event.kind in ("result", "retry") and event.worker:
                 guest = self._guests.pop(event.worker, None)
-        if event.kind in ("start", "note"):
-            self._above(event.text)
+        if event.kind == "start":
+            self._above(format_event(event))
+        elif event.kind == "note":
+            self._above(event.detail)
         elif event.kind == "phase":
             if self.verbosity >= VERBOSE:
                 self._above(Text(format_event(event, now - (self._run_since or now)), "dim"))
         elif event.kind == "retry":
-            self._above(Text(f"↻ guest {event.worker}: {event.scenario}: ERROR ({event.text[:120]}); "
-                             "retrying on a fresh guest", "yellow"))
+            self._above(Text(f"↻ guest {event.worker}: {event.scenario}: {event.detail}", "yellow"))
         elif event.kind == "result":
             took = f"{now - guest.scenario_since:5.1f} s" if guest is not None else ""
-            counts = event.counts
-            tally = f"({counts.done} done, {counts.failed} failed, {counts.left} left)" if counts else ""
-            style = _STATUS_STYLE.get(event.status, "")
-            self._above(Text.assemble((f"{_STATUS_MARK.get(event.status, '?')} ", style),
-                                      f"{event.scenario:<28} ", (f"{event.status.upper():<7}", style),
-                                      f" guest {event.worker}  {took}  ", (tally, "dim")))
+            status = event.detail.lower()
+            style = _STATUS_STYLE.get(status, "yellow")
+            self._above(Text.assemble((f"{_STATUS_MARK.get(status, '?')} ", style),
+                                      f"{event.scenario:<28} ", (f"{event.detail.upper():<7}", style),
+                                      f" guest {event.worker}  {took}  ",
+                                      (f"({event.done} done, {event.failed} failed, {event.left} left)", "dim")))
 
     def message(self, text: str) -> None:
         """A log message, printed above the live area."""

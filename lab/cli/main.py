@@ -268,7 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lab.report.summary import finish_run
 
     outcome = run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json,
-                            plugin_config=plugin_config, progress=args.view.run_event)
+                            plugin_config=plugin_config, on_event=args.view.run_event)
     args.view.stop()
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 

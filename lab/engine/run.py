@@ -18,9 +18,10 @@ import queue
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from lab.engine.events import ProgressCallback, RunCounts, RunEvent, plain_printer
+from lab.engine.events import RunEvent, print_events
 from lab.engine.execute import execute_plugin_scenario, execute_scenario
 from lab.engine.results import ResultsWriter
 from lab.engine.scenario import Scenario
@@ -35,8 +36,8 @@ from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import GuestShape
 from lab.host.procs import die_with_parent
 
-__all__ = ["run_scenarios", "RunOutcome", "PluginOptions", "plugin_manager", "check_plugin_names", "EXIT_OK",
-           "EXIT_FAILED", "EXIT_NOT_RUN"]
+__all__ = ["run_scenarios", "RunOutcome", "RunEvent", "PluginOptions", "plugin_manager", "check_plugin_names",
+           "EXIT_OK", "EXIT_FAILED", "EXIT_NOT_RUN"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUN = 0, 1, 2, 3
 
@@ -216,7 +217,8 @@ def plugin_results(scenarios: list[Scenario], records: list[dict]) -> list:
     return results
 
 
-def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir: Path, note) -> list[str]:
+def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir: Path,
+                    on_event: Callable[[RunEvent], None]) -> list[str]:
     """Let plugins write their reports (``lab_report_write``); a failing plugin is reported, not fatal."""
     from lab.plugin import call_hook
 
@@ -226,12 +228,13 @@ def _plugin_reports(pm, scenarios: list[Scenario], records: list[dict], out_dir:
     try:
         written = call_hook(pm, "lab_report_write", results=results, directory=out_dir)
     except LabError as exc:
-        note(f"cnlab run: {exc}")
+        on_event(RunEvent("note", 0.0, detail=f"cnlab run: {exc}"))
         return []
     return [str(path) for paths in written if paths for path in paths]
 
 
-def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, note) -> None:
+def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule,
+                       on_event: Callable[[RunEvent], None], elapsed: float) -> None:
     """A worker process that died holding a first attempt: that scenario runs next on a busy live worker.
 
     (A second attempt is not moved: a scenario that kills its worker twice is reported as never run.)
@@ -245,19 +248,19 @@ def _rescue_lost_tasks(workers: list, handed: dict, schedule: Schedule, note) ->
         if busy:
             target = min(busy, key=schedule.expected_left)
             schedule.retry(target, Task(task.scenario, attempt=2, fresh=True))
-            note(f"guest {index}: its worker exited (status {process.exitcode}); "
-                 f"{task.scenario.name} runs next on guest {target}")
+            on_event(RunEvent("note", elapsed, detail=f"guest {index}: its worker exited (status "
+                                                      f"{process.exitcode}); {task.scenario.name} runs next on "
+                                                      f"guest {target}"))
 
 
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
                   out=sys.stdout, plugin_config: PluginOptions | None = None,
-                  progress: ProgressCallback | None = None) -> RunOutcome:
+                  on_event: Callable[[RunEvent], None] | None = None) -> RunOutcome:
     """Run ``scenarios`` on ``jobs`` guests in parallel; every record is in ``json_path`` as it arrives.
 
-    ``progress`` gets a :class:`~lab.engine.events.RunEvent` for every moment of the run; by default
-    they are printed on ``out`` as plain lines.
+    :param on_event: sees the run's progress (default: plain lines on ``out``).
     """
-    emit = progress or plain_printer(out)
+    on_event = on_event or print_events(out)
     pm = plugin_manager(plugin_config)
     check_plugin_names(pm, scenarios)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,9 +272,9 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     threading = "" if lab.accel.name == "kvm" else (
         f"; TCG {tcg_threads_for(jobs, max(s.cpus for s in scenarios), lab.options.tcg_threads)}-threaded "
         f"for {jobs} guest(s) of up to {max(s.cpus for s in scenarios)} vCPUs on {os.cpu_count()} host cores")
-    emit(RunEvent("start", 0.0, counts=RunCounts(0, 0, len(scenarios), jobs),
-                  text=f"cnlab run: {len(scenarios)} scenarios on {jobs} guest(s); kernel {environment['kernel']}, "
-                       f"accelerator {environment['accel']} ({environment['accel_reason']}){threading}"))
+    on_event(RunEvent("start", 0.0, detail=f"{len(scenarios)} scenarios on {jobs} guest(s); kernel "
+                                           f"{environment['kernel']}, accelerator {environment['accel']} "
+                                           f"({environment['accel_reason']}){threading}", left=len(scenarios)))
     ctx = mp.get_context("spawn")
     schedule = Schedule(scenarios, jobs, expected_durations(lab.cache))
     tasks, results = [ctx.Queue() for _ in range(jobs)], ctx.Queue()
@@ -295,13 +298,10 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     pending = {s.name: s for s in scenarios}
     started = time.monotonic()
     writer = ResultsWriter(json_path)
-
-    def note(text: str) -> None:
-        emit(RunEvent("note", time.monotonic() - started, text=text))
-
     try:
         while pending:
-            _rescue_lost_tasks(workers, handed, schedule, note)
+            elapsed = time.monotonic() - started
+            _rescue_lost_tasks(workers, handed, schedule, on_event, elapsed)
             try:
                 kind, worker, name, payload = results.get(timeout=5)
             except queue.Empty:
@@ -310,14 +310,15 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                 continue
             elapsed = time.monotonic() - started
             if kind == "progress":
-                emit(RunEvent("phase", elapsed, worker, name, phase=payload))
+                on_event(RunEvent("phase", elapsed, worker, name, payload))
                 continue
             shape = payload.pop("shape_key")
             record = payload | environment
             writer.write(record)
             retry = record["status"] == "error" and record["attempt"] == 1
             if retry:
-                emit(RunEvent("retry", elapsed, worker, name, text=record["error"]))
+                on_event(RunEvent("retry", elapsed, worker, name, f"ERROR ({record['error'][:120]}); retrying on a "
+                                                                 "fresh guest"))
                 schedule.retry(worker, Task(pending[name], attempt=2, fresh=True))
             hand_out(worker, schedule.next_for(worker, shape))
             if retry:
@@ -327,10 +328,8 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                 record["flaky"] = record["status"] == "passed"
             final[name] = record
             pending.pop(name)
-            done = len(final)
-            failed = sum(1 for r in final.values() if r["status"] != "passed")
-            emit(RunEvent("result", elapsed, worker, name, status=record["status"],
-                          counts=RunCounts(done, failed, len(pending), jobs)))
+            on_event(RunEvent("result", elapsed, worker, name, record["status"], done=len(final),
+                              failed=sum(1 for r in final.values() if r["status"] != "passed"), left=len(pending)))
     finally:
         writer.close()
         for queue_ in tasks:
@@ -341,5 +340,5 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
                 w.kill()
     records = [final[s.name] for s in scenarios if s.name in final]
     remember_timings(records, lab.cache)
-    extras = _plugin_reports(pm, scenarios, records, out_dir, note)
+    extras = _plugin_reports(pm, scenarios, records, out_dir, on_event)
     return RunOutcome(records, environment, tuple(pending), json_path, tuple(extras))

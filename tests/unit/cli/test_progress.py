@@ -26,7 +26,7 @@ from lab.cli.progress import (
     progress_output,
     verbosity_from_argv,
 )
-from lab.engine.events import RunCounts, RunEvent
+from lab.engine.events import RunEvent
 from lab.host.steps import StepEvent, cached
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -48,7 +48,7 @@ def test_plain_view_stamps_each_line_with_the_seconds_since_it_started():
     view.step(StepEvent("root disk", "done", seconds=41.2))
     view.step(StepEvent("module", "cached", "241e6009990934df"))
     view.step(StepEvent("module build", "failed", "error: x", 2.0))
-    view.run_event(RunEvent("phase", 3.0, 1, "pause-resume", phase="boot"))
+    view.run_event(RunEvent("phase", 3.0, 1, "pause-resume", "boot"))
     assert out.getvalue().splitlines() == [
         "[   0.0s] root disk (mmdebstrap bookworm) ...",
         "[  41.2s] root disk: done in 41.2 s",
@@ -63,9 +63,9 @@ def test_quiet_keeps_what_the_run_is_about_and_drops_progress():
     view = PlainView(out, QUIET)
     view.step(StepEvent("root disk", "start"))
     view.step(StepEvent("root disk", "cached"))
-    view.run_event(RunEvent("start", 0.0, text="cnlab run: 9 scenarios on 2 guest(s)"))
-    view.run_event(RunEvent("phase", 1.0, 1, "s", phase="boot"))
-    view.run_event(RunEvent("result", 2.0, 1, "s", status="passed", counts=RunCounts(1, 0, 8, 2)))
+    view.run_event(RunEvent("start", 0.0, detail="9 scenarios on 2 guest(s)", left=9))
+    view.run_event(RunEvent("phase", 1.0, 1, "s", "boot"))
+    view.run_event(RunEvent("result", 2.0, 1, "s", "passed", done=1, failed=0, left=8))
     assert out.getvalue().splitlines() == ["cnlab run: 9 scenarios on 2 guest(s)"]
 
 
@@ -124,10 +124,10 @@ def test_the_ticker_redraws_the_running_step_and_leaves_plain_lines():
     assert text.rstrip().endswith("✓ Python environment 12.5 s")
 
 
-def _fake_run(lab, scenarios, jobs, out_dir, json_path=None, out=None, plugin_config=None, progress=None):
-    progress(RunEvent("start", 0.0, counts=RunCounts(0, 0, 1, 1), text="cnlab run: 1 scenarios on 1 guest(s)"))
-    progress(RunEvent("phase", 0.5, 1, "selfcheck-warn", phase="boot"))
-    progress(RunEvent("result", 2.0, 1, "selfcheck-warn", status="passed", counts=RunCounts(1, 0, 0, 1)))
+def _fake_run(lab, scenarios, jobs, out_dir, json_path=None, out=None, plugin_config=None, on_event=None):
+    on_event(RunEvent("start", 0.0, detail="1 scenarios on 1 guest(s)", left=1))
+    on_event(RunEvent("phase", 0.5, 1, "selfcheck-warn", "boot"))
+    on_event(RunEvent("result", 2.0, 1, "selfcheck-warn", "passed", done=1, failed=0, left=0))
     return engine.RunOutcome([], {}, (), out_dir / "results.jsonl")
 
 
@@ -150,18 +150,18 @@ def test_cnlab_run_prints_plain_lines_when_stdout_is_not_a_terminal(monkeypatch,
 _DRIVER = textwrap.dedent("""
     import sys
     from lab.cli.progress import progress_output
-    from lab.engine.events import RunCounts, RunEvent
+    from lab.engine.events import RunEvent
     from lab.host.steps import cached, step
 
     with progress_output(sys.stdout) as view:
         cached("kernel", "k1")
         with step("root disk", "mmdebstrap"):
             pass
-        view.run_event(RunEvent("start", 0.0, counts=RunCounts(0, 0, 2, 2), text="cnlab run: 2 scenarios"))
-        view.run_event(RunEvent("phase", 0.1, 1, "pause-resume", phase="boot"))
-        view.run_event(RunEvent("phase", 0.1, 2, "selfcheck-warn", phase="checks"))
-        view.run_event(RunEvent("result", 0.2, 1, "pause-resume", status="passed", counts=RunCounts(1, 0, 1, 2)))
-        view.run_event(RunEvent("result", 0.3, 2, "selfcheck-warn", status="failed", counts=RunCounts(2, 1, 0, 2)))
+        view.run_event(RunEvent("start", 0.0, detail="2 scenarios", left=2))
+        view.run_event(RunEvent("phase", 0.1, 1, "pause-resume", "boot"))
+        view.run_event(RunEvent("phase", 0.1, 2, "selfcheck-warn", "checks"))
+        view.run_event(RunEvent("result", 0.2, 1, "pause-resume", "passed", done=1, failed=0, left=1))
+        view.run_event(RunEvent("result", 0.3, 2, "selfcheck-warn", "failed", done=2, failed=1, left=0))
     print("after")
 """)
 

@@ -88,12 +88,12 @@ def test_a_first_attempt_held_by_a_dead_worker_moves_to_a_busy_live_one():
     schedule = Schedule([a, b, c], 2, _expected)
     workers = [SimpleNamespace(is_alive=lambda: False, exitcode=1), SimpleNamespace(is_alive=lambda: True)]
     handed = {1: Task(a), 2: Task(b)}
-    notes: list[str] = []
-    _rescue_lost_tasks(workers, handed, schedule, notes.append)
-    assert handed[1] is None and "a runs next on guest 2" in notes[0]
+    events = []
+    _rescue_lost_tasks(workers, handed, schedule, events.append, 1.0)
+    assert handed[1] is None and "a runs next on guest 2" in events[0].detail
     assert schedule.next_for(2) == Task(a, attempt=2, fresh=True)
     # A second attempt that killed its worker again is not moved
     handed = {1: Task(c, attempt=2, fresh=True), 2: Task(b)}
     planned = len(schedule)
-    _rescue_lost_tasks(workers, handed, schedule, notes.append)
+    _rescue_lost_tasks(workers, handed, schedule, events.append, 2.0)
     assert handed[1] is not None and len(schedule) == planned
