@@ -16,13 +16,19 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lab import __version__
+from lab.cli.progress import NORMAL, QUIET, progress_output
 from lab.errors import GuestError, LabError, UsageError
 from lab.guest.accel import TCG_THREADS
-from lab.guest.labsetup import Lab, LabOptions
-from lab.guest.machine import Guest
 from lab.guest.qemu_argv import GuestShape
+
+if TYPE_CHECKING:
+    from lab.guest.labsetup import Lab
+
+# Lab and Guest (paramiko, qemu.qmp) are imported where used: "cnlab doctor" runs on the system
+# Python before the virtual environment exists.
 
 __all__ = ["main", "build_parser"]
 
@@ -73,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcg-threads", choices=list(TCG_THREADS), default="auto",
                         help="TCG: a host thread per vCPU (multi) or per guest (single); auto: multi while "
                              "the vCPUs of the guests running at once fit the host's cores")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what cnlab does")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="count", default=0,
+                          help="also log what cnlab does (-vv: in detail)")
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="no progress: only what a run is about, warnings, errors and results")
     parser.add_argument("-p", dest="plugin_args", action="append", default=[], metavar="NAME",
                         help="load plugin NAME (module or entry point); -p no:NAME blocks one")
     parser.add_argument("--plugins-dir", type=Path, action="append", default=[], metavar="DIR",
@@ -120,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", type=Path, help="also write an HTML report")
     run.add_argument("--smoke", action="store_true", help="only the connector echo smoke check")
 
+    cache = sub.add_parser("cache", help="list the cache's artefacts (kind, size, age, last use); prune it")
+    cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
+    cache_sub.add_parser("list", help="the artefacts by kind (the default)")
+    prune = cache_sub.add_parser("prune", help="remove artefacts no running lab holds")
+    prune.add_argument("--keep-last", type=_count, default=1, metavar="N",
+                       help="keep the N last used artefacts of each kind (default 1; 0 keeps none)")
+    prune.add_argument("--older-than", type=_duration, default=None, metavar="D",
+                       help="remove only artefacts last used longer ago than D (30m, 12h, 7d, 2w)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
+
+    sub.add_parser("doctor", help="the host as cnlab sees it; exits 1 with a fix for each problem")
+
     bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
     bench_sub.required = True
@@ -140,7 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(text: str) -> int:
+    value = _positive_int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    from lab.cli.cache_cmd import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _lab(args: argparse.Namespace) -> Lab:
+    from lab.guest.labsetup import Lab, LabOptions
+
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
                           tcg_threads=args.tcg_threads))
@@ -153,6 +193,9 @@ def _shape(args: argparse.Namespace) -> GuestShape:
 def cmd_image_build(args: argparse.Namespace) -> int:
     lab = _lab(args)
     image = lab.image
+    if not args.no_module:
+        lab.module  # noqa: B018 - built (or found) now, under the progress view
+    args.view.stop()
     manifest = image.manifest()
     print(f"kernel    {manifest['kernel']['release']} ({manifest['kernel']['source']} "
           f"{manifest['kernel']['package_version']})")
@@ -175,6 +218,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise UsageError("cnlab exec: no command given (cnlab exec [OPTIONS] -- COMMAND...)")
+    from lab.guest.machine import Guest
+
     shape = _shape(args)
     lab = _lab(args)
     spec = lab.guest_spec(shape, name="exec", with_module=not args.no_module, cmdline=tuple(args.append))
@@ -189,6 +234,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    from lab.guest.machine import Guest
+
     shape = _shape(args)
     lab = _lab(args)
     spec = lab.guest_spec(shape, name="shell", with_module=not args.no_module, cmdline=tuple(args.append))
@@ -248,7 +295,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
     outcome = run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json,
-                            plugin_config=plugin_config)
+                            plugin_config=plugin_config, on_event=args.view.run_event)
+    args.view.stop()
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 
 
@@ -302,6 +350,24 @@ def cmd_bench_kmod(args: argparse.Namespace) -> int:
     return run_kmod_bench(_lab(args), shape=GuestShape(cpus=args.cpus), json_path=args.json, runs=args.runs)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from lab.cli.cache_cmd import list_cache, prune_cache
+    from lab.host.cache import cache_root
+
+    root = (args.cache or cache_root()).expanduser()
+    if args.cache_command == "prune":
+        return prune_cache(root, args.keep_last, args.older_than, args.dry_run, sys.stdout)
+    return list_cache(root, sys.stdout)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from lab.cli.doctor import HostProbe, print_findings, run_checks
+    from lab.host.cache import cache_root
+
+    probe = HostProbe((args.cache or cache_root()).expanduser(), custom_kernel=args.kernel)
+    return print_findings(run_checks(probe, args.tcg_threads, args.accel), sys.stdout)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from lab.cli.plugins import list_plugins
 
@@ -315,6 +381,10 @@ COMMANDS = {
     ("run", None): cmd_run,
     ("plugins", None): cmd_plugins,
     ("check", None): cmd_check,
+    ("cache", None): cmd_cache,
+    ("cache", "list"): cmd_cache,
+    ("cache", "prune"): cmd_cache,
+    ("doctor", None): cmd_doctor,
     ("report", None): cmd_report,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
@@ -327,18 +397,26 @@ def _terminate(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+#: Commands whose stdout carries a guest's output or terminal: their progress goes to stderr, as plain lines.
+_GUEST_TERMINAL = ("exec", "shell")
+#: Commands with long steps worth a live view on a terminal (the benchmarks print their own tables as they go).
+_LIVE = ("image", "run")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnlab`` command."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="cnlab: %(message)s")
+        verbosity = QUIET if args.quiet else NORMAL + args.verbose
         logging.getLogger("paramiko").setLevel(logging.WARNING)
         # qemu.qmp logs a dying guest's closed socket as an ERROR; cnlab reports that itself.
         logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
-        sub = getattr(args, "image_command", None) or getattr(args, "bench_command", None)
-        return COMMANDS[(args.command, sub)](args)
+        sub = (getattr(args, "image_command", None) or getattr(args, "bench_command", None)
+               or getattr(args, "cache_command", None))
+        stream = sys.stderr if args.command in _GUEST_TERMINAL else sys.stdout
+        with progress_output(stream, verbosity, live=args.command in _LIVE) as args.view:
+            return COMMANDS[(args.command, sub)](args)
     except LabError as exc:
         first, _, rest = str(exc).partition("\n")
         print(f"cnlab: error: {first}", file=sys.stderr)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lab.engine.events import RunEvent, print_events
 from lab.engine.execute import execute_scenario
 from lab.engine.hooks import guest_setup_args
 from lab.engine.plan import guest_network
@@ -65,48 +66,6 @@ def plugin_manager(options: PluginOptions | None) -> LabPluginManager:
     options = options or PluginOptions()
     return get_plugin_manager(load_config(options.config_path, plugin_args=options.plugin_args,
                                           plugins_dirs=options.plugins_dirs))
-
-
-@dataclasses.dataclass(frozen=True)
-class RunEvent:
-    """Something a run's front end may show as it happens.
-
-    :param kind: ``start`` (the run began: ``detail`` says on what), ``phase`` (a scenario's guest is in
-        ``phase``: boot, setup, load, drain, verify, checks), ``result`` (a scenario finished), ``retry``
-        (a crashed guest's scenario runs again on a fresh guest), ``note`` (anything else worth a line).
-    :param elapsed: seconds since the run began.
-    :param worker: the guest slot (0 for the run itself).
-    :param scenario: the scenario concerned, or "".
-    :param detail: the phase, the status, or the note.
-    :param done: scenarios finished so far; :param failed: of which not passed; :param left: still to finish.
-    """
-
-    kind: str
-    elapsed: float
-    worker: int = 0
-    scenario: str = ""
-    detail: str = ""
-    done: int = 0
-    failed: int = 0
-    left: int = 0
-
-
-def print_events(out=sys.stdout) -> Callable[[RunEvent], None]:
-    """The plain progress lines: ``[  12.3s] guest 2: NAME: PHASE`` (what CI logs show)."""
-
-    def show(event: RunEvent) -> None:
-        if event.kind == "start":
-            print(f"cnlab run: {event.detail}", file=out, flush=True)
-        elif event.kind == "result":
-            print(f"[{event.elapsed:6.1f}s] guest {event.worker}: {event.scenario}: {event.detail.upper()} "
-                  f"({event.done} done, {event.failed} failed, {event.left} left)", file=out, flush=True)
-        elif event.kind == "note":
-            print(f"[{event.elapsed:6.1f}s] {event.detail}", file=out, flush=True)
-        else:
-            print(f"[{event.elapsed:6.1f}s] guest {event.worker}: {event.scenario}: {event.detail}", file=out,
-                  flush=True)
-
-    return show
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from lab.errors import HostSetupError
+from lab.host.cache import cache_root
+from lab.host.quiet import logs_dir, run_logged
+from lab.host.steps import step
 
 __all__ = ["REQUIRED_PACKAGES", "missing_packages", "ensure_packages", "require_tool"]
 
@@ -48,11 +52,16 @@ def missing_packages(packages: dict[str, str] | None = None) -> list[str]:
 
 
 def install_command(names: list[str]) -> list[str]:
+    """The ``apt-get install`` argv for ``names``."""
     return ["apt-get", "install", "-y", "--no-install-recommends", *names]
 
 
-def ensure_packages(packages: dict[str, str] | None = None, log=print) -> None:
-    """Install missing packages when root; otherwise explain how, and fail."""
+def ensure_packages(packages: dict[str, str] | None = None, log_dir: Path | None = None) -> None:
+    """Install missing packages when root; otherwise explain how, and fail.
+
+    apt's output goes to ``LOG_DIR/apt.log`` (default: the cache's ``logs``
+    folder) and is quoted only if apt fails.
+    """
     missing = missing_packages(packages)
     if not missing:
         return
@@ -61,13 +70,11 @@ def ensure_packages(packages: dict[str, str] | None = None, log=print) -> None:
             f"missing Debian packages: {' '.join(missing)}; install them with: "
             f"sudo apt-get update && sudo {' '.join(install_command(missing))}"
         )
-    log(f"cnlab: installing Debian packages: {' '.join(missing)}")
+    log_path = (log_dir or logs_dir(cache_root())) / "apt.log"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    result = subprocess.run(install_command(missing), env=env, check=False, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = result.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        raise HostSetupError(f"apt-get install {' '.join(missing)} failed: {tail[0]}")
+    with step("Debian packages", f"installing {len(missing)}: {' '.join(missing)}"):
+        run_logged(["apt-get", "update"], log_path, "apt-get update", env=env)
+        run_logged(install_command(missing), log_path, f"apt-get install {' '.join(missing)}", env=env)
 
 
 def require_tool(name: str, package: str) -> str:

@@ -22,13 +22,14 @@ import logging
 import os
 import shutil
 import subprocess
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.host.cache import content_key, file_lock, hash_tree, publish_dir, write_json_atomic
+from lab.host.cache import Lease, content_key, file_lock, hash_tree, lease, publish_dir, write_json_atomic
 from lab.host.packages import require_tool
+from lab.host.quiet import logs_dir, run_logged
+from lab.host.steps import cached, step
 from lab.image.cpio import CpioEntry, write_newc
 from lab.image.kernel import KernelSpec
 from lab.image.keys import LabKeys, ensure_keys
@@ -66,6 +67,8 @@ class GuestImage:
     keys: LabKeys
     manifest_path: Path
     pvh_kernel: Path | None = None  # the kernel as a PVH ELF (lab.image.pvh), if it could be made
+    #: shared locks on the cache folders above, held as long as this object lives (``cnlab cache prune``)
+    leases: tuple[Lease, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def boot_kernel(self) -> Path:
@@ -115,7 +118,7 @@ def _rootfs_inputs() -> dict:
     }
 
 
-def _build_rootfs(folder: Path, inputs: dict) -> None:
+def _build_rootfs(folder: Path, inputs: dict, log_path: Path) -> None:
     mmdebstrap = require_tool("mmdebstrap", "mmdebstrap")
     if os.geteuid() != 0:
         # Debian 12's mkfs.ext4 -d takes only a directory, and only root can
@@ -142,7 +145,7 @@ def _build_rootfs(folder: Path, inputs: dict) -> None:
         inputs["suite"],
         str(tree),
     ]
-    _run(argv, "mmdebstrap")
+    run_logged(argv, log_path, "mmdebstrap (the guest root filesystem)", error=BuildError, tail_lines=5)
     size = sum(p.lstat().st_size for p in tree.rglob("*"))
     _mkfs_ext4(tree, folder / "rootfs.ext4", size, "cnlab-root")
     shutil.rmtree(tree)
@@ -253,41 +256,64 @@ def _build_pvh(folder: Path, kernel: KernelSpec) -> None:
 
 
 # ------------------------------------------------------------------- driver
-def _cached(cache: Path, kind: str, inputs: dict, build, force: bool) -> tuple[Path, str, bool]:
+#: What each kind is called in progress lines.
+LABELS = {"rootfs": "root disk", "moddisk": "module disk", "initramfs": "initramfs", "pvh": "PVH kernel"}
+
+
+def _cached(cache: Path, kind: str, inputs: dict, build, force: bool,
+            detail: str = "") -> tuple[Path, str, bool, Lease]:
+    """The folder of ``kind`` for ``inputs`` (built under the kind's lock if missing), leased.
+
+    Returns the folder, its key, whether it was built now, and the lease.
+    """
     key = content_key(inputs)
     folder = cache / kind / key
-    if folder.exists() and not force:
-        return folder, key, False
-    with file_lock(cache / "locks" / f"{kind}.lock"):
-        if folder.exists() and not force:
-            return folder, key, False
-        started = time.monotonic()
-        log.info("building %s %s", kind, key)
-        with publish_dir(folder) as scratch:
-            build(scratch)
-            write_json_atomic(scratch / "inputs.json", inputs)
-        log.info("built %s in %.1f s", kind, time.monotonic() - started)
-    return folder, key, True
+    label = LABELS.get(kind, kind)
+    built = False
+    for _ in range(3):
+        held = None if force else lease(folder)
+        if held is not None:
+            if not built:
+                cached(label, key)
+            return folder, key, built, held
+        with file_lock(cache / "locks" / f"{kind}.lock"):
+            if force or not folder.exists():
+                with step(label, detail or key), publish_dir(folder) as scratch:
+                    build(scratch)
+                    write_json_atomic(scratch / "inputs.json", inputs)
+                built, force = True, False
+    raise BuildError(f"{label} {key} vanished from the cache three times while this lab built it "
+                     "(a cnlab cache prune with --keep-last 0 running beside it?)")
 
 
 def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestImage:
-    """Build whatever is missing for ``kernel`` and return the image set."""
+    """Build whatever is missing for ``kernel`` and return the image set (its cache folders leased)."""
     if not kernel.image.is_file():
         raise BuildError(f"kernel image not found: {kernel.image}")
     keys = ensure_keys(cache / "keys")
     rootfs_inputs = _rootfs_inputs()
-    rootfs, rootfs_key, rootfs_built = _cached(
-        cache, "rootfs", rootfs_inputs, lambda d: _build_rootfs(d, rootfs_inputs), force
+    rootfs_log = logs_dir(cache) / "mmdebstrap.log"
+    rootfs, rootfs_key, rootfs_built, rootfs_lease = _cached(
+        cache, "rootfs", rootfs_inputs, lambda d: _build_rootfs(d, rootfs_inputs, rootfs_log), force,
+        f"mmdebstrap {SUITE}, {len(rootfs_inputs['packages'])} packages",
     )
+    leases = [rootfs_lease]
     mod_inputs = _modules_disk_inputs(kernel)
     modules_disk = None
     mod_key = None
     if mod_inputs is not None:
-        mod_folder, mod_key, _ = _cached(cache, "moddisk", mod_inputs, lambda d: _build_modules_disk(d, kernel), force)
+        mod_folder, mod_key, _, mod_lease = _cached(cache, "moddisk", mod_inputs,
+                                                    lambda d: _build_modules_disk(d, kernel), force,
+                                                    f"/lib/modules/{kernel.release}")
         modules_disk = mod_folder / "modules.ext4"
+        leases.append(mod_lease)
     ird_inputs = _initramfs_inputs(kernel)
-    ird, ird_key, _ = _cached(cache, "initramfs", ird_inputs, lambda d: _build_initramfs(d, kernel, ird_inputs), force)
-    pvh, _, _ = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force)
+    ird, ird_key, _, ird_lease = _cached(cache, "initramfs", ird_inputs,
+                                         lambda d: _build_initramfs(d, kernel, ird_inputs), force,
+                                         f"cnlab-init and {len(ird_inputs['modules'])} modules")
+    pvh, _, _, pvh_lease = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force,
+                                   f"decompressing {kernel.image.name}")
+    leases += [ird_lease, pvh_lease]
     pvh_kernel = pvh / "vmlinux" if (pvh / "vmlinux").is_file() else None
     boot = "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip()
     if pvh_kernel is None:
@@ -312,6 +338,7 @@ def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestIm
         keys=keys,
         manifest_path=manifest_path,
         pvh_kernel=pvh_kernel,
+        leases=tuple(leases),
     )
 
 

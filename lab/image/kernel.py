@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import HostSetupError
-from lab.host.cache import file_lock, publish_dir, write_json_atomic
+from lab.host.cache import Lease, file_lock, lease, publish_dir, write_json_atomic
 from lab.host.packages import require_tool
+from lab.host.quiet import logs_dir, run_logged
+from lab.host.steps import cached, step
 
 __all__ = ["KernelSpec", "debian_cloud_kernel", "custom_kernel", "DEBIAN_METAPACKAGE"]
 
@@ -32,6 +34,8 @@ class KernelSpec:
     kbuild_dir: Path | None
     package_version: str = ""
     source: str = "debian"
+    #: a shared lock on the cache folder the kernel was unpacked into (``cnlab cache prune`` skips it)
+    leases: tuple[Lease, ...] = field(default=(), compare=False, repr=False)
 
     def describe(self) -> dict:
         return {
@@ -85,7 +89,8 @@ def resolve_cached(cache: Path, metapackage: str = DEBIAN_METAPACKAGE) -> tuple[
             return stored["package"], stored["version"]
     except (OSError, ValueError, KeyError):
         pass
-    package, version = resolve_metapackage(metapackage)
+    with step("kernel package lookup", f"apt-cache: {metapackage}"):
+        package, version = resolve_metapackage(metapackage)
     write_json_atomic(memo, {"metapackage": metapackage, "stamp": stamp, "package": package, "version": version})
     return package, version
 
@@ -96,10 +101,20 @@ def debian_cloud_kernel(cache: Path) -> KernelSpec:
     release = package.removeprefix("linux-image-")
     target = cache / "kernels" / f"{package}_{version}"
     kbuild = Path("/usr/src") / f"linux-headers-{release}"
-    if not target.exists():
+    held, fetched = None, False
+    for _ in range(3):
+        held = lease(target)
+        if held is not None:
+            break
         with file_lock(cache / "locks" / "kernel.lock"):
             if not target.exists():
-                _fetch_package(package, version, target)
+                _fetch_package(package, version, target, logs_dir(cache) / "apt.log")
+                fetched = True
+    else:
+        raise HostSetupError(f"{target} vanished from the cache three times while this lab fetched it "
+                             "(a cnlab cache prune with --keep-last 0 running beside it?)")
+    if not fetched:
+        cached("kernel", f"{package} {version}")
     if not (kbuild / "Makefile").exists():
         kbuild_found = None
     else:
@@ -111,25 +126,26 @@ def debian_cloud_kernel(cache: Path) -> KernelSpec:
         kbuild_dir=kbuild_found,
         package_version=version,
         source=f"debian:{package}",
+        leases=(held,),
     )
 
 
-def _fetch_package(package: str, version: str, target: Path) -> None:
+def _fetch_package(package: str, version: str, target: Path, log_path: Path) -> None:
+    """Download the kernel package and unpack it into ``target`` (published whole, or not at all)."""
     require_tool("dpkg-deb", "dpkg")
+    depmod = require_tool("depmod", "kmod")
+    release = package.removeprefix("linux-image-")
     with publish_dir(target) as scratch:
-        subprocess.run(
-            ["apt-get", "download", f"{package}={version}"],
-            cwd=scratch,
-            check=True,
-            capture_output=True,
-        )
+        with step("kernel download", f"{package}={version}"):
+            run_logged(["apt-get", "download", f"{package}={version}"], log_path,
+                       f"apt-get download {package}={version}", cwd=scratch)
         debs = list(scratch.glob("*.deb"))
         if len(debs) != 1:
             raise HostSetupError(f"apt-get download {package} gave {len(debs)} files")
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(scratch)], check=True)
-        debs[0].unlink()
-        release = package.removeprefix("linux-image-")
-        subprocess.run(["depmod", "-b", str(scratch), release], check=True)
+        with step("kernel unpack", debs[0].name):
+            run_logged(["dpkg-deb", "-x", str(debs[0]), str(scratch)], log_path, f"dpkg-deb -x {debs[0].name}")
+            debs[0].unlink()
+            run_logged([depmod, "-b", str(scratch), release], log_path, f"depmod {release}")
 
 
 def release_from_bzimage(image: Path) -> str | None:

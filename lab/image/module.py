@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.errors import BuildError, HostSetupError
-from lab.host.cache import content_key, file_lock, hash_tree, publish_dir
+from lab.host.cache import Lease, content_key, file_lock, hash_tree, lease, publish_dir
 from lab.host.packages import require_tool
+from lab.host.quiet import logs_dir
+from lab.host.steps import cached, step
 from lab.image.kernel import KernelSpec
 
 __all__ = ["ModuleBuild", "build_module", "kmod_dir"]
@@ -34,6 +36,8 @@ class ModuleBuild:
     modules: tuple[Path, ...]
     source_hash: str
     build_log: str
+    #: a shared lock on the build's cache folder (``cnlab cache prune`` skips it)
+    leases: tuple[Lease, ...] = field(default=(), compare=False, repr=False)
 
     def module(self, name: str = "cnlab") -> Path:
         for path in self.modules:
@@ -54,19 +58,31 @@ def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
     source_hash = hash_tree(source, SOURCE_PATTERNS)
     key = content_key(source_hash, kernel.release, str(kernel.kbuild_dir), extra_make or [])
     folder = cache / "kmod" / key
-    if not folder.exists():
+    built = False
+    for _ in range(3):
+        held = lease(folder)
+        if held is not None:
+            break
         with file_lock(cache / "locks" / "kmod.lock"):
             if not folder.exists():
-                with publish_dir(folder) as scratch:
-                    _compile(source, scratch, kernel.kbuild_dir, extra_make or [])
+                with step("module build", f"{source.name}/ against {kernel.release}"), \
+                        publish_dir(folder) as scratch:
+                    _compile(source, scratch, kernel.kbuild_dir, extra_make or [],
+                             logs_dir(cache) / "kmod-build.log")
+                built = True
+    else:
+        raise BuildError(f"module build {key} vanished from the cache three times while this lab built it "
+                         "(a cnlab cache prune with --keep-last 0 running beside it?)")
+    if not built:
+        cached("module", key)
     modules = tuple(sorted(p for p in folder.glob("*.ko")))
     if not modules:
         raise BuildError(f"building {source} produced no .ko files")
     log_path = folder / "build.log"
-    return ModuleBuild(modules, source_hash, log_path.read_text() if log_path.exists() else "")
+    return ModuleBuild(modules, source_hash, log_path.read_text() if log_path.exists() else "", (held,))
 
 
-def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str]) -> None:
+def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str], failure_log: Path) -> None:
     make = require_tool("make", "make")
     tree = scratch / "src"
     shutil.copytree(source, tree, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd", "*.mod*", "tests", "tools"))
@@ -78,8 +94,10 @@ def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str]) -
     )
     (scratch / "build.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
+        failure_log.parent.mkdir(parents=True, exist_ok=True)
+        failure_log.write_text(result.stdout + result.stderr)  # the scratch folder goes with the failure
         errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()[-5:]
-        raise BuildError("module build failed: " + " | ".join(errors[:5]))
+        raise BuildError("module build failed: " + " | ".join(errors[:5]) + f"; full output in {failure_log}")
     for built in tree.glob("*.ko"):
         shutil.copy2(built, scratch / built.name)
     shutil.rmtree(tree)

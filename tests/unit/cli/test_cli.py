@@ -16,6 +16,10 @@ from lab.cli.main import main
         (["exec", "--put", "nosuchfile:/tmp/x", "--", "true"], "--put source not found"),
         (["exec", "--put", "README.md:relative", "--", "true"], "SRC:/ABSOLUTE/DST"),
         (["bench", "boot", "--runs", "2"], "--runs must be at least 5"),
+        (["cache", "prune", "--older-than", "soon"], "not a duration: 'soon'"),
+        (["cache", "prune", "--keep-last", "-1"], "must be 0 or more"),
+        (["cache", "tidy"], "invalid choice: 'tidy'"),
+        (["-q", "-v", "cache"], "not allowed with argument"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path, monkeypatch):
