@@ -11,6 +11,7 @@ such scenarios have no host-side faults (``lab.engine.plan`` refuses them).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,13 +56,15 @@ def run_agent(guest: Any, plan: dict[str, Any], lib: str,
     :param on_load: called when the load starts (for progress lines).
     :raises GuestError: the agent failed or printed no report (its stderr's end is in the message).
     """
-    argv = ["python3", f"{lib}/{AGENT_PROGRAM}"]
+    started = time.monotonic()
+    argv = ["python3", "-S", f"{lib}/{AGENT_PROGRAM}"]  # standard library only: no site-packages scan
     stdin = json.dumps(plan).encode()
     timeout = plan["timeout_s"] + 120
     host_faults = HostFaults(guest)
     try:
         if guest.link is None:
-            result = guest.run(argv, stdin=stdin, timeout=timeout, sink=_Lines(host_faults, on_load))
+            lines = _Lines(host_faults, on_load)
+            result = guest.run(argv, stdin=stdin, timeout=timeout, sink=lines)
         else:
             on_load()
             result = run_job(guest, argv, stdin=stdin, timeout=timeout * guest.spec.accel.timeout_scale,
@@ -76,4 +79,8 @@ def run_agent(guest: Any, plan: dict[str, Any], lib: str,
     except ValueError:
         raise GuestError(f"the guest agent printed no report: {tail}") from None
     report["ssh_reconnects"] = result.extra.get("reconnects", 0)
+    # when the host heard the load begin and saw the agent end, from the agent's start over SSH
+    loaded = host_faults.load_started
+    report["host_marks"] = {"load_line": None if loaded is None else round(loaded - started, 3),
+                            "returned": round(time.monotonic() - started, 3)}
     return report, host_records

@@ -117,8 +117,11 @@ def _verdicts(pm: LabPluginManager, scenario: Scenario, data: dict[str, Any]) ->
 
 
 def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib: str,
-                     progress: Callable[[str], None] = lambda phase: None) -> ScenarioResult:
+                     progress: Callable[[str], None] = lambda phase: None,
+                     files_installed: bool = False) -> ScenarioResult:
     """Run ``scenario`` on ``guest`` (guest programs installed in ``lib``); its result record.
+
+    :param files_installed: the plugins' guest files are in the guest already (copied when it booted).
 
     :raises GuestError: the guest died or the agent could not run (the caller retries on a fresh guest).
     """
@@ -132,8 +135,15 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     stash[PROGRESS] = progress
     error: LabError | None = None
     hooks_started = False
+    times: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        times[name] = round(time.monotonic() - started, 3)
+
     try:
-        install_guest_files(pm, guest)
+        if not files_installed:
+            install_guest_files(pm, guest)
+        mark("files")
         pm.call_each("lab_guest_ready", guest=guest, scenario=scenario)
         hooks_started = True
         pm.call_each("lab_scenario_start", scenario=scenario, guest=guest, stash=stash)
@@ -141,6 +151,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
             progress(name)
             phase = PhaseInfo(name, index, scenario.duration if name == "load" else 0.0)
             call_hook(pm, "lab_phase_run", scenario=scenario, phase=phase, guest=guest, stash=stash)
+            mark(name)
     except LabError as exc:
         error = exc
     finally:
@@ -153,6 +164,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     if isinstance(cause, GuestError | TransportError) or (error is not None and not guest.alive()):
         raise cause if isinstance(cause, LabError) else error
     progress("checks")
+    mark("stopped")
     taint_after = read_taint(guest)
     console = _console_since(guest, console_start)
     kernel_reports = [r.to_dict() for r in scan_console(console)]
@@ -175,11 +187,14 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
         error = error or exc
     if error is not None:
         verdicts.append(Verdict("hooks", False, str(error).partition("\n")[0]))
+    mark("checked")
     return ScenarioResult(
         scenario=scenario.name, source=scenario.source,
         status="passed" if all(v.ok for v in verdicts) else "failed",
         verdicts=tuple(verdicts),
-        metrics=headline(agent, {str(g["gen_id"]) for g in stash[PLAN]["generators"] if g["path"] == "direct"}),
+        metrics=headline(agent, {str(g["gen_id"]) for g in stash[PLAN]["generators"] if g["path"] == "direct"})
+        | {"timeline_s": times | {f"agent.{k}": v for k, v in ((agent or {}).get("marks") or {}).items()}
+           | {f"host.{k}": v for k, v in ((agent or {}).get("host_marks") or {}).items()}},
         data={k: v for k, v in data.items() if k not in ("kernel", "faults", "guest")}, faults=tuple(faults),
         series={c.get("name", "?"): c.get("series", []) for c in (agent or {}).get("consumers", ())},
         kernel_reports=tuple(kernel_reports), taint={"before": taint_before, "after": taint_after},

@@ -93,7 +93,7 @@ def _consumers(registries: Registries, scenario: Scenario, all_groups: list[int]
         if program.protocol == "checker":
             argv += ["--groups", ",".join(map(str, groups))]
         out.append({"label": use.label, "name": use.name, "argv": argv, "instances": program.instances,
-                    "protocol": program.protocol, "groups": groups,
+                    "protocol": program.protocol, "groups": groups, "start": program.start,
                     "listen": listen and program.protocol == "checker"})
     return out
 

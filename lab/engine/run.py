@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lab.engine.events import RunEvent, print_events
 from lab.engine.execute import execute_scenario
-from lab.engine.hooks import guest_setup_args
+from lab.engine.hooks import guest_setup_args, install_guest_files
 from lab.engine.plan import guest_network
 from lab.engine.results import ResultsWriter
 from lab.engine.schedule import Schedule, Task
@@ -157,7 +157,8 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                     guest.start()
                     boot_s = guest.timing.ssh
                     lib = install_guest_programs(guest)
-                record = execute_scenario(pm, guest, scenario, lib, progress)
+                    install_guest_files(pm, guest)  # once per guest: every scenario of this run has the same plugins
+                record = execute_scenario(pm, guest, scenario, lib, progress, files_installed=True)
             except LabError as exc:
                 console = ""
                 if guest is not None:

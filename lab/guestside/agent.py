@@ -120,6 +120,12 @@ def drain(client, seconds):
 
 
 def main():
+    started = time.monotonic()
+    marks = {}
+
+    def mark(name):
+        marks[name] = round(time.monotonic() - started, 3)
+
     plan = json.load(sys.stdin)
     folder = plan["folder"]
     os.makedirs(folder, exist_ok=True)
@@ -132,13 +138,17 @@ def main():
     actions = Actions(fault_client, signal_all(consumers), folder)
     scheduler = FaultScheduler(plan.get("faults", []), actions, {}, plan["duration"])
     scheduler.fire_before_load()
-    consumers.extend(start_consumers(plan, folder))
+    mark("faults_before_load")
+    own_fds = [client.sock.fileno(), fault_client.sock.fileno()] + ([klog.fd] if klog.fd is not None else [])
+    consumers.extend(start_consumers(plan, folder, own_fds))
+    mark("consumers_started")
     bind_timeout = plan.get("bind_timeout_s", 20)
     bind_started = time.monotonic()
     if not kabi.wait_until(lambda: all(c.ready() for c in consumers), bind_timeout, pause=0.02):
         late = ", ".join(c.label for c in consumers if not c.ready())
         errors.append(f"consumers did not bind within {bind_timeout:g} s: {late}")
     bind_s = time.monotonic() - bind_started
+    mark("consumers_bound")
     try:  # every scenario starts from its own high-water mark, whether or not the guest ran others before
         reply = client.stats(reset_hwm=True)
         if not reply.ok:
@@ -161,6 +171,7 @@ def main():
             errors.append(f"GEN_START {cfg['gen_id']}: {reply.error_name}")
     drivers = [subprocess.Popen(src["driver"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                for src in plan.get("live", [])]
+    mark("load_started")
     print(f"CNLAB-AGENT load {time.monotonic_ns()}", file=sys.stderr, flush=True)
     scheduler.probes = make_probes(plan.get("events", {}), consumers, fault_client, gen_ids, before)
     scheduler.start_load(t0)
@@ -191,10 +202,13 @@ def main():
         for d in drivers:
             d.kill()
     load_s = time.monotonic() - t0
+    mark("load_over")
     fault_records, never_fired = scheduler.finish()
+    mark("faults_undone")
     for c in consumers:
         c.check_killed()
     drained = drain(client, 15 * scale)
+    mark("drained")
     if not drained["ok"]:
         held = ", ".join(f"cpu{cpu} {n}" for cpu, n in sorted(drained.get("cpus", {}).items())) or "unknown"
         errors.append(f"CBUS did not drain within {15 * scale} s: still queued: {held}")
@@ -227,6 +241,7 @@ def main():
         for r in c.stop():
             r["accounting"] = reconcile(r, gens, cbus.get("drop_nlerr", 0), groups_of_gen, lost_reason)
             reports.append(r)
+    mark("consumers_stopped")
     live = []
     for src, d in zip(plan.get("live", []), drivers, strict=True):
         out, err = d.communicate()
@@ -235,7 +250,7 @@ def main():
     print(json.dumps({"errors": errors, "load_s": round(load_s, 3), "bind_s": round(bind_s, 3), "drain": drained,
                       "consumers": reports, "generators": {str(k): v for k, v in gens.items()}, "cbus": cbus,
                       "live": live, "faults": fault_records, "faults_never_fired": never_fired,
-                      "restarted": restarted, "unloads": len(unloads)}))
+                      "restarted": restarted, "unloads": len(unloads), "marks": marks}))
     return 0
 
 

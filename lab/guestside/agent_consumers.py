@@ -11,13 +11,22 @@ fault) is started again once with ``--resync``.
 JSON line on stdout.
 
 A program that ends without a report is reported as ``missing`` with its
-exit status and the end of its stderr.  Standard library only.
+exit status and the end of its stderr.
+
+A consumer planned with ``start = "fork"`` is not exec'd: the agent forks
+itself before any of its threads exist and the child runs the Python program
+(:class:`ForkedProgram`), with no new interpreter to start.  Standard library
+only.
 """
 
 import json
 import os
+import runpy
 import signal
 import subprocess
+import sys
+import time
+import traceback
 
 import kabi
 
@@ -26,6 +35,71 @@ STDERR_TAIL = 2000
 
 def _tail(data):
     return data.decode(errors="replace")[-STDERR_TAIL:]
+
+
+class ForkedProgram:
+    """A Python program run in a forked child of the agent (``runpy``), with a ``Popen``-like handle.
+
+    The child gets stdin and stdout on /dev/null, stderr in ``stderr_path``, none of ``close_fds``
+    (the agent's own sockets), ``sys.argv`` of the program, and its folder first on ``sys.path``.
+    """
+
+    def __init__(self, argv, stderr_path, close_fds=()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.args = list(argv)
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            code = 1
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                os.dup2(null, 0)
+                os.dup2(null, 1)
+                err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(err, 2)
+                for fd in close_fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                script = argv[1]
+                sys.argv = list(argv[1:])
+                sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+                runpy.run_path(script, run_name="__main__")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:  # noqa: BLE001 - whatever the program raised goes to its stderr file
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.01)  # a child's end has no descriptor to wait on here
+        return self.returncode
+
+    def send_signal(self, signum):
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
 
 
 class OneShot:
@@ -67,11 +141,13 @@ class CheckerProc:
 
     protocol = "checker"
 
-    def __init__(self, label, argv, listen, folder):
+    def __init__(self, label, argv, listen, folder, fork=False, close_fds=()):
         self.label = label
         self.base = list(argv)
         self.listen = listen
         self.folder = folder
+        self.fork = fork
+        self.close_fds = tuple(close_fds)
         self.runs = []
         self.restarts = 0
         self.start(False)
@@ -84,9 +160,11 @@ class CheckerProc:
             argv.append("--listen-proc")
         if resync:
             argv.append("--resync")
-        err = open(out + ".stderr", "wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        err.close()
+        if self.fork and not resync:  # a restart happens while the agent has threads: exec then
+            self.proc = ForkedProgram(argv, out + ".stderr", self.close_fds)
+        else:
+            with open(out + ".stderr", "wb") as err:
+                self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
         self.runs.append({"out": out, "proc": self.proc, "resync": resync})
 
     def ready(self):
@@ -143,8 +221,8 @@ class CheckerProc:
         return reports
 
 
-def start_consumers(plan, folder):
-    """Every consumer instance of the plan, started."""
+def start_consumers(plan, folder, close_fds=()):
+    """Every consumer instance of the plan, started (forked ones get none of ``close_fds``)."""
     consumers = []
     for c in plan.get("consumers", []):
         instances = c.get("instances", 1)
@@ -153,5 +231,6 @@ def start_consumers(plan, folder):
             if c.get("protocol") == "oneshot":
                 consumers.append(OneShot(label, c["argv"]))
             else:
-                consumers.append(CheckerProc(label, c["argv"], c.get("listen", False), folder))
+                consumers.append(CheckerProc(label, c["argv"], c.get("listen", False), folder,
+                                             fork=c.get("start") == "fork", close_fds=close_fds))
     return consumers

@@ -48,7 +48,10 @@ def _spec(name: str, description: str, base: Mapping[str, Any], instances: int =
     def factory(s: Mapping[str, Any]) -> GuestProgram:
         options = dict(base)
         options.update({k: v for k, v in s.items() if k != "instances"})
-        return GuestProgram(name, "consume.py", options, s.get("instances", instances))
+        # consume.py needs only the standard library and kabi: forked from the agent, it starts at once; the
+        # pyroute2 variant imports pyroute2 from site-packages, so it gets an interpreter of its own
+        start = "exec" if options.get("pyroute2") else "fork"
+        return GuestProgram(name, "consume.py", options, s.get("instances", instances), start=start)
 
     return ConsumerSpec(name, description, factory, settings=extra)
 
