@@ -276,7 +276,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lab.cli.check import check_scenarios
 
     _, pm, scenarios = _scenarios(args)
-    return check_scenarios(pm, scenarios, sys.stdout)
+    try:
+        return check_scenarios(pm, scenarios, sys.stdout)
+    finally:
+        pm.unconfigure()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -289,7 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lab.engine.run import run_scenarios
     from lab.report.summary import finish_run
 
-    plugin_config, _, scenarios = _scenarios(args)
+    plugin_config, pm, scenarios = _scenarios(args)
+    pm.unconfigure()  # the run builds its own managers (and unconfigures them)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")

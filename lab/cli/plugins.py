@@ -59,5 +59,8 @@ def format_plugins(pm: LabPluginManager) -> str:
 def list_plugins(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """The ``cnlab plugins`` command: print the table, return the exit status (errors raise ``LabError``)."""
     pm = get_plugin_manager(config_from_args(args))
-    print(format_plugins(pm), file=out or sys.stdout)
+    try:
+        print(format_plugins(pm), file=out or sys.stdout)
+    finally:
+        pm.unconfigure()
     return 0

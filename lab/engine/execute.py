@@ -106,13 +106,16 @@ def fault_records(agent: dict[str, Any] | None, host: list[dict[str, Any]]) -> l
 
 
 def _verdicts(pm: LabPluginManager, scenario: Scenario, data: dict[str, Any]) -> list[Verdict]:
+    """Every plugin's checks; a plugin that raises fails with a verdict of its own, the others still judge."""
     verdicts = []
-    for plugin, results in pm.call_each("lab_result_check", scenario=scenario, data=data).items():
+    errors: list[HookCallError] = []
+    for plugin, results in pm.call_each("lab_result_check", errors, scenario=scenario, data=data).items():
         for item in (results[0] if results else None) or ():
             if isinstance(item, Verdict):
                 verdicts.append(Verdict(item.name, item.ok, item.detail, plugin))
             else:
                 verdicts.append(Verdict(plugin, False, str(item), plugin))
+    verdicts += [Verdict("hooks", False, str(e).partition("\n")[0], e.plugin) for e in errors]
     return verdicts
 
 
@@ -176,15 +179,13 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
                                        "taint_after": taint_after},
                             "guest": {"cpus": scenario.cpus, "accel": guest.spec.accel.name,
                                       "slowdown": guest.spec.accel.slowdown}}
-    verdicts: list[Verdict] = []
-    try:
-        for plugin, results in pm.call_each("lab_result_collect", scenario=scenario, guest=guest,
-                                            stash=stash).items():
-            if results and results[0] is not None:
-                data[plugin] = results[0]
-        verdicts = _verdicts(pm, scenario, data)
-    except HookCallError as exc:
-        error = error or exc
+    collect_errors: list[HookCallError] = []
+    for plugin, results in pm.call_each("lab_result_collect", collect_errors, scenario=scenario, guest=guest,
+                                        stash=stash).items():
+        if results and results[0] is not None:
+            data[plugin] = results[0]
+    verdicts = _verdicts(pm, scenario, data)
+    verdicts += [Verdict("hooks", False, str(e).partition("\n")[0], e.plugin) for e in collect_errors]
     if error is not None:
         verdicts.append(Verdict("hooks", False, str(error).partition("\n")[0]))
     mark("checked")

@@ -175,6 +175,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
     finally:
         if guest is not None:
             guest.stop()
+        pm.unconfigure()
 
 
 # ------------------------------------------------------------------- parent
@@ -331,4 +332,8 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     records = [final[s.name] for s in scenarios if s.name in final]
     remember_timings(records, lab.cache)
     extras = _plugin_reports(pm, records, out_dir, on_event)
+    try:
+        pm.unconfigure()
+    except LabError as exc:
+        on_event(RunEvent("note", time.monotonic() - started, detail=f"cnlab run: {exc}"))
     return RunOutcome(records, environment, tuple(pending), json_path, tuple(extras), interrupted)

@@ -82,7 +82,10 @@ def make_probes(events, consumers, client, gen_ids, before):
         if probe["kind"] == "agent":
             probes[name] = agent[probe["name"]]
         else:
-            base = read_counter(probe) if probe.get("relative", True) else 0
+            try:
+                base = read_counter(probe) if probe.get("relative", True) else 0
+            except (OSError, ValueError):
+                base = 0  # counted from 0; each poll that cannot read it is reported if the event never happens
             probes[name] = lambda probe=probe, base=base: read_counter(probe) - base
     return probes
 
@@ -129,6 +132,7 @@ def main():
     plan = json.load(sys.stdin)
     folder = plan["folder"]
     os.makedirs(folder, exist_ok=True)
+    os.environ["CNLAB_OUT"] = folder  # every program the agent starts learns the scenario's working folder
     scale = plan.get("timeout_scale", 1)
     errors = []
     klog = KernelLog()  # the mark: unload lines of this load only
@@ -144,9 +148,14 @@ def main():
     mark("consumers_started")
     bind_timeout = plan.get("bind_timeout_s", 20)
     bind_started = time.monotonic()
-    if not kabi.wait_until(lambda: all(c.ready() for c in consumers), bind_timeout, pause=0.02):
+    # bound, or gone: a consumer that died before binding does not cost the whole timeout
+    if not kabi.wait_until(lambda: all(c.ready() or c.exited() is not None for c in consumers), bind_timeout,
+                           pause=0.02):
         late = ", ".join(c.label for c in consumers if not c.ready())
         errors.append(f"consumers did not bind within {bind_timeout:g} s: {late}")
+    for c in consumers:
+        if c.exited() is not None:
+            errors.append(f"consumer {c.label} exited with status {c.exited()} before it bound its socket")
     bind_s = time.monotonic() - bind_started
     mark("consumers_bound")
     try:  # every scenario starts from its own high-water mark, whether or not the guest ran others before
@@ -169,8 +178,11 @@ def main():
             groups_of_gen[cfg["gen_id"]] = [cfg["group"]]
         else:
             errors.append(f"GEN_START {cfg['gen_id']}: {reply.error_name}")
-    drivers = [subprocess.Popen(src["driver"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for src in plan.get("live", [])]
+    drivers = []
+    for n, src in enumerate(plan.get("live", [])):  # output to files: a chatty driver must not block on a pipe
+        with open(os.path.join(folder, f"live-{n}.out"), "wb") as out, \
+                open(os.path.join(folder, f"live-{n}.stderr"), "wb") as err:
+            drivers.append(subprocess.Popen(src["driver"], stdout=out, stderr=err))
     mark("load_started")
     print(f"CNLAB-AGENT load {time.monotonic_ns()}", file=sys.stderr, flush=True)
     scheduler.probes = make_probes(plan.get("events", {}), consumers, fault_client, gen_ids, before)
@@ -243,8 +255,12 @@ def main():
             reports.append(r)
     mark("consumers_stopped")
     live = []
-    for src, d in zip(plan.get("live", []), drivers, strict=True):
-        out, err = d.communicate()
+    for n, (src, d) in enumerate(zip(plan.get("live", []), drivers, strict=True)):
+        d.wait()
+        with open(os.path.join(folder, f"live-{n}.out"), "rb") as f:
+            out = f.read()
+        with open(os.path.join(folder, f"live-{n}.stderr"), "rb") as f:
+            err = f.read()
         live.append({"label": src["label"], "name": src["name"], "status": d.returncode,
                      "stdout": out.decode(errors="replace")[-500:], "stderr": err.decode(errors="replace")[-300:]})
     print(json.dumps({"errors": errors, "load_s": round(load_s, 3), "bind_s": round(bind_s, 3), "drain": drained,

@@ -192,6 +192,10 @@ def reconcile(report, gens, cbus_nlerr, groups_of_gen, lost_reason=None):
         return {"exact": False, "reason": f"{why}: partial accounting"}
     if report.get("missing"):
         return {"exact": False, "reason": "missing consumer: partial accounting"}
+    lacking = [k for k in ("streams", "groups", "socket_drops") if k not in report]
+    if lacking:
+        return {"exact": False, "reason": f"the report lacks {', '.join(lacking)} (docs/guest-contract.md): "
+                                          "partial accounting"}
     if report.get("churns") and report["socket_drops"]:
         # A drop just before the consumer left its groups shows no gap: the next message of that stream
         # came while it was away, or after it rejoined and restarted the stream.

@@ -107,9 +107,14 @@ class OneShot:
 
     protocol = "oneshot"
 
-    def __init__(self, label, argv):
+    def __init__(self, label, argv, groups=(), folder="/tmp"):
         self.label = label
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env = dict(os.environ, CNLAB_GROUPS=",".join(map(str, groups)))
+        # output to files, not pipes: a program that prints more than a pipe holds must not block
+        self.out_path = os.path.join(folder, f"{label}.oneshot.out")
+        self.err_path = os.path.join(folder, f"{label}.oneshot.stderr")
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
 
     def ready(self):
         return True
@@ -123,12 +128,19 @@ class OneShot:
     def check_killed(self):
         return False
 
+    def exited(self):
+        return False  # a one-shot program may end whenever it likes
+
     def stop(self):
         try:
-            out, err = self.proc.communicate(timeout=120)
+            self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
+            self.proc.wait()
+        with open(self.out_path, "rb") as f:
+            out = f.read()
+        with open(self.err_path, "rb") as f:
+            err = f.read()
         try:
             report = json.loads(out.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -169,6 +181,10 @@ class CheckerProc:
 
     def ready(self):
         return os.path.exists(self.runs[-1]["out"] + ".ready")
+
+    def exited(self):
+        """Ended before binding (its exit status, else None)."""
+        return None if self.ready() else self.proc.poll()
 
     def live(self):
         """The latest live counters of every run so far, summed ({} before any)."""
@@ -213,8 +229,16 @@ class CheckerProc:
             except OSError:
                 err = b""
             if os.path.exists(run["out"]):
-                with open(run["out"]) as f:
-                    reports.append(json.load(f))
+                try:
+                    with open(run["out"]) as f:
+                        report = json.load(f)
+                    if not isinstance(report, dict):
+                        raise ValueError(f"a JSON {type(report).__name__}, not an object")
+                    reports.append(report)
+                except (OSError, ValueError) as exc:
+                    reports.append({"name": self.label, "missing": True, "status": run["proc"].returncode,
+                                    "stderr": f"its report {run['out']} is not a JSON object ({exc}); "
+                                              + _tail(err)})
             else:
                 reports.append({"name": self.label, "missing": True, "status": run["proc"].returncode,
                                 "stderr": _tail(err)})
@@ -229,7 +253,7 @@ def start_consumers(plan, folder, close_fds=()):
         for i in range(instances):
             label = c["label"] if instances == 1 else f"{c['label']}-{i}"
             if c.get("protocol") == "oneshot":
-                consumers.append(OneShot(label, c["argv"]))
+                consumers.append(OneShot(label, c["argv"], c.get("groups", ()), folder))
             else:
                 consumers.append(CheckerProc(label, c["argv"], c.get("listen", False), folder,
                                              fork=c.get("start") == "fork", close_fds=close_fds))

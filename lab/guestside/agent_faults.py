@@ -12,6 +12,11 @@ Host-side faults (QMP) are announced on stderr as ``CNLAB-HOST-FAULT {json}``
 lines; the orchestrator carries them out and undoes them itself (a paused
 guest cannot ask to be resumed).
 
+Each firing and each undo runs in a thread of its own, so a program that
+runs for seconds holds back no other fault; the threads (not the programs
+they start) run SCHED_FIFO.  ``spawn`` programs end when their fault is
+undone (an exit status other than 0 before that fails the firing).
+
 Every firing leaves a record: label, trigger, ``due`` (when it was planned,
 or when its event was seen), ``start`` and ``end`` of the inject actions,
 ``restored``, each action's outcome, ``ok``.  Times are seconds from the
@@ -93,9 +98,13 @@ class Actions:
                 if proc.returncode:
                     raise OSError(f"exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
             elif kind == "spawn":
-                with open(os.path.join(self.folder, f"spawn-{len(self.spawned)}.log"), "w") as log:
-                    self.spawned.append(subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
-                                                         start_new_session=True))
+                path = os.path.join(self.folder, f"spawn-{len(self.spawned)}.log")
+                with open(path, "w") as log:
+                    proc = subprocess.Popen(list(args), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+                proc.log_path = path
+                self.spawned.append(proc)
+                out["spawned"] = proc
             elif kind == "signal":
                 self.signal_consumers(getattr(signal, "SIG" + args[1]))
             else:
@@ -104,15 +113,31 @@ class Actions:
             out.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         return out
 
-    def kill_spawned(self):
-        for proc in self.spawned:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+    def stop_spawned(self, proc):
+        """End one spawned program (its process group); ``{"action", "ok", "error"?}`` says how it had ended:
+        still running is fine, an exit status other than 0 before its restore is a failure."""
+        out = {"action": f"stop {' '.join(proc.args)}", "ok": True}
+        status = proc.poll()
+        if status is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
             proc.wait()
-        self.spawned = []
+        elif status != 0:
+            try:
+                with open(proc.log_path) as f:
+                    tail = f.read()[-300:].strip()
+            except OSError:
+                tail = ""
+            out.update(ok=False, error=f"the spawned program exited {status} before its fault was undone: {tail}")
+        if proc in self.spawned:
+            self.spawned.remove(proc)
+        return out
+
+    def kill_spawned(self):
+        for proc in list(self.spawned):
+            self.stop_spawned(proc)
 
     def finish(self):
         """Every CPU a fault took offline back online, every spawned program gone."""
@@ -144,14 +169,37 @@ class FaultScheduler(threading.Thread):
         self.waiting = [f for f in faults if f["trigger"]["on"]]
         self.lock = threading.Lock()
         self.probe_errors = {}
-        self.firing = False  # a timed firing or undo is being carried out (its restore may not be planned yet)
+        self.active = 0  # firings or undos being carried out (a firing's restore is planned when it ends)
+        self.wake = threading.Event()
+        self.workers = []
 
     def now(self):
         return time.monotonic() - self.t0
 
     def _push(self, due, step, fault, record=None):
-        self.seq += 1
-        heapq.heappush(self.heap, (due, self.seq, step, fault, record))
+        with self.lock:
+            self.seq += 1
+            heapq.heappush(self.heap, (due, self.seq, step, fault, record))
+        self.wake.set()
+
+    def _dispatch(self, work, *args):
+        """Carry out one firing or undo in a thread of its own: a slow action (a program that runs for
+        seconds) holds back no other fault."""
+        with self.lock:
+            self.active += 1
+
+        def run():
+            realtime()
+            try:
+                work(*args)
+            finally:
+                with self.lock:
+                    self.active -= 1
+                self.wake.set()
+
+        thread = threading.Thread(target=run, name="fault-work", daemon=True)
+        self.workers.append(thread)
+        thread.start()
 
     def fire_before_load(self):
         """Faults ``at = 0``: injected before the consumers start (their times are then negative)."""
@@ -196,17 +244,25 @@ class FaultScheduler(threading.Thread):
             return
         for action in fault["inject"]:
             outcome = self.actions.run(action)
+            if "spawned" in outcome:
+                record.setdefault("_spawned", []).append(outcome.pop("spawned"))
             record["actions"].append(outcome)
             if not outcome["ok"]:
                 record["ok"] = False
                 break
         record["end"] = round(self.now(), 4)
-        if fault["restore"] and fault["duration"] > 0:
+        if (fault["restore"] or record.get("_spawned")) and fault["duration"] > 0:
             self._push(record["start"] + fault["duration"], "restore", fault, record)
 
     def _restore(self, fault, record):
         if record["restored"] is not None or fault["side"] == "host":
             return
+        for proc in record.pop("_spawned", []):
+            outcome = self.actions.stop_spawned(proc)
+            outcome["restore"] = True
+            record["actions"].append(outcome)
+            if not outcome["ok"]:
+                record["ok"] = False
         for action in fault["restore"]:
             outcome = self.actions.run(action)
             outcome["restore"] = True
@@ -217,7 +273,8 @@ class FaultScheduler(threading.Thread):
 
     def busy(self):
         """A timed firing or an undo is under way or still to come: the load lasts until the last one is done."""
-        return self.firing or bool(self.heap)
+        with self.lock:
+            return self.active > 0 or bool(self.heap)
 
     def _poll_events(self):
         counts = {}
@@ -232,42 +289,48 @@ class FaultScheduler(threading.Thread):
             if counts[name] is not None and counts[name] >= fault["trigger"]["threshold"]:
                 self.waiting.remove(fault)
                 seen = self.now()
-                self._fire(fault, seen, seen={"count": counts[name]})
+                self._dispatch(self._fire, fault, seen, {"count": counts[name]})
+
+    def _due(self, now):
+        """The timed steps due at ``now``, taken off the plan."""
+        due = []
+        with self.lock:
+            while self.heap and self.heap[0][0] <= now:
+                due.append(heapq.heappop(self.heap))
+        return due
 
     def run(self):
-        try:  # fire on time even when generators and consumers keep every CPU busy
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO, os.sched_param(FIFO_PRIORITY))
-        except (OSError, AttributeError):
-            pass
+        realtime()
         next_poll = 0.0
         while not self.halt.is_set():
+            self.wake.clear()
             now = self.now()
-            while self.heap and self.heap[0][0] <= now:
-                self.firing = True
-                due, _, step, fault, record = heapq.heappop(self.heap)
+            for due, _, step, fault, record in self._due(now):
                 if step == "inject":
-                    self._fire(fault, due)
+                    self._dispatch(self._fire, fault, due)
                 else:
-                    self._restore(fault, record)
-                self.firing = False
-                now = self.now()
+                    self._dispatch(self._restore, fault, record)
             if self.waiting and now >= next_poll:
                 self._poll_events()
                 next_poll = now + EVENT_POLL_S
             wake = [next_poll] if self.waiting else []
-            if self.heap:
-                wake.append(self.heap[0][0])
-            self.halt.wait(max(0.0, min(wake) - self.now()) if wake else 0.5)
+            with self.lock:
+                if self.heap:
+                    wake.append(self.heap[0][0])
+            self.wake.wait(max(0.0, min(wake) - self.now()) if wake else 0.5)
 
     def finish(self):
         """Stop firing; undo every fault not undone yet, newest first; CPUs online, spawned programs gone."""
         self.halt.set()
+        self.wake.set()
         if self.is_alive():
             self.join(60)
+        for thread in self.workers:
+            thread.join(150)  # an exec action has 120 s at most
         by_label = {f["label"]: f for f in self.faults}
         for record in reversed(self.records):
             fault = by_label[record["label"]]
-            if fault["restore"] and record["start"] is not None:
+            if (fault["restore"] or record.get("_spawned")) and record["start"] is not None:
                 self._restore(fault, record)
         self.actions.finish()
         never = [f"fault {f['label']} ({f['trigger']['text']}): the event never happened"
@@ -275,6 +338,16 @@ class FaultScheduler(threading.Thread):
                     if f["trigger"]["on"] in self.probe_errors else "")
                  for f in self.waiting]
         return self.records, never
+
+
+def realtime():
+    """This thread runs SCHED_FIFO, so faults fire on time even when the load keeps every CPU busy; the
+    programs it starts do not inherit it (SCHED_RESET_ON_FORK)."""
+    try:
+        policy = os.SCHED_FIFO | getattr(os, "SCHED_RESET_ON_FORK", 0)
+        os.sched_setscheduler(threading.get_native_id(), policy, os.sched_param(FIFO_PRIORITY))
+    except (OSError, AttributeError):
+        pass
 
 
 def host_request(request):

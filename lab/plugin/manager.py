@@ -339,11 +339,13 @@ class LabPluginManager(pluggy.PluginManager):
         return [(name, impls[name]) for name in self.infos if name in impls]
 
     def call_per_plugin(self, hook_name: str,
-                        kwargs_for: Callable[[str], Mapping[str, Any]] | None = None) -> dict[str, list[Any]]:
+                        kwargs_for: Callable[[str], Mapping[str, Any]] | None = None,
+                        errors: list[HookCallError] | None = None) -> dict[str, list[Any]]:
         """Call ``hook_name`` once for each implementing plugin, alone; ``{plugin name: results}``.
 
         :param kwargs_for: the keyword arguments for a given plugin name.
-        :raises HookCallError: naming the plugin and the hook.
+        :param errors: when given, a plugin that raises is recorded here and the others are still called.
+        :raises HookCallError: naming the plugin and the hook (unless ``errors`` collects them).
         """
         out: dict[str, list[Any]] = {}
         everyone = [p for _, p in self.list_name_plugin() if p is not None]
@@ -352,22 +354,26 @@ class LabPluginManager(pluggy.PluginManager):
             kwargs = dict(kwargs_for(name)) if kwargs_for else {}
             try:
                 out[name] = caller(**kwargs)
-            except HookCallError:
-                raise
             except Exception as exc:
-                raise HookCallError(name, hook_name, exc) from exc
+                error = exc if isinstance(exc, HookCallError) else HookCallError(name, hook_name, exc)
+                if errors is None:
+                    raise error from exc
+                errors.append(error)
         return out
 
     def call(self, hook_name: str, **kwargs: Any) -> Any:
         """:func:`call_hook` on this manager."""
         return call_hook(self, hook_name, **kwargs)
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> dict[str, list[Any]]:
+    def call_each(self, hook_name: str, errors: list[HookCallError] | None = None,
+                  **kwargs: Any) -> dict[str, list[Any]]:
         """Call a per-plugin hook (:data:`PER_PLUGIN_HOOKS`) on each plugin alone, adding its ``settings``.
 
-        :raises HookCallError: naming the plugin and the hook.
+        :param errors: when given, a plugin that raises is recorded here and the others are still called.
+        :raises HookCallError: naming the plugin and the hook (unless ``errors`` collects them).
         """
-        return self.call_per_plugin(hook_name, lambda name: dict(kwargs, settings=self.settings.get(name, {})))
+        return self.call_per_plugin(hook_name, lambda name: dict(kwargs, settings=self.settings.get(name, {})),
+                                    errors)
 
     # -- set-up --------------------------------------------------------------
 

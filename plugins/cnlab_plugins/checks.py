@@ -52,10 +52,11 @@ def _kernel(scenario: Scenario, kernel: Mapping[str, Any]) -> list[Verdict]:
     return out
 
 
-def _consumers(scenario: Scenario, agent: Mapping[str, Any]) -> list[Verdict]:
+def _consumers(scenario: Scenario, agent: Mapping[str, Any], faults: list) -> list[Verdict]:
     inv = scenario.invariants
     reports = agent.get("consumers", [])
-    killed = scenario.uses("consumer-kill")
+    killed = any(a.get("action") == "signal consumers KILL" and a.get("ok") for f in faults
+                 for a in f.get("actions", ()))
     problems = []
     for c in reports:
         if c.get("missing"):
@@ -114,13 +115,14 @@ def lab_result_check(scenario: Scenario, data: Mapping[str, Any]) -> list[Verdic
         return out + [Verdict("agent", False, "the guest agent left no report")]
     errors = agent.get("errors", [])
     out.append(Verdict("agent", not errors, "; ".join(errors) or "no errors"))
-    out += _consumers(scenario, agent)
+    records = list(data.get("faults") or agent.get("faults", []))
+    out += _consumers(scenario, agent, records)
     drain = agent.get("drain") or {}
     held = ", ".join(f"cpu{cpu} holds {n}" for cpu, n in sorted((drain.get("cpus") or {}).items()))
     out.append(Verdict("drain", bool(drain.get("ok")),
                        f"CBUS empty {drain.get('waited_s')} s after the load" if drain.get("ok")
                        else f"CBUS not empty after {drain.get('waited_s')} s: {held or drain.get('error', '?')}"))
-    faults = _faults(scenario, agent, list(data.get("faults") or agent.get("faults", [])))
+    faults = _faults(scenario, agent, records)
     if faults:
         out.append(faults)
     inv = scenario.invariants

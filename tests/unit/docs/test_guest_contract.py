@@ -187,17 +187,13 @@ def test_a_checker_consumer_without_a_report_is_reported_missing_with_its_stderr
 
 
 # ------------------------------------------------------------------ section 10: known gaps
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="docs/guest-contract.md section 10: reconcile() reads "
-                   "streams, groups and socket_drops without a default; the agent dies")
-def test_gap_a_report_without_streams_is_partial_accounting_not_a_dead_agent():
+def test_fixed_gap_a_report_without_streams_is_partial_accounting_not_a_dead_agent():
     cpu = {"generated": 5, "ok": 5, "err_nolistener": 0, "err_nomem": 0, "err_full": 0, "err_other": 0}
     result = accounting.reconcile({"name": "thin", "received": 5}, {0: {"state": 2, "cpus": {0: cpu}}}, 0, {0: [2]})
     assert result["exact"] is False
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="docs/guest-contract.md section 10: CheckerProc.stop() "
-                   "parses OUT without catching ValueError; the agent dies")
-def test_gap_a_report_that_is_not_json_is_reported_missing_not_a_dead_agent(tmp_path):
+def test_fixed_gap_a_report_that_is_not_json_is_reported_missing_not_a_dead_agent(tmp_path):
     program = tmp_path / "torn.py"
     program.write_text("import argparse, signal, time\nap = argparse.ArgumentParser()\n"
                        "ap.add_argument('--name'); ap.add_argument('--out')\nargs = ap.parse_args()\n"
@@ -209,9 +205,7 @@ def test_gap_a_report_that_is_not_json_is_reported_missing_not_a_dead_agent(tmp_
     assert proc.stop()[0]["missing"] is True
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="docs/guest-contract.md section 10: make_probes() reads a "
-                   "FileCounter's base value unguarded; the agent dies")
-def test_gap_a_file_counter_on_a_missing_file_does_not_stop_the_agent(tmp_path):
+def test_fixed_gap_a_file_counter_on_a_missing_file_does_not_stop_the_agent(tmp_path):
     agent = load_guest_module("agent")
     probes = agent.make_probes({"mine": {"kind": "file", "path": str(tmp_path / "nosuch"), "pattern": r"(\d+)",
                                          "relative": True}}, [], None, [], None)
@@ -226,9 +220,7 @@ def _exec_fault(label, trigger, argv, duration=0.0, restore=()):
             "duration": duration, "summary": ""}
 
 
-@pytest.mark.xfail(strict=True, reason="docs/guest-contract.md section 10: an exec action blocks the fault thread, "
-                   "so a fault due meanwhile fires late")
-def test_gap_a_running_fault_program_does_not_delay_other_faults(tmp_path):
+def test_fixed_gap_a_running_fault_program_does_not_delay_other_faults(tmp_path):
     flag = tmp_path / "flag"
     plan = [_exec_fault("slow", {"at": 0.05}, ["sleep", "0.6"]),
             {**_exec_fault("quick", {"at": 0.1}, ["touch", str(flag)])}]
@@ -241,9 +233,7 @@ def test_gap_a_running_fault_program_does_not_delay_other_faults(tmp_path):
     assert quick["start"] - quick["due"] < 0.2, quick
 
 
-@pytest.mark.xfail(strict=True, reason="docs/guest-contract.md section 10: fault programs inherit the fault "
-                   "thread's SCHED_FIFO")
-def test_gap_a_fault_program_runs_at_normal_priority(tmp_path):
+def test_fixed_gap_a_fault_program_runs_at_normal_priority(tmp_path):
     out = tmp_path / "policy"
     code = f"import os; open({str(out)!r}, 'w').write(str(os.sched_getscheduler(0)))"
     scheduler = faults.FaultScheduler([_exec_fault("policy", {"at": 0.05}, [sys.executable, "-c", code])],
@@ -262,9 +252,7 @@ def test_gap_a_fault_program_runs_at_normal_priority(tmp_path):
     assert int(out.read_text()) == os.SCHED_OTHER
 
 
-@pytest.mark.xfail(strict=True, reason="docs/guest-contract.md section 10: spawned programs live until the load "
-                   "ends, not until their fault is undone (lab.plugin.objects.spawn says otherwise)")
-def test_gap_a_spawned_program_ends_when_its_fault_is_undone(tmp_path):
+def test_fixed_gap_a_spawned_program_ends_when_its_fault_is_undone(tmp_path):
     fault = _exec_fault("bg", {"at": 0.05}, [], duration=0.1, restore=[["write", str(tmp_path / "undone"), "1"]])
     fault["inject"] = [["spawn", "sleep", "30"]]
     actions = faults.Actions(None, lambda s: None, str(tmp_path))
@@ -272,15 +260,16 @@ def test_gap_a_spawned_program_ends_when_its_fault_is_undone(tmp_path):
     scheduler.fire_before_load()
     scheduler.start_load(time.monotonic())
     try:
+        assert kabi.wait_until(lambda: actions.spawned, 5)
+        proc = actions.spawned[0]
         assert kabi.wait_until((tmp_path / "undone").exists, 5)
-        time.sleep(0.1)
-        assert actions.spawned and actions.spawned[0].poll() is not None, "still running after its restore"
+        assert kabi.wait_until(lambda: proc.poll() is not None, 5), "still running after its restore"
     finally:
-        scheduler.finish()
+        records, _ = scheduler.finish()
+    assert [a["action"] for a in records[0]["actions"]][1] == "stop sleep 30"
 
 
-@pytest.mark.xfail(strict=True, reason="docs/plugins.md section 7: nothing calls lab_plugin_unconfigure")
-def test_gap_lab_plugin_unconfigure_is_called_at_the_end_of_a_command(tmp_path, monkeypatch, capsys):
+def test_fixed_gap_lab_plugin_unconfigure_is_called_at_the_end_of_a_command(tmp_path, monkeypatch, capsys):
     from lab.cli.main import main
 
     plugins = tmp_path / "p"
@@ -294,9 +283,7 @@ def test_gap_lab_plugin_unconfigure_is_called_at_the_end_of_a_command(tmp_path, 
     assert (tmp_path / "unconfigured").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="docs/guest-contract.md section 10: only the built-in consumer-kill excuses "
-                   "a killed consumer's missing report")
-def test_gap_a_plugins_own_kill_fault_excuses_the_killed_consumer():
+def test_fixed_gap_a_plugins_own_kill_fault_excuses_the_killed_consumer():
     from lab import hookimpl
     from lab.config import LabConfig
     from lab.engine.scenario import scenario_from_dict
@@ -314,7 +301,8 @@ def test_gap_a_plugins_own_kill_fault_excuses_the_killed_consumer():
     pm.setup_plugins()
     scenario = scenario_from_dict({"emulators": [{"name": "generator"}], "faults": [{"name": "my-kill", "at": 1}]},
                                   "s.toml", pm.registries)
-    agent = {"errors": [], "drain": {"ok": True}, "faults": [], "live": [],
+    fired = [{"label": "my-kill", "ok": True, "actions": [{"action": "signal consumers KILL", "ok": True}]}]
+    agent = {"errors": [], "drain": {"ok": True}, "faults": fired, "live": [],
              "consumers": [{"name": "checker", "missing": True, "status": -9, "stderr": ""},
                            {"name": "checker-r1", "received": 10, "reordered": 0, "resync": True,
                             "accounting": {"exact": False, "reason": "restarted"}}]}

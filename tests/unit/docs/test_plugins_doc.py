@@ -89,9 +89,7 @@ def test_every_bad_input_line_is_what_cnlab_check_prints(tmp_path, cnlab, toml, 
     assert (status, printed) == (2, message + "\n"), f"docs/plugins.md line {line}"
 
 
-@pytest.mark.xfail(strict=True, reason="docs/plugins.md section 8, known gaps: a plugin raising in lab_result_check "
-                   "drops every other verdict of the scenario")
-def test_gap_a_raising_result_check_keeps_the_engines_verdicts(tmp_path):
+def test_fixed_gap_a_raising_result_check_keeps_the_engines_verdicts(tmp_path):
     from lab import hookimpl
     from lab.config import LabConfig
     from lab.engine.execute import execute_scenario

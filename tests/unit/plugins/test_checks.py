@@ -84,7 +84,8 @@ def test_consumers_that_did_not_report_or_heard_nothing():
     assert v["consumers"].detail == "late: received nothing; gone: no report (exit status 1): Traceback"
     killed = verdicts(scenario(faults=[{"name": "consumer-kill", "at": 1}]),
                       data([consumer(), {"name": "c-r", "missing": True, "status": -9}],
-                           faults=[{"label": "consumer-kill", "ok": True, "actions": []}]))
+                           faults=[{"label": "consumer-kill", "ok": True,
+                                    "actions": [{"action": "signal consumers KILL", "ok": True}]}]))
     assert killed["consumers"].ok  # a consumer SIGKILLed by the fault may leave no report
 
 
