@@ -129,7 +129,7 @@ class OneShot:
         return False
 
     def exited(self):
-        return False  # a one-shot program may end whenever it likes
+        return None  # a one-shot program may end whenever it likes
 
     def stop(self):
         try:

@@ -20,6 +20,19 @@ from lab.report.summary import finish_run
 
 REGISTRIES = plugin_manager(None).registries
 
+
+def assert_gone(pids: list[int], what: str) -> None:
+    """Every one of ``pids`` (QEMUs) ends within 30 s, waited for on a pidfd."""
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            assert select.select([fd], [], [], 30)[0], f"QEMU {pid} outlived {what}"
+        finally:
+            os.close(fd)
+
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("runner")]
 
 
@@ -68,15 +81,7 @@ def test_a_killed_run_keeps_finished_results_and_leaves_no_qemu(cnlab_lab, tmp_p
     finished = read_results(results)
     assert len(finished) >= 1 and finished[0].status == "passed"
     assert consoles and qemu_pids
-    for pid in qemu_pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            assert select.select([fd], [], [], 30)[0], f"QEMU {pid} outlived the killed run"
-        finally:
-            os.close(fd)
+    assert_gone(qemu_pids, "the killed run")
     # The run plans its order from remembered durations (lab.engine.schedule), so which one finished first is not fixed.
     assert json.loads(results.read_text().splitlines()[0])["scenario"] in argv[-3:]
     assert Path(results).stat().st_size > 0
@@ -132,12 +137,4 @@ def test_an_interrupted_run_records_what_did_not_finish(cnlab_lab, tmp_path):
     assert set(records) == set(names) and statuses in (["interrupted", "not run", "passed"],
                                                         ["interrupted", "interrupted", "passed"]), statuses
     assert "cnlab run: interrupted; not finished: " in output and "interrupted" in output.split("scenario")[-1]
-    for pid in qemu_pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            assert select.select([fd], [], [], 30)[0], f"QEMU {pid} outlived the interrupted run"
-        finally:
-            os.close(fd)
+    assert_gone(qemu_pids, "the interrupted run")
