@@ -43,6 +43,13 @@ class HostFaults:
     def _run(self, action: list[Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"action": " ".join(str(a) for a in action), "ok": True, "t": self._now()}
         try:
+            if action[0] == "expect-qmp":
+                status = (self.guest.qmp("query-status") or {}).get("status")
+                out["evidence"] = True
+                out["seen"] = f"QEMU status {status}"
+                if status != action[1]:
+                    out.update(ok=False, error=f"fired without effect: QEMU status {status}, not {action[1]}")
+                return out
             if action[0] != "qmp":
                 raise LabError(f"not a host-side action: {action[0]!r}")
             arguments = action[2] if len(action) > 2 else {}
@@ -64,7 +71,7 @@ class HostFaults:
 
         def work() -> None:
             record["start"] = self._now()
-            for action in request["inject"]:
+            for action in list(request["inject"]) + list(request.get("evidence", [])):
                 outcome = self._run(action)
                 record["actions"].append(outcome)
                 record["ok"] = record["ok"] and outcome["ok"]

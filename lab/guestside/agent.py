@@ -36,6 +36,8 @@ from agent_accounting import CBUS_KEYS, DONE, KernelLog, gen_totals, parse_unloa
 from agent_consumers import start_consumers  # noqa: E402
 from agent_faults import Actions, FaultScheduler  # noqa: E402
 
+#: How long a fault's evidence may take to show, times the accelerator's timeout scale.
+EVIDENCE_SECONDS = 2.0
 DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr")
 GEN_ERR_KEYS = ("err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")
 
@@ -92,12 +94,16 @@ def make_probes(events, consumers, client, gen_ids, before):
 
 def signal_all(consumers):
     def send(signum):
+        """Signal every running consumer process; the pids it reached."""
+        sent = []
         for c in consumers:
             for pid in c.pids():
                 try:
                     os.kill(pid, signum)
+                    sent.append(pid)
                 except ProcessLookupError:
                     pass
+        return sent
     return send
 
 
@@ -140,7 +146,8 @@ def main():
     fault_client = kabi.CtlClient(timeout=10.0)
     consumers = []
     actions = Actions(fault_client, signal_all(consumers), folder)
-    scheduler = FaultScheduler(plan.get("faults", []), actions, {}, plan["duration"])
+    scheduler = FaultScheduler(plan.get("faults", []), actions, {}, plan["duration"],
+                               evidence_s=EVIDENCE_SECONDS * scale)
     scheduler.fire_before_load()
     mark("faults_before_load")
     own_fds = [client.sock.fileno(), fault_client.sock.fileno()] + ([klog.fd] if klog.fd is not None else [])

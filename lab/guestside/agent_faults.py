@@ -42,6 +42,19 @@ KNOBS = {"stall_ms": kabi.CNLAB_FAULT_STALL_MS, "alloc_nth": kabi.CNLAB_FAULT_AL
 MODULE_PARAMS = "/sys/module/cnlab/parameters"
 
 
+#: STATS reply fields that read a knob back.
+STATS_FIELDS = {"stall_ms": "stall_ms", "alloc_nth": "alloc_fail_nth", "queue_limit": "queue_limit"}
+
+
+def process_alive(pid):
+    """True while ``pid`` runs (a zombie, dead but not reaped yet, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def knob_default(name):
     """The module's default for a knob: its module parameter of that name if there is one, else 0."""
     try:
@@ -70,6 +83,7 @@ class Actions:
         self.folder = folder
         self.offline = set()
         self.spawned = []
+        self.signalled = []  # the consumer pids the last signal action reached
         self.defaults = {name: knob_default(name) for name in ("queue_limit",)}
 
     def run(self, action):
@@ -106,12 +120,45 @@ class Actions:
                 self.spawned.append(proc)
                 out["spawned"] = proc
             elif kind == "signal":
-                self.signal_consumers(getattr(signal, "SIG" + args[1]))
+                self.signalled = list(self.signal_consumers(getattr(signal, "SIG" + args[1])) or ())
             else:
                 raise OSError(f"unknown action {kind!r}")
         except (OSError, ValueError, TimeoutError, subprocess.SubprocessError) as exc:
             out.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         return out
+
+    def check(self, action, spawned=()):
+        """One piece of evidence (an ``expect`` action): ``(held, what was seen)``, never raises."""
+        what, args = action[1], action[2:]
+        try:
+            if what == "file":
+                with open(args[0]) as f:
+                    seen = f.read().strip()
+                return seen == str(args[1]), f"{args[0]} reads {seen!r}"
+            if what == "absent":
+                return not os.path.exists(args[0]), f"{args[0]} {'exists' if os.path.exists(args[0]) else 'gone'}"
+            if what == "knob":
+                name, want = args
+                if want is None:
+                    want = self.defaults.get(name, 0)
+                with self.lock:
+                    body = self.client.stats().body
+                seen = body[STATS_FIELDS[name]]
+                return seen == int(want), f"module reports {name} {seen}"
+            if what == "output":
+                needle, argv = args[0], list(args[1:])
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                return needle in proc.stdout, f"{' '.join(argv)} printed {proc.stdout.strip()[-120:]!r}"
+            if what == "consumers-gone":
+                alive = [pid for pid in self.signalled if process_alive(pid)]
+                return bool(self.signalled) and not alive, (f"still alive: {alive}" if alive else
+                                                           f"{len(self.signalled)} consumer process(es) gone")
+            if what == "spawned-running":
+                running = [p for p in spawned if p.poll() is None]
+                return bool(spawned) and len(running) == len(spawned), f"{len(running)} of {len(spawned)} running"
+            return False, f"unknown evidence {what!r}"
+        except (OSError, ValueError, KeyError, TimeoutError, subprocess.SubprocessError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
 
     def stop_spawned(self, proc):
         """End one spawned program (its process group); ``{"action", "ok", "error"?}`` says how it had ended:
@@ -155,8 +202,9 @@ class FaultScheduler(threading.Thread):
     :param duration: the scenario's load duration (``every`` stops there).
     """
 
-    def __init__(self, faults, actions, probes, duration):
+    def __init__(self, faults, actions, probes, duration, evidence_s=2.0):
         super().__init__(name="faults", daemon=True)
+        self.evidence_s = evidence_s
         self.faults = faults
         self.actions = actions
         self.probes = probes
@@ -238,7 +286,8 @@ class FaultScheduler(threading.Thread):
         record["start"] = round(self.now(), 4)
         if fault["side"] == "host":
             host_request({"label": fault["label"], "n": len(self.records), "due": due, "t": record["start"],
-                          "inject": fault["inject"], "restore": fault["restore"], "duration": fault["duration"]})
+                          "inject": fault["inject"], "restore": fault["restore"],
+                          "evidence": fault.get("evidence", []), "duration": fault["duration"]})
             record["end"] = record["start"]
             record["requested"] = True
             return
@@ -250,9 +299,28 @@ class FaultScheduler(threading.Thread):
             if not outcome["ok"]:
                 record["ok"] = False
                 break
+        if record["ok"] and fault.get("evidence"):
+            self._evidence(fault, record)
         record["end"] = round(self.now(), 4)
         if (fault["restore"] or record.get("_spawned")) and fault["duration"] > 0:
             self._push(record["start"] + fault["duration"], "restore", fault, record)
+
+    def _evidence(self, fault, record):
+        """Poll the fault's evidence until all of it holds or ``evidence_s`` passes; a firing whose
+        evidence never holds failed ("fired without effect")."""
+        deadline = time.monotonic() + self.evidence_s
+        while True:
+            results = [(a, *self.actions.check(a, record.get("_spawned", ()))) for a in fault["evidence"]]
+            if all(held for _, held, _ in results) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)  # sysfs and the module's state announce nothing
+        for action, held, seen in results:
+            record["actions"].append({"action": " ".join(str(a) for a in action), "ok": held, "evidence": True,
+                                      **({} if held else {"error": f"fired without effect: {seen}"}),
+                                      "seen": seen})
+            if not held:
+                record["ok"] = False
+        record["evidence_s"] = round(self.evidence_s - max(0.0, deadline - time.monotonic()), 3)
 
     def _restore(self, fault, record):
         if record["restored"] is not None or fault["side"] == "host":

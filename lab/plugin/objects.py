@@ -40,6 +40,13 @@ __all__ = [
     "spawn",
     "signal_consumers",
     "qmp",
+    "expect_file",
+    "expect_absent",
+    "expect_knob",
+    "expect_output",
+    "expect_consumers_gone",
+    "expect_spawned_running",
+    "expect_qmp_status",
     "AgentCounter",
     "FileCounter",
     "GEN_FIELDS",
@@ -56,10 +63,10 @@ GEN_FIELDS = ("count", "duration_ns", "rate", "size_min", "size_max", "context",
 #: Module knobs a fault can set (SET_FAULT ops, docs/kmod.md).
 KNOBS = {"stall_ms": kabi.CNLAB_FAULT_STALL_MS, "alloc_nth": kabi.CNLAB_FAULT_ALLOC_NTH,
          "queue_limit": kabi.CNLAB_FAULT_QLIMIT, "warn": kabi.CNLAB_FAULT_WARN}
-#: Actions the guest agent carries out itself.
-GUEST_ACTIONS = ("write", "knob", "cpu", "exec", "spawn", "signal")
+#: Actions the guest agent carries out itself (``expect``: evidence that a fault took effect).
+GUEST_ACTIONS = ("write", "knob", "cpu", "exec", "spawn", "signal", "expect")
 #: Actions the orchestrator carries out on the host when the agent says the fault fires.
-HOST_ACTIONS = ("qmp",)
+HOST_ACTIONS = ("qmp", "expect-qmp")
 #: Events the guest agent counts itself (``AgentCounter``).
 AGENT_EVENTS = {
     "received": "messages the scenario's consumers received, all together",
@@ -240,6 +247,11 @@ class Action:
     def host_side(self) -> bool:
         return self.kind in HOST_ACTIONS
 
+    @property
+    def evidence(self) -> bool:
+        """A check that the fault took effect, not a step of it."""
+        return self.kind in ("expect", "expect-qmp")
+
     def describe(self) -> str:
         """One line for plans and logs (``write /sys/.../online 0``)."""
         return " ".join([self.kind, *(str(a) for a in self.args)])
@@ -298,13 +310,59 @@ def qmp(command: str, **arguments: Any) -> Action:
     return Action("qmp", (command, dict(arguments)) if arguments else (command,))
 
 
+def expect_file(path: str, text: str) -> Action:
+    """Evidence: the guest file reads ``text`` (stripped) once the fault fired (``/sys/.../cpu1/online`` is 0)."""
+    if not path.startswith("/"):
+        raise PluginError(f"expect_file: path {path!r} is not absolute")
+    return Action("expect", ("file", path, str(text)))
+
+
+def expect_absent(path: str) -> Action:
+    """Evidence: the guest path no longer exists (``/sys/module/cnlab`` after an unload)."""
+    if not path.startswith("/"):
+        raise PluginError(f"expect_absent: path {path!r} is not absolute")
+    return Action("expect", ("absent", path))
+
+
+def expect_knob(name: str, value: int | None) -> Action:
+    """Evidence: the module reports the knob at ``value`` (read back with STATS; None: its default)."""
+    if name not in KNOBS or name == "warn":
+        raise PluginError(f"expect_knob: {name!r} is not one of stall_ms, alloc_nth, queue_limit")
+    return Action("expect", ("knob", name, value))
+
+
+def expect_output(needle: str, *argv: str) -> Action:
+    """Evidence: a guest command (argv list) prints ``needle`` (``tc qdisc show dev eth0`` shows netem)."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise PluginError(f"expect_output: expected an argument list of strings, got {argv!r}")
+    return Action("expect", ("output", needle, *argv))
+
+
+def expect_consumers_gone() -> Action:
+    """Evidence: none of the consumer processes a signal was sent to is alive any more."""
+    return Action("expect", ("consumers-gone",))
+
+
+def expect_spawned_running() -> Action:
+    """Evidence: every program the firing spawned is running."""
+    return Action("expect", ("spawned-running",))
+
+
+def expect_qmp_status(status: str) -> Action:
+    """Host-side evidence: QMP ``query-status`` says ``status`` (``paused`` after ``stop``)."""
+    return Action("expect-qmp", (status,))
+
+
 @dataclass(frozen=True)
 class Fault:
-    """A fault: actions that inject it and actions that undo it.
+    """A fault: actions that inject it, evidence that it took effect, and actions that undo it.
 
     :param inject: actions run, in order, when the fault fires.
     :param restore: actions run, in order, ``duration`` seconds later (or when the load ends).
     :param summary: one line for results (``cpu1 offline``).
+    :param evidence: ``expect_*`` checks, polled (up to 2 s x the accelerator's timeout scale) right after
+        the inject actions: until each holds, the fault has not taken effect, and a firing whose evidence
+        never holds fails its scenario ("fired without effect").
 
     All actions are guest-side or all host-side (:data:`HOST_ACTIONS`), never mixed.
     """
@@ -312,15 +370,18 @@ class Fault:
     inject: tuple[Action, ...]
     restore: tuple[Action, ...] = ()
     summary: str = ""
+    evidence: tuple[Action, ...] = ()
 
     def __post_init__(self) -> None:
-        actions = self.inject + self.restore
+        actions = self.inject + self.restore + self.evidence
         if not self.inject:
             raise PluginError("a fault needs at least one inject action")
         if not all(isinstance(a, Action) for a in actions):
             raise PluginError("fault actions must be lab.plugin.objects.Action (write_file, run, qmp...)")
         if len({a.host_side for a in actions}) > 1:
             raise PluginError("a fault's actions are all guest-side or all host-side (qmp), not mixed")
+        if any(a.evidence for a in self.inject + self.restore) or not all(a.evidence for a in self.evidence):
+            raise PluginError("expect_* actions go in a fault's evidence, and only they do")
 
     @property
     def side(self) -> str:
@@ -329,7 +390,7 @@ class Fault:
 
     def to_json(self) -> dict[str, Any]:
         return {"inject": [a.to_json() for a in self.inject], "restore": [a.to_json() for a in self.restore],
-                "summary": self.summary, "side": self.side}
+                "evidence": [a.to_json() for a in self.evidence], "summary": self.summary, "side": self.side}
 
 
 # ------------------------------------------------------------------ events

@@ -30,7 +30,22 @@ from typing import Any
 from lab import hookimpl, kabi
 from lab.config import Setting
 from lab.plugin import FaultRegistry, FaultSpec
-from lab.plugin.objects import Fault, cpu_online, module_knob, qmp, run, signal_consumers, spawn, write_file
+from lab.plugin.objects import (
+    Fault,
+    cpu_online,
+    expect_absent,
+    expect_consumers_gone,
+    expect_file,
+    expect_knob,
+    expect_qmp_status,
+    expect_spawned_running,
+    module_knob,
+    qmp,
+    run,
+    signal_consumers,
+    spawn,
+    write_file,
+)
 
 MODULE_PATH = "/run/cnlab/cnlab.ko"
 RMEM_DEFAULT = 212992
@@ -38,20 +53,23 @@ SYSCTL = "/proc/sys/net/core"
 
 
 def _cpu_offline(s: Mapping[str, Any]) -> Fault:
-    return Fault((cpu_online(s["cpu"], False),), (cpu_online(s["cpu"], True),), f"cpu{s['cpu']} offline")
+    return Fault((cpu_online(s["cpu"], False),), (cpu_online(s["cpu"], True),), f"cpu{s['cpu']} offline",
+                 evidence=(expect_file(f"/sys/devices/system/cpu/cpu{s['cpu']}/online", "0"),))
 
 
 def _squeeze(s: Mapping[str, Any]) -> Fault:
     size = str(s["bytes"])
     return Fault((write_file(f"{SYSCTL}/rmem_max", size), write_file(f"{SYSCTL}/rmem_default", size)),
                  (write_file(f"{SYSCTL}/rmem_max", str(RMEM_DEFAULT)),
-                  write_file(f"{SYSCTL}/rmem_default", str(RMEM_DEFAULT))), f"rmem_default/max {size}")
+                  write_file(f"{SYSCTL}/rmem_default", str(RMEM_DEFAULT))), f"rmem_default/max {size}",
+                 evidence=(expect_file(f"{SYSCTL}/rmem_default", size), expect_file(f"{SYSCTL}/rmem_max", size)))
 
 
 def _memory(s: Mapping[str, Any]) -> Fault:
     hog = (f"import time; b = bytearray({s['mb']} << 20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; "
            f"time.sleep({s['seconds']})")
-    return Fault((spawn("python3", "-c", hog),), (), f"{s['mb']} MB held for {s['seconds']} s")
+    return Fault((spawn("python3", "-c", hog),), (), f"{s['mb']} MB held for {s['seconds']} s",
+                 evidence=(expect_spawned_running(),))
 
 
 @hookimpl
@@ -62,17 +80,20 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
                   settings=(Setting("cpu", int, 1, "CPU number (not 0)", min=1, max=kabi.CNLAB_MAX_CPUS - 1),),
                   duration=0.5))
     add(FaultSpec("pause", "pause the whole guest through QMP, resume after duration", "qemu",
-                  lambda s: Fault((qmp("stop"),), (qmp("cont"),), "guest paused"), duration=1.0))
+                  lambda s: Fault((qmp("stop"),), (qmp("cont"),), "guest paused",
+                                  evidence=(expect_qmp_status("paused"),)), duration=1.0))
     add(FaultSpec("drain-stall", "the CBUS drain threads stall for ms (module knob)", "module",
-                  lambda s: Fault((module_knob("stall_ms", s["ms"]),), (), f"drain stalled {s['ms']} ms"),
+                  lambda s: Fault((module_knob("stall_ms", s["ms"]),), (), f"drain stalled {s['ms']} ms",
+                                  evidence=(expect_knob("stall_ms", s["ms"]),)),
                   settings=(Setting("ms", int, 300, "stall length in ms", min=1, max=kabi.CNLAB_STALL_MAX_MS),)))
     add(FaultSpec("alloc-fail", "every Nth CBUS allocation fails until undone (module knob)", "module",
                   lambda s: Fault((module_knob("alloc_nth", s["nth"]),), (module_knob("alloc_nth", 0),),
-                                  f"every {s['nth']}th allocation fails"),
+                                  f"every {s['nth']}th allocation fails",
+                                  evidence=(expect_knob("alloc_nth", s["nth"]),)),
                   settings=(Setting("nth", int, 7, "fail every Nth allocation", min=1, max=1 << 30),)))
     add(FaultSpec("queue-limit", "a small per-CPU CBUS queue limit until undone (module knob)", "module",
                   lambda s: Fault((module_knob("queue_limit", s["limit"]),), (module_knob("queue_limit", None),),
-                                  f"queue limit {s['limit']}"),
+                                  f"queue limit {s['limit']}", evidence=(expect_knob("queue_limit", s["limit"]),)),
                   settings=(Setting("limit", int, 16, "queue limit in messages", min=1,
                                     max=kabi.CNLAB_QLIMIT_MAX),)))
     add(FaultSpec("warn", "the module WARNs once on purpose (the console scanner must catch it)", "module",
@@ -82,10 +103,12 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
                   lambda s: Fault((write_file("/proc/sys/kernel/sysrq", "1"), write_file("/proc/sysrq-trigger", "c")),
                                   (), "sysrq crash")))
     add(FaultSpec("module-reload", "unload the lab module under load, load it again after duration", "module",
-                  lambda s: Fault((run("rmmod", "cnlab"),), (run("insmod", MODULE_PATH),), "module unloaded"),
+                  lambda s: Fault((run("rmmod", "cnlab"),), (run("insmod", MODULE_PATH),), "module unloaded",
+                                  evidence=(expect_absent("/sys/module/cnlab"),)),
                   duration=1.0))
     add(FaultSpec("consumer-kill", "SIGKILL every consumer (each is restarted once)", "consumer",
-                  lambda s: Fault((signal_consumers("KILL"),), (), "consumers killed")))
+                  lambda s: Fault((signal_consumers("KILL"),), (), "consumers killed",
+                                  evidence=(expect_consumers_gone(),))))
     add(FaultSpec("rcvbuf-squeeze", "shrink the default and largest receive buffer (at = 0: before consumers bind)",
                   "guest", _squeeze, settings=(Setting("bytes", int, 8192, "rmem_default and rmem_max", min=1024,
                                                        max=1 << 30),)))

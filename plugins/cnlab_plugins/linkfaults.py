@@ -22,7 +22,7 @@ from typing import Any
 from lab import hookimpl
 from lab.config import Setting
 from lab.plugin import FaultRegistry, FaultSpec
-from lab.plugin.objects import Fault, run
+from lab.plugin.objects import Fault, expect_file, expect_output, run
 
 #: The guest's interface on the lab link (its only NIC on a "tap" guest).
 GUEST_IFACE = "eth0"
@@ -30,14 +30,15 @@ GUEST_IFACE = "eth0"
 
 def _flap(s: Mapping[str, Any]) -> Fault:
     return Fault((run("ip", "link", "set", GUEST_IFACE, "down"),), (run("ip", "link", "set", GUEST_IFACE, "up"),),
-                 f"{GUEST_IFACE} down")
+                 f"{GUEST_IFACE} down", evidence=(expect_file(f"/sys/class/net/{GUEST_IFACE}/operstate", "down"),))
 
 
 def _netem(s: Mapping[str, Any]) -> Fault:
     add = ("tc", "qdisc", "add", "dev", GUEST_IFACE, "root", "netem", "delay", f"{s['delay_ms']}ms",
            "loss", f"{s['loss_pct']}%")
     return Fault((run(*add),), (run("tc", "qdisc", "del", "dev", GUEST_IFACE, "root"),),
-                 f"netem {s['delay_ms']} ms, {s['loss_pct']}% loss")
+                 f"netem {s['delay_ms']} ms, {s['loss_pct']}% loss",
+                 evidence=(expect_output("netem", "tc", "qdisc", "show", "dev", GUEST_IFACE),))
 
 
 @hookimpl

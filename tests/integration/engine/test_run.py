@@ -58,7 +58,7 @@ def test_quick_set_passes_on_two_parallel_guests(cnlab_lab, tmp_path):
     (on_drop,) = [f for f in stall.faults if f["trigger"] == "on drop"]
     assert on_drop["ok"] and on_drop["seen"]["count"] >= 1 and on_drop["restored"] > on_drop["start"]
     pause = records["pause-resume"].faults[0]
-    assert [a["action"] for a in pause["actions"]] == ["qmp stop", "qmp cont"] and pause["ok"]
+    assert [a["action"] for a in pause["actions"]] == ["qmp stop", "expect-qmp paused", "qmp cont"] and pause["ok"]
     assert (tmp_path / "junit.xml").read_text().count("<testcase") == len(scenarios)
 
 

@@ -114,8 +114,49 @@ def test_link_faults_on_the_lab_link_are_ridden_out(cnlab_lab, tmp_path):
                                                      _scenario("link-netem", ["proc-events"], ["link-netem"])], 2)
     flap = records["link-flap"]
     assert [a["action"] for a in flap.faults[0]["actions"]] == ["exec ip link set eth0 down",
+                                                                "expect file /sys/class/net/eth0/operstate down",
                                                                 "exec ip link set eth0 up"]
     assert flap.data["agent"]["ssh_reconnects"] >= 1, "the flap never broke the SSH link"
     netem = records["link-netem"].faults[0]
     assert [a["action"].split()[:4] for a in netem["actions"]] == [["exec", "tc", "qdisc", "add"],
+                                                                   ["expect", "output", "netem", "tc"],
                                                                    ["exec", "tc", "qdisc", "del"]]
+
+
+NO_EFFECT_PLUGIN = '''
+from lab import hookimpl
+from lab.plugin import FaultSpec
+from lab.plugin.objects import Fault, expect_knob, module_knob
+
+
+@hookimpl
+def lab_faults_register(registry):
+    # sets the queue limit, then claims a value it never set: its evidence can never hold
+    registry.add_fault(FaultSpec("claims-too-much", "a fault whose effect never shows", "module",
+                                 lambda s: Fault((module_knob("queue_limit", 512),),
+                                                 (module_knob("queue_limit", None),),
+                                                 evidence=(expect_knob("queue_limit", 513),))))
+'''
+
+
+def test_a_fault_that_fires_without_effect_fails_its_scenario(cnlab_lab, tmp_path):
+    """Convention 17: a fault proves it fired.  A plugin fault whose evidence never holds fails the scenario,
+    naming what was seen; the built-in drain-stall, whose knob reads back, passes beside it."""
+    from lab.engine.run import PluginOptions
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "noeffect.py").write_text(NO_EFFECT_PLUGIN)
+    options = PluginOptions(plugins_dirs=(plugins,))
+    registries = plugin_manager(options).registries
+    data = {"name": "no-effect", "duration": 2.0, "emulators": [{"name": "irq", **SMALL["irq"]}],
+            "faults": [{"name": "claims-too-much", "at": 0.5}, {"name": "drain-stall", "at": 0.5, "ms": 5}]}
+    scenario = scenario_from_dict(data, "<no-effect>", registries)
+    with open(tmp_path / "out.txt", "w") as out:
+        run_scenarios(cnlab_lab, [scenario], 1, tmp_path / "run", out=out, plugin_config=options)
+    (record,) = read_results(tmp_path / "run" / "results.jsonl")
+    assert record.status == "failed"
+    faults = {f["label"]: f for f in record.faults}
+    assert faults["drain-stall"]["ok"] and not faults["claims-too-much"]["ok"]
+    verdict = next(v for v in record.verdicts if v.name == "faults")
+    assert not verdict.ok and "fired without effect: module reports queue_limit 512" in verdict.detail, verdict

@@ -55,6 +55,9 @@ class FakeGuest:
 
     def qmp(self, command, **arguments):
         self.qmp_calls.append(command)
+        if command == "query-status":
+            return {"status": "paused" if self.qmp_calls.count("stop") > self.qmp_calls.count("cont") else "running"}
+        return {}
 
     def run(self, argv, timeout=None, check=False, stdin=None, sink=None):
         self.commands.append(list(argv))
@@ -166,15 +169,16 @@ def test_an_agent_that_fails_raises_for_a_retry_on_a_fresh_guest(tmp_path):
 def test_host_side_faults_are_carried_out_on_the_host_and_merged_into_the_record(tmp_path):
     pm = manager()
     request = {"label": "pause", "n": 1, "due": 0.5, "t": 0.51, "inject": [["qmp", "stop"]],
-               "restore": [["qmp", "cont"]], "duration": 0.01}
+               "evidence": [["expect-qmp", "paused"]], "restore": [["qmp", "cont"]], "duration": 0.01}
     agent_faults = [{"label": "pause", "name": "pause", "side": "host", "trigger": "at 0.5 s", "due": 0.5,
                      "start": 0.51, "end": 0.51, "restored": None, "ok": True, "actions": [], "requested": True}]
     guest = FakeGuest(tmp_path, report=agent_report(faults=agent_faults),
                       stderr=b"CNLAB-HOST-FAULT " + json.dumps(request).encode() + b"\n")
     result = execute_scenario(pm, guest, read(pm, {"faults": [{"name": "pause", "at": 0.5}]}), "/lib")
-    assert guest.qmp_calls == ["stop", "cont"]
+    assert guest.qmp_calls == ["stop", "query-status", "cont"]
     (fault,) = result.faults
-    assert [a["action"] for a in fault["actions"]] == ["qmp stop", "qmp cont"] and fault["ok"]
+    assert [a["action"] for a in fault["actions"]] == ["qmp stop", "expect-qmp paused", "qmp cont"] and fault["ok"]
+    assert fault["actions"][1]["seen"] == "QEMU status paused"
     assert fault["restored"] is not None and "delay_ms" in fault
     assert next(v for v in result.verdicts if v.name == "faults").ok
 

@@ -162,3 +162,41 @@ def test_actions_report_what_they_cannot_do(tmp_path, monkeypatch, action):
     monkeypatch.setattr(faults_mod, "cpu_path", lambda cpu: str(tmp_path / "absent" / f"cpu{cpu}"))
     out = faults_mod.Actions(None, lambda s: None, str(tmp_path)).run(action)
     assert not out["ok"] and out["error"]
+
+
+def test_evidence_is_polled_until_it_holds_and_a_fault_without_effect_fails(tmp_path):
+    state = tmp_path / "state"
+    state.write_text("0")
+    actions = faults_mod.Actions(None, lambda s: [], str(tmp_path))
+    took = fault("takes", {"at": 0.01}, inject=(("spawn", "sh", "-c", f"sleep 0.2; echo 1 > {state}; sleep 5"),),
+                 restore=())
+    took["evidence"] = [["expect", "file", str(state), "1"], ["expect", "spawned-running"]]
+    nothing = fault("nothing", {"at": 0.01}, inject=(("write", str(tmp_path / "other"), "1"),), restore=())
+    nothing["evidence"] = [["expect", "file", str(state), "2"], ["expect", "absent", str(tmp_path / "other")]]
+    scheduler = faults_mod.FaultScheduler([took, nothing], actions, {}, 1.0, evidence_s=1.0)
+    records, _ = run_load(scheduler, 1.3)
+    by = {r["label"]: r for r in records}
+    evidence = [a for a in by["takes"]["actions"] if a.get("evidence")]
+    assert by["takes"]["ok"] and [a["ok"] for a in evidence] == [True, True], by["takes"]
+    assert 0.15 <= by["takes"]["evidence_s"] < 1.0  # polled until the program had written its state
+    failed = [a for a in by["nothing"]["actions"] if a.get("evidence")]
+    assert not by["nothing"]["ok"] and [a["ok"] for a in failed] == [False, False]
+    assert failed[0]["error"] == f"fired without effect: {state} reads '1'"
+    assert failed[1]["error"] == f"fired without effect: {tmp_path / 'other'} exists"
+    assert by["nothing"]["evidence_s"] >= 0.9  # it waited the whole time for the effect
+
+
+def test_consumers_gone_and_knob_evidence(tmp_path):
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    actions = faults_mod.Actions(SimpleNamespace(stats=lambda: SimpleNamespace(body={"queue_limit": 64})),
+                                 lambda signum: [child.pid] if not child.send_signal(signum) else [],
+                                 str(tmp_path))
+    assert actions.check(["expect", "consumers-gone"]) == (False, "0 consumer process(es) gone")  # none signalled
+    actions.run(["signal", "consumers", "KILL"])
+    child.wait()
+    assert actions.check(["expect", "consumers-gone"]) == (True, "1 consumer process(es) gone")
+    assert actions.check(["expect", "knob", "queue_limit", 64]) == (True, "module reports queue_limit 64")
+    assert actions.check(["expect", "knob", "queue_limit", 16])[0] is False
+    assert actions.check(["expect", "output", "hello", "echo", "hello world"])[0] is True
