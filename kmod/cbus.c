@@ -583,6 +583,7 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	s->batch_max = READ_ONCE(cc->batch_max);
 	s->nl_msgs = READ_ONCE(cc->nl_msgs);
 	s->bundles = READ_ONCE(cc->bundles);
+	s->dequeued = READ_ONCE(cc->deq);
 	for (i = 0; i < CNLAB_BATCH_BUCKETS; i++)
 		s->batch_hist[i] = READ_ONCE(cc->hist[i]);
 	/*
@@ -596,6 +597,7 @@ static void cbus_read_cpu(struct cbus_cpu *cc, struct cnlab_cbus_stats *s)
 	s->rejected = READ_ONCE(cc->rejected);
 	s->hwm = READ_ONCE(cc->hwm);
 	s->kicks = READ_ONCE(cc->kicks);
+	s->enqueued = READ_ONCE(cc->enq);
 	/*
 	 * inserted last, so it is never older than the drops just read; the
 	 * producer's plain stores are ordered on x86 only, hence the clamp
@@ -658,6 +660,8 @@ void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s)
 		s->batch_max = max(s->batch_max, c.batch_max);
 		s->nl_msgs += c.nl_msgs;
 		s->bundles += c.bundles;
+		s->enqueued += c.enqueued;
+		s->dequeued += c.dequeued;
 		for (j = 0; j < CNLAB_BATCH_BUCKETS; j++)
 			s->batch_hist[j] += c.batch_hist[j];
 		s->online += c.online;

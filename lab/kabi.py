@@ -210,6 +210,7 @@ CBUS_STATS = Layout("cnlab_cbus_stats", [
     ("drop_nomem", "Q"), ("drop_nolistener", "Q"), ("drop_overrun", "Q"), ("drop_nlerr", "Q"),
     ("rejected", "Q"), ("queued", "Q"), ("hwm", "Q"), ("kicks", "Q"),
     ("batches", "Q"), ("batch_max", "Q"), ("nl_msgs", "Q"), ("bundles", "Q"),
+    ("enqueued", "Q"), ("dequeued", "Q"),
     ("batch_hist", f"{CNLAB_BATCH_BUCKETS}Q"), ("cpu", "I"),
     ("online", "I")])
 STATS_REP = Layout("cnlab_stats_rep", [
@@ -525,6 +526,28 @@ def check_invariant(s: dict) -> bool:
     return s["inserted"] == (s["sent"] + s["drop_full"] + s["drop_nomem"]
                              + s["drop_nolistener"] + s["drop_overrun"] + s["drop_nlerr"]
                              + s["queued"])
+
+
+def ledger_problems(s: dict) -> list[str]:
+    """Where one cnlab_cbus_stats' independent counters disagree, at a quiescent moment ([] when they agree).
+
+    The producer counts what it accepted (``inserted``) and what it put on the queue (``enqueued``) or
+    dropped there (``drop_full``, ``drop_nomem``); the drain counts what it took off (``dequeued``) and
+    what became of it (``sent`` and its drops).  Unlike ``queued`` (a derived difference), these can
+    disagree: a message lost without being counted shows up here.
+    """
+    out = []
+    produced = s["enqueued"] + s["drop_full"] + s["drop_nomem"]
+    if s["inserted"] != produced:
+        out.append(f"inserted {s['inserted']} != enqueued {s['enqueued']} + full {s['drop_full']} + "
+                   f"nomem {s['drop_nomem']}")
+    if s["enqueued"] != s["dequeued"]:
+        out.append(f"enqueued {s['enqueued']} != dequeued {s['dequeued']} (still on the queue or lost)")
+    accounted = s["sent"] + s["drop_nolistener"] + s["drop_overrun"] + s["drop_nlerr"]
+    if s["dequeued"] != accounted:
+        out.append(f"dequeued {s['dequeued']} != sent {s['sent']} + nolistener {s['drop_nolistener']} + "
+                   f"overrun {s['drop_overrun']} + nlerr {s['drop_nlerr']}")
+    return out
 
 
 def wait_until(predicate: object, seconds: float, pause: float = 0.05) -> object:

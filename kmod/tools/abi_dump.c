@@ -82,7 +82,8 @@ int main(void)
 	F(cnlab_cbus_stats, queued); F(cnlab_cbus_stats, hwm);
 	F(cnlab_cbus_stats, kicks); F(cnlab_cbus_stats, batches);
 	F(cnlab_cbus_stats, batch_max); F(cnlab_cbus_stats, nl_msgs);
-	F(cnlab_cbus_stats, bundles); F(cnlab_cbus_stats, batch_hist);
+	F(cnlab_cbus_stats, bundles); F(cnlab_cbus_stats, enqueued);
+	F(cnlab_cbus_stats, dequeued); F(cnlab_cbus_stats, batch_hist);
 	F(cnlab_cbus_stats, cpu); F(cnlab_cbus_stats, online); E();
 	S(cnlab_stats_rep); F(cnlab_stats_rep, nr_cpus);
 	F(cnlab_stats_rep, queue_limit); F(cnlab_stats_rep, alloc_fail_nth);

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel", type=Path, help="bring your own bzImage instead of Debian's cloud kernel")
     parser.add_argument("--kbuild", type=Path, help="build tree of --kernel (to build the module against)")
     parser.add_argument("--kernel-modules", type=Path, help="/lib/modules/<release> of --kernel")
+    parser.add_argument("--kmod", type=Path, metavar="DIR",
+                        help="build the lab module from DIR (a patched copy of kmod/) instead of this checkout's")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                         help="accelerator (auto: KVM if it really works, else TCG)")
     parser.add_argument("--tcg-threads", choices=list(TCG_THREADS), default="auto",
@@ -181,9 +183,11 @@ def _duration(text: str) -> float:
 def _lab(args: argparse.Namespace) -> Lab:
     from lab.guest.labsetup import Lab, LabOptions
 
+    if args.kmod is not None and not (args.kmod / "Makefile").is_file():
+        raise UsageError(f"--kmod {args.kmod}: not a module source folder (no Makefile)")
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
-                          tcg_threads=args.tcg_threads))
+                          tcg_threads=args.tcg_threads, module_source=args.kmod))
 
 
 def _shape(args: argparse.Namespace) -> GuestShape:

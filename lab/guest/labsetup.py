@@ -35,6 +35,7 @@ class LabOptions:
     accel: str = "auto"
     tcg_threads: str = "auto"  # see lab.guest.accel.tcg_threads_for
     guests_at_once: int = 1  # how many guests of this lab run at the same time
+    module_source: Path | None = None  # the lab module's source folder (default: this checkout's kmod/)
 
 
 class Lab:
@@ -66,7 +67,10 @@ class Lab:
     @property
     def module(self) -> ModuleBuild:
         if self._module is None:
-            self._module = build_module(self.kernel, self.cache)
+            if self.options.module_source is not None:
+                self._module = build_module(self.kernel, self.cache, source=self.options.module_source)
+            else:
+                self._module = build_module(self.kernel, self.cache)
         return self._module
 
     @property

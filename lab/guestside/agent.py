@@ -108,12 +108,14 @@ def signal_all(consumers):
 
 
 def drain(client, seconds):
-    """Wait for every CBUS queue to empty; ``{"ok", "waited_s", "cpus"?}`` (cpus: those still holding)."""
+    """Wait for every CBUS queue to empty, measured by the counters nothing derives: ``enqueued ==
+    dequeued`` and the drain's books closed (bundles flushed).  ``{"ok", "waited_s", "cpus"?}`` (cpus: those
+    still holding, by the derived ``queued``)."""
     started = time.monotonic()
 
     def empty():
         try:
-            return client.stats().body["total"]["queued"] == 0
+            return not kabi.ledger_problems(client.stats().body["total"])
         except (TimeoutError, OSError):
             return False
 
@@ -232,8 +234,13 @@ def main():
         held = ", ".join(f"cpu{cpu} {n}" for cpu, n in sorted(drained.get("cpus", {}).items())) or "unknown"
         errors.append(f"CBUS did not drain within {15 * scale} s: still queued: {held}")
     gens = gen_totals(client, gen_ids)
+    ledger = {}
     try:
-        after = client.stats().body["total"]
+        after_reply = client.stats().body
+        after = after_reply["total"]
+        ledger = {"total": kabi.ledger_problems(after)}
+        ledger["cpus"] = {str(c["cpu"]): kabi.ledger_problems(c) for c in after_reply["cpus"]
+                          if kabi.ledger_problems(c)}
     except (TimeoutError, OSError) as exc:
         after = None
         errors.append(f"STATS after: {exc}")
@@ -273,7 +280,7 @@ def main():
     print(json.dumps({"errors": errors, "load_s": round(load_s, 3), "bind_s": round(bind_s, 3), "drain": drained,
                       "consumers": reports, "generators": {str(k): v for k, v in gens.items()}, "cbus": cbus,
                       "live": live, "faults": fault_records, "faults_never_fired": never_fired,
-                      "restarted": restarted, "unloads": len(unloads), "marks": marks}))
+                      "restarted": restarted, "unloads": len(unloads), "marks": marks, "ledger": ledger}))
     return 0
 
 

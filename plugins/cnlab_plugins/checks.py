@@ -15,6 +15,8 @@ verdict                   holds when
 ``loss``                  no consumer lost more than ``max_loss``
 ``order``                 no message arrived out of order or twice, per (generator, CPU)
 ``drain``                 every CPU's CBUS queue was empty after the load (or: which CPU held what)
+``cbus_ledger``           CBUS's independent counters agree, per CPU and in total: inserted = enqueued +
+                          full + nomem drops, enqueued = dequeued, dequeued = sent + send drops
 ``faults``                every fault fired, and every action of every firing succeeded
 ``latency``               every consumer's p99 within ``p99_latency_us`` x the accelerator's slowdown
 ``throughput``            delivered rate at least ``min_rate``
@@ -122,6 +124,13 @@ def lab_result_check(scenario: Scenario, data: Mapping[str, Any]) -> list[Verdic
     out.append(Verdict("drain", bool(drain.get("ok")),
                        f"CBUS empty {drain.get('waited_s')} s after the load" if drain.get("ok")
                        else f"CBUS not empty after {drain.get('waited_s')} s: {held or drain.get('error', '?')}"))
+    ledger = agent.get("ledger")
+    if ledger is not None:
+        wrong = [f"total: {p}" for p in ledger.get("total", [])]
+        wrong += [f"cpu{cpu}: {p}" for cpu, problems in sorted((ledger.get("cpus") or {}).items()) for p in problems]
+        out.append(Verdict("cbus_ledger", not wrong, "; ".join(wrong) or "inserted = enqueued + full + nomem, "
+                                                                          "enqueued = dequeued, dequeued = sent + "
+                                                                          "send drops, on every CPU"))
     faults = _faults(scenario, agent, records)
     if faults:
         out.append(faults)

@@ -297,3 +297,13 @@ def test_gen_cpu_stats_count_bursts_and_overruns():
              queued=0)
     assert kabi.check_invariant(s)
     assert not kabi.check_invariant(dict(s, drop_overrun=0))
+
+
+def test_ledger_compares_counters_nothing_derives():
+    good = {"inserted": 10, "enqueued": 8, "drop_full": 1, "drop_nomem": 1, "dequeued": 8, "sent": 6,
+            "drop_nolistener": 1, "drop_overrun": 0, "drop_nlerr": 1}
+    assert kabi.ledger_problems(good) == []
+    assert kabi.ledger_problems(dict(good, inserted=11)) == ["inserted 11 != enqueued 8 + full 1 + nomem 1"]
+    assert kabi.ledger_problems(dict(good, dequeued=7, sent=5)) == [
+        "enqueued 8 != dequeued 7 (still on the queue or lost)"]
+    assert kabi.ledger_problems(dict(good, sent=7)) == ["dequeued 8 != sent 7 + nolistener 1 + overrun 0 + nlerr 1"]

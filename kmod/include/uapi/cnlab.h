@@ -190,6 +190,8 @@ struct cnlab_cbus_stats {
 	__u64	batch_max;	/* largest batch */
 	__u64	nl_msgs;	/* netlink messages sent (bundle = 1) */
 	__u64	bundles;	/* of which bundles */
+	__u64	enqueued;	/* put on the queue (counted by the producer) */
+	__u64	dequeued;	/* taken off the queue (counted by the drain) */
 	__u64	batch_hist[CNLAB_BATCH_BUCKETS];
 	__u32	cpu;
 	__u32	online;

@@ -117,3 +117,14 @@ def test_kernel_problems_and_taint_fail_unless_expected():
 def test_a_live_source_whose_driver_failed():
     v = verdicts(scenario(), data(live=[{"label": "cn_proc", "status": 1, "stderr": "fork failed"}]))
     assert not v["live"].ok and v["live"].detail == "cn_proc: driver exited 1: fork failed"
+
+
+def test_the_cbus_ledger_names_the_cpu_and_the_equation_that_broke():
+    d = data()
+    d["agent"]["ledger"] = {"total": [], "cpus": {}}
+    assert verdicts(scenario(), d)["cbus_ledger"].ok
+    d["agent"]["ledger"] = {"total": ["inserted 11 != enqueued 8 + full 1 + nomem 1"],
+                            "cpus": {"1": ["inserted 6 != enqueued 3 + full 1 + nomem 1"]}}
+    v = verdicts(scenario(), d)["cbus_ledger"]
+    assert not v.ok and v.detail == ("total: inserted 11 != enqueued 8 + full 1 + nomem 1; cpu1: inserted 6 != "
+                                     "enqueued 3 + full 1 + nomem 1")
