@@ -129,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, help="also write JUnit XML")
     run.add_argument("--report", type=Path, help="also write an HTML report")
     run.add_argument("--smoke", action="store_true", help="only the connector echo smoke check")
+    run.add_argument("--shard", metavar="K/N", default=None,
+                     help="run only shard K of N: a part of the selection balanced by expected durations "
+                          "(merge the shards' results with cnlab merge)")
+    run.add_argument("--durations", type=Path, metavar="FILE", default=None,
+                     help="with --shard: expected durations from FILE ({name: seconds}, as cnlab merge writes "
+                          "durations.json) instead of the cache's remembered ones")
+
+    merge = sub.add_parser("merge", help="merge the results of a run's shards: one results file, JUnit, HTML")
+    merge.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="each shard's results.jsonl")
+    merge.add_argument("--out", type=Path, default=None, help="folder for the merged files (default "
+                                                                "results/merge-TIME)")
+    merge.add_argument("--json", type=Path, help="merged JSON-lines file (default OUT/results.jsonl)")
+    merge.add_argument("--junit", type=Path, help="JUnit XML (default OUT/junit.xml)")
+    merge.add_argument("--report", type=Path, help="HTML report (default OUT/report.html)")
 
     cache = sub.add_parser("cache", help="list the cache's artefacts (kind, size, age, last use); prune it")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
@@ -292,14 +306,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lab.engine.run import run_scenarios
     from lab.report.summary import finish_run
 
+    if args.durations is not None and args.shard is None:
+        raise UsageError("cnlab run: --durations goes with --shard K/N")
+    shard = None
+    if args.shard is not None:
+        from lab.engine.shard import parse_shard
+
+        shard = parse_shard(args.shard)
     plugin_config, pm, scenarios = _scenarios(args)
     pm.unconfigure()  # the run builds its own managers (and unconfigures them)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
-    outcome = run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json,
-                            plugin_config=plugin_config, on_event=args.view.run_event)
+    lab, extra = _lab(args), None
+    if shard is not None:
+        from lab.cli.shards import select_shard
+
+        scenarios, extra = select_shard(shard, scenarios, lab.cache, args.durations)
+        if not scenarios:
+            args.view.stop()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (args.json or out_dir / "results.jsonl").touch()
+            print(f"cnlab run: shard {shard} has no scenarios (the selection is smaller than the shard count)")
+            return 0
+    sharded = {"environment_extra": extra} if extra else {}
+    outcome = run_scenarios(lab, scenarios, min(jobs, len(scenarios)), out_dir, args.json,
+                            plugin_config=plugin_config, on_event=args.view.run_event, **sharded)
     args.view.stop()
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 
@@ -320,6 +353,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     write_html(records, output)
     print(f"wrote {output} ({len(records)} scenarios)")
     return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from lab.cli.shards import merge_command
+
+    out_dir = args.out or Path("results") / _time.strftime("merge-%Y%m%d-%H%M%S")
+    return merge_command(args.results, out_dir, args.json, args.junit, args.report, sys.stdout)
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -390,6 +432,7 @@ COMMANDS = {
     ("cache", "prune"): cmd_cache,
     ("doctor", None): cmd_doctor,
     ("report", None): cmd_report,
+    ("merge", None): cmd_merge,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
     ("bench", "suite"): cmd_bench_suite,
