@@ -135,6 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--durations", type=Path, metavar="FILE", default=None,
                      help="with --shard: expected durations from FILE ({name: seconds}, as cnlab merge writes "
                           "durations.json) instead of the cache's remembered ones")
+    run.add_argument("--hosts", default=None, metavar="USER@HOST,...",
+                     help="spread the scenarios over these hosts through pytest-xdist SSH workers (each runs -n "
+                          "guests from its own cache); every host is checked first")
+    run.add_argument("--ssh-config", type=Path, default=None, metavar="FILE",
+                     help="with --hosts: ssh config to include (aliases, users, keys)")
+    run.add_argument("--known-hosts", type=Path, default=None, metavar="FILE",
+                     help="with --hosts: the hosts' pinned keys (default: ssh's own known_hosts); never trusted "
+                          "on first use")
+    run.add_argument("--remote-python", default=None, metavar="PATH",
+                     help="with --hosts: the Python with cnlab on the hosts (default: this one's path)")
 
     merge = sub.add_parser("merge", help="merge the results of a run's shards: one results file, JUnit, HTML")
     merge.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="each shard's results.jsonl")
@@ -308,6 +318,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.durations is not None and args.shard is None:
         raise UsageError("cnlab run: --durations goes with --shard K/N")
+    if args.hosts is not None:
+        return _run_on_hosts(args)
     shard = None
     if args.shard is not None:
         from lab.engine.shard import parse_shard
@@ -333,6 +345,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     sharded = {"environment_extra": extra} if extra else {}
     outcome = run_scenarios(lab, scenarios, min(jobs, len(scenarios)), out_dir, args.json,
                             plugin_config=plugin_config, on_event=args.view.run_event, **sharded)
+    args.view.stop()
+    return finish_run(outcome, sys.stdout, args.junit, args.report)
+
+
+def _run_on_hosts(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from lab.cli.distributed import remote_python_default, run_on_hosts
+    from lab.report.summary import finish_run
+
+    if args.shard is not None or args.smoke:
+        raise UsageError("cnlab run: --hosts does not go with --shard or --smoke")
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    if not hosts or len(set(hosts)) != len(hosts):
+        raise UsageError(f"cnlab run: --hosts wants distinct USER@HOST names separated by commas, got {args.hosts!r}")
+    plugin_config, pm, scenarios = _scenarios(args)
+    pm.unconfigure()
+    jobs = args.jobs or 1
+    if jobs < 1 or jobs > 16:
+        raise UsageError("cnlab run: -n must be between 1 and 16")
+    out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
+    outcome = run_on_hosts(hosts, scenarios, plugin_config, _lab(args), out_dir, args.json, args.ssh_config,
+                           args.known_hosts, args.remote_python or remote_python_default(), jobs,
+                           args.view.run_event)
     args.view.stop()
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 
