@@ -229,12 +229,15 @@ def run_on_hosts(hosts: list[str], scenarios: list[Scenario], plugin_options, la
         todo = [s for s in ordered if s.name not in records]
         if not todo:
             break
-        args = ["-p", "no:cacheprovider", "-p", "no:terminal", "-p", "xdist", "-d", "--dist", "load",
+        # The controller and workers read no pytest config and run no test code of the folder they start in.
+        args = ["--config-file=/dev/null", "-p", "no:cacheprovider", "-p", "no:terminal", "-p", "xdist",
+                "--assert=plain", "--noconftest",
+                "-d", "--dist", "load",
                 "--maxschedchunk=2", f"--cnlab-run={run_spec(todo, plugin_options, lab_options)}",
                 f"--rootdir={out_dir}"]
         for host in alive:
             args += ["--tx", xspec(host, config, python, jobs_per_host)]
-        session = _Session(on_event, [s.name for s in scenarios], json_path, records, started)
+        session = _Session(on_event, [s.name for s in scenarios], json_path, records, started, hosts)
         status = pytest.main(args, plugins=[session])
         if session.run is not None:
             records.update(session.run.records)
@@ -268,7 +271,9 @@ def run_on_hosts(hosts: list[str], scenarios: list[Scenario], plugin_options, la
 class _Session:
     """Registers the :class:`DistributedRun` of one pytest session of ``cnlab run --hosts``."""
 
-    def __init__(self, on_event, expected: list[str], json_path: Path, done: dict, started: float) -> None:
+    def __init__(self, on_event, expected: list[str], json_path: Path, done: dict, started: float,
+                 hosts: list[str]) -> None:
+        self.hosts = hosts
         self.on_event = on_event
         self.expected = expected
         self.json_path = json_path
@@ -281,6 +286,7 @@ class _Session:
         self.run = DistributedRun(config, self.on_event, self.expected, self.json_path)
         self.run.records.update(self.done)  # a later round: what earlier rounds finished counts as done
         self.run._started = self.started
+        self.run.hosts = list(self.hosts)  # "guest N" in the progress lines is host N of --hosts
         config.pluginmanager.register(self.run, "cnlab-distributed")
 
 

@@ -1,6 +1,6 @@
 """Test hosts for multi-host runs: network namespaces on this machine, each with its own sshd.
 
-:class:`TestNet` makes a *client* network namespace (where the orchestrator's ssh runs) and, per host, a
+:class:`HostNet` makes a *client* network namespace (where the orchestrator's ssh runs) and, per host, a
 process in its own network, mount and PID namespaces (``host_init.py`` is its PID 1) joined to the client by
 a veth pair: host *i* is ``10.213.i.2``, the client's end ``10.213.i.1``.  No address is added to the
 machine's own namespace, so every packet stays on those links.  Each host has:
@@ -65,7 +65,7 @@ def seed_cache(source: Path, target: Path) -> None:
 
 
 @dataclass
-class TestHost:
+class NetHost:
     """One host: its alias in the client's ssh config (``h1``...), its address and its processes."""
 
     name: str
@@ -88,13 +88,13 @@ class TestHost:
         return self.process.pid
 
 
-class TestNet:
+class HostNet:
     """The client namespace and its hosts; :meth:`close` (or the end of the ``with``) kills them all."""
 
     def __init__(self, folder: Path, cache: Path) -> None:
         self.folder = folder
         self.cache = cache
-        self.hosts: list[TestHost] = []
+        self.hosts: list[NetHost] = []
         folder.mkdir(parents=True, exist_ok=True)
         self.kit = sshd_kit(cache)
         self.client_key = folder / "client_key"
@@ -110,14 +110,14 @@ class TestNet:
         if self.client.stdout.readline().strip() != "up":
             raise RuntimeError("the client namespace did not come up")
 
-    def __enter__(self) -> TestNet:
+    def __enter__(self) -> HostNet:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     # ----------------------------------------------------------------- hosts
-    def add_host(self, binds: list[tuple[Path, Path]] = ()) -> TestHost:
+    def add_host(self, binds: list[tuple[Path, Path]] = ()) -> NetHost:
         """A new host (``h1``, ``h2``... at ``10.213.N.2``), ready when this returns: its sshd listens."""
         number = len(self.hosts) + 1
         name, address = f"h{number}", f"10.213.{number}.2"
@@ -145,7 +145,7 @@ class TestNet:
         process = subprocess.Popen(["unshare", "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
                                     sys.executable, str(HERE / "host_init.py"), str(folder / "host.json")],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        host = TestHost(name, address, folder, process)
+        host = NetHost(name, address, folder, process)
         self.hosts.append(host)
         self._expect(host, "namespaces")
         subprocess.run(["ip", "link", "add", "name", f"to-{name}", "netns", str(self.client.pid), "type", "veth",
@@ -161,7 +161,7 @@ class TestNet:
         self._write_ssh_config()
         return host
 
-    def _expect(self, host: TestHost, word: str) -> None:
+    def _expect(self, host: NetHost, word: str) -> None:
         line = host.process.stdout.readline().strip()
         if line != word:
             log = host.folder / "sshd.log"
