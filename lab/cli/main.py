@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcg-threads", choices=list(TCG_THREADS), default="auto",
                         help="TCG: a host thread per vCPU (multi) or per guest (single); auto: multi while "
                              "the vCPUs of the guests running at once fit the host's cores")
+    parser.add_argument("--no-snapshot", action="store_true",
+                        help="boot every guest cold instead of restoring a saved state of its shape")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what cnlab does")
     parser.add_argument("-p", dest="plugin_args", action="append", default=[], metavar="NAME",
                         help="load plugin NAME (module or entry point); -p no:NAME blocks one")
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _lab(args: argparse.Namespace) -> Lab:
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
-                          tcg_threads=args.tcg_threads))
+                          tcg_threads=args.tcg_threads, snapshot=not args.no_snapshot))
 
 
 def _shape(args: argparse.Namespace) -> GuestShape:

@@ -141,7 +141,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             task: Task | None = tasks.get()
             if task is None:
                 return
-            scenario, attempt, fresh = task.scenario, task.attempt, task.fresh
+            scenario, attempt = task.scenario, task.attempt
 
             def progress(phase: str, name=scenario.name) -> None:
                 results.put(("progress", worker, name, phase))
@@ -149,10 +149,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
             started = time.monotonic()
             boot_s = 0.0
             try:
-                network = guest_network(pm, scenario)
-                if guest is not None and (fresh or not guest.alive() or guest.spec.network != network or
-                                          guest.spec.shape != GuestShape(scenario.cpus, scenario.memory) or
-                                          guest.spec.cmdline[:len(scenario.cmdline)] != scenario.cmdline):
+                if guest is not None:  # a fresh guest for every scenario (restored: lab.guest.snapshot)
                     guest.stop()
                     guest = None
                 if guest is None:

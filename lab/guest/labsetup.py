@@ -35,6 +35,8 @@ class LabOptions:
     accel: str = "auto"
     tcg_threads: str = "auto"  # see lab.guest.accel.tcg_threads_for
     guests_at_once: int = 1  # how many guests of this lab run at the same time
+    #: Start guests by restoring a saved state of their spec (lab.guest.snapshot); False: cold boots.
+    snapshot: bool = True
 
 
 class Lab:
@@ -97,4 +99,5 @@ class Lab:
             load_modules=load_module,
             cmdline=cmdline,
             name=name,
+            snapshots=self.cache / "snapshots" if self.options.snapshot else None,
         )
