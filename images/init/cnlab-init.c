@@ -35,8 +35,8 @@
  * remounts the root disk read-write (cnlab.snapshot), writes the new nonce
  * to /run/cnlab/nonce, and answers with a ready line for the new nonce that
  * says what it did (restored=1; clock=, reseed=, rw=: 0 or an errno; rt=
- * the clock after setting it; srcversion= the lab modules' srcversion, read
- * from /sys/module once they were loaded), so the host can check the
+ * the clock after setting it; build-id= the lab modules' GNU build IDs,
+ * read from /sys/module once they were loaded), so the host can check the
  * restored guest before it uses it.
  *
  * Any fatal error is printed to the console and the guest powers off, so
@@ -97,8 +97,8 @@ static int snapshot_boot;
 static char root_dev[64] = "/dev/nvme0n1";
 /* The lab modules' load status, announced at boot and again at each resume. */
 static char modules_status[1024];
-/* "name:srcversion,..." of the lab modules, read once they are loaded. */
-static char module_versions[400];
+/* "name:build-id,..." of the lab modules, read once they are loaded. */
+static char module_build_id_list[400];
 
 static void say(const char *fmt, ...)
 {
@@ -704,8 +704,38 @@ static int reseed_random(const char *hex)
 	return err;
 }
 
-/* "name:srcversion,..." of the modules named in cnlab.load, as /sys/module has them. */
-static void module_srcversions(char *out, size_t len)
+/*
+ * The GNU build ID of a loaded module, in hex, from its notes in sysfs (the
+ * note: namesz, descsz, type, "GNU\0", then the ID); "none" if it has none.
+ */
+static void module_build_id(const char *name, char *out, size_t len)
+{
+	unsigned char note[256];
+	char file[128];
+	unsigned int namesz, descsz, i;
+	ssize_t n = -1;
+	int fd;
+
+	snprintf(out, len, "none");
+	snprintf(file, sizeof(file), "/sys/module/%s/notes/.note.gnu.build-id", name);
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = read(fd, note, sizeof(note));
+		close(fd);
+	}
+	if (n < 12)
+		return;
+	memcpy(&namesz, note, 4);
+	memcpy(&descsz, note + 4, 4);
+	namesz = (namesz + 3) & ~3u;
+	if (12 + namesz + descsz > (size_t)n || 2 * descsz + 1 > len)
+		return;
+	for (i = 0; i < descsz; i++)
+		snprintf(out + 2 * i, 3, "%02x", note[12 + namesz + i]);
+}
+
+/* "name:build-id,..." of the modules named in cnlab.load, as /sys/module has them. */
+static void module_build_ids(char *out, size_t len)
 {
 	char list[1024], *path, *save = NULL;
 	size_t used = 0;
@@ -715,27 +745,19 @@ static void module_srcversions(char *out, size_t len)
 		return;
 	for (path = strtok_r(list, ",", &save); path;
 	     path = strtok_r(NULL, ",", &save)) {
-		char name[64], file[128], version[64] = "none";
+		char name[64], id[80];
 		const char *base = strrchr(path, '/');
 		size_t i;
-		ssize_t n;
-		int fd, w;
+		int w;
 
 		base = base ? base + 1 : path;
 		snprintf(name, sizeof(name), "%.*s", (int)strcspn(base, "."), base);
 		for (i = 0; name[i]; i++)
 			if (name[i] == '-')
 				name[i] = '_';
-		snprintf(file, sizeof(file), "/sys/module/%s/srcversion", name);
-		fd = open(file, O_RDONLY | O_CLOEXEC);
-		if (fd >= 0) {
-			n = read(fd, version, sizeof(version) - 1);
-			version[n > 0 ? n : 0] = '\0';
-			version[strcspn(version, "\n")] = '\0';
-			close(fd);
-		}
+		module_build_id(name, id, sizeof(id));
 		w = snprintf(out + used, len - used, "%s%s:%s", used ? "," : "",
-			     name, version[0] ? version : "none");
+			     name, id);
 		if (w < 0 || (size_t)w >= len - used)
 			break;
 		used += w;
@@ -774,9 +796,9 @@ static void resume(int fd, const char *line)
 	write_nonce(nonce);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	snprintf(extra, sizeof(extra),
-		 " restored=1 clock=%d reseed=%d rw=%d rt=%lld.%09ld srcversion=%s",
+		 " restored=1 clock=%d reseed=%d rw=%d rt=%lld.%09ld build-id=%s",
 		 clock_err, reseed_err, rw_err, (long long)ts.tv_sec, ts.tv_nsec,
-		 module_versions[0] ? module_versions : "none");
+		 module_build_id_list[0] ? module_build_id_list : "none");
 	announce(fd, nonce, 0, extra);
 }
 
@@ -956,7 +978,7 @@ int main(void)
 	network_up();
 	trace("network up");
 	load_lab_modules(modules_status, sizeof(modules_status));
-	module_srcversions(module_versions, sizeof(module_versions));
+	module_build_ids(module_build_id_list, sizeof(module_build_id_list));
 	trace("lab modules loaded");
 	sshd = wait_sshd_listening(sshd, sfd);
 	trace("sshd listening");

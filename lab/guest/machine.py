@@ -365,8 +365,8 @@ class Guest:
             self._set_migration_capabilities()
             with open(snapshot.state_file, "rb") as state:
                 self._qmp.send_fd_scm(state.fileno())
-            self.qmp("getfd", fdname=STATE_FD_NAME)
-            self.qmp("migrate-incoming", uri=f"fd:{STATE_FD_NAME}")
+            self._qmp_booting("getfd", fdname=STATE_FD_NAME)
+            self._qmp_booting("migrate-incoming", uri=f"fd:{STATE_FD_NAME}")
             self._wait_migration(deadline, "loading the saved state")
         self.timing.marks["state_loaded"] = time.monotonic() - spawned
         if self.link is None:
@@ -375,7 +375,7 @@ class Guest:
         self._ready_conn.sendall(resume_line(self._nonce))
         self.ready_info = self._wait_ready(deadline)
         self.timing.ready = time.monotonic() - spawned
-        problems = check_restored(self.ready_info, self.spec.shape.cpus, snapshot.srcversions)
+        problems = check_restored(self.ready_info, self.spec.shape.cpus, snapshot.build_ids)
         if problems:
             raise SnapshotError(f"guest {self.spec.name}: the restored guest failed its checks: "
                                 f"{'; '.join(problems)}")
@@ -383,9 +383,20 @@ class Guest:
         self._ssh.connect(deadline)
         self.timing.ssh = time.monotonic() - spawned
 
+    def _qmp_booting(self, command: str, **arguments) -> object:
+        """A QMP command while starting: QEMU exiting under it is reported with QEMU's last words."""
+        try:
+            return self.qmp(command, **arguments)
+        except GuestError as exc:
+            try:  # a QMP socket that closed under a command: QEMU is exiting, wait (bounded) to say why
+                self._proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                raise exc from None
+            raise self._qemu_exit_error() from exc
+
     def _set_migration_capabilities(self) -> None:
         # x-ignore-shared: the RAM is a file of its own, not part of the stream; events: MIGRATION events
-        self.qmp("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True},
+        self._qmp_booting("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True},
                                                           {"capability": "events", "state": True}])
 
     def _wait_migration(self, deadline: Deadline, what: str) -> None:

@@ -14,8 +14,8 @@ is saved into the cache (``snapshots/KEY/``, KEY a hash of all of those):
 * ``state``: QEMU's migration stream without RAM: device state and ROMs.
 * ``boot.console.log``: the saved guest's boot console, which heads every
   restored guest's console log.
-* ``meta.json``: the inputs, the kernel command line, the module's
-  ``srcversion``, sizes and how long booting and saving took.
+* ``meta.json``: the inputs, the kernel command line, the module's GNU
+  build ID, sizes and how long booting and saving took.
 
 The saved guest mounts its root disk read-only (``cnlab.snapshot``), so the
 disk image is exactly the cached one; each restored guest gets its own
@@ -28,7 +28,7 @@ After a restore the host writes a resume line to the guest's readiness port
 (``images/init/cnlab-init.c``).  :func:`check_restored` decides whether the
 guest is fit: CPUs online, clock set and within :data:`CLOCK_TOLERANCE_S`
 of the host's, CRNG reseeded, root disk writable, modules loaded at the
-``srcversion`` of the files the spec names.  A guest that fails is stopped,
+build ID of the files the spec names.  A guest that fails is stopped,
 its saved state discarded (the next guest of the spec saves a new one) and
 the guest boots cold, with a warning; after :data:`FAILURES_TO_DISABLE`
 failures within a day, guests of that spec boot cold (warning each time)
@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ from lab.guest.qemu_argv import SavedState
 from lab.host.cache import content_key, publish_dir, write_json_atomic
 
 __all__ = ["Snapshot", "SnapshotStore", "snapshot_for", "snapshot_inputs", "check_restored", "resume_line",
-           "module_srcversion", "WARM_UP", "KEEP", "KEEP_RECENT_S", "CLOCK_TOLERANCE_S", "FAILURES_TO_DISABLE"]
+           "module_build_id", "WARM_UP", "KEEP", "KEEP_RECENT_S", "CLOCK_TOLERANCE_S", "FAILURES_TO_DISABLE"]
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +124,19 @@ def snapshot_inputs(spec: GuestSpec) -> dict:
     }
 
 
-def module_srcversion(path: Path) -> str:
-    """The ``srcversion`` a module file carries in its ``.modinfo`` section ("none" if it has none)."""
+#: A GNU build-ID note's header: name size 4, ID size 20 (SHA-1), type NT_GNU_BUILD_ID, name "GNU".
+_BUILD_ID_NOTE = struct.pack("<III", 4, 20, 3) + b"GNU\0"
+
+
+def module_build_id(path: Path) -> str:
+    """The GNU build ID (hex) of a module file, as the loaded module shows it in
+    ``/sys/module/NAME/notes`` ("none" if the file has none)."""
     data = path.read_bytes()
-    at = data.find(b"\0srcversion=")
+    at = data.find(_BUILD_ID_NOTE)
     if at < 0:
         return "none"
-    start = at + len(b"\0srcversion=")
-    return data[start:data.index(b"\0", start)].decode(errors="replace")
+    start = at + len(_BUILD_ID_NOTE)
+    return data[start:start + 20].hex()
 
 
 def _module_name(path: Path) -> str:
@@ -144,12 +150,12 @@ def resume_line(nonce: str, now_ns: int | None = None, seed: bytes | None = None
     return f"CNLAB-RESUME nonce={nonce} rt={now_ns // 10**9}.{now_ns % 10**9:09d} seed={seed.hex()}\n".encode()
 
 
-def check_restored(info: dict, cpus: int, srcversions: dict[str, str], now: float | None = None) -> list[str]:
+def check_restored(info: dict, cpus: int, build_ids: dict[str, str], now: float | None = None) -> list[str]:
     """Why a restored guest is not fit to use, from its ready line (an empty list: it is).
 
     :param info: ``Guest.ready_info`` of the restored guest (``restored``: the resume report).
     :param cpus: vCPUs the spec asks for.
-    :param srcversions: module name to the ``srcversion`` of the file the spec names (loaded modules only).
+    :param build_ids: module name to the build ID of the file the spec names (loaded modules only).
     """
     report = info.get("restored")
     if not report:
@@ -168,10 +174,10 @@ def check_restored(info: dict, cpus: int, srcversions: dict[str, str], now: floa
     else:
         if abs(skew) > CLOCK_TOLERANCE_S:
             problems.append(f"wall clock {skew:+.1f} s off the host's")
-    loaded = dict(item.split(":", 1) for item in report.get("srcversion", "none").split(",") if ":" in item)
-    for name, version in srcversions.items():
-        if loaded.get(name) != version:
-            problems.append(f"module {name} at srcversion {loaded.get(name, 'none')}, not {version}")
+    loaded = dict(item.split(":", 1) for item in report.get("build-id", "none").split(",") if ":" in item)
+    for name, build_id in build_ids.items():
+        if loaded.get(name) != build_id:
+            problems.append(f"module {name} has build ID {loaded.get(name, 'none')}, not {build_id}")
     return problems
 
 
@@ -198,9 +204,9 @@ class Snapshot:
         return self.meta["cmdline"]
 
     @property
-    def srcversions(self) -> dict[str, str]:
-        """Loaded module name to the ``srcversion`` it must have in a restored guest."""
-        return dict(self.meta.get("srcversions", {}))
+    def build_ids(self) -> dict[str, str]:
+        """Loaded module name to the build ID it must have in a restored guest."""
+        return dict(self.meta.get("build_ids", {}))
 
     def boot_console(self) -> bytes:
         """The saved guest's boot console (empty if missing)."""
@@ -377,7 +383,7 @@ def _save(spec: GuestSpec, scratch: Path, key: str, inputs: dict) -> None:
         "inputs": inputs,
         "qemu_version": qemu_version(spec.qemu_binary),
         "cmdline": argv[argv.index("-append") + 1],
-        "srcversions": {_module_name(m): module_srcversion(m) for m in spec.modules} if spec.load_modules else {},
+        "build_ids": {_module_name(m): module_build_id(m) for m in spec.modules} if spec.load_modules else {},
         "sizes": {name: (scratch / name).stat().st_size for name in ("ram", "state")},
         "disk_bytes": sum(p.stat().st_blocks * 512 for p in scratch.iterdir() if p.is_file()),
         "boot_s": round(boot_s, 3),
