@@ -5,8 +5,10 @@
  * Stage 1 runs from the initramfs: mount the pseudo filesystems, load the
  * virtio modules listed in /etc/cnlab/modules, mount the root disk (a
  * per-guest copy-on-write overlay of the cached image, on NVMe, which the
- * cloud kernel has built in) and the kernel's module disk, and move into
- * the root.  Stage 2 runs in the root disk: start the SSH daemon, bring up
+ * cloud kernel has built in, or virtio-blk for guests whose state is saved)
+ * and the kernel's module disk, copy the per-boot files (/cnlab) and the
+ * image's programs (/cnlab-bin: the native consumer) to /run/cnlab and
+ * /run/cnlab/bin, and move into the root.  Stage 2 runs in the root disk: start the SSH daemon, bring up
  * the network, load the lab's modules named on the kernel command line, wait
  * until sshd listens, and only then announce readiness on the second serial
  * port (ttyS1, a socket the host reads): no polling on either side.
@@ -272,22 +274,27 @@ static int copy_file(const char *src, const char *dst, mode_t mode)
 	return n == 0 ? 0 : -1;
 }
 
-/* Copy the per-boot files (/cnlab/ in the initramfs) to DST. */
-static void copy_boot_files(const char *dst)
+/*
+ * Copy the regular files of SRC (a folder of the initramfs) to DST: the
+ * per-boot files (/cnlab: keys, the lab's modules) and the base image's
+ * programs (/cnlab-bin: the native consumer).
+ */
+static void copy_dir(const char *src, const char *dst, mode_t dir_mode,
+		     mode_t file_mode)
 {
 	char from[512], to[512];
 	struct dirent *de;
-	DIR *d = opendir("/cnlab");
+	DIR *d = opendir(src);
 
 	if (!d)
 		return;
-	mkdir(dst, 0700);
+	mkdir(dst, dir_mode);
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
-		snprintf(from, sizeof(from), "/cnlab/%s", de->d_name);
+		snprintf(from, sizeof(from), "%s/%s", src, de->d_name);
 		snprintf(to, sizeof(to), "%s/%s", dst, de->d_name);
-		if (copy_file(from, to, 0600))
+		if (copy_file(from, to, file_mode))
 			say("cnlab-init: copy %s failed\n", from);
 	}
 	closedir(d);
@@ -455,7 +462,8 @@ static pid_t stage1_switch_root(void)
 		die("mount root disk");
 	mount_or_die("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV,
 		     "mode=0755");
-	copy_boot_files("/newroot/run/cnlab");
+	copy_dir("/cnlab", "/newroot/run/cnlab", 0700, 0600);
+	copy_dir("/cnlab-bin", "/newroot/run/cnlab/bin", 0755, 0755);
 	mkdir("/newroot/run/sshd", 0755);
 	sshd = start_sshd("/newroot");
 	if (moddisk[0] && mount_disk(moddisk, "/newroot/lib/modules",

@@ -119,6 +119,8 @@ class GuestProgram:
     :param protocol: ``checker``: the program takes ``--groups/--name/--out``, runs until SIGTERM and writes
         its JSON report to ``--out`` (``consume.py``); ``oneshot``: it runs to completion on its own options
         and prints one JSON line on stdout.
+    :param interpreter: what runs ``program`` (``python3``), or None for a native program run directly; a
+        ``program`` starting with ``/`` is a path in the guest, else a file in the guest plugin folder.
     """
 
     name: str
@@ -126,13 +128,18 @@ class GuestProgram:
     options: Mapping[str, Any] = field(default_factory=dict)
     instances: int = 1
     protocol: str = "checker"
+    interpreter: str | None = "python3"
 
     def __post_init__(self) -> None:
         if self.protocol not in ("checker", "oneshot"):
             raise PluginError(f"consumer {self.name!r}: protocol {self.protocol!r} is not checker or oneshot")
 
-    def argv(self, folder: str, python: str = "python3") -> list[str]:
-        out = [python, f"{folder}/{self.program}"]
+    def argv(self, folder: str, python: str | None = None) -> list[str]:
+        """The guest command line: interpreter (``python`` overrides it for a Python program), program,
+        options."""
+        program = self.program if self.program.startswith("/") else f"{folder}/{self.program}"
+        interpreter = (python or self.interpreter) if self.interpreter else None
+        out = ([interpreter] if interpreter else []) + [program]
         for key, value in sorted(self.options.items()):
             if value is None or value is False:
                 continue
@@ -143,7 +150,7 @@ class GuestProgram:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "program", "name": self.name, "program": self.program, "options": dict(self.options),
-                "instances": self.instances, "protocol": self.protocol}
+                "instances": self.instances, "protocol": self.protocol, "interpreter": self.interpreter}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ The consumer joins the emulators' groups, checks order per (generator, CPU)
 (module events) or per CPU (cn_proc), counts gaps, duplicates/reorders,
 ``ENOBUFS`` and the socket's drops from ``/proc/net/netlink``, and measures
 latency from the event's kernel timestamp.  Variants are the same program with
-other options.
+other options.  ``checker-native`` is the same checker in C
+(``images/init/cnlab-consume.c``, in every guest as ``/run/cnlab/bin/cnlab-consume``):
+same options, same report, for rates the Python one cannot keep up with.
 """
 
 from __future__ import annotations
@@ -31,11 +33,17 @@ def lab_guest_files_add(config) -> list[GuestFile]:
             GuestFile(HERE / "runplan.py", f"{GUEST_PLUGIN_DIR}/runplan.py", 0o755)]
 
 
+#: The native checker, copied into every guest by its init (lab.image.build).
+NATIVE_CONSUMER = "/run/cnlab/bin/cnlab-consume"
+
+
 def _spec(name: str, description: str, base: Mapping[str, Any], instances: int = 1,
-          extra: tuple[Setting, ...] = ()) -> ConsumerSpec:
+          extra: tuple[Setting, ...] = (), native: bool = False) -> ConsumerSpec:
     def factory(s: Mapping[str, Any]) -> GuestProgram:
         options = dict(base)
         options.update({k: v for k, v in s.items() if k != "instances"})
+        if native:
+            return GuestProgram(name, NATIVE_CONSUMER, options, s.get("instances", instances), interpreter=None)
         return GuestProgram(name, "consume.py", options, s.get("instances", instances))
 
     return ConsumerSpec(name, description, factory, settings=extra)
@@ -47,6 +55,10 @@ def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, An
     registry.add_consumer(_spec(
         "checker", "order/gap/duplicate/ENOBUFS/drops/latency checker on every emulator group",
         {"rcvbuf": rcvbuf}, extra=(Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"),)))
+    registry.add_consumer(_spec(
+        "checker-native", "the checker in C (same accounting and report) for rates the Python checker cannot take",
+        {"rcvbuf": rcvbuf}, extra=(Setting("rcvbuf", int, rcvbuf, "receive buffer in bytes (0: default)"),),
+        native=True))
     registry.add_consumer(_spec(
         "pyroute2", "checker that receives and decodes through pyroute2 (ConnectorSocket, Marshal keyed on idx)",
         {"rcvbuf": rcvbuf, "pyroute2": True},

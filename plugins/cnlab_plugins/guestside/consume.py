@@ -2,10 +2,14 @@
 """Connector consumer for the built-in consumer plugins (runs in the guest).
 
 Joins groups, receives until SIGTERM, then drains what is queued and writes
-one JSON report: per stream (``gen_id/cpu`` for lab-module events,
+one JSON report (``"schema": 1``): per stream (``gen_id/cpu`` for lab-module events,
 ``proc/cpu`` for cn_proc) the messages received, the next expected sequence
 number, gaps (sequence jumps), reorders/duplicates; ENOBUFS errors; the
-socket's drops from /proc/net/netlink; latency from the kernel timestamp.
+socket's drops from /proc/net/netlink; latency from the kernel timestamp;
+``series``: ``[seconds, received, gaps]`` per 250 ms from the start.  While
+messages arrive, ``OUT.live`` holds ``{"received", "gaps", "enobufs"}``,
+rewritten atomically at most every 50 ms (for faults triggered by events).
+``images/init/cnlab-consume.c`` is the same program in C (``checker-native``).
 
 Variants: ``--delay-us`` (slow), ``--rcvbuf`` (tiny buffer),
 ``--churn-ms`` (leave and rejoin the groups; sequence tracking restarts at
@@ -37,15 +41,22 @@ PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 MAX_SAMPLES = 200_000
+BIN_NS = 250_000_000  # series bins
+LIVE_NS = 50_000_000  # OUT.live at most this often
+SCHEMA = 1
 
 
 class Checker:
-    def __init__(self, resync):
+    def __init__(self, resync, start_ns=0):
         self.resync = resync
         self.expected = {}
         self.streams = {}
         self.latencies = []
         self.reset_marks = 0
+        self.start_ns = start_ns
+        self.bins = {}  # 250 ms slot -> [received, gaps]
+        self.received = 0
+        self.gaps = 0
 
     def forget(self):
         """After a rejoin: every stream restarts at its next message."""
@@ -59,6 +70,9 @@ class Checker:
         seq, ts = ev[2], ev[3]
         s = self.streams.setdefault(key, {"received": 0, "gaps": 0, "reordered": 0})
         s["received"] += 1
+        self.received += 1
+        cell = self.bins.setdefault((now - self.start_ns) // BIN_NS, [0, 0])
+        cell[0] += 1
         exp = self.expected.get(key)
         if exp is None:
             # module streams start at 0; cn_proc counters, restarted and rejoined consumers start where they join
@@ -67,6 +81,8 @@ class Checker:
         diff = (seq - exp) % modulus
         if diff < modulus // 2:
             s["gaps"] += diff
+            self.gaps += diff
+            cell[1] += diff
             self.expected[key] = (seq + 1) % modulus
         else:
             s["reordered"] += 1
@@ -86,6 +102,7 @@ class Checker:
             "streams": {f"{k[0]}/{k[1]}": dict(s, next=self.expected.get(k)) for k, s in sorted(
                 self.streams.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))},
             "latency_us": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0), "samples": len(lat)},
+            "series": [[round(slot * BIN_NS / 1e9, 2), c[0], c[1]] for slot, c in sorted(self.bins.items())],
         }
 
 
@@ -166,7 +183,26 @@ def open_pyroute2_socket(groups, rcvbuf):
     return owner, sock
 
 
+class LiveFile:
+    """``OUT.live``: the running counts, rewritten atomically (tmp + rename) at most every 50 ms, when changed."""
+
+    def __init__(self, out):
+        self.path = out + ".live" if out else ""
+        self.written_ns = 0
+        self.last = None
+
+    def update(self, checker, enobufs, now, force=False):
+        counts = (checker.received, checker.gaps, enobufs)
+        if not self.path or counts == self.last or (now - self.written_ns < LIVE_NS and not force):
+            return
+        with open(self.path + ".tmp", "w") as f:
+            f.write(json.dumps({"received": counts[0], "gaps": counts[1], "enobufs": counts[2]}))
+        os.rename(self.path + ".tmp", self.path)
+        self.written_ns, self.last = now, counts
+
+
 def main():
+    start_ns = time.monotonic_ns()
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="consumer")
     ap.add_argument("--groups", default="")
@@ -193,7 +229,8 @@ def main():
     rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     if args.listen_proc:
         proc_listen(sock, PROC_CN_MCAST_LISTEN)
-    checker = Checker(args.resync)
+    checker = Checker(args.resync, start_ns)
+    live = LiveFile(args.out)
     enobufs = 0
     churns = 0
     buf = bytearray(1 << 17)
@@ -232,6 +269,7 @@ def main():
         except InterruptedError:
             continue
         if not ready:
+            live.update(checker, enobufs, time.monotonic_ns())
             continue
         try:
             n = sock.recv_into(buf)
@@ -242,7 +280,9 @@ def main():
             if exc.errno == errno.EINTR:
                 continue
             raise
-        parse(buf, n, checker, time.monotonic_ns())
+        now = time.monotonic_ns()
+        parse(buf, n, checker, now)
+        live.update(checker, enobufs, now)
         if args.delay_us:
             time.sleep(args.delay_us / 1e6)
     drain_nonblocking()
@@ -262,7 +302,9 @@ def main():
             if select.select([sock], [], [], 0.1)[0]:
                 drain_nonblocking()
                 quiet_until = time.monotonic() + 0.3
-    report = {"name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf, "enobufs": enobufs,
+    live.update(checker, enobufs, time.monotonic_ns(), force=True)
+    report = {"schema": SCHEMA, "name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf,
+              "enobufs": enobufs,
               "socket_drops": socket_drops(portid), "churns": churns, "resync": args.resync,
               "parser": "pyroute2" if args.pyroute2 else "kabi"}
     report.update(checker.report())
