@@ -10,7 +10,8 @@
     ├── BuildError              an image, initramfs or module build failed
     └── GuestError              something went wrong with a guest
         ├── BootError           QEMU exited or the guest never became ready
-        │   └── BootTimeout     readiness did not arrive before the deadline
+        │   ├── BootTimeout     readiness did not arrive before the deadline
+        │   └── SnapshotError   a guest state could not be saved, or a restored guest failed its checks
         ├── GuestCrashed        the guest died after it was ready
         ├── TransportError      SSH (or another channel) failed
         └── CommandFailed       a guest command exited non-zero (``check()``)
@@ -31,6 +32,7 @@ __all__ = [
     "GuestError",
     "BootError",
     "BootTimeout",
+    "SnapshotError",
     "GuestCrashed",
     "TransportError",
     "CommandFailed",
@@ -91,6 +93,13 @@ class BootError(GuestError):
 
 class BootTimeout(BootError):
     """The guest did not announce readiness before the deadline."""
+
+
+class SnapshotError(BootError):
+    """A guest's state could not be saved, or a guest restored from one failed its checks.
+
+    The guest that wanted the restore boots cold instead (``lab.guest.snapshot``).
+    """
 
 
 class GuestCrashed(GuestError):

@@ -144,7 +144,8 @@ _SLOT_KEY = pytest.StashKey[object]()
 def _options_from_environment() -> LabOptions:
     return LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"),
                       tcg_threads=os.environ.get("CNLAB_TCG_THREADS", "auto"),
-                      guests_at_once=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+                      guests_at_once=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
+                      snapshot=os.environ.get("CNLAB_SNAPSHOT", "1") != "0")
 
 
 class ScenarioItem(pytest.Item):

@@ -5,8 +5,10 @@
  * Stage 1 runs from the initramfs: mount the pseudo filesystems, load the
  * virtio modules listed in /etc/cnlab/modules, mount the root disk (a
  * per-guest copy-on-write overlay of the cached image, on NVMe, which the
- * cloud kernel has built in) and the kernel's module disk, and move into
- * the root.  Stage 2 runs in the root disk: start the SSH daemon, bring up
+ * cloud kernel has built in, or virtio-blk for guests whose state is saved)
+ * and the kernel's module disk, copy the per-boot files (/cnlab) and the
+ * image's programs (/cnlab-bin: the native consumer) to /run/cnlab and
+ * /run/cnlab/bin, and move into the root.  Stage 2 runs in the root disk: start the SSH daemon, bring up
  * the network, load the lab's modules named on the kernel command line, wait
  * until sshd listens, and only then announce readiness on the second serial
  * port (ttyS1, a socket the host reads): no polling on either side.
@@ -19,6 +21,25 @@
  *   cnlab.root=DEV       root disk (default /dev/nvme0n1)
  *   cnlab.moddisk=DEV    disk with /lib/modules (none if not given)
  *   cnlab.halt           stage 1 only: print the ready line, power off
+ *   cnlab.snapshot       the boot of a guest whose state the host saves:
+ *                        mount the root disk read-only (every restored
+ *                        guest gets its own overlay and remounts it
+ *                        read-write when it resumes)
+ *
+ * Resume (guests restored from a saved state): the ready port is also read.
+ * A restored guest wakes up still holding the boot's clock, random pool and
+ * nonce, so the host writes one line after it restores the guest:
+ *
+ *   CNLAB-RESUME nonce=HEX rt=SECONDS.NANOSECONDS seed=HEX
+ *
+ * and the init sets the wall clock to rt, mixes the seed into the random
+ * pool and reseeds the kernel's CRNG from it (RNDADDENTROPY, RNDRESEEDCRNG),
+ * remounts the root disk read-write (cnlab.snapshot), writes the new nonce
+ * to /run/cnlab/nonce, and answers with a ready line for the new nonce that
+ * says what it did (restored=1; clock=, reseed=, rw=: 0 or an errno; rt=
+ * the clock after setting it; build-id= the lab modules' GNU build IDs,
+ * read from /sys/module once they were loaded), so the host can check the
+ * restored guest before it uses it.
  *
  * Any fatal error is printed to the console and the guest powers off, so
  * the host sees QEMU exit before readiness and reports the console tail.
@@ -28,6 +49,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/netlink.h>
+#include <linux/random.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
@@ -48,6 +71,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,11 +81,26 @@
 #define SSHD_PIDFILE "/run/sshd.pid"
 #define SSHD_LOG "/run/cnlab/sshd.log"
 #define SSHD_STARTS 3	/* sshd starts before the guest gives up */
+#define NONCE_FILE "/run/cnlab/nonce"
+/*
+ * The root disk's image has inode tables that are not zeroed yet: without
+ * noinit_itable every guest's kernel would zero them (about 20 MB of
+ * writes into its copy-on-write overlay) in the background while it runs.
+ */
+#define ROOT_OPTIONS "noinit_itable"
+#define SEED_MAX 64	/* bytes of host randomness a resume line may carry */
 
 static char cmdline[CMDLINE_MAX];
 static int tracing;
 /* Test hook: the first N sshd starts exec a missing program (cnlab.sshd_fail=N). */
 static int sshd_sabotage;
+/* cnlab.snapshot: the root disk is mounted read-only until a resume. */
+static int snapshot_boot;
+static char root_dev[64] = "/dev/nvme0n1";
+/* The lab modules' load status, announced at boot and again at each resume. */
+static char modules_status[1024];
+/* "name:build-id,..." of the lab modules, read once they are loaded. */
+static char module_build_id_list[400];
 
 static void say(const char *fmt, ...)
 {
@@ -111,11 +150,12 @@ static void die(const char *what)
 	power_off();
 }
 
-/* Value of "key=" on the kernel command line, or NULL. */
-static const char *cmdline_get(const char *key, char *out, size_t outlen)
+/* Value of "key=" in a line of space-separated words, or NULL. */
+static const char *word_get(const char *text, const char *key, char *out,
+			    size_t outlen)
 {
 	size_t klen = strlen(key);
-	const char *p = cmdline;
+	const char *p = text;
 
 	while (*p) {
 		while (*p == ' ' || *p == '\n')
@@ -132,6 +172,12 @@ static const char *cmdline_get(const char *key, char *out, size_t outlen)
 		p += strcspn(p, " \n");
 	}
 	return NULL;
+}
+
+/* Value of "key=" on the kernel command line, or NULL. */
+static const char *cmdline_get(const char *key, char *out, size_t outlen)
+{
+	return word_get(cmdline, key, out, outlen);
 }
 
 static int cmdline_has(const char *word)
@@ -228,22 +274,27 @@ static int copy_file(const char *src, const char *dst, mode_t mode)
 	return n == 0 ? 0 : -1;
 }
 
-/* Copy the per-boot files (/cnlab/ in the initramfs) to DST. */
-static void copy_boot_files(const char *dst)
+/*
+ * Copy the regular files of SRC (a folder of the initramfs) to DST: the
+ * per-boot files (/cnlab: keys, the lab's modules) and the base image's
+ * programs (/cnlab-bin: the native consumer).
+ */
+static void copy_dir(const char *src, const char *dst, mode_t dir_mode,
+		     mode_t file_mode)
 {
 	char from[512], to[512];
 	struct dirent *de;
-	DIR *d = opendir("/cnlab");
+	DIR *d = opendir(src);
 
 	if (!d)
 		return;
-	mkdir(dst, 0700);
+	mkdir(dst, dir_mode);
 	while ((de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
-		snprintf(from, sizeof(from), "/cnlab/%s", de->d_name);
+		snprintf(from, sizeof(from), "%s/%s", src, de->d_name);
 		snprintf(to, sizeof(to), "%s/%s", dst, de->d_name);
-		if (copy_file(from, to, 0600))
+		if (copy_file(from, to, file_mode))
 			say("cnlab-init: copy %s failed\n", from);
 	}
 	closedir(d);
@@ -276,6 +327,50 @@ static int wait_for_device(const char *path, int timeout_ms)
 	}
 	close(fd);
 	return access(path, F_OK);
+}
+
+/*
+ * Mount an ext4 disk once it can be opened.  devtmpfs creates a disk's node
+ * before the disk can be opened (virtio-blk: a mount in between fails with
+ * ENXIO), and the disk's "add" uevent comes only once it can: so a mount
+ * that fails with ENXIO is tried again after each uevent.
+ */
+static int mount_disk(const char *dev, const char *target, unsigned long flags,
+		      const char *data, int timeout_ms)
+{
+	char buf[4096];
+	struct sockaddr_nl addr = { .nl_family = AF_NETLINK, .nl_groups = 1 };
+	struct timespec start, now;
+	int sock, err, left = timeout_ms;
+
+	sock = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC,
+		      NETLINK_KOBJECT_UEVENT);
+	if (sock >= 0 && bind(sock, (struct sockaddr *)&addr, sizeof(addr))) {
+		close(sock);
+		sock = -1;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	if (wait_for_device(dev, timeout_ms)) {
+		err = ENODEV;
+		goto out;
+	}
+	for (;;) {
+		struct pollfd pfd = { .fd = sock, .events = POLLIN };
+
+		err = mount(dev, target, "ext4", flags, data) ? errno : 0;
+		if (err != ENXIO || sock < 0 || left <= 0)
+			break;
+		if (poll(&pfd, 1, left) > 0 && recv(sock, buf, sizeof(buf), 0) < 0)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		left = timeout_ms - (int)((now.tv_sec - start.tv_sec) * 1000 +
+					  (now.tv_nsec - start.tv_nsec) / 1000000);
+	}
+out:
+	if (sock >= 0)
+		close(sock);
+	errno = err;
+	return err ? -1 : 0;
 }
 
 /* Signals PID 1 handles, read from a signalfd; blocked before any fork. */
@@ -345,14 +440,14 @@ static pid_t start_sshd(const char *root)
 
 static pid_t stage1_switch_root(void)
 {
-	char root[64] = "/dev/nvme0n1", moddisk[64] = "";
+	char moddisk[64] = "";
 	static const char * const moves[] = { "/dev", "/proc", "/sys" };
 	char target[64];
 	size_t i;
 
 	pid_t loader, sshd;
 
-	cmdline_get("cnlab.root", root, sizeof(root));
+	cmdline_get("cnlab.root", root_dev, sizeof(root_dev));
 	cmdline_get("cnlab.moddisk", moddisk, sizeof(moddisk));
 	/* The virtio modules load on the other vCPU while this one mounts the disks. */
 	loader = fork();
@@ -361,17 +456,18 @@ static pid_t stage1_switch_root(void)
 		_exit(0);
 	}
 	mkdir("/newroot", 0755);
-	if (wait_for_device(root, 30000))
-		die("root disk never appeared");
-	if (mount(root, "/newroot", "ext4", MS_NOATIME, ""))
+	if (mount_disk(root_dev, "/newroot",
+		       MS_NOATIME | (snapshot_boot ? MS_RDONLY : 0), ROOT_OPTIONS,
+		       30000))
 		die("mount root disk");
 	mount_or_die("tmpfs", "/newroot/run", "tmpfs", MS_NOSUID | MS_NODEV,
 		     "mode=0755");
-	copy_boot_files("/newroot/run/cnlab");
+	copy_dir("/cnlab", "/newroot/run/cnlab", 0700, 0600);
+	copy_dir("/cnlab-bin", "/newroot/run/cnlab/bin", 0755, 0755);
 	mkdir("/newroot/run/sshd", 0755);
 	sshd = start_sshd("/newroot");
-	if (moddisk[0] && wait_for_device(moddisk, 30000) == 0 &&
-	    mount(moddisk, "/newroot/lib/modules", "ext4", MS_RDONLY | MS_NOATIME, ""))
+	if (moddisk[0] && mount_disk(moddisk, "/newroot/lib/modules",
+				     MS_RDONLY | MS_NOATIME, "", 30000))
 		say("cnlab-init: mount %s: %s\n", moddisk, strerror(errno));
 	if (loader < 0)
 		load_module_list("/etc/cnlab/modules");
@@ -505,28 +601,237 @@ static unsigned long measured_lpj(void)
 	return lpj ? strtoul(lpj + 5, NULL, 10) : 0;
 }
 
-static void announce_ready(const char *modules)
+/* The ready port (ttyS1, a socket on the host), raw, for reading and writing. */
+static int open_ready_port(void)
 {
 	static const char port[] = "/dev/ttyS1";
-	char nonce[80] = "-", line[1200];
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	int n, fd;
+	struct termios tio;
+	int fd = open(port, O_RDWR | O_NOCTTY | O_CLOEXEC);
 
-	cmdline_get("cnlab.nonce", nonce, sizeof(nonce));
+	if (fd < 0) {
+		say("cnlab-init: open %s: %s\n", port, strerror(errno));
+		return -1;
+	}
+	/* No echo, no line editing: the host's resume line must not come back. */
+	if (tcgetattr(fd, &tio) == 0) {
+		cfmakeraw(&tio);
+		cfsetspeed(&tio, B115200);
+		tio.c_cflag |= CLOCAL | CREAD;
+		if (tcsetattr(fd, TCSANOW, &tio))
+			say("cnlab-init: %s raw mode: %s\n", port, strerror(errno));
+	}
+	return fd;
+}
+
+/* The nonce of this boot or resume, for programs asking which guest they are in. */
+static void write_nonce(const char *nonce)
+{
+	int fd = open(NONCE_FILE ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	if (fd < 0)
+		return;
+	if (write(fd, nonce, strlen(nonce)) < 0 || write(fd, "\n", 1) < 0)
+		say("cnlab-init: write %s: %s\n", NONCE_FILE, strerror(errno));
+	close(fd);
+	if (rename(NONCE_FILE ".tmp", NONCE_FILE))
+		say("cnlab-init: rename %s: %s\n", NONCE_FILE, strerror(errno));
+}
+
+/* Write "CNLAB-READY nonce=... cpus=... modules=... lpj=...EXTRA" to the ready port and the console. */
+static void announce(int fd, const char *nonce, unsigned long lpj,
+		     const char *extra)
+{
+	char line[1600];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int n;
+
 	n = snprintf(line, sizeof(line),
-		     "CNLAB-READY nonce=%s cpus=%ld modules=%s lpj=%lu\n", nonce,
-		     cpus, modules, measured_lpj());
+		     "CNLAB-READY nonce=%s cpus=%ld modules=%s lpj=%lu%s\n",
+		     nonce, cpus, modules_status, lpj, extra);
 	if (n < 0 || (size_t)n >= sizeof(line))
 		n = sizeof(line) - 1;
 	say("%s", line);
-	fd = open(port, O_WRONLY | O_NOCTTY | O_CLOEXEC);
-	if (fd < 0) {
-		say("cnlab-init: open %s: %s\n", port, strerror(errno));
+	if (fd >= 0 && write(fd, line, n) != n)
+		say("cnlab-init: ready write: %s\n", strerror(errno));
+}
+
+/* Announce readiness after boot; returns the ready port, kept open (closing could drop the line). */
+static int announce_ready(void)
+{
+	char nonce[80] = "-";
+	int fd = open_ready_port();
+
+	cmdline_get("cnlab.nonce", nonce, sizeof(nonce));
+	write_nonce(nonce);
+	announce(fd, nonce, measured_lpj(), "");
+	return fd;
+}
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Mix the host's random bytes into the input pool and reseed the CRNG from
+ * it at once: every restored guest starts from the same saved pool, and
+ * without this their random bytes would repeat until the next scheduled
+ * reseed.  Returns 0 or an errno.
+ */
+static int reseed_random(const char *hex)
+{
+	char req[sizeof(struct rand_pool_info) + SEED_MAX]
+		__attribute__((aligned(__alignof__(struct rand_pool_info))));
+	struct rand_pool_info *info = (struct rand_pool_info *)req;
+	unsigned char *bytes = (unsigned char *)info->buf;
+	int n = 0, fd, err = 0;
+
+	while (n < SEED_MAX && hex[2 * n] && hex[2 * n + 1]) {
+		int hi = hex_value(hex[2 * n]), lo = hex_value(hex[2 * n + 1]);
+
+		if (hi < 0 || lo < 0)
+			return EINVAL;
+		bytes[n++] = (unsigned char)(hi << 4 | lo);
+	}
+	if (n < 16)
+		return EINVAL;
+	info->entropy_count = n * 8;
+	info->buf_size = n;
+	fd = open("/dev/random", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	if (ioctl(fd, RNDADDENTROPY, info) || ioctl(fd, RNDRESEEDCRNG))
+		err = errno;
+	close(fd);
+	return err;
+}
+
+/*
+ * The GNU build ID of a loaded module, in hex, from its notes in sysfs (the
+ * note: namesz, descsz, type, "GNU\0", then the ID); "none" if it has none.
+ */
+static void module_build_id(const char *name, char *out, size_t len)
+{
+	unsigned char note[256];
+	char file[128];
+	unsigned int namesz, descsz, i;
+	ssize_t n = -1;
+	int fd;
+
+	snprintf(out, len, "none");
+	snprintf(file, sizeof(file), "/sys/module/%s/notes/.note.gnu.build-id", name);
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = read(fd, note, sizeof(note));
+		close(fd);
+	}
+	if (n < 12)
+		return;
+	memcpy(&namesz, note, 4);
+	memcpy(&descsz, note + 4, 4);
+	namesz = (namesz + 3) & ~3u;
+	if (12 + namesz + descsz > (size_t)n || 2 * descsz + 1 > len)
+		return;
+	for (i = 0; i < descsz; i++)
+		snprintf(out + 2 * i, 3, "%02x", note[12 + namesz + i]);
+}
+
+/* "name:build-id,..." of the modules named in cnlab.load, as /sys/module has them. */
+static void module_build_ids(char *out, size_t len)
+{
+	char list[1024], *path, *save = NULL;
+	size_t used = 0;
+
+	out[0] = '\0';
+	if (!cmdline_get("cnlab.load", list, sizeof(list)))
+		return;
+	for (path = strtok_r(list, ",", &save); path;
+	     path = strtok_r(NULL, ",", &save)) {
+		char name[64], id[80];
+		const char *base = strrchr(path, '/');
+		size_t i;
+		int w;
+
+		base = base ? base + 1 : path;
+		snprintf(name, sizeof(name), "%.*s", (int)strcspn(base, "."), base);
+		for (i = 0; name[i]; i++)
+			if (name[i] == '-')
+				name[i] = '_';
+		module_build_id(name, id, sizeof(id));
+		w = snprintf(out + used, len - used, "%s%s:%s", used ? "," : "",
+			     name, id);
+		if (w < 0 || (size_t)w >= len - used)
+			break;
+		used += w;
+	}
+}
+
+/*
+ * A restored guest's first act: "CNLAB-RESUME nonce=HEX rt=S.NS seed=HEX"
+ * from the host (see the top of this file).  Every step's outcome goes into
+ * the ready line; the host decides whether the guest is fit to use.
+ */
+static void resume(int fd, const char *line)
+{
+	char nonce[80], rt[48], seed[2 * SEED_MAX + 1], extra[600];
+	struct timespec ts = { 0, 0 };
+	char *dot;
+	int clock_err = 0, reseed_err, rw_err = 0;
+
+	if (!word_get(line, "nonce", nonce, sizeof(nonce)) ||
+	    !word_get(line, "rt", rt, sizeof(rt)) ||
+	    !word_get(line, "seed", seed, sizeof(seed))) {
+		say("cnlab-init: malformed resume line ignored\n");
 		return;
 	}
-	if (write(fd, line, n) != n)
-		say("cnlab-init: ready write: %s\n", strerror(errno));
-	/* Kept open: closing could drop the line before the host reads it. */
+	ts.tv_sec = strtoll(rt, &dot, 10);
+	if (*dot == '.')
+		ts.tv_nsec = strtol(dot + 1, NULL, 10);
+	if (ts.tv_nsec < 0 || ts.tv_nsec > 999999999)
+		clock_err = EINVAL;
+	else if (clock_settime(CLOCK_REALTIME, &ts))
+		clock_err = errno;
+	reseed_err = reseed_random(seed);
+	if (snapshot_boot &&
+	    mount(root_dev, "/", "ext4", MS_REMOUNT | MS_NOATIME, ROOT_OPTIONS))
+		rw_err = errno;
+	write_nonce(nonce);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(extra, sizeof(extra),
+		 " restored=1 clock=%d reseed=%d rw=%d rt=%lld.%09ld build-id=%s",
+		 clock_err, reseed_err, rw_err, (long long)ts.tv_sec, ts.tv_nsec,
+		 module_build_id_list[0] ? module_build_id_list : "none");
+	announce(fd, nonce, 0, extra);
+}
+
+/* Bytes from the ready port: act on each complete "CNLAB-RESUME" line. */
+static void read_ready_port(int fd)
+{
+	static char buf[512];
+	static size_t used;
+	char *nl;
+	ssize_t n = read(fd, buf + used, sizeof(buf) - 1 - used);
+
+	if (n <= 0)
+		return;
+	used += n;
+	buf[used] = '\0';
+	while ((nl = memchr(buf, '\n', used))) {
+		*nl = '\0';
+		if (!strncmp(buf, "CNLAB-RESUME ", 13))
+			resume(fd, buf);
+		used -= nl + 1 - buf;
+		memmove(buf, nl + 1, used);
+		buf[used] = '\0';
+	}
+	if (used == sizeof(buf) - 1)
+		used = 0;	/* an overlong line: drop it */
 }
 
 /* The end of sshd's log on the console: why it died, for the host's error. */
@@ -611,15 +916,25 @@ static pid_t wait_sshd_listening(pid_t sshd, int sfd)
 	return sshd;
 }
 
-/* Reap children; power off on a shutdown signal or when sshd dies. */
-static void serve_forever(pid_t sshd, int sfd)
+/*
+ * Reap children; power off on a shutdown signal or when sshd dies; act on
+ * resume lines from the host on the ready port.
+ */
+static void serve_forever(pid_t sshd, int sfd, int ready_fd)
 {
 	struct signalfd_siginfo si;
+	struct pollfd fds[2] = { { .fd = sfd, .events = POLLIN },
+				 { .fd = ready_fd, .events = POLLIN } };
 	pid_t pid;
 	int status;
 
 	for (;;) {
-		if (read(sfd, &si, sizeof(si)) != sizeof(si))
+		if (poll(fds, ready_fd >= 0 ? 2 : 1, -1) < 0)
+			continue;
+		if (ready_fd >= 0 && fds[1].revents & POLLIN)
+			read_ready_port(ready_fd);
+		if (!(fds[0].revents & POLLIN) ||
+		    read(sfd, &si, sizeof(si)) != sizeof(si))
 			continue;
 		if (si.ssi_signo != SIGCHLD)
 			power_off();
@@ -635,10 +950,9 @@ static void serve_forever(pid_t sshd, int sfd)
 
 int main(void)
 {
-	char modules[1024];
 	char sabotage_arg[16];
 	pid_t sshd;
-	int sfd;
+	int sfd, ready_fd;
 
 	if (getpid() != 1)
 		return 1;
@@ -649,6 +963,7 @@ int main(void)
 		     "");
 	read_cmdline();
 	tracing = cmdline_has("cnlab.trace");
+	snapshot_boot = cmdline_has("cnlab.snapshot");
 	if (cmdline_get("cnlab.sshd_fail", sabotage_arg, sizeof(sabotage_arg)))
 		sshd_sabotage = atoi(sabotage_arg);
 	trace("start");
@@ -670,11 +985,12 @@ int main(void)
 	sethostname("cnlab", 5);
 	network_up();
 	trace("network up");
-	load_lab_modules(modules, sizeof(modules));
+	load_lab_modules(modules_status, sizeof(modules_status));
+	module_build_ids(module_build_id_list, sizeof(module_build_id_list));
 	trace("lab modules loaded");
 	sshd = wait_sshd_listening(sshd, sfd);
 	trace("sshd listening");
-	announce_ready(modules);
-	serve_forever(sshd, sfd);
+	ready_fd = announce_ready();
+	serve_forever(sshd, sfd, ready_fd);
 	return 0;
 }

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tcg-threads", choices=list(TCG_THREADS), default="auto",
                         help="TCG: a host thread per vCPU (multi) or per guest (single); auto: multi while "
                              "the vCPUs of the guests running at once fit the host's cores")
+    parser.add_argument("--no-snapshot", action="store_true",
+                        help="boot every guest cold instead of restoring a saved state of its shape")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="count", default=0,
                           help="also log what cnlab does (-vv: in detail)")
@@ -211,7 +213,8 @@ def _lab(args: argparse.Namespace) -> Lab:
         raise UsageError(f"--kmod {args.kmod}: not a module source folder (no Makefile)")
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
-                          tcg_threads=args.tcg_threads, module_source=args.kmod))
+                          tcg_threads=args.tcg_threads, module_source=args.kmod,
+                          snapshot=not args.no_snapshot))
 
 
 def _shape(args: argparse.Namespace) -> GuestShape:

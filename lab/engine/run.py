@@ -109,7 +109,9 @@ def scenario_guest_spec(lab: Lab, pm: LabPluginManager, scenario: Scenario, name
 
 # ------------------------------------------------------------------ workers
 def _reusable(guest: Guest, scenario: Scenario, network: str, fresh: bool) -> bool:
-    return (not fresh and guest.alive() and guest.spec.network == network
+    """Whether ``guest`` may run ``scenario`` too: only when guests boot cold (a restore gives every scenario
+    a fresh guest for less than a boot, so no state carries over), it is healthy and of the right shape."""
+    return (not fresh and guest.spec.snapshots is None and guest.alive() and guest.spec.network == network
             and guest.spec.shape == GuestShape(scenario.cpus, scenario.memory)
             and guest.spec.cmdline[:len(scenario.cmdline)] == scenario.cmdline)
 

@@ -36,6 +36,8 @@ class LabOptions:
     tcg_threads: str = "auto"  # see lab.guest.accel.tcg_threads_for
     guests_at_once: int = 1  # how many guests of this lab run at the same time
     module_source: Path | None = None  # the lab module's source folder (default: this checkout's kmod/)
+    #: Start guests by restoring a saved state of their spec (lab.guest.snapshot); False: cold boots.
+    snapshot: bool = True
 
 
 class Lab:
@@ -101,4 +103,5 @@ class Lab:
             load_modules=load_module,
             cmdline=cmdline,
             name=name,
+            snapshots=self.cache / "snapshots" if self.options.snapshot else None,
         )

@@ -10,6 +10,15 @@ Boot sequence (every wait is a named deadline, none is a bare sleep):
 5. ``cont``; wait for ``CNLAB-READY nonce=…`` on ttyS1 while watching QEMU's
    pidfd, so a guest that dies fails at once with the console tail;
 6. connect SSH with the pinned host key.
+
+With ``GuestSpec.snapshots`` set, a guest starts by restoring the saved
+state of its spec instead (:mod:`lab.guest.snapshot`, which saves one first
+if there is none): QEMU starts waiting for the state, maps the saved RAM
+copy-on-write and loads the device state; after ``cont`` the host writes a
+resume line (new nonce, the wall clock, random bytes for the CRNG) to the
+readiness port, and the guest answers with a ready line that says what it
+did.  A restored guest that fails any check is stopped, its saved state
+discarded, and the guest boots cold, with a warning.
 """
 
 from __future__ import annotations
@@ -34,29 +43,33 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from lab.command import CommandResult
 from lab.deadline import Deadline
-from lab.errors import BootError, BootTimeout, GuestCrashed, GuestError, LabError, UsageError
+from lab.errors import BootError, BootTimeout, GuestCrashed, GuestError, LabError, SnapshotError, UsageError
 from lab.guest.accel import Accel
 from lab.guest.calibration import read_lpj, record_lpj
 from lab.guest.netns import GUEST_ADDRESS, GuestLink
-from lab.guest.qemu_argv import BootPaths, GuestShape, kernel_cmdline, qemu_argv
+from lab.guest.qemu_argv import BootPaths, GuestShape, SavedState, kernel_cmdline, qemu_argv
 from lab.guest.ssh import SSHSession
 from lab.host.procs import spawn_owned, stop_process
 from lab.image.build import GuestImage
 from lab.image.cpio import CpioEntry, write_newc
 
-__all__ = ["Guest", "GuestSpec", "GuestState", "BootTiming"]
+__all__ = ["Guest", "GuestSpec", "GuestState", "BootTiming", "RESTORE_SECONDS"]
 
 log = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
 #: Boot budget under KVM; multiplied by the accelerator's timeout scale.
 BOOT_SECONDS = 30.0
+#: Budget of a restore under KVM (times the accelerator's timeout scale); past it the guest boots cold.
+RESTORE_SECONDS = 10.0
 PORT_RANGE = (20000, 60000)
 GUEST_MODULE_DIR = "/run/cnlab"
 NETWORKS = ("user", "tap")
 #: A connection on the lab's own link whose data stays unacknowledged this long is dead.
 DEAD_LINK_S = 8.0
-_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)(?: lpj=(\d+))?\r?\n")
+_READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)(?: lpj=(\d+))?((?: [\w.-]+=\S*)*)\r?\n")
+#: The file descriptor name a saved state travels under to QEMU (QMP getfd).
+STATE_FD_NAME = "cnlab-state"
 
 
 @enum.unique
@@ -87,6 +100,9 @@ class GuestSpec:
     #: The delay-loop calibration file (lab.guest.calibration): its lpj= goes on the command line,
     #: and a guest that measured one records it there.  None: the kernel calibrates as usual.
     calibration: Path | None = None
+    #: Where saved guest states live (lab.guest.snapshot): the guest starts by restoring the saved state
+    #: of this spec, saved first if there is none, and boots cold if that fails.  None: always cold.
+    snapshots: Path | None = None
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -101,6 +117,8 @@ class BootTiming:
     ready: float = 0.0
     ssh: float = 0.0
     marks: dict = field(default_factory=dict)
+    #: "cold", "restore", or "cold after a failed restore"
+    mode: str = ""
 
 
 def _pidfd(pid: int) -> int:
@@ -110,7 +128,10 @@ def _pidfd(pid: int) -> int:
 class Guest:
     """A guest's whole life; use as a context manager so it is always stopped."""
 
-    def __init__(self, spec: GuestSpec, log_dir: Path | None = None, keep_workdir: bool = False) -> None:
+    def __init__(self, spec: GuestSpec, log_dir: Path | None = None, keep_workdir: bool = False,
+                 saved: SavedState | None = None) -> None:
+        """``saved``: the RAM file of a guest whose state :meth:`save_state` will save (lab.guest.snapshot);
+        such a guest always boots cold."""
         self.spec = spec
         self.state = GuestState.NEW
         self.workdir = Path(tempfile.mkdtemp(prefix=f"cnlab-{spec.name}-"))
@@ -132,6 +153,12 @@ class Guest:
         self._broken: LabError | None = None
         self._nonce = os.urandom(8).hex()
         self._given_lpj: int | None = None  # set by cmdline(): the lpj= this boot got
+        self._saved = saved  # RAM as a file: saving (share) or restoring (copy-on-write)
+        self._restore_cmdline: str | None = None  # a restore: the saved guest's command line
+        #: Why a restore failed and the guest booted cold instead (None: no restore failed).
+        self.restore_failure: str | None = None
+        #: The command line QEMU was last started with.
+        self.argv_used: list[str] = []
 
     # ------------------------------------------------------------- guards
     def _require(self, method: str, *states: GuestState) -> None:
@@ -171,9 +198,15 @@ class Guest:
         return initrd
 
     def cmdline(self) -> str:
+        """The kernel command line of this boot (a restore keeps the saved guest's)."""
+        if self._restore_cmdline is not None:
+            return self._restore_cmdline
         extra = [f"cnlab.nonce={self._nonce}", *self.spec.cmdline]
+        if self._saved is not None:  # virtio disks (qemu_argv.disk_args), root read-only until a resume
+            extra += ["cnlab.root=/dev/vda", "cnlab.snapshot"]
         if self.spec.image.modules_disk is not None:
-            extra.append("cnlab.moddisk=/dev/nvme1n1")  # the second NVMe controller (qemu_argv.disk_args)
+            # the second NVMe controller or virtio disk (qemu_argv.disk_args)
+            extra.append("cnlab.moddisk=/dev/vdb" if self._saved is not None else "cnlab.moddisk=/dev/nvme1n1")
         if self.spec.load_modules and self.spec.modules:
             extra.append("cnlab.load=" + ",".join(f"{GUEST_MODULE_DIR}/{m.name}" for m in self.spec.modules))
         if self.link is not None:
@@ -184,9 +217,11 @@ class Guest:
         return kernel_cmdline(extra)
 
     def argv(self, paused: bool = True) -> list[str]:
+        """QEMU's command line for this guest (a restore: the saved guest's, waiting for its state)."""
         paths = BootPaths(
             kernel=self.spec.image.boot_kernel,
-            initrd=self.workdir / "initrd",
+            # a restore needs no per-boot files: the saved guest has them
+            initrd=self.spec.image.initramfs if self._restore_cmdline is not None else self.workdir / "initrd",
             rootfs=self.spec.image.rootfs,
             modules_disk=self.spec.image.modules_disk,
             console_log=self.console_log,
@@ -195,15 +230,14 @@ class Guest:
         )
         return qemu_argv(self.spec.qemu_binary, self.spec.shape, self.spec.accel, paths, self.cmdline(),
                          list(self.spec.qemu_extra), paused=paused,
-                         tap_fd=self.link.tap_fd if self.link is not None else None)
+                         tap_fd=self.link.tap_fd if self.link is not None else None, saved=self._saved)
 
     def start(self) -> None:
-        """Boot until SSH works; on failure, raise and leave no QEMU behind."""
+        """Restore or boot until SSH works; on failure, raise and leave no QEMU behind."""
         self._require("start", GuestState.NEW)
         self.state = GuestState.BOOTING
-        deadline = Deadline(self.boot_seconds, f"guest {self.spec.name} to boot")
         try:
-            self._boot(deadline)
+            self._start()
         except BaseException as exc:
             tail = self.console_tail()
             self._teardown()
@@ -214,6 +248,42 @@ class Guest:
                 self._broken = exc
             raise
         self.state = GuestState.READY
+
+    def _start(self) -> None:
+        from lab.guest.snapshot import snapshot_for  # it boots Guests itself
+
+        snapshot = None
+        if self.spec.snapshots is not None and self._saved is None:
+            snapshot = snapshot_for(self.spec)
+        if snapshot is not None:
+            seconds = min(self.boot_seconds, RESTORE_SECONDS * self.spec.accel.timeout_scale)
+            try:
+                self._restore(Deadline(seconds, f"guest {self.spec.name} to restore"), snapshot)
+                self.timing.mode = "restore"
+                return
+            except (LabError, OSError, QMPError, EOFError) as exc:
+                reason = str(exc).split("\n--- console tail")[0]
+                tail = self.console_tail(12)
+                self._stop_qemu()
+                snapshot.discard(reason)
+                log.warning("guest %s: the restored guest failed (%s); its saved state %s is discarded and the "
+                            "guest boots cold%s", self.spec.name, reason, snapshot.key,
+                            f"\n--- console tail of the restore ---\n{tail}" if tail else "")
+                self.restore_failure = reason
+                self._reset_for_cold_boot()
+        self._boot(Deadline(self.boot_seconds, f"guest {self.spec.name} to boot"))
+        self.timing.mode = "cold after a failed restore" if self.restore_failure else "cold"
+
+    def _reset_for_cold_boot(self) -> None:
+        """Forget a failed restore: new nonce, timings and sockets, the cold boot's own argv."""
+        self._nonce = os.urandom(8).hex()
+        self._saved = None
+        self._restore_cmdline = None
+        self.timing = BootTiming()
+        self.ssh_port = None
+        self.ready_info = {}
+        for name in ("qmp.sock", "ready.sock"):
+            (self.workdir / name).unlink(missing_ok=True)
 
     def _listen(self, name: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -234,15 +304,16 @@ class Guest:
         finally:
             asyncio.set_event_loop(None)
 
-    def _boot(self, deadline: Deadline) -> None:
-        self.write_initrd()
+    def _spawn_and_connect(self, deadline: Deadline) -> float:
+        """Spawn QEMU paused, accept its QMP (negotiated) and readiness connections; the spawn time."""
         qmp_listener = self._listen("qmp.sock")
         ready_listener = self._listen("ready.sock")
         if self.spec.network == "tap":
             self.link = GuestLink()
         qemu_log = open(self.workdir / "qemu.stderr", "wb")
+        self.argv_used = self.argv()
         try:
-            self._proc = spawn_owned(self.argv(), stdout=qemu_log, stderr=subprocess.STDOUT,
+            self._proc = spawn_owned(self.argv_used, stdout=qemu_log, stderr=subprocess.STDOUT,
                                      pass_fds=(self.link.tap_fd,) if self.link is not None else ())
         finally:
             qemu_log.close()
@@ -264,6 +335,11 @@ class Guest:
             qmp_listener.close()
             ready_listener.close()
         self.timing.qmp = time.monotonic() - spawned
+        return spawned
+
+    def _boot(self, deadline: Deadline) -> None:
+        self.write_initrd()
+        spawned = self._spawn_and_connect(deadline)
         if self.link is None:
             self.ssh_port = self._forward_ssh_port()
         self._qmp.cmd("cont")
@@ -274,6 +350,108 @@ class Guest:
         self._ssh = self._ssh_session()
         self._ssh.connect(deadline)
         self.timing.ssh = time.monotonic() - spawned
+
+    def _restore(self, deadline: Deadline, snapshot) -> None:
+        """Start QEMU on ``snapshot`` (a :class:`lab.guest.snapshot.Snapshot`), resume and check the guest."""
+        from lab.guest.snapshot import check_restored, resume_line
+
+        self._saved = SavedState(snapshot.ram_file, share=False, incoming=True)
+        self._restore_cmdline = snapshot.cmdline
+        # The restored guest's console goes on where the saved guest's boot left it.
+        self.console_log.write_bytes(snapshot.boot_console() + f"cnlab: --- restored from saved state "
+                                     f"{snapshot.key} ---\n".encode())
+        with snapshot.in_use():
+            spawned = self._spawn_and_connect(deadline)
+            self._set_migration_capabilities()
+            with open(snapshot.state_file, "rb") as state:
+                self._qmp.send_fd_scm(state.fileno())
+            self._qmp_booting("getfd", fdname=STATE_FD_NAME)
+            self._qmp_booting("migrate-incoming", uri=f"fd:{STATE_FD_NAME}")
+            self._wait_migration(deadline, "loading the saved state")
+        self.timing.marks["state_loaded"] = time.monotonic() - spawned
+        if self.link is None:
+            self.ssh_port = self._forward_ssh_port()
+        self._qmp.cmd("cont")
+        self._ready_conn.sendall(resume_line(self._nonce))
+        self.ready_info = self._wait_ready(deadline)
+        self.timing.ready = time.monotonic() - spawned
+        problems = check_restored(self.ready_info, self.spec.shape.cpus, snapshot.build_ids)
+        if problems:
+            raise SnapshotError(f"guest {self.spec.name}: the restored guest failed its checks: "
+                                f"{'; '.join(problems)}")
+        self._ssh = self._ssh_session()
+        self._ssh.connect(deadline)
+        self.timing.ssh = time.monotonic() - spawned
+
+    def _qmp_booting(self, command: str, **arguments) -> object:
+        """A QMP command while starting: QEMU exiting under it is reported with QEMU's last words."""
+        try:
+            return self.qmp(command, **arguments)
+        except GuestError as exc:
+            try:  # a QMP socket that closed under a command: QEMU is exiting, wait (bounded) to say why
+                self._proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                raise exc from None
+            raise self._qemu_exit_error() from exc
+
+    def _set_migration_capabilities(self) -> None:
+        # x-ignore-shared: the RAM is a file of its own, not part of the stream; events: MIGRATION events
+        self._qmp_booting("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True},
+                                                          {"capability": "events", "state": True}])
+
+    def _wait_migration(self, deadline: Deadline, what: str) -> None:
+        """Until QEMU reports the migration (saving or loading a state) completed; QEMU exiting fails it."""
+        assert self._qmp is not None and self._proc is not None
+        while True:
+            if self._proc.poll() is not None:
+                raise self._qemu_exit_error()
+            if deadline.expired():
+                raise BootTimeout(f"guest {self.spec.name}: {what} did not finish within {deadline.seconds:.0f} s")
+            try:
+                event = self._qmp.pull_event(wait=min(0.5, max(deadline.remaining(), 0.01)))
+            except TimeoutError:
+                continue
+            except (QMPError, OSError, EOFError) as exc:
+                if self._proc.poll() is not None:
+                    raise self._qemu_exit_error() from exc
+                raise SnapshotError(f"guest {self.spec.name}: QMP failed while {what}: {exc}") from exc
+            if event is None or event.get("event") != "MIGRATION":
+                continue
+            status = event.get("data", {}).get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                detail = ""
+                try:
+                    info = self._qmp.cmd("query-migrate")
+                    detail = f": {info.get('error-desc', '')}" if isinstance(info, dict) else ""
+                except (QMPError, OSError, EOFError):
+                    pass
+                raise SnapshotError(f"guest {self.spec.name}: {what} {status}{detail}")
+
+    def save_state(self, path: Path) -> None:
+        """Stop this guest and save its device state to ``path`` (its RAM is already the ``saved`` file).
+
+        The guest must have been made with ``saved=SavedState(..., share=True)``; it is stopped afterwards.
+        """
+        self._require("save_state", GuestState.READY)
+        if self._saved is None or not self._saved.share:
+            raise UsageError(f"guest {self.spec.name}: only a guest started with a shared RAM file can be saved")
+        assert self._qmp is not None
+        if self._ssh is not None:
+            self._ssh.close()
+        deadline = Deadline(self.boot_seconds, f"guest {self.spec.name} to save its state")
+        self._set_migration_capabilities()
+        self.qmp("stop")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self._qmp.send_fd_scm(fd)
+        finally:
+            os.close(fd)
+        self.qmp("getfd", fdname=STATE_FD_NAME)
+        self.qmp("migrate", uri=f"fd:{STATE_FD_NAME}")
+        self._wait_migration(deadline, "saving its state")
+        self.stop()
 
     def _ssh_session(self) -> SSHSession:
         keys = self.spec.image.keys
@@ -335,7 +513,11 @@ class Guest:
                 failed = [item for item in modules.split(",") if item.rsplit(":", 1)[-1] not in ("0", "none", "")]
                 if modules != "none" and failed:
                     raise BootError(f"guest {self.spec.name}: loading modules failed: {', '.join(failed)}")
-                return {"cpus": int(match.group(2)), "modules": modules, "lpj": int(match.group(4) or 0)}
+                info = {"cpus": int(match.group(2)), "modules": modules, "lpj": int(match.group(4) or 0)}
+                extra = dict(word.split("=", 1) for word in match.group(5).decode().split())
+                if extra.get("restored") == "1":
+                    info["restored"] = extra
+                return info
             self._wait_readable(self._ready_conn, deadline, "readiness line")
             chunk = self._ready_conn.recv(4096)
             if not chunk:
@@ -411,8 +593,14 @@ class Guest:
             self.state = GuestState.STOPPED
 
     def _teardown(self) -> None:
+        self._stop_qemu()
+        self._cleanup_workdir()
+
+    def _stop_qemu(self) -> None:
+        """Close SSH, QMP and the channels, quit QEMU (killing its group if need be); keep the workdir."""
         if self._ssh is not None:
             self._ssh.close()
+            self._ssh = None
         if self._qmp is not None:
             if self.alive():
                 try:
@@ -439,7 +627,7 @@ class Guest:
         if self.link is not None:
             self.link.close()
             self.link = None
-        self._cleanup_workdir()
+        self._proc = None
 
     def _cleanup_workdir(self) -> None:
         if not self.keep_workdir:

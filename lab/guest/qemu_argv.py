@@ -13,9 +13,11 @@ from pathlib import Path
 from lab.errors import UsageError
 from lab.guest.accel import Accel
 
-__all__ = ["GuestShape", "BootPaths", "qemu_argv", "kernel_cmdline", "MAX_CPUS"]
+__all__ = ["GuestShape", "BootPaths", "SavedState", "qemu_argv", "kernel_cmdline", "MAX_CPUS", "RAM_BACKEND_ID"]
 
 MAX_CPUS = 8
+#: The id of the guest RAM's memory backend in guests whose state is saved or restored.
+RAM_BACKEND_ID = "cnlab-ram"
 MIN_MEMORY_MB = 256
 MAX_MEMORY_MB = 16384
 _CMDLINE_TOKEN = re.compile(r"^[A-Za-z0-9_.,:/=+@-]+$")
@@ -66,6 +68,26 @@ class BootPaths:
     ready_socket: Path
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """How a guest whose state is saved or restored (:mod:`lab.guest.snapshot`) differs from a cold boot.
+
+    Its RAM is a file (``ram_file``): written through (``share=True``) by the guest whose state is saved,
+    mapped copy-on-write (``share=False``) by a restored one, so a restore reads no RAM at all.  Its
+    disks are virtio-blk (QEMU 7.2 cannot migrate an NVMe controller).  A restored guest starts waiting
+    for the saved device state (``incoming``) and appends to a console log the host has begun.
+    """
+
+    ram_file: Path
+    share: bool
+    incoming: bool = False
+
+
+def _option_value(text: str) -> str:
+    """A path as a QEMU option value (a comma is written twice)."""
+    return text.replace(",", ",,")
+
+
 def kernel_cmdline(extra: list[str] | tuple[str, ...] = ()) -> str:
     """The guest's kernel command line: the base set plus validated extras."""
     tokens = list(BASE_CMDLINE)
@@ -76,9 +98,10 @@ def kernel_cmdline(extra: list[str] | tuple[str, ...] = ()) -> str:
     return " ".join(tokens)
 
 
-def machine_args(shape: GuestShape, accel: Accel) -> list[str]:
+def machine_args(shape: GuestShape, accel: Accel, memory_backend: str | None = None) -> list[str]:
+    machine = "q35,vmport=off,smbus=off,sata=off" + (f",memory-backend={memory_backend}" if memory_backend else "")
     return [
-        "-machine", "q35,vmport=off,smbus=off,sata=off",
+        "-machine", machine,
         *accel.qemu_args(),
         "-smp", str(shape.cpus),
         "-m", str(shape.memory_mb),
@@ -94,25 +117,34 @@ def boot_args(paths: BootPaths, cmdline: str) -> list[str]:
     return ["-kernel", str(paths.kernel), "-initrd", str(paths.initrd), "-append", cmdline]
 
 
-def disk_args(paths: BootPaths) -> list[str]:
+def memory_args(shape: GuestShape, saved: SavedState) -> list[str]:
+    """Guest RAM as a file (see :class:`SavedState`)."""
+    return ["-object", f"memory-backend-file,id={RAM_BACKEND_ID},size={shape.memory_mb}M,"
+                       f"mem-path={_option_value(str(saved.ram_file))},share={'on' if saved.share else 'off'}"]
+
+
+def disk_args(paths: BootPaths, bus: str = "nvme") -> list[str]:
+    """The root disk (and the module disk) on NVMe (cold boots: built into the cloud kernel) or
+    virtio-blk (saved and restored guests: ``/dev/vda``, ``/dev/vdb``)."""
     # snapshot=on: a per-guest copy-on-write overlay; the cached image is never written.
+    device = {"nvme": "nvme,drive={0},serial=cnlab-{0}", "virtio": "virtio-blk-pci,drive={0},serial=cnlab-{0}"}[bus]
     args = [
         "-drive", f"file={paths.rootfs},if=none,id=root,format=raw,snapshot=on",
-        "-device", "nvme,drive=root,serial=cnlab-root",
+        "-device", device.format("root"),
     ]
     if paths.modules_disk is not None:
         args += [
             "-drive", f"file={paths.modules_disk},if=none,id=mods,format=raw,readonly=on",
-            "-device", "nvme,drive=mods,serial=cnlab-mods",
+            "-device", device.format("mods"),
         ]
     return args
 
 
-def channel_args(paths: BootPaths) -> list[str]:
+def channel_args(paths: BootPaths, console_append: bool = False) -> list[str]:
     # ttyS0: console, always drained to a file.  ttyS1: readiness, a socket we listen on.
     # QMP: QEMU connects to our listening socket, so nothing waits for a file to appear.
     return [
-        "-chardev", f"file,id=console,path={paths.console_log}",
+        "-chardev", f"file,id=console,path={paths.console_log}" + (",append=on" if console_append else ""),
         "-serial", "chardev:console",
         "-chardev", f"socket,id=ready,path={paths.ready_socket}",
         "-serial", "chardev:ready",
@@ -129,15 +161,22 @@ def net_args(tap_fd: int | None = None) -> list[str]:
 
 
 def qemu_argv(binary: str, shape: GuestShape, accel: Accel, paths: BootPaths, cmdline: str,
-              extra: list[str] | None = None, paused: bool = True, tap_fd: int | None = None) -> list[str]:
-    """The whole QEMU command for one guest, started paused (``-S``) unless told otherwise."""
+              extra: list[str] | None = None, paused: bool = True, tap_fd: int | None = None,
+              saved: SavedState | None = None) -> list[str]:
+    """The whole QEMU command for one guest, started paused (``-S``) unless told otherwise.
+
+    ``saved``: a guest whose state is saved or restored (:class:`SavedState`); everything else is the
+    same for both, as migration needs.
+    """
     return [
         binary,
-        *machine_args(shape, accel),
+        *machine_args(shape, accel, RAM_BACKEND_ID if saved else None),
+        *(memory_args(shape, saved) if saved else []),
         *boot_args(paths, cmdline),
-        *disk_args(paths),
-        *channel_args(paths),
+        *disk_args(paths, "virtio" if saved else "nvme"),
+        *channel_args(paths, console_append=bool(saved and saved.incoming)),
         *net_args(tap_fd),
         *(extra or []),
+        *(["-incoming", "defer"] if saved and saved.incoming else []),
         *(["-S"] if paused else []),
     ]

@@ -5,7 +5,8 @@ Three artefacts, each in a cache folder named by a hash of its inputs:
 * the root disk (``rootfs.ext4``): Debian from mmdebstrap, with our sshd
   config and the host's pyroute2; independent of the kernel;
 * the module disk (``modules.ext4``): the guest kernel's ``/lib/modules``;
-* the base initramfs (``base.cpio``): cnlab-init and the virtio modules.
+* the base initramfs (``base.cpio``): cnlab-init, the native consumer
+  ``cnlab-consume`` and the virtio modules.
 
 Per-boot material (keys, the lab's kernel module) is appended to the base
 initramfs at boot (:mod:`lab.bootfiles`), so neither a new key nor a module
@@ -210,10 +211,12 @@ def _module_closure(kernel: KernelSpec, wanted: list[str]) -> list[Path]:
     return [kernel.modules_dir / paths[name] for name in order]
 
 
-def _compile_init(out: Path) -> None:
+def _compile_init(out: Path, program: str = "cnlab-init", optimise: str = "-Os") -> None:
+    """Compile ``images/init/PROGRAM.c`` into a static binary (the init, the native consumer)."""
     gcc = require_tool("gcc", "gcc")
-    source = images_dir() / "init" / "cnlab-init.c"
-    _run([gcc, "-static", "-Os", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(source)], "compiling cnlab-init")
+    source = images_dir() / "init" / f"{program}.c"
+    _run([gcc, "-static", optimise, "-Wall", "-Wextra", "-Werror", "-s", "-o", str(out), str(source)],
+         f"compiling {program}")
 
 
 def _initramfs_inputs(kernel: KernelSpec) -> dict:
@@ -227,16 +230,20 @@ def _initramfs_inputs(kernel: KernelSpec) -> dict:
 
 def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
     _compile_init(folder / "init")
+    # The native consumer (plugin "checker-native"); the init copies cnlab-bin/ to /run/cnlab/bin.
+    _compile_init(folder / "cnlab-consume", "cnlab-consume", "-O2")
     modules = _module_closure(kernel, inputs["modules"])
-    folders = ("dev", "proc", "sys", "etc", "etc/cnlab", "lib", "lib/modules", "newroot")
+    folders = ("dev", "proc", "sys", "etc", "etc/cnlab", "lib", "lib/modules", "newroot", "cnlab-bin")
     entries = [CpioEntry(d, None, 0o755) for d in folders]
     entries.append(CpioEntry("init", (folder / "init").read_bytes(), 0o755))
+    entries.append(CpioEntry("cnlab-bin/cnlab-consume", (folder / "cnlab-consume").read_bytes(), 0o755))
     for module in modules:
         entries.append(CpioEntry(f"lib/modules/{module.name}", module.read_bytes()))
     listing = "".join(f"/lib/modules/{m.name}\n" for m in modules).encode()
     entries.append(CpioEntry("etc/cnlab/modules", listing))
     (folder / "base.cpio").write_bytes(write_newc(entries))
     (folder / "init").unlink()
+    (folder / "cnlab-consume").unlink()
 
 
 def _pvh_inputs(kernel: KernelSpec) -> dict:

@@ -183,10 +183,11 @@ class GuestProgram:
     :param name: consumer name; :param program: file name under the guest plugin folder.
     :param options: ``--key value`` options (``True`` is a bare flag, ``False``/None omitted).
     :param instances: how many copies to run side by side.
+    :param program: a file in the guest plugin folder, or a path in the guest when it starts with ``/``.
     :param protocol: ``checker``: the program takes ``--groups/--name/--out``, creates ``OUT.ready`` once bound,
         may keep ``OUT.live`` counters, runs until SIGTERM and writes its JSON report to ``OUT``; ``oneshot``:
         it runs to completion on its own options and prints one JSON line on stdout.
-    :param interpreter: what runs the program (``python3``; empty for a native executable).
+    :param interpreter: what runs the program (``python3``; empty or None for a native executable).
     :param start: ``exec``: a new process runs the program; ``fork``: the guest agent forks itself and runs
         the Python program in the child, with no new interpreter (about a second less under TCG).  Only for
         programs that need nothing but the standard library and ``kabi`` (the child has the agent's modules
@@ -198,7 +199,7 @@ class GuestProgram:
     options: Mapping[str, Any] = field(default_factory=dict)
     instances: int = 1
     protocol: str = "checker"
-    interpreter: str = "python3"
+    interpreter: str | None = "python3"
     start: str = "exec"
 
     def __post_init__(self) -> None:
@@ -213,7 +214,8 @@ class GuestProgram:
 
     def argv(self, folder: str) -> list[str]:
         """The command line, program first (``folder`` is where plugin files live in the guest)."""
-        out = ([self.interpreter] if self.interpreter else []) + [f"{folder}/{self.program}"]
+        program = self.program if self.program.startswith("/") else f"{folder}/{self.program}"
+        out = ([self.interpreter] if self.interpreter else []) + [program]
         for key, value in sorted(self.options.items()):
             if value is None or value is False:
                 continue
@@ -224,7 +226,8 @@ class GuestProgram:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "program", "name": self.name, "program": self.program, "options": dict(self.options),
-                "instances": self.instances, "protocol": self.protocol, "start": self.start}
+                "instances": self.instances, "protocol": self.protocol, "start": self.start,
+                "interpreter": self.interpreter}
 
 
 # ------------------------------------------------------------------ faults

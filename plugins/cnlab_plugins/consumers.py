@@ -6,7 +6,9 @@ The consumer joins its groups (every emulator's, unless the scenario gives
 drops from ``/proc/net/netlink``, measures latency from the event's kernel
 timestamp, and keeps live counters for event-triggered faults (the
 ``checker`` protocol of docs/guest-contract.md).  Variants are the same
-program with other options.
+program with other options.  ``checker-native`` is the same checker in C
+(``images/init/cnlab-consume.c``, in every guest as ``/run/cnlab/bin/cnlab-consume``):
+same options, same report, for rates the Python one cannot keep up with.
 """
 
 from __future__ import annotations
@@ -43,11 +45,17 @@ def lab_guest_files_add(config) -> list[GuestFile]:
     return [GuestFile(HERE / "consume.py", f"{GUEST_PLUGIN_DIR}/consume.py", 0o755)]
 
 
+#: The native checker, copied into every guest by its init (lab.image.build).
+NATIVE_CONSUMER = "/run/cnlab/bin/cnlab-consume"
+
+
 def _spec(name: str, description: str, base: Mapping[str, Any], instances: int = 1,
-          extra: tuple[Setting, ...] = ()) -> ConsumerSpec:
+          extra: tuple[Setting, ...] = (), native: bool = False) -> ConsumerSpec:
     def factory(s: Mapping[str, Any]) -> GuestProgram:
         options = dict(base)
         options.update({k: v for k, v in s.items() if k != "instances"})
+        if native:
+            return GuestProgram(name, NATIVE_CONSUMER, options, s.get("instances", instances), interpreter=None)
         # consume.py needs only the standard library and kabi: forked from the agent, it starts at once; the
         # pyroute2 variant imports pyroute2 from site-packages, so it gets an interpreter of its own
         start = "exec" if options.get("pyroute2") else "fork"
@@ -62,6 +70,9 @@ def lab_consumers_register(registry: ConsumerRegistry, settings: Mapping[str, An
     rcvbuf = settings["rcvbuf"]
     registry.add_consumer(_spec(
         "checker", "order/gap/duplicate/ENOBUFS/drops/latency checker", {}, extra=(_rcvbuf(rcvbuf),)))
+    registry.add_consumer(_spec(
+        "checker-native", "the checker in C (same accounting and report) for rates the Python checker cannot take",
+        {}, extra=(_rcvbuf(rcvbuf),), native=True))
     registry.add_consumer(_spec(
         "pyroute2", "checker that receives and decodes through pyroute2 (ConnectorSocket, Marshal keyed on idx)",
         {"pyroute2": True}, extra=(_rcvbuf(rcvbuf),)))

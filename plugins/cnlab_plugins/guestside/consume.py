@@ -9,6 +9,8 @@ reorders/duplicates; ENOBUFS errors; the socket's drops from
 /proc/net/netlink; latency from the kernel timestamp; a time series in
 250 ms bins.  While it runs it keeps ``OUT.live`` (received, gaps, enobufs)
 up to date every 50 ms for event-triggered faults.
+``images/init/cnlab-consume.c`` is the same program in C (``checker-native``);
+tests/unit/plugins/test_native_consumer.py holds the two to the same report.
 
 Variants: ``--delay-us`` (slow), ``--rcvbuf`` (tiny buffer),
 ``--churn-ms`` (leave and rejoin the groups; sequence tracking restarts at

@@ -69,8 +69,11 @@ def test_a_killed_run_keeps_finished_results_and_leaves_no_qemu(cnlab_lab, tmp_p
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     results = tmp_path / "results.jsonl"
     deadline = time.monotonic() + 300
+    finished_one = False
     for line in proc.stdout:  # progress lines are the readiness signal
-        if "PASS (" in line or "FAIL (" in line or time.monotonic() > deadline:
+        finished_one = finished_one or "PASS (" in line or "FAIL (" in line
+        # every scenario gets a fresh guest: wait for the next one to be up (its setup phase)
+        if (finished_one and line.rstrip().endswith(": setup")) or time.monotonic() > deadline:
             break
     consoles = list((tmp_path / "consoles").glob("*.console.log"))
     qemu_pids = [int(p) for p in subprocess.run(["pgrep", "-f", str(tmp_path / "consoles")], capture_output=True,

@@ -5,6 +5,13 @@ It connects to the QMP and readiness sockets named on its command line, like
 QEMU does, and behaves as FAKE_QEMU_MODE says:
 ok, die (exit 1 before ready), hang (never ready), collide (first port
 forward fails), wrong-nonce (announces another boot's nonce, then hangs).
+
+Saved states (lab.guest.snapshot): a shared RAM file named on the command
+line is created; ``migrate`` and ``migrate-incoming`` end with a MIGRATION
+"completed" event; a restored guest (``-incoming defer``) answers the host's
+resume line with a resume report.  Modes for restores only: restore-bad
+(the report says reseeding failed), restore-die (QEMU exits loading the
+state), restore-fail (the load ends with a "failed" event).
 """
 
 import json
@@ -21,6 +28,12 @@ if mode == "die":
     sys.exit(1)
 chardevs = {m.group(1): m.group(2) for a in argv if (m := re.match(r"socket,id=(\w+),path=(.+)", a))}
 nonce = re.search(r"cnlab.nonce=(\w+)", argv[argv.index("-append") + 1]).group(1)
+incoming = "-incoming" in argv
+for arg in argv:
+    ram = re.match(r"memory-backend-file,.*size=(\d+)M,mem-path=(.+),share=on$", arg)
+    if ram:
+        with open(ram.group(2), "wb") as f:
+            f.truncate(int(ram.group(1)) << 20)
 qmp = socket.socket(socket.AF_UNIX)
 qmp.connect(chardevs["qmp"])
 ready = socket.socket(socket.AF_UNIX)
@@ -30,6 +43,25 @@ qmp_file.write(json.dumps({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, 
                                    "capabilities": ["oob"]}}) + "\n")
 qmp_file.flush()
 forwards = 0
+
+
+def event(name, **data):
+    qmp_file.write(json.dumps({"event": name, "data": data, "timestamp": {"seconds": 0, "microseconds": 0}}) + "\n")
+    qmp_file.flush()
+
+
+def resume():
+    """Read the host's resume line on the readiness port and answer with a ready line and a resume report."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = ready.recv(1024)
+        if not chunk:
+            sys.exit(0)
+        line += chunk
+    words = dict(w.split("=", 1) for w in line.decode().split()[1:])
+    reseed = 22 if mode == "restore-bad" else 0
+    ready.sendall(f"CNLAB-READY nonce={words['nonce']} cpus=2 modules=none lpj=0 restored=1 clock=0 "
+                  f"reseed={reseed} rw=0 rt={time.time():.9f} build-id=none\r\n".encode())
 
 
 def requests():
@@ -53,12 +85,21 @@ for request in requests():
         forwards += 1
         failed = mode == "collide" and forwards == 1
         reply = {"return": "Could not set up host forwarding rule 'tcp:...'\r\n" if failed else ""}
+    if command == "migrate-incoming" and mode == "restore-die":
+        print("qemu-system-x86_64: load of migration failed: Invalid argument", file=sys.stderr)
+        sys.exit(1)
     if "id" in request:
         reply["id"] = request["id"]
     qmp_file.write(json.dumps(reply) + "\n")
     qmp_file.flush()
-    if command == "cont":
-        if mode in ("ok", "collide"):
+    if command == "migrate":
+        event("MIGRATION", status="completed")
+    if command == "migrate-incoming":
+        event("MIGRATION", status="failed" if mode == "restore-fail" else "completed")
+    if command == "cont" and incoming:
+        resume()
+    elif command == "cont":
+        if mode in ("ok", "collide") or mode.startswith("restore-"):
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none\r\n".encode())
         elif mode == "lpj":  # the init measured the boot CPU's loops_per_jiffy
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none lpj=10384536\r\n".encode())

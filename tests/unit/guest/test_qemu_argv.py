@@ -6,7 +6,7 @@ import pytest
 
 from lab.errors import UsageError
 from lab.guest.accel import Accel
-from lab.guest.qemu_argv import BootPaths, GuestShape, kernel_cmdline, qemu_argv
+from lab.guest.qemu_argv import BootPaths, GuestShape, SavedState, kernel_cmdline, qemu_argv
 
 TCG = Accel("tcg", "test")
 KVM = Accel("kvm", "test")
@@ -79,3 +79,26 @@ def test_kernel_cmdline_rejects_unsafe_tokens(bad):
 
 def test_timeouts_scale_with_the_accelerator():
     assert KVM.timeout_scale == 1 and TCG.timeout_scale == 3 and TCG.slowdown == 10
+
+
+def test_a_guest_whose_state_is_saved_has_its_ram_in_a_shared_file_and_virtio_disks(tmp_path):
+    saved = SavedState(tmp_path / "ram", share=True)
+    argv = qemu_argv("q", GuestShape(memory_mb=512), TCG, _paths(tmp_path), "x", saved=saved)
+    assert argv[argv.index("-machine") + 1].endswith(",memory-backend=cnlab-ram")
+    assert f"memory-backend-file,id=cnlab-ram,size=512M,mem-path={tmp_path / 'ram'},share=on" in argv
+    assert "virtio-blk-pci,drive=root,serial=cnlab-root" in argv and not any("nvme" in a for a in argv)
+    assert "-incoming" not in argv
+
+
+def test_a_restored_guest_maps_the_ram_copy_on_write_waits_for_its_state_and_appends_to_its_console(tmp_path):
+    saved = SavedState(tmp_path / "a,b" / "ram", share=False, incoming=True)
+    argv = qemu_argv("q", GuestShape(), TCG, _paths(tmp_path), "x", saved=saved)
+    assert f"mem-path={tmp_path / 'a,,b' / 'ram'},share=off" in argv[argv.index("-object") + 1]  # comma escaped
+    assert argv[argv.index("-incoming") + 1] == "defer" and argv[-1] == "-S"
+    assert f"file,id=console,path={tmp_path / 'console.log'},append=on" in argv
+
+
+def test_a_cold_boot_keeps_nvme_and_no_memory_backend(tmp_path):
+    argv = qemu_argv("q", GuestShape(), TCG, _paths(tmp_path), "x")
+    assert "nvme,drive=root,serial=cnlab-root" in argv and "-object" not in argv
+    assert argv[argv.index("-machine") + 1] == "q35,vmport=off,smbus=off,sata=off"

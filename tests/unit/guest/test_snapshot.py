@@ -1,0 +1,243 @@
+"""Saved guest states (lab.guest.snapshot): keys, checks, the store, and save/restore against a fake QEMU."""
+
+import dataclasses
+import json
+import logging
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+import lab.guest.machine as guest_mod
+import lab.guest.snapshot as snap_mod
+from lab.command import CommandResult
+from lab.guest.accel import Accel
+from lab.guest.machine import Guest, GuestSpec
+from lab.guest.qemu_argv import GuestShape
+from lab.guest.snapshot import (
+    SnapshotStore,
+    check_restored,
+    module_build_id,
+    resume_line,
+    snapshot_for,
+    snapshot_inputs,
+)
+from lab.host.cache import content_key
+from lab.image.build import GuestImage
+from lab.image.kernel import KernelSpec
+from lab.image.keys import ensure_keys
+
+FAKE = Path(__file__).with_name("fake_qemu.py")
+
+
+@pytest.fixture
+def spec(tmp_path, monkeypatch):
+    monkeypatch.setattr(guest_mod.SSHSession, "connect", lambda self, deadline=None: None)
+    monkeypatch.setattr(guest_mod.SSHSession, "run",
+                        lambda self, argv, timeout=None, **kw: CommandResult(list(argv), 0))
+    base = tmp_path / "base.cpio"
+    base.write_bytes(b"")
+    kernel = KernelSpec(image=tmp_path / "vmlinuz", release="test", modules_dir=None, kbuild_dir=None)
+    kernel.image.write_bytes(b"kernel")
+    image = GuestImage(kernel=kernel, rootfs=tmp_path / "root.ext4", modules_disk=None, initramfs=base,
+                       keys=ensure_keys(tmp_path / "keys"), manifest_path=tmp_path / "m.json")
+    return GuestSpec(image=image, accel=Accel("kvm", "test"), qemu_binary=str(FAKE), name="fake",
+                     snapshots=tmp_path / "cache" / "snapshots")
+
+
+def _start(spec, monkeypatch, mode="ok"):
+    monkeypatch.setenv("FAKE_QEMU_MODE", mode)
+    guest = Guest(spec)
+    guest.start()
+    guest.stop()
+    return guest
+
+
+def _key(spec):
+    return content_key(snapshot_inputs(spec))
+
+
+# ------------------------------------------------------------------ pure parts
+def test_the_key_covers_the_shape_and_command_line_but_not_tcg_threading(spec):
+    key = _key(spec)
+    assert _key(dataclasses.replace(spec, shape=GuestShape(cpus=4))) != key
+    assert _key(dataclasses.replace(spec, cmdline=("slub_debug=FZPU",))) != key
+    assert _key(dataclasses.replace(spec, accel=Accel("kvm", "other reason"))) == key
+    assert _key(dataclasses.replace(spec, accel=Accel("tcg", "t", threads="single"))) == \
+        _key(dataclasses.replace(spec, accel=Accel("tcg", "t", threads="multi")))
+
+
+def test_the_key_changes_with_the_module_file(spec, tmp_path):
+    module = tmp_path / "cnlab.ko"
+    module.write_bytes(b"one build")
+    key = _key(dataclasses.replace(spec, modules=(module,)))
+    module.write_bytes(b"another build")
+    assert _key(dataclasses.replace(spec, modules=(module,))) != key
+
+
+def test_module_build_id_is_read_from_its_note(tmp_path):
+    module = tmp_path / "m.ko"
+    build_id = bytes(range(20))
+    module.write_bytes(b"\x7fELF junk" + struct.pack("<III", 4, 20, 3) + b"GNU\0" + build_id + b"more")
+    assert module_build_id(module) == build_id.hex()
+    module.write_bytes(b"no note here")
+    assert module_build_id(module) == "none"
+
+
+def test_resume_line_carries_nonce_clock_and_seed():
+    line = resume_line("abc", now_ns=1_700_000_000_123_456_789, seed=bytes(range(32))).decode()
+    assert line == f"CNLAB-RESUME nonce=abc rt=1700000000.123456789 seed={bytes(range(32)).hex()}\n"
+    assert resume_line("x").decode().split()[3] != resume_line("x").decode().split()[3]  # fresh seed each time
+
+
+def _report(**changes):
+    restored = {"restored": "1", "clock": "0", "reseed": "0", "rw": "0", "rt": f"{time.time():.9f}",
+                "build-id": "cnlab:abc"}
+    restored.update(changes)
+    return {"cpus": 2, "modules": "/run/cnlab/cnlab.ko:0", "lpj": 0, "restored": restored}
+
+
+def test_a_good_resume_report_passes():
+    assert check_restored(_report(), 2, {"cnlab": "abc"}) == []
+
+
+@pytest.mark.parametrize(("report", "cpus", "versions", "problem"), [
+    ({"cpus": 2, "modules": "none", "lpj": 0}, 2, {}, "no resume report"),
+    (_report(), 4, {}, "2 CPUs online, not 4"),
+    (_report(reseed="22"), 2, {}, "reseeding the CRNG failed (errno 22)"),
+    (_report(clock="1"), 2, {}, "setting the clock failed"),
+    (_report(rw="30"), 2, {}, "remounting the root disk read-write failed (errno 30)"),
+    (_report(rt="1.0"), 2, {}, "wall clock"),
+    (_report(rt="garbage"), 2, {}, "no wall clock"),
+    (_report(**{"build-id": "cnlab:old"}), 2, {"cnlab": "abc"}, "module cnlab has build ID old, not abc"),
+    (_report(**{"build-id": "none"}), 2, {"cnlab": "abc"}, "module cnlab has build ID none"),
+])
+def test_a_bad_resume_report_names_the_problem(report, cpus, versions, problem):
+    problems = check_restored(report, cpus, versions)
+    assert any(problem in p for p in problems), problems
+
+
+# ------------------------------------------------------------ save and restore
+def test_the_first_guest_saves_the_state_and_both_guests_restore_it(spec, monkeypatch):
+    first = _start(spec, monkeypatch)
+    assert first.timing.mode == "restore" and first.restore_failure is None
+    folder = spec.snapshots / _key(spec)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (folder / "ram").stat().st_size == 1024 << 20 and meta["sizes"]["ram"] == 1024 << 20
+    assert "cnlab.snapshot" in meta["cmdline"] and "cnlab.root=/dev/vda" in meta["cmdline"]
+    assert first.ready_info["restored"]["reseed"] == "0"
+    # the restored guest was started on the saved RAM, copy-on-write, waiting for its state
+    argv = " ".join(first.argv_used)
+    assert f"mem-path={folder / 'ram'},share=off" in argv and "-incoming defer" in argv
+    assert "virtio-blk-pci,drive=root" in argv and "nvme" not in argv
+    second = _start(spec, monkeypatch)
+    assert second.timing.mode == "restore" and second._nonce != first._nonce
+    assert second.ssh_port != first.ssh_port or second.ssh_port is not None
+
+
+def test_a_restored_guest_that_fails_its_checks_boots_cold_and_its_state_is_discarded(spec, monkeypatch, caplog):
+    _start(spec, monkeypatch)  # saves a state
+    with caplog.at_level(logging.WARNING):
+        guest = _start(spec, monkeypatch, "restore-bad")
+    assert guest.timing.mode == "cold after a failed restore"
+    assert "reseeding the CRNG failed (errno 22)" in guest.restore_failure
+    assert "boots cold" in caplog.text and "reseeding" in caplog.text
+    assert not (spec.snapshots / _key(spec)).exists()
+    assert SnapshotStore(spec.snapshots).failures(_key(spec))["count"] == 1
+    assert "nvme" in " ".join(guest.argv_used)  # the cold boot is an ordinary one
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("restore-die", "load of migration failed"),
+                                              ("restore-fail", "loading the saved state failed")])
+def test_a_state_qemu_cannot_load_falls_back_to_a_cold_boot(spec, monkeypatch, mode, reason):
+    _start(spec, monkeypatch)
+    guest = _start(spec, monkeypatch, mode)
+    assert guest.timing.mode == "cold after a failed restore" and reason in guest.restore_failure
+
+
+def test_two_failures_turn_restores_off_for_that_spec_until_the_record_is_deleted(spec, monkeypatch, caplog):
+    for _ in range(2):
+        _start(spec, monkeypatch)  # (re)saves
+        _start(spec, monkeypatch, "restore-bad")
+    saves = []
+    monkeypatch.setattr(SnapshotStore, "save", lambda *a: saves.append(a))
+    with caplog.at_level(logging.WARNING):
+        guest = _start(spec, monkeypatch)
+    assert guest.timing.mode == "cold" and saves == []
+    assert "failed 2 times" in caplog.text and ".failed" in caplog.text
+    (spec.snapshots / f"{_key(spec)}.failed").unlink()
+    monkeypatch.undo()
+    monkeypatch.setattr(guest_mod.SSHSession, "connect", lambda self, deadline=None: None)
+    monkeypatch.setattr(guest_mod.SSHSession, "run", lambda self, argv, timeout=None, **kw: CommandResult(argv, 0))
+    assert _start(spec, monkeypatch).timing.mode == "restore"
+
+
+def test_old_failures_are_forgotten(spec):
+    store = SnapshotStore(spec.snapshots)
+    store.record_failure("k", "one")
+    store.record_failure("k", "two")
+    assert store.failures("k")["count"] == 2
+    record = json.loads((spec.snapshots / "k.failed").read_text())
+    record["last"] -= snap_mod.FAILURE_MEMORY_S + 1
+    (spec.snapshots / "k.failed").write_text(json.dumps(record))
+    assert store.failures("k")["count"] == 0
+
+
+def test_a_failed_save_is_a_cold_boot_with_a_warning(spec, monkeypatch, caplog):
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(snap_mod, "_save", broken)
+    with caplog.at_level(logging.WARNING):
+        guest = _start(spec, monkeypatch)
+    assert guest.timing.mode == "cold" and "saving a guest state failed (disk full)" in caplog.text
+    assert SnapshotStore(spec.snapshots).failures(_key(spec))["reasons"] == ["saving: disk full"]
+    assert not [p for p in spec.snapshots.iterdir() if p.is_dir()]  # no half-saved state left
+
+
+def test_a_state_whose_files_do_not_match_its_meta_is_discarded_and_saved_again(spec, monkeypatch):
+    _start(spec, monkeypatch)
+    state = spec.snapshots / _key(spec) / "state"
+    state.write_bytes(b"truncated?")
+    assert SnapshotStore(spec.snapshots).get(_key(spec)) is None
+    assert not (spec.snapshots / _key(spec)).exists()
+    assert _start(spec, monkeypatch).timing.mode == "restore"
+    assert (spec.snapshots / _key(spec)).is_dir()
+
+
+def test_a_guest_on_the_labs_own_link_boots_cold(spec):
+    assert snapshot_for(dataclasses.replace(spec, network="tap")) is None
+    assert snapshot_for(dataclasses.replace(spec, snapshots=None)) is None
+
+
+def test_pruning_keeps_the_recently_used_and_the_newest_states(spec, monkeypatch):
+    store = SnapshotStore(spec.snapshots)
+    old = time.time() - snap_mod.KEEP_RECENT_S - 100
+    for i in range(snap_mod.KEEP + 3):
+        folder = spec.snapshots / f"k{i:02d}"
+        folder.mkdir(parents=True)
+        (folder / "used").touch()
+        os.utime(folder / "used", (old + i, old + i))
+    recent = spec.snapshots / "recent"
+    recent.mkdir()
+    (recent / "used").touch()
+    scratch = spec.snapshots / ".k99.abandoned"
+    scratch.mkdir()
+    os.utime(scratch, (old, old))
+    deleted = store.prune(keep="k00")
+    assert sorted(deleted) == [f"k{i:02d}" for i in range(1, 5)]
+    left = sorted(p.name for p in spec.snapshots.iterdir())
+    assert left == ["k00"] + [f"k{i:02d}" for i in range(5, snap_mod.KEEP + 3)] + ["recent"]
+
+
+def test_pruning_skips_a_state_in_use(spec):
+    store = SnapshotStore(spec.snapshots)
+    old = time.time() - snap_mod.KEEP_RECENT_S - 100
+    for i in range(snap_mod.KEEP + 1):
+        (spec.snapshots / f"k{i}").mkdir(parents=True)
+        os.utime(spec.snapshots / f"k{i}", (old + i, old + i))
+    with store.lock("k0", shared=True):
+        assert "k0" not in store.prune(keep="other")
+    assert (spec.snapshots / "k0").exists()
