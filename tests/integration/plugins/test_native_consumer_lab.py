@@ -15,7 +15,7 @@ import pytest
 from cnlab_plugins.guestside import HERE as PLUGIN_GUESTSIDE
 
 from lab.engine.results import read_results
-from lab.engine.run import EXIT_OK, run_scenarios
+from lab.engine.run import EXIT_OK, plugin_manager, run_scenarios
 from lab.engine.scenario import scenario_from_dict
 from lab.guest.files import put_files
 
@@ -61,17 +61,18 @@ def test_both_checkers_count_every_loss_of_an_overrun(cnlab_guest):
 
 
 def test_checker_native_is_a_consumer_plugin_of_the_engine(cnlab_lab, tmp_path):
-    params = {"proc-events": {"count": 800, "rate": 1000}, "irq": {"count": 1000, "rate": 1000},
-              "checker": {"rcvbuf": 8 << 20}, "checker-native": {"rcvbuf": 8 << 20}}
-    scenario = scenario_from_dict({"name": "native-and-python", "duration": 3.0, "guest": {"cpus": 2},
-                                   "plugins": {"emulators": ["proc-events", "irq", "cn_proc"],
-                                               "consumers": ["checker", "checker-native"], "params": params},
-                                   "invariants": {"max_loss": 0}}, "<native-and-python>")
+    registries = plugin_manager(None).registries
+    data = {"name": "native-and-python", "duration": 3.0, "guest": {"cpus": 2},
+            "emulators": [{"name": "proc-events", "count": 800, "rate": 1000},
+                          {"name": "irq", "count": 1000, "rate": 1000}, {"name": "cn_proc"}],
+            "consumers": [{"name": "checker", "rcvbuf": 8 << 20}, {"name": "checker-native", "rcvbuf": 8 << 20}],
+            "invariants": {"max_loss": 0}}
+    scenario = scenario_from_dict(data, "<native-and-python>", registries)
     with open(tmp_path / "out.txt", "w") as out:
         status = run_scenarios(cnlab_lab, [scenario], 1, tmp_path / "run", out=out).exit_status
     (record,) = read_results(tmp_path / "run" / "results.jsonl")
-    assert status == EXIT_OK, [v for v in record["invariants"] if not v["ok"]] or record.get("error")
-    consumers = {c["name"]: c for c in record["metrics"]["plugins"]["runner"]["consumers"]}
+    assert status == EXIT_OK, record.problems or record.error
+    consumers = {c["name"]: c for c in record.data["agent"]["consumers"]}
     assert set(consumers) == {"checker", "checker-native"}
     assert consumers["checker-native"]["parser"] == "native"
     for c in consumers.values():
