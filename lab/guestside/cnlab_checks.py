@@ -1573,7 +1573,7 @@ def overtakes(order, cpu, irq_gen, thread_gen):
     return n
 
 
-def t_nested_irq(c, count=8000):
+def t_nested_irq(c, count=1500):
     """A hard-IRQ producer interrupts a kthread producer mid-insert, both at full rate, on one CPU.
 
     Both insert 200..600-byte messages (beyond a pool slot: allocated and copied before the IRQ-off section, a
@@ -1657,6 +1657,7 @@ def t_unload_inflight(c, cycles=20):
     allowed = {"GEN_START": {0, -errno.EBUSY, -errno.ESHUTDOWN}, "GEN_STOP": {0, -errno.ENOENT, -errno.ESHUTDOWN},
                "GEN_STATS": {0, -errno.ESHUTDOWN}, "BENCH": {0, -errno.EBUSY, -errno.ESHUTDOWN}}
     seen = {k: {} for k in allowed}
+    bench_runs = []  # (iterations, status, seconds) of the first BENCH requests
     stop = threading.Event()
     mask = (1 << ncpus()) - 1
     ctxs = ("kthread", "timer", "hardirq", "softirq")
@@ -1669,6 +1670,7 @@ def t_unload_inflight(c, cycles=20):
                     while not stop.is_set():
                         i += 1
                         gid = 8 + i % 4
+                        t_req = time.monotonic()
                         try:
                             if kind == "GEN_START":
                                 r = s.gen_start(gen_id=gid, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
@@ -1678,18 +1680,33 @@ def t_unload_inflight(c, cycles=20):
                                 r = s.gen_stop(gid if i % 5 else kabi.CNLAB_GEN_ALL)
                             elif kind == "GEN_STATS":
                                 r = s.gen_stats(i % kabi.CNLAB_MAX_GENS)
-                            else:  # every other run long enough for an unload to cut it short
-                                r = s.bench(timeout=15, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32,
-                                            iterations=400 if i % 2 else 4, chunk=1, pause_us=5000,
-                                            cpu=i % ncpus())
+                            else:  # every other run long enough (4 s) for an unload to cut it short; a
+                                # request sent while the module is away gets no reply: short waits
+                                long_run = i % 2
+                                r = s.bench(timeout=10 if long_run else 2, idx=GEN_IDX, val=BENCH_VAL,
+                                            group=BENCH_GROUP, payload=32, iterations=400 if long_run else 4,
+                                            chunk=1, pause_us=5000, cpu=i % ncpus())
                             status = r.status
                         except TimeoutError:
                             status = None
                         seen[kind][status] = seen[kind].get(status, 0) + 1
+                        if kind == "BENCH" and len(bench_runs) < 40:
+                            bench_runs.append((400 if long_run else 4, status, round(time.monotonic() - t_req, 2)))
+                        if kind == "BENCH" and status in (None, -errno.ESHUTDOWN):
+                            # an unload ended it (or the module was away): the next run starts once the module
+                            # answers again, else every short run would fall into the gap the unload left
+                            while not stop.is_set() and not echo_answers(s):
+                                pass
                         if kind == "GEN_STOP":
                             time.sleep(0.05)
             except OSError:
                 time.sleep(0.01)
+
+    def echo_answers(s):
+        try:
+            return s.request(kabi.CNLAB_MSG_ECHO, kabi.ECHO.pack(user_ns=1, data_len=0), 0.2).ok
+        except TimeoutError:
+            return False
 
     threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in allowed]
     for t in threads:
@@ -1725,7 +1742,7 @@ def t_unload_inflight(c, cycles=20):
             and all(v.get(0, 0) > 0 for v in seen.values())
             and seen["BENCH"].get(-errno.ESHUTDOWN, 0) > 0 and c.echo(b"after").ok)
     return report("unload_inflight", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
-                  unbalanced=unbalanced[:3], wrong=wrong,
+                  unbalanced=unbalanced[:3], wrong=wrong, bench_runs=bench_runs,
                   statuses={k: {str(s): n for s, n in v.items()} for k, v in seen.items()})
 
 
