@@ -1323,8 +1323,8 @@ def t_bounds(c):
     """Limits a privileged user could otherwise exceed (docs/kmod.md "Bounds"), each enforced and measured.
 
     1. A rate-paced hard-IRQ generator keeps at most half of its CPU: a busy loop pinned to that CPU keeps at
-       least a quarter of its speed beside a generator with rate 0 (64 messages a firing, re-armed every 20 us;
-       with bursts of 4096 the kernel's own hrtimer hang detection already spaces the firings out).
+       least a quarter of its speed beside the heaviest generator allowed (rate 10^7, burst 4096 x 256 bytes:
+       firings re-armed every 20 us that each take far longer).
     2. Softirq, timer and hard-IRQ generators copy at most 1 MiB per firing (burst x size_max, -EINVAL
        beyond); the default burst shrinks to fit.
     3. A BENCH chunk (preemption off) is at most 4096 calls (-ERANGE) and 1 MiB (chunk x payload, -EINVAL),
@@ -1340,8 +1340,10 @@ def t_bounds(c):
         wait_drained(c)
         c.fault(kabi.CNLAB_FAULT_STALL_MS, 10000)   # the drain thread sleeps: the loop competes with the IRQ only
         base = busy_rate(cpu, 1.5)
+        # the most a rate-paced firing may do: 4096 messages of 256 bytes (1 MiB) due every 20 us
         r = c.gen_start(gen_id=12, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0, duration_ns=4 * 10**9,
-                        cpu_mask=1 << cpu, rate=0, size_min=32, size_max=32, context="hardirq", path="cbus")
+                        cpu_mask=1 << cpu, rate=kabi.CNLAB_RATE_MAX, burst=kabi.CNLAB_BURST_MAX, size_min=256,
+                        size_max=256, context="hardirq", path="cbus")
         time.sleep(0.2)
         loaded = busy_rate(cpu, 1.5) if r.ok else 0.0
         g = c.gen_stats(12).body

@@ -70,6 +70,10 @@ GEN_STOP_UNPRIVILEGED = ("ctl.c", "[CNLAB_MSG_GEN_STOP]\t= { cnlab_gen_do_stop, 
 GEN_STOP_LONG_BODY = ("gen.c", "\tif (rq->len != sizeof(s))\n", "\tif (rq->len < sizeof(s))\n")
 #: bench.c: no CNLAB_BENCH_CHUNK_MAX: a chunk is bounded by the queue limit only (up to 2^20 calls, preemption off).
 BENCH_CHUNK_UNBOUNDED = ("bench.c", "c.chunk > CNLAB_BENCH_CHUNK_MAX || ", "")
+#: gen.c: a rate-paced hard-IRQ generator re-armed a period after the last firing however long it took (the
+#: firings can take the whole CPU).
+HARDIRQ_DUTY_UNCAPPED = ("gen.c", "\tend = ktime_get_ns();\n\tgen_hrt_rearm(h, in->period_ns, end, end - now);\n",
+                         "\tend = ktime_get_ns();\n\tgen_hrt_rearm(h, in->period_ns, end, 0);\n")
 #: cbus.c: the hotplug teardown leaves a dead CPU's queue where it is (until the CPU comes back or an unload).
 DEAD_CPU_NOT_DRAINED = ("cbus.c", "\tmutex_lock(&cc->drain_lock);\n\tcbus_drain(cc, UINT_MAX);\n\tmutex_unlock(&cc->drain_lock);"
                         "\n\treturn 0;\n}", "\t(void)cc;\n\treturn 0;\n}")
@@ -81,9 +85,12 @@ INSERTED_OUTSIDE_IRQ_OFF = [
      "\tseen = raw_cpu_read(cbus_pcpu->inserted);\n\tif (unlikely(msg->len > CBUS_SLOT_DATA)) {\n\t\t/* Big message"),
     ("cbus.c", "\tcc->inserted++;\n\tfault = ", "\tcc->inserted = seen + 1;\n\tfault = "),
 ]
-#: bench.c: unload does not wait for a running BENCH work item (it runs on in the freed module).
-BENCH_NOT_FLUSHED = ("bench.c", "\tWRITE_ONCE(bench_closing, true);\n\tflush_work(&bench_work);\n",
-                     "\tWRITE_ONCE(bench_closing, true);\n")
+#: bench.c: unload does not tell a running BENCH to stop: it waits the whole run out and the run "succeeds".
+#: (Unloads that free memory under a request still in flight, e.g. without the flush_work() here or the
+#: synchronize_srcu() in ctl.c, passed this check 20 cycles out of 20 when seeded: on this kernel, without
+#: KASAN, they corrupt nothing visible; that class is for the debug kernel.)
+BENCH_NOT_CLOSED = ("bench.c", "\tWRITE_ONCE(bench_closing, true);\n\tflush_work(&bench_work);\n",
+                    "\tflush_work(&bench_work);\n")
 
 
 def _run_checks(lab: Lab, tests: list[str], *options: str, timeout: float = 900) -> tuple[dict, str, str]:
@@ -121,12 +128,13 @@ def test_the_abi_fuzzer_catches_a_missing_capability_check_and_a_missing_length_
 
 
 @pytest.mark.nightly
-def test_bounds_and_offline_end_catch_an_unbounded_chunk_and_an_undrained_dead_cpu(cnlab_lab, tmp_path):
-    lab = _mutant(cnlab_lab, tmp_path, DEAD_CPU_NOT_DRAINED, BENCH_CHUNK_UNBOUNDED)
+def test_bounds_and_offline_end_catch_unbounded_chunks_and_irq_time_and_an_undrained_dead_cpu(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, DEAD_CPU_NOT_DRAINED, BENCH_CHUNK_UNBOUNDED, HARDIRQ_DUTY_UNCAPPED)
     res, _console, error = _run_checks(lab, ["bounds", "offline_end"])
     assert not error
     (b,) = res["bounds"]
     assert not b["ok"] and b["bench_chunks"]["4097 x 32"] == 0, b["bench_chunks"]
+    assert b["duty"]["ratio"] < 0.25, b["duty"]
     (o,) = res["offline_end"]
     assert not o["ok"] and not o["delivered_during_stall"]
     assert o["dead_cpu_after_offline"]["enqueued"] > o["dead_cpu_after_offline"]["dequeued"]
@@ -144,9 +152,9 @@ def test_nested_irq_catches_a_count_updated_outside_the_irq_off_section(cnlab_la
 
 
 @pytest.mark.nightly
-def test_unload_inflight_catches_an_unload_that_does_not_wait_for_a_bench(cnlab_lab, tmp_path):
-    lab = _mutant(cnlab_lab, tmp_path, BENCH_NOT_FLUSHED)
+def test_unload_inflight_catches_an_unload_that_does_not_cut_a_sleeping_request_short(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, BENCH_NOT_CLOSED)
     res, console, error = _run_checks(lab, ["unload_inflight"], timeout=600)
-    # the BENCH work runs on in freed module memory: an oops on the console, or the guest gone
-    assert console, (res, error)
-    assert any(word in console for word in ("Oops", "BUG", "Call Trace", "call trace", "guest gone")), console
+    assert not error and not console, (error, console)
+    (u,) = res["unload_inflight"]
+    assert not u["ok"] and u["statuses"]["BENCH"].get("-108", 0) == 0 and u["statuses"]["BENCH"].get("0", 0) > 0
