@@ -12,14 +12,25 @@ same fixtures as cnlab's own tests:
   installed; its console log is kept under ``CNLAB_LOG_DIR`` if set.
 
 Scenario files named like the ini option ``cnlab_scenarios`` (default
-``scenario_*.toml``) are collected as test items (marked ``lab``): each boots
-a guest of its shape, runs, and fails with the invariants that did not hold.
+``scenario_*.toml``) are collected as test items (marked ``lab``): each runs on
+its worker's guest (one per worker, reused while the shape fits, as the engine
+does; a crashed guest's scenario runs once more on a fresh one) and fails with
+the invariants that did not hold.
+
+Several hosts (pytest-xdist over SSH, :mod:`lab.cli.distributed`):
+``--cnlab-run JSON`` makes every worker collect that selection of scenarios as
+items (``cnlab run --hosts`` writes it); ``--cnlab-results FILE`` has the
+controller write each scenario's record once, naming the host it ran on.
+With ``--tx ssh=...`` every host is checked before it gets work, and a lost
+host's scenarios run again on the others.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +47,11 @@ from lab.plugin.model import Scenario
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("cnlab_scenarios", "glob of scenario files collected as tests", default="scenario_*.toml")
+    group = parser.getgroup("cnlab")
+    group.addoption("--cnlab-run", default=None, metavar="JSON",
+                    help="collect this selection of scenarios as the session's items (cnlab run --hosts writes it)")
+    group.addoption("--cnlab-results", default=None, metavar="FILE",
+                    help="write each scenario item's result record to FILE (JSON lines), naming the host it ran on")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -48,14 +64,15 @@ class ScenarioFailed(Exception):
     """A collected scenario finished with failed invariants (or an error)."""
 
 
-def _scenario_plugins(config: pytest.Config):
-    """The plugin manager scenario items use (built once per session; ./cnlab.toml if present)."""
+def _scenario_plugins(config: pytest.Config, options=None):
+    """The plugin manager scenario items use (built once per session; ``options``, else ./cnlab.toml if
+    present)."""
     from lab.engine.run import PluginOptions, plugin_manager
 
     pm = config.stash.get(_PM_KEY, None)
     if pm is None:
         local = Path("cnlab.toml")
-        pm = plugin_manager(PluginOptions(local if local.is_file() else None))
+        pm = plugin_manager(options or PluginOptions(local if local.is_file() else None))
         config.stash[_PM_KEY] = pm
     return pm
 
@@ -75,6 +92,55 @@ class ScenarioFile(pytest.File):
         yield item
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session):
+    """With ``--cnlab-run``: the items are that selection's scenarios, in its order (not on the xdist controller,
+    which collects nothing)."""
+    spec = session.config.getoption("cnlab_run")
+    if not spec or session.config.pluginmanager.has_plugin("dsession"):
+        return None
+    config = session.config
+    run = json.loads(spec)
+    session.items = [ScenarioItem.from_parent(session, name=s.name, nodeid=f"cnlab::{s.name}", scenario=s)
+                     for s in _run_scenarios(config, run)]
+    for item in session.items:
+        item.add_marker(pytest.mark.lab)
+    session.testscollected = len(session.items)
+    config.hook.pytest_collection_modifyitems(session=session, config=config, items=session.items)
+    config.hook.pytest_collection_finish(session=session)
+    return True
+
+
+def _run_scenarios(config: pytest.Config, run: dict) -> list[Scenario]:
+    from lab.engine.run import PluginOptions
+    from lab.engine.sets import full_matrix
+
+    plugins = run.get("plugins") or {}
+    options = PluginOptions(Path(plugins["config"]) if plugins.get("config") else None,
+                            tuple(plugins.get("plugin_args", ())),
+                            tuple(Path(p) for p in plugins.get("plugins_dirs", ())))
+    pm = _scenario_plugins(config, options)
+    folder = Path(tempfile.mkdtemp(prefix="cnlab-run-"))
+    matrix = None
+    scenarios = []
+    for index, entry in enumerate(run["scenarios"]):
+        if entry.get("matrix"):
+            matrix = matrix or {s.name: s for s in full_matrix(pm.registries)}
+            scenario = matrix[entry["name"]]
+        else:
+            path = folder / f"{index:04d}-{entry['file']}"
+            path.write_text(entry["text"])
+            scenario = load_scenario(path, pm.registries)
+        plan_scenario(scenario, pm.registries)
+        scenarios.append(scenario)
+    config.stash[_RUN_LAB_KEY] = run.get("lab") or {}
+    return scenarios
+
+
+_RUN_LAB_KEY = pytest.StashKey[dict]()
+_SLOT_KEY = pytest.StashKey[object]()
+
+
 def _options_from_environment() -> LabOptions:
     return LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"),
                       tcg_threads=os.environ.get("CNLAB_TCG_THREADS", "auto"),
@@ -89,15 +155,9 @@ class ScenarioItem(pytest.Item):
         self.scenario = scenario
 
     def runtest(self) -> None:
-        from lab.engine.execute import execute_scenario
-        from lab.engine.run import scenario_guest_spec
-
-        lab = Lab(_options_from_environment())
-        pm = _scenario_plugins(self.config)
-        with Guest(scenario_guest_spec(lab, pm, self.scenario, "scenario")) as guest:
-            lib = install_guest_programs(guest)
-            record = execute_scenario(pm, guest, self.scenario, lib)
+        record = _slot(self.config).run(self.scenario)
         self.user_properties.append(("metrics", dict(record.metrics)))
+        self.user_properties.append(("cnlab_record", record.to_json()))
         if not record.passed:
             raise ScenarioFailed(record)
 
@@ -113,11 +173,42 @@ class ScenarioItem(pytest.Item):
         return self.path, None, f"scenario {self.scenario.name}"
 
 
+def _slot(config: pytest.Config):
+    """This worker's guest slot (one guest, reused across scenario items; stopped when the session ends)."""
+    from lab.engine.slot import GuestSlot
+
+    slot = config.stash.get(_SLOT_KEY, None)
+    if slot is None:
+        run_lab = config.stash.get(_RUN_LAB_KEY, {})
+        options = _options_from_environment()
+        if run_lab:
+            options = LabOptions(accel=run_lab.get("accel", "auto"), tcg_threads=run_lab.get("tcg_threads", "auto"),
+                                 guests_at_once=int(run_lab.get("guests_at_once", 1)))
+        base = os.environ.get("CNLAB_LOG_DIR")
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        slot = GuestSlot(Lab(options), _scenario_plugins(config), Path(base) / worker if base else None, name=worker)
+        config.stash[_SLOT_KEY] = slot
+    return slot
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    slot = session.config.stash.get(_SLOT_KEY, None)
+    if slot is not None:
+        slot.close()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lab: boots real QEMU guests and loads the real module")
     config.addinivalue_line(
         "markers", "cnlab_guest(cpus=2, mem=1024, cmdline=(), module=True): shape of the cnlab_guest fixture"
     )
+    controller = not hasattr(config, "workerinput")
+    remote = any("ssh=" in tx for tx in (config.getoption("tx", None) or []))
+    if controller and (remote or config.getoption("cnlab_results")) and \
+            not config.pluginmanager.has_plugin("cnlab-distributed"):
+        from lab.cli.distributed import DistributedRun
+
+        config.pluginmanager.register(DistributedRun(config), "cnlab-distributed")
 
 
 @pytest.fixture(scope="session")

@@ -131,6 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--junit", type=Path, help="also write JUnit XML")
     run.add_argument("--report", type=Path, help="also write an HTML report")
     run.add_argument("--smoke", action="store_true", help="only the connector echo smoke check")
+    run.add_argument("--shard", metavar="K/N", default=None,
+                     help="run only shard K of N: a part of the selection balanced by expected durations "
+                          "(merge the shards' results with cnlab merge)")
+    run.add_argument("--durations", type=Path, metavar="FILE", default=None,
+                     help="with --shard: expected durations from FILE ({name: seconds}, as cnlab merge writes "
+                          "durations.json) instead of the cache's remembered ones")
+    run.add_argument("--hosts", default=None, metavar="USER@HOST,...",
+                     help="spread the scenarios over these hosts through pytest-xdist SSH workers (each runs -n "
+                          "guests from its own cache); every host is checked first")
+    run.add_argument("--ssh-config", type=Path, default=None, metavar="FILE",
+                     help="with --hosts: ssh config to include (aliases, users, keys)")
+    run.add_argument("--known-hosts", type=Path, default=None, metavar="FILE",
+                     help="with --hosts: the hosts' pinned keys (default: ssh's own known_hosts); never trusted "
+                          "on first use")
+    run.add_argument("--remote-python", default=None, metavar="PATH",
+                     help="with --hosts: the Python with cnlab on the hosts (default: this one's path)")
+
+    merge = sub.add_parser("merge", help="merge the results of a run's shards: one results file, JUnit, HTML")
+    merge.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="each shard's results.jsonl")
+    merge.add_argument("--out", type=Path, default=None, help="folder for the merged files (default "
+                                                                "results/merge-TIME)")
+    merge.add_argument("--json", type=Path, help="merged JSON-lines file (default OUT/results.jsonl)")
+    merge.add_argument("--junit", type=Path, help="JUnit XML (default OUT/junit.xml)")
+    merge.add_argument("--report", type=Path, help="HTML report (default OUT/report.html)")
 
     cache = sub.add_parser("cache", help="list the cache's artefacts (kind, size, age, last use); prune it")
     cache_sub = cache.add_subparsers(dest="cache_command", metavar="ACTION", parser_class=_Parser)
@@ -296,14 +320,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lab.engine.run import run_scenarios
     from lab.report.summary import finish_run
 
+    if args.durations is not None and args.shard is None:
+        raise UsageError("cnlab run: --durations goes with --shard K/N")
+    if args.hosts is not None:
+        return _run_on_hosts(args)
+    shard = None
+    if args.shard is not None:
+        from lab.engine.shard import parse_shard
+
+        shard = parse_shard(args.shard)
     plugin_config, pm, scenarios = _scenarios(args)
     pm.unconfigure()  # the run builds its own managers (and unconfigures them)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
-    outcome = run_scenarios(_lab(args), scenarios, min(jobs, len(scenarios)), out_dir, args.json,
-                            plugin_config=plugin_config, on_event=args.view.run_event)
+    lab, extra = _lab(args), None
+    if shard is not None:
+        from lab.cli.shards import select_shard
+
+        scenarios, extra = select_shard(shard, scenarios, lab.cache, args.durations)
+        if not scenarios:
+            args.view.stop()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (args.json or out_dir / "results.jsonl").touch()
+            print(f"cnlab run: shard {shard} has no scenarios (the selection is smaller than the shard count)")
+            return 0
+    sharded = {"environment_extra": extra} if extra else {}
+    outcome = run_scenarios(lab, scenarios, min(jobs, len(scenarios)), out_dir, args.json,
+                            plugin_config=plugin_config, on_event=args.view.run_event, **sharded)
+    args.view.stop()
+    return finish_run(outcome, sys.stdout, args.junit, args.report)
+
+
+def _run_on_hosts(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from lab.cli.distributed import remote_python_default, run_on_hosts
+    from lab.report.summary import finish_run
+
+    if args.shard is not None or args.smoke:
+        raise UsageError("cnlab run: --hosts does not go with --shard or --smoke")
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    if not hosts or len(set(hosts)) != len(hosts):
+        raise UsageError(f"cnlab run: --hosts wants distinct USER@HOST names separated by commas, got {args.hosts!r}")
+    plugin_config, pm, scenarios = _scenarios(args)
+    pm.unconfigure()
+    jobs = args.jobs or 1
+    if jobs < 1 or jobs > 16:
+        raise UsageError("cnlab run: -n must be between 1 and 16")
+    out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
+    outcome = run_on_hosts(hosts, scenarios, plugin_config, _lab(args), out_dir, args.json, args.ssh_config,
+                           args.known_hosts, args.remote_python or remote_python_default(), jobs,
+                           args.view.run_event)
     args.view.stop()
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 
@@ -324,6 +393,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     write_html(records, output)
     print(f"wrote {output} ({len(records)} scenarios)")
     return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from lab.cli.shards import merge_command
+
+    out_dir = args.out or Path("results") / _time.strftime("merge-%Y%m%d-%H%M%S")
+    return merge_command(args.results, out_dir, args.json, args.junit, args.report, sys.stdout)
 
 
 def cmd_bench_boot(args: argparse.Namespace) -> int:
@@ -394,6 +472,7 @@ COMMANDS = {
     ("cache", "prune"): cmd_cache,
     ("doctor", None): cmd_doctor,
     ("report", None): cmd_report,
+    ("merge", None): cmd_merge,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
     ("bench", "suite"): cmd_bench_suite,

@@ -225,10 +225,12 @@ def _status_word(pm: LabPluginManager, record: ScenarioResult) -> str:
 
 def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path, json_path: Path | None = None,
                   out=sys.stdout, plugin_config: PluginOptions | None = None,
-                  on_event: Callable[[RunEvent], None] | None = None) -> RunOutcome:
+                  on_event: Callable[[RunEvent], None] | None = None,
+                  environment_extra: dict | None = None) -> RunOutcome:
     """Run ``scenarios`` on ``jobs`` guests in parallel; every record is in ``json_path`` as it arrives.
 
     :param on_event: sees the run's progress (default: plain lines on ``out``).
+    :param environment_extra: added to every record's ``env`` (a shard's ``shard``, :mod:`lab.engine.shard`).
     """
     on_event = on_event or print_events(out)
     pm = plugin_manager(plugin_config)
@@ -237,7 +239,7 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
     log_dir = out_dir / "consoles"
     log_dir.mkdir(exist_ok=True)
     lab.image, lab.module  # noqa: B018 - build once, before the workers start
-    environment = _environment(lab)
+    environment = {**_environment(lab), **(environment_extra or {})}
     most_cpus = max(s.cpus for s in scenarios)
     threading = "" if lab.accel.name == "kvm" else (
         f"; TCG {tcg_threads_for(jobs, most_cpus, lab.options.tcg_threads)}-threaded "

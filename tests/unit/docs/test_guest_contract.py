@@ -14,8 +14,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[3]
 PLUGINS_PAGE = (ROOT / "docs" / "plugins.md").read_text()
 GUEST_PROGRAMS = ROOT / "examples" / "cnlab-example-plugin" / "src" / "cnlab_example" / "guest"
 FIXTURE_PATH = Path(__file__).parent / "fixtures" / "guest-reports.json"
+REPO = Path(__file__).resolve().parents[3]
 #: A connector group nothing else on a host uses (the lab module's groups live in guests).
 HOST_GROUP = 31
 
@@ -73,6 +76,21 @@ def test_the_page_lists_every_key_of_the_checkers_report():
     assert all(set(s) <= keys["streams"] for s in real["streams"].values())
     assert set(real["latency_us"]) <= keys["latency_us"]
     assert keys["required"] | keys["optional"] <= keys["checker"]
+
+
+def _agent_report_keys() -> set[str]:
+    """The keys of the JSON object the guest agent prints last (read from its source) and the host adds."""
+    tree = ast.parse((REPO / "lab" / "guestside" / "agent.py").read_text())
+    dumps = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "dumps"
+             and n.args and isinstance(n.args[0], ast.Dict) and len(n.args[0].keys) > 5]
+    assert len(dumps) == 1, "the agent prints its report once"
+    in_guest = {k.value for k in dumps[0].args[0].keys}
+    on_host = set(re.findall(r'report\["(\w+)"\] =', (REPO / "lab" / "engine" / "agent_run.py").read_text()))
+    return in_guest | on_host
+
+
+def test_the_agents_report_has_the_keys_the_fixture_and_the_page_list():
+    assert _agent_report_keys() == set(json.loads(FIXTURE_PATH.read_text())["agent_keys"])
 
 
 def test_the_page_lists_every_key_of_the_agents_report_and_of_a_fault_record():
