@@ -1648,6 +1648,26 @@ def t_nested_irq(c, count=1500):
     return report("nested_irq", good, **out)
 
 
+def kmsg_open():
+    """/dev/kmsg, positioned after the last record (read what is logged from now on with :func:`kmsg_read`)."""
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def kmsg_read(fd):
+    """The kernel log lines written since the last read (records overwritten before it are skipped)."""
+    out = []
+    while True:
+        try:
+            rec = os.read(fd, 8192)
+        except BlockingIOError:
+            return out
+        except BrokenPipeError:
+            continue
+        out.append(rec.decode(errors="replace").split(";", 1)[-1].rstrip("\n"))
+
+
 def t_unload_inflight(c, cycles=20):
     """GEN_START, GEN_STOP, GEN_STATS and BENCH requests in flight while the module unloads, again and again.
 
@@ -1716,22 +1736,24 @@ def t_unload_inflight(c, cycles=20):
     failures = []
     t0 = time.monotonic()
     rng = random.Random(5)
+    kmsg = kmsg_open()
+    finals = []  # each unload's "cbus final" line, read as it comes (100 unloads outrun the log buffer)
     for i in range(cycles):
         time.sleep(rng.uniform(0.3, 0.8))
         err = module_unload("cnlab")
         if err:
             failures.append(("rmmod", i, err))
             break
+        finals += [line for line in kmsg_read(kmsg) if "cbus final:" in line]
         err = module_load(MODULE)
         if err:
             failures.append(("insmod", i, err))
             break
+    os.close(kmsg)
     elapsed = time.monotonic() - t0
     stop.set()
     for t in threads:
         t.join(20)
-    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
-    finals = [line for line in log.splitlines() if "cbus final:" in line][-cycles:]
     unbalanced = []
     for line in finals:
         words = line.split("cbus final:")[1].split()
@@ -1740,10 +1762,12 @@ def t_unload_inflight(c, cycles=20):
                                             + f["nlerr"]):
             unbalanced.append(line)
     wrong = {k: {str(s): n for s, n in v.items() if s is not None and s not in allowed[k]} for k, v in seen.items()}
+    echo_after = c.echo(b"after").ok
     good = (not failures and not unbalanced and len(finals) == cycles and not any(wrong.values())
             and all(v.get(0, 0) > 0 for v in seen.values())
-            and seen["BENCH"].get(-errno.ESHUTDOWN, 0) > 0 and c.echo(b"after").ok)
+            and seen["BENCH"].get(-errno.ESHUTDOWN, 0) > 0 and echo_after)
     return report("unload_inflight", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
+                  final_lines=len(finals), echo_after=echo_after,
                   unbalanced=unbalanced[:3], wrong=wrong, bench_runs=bench_runs,
                   statuses={k: {str(s): n for s, n in v.items()} for k, v in seen.items()})
 
