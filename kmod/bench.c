@@ -201,8 +201,12 @@ int cnlab_bench_do_start(struct cnlab_req *rq)
 		return -EINVAL;
 	if (c.payload > CNLAB_PAYLOAD_MAX || !c.iterations ||
 	    c.iterations > CNLAB_BENCH_ITER_MAX || !c.chunk ||
-	    c.chunk > cnlab_cbus_limit() || c.pause_us > CNLAB_BENCH_PAUSE_MAX_US)
+	    c.chunk > CNLAB_BENCH_CHUNK_MAX || c.chunk > cnlab_cbus_limit() ||
+	    c.pause_us > CNLAB_BENCH_PAUSE_MAX_US)
 		return -ERANGE;
+	/* A chunk runs with preemption off: bound what it copies, as a burst. */
+	if (c.chunk * c.payload > CNLAB_BENCH_CHUNK_BYTES_MAX)
+		return -EINVAL;
 	if (c.cpu >= nr_cpu_ids || !cpu_online(c.cpu))
 		return -EINVAL;
 

@@ -56,6 +56,10 @@ static unsigned int queue_limit = 4096;
 module_param(queue_limit, uint, 0444);
 MODULE_PARM_DESC(queue_limit, "CBUS per-CPU queue limit at load (1..1048576; SET_FAULT changes it)");
 
+static unsigned int queue_bytes = CNLAB_QBYTES_DEFAULT;
+module_param(queue_bytes, uint, 0444);
+MODULE_PARM_DESC(queue_bytes, "CBUS bytes queued per CPU, cn_msg headers included (65536..1073741824)");
+
 static unsigned int bundle_bytes = 8192;
 module_param(bundle_bytes, uint, 0444);
 MODULE_PARM_DESC(bundle_bytes, "CBUS bundle size limit in bytes (256..16364: a bundle is one connector message)");
@@ -94,6 +98,7 @@ struct cbus_cpu {
 	u64 drop_nomem;
 	u64 rejected;
 	u64 enq;		/* accepted onto the queue */
+	u64 enq_bytes;		/* their cn_msg bytes (header + data) */
 	u64 hwm;
 	u64 kicks;
 	u64 pool_miss;		/* small message, empty pool: kmalloc */
@@ -107,6 +112,7 @@ struct cbus_cpu {
 
 	/* Consumer side: written under drain_lock. */
 	u64 deq ____cacheline_aligned;	/* taken off the queue */
+	u64 deq_bytes;		/* their cn_msg bytes */
 	u64 sent;
 	u64 drop_nolistener;
 	u64 drop_overrun;
@@ -135,6 +141,7 @@ static struct dentry *cbus_dbg_file;
 static bool cbus_accepting __read_mostly;
 static bool cbus_stopping __read_mostly;
 static u32 cbus_limit __read_mostly;
+static u32 cbus_qbytes __read_mostly;
 /*
  * ALLOC_NTH fault knob: epoch (high 32 bits, bumped by every setting) and
  * nth (low 32 bits) in one word, so a producer reads both at once and each
@@ -254,7 +261,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	struct cbus_cpu *cc;
 	unsigned long irqflags;
 	u64 depth, fault;
-	u32 nth;
+	u32 nth, bytes;
 	int ret;
 
 	if (unlikely(group > CNLAB_GROUP_MAX || (flags & ~CBUS_F_ALL))) {
@@ -314,12 +321,15 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		goto out;
 	}
 	depth = cc->enq - READ_ONCE(cc->deq);
-	if (unlikely(depth >= READ_ONCE(cbus_limit))) {
+	bytes = sizeof(*msg) + msg->len;
+	if (unlikely(depth >= READ_ONCE(cbus_limit) ||
+		     cc->enq_bytes - READ_ONCE(cc->deq_bytes) + bytes > cbus_qbytes)) {
 		cc->drop_full++;
 		ret = -ENOBUFS;
 		goto out_free;
 	}
 	cc->enq++;
+	cc->enq_bytes += bytes;
 	if (depth >= READ_ONCE(cc->hwm))
 		WRITE_ONCE(cc->hwm, depth + 1);
 	if (cbus_list_add(&ev->node, &cc->list)) {
@@ -435,6 +445,7 @@ static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
 		cbus_account(cc, ret, ev->group, 1);
 	}
 	cbus_event_free(cc, ev);
+	cbus_add(&cc->deq_bytes, size);
 	cbus_add(&cc->deq, 1);
 }
 
@@ -682,6 +693,11 @@ u32 cnlab_cbus_limit(void)
 	return READ_ONCE(cbus_limit);
 }
 
+u32 cnlab_cbus_qbytes(void)
+{
+	return cbus_qbytes;
+}
+
 u32 cnlab_cbus_set_limit(u32 limit)
 {
 	return xchg(&cbus_limit, limit);
@@ -753,8 +769,8 @@ static int cbus_stats_show(struct seq_file *m, void *v)
 
 	for_each_possible_cpu(cpu)
 		miss += READ_ONCE(per_cpu_ptr(cbus_pcpu, cpu)->pool_miss);
-	seq_printf(m, "queue_limit %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu drain_nice %d\n",
-		   cnlab_cbus_limit(), cnlab_cbus_alloc_fail_nth(), bundle_bytes,
+	seq_printf(m, "queue_limit %u queue_bytes %u alloc_fail_nth %u bundle_bytes %u pool_slots %u slot_data %zu pool_miss %llu drain_nice %d\n",
+		   cnlab_cbus_limit(), cbus_qbytes, cnlab_cbus_alloc_fail_nth(), bundle_bytes,
 		   pool_slots, CBUS_SLOT_DATA, miss, drain_nice);
 	seq_puts(m, "cpu   online     inserted         sent      full     nomem nolisten   overrun     nlerr  rejected  queued     hwm     kicks   batches bat_max invariant\n");
 	for_each_possible_cpu(cpu) {
@@ -787,10 +803,12 @@ int cnlab_cbus_init(struct dentry *dbg)
 	int cpu, ret;
 
 	if (!queue_limit || queue_limit > CNLAB_QLIMIT_MAX ||
+	    queue_bytes < CNLAB_QBYTES_MIN || queue_bytes > CNLAB_QBYTES_MAX ||
 	    bundle_bytes < 256 || bundle_bytes > CBUS_MAX_DATA || !drain_budget ||
 	    pool_slots > 65536 || drain_nice < MIN_NICE || drain_nice > MAX_NICE)
 		return -EINVAL;
 	cbus_limit = queue_limit;
+	cbus_qbytes = queue_bytes;
 	atomic64_set(&cbus_alloc_fault, 0);
 	cbus_stall_until = 0;
 	cbus_stopping = false;

@@ -25,6 +25,7 @@ void cnlab_cbus_exit(void);
 void cnlab_cbus_read(int cpu, struct cnlab_cbus_stats *s);	/* -1: total */
 void cnlab_cbus_reset_hwm(void);
 u32 cnlab_cbus_limit(void);
+u32 cnlab_cbus_qbytes(void);
 u32 cnlab_cbus_set_limit(u32 limit);
 u32 cnlab_cbus_alloc_fail_nth(void);
 u32 cnlab_cbus_set_alloc_fail_nth(u32 nth);

@@ -189,6 +189,7 @@ static int cnlab_do_stats(struct cnlab_req *rq)
 	cpus = (struct cnlab_cbus_stats *)(rep + 1);
 	rep->nr_cpus = nr;
 	rep->queue_limit = cnlab_cbus_limit();
+	rep->queue_bytes = cnlab_cbus_qbytes();
 	rep->alloc_fail_nth = cnlab_cbus_alloc_fail_nth();
 	rep->stall_ms = cnlab_cbus_stall_ms();
 	cnlab_ctl_counters(&rep->ctl_requests, &rep->ctl_errors,

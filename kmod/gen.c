@@ -381,10 +381,26 @@ static void gen_timer_fn(struct timer_list *t)
 
 /* ---- hard IRQ: hrtimer in HRTIMER_MODE_REL_PINNED_HARD ---- */
 
+/*
+ * Rate-paced hard-IRQ firing that took @busy ns: the next one is due a
+ * period later, but never sooner than @busy after this one ended, so the
+ * generator keeps at most half of its CPU in hard-IRQ context whatever the
+ * rate, burst and payload (nothing else would stop an hrtimer that re-arms
+ * itself every 20 us from taking the whole CPU). Messages that fall behind
+ * are caught up at later firings, at most burst at a time.
+ */
+static void gen_hrt_rearm(struct hrtimer *h, u64 period_ns, u64 end, u64 busy)
+{
+	hrtimer_forward_now(h, ns_to_ktime(period_ns));
+	if (ktime_before(hrtimer_get_expires(h), ns_to_ktime(end + busy)))
+		hrtimer_set_expires(h, ns_to_ktime(end + busy));
+}
+
 static enum hrtimer_restart gen_hrt_fn(struct hrtimer *h)
 {
 	struct gen_inst *in = container_of(h, struct gen_inst, hrt);
 	u64 now = ktime_get_ns();
+	u64 end;
 
 	if (gen_finished(in, now)) {
 		gen_inst_finish(in, now);
@@ -406,7 +422,8 @@ static enum hrtimer_restart gen_hrt_fn(struct hrtimer *h)
 		gen_inst_finish(in, now);
 		return HRTIMER_NORESTART;
 	}
-	hrtimer_forward_now(h, ns_to_ktime(in->period_ns));
+	end = ktime_get_ns();
+	gen_hrt_rearm(h, in->period_ns, end, end - now);
 	return HRTIMER_RESTART;
 }
 
@@ -538,7 +555,26 @@ static int gen_validate(struct cnlab_gen_start *c)
 		return -ERANGE;
 	if (c->flags & CNLAB_GEN_F_BURSTS)
 		return gen_validate_bursts(c);
+	/*
+	 * Softirq, timer and hard-IRQ contexts emit up to burst messages in
+	 * one firing without a break: as in burst mode, no firing copies more
+	 * than CNLAB_BURST_BYTES_MAX (the default burst shrinks to fit).
+	 */
+	if (c->context != CNLAB_CTX_KTHREAD &&
+	    (u64)c->burst * c->size_max > CNLAB_BURST_BYTES_MAX)
+		return -EINVAL;
 	return 0;
+}
+
+/* The burst a rate-paced generator uses when the request says 0. */
+static u32 gen_default_burst(const struct cnlab_gen_start *c)
+{
+	u32 burst = c->context == CNLAB_CTX_TIMER ? GEN_BURST_TIMER :
+						     GEN_BURST_DEFAULT;
+
+	if (c->context != CNLAB_CTX_KTHREAD)
+		burst = min_t(u32, burst, CNLAB_BURST_BYTES_MAX / c->size_max);
+	return burst;
 }
 
 static int gen_setup_inst(struct cnlab_gen *g, struct gen_inst *in,
@@ -621,8 +657,7 @@ static int gen_start(struct cnlab_gen_start *c)
 	int err;
 
 	if (!c->burst)	/* burst mode: refused by gen_validate_bursts() */
-		c->burst = c->context == CNLAB_CTX_TIMER ? GEN_BURST_TIMER :
-							    GEN_BURST_DEFAULT;
+		c->burst = gen_default_burst(c);
 	if (!c->duration_ns)
 		c->duration_ns = CNLAB_DURATION_MAX_NS;
 

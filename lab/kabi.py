@@ -63,9 +63,14 @@ CNLAB_BURST_MSGS_PER_S_MAX = 1_000_000
 CNLAB_BURST_BYTES_MAX = 1 << 20
 CNLAB_BURST_BYTES_PER_S_MAX = 256 << 20
 CNLAB_QLIMIT_MAX = 1 << 20
+CNLAB_QBYTES_MIN = 64 << 10
+CNLAB_QBYTES_DEFAULT = 64 << 20
+CNLAB_QBYTES_MAX = 1 << 30
 CNLAB_STALL_MAX_MS = 60_000
 CNLAB_BENCH_ITER_MAX = 10_000_000
 CNLAB_BENCH_PAUSE_MAX_US = 100_000
+CNLAB_BENCH_CHUNK_MAX = 4096
+CNLAB_BENCH_CHUNK_BYTES_MAX = 1 << 20
 CNLAB_GEN_ALL = 0xFFFFFFFF
 CNLAB_WARN_MAGIC = 0x5741524E
 
@@ -216,7 +221,7 @@ CBUS_STATS = Layout("cnlab_cbus_stats", [
     ("online", "I")])
 STATS_REP = Layout("cnlab_stats_rep", [
     ("nr_cpus", "I"), ("queue_limit", "I"), ("alloc_fail_nth", "I"),
-    ("stall_ms", "I"), ("ctl_requests", "Q"), ("ctl_errors", "Q"),
+    ("stall_ms", "I"), ("queue_bytes", "I"), ("reserved", "I"), ("ctl_requests", "Q"), ("ctl_errors", "Q"),
     ("ctl_reply_fail", "Q"), ("total", CBUS_STATS)])
 GEN_STATS_REQ = Layout("cnlab_gen_stats_req", [("gen_id", "I"),
                                                ("reserved", "I")])

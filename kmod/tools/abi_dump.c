@@ -87,7 +87,8 @@ int main(void)
 	F(cnlab_cbus_stats, cpu); F(cnlab_cbus_stats, online); E();
 	S(cnlab_stats_rep); F(cnlab_stats_rep, nr_cpus);
 	F(cnlab_stats_rep, queue_limit); F(cnlab_stats_rep, alloc_fail_nth);
-	F(cnlab_stats_rep, stall_ms); F(cnlab_stats_rep, ctl_requests);
+	F(cnlab_stats_rep, stall_ms); F(cnlab_stats_rep, queue_bytes);
+	F(cnlab_stats_rep, reserved); F(cnlab_stats_rep, ctl_requests);
 	F(cnlab_stats_rep, ctl_errors); F(cnlab_stats_rep, ctl_reply_fail);
 	F(cnlab_stats_rep, total); E();
 	S(cnlab_gen_stats_req); F(cnlab_gen_stats_req, gen_id);
@@ -129,7 +130,10 @@ int main(void)
 	K(CNLAB_BURST_RATE_MAX); K(CNLAB_BURST_MSGS_PER_S_MAX);
 	K(CNLAB_BURST_BYTES_MAX); K(CNLAB_BURST_BYTES_PER_S_MAX);
 	K(CNLAB_STALL_MAX_MS); K(CNLAB_BENCH_ITER_MAX);
-	K(CNLAB_BENCH_PAUSE_MAX_US); K(CNLAB_GEN_ALL); K(CNLAB_WARN_MAGIC);
+	K(CNLAB_BENCH_PAUSE_MAX_US); K(CNLAB_BENCH_CHUNK_MAX);
+	K(CNLAB_BENCH_CHUNK_BYTES_MAX); K(CNLAB_QBYTES_MIN);
+	K(CNLAB_QBYTES_DEFAULT); K(CNLAB_QBYTES_MAX);
+	K(CNLAB_GEN_ALL); K(CNLAB_WARN_MAGIC);
 	K(CNLAB_MSG_ECHO); K(CNLAB_MSG_GEN_START); K(CNLAB_MSG_GEN_STOP);
 	K(CNLAB_MSG_STATS); K(CNLAB_MSG_GEN_STATS); K(CNLAB_MSG_SET_FAULT);
 	K(CNLAB_MSG_BENCH); K(CNLAB_MSG_BENCH_RESULT); K(CNLAB_MSG_MAX);

@@ -1268,12 +1268,518 @@ def t_bursts(c, rate=50, burst=32, nbursts=12):
     return report("burst_limits", good, refused=refused, edge=edge.error_name or "ok") and ok_all
 
 
+# ------------------------------------------ issue 12: hard classes, bounds, the ABI fuzzer
+
+def t_abi_fuzz(c, n=4000, seed=12):
+    """The structure-aware ABI fuzzer (abi_fuzz.py): exact reply status of every request, privileged or not."""
+    import abi_fuzz
+
+    out = abi_fuzz.fuzz(n, seed)
+    out.pop("test")
+    return report("abi_fuzz", out.pop("ok"), **out)
+
+
+def last_cpu():
+    cpus = online_cpus()
+    return cpus[-1] if len(cpus) > 1 else None
+
+
+def busy_rate(cpu, seconds):
+    """Loop iterations per second of a busy child process pinned to ``cpu`` for ``seconds``."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        os.sched_setaffinity(0, {cpu})
+        n = 0
+        t0 = time.monotonic()
+        end = t0 + seconds
+        while True:
+            for _ in range(2000):
+                n += 1
+            if time.monotonic() >= end:
+                break
+        os.write(wfd, json.dumps(n / (time.monotonic() - t0)).encode())
+        os._exit(0)
+    os.close(wfd)
+    data = os.read(rfd, 100)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def gen_reply_status(c, **cfg):
+    """GEN_START's status and effective burst; a generator that started is stopped again."""
+    base = dict(gen_id=14, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=1, cpu_mask=1, rate=0,
+                size_min=32, size_max=32, path="cbus")
+    base.update(cfg)
+    r = c.gen_start(**base)
+    if r.ok:
+        c.gen_stop(base["gen_id"])
+    return r.status, (r.body.get("burst") if r.ok else None)
+
+
+def t_bounds(c):
+    """Limits a privileged user could otherwise exceed (docs/kmod.md "Bounds"), each enforced and measured.
+
+    1. A rate-paced hard-IRQ generator keeps at most half of its CPU: a busy loop pinned to that CPU keeps at
+       least a quarter of its speed beside the heaviest generator allowed (rate 10^7, burst 4096 x 256 bytes:
+       firings re-armed every 20 us that each take far longer).
+    2. Softirq, timer and hard-IRQ generators copy at most 1 MiB per firing (burst x size_max, -EINVAL
+       beyond); the default burst shrinks to fit.
+    3. A BENCH chunk (preemption off) is at most 4096 calls (-ERANGE) and 1 MiB (chunk x payload, -EINVAL),
+       whatever the queue limit.
+    4. CBUS queues at most queue_bytes per CPU (module parameter, 64 MiB by default, 64 KiB..1 GiB), also
+       when the message limit is raised to 2^20: exactly as many messages as fit are queued.
+    """
+    out = {}
+    good = True
+    cpu = last_cpu()
+    # 1. the hard-IRQ duty cap
+    if cpu is not None:
+        wait_drained(c)
+        c.fault(kabi.CNLAB_FAULT_STALL_MS, 10000)   # the drain thread sleeps: the loop competes with the IRQ only
+        base = busy_rate(cpu, 1.5)
+        # the most a rate-paced firing may do: 4096 messages of 256 bytes (1 MiB) due every 20 us
+        r = c.gen_start(gen_id=12, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0, duration_ns=4 * 10**9,
+                        cpu_mask=1 << cpu, rate=kabi.CNLAB_RATE_MAX, burst=kabi.CNLAB_BURST_MAX, size_min=256,
+                        size_max=256, context="hardirq", path="cbus")
+        time.sleep(0.2)
+        loaded = busy_rate(cpu, 1.5) if r.ok else 0.0
+        g = c.gen_stats(12).body
+        c.gen_stop(12)
+        stall_end(c)
+        ratio = loaded / base if base else 0.0
+        generated = sum(cs["generated"] for cs in g["cpus"])
+        out["duty"] = {"start": r.error_name or "ok", "loop_alone": round(base), "loop_beside_irq": round(loaded),
+                       "ratio": round(ratio, 3), "generated": generated}
+        good = r.ok and ratio >= 0.25 and generated > 0 and good
+    # 2. per firing: burst x size_max <= 1 MiB in atomic contexts; kthread context is preemptible between messages
+    firing = {
+        "hardirq 4096x8192": gen_reply_status(c, context="hardirq", burst=4096, size_max=8192),
+        "timer 129x8192": gen_reply_status(c, context="timer", burst=129, size_max=8192),
+        "timer 128x8192": gen_reply_status(c, context="timer", burst=128, size_max=8192),
+        "softirq 4096x257": gen_reply_status(c, context="softirq", burst=4096, size_max=257),
+        "softirq 4096x256": gen_reply_status(c, context="softirq", burst=4096, size_max=256),
+        "kthread 4096x8192": gen_reply_status(c, context="kthread", burst=4096, size_max=8192),
+        "timer default x8192": gen_reply_status(c, context="timer", burst=0, size_max=8192),
+        "hardirq default x8192": gen_reply_status(c, context="hardirq", burst=0, size_max=8192),
+    }
+    einval = -errno.EINVAL
+    want = {"hardirq 4096x8192": (einval, None), "timer 129x8192": (einval, None), "timer 128x8192": (0, 128),
+            "softirq 4096x257": (einval, None), "softirq 4096x256": (0, 4096), "kthread 4096x8192": (0, 4096),
+            "timer default x8192": (0, 128), "hardirq default x8192": (0, 64)}
+    out["firing"] = {k: list(v) for k, v in firing.items()}
+    good = firing == want and good
+    # 3. BENCH chunks, even with the message limit at its maximum
+    prev_limit = c.stats().body["queue_limit"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, kabi.CNLAB_QLIMIT_MAX)
+    bench = dict(idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, iterations=1, pause_us=0, cpu=0)
+    chunks = {"2^20 x 32": c.bench(timeout=60, chunk=1 << 20, payload=32, **bench).status,
+              "4097 x 32": c.bench(timeout=60, chunk=4097, payload=32, **bench).status,
+              "4096 x 257": c.bench(timeout=60, chunk=4096, payload=257, **bench).status,
+              "4096 x 256": c.bench(timeout=60, chunk=4096, payload=256, **bench).status}
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
+    out["bench_chunks"] = chunks
+    good = chunks == {"2^20 x 32": -errno.ERANGE, "4097 x 32": -errno.ERANGE, "4096 x 257": einval,
+                      "4096 x 256": 0} and good
+    # 4. bytes per CPU queue
+    default_bytes = c.stats().body.get("queue_bytes")
+    qb = {"default": default_bytes}
+    for value in (kabi.CNLAB_QBYTES_MIN - 1, kabi.CNLAB_QBYTES_MAX + 1):
+        qb[f"load {value}"] = reload_module(f"queue_bytes={value}") or "loaded"
+    err = reload_module(f"queue_bytes={kabi.CNLAB_QBYTES_MIN}")
+    qb["load 65536"] = err or "loaded"
+    if not err:
+        with kabi.CtlClient(timeout=5.0) as q:
+            qb["reported"] = q.stats().body.get("queue_bytes")
+            q.fault(kabi.CNLAB_FAULT_QLIMIT, kabi.CNLAB_QLIMIT_MAX)
+            for size, fits in ((4076, 16), (32, 300)):  # 16 x (20 + 4076) = 64 KiB exactly; 300 x 52 bytes fit
+                cons = Consumer()
+                cons.start()
+                s0 = wait_drained(q).body["cpus"][0]
+                q.fault(kabi.CNLAB_FAULT_STALL_MS, 20000)
+                g, gerr = run_gen(q, cons, 13, 300, context="kthread", path="cbus", cpu_mask=1, rate=0,
+                                  size_min=size, size_max=size)
+                held = q.stats().body["cpus"][0]
+                stall_end(q)
+                cons.wait_for(fits, 10)
+                cons.stop()
+                d = stats_delta(s0, held)
+                qb[f"{size} bytes"] = {"queued": d["queued"], "full": d["drop_full"], "received": cons.received,
+                                       "error": gerr}
+                good = (g is not None and d["queued"] == fits and d["drop_full"] == 300 - fits
+                        and cons.received == fits and good)
+    err = reload_module("")
+    qb["reload"] = err or "loaded"
+    out["queue_bytes"] = qb
+    good = (default_bytes == kabi.CNLAB_QBYTES_DEFAULT and qb["reported"] == kabi.CNLAB_QBYTES_MIN
+            and qb[f"load {kabi.CNLAB_QBYTES_MIN - 1}"] != "loaded" and qb[f"load {kabi.CNLAB_QBYTES_MAX + 1}"]
+            != "loaded" and not err and good) if "reported" in qb else False
+    return report("bounds", good, **out)
+
+
+def drain_thread_state(cpu):
+    """The state letter of CBUS's drain thread of ``cpu`` (P: parked), or None."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != f"cbus/{cpu}":
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+    return None
+
+
+def last_final_line():
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    finals = [line for line in log.splitlines() if "cbus final:" in line]
+    if not finals:
+        return None
+    words = finals[-1].split("cbus final:")[1].split()
+    return {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+
+
+def t_offline_end(c, seconds=3.0, rate=300):
+    """A CPU goes offline under load and stays offline to the end of the run, and through an unload.
+
+    Its queue holds 300 messages (the drain threads stall) when it goes down: the hotplug drain delivers them
+    though the stall goes on. Producers of every context keep running (their instances on that CPU move to
+    another one); afterwards everything is delivered, in order, the ledger holds on every CPU and the dead
+    CPU's queue is empty, its drain thread parked. While it is down a BENCH or generator on it is refused, the
+    module unloads with balanced final counts and loads again; after it comes back a generator on it works.
+    """
+    cpu = last_cpu()
+    if cpu is None:
+        return report("offline_end", True, skipped="1 CPU")
+    try:
+        return _offline_end(c, cpu, seconds, rate)
+    finally:
+        if open(f"/sys/devices/system/cpu/cpu{cpu}/online").read().strip() != "1":
+            cpu_set(cpu, True)
+
+
+def _offline_end(c, cpu, seconds, rate):
+    out = {"cpu": cpu}
+    cons = Consumer()
+    cons.start()
+    s0 = wait_drained(c)
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, 1 << 16)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 30000)
+    g0, err = run_gen(c, cons, 0, 300, context="kthread", path="cbus", cpu_mask=1 << cpu, rate=0)
+    held = c.stats().body["cpus"][cpu]
+    out["held_before_offline"] = held["enqueued"] - held["dequeued"]
+    mask = (1 << ncpus()) - 1
+    specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
+             ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
+    for i, (ctx, path, fl) in enumerate(specs, start=1):
+        r = c.gen_start(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0, duration_ns=int(seconds * 1e9),
+                        cpu_mask=mask, rate=rate, size_min=32, size_max=64, context=ctx, path=path, flags=fl)
+        if not r.ok:
+            out.setdefault("start_errors", []).append((ctx, path, r.error_name))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    cpu_set(cpu, False)
+    out["offline_s"] = round(time.monotonic() - t0, 2)
+    after = c.stats().body
+    dead = after["cpus"][cpu]
+    out["dead_cpu_after_offline"] = {k: dead[k] for k in ("online", "enqueued", "dequeued", "sent")}
+    out["stall_still_on"] = after["stall_ms"] == 30000
+    delivered_in_stall = kabi.wait_until(lambda: cons.expected.get((0, cpu), 0) >= 300, 10)
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 0)
+    gens = [g0] + [wait_gen_done(c, i, 60) for i in range(1, len(specs) + 1)]
+    s1 = wait_drained(c, 30)
+    ok = sum(gen_totals(g)["ok"] for g in gens)
+    generated = sum(gen_totals(g)["generated"] for g in gens)
+    cons.wait_for(ok, 30)
+    cons.stop()
+    d = stats_delta(s0.body["total"], s1.body["total"])
+    ledger = {e["cpu"]: kabi.ledger_problems(e) for e in s1.body["cpus"]}
+    ledger["total"] = kabi.ledger_problems(s1.body["total"])
+    online_file = open(f"/sys/devices/system/cpu/cpu{cpu}/online").read().strip()
+    out.update(generated=generated, accepted=ok, received=cons.received, lost=cons.lost, reordered=cons.reordered,
+               cbus_delta=d, ledger={k: v for k, v in ledger.items() if v}, drain_thread=drain_thread_state(cpu),
+               online_at_end=online_file, delivered_during_stall=bool(delivered_in_stall))
+    good = (g0 is not None and out["held_before_offline"] == 300 and dead["online"] == 0
+            and dead["enqueued"] == dead["dequeued"] and out["stall_still_on"] and bool(delivered_in_stall)
+            and all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens) and not out.get("start_errors")
+            and d["queued"] == 0 and not out["ledger"] and cons.lost == 0 and cons.reordered == 0
+            and cons.received == ok == generated and online_file == "0" and out["drain_thread"] == "P"
+            and s1.body["cpus"][cpu]["online"] == 0)
+    # refused while it is down
+    out["bench_on_dead_cpu"] = c.bench(timeout=30, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32,
+                                       iterations=1, chunk=1, pause_us=0, cpu=cpu).status
+    out["gen_on_dead_cpu"] = c.gen_start(gen_id=9, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=10,
+                                         cpu_mask=1 << cpu, size_min=32, size_max=32, context="kthread",
+                                         path="cbus").status
+    good = good and out["bench_on_dead_cpu"] == out["gen_on_dead_cpu"] == -errno.EINVAL
+    # unload and load with the CPU down
+    err = reload_module("")
+    final = last_final_line()
+    out["reload_offline"] = err or "ok"
+    out["final"] = final
+    good = (good and not err and final is not None and final["queued"] == 0
+            and final["inserted"] == final["sent"] + final["full"] + final["nomem"] + final["nolistener"]
+            + final["overrun"] + final["nlerr"])
+    with kabi.CtlClient(timeout=5.0) as q:
+        s = q.stats().body
+        good = good and q.echo(b"down").ok and s["cpus"][cpu]["online"] == 0
+        cpu_set(cpu, True)
+        cons = Consumer()
+        cons.start()
+        g, err = run_gen(q, cons, 2, 200, context="kthread", path="cbus", cpu_mask=1 << cpu, rate=0)
+        wait_drained(q)
+        cons.wait_for(200, 10)
+        cons.stop()
+        out["back_online"] = {"error": err, "received": cons.received, "lost": cons.lost}
+        good = good and g is not None and cons.received == 200 and cons.lost == cons.reordered == 0
+    return report("offline_end", good, **out)
+
+
+def cpu_delta(a, b):
+    """Every counter of one cnlab_cbus_stats entry, b - a (the ledger's counters included)."""
+    keys = ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", "drop_nlerr",
+            "queued", "enqueued", "dequeued", "rejected")
+    return {k: b[k] - a[k] for k in keys}
+
+
+class OrderConsumer(Consumer):
+    """A Consumer that also keeps every message's (gen, cpu, seq, ts) in arrival order."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.order = []
+
+    def _event(self, ev, now):
+        super()._event(ev, now)
+        self.order.append((ev[0], ev[1], ev[2], ev[3]))
+
+
+def overtakes(order, cpu, irq_gen, thread_gen):
+    """Hard-IRQ messages queued ahead of a thread message stamped before them: the IRQ came mid-insert."""
+    n = 0
+    last_irq_ts = None
+    for gen, c, _seq, ts in order:
+        if c != cpu:
+            continue
+        if gen == irq_gen:
+            last_irq_ts = ts
+        elif gen == thread_gen and last_irq_ts is not None:
+            if last_irq_ts > ts:
+                n += 1
+            last_irq_ts = None
+    return n
+
+
+def t_nested_irq(c, count=1500):
+    """A hard-IRQ producer interrupts a kthread producer mid-insert, both at full rate, on one CPU.
+
+    Both insert 200..600-byte messages (beyond a pool slot: allocated and copied before the IRQ-off section, a
+    wide window for the interrupt). Evidence of nesting: hard-IRQ messages that reached the queue ahead of a
+    kthread message stamped before them. Then exact accounting: the generators' books against CBUS's on that
+    CPU, the ledger, the reader's receipts, gaps and order. A second phase with a stalled drain and a 64-message
+    limit: the CPU's high-water mark is exactly 64, the rest exactly counted as full, from both producers.
+    """
+    cpu = last_cpu()
+    if cpu is None:
+        return report("nested_irq", True, skipped="1 CPU")
+    out = {"cpu": cpu}
+    prev_limit = c.stats().body["queue_limit"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, 1 << 16)
+    cons = OrderConsumer()
+    cons.start()
+    s0 = wait_drained(c).body["cpus"][cpu]
+    common = dict(idx=GEN_IDX, val=GEN_VAL, group=GROUP, cpu_mask=1 << cpu, rate=0, size_min=200, size_max=600,
+                  path="cbus")
+    rk = c.gen_start(gen_id=0, count=count, context="kthread", **common)
+    ri = c.gen_start(gen_id=1, count=0, duration_ns=60 * 10**9, context="hardirq", burst=16, **common)
+    gk = wait_gen_done(c, 0, 120)
+    c.gen_stop(1)
+    gi = c.gen_stats(1)
+    s1 = wait_drained(c, 30).body["cpus"][cpu]
+    tk, ti = gen_totals(gk), gen_totals(gi)
+    cons.wait_for(s1["sent"] - s0["sent"], 30)
+    cons.wait_read(10)
+    time.sleep(0.1)
+    cons.stop()
+    d = cpu_delta(s0, s1)
+    drops = d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_overrun"] + d["drop_nlerr"]
+    tails = sum(g.body["cpus"][cpu]["generated"] - cons.expected.get((gid, cpu), 0)
+                for gid, g in ((0, gk), (1, gi)))
+    nested = overtakes(cons.order, cpu, 1, 0)
+    out["full_rate"] = {"kthread": tk, "hardirq": ti, "cbus_delta": d, "received": cons.received,
+                        "gaps": cons.lost, "tails": tails, "reordered": cons.reordered, "overtakes": nested,
+                        "ledger": kabi.ledger_problems(s1)}
+    good = (rk.ok and ri.ok and tk["generated"] == count and ti["generated"] > 0
+            and d["inserted"] == tk["generated"] + ti["generated"]
+            and d["enqueued"] + d["drop_full"] + d["drop_nomem"] == d["inserted"]
+            and tk["ok"] + ti["ok"] == d["enqueued"] and tk["err_full"] + ti["err_full"] == d["drop_full"]
+            and tk["err_nomem"] + ti["err_nomem"] == d["drop_nomem"] and tk["err_other"] == ti["err_other"] == 0
+            and not kabi.ledger_problems(s1) and cons.received == d["sent"] and cons.reordered == 0
+            and cons.lost + tails == drops and nested > 0)
+    # exact limit while both producers nest on the CPU
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, 64)
+    c.stats(reset_hwm=True)
+    a = c.stats().body["cpus"][cpu]
+    c.fault(kabi.CNLAB_FAULT_STALL_MS, 20000)
+    cons = Consumer()
+    cons.start()
+    c.gen_start(gen_id=2, count=3000, context="kthread", **common)
+    c.gen_start(gen_id=3, count=0, duration_ns=60 * 10**9, context="hardirq", burst=16, **common)
+    g2 = wait_gen_done(c, 2, 60)
+    c.gen_stop(3)
+    g3 = c.gen_stats(3)
+    b = c.stats().body["cpus"][cpu]
+    stall_end(c)
+    cons.wait_for(64, 10)
+    cons.stop()
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
+    e = cpu_delta(a, b)
+    t2, t3 = gen_totals(g2), gen_totals(g3)
+    out["limit_64"] = {"hwm": b["hwm"], "cbus_delta": e, "kthread_full": t2["err_full"],
+                       "hardirq_full": t3["err_full"], "received": cons.received}
+    good = (good and b["hwm"] == 64 and e["enqueued"] == 64 and e["drop_full"] == e["inserted"] - 64
+            and t2["err_full"] > 0 and t3["err_full"] > 0 and t2["err_full"] + t3["err_full"] == e["drop_full"]
+            and cons.received == 64)
+    return report("nested_irq", good, **out)
+
+
+def kmsg_open():
+    """/dev/kmsg, positioned after the last record (read what is logged from now on with :func:`kmsg_read`)."""
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def kmsg_read(fd):
+    """The kernel log lines written since the last read (records overwritten before it are skipped)."""
+    out = []
+    while True:
+        try:
+            rec = os.read(fd, 8192)
+        except BlockingIOError:
+            return out
+        except BrokenPipeError:
+            continue
+        out.append(rec.decode(errors="replace").split(";", 1)[-1].rstrip("\n"))
+
+
+def t_unload_inflight(c, cycles=20):
+    """GEN_START, GEN_STOP, GEN_STATS and BENCH requests in flight while the module unloads, again and again.
+
+    Four threads send them without pause (each its own socket; a reply that does not come within 0.5 s, the
+    module being away, is counted as none); the main thread unloads and loads the module ``cycles`` times. Every
+    reply must carry a status its type allows at such times (0, the state errors, -ESHUTDOWN), each type must have
+    succeeded and BENCH runs must have been cut short by unloads (-ESHUTDOWN); every unload's final counts balance.
+    """
+    allowed = {"GEN_START": {0, -errno.EBUSY, -errno.ESHUTDOWN}, "GEN_STOP": {0, -errno.ENOENT, -errno.ESHUTDOWN},
+               "GEN_STATS": {0, -errno.ESHUTDOWN}, "BENCH": {0, -errno.EBUSY, -errno.ESHUTDOWN}}
+    seen = {k: {} for k in allowed}
+    bench_runs = []  # (iterations, status, seconds) of the first BENCH requests
+    stop = threading.Event()
+    mask = (1 << ncpus()) - 1
+    ctxs = ("kthread", "timer", "hardirq", "softirq")
+
+    def loop(kind):
+        i = 0
+        while not stop.is_set():
+            try:
+                with kabi.CtlClient(timeout=0.5) as s:
+                    while not stop.is_set():
+                        i += 1
+                        gid = 8 + i % 4
+                        t_req = time.monotonic()
+                        try:
+                            if kind == "GEN_START":
+                                r = s.gen_start(gen_id=gid, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
+                                                duration_ns=5 * 10**9, cpu_mask=mask, rate=2000, size_min=32,
+                                                size_max=128, context=ctxs[i % 4], path="cbus")
+                            elif kind == "GEN_STOP":
+                                r = s.gen_stop(gid if i % 5 else kabi.CNLAB_GEN_ALL)
+                            elif kind == "GEN_STATS":
+                                r = s.gen_stats(i % kabi.CNLAB_MAX_GENS)
+                            else:  # every other run long enough (4 s) for an unload to cut it short; a
+                                # request sent while the module is away gets no reply: short waits
+                                long_run = i % 2
+                                r = s.bench(timeout=10 if long_run else 2, idx=GEN_IDX, val=BENCH_VAL,
+                                            group=BENCH_GROUP, payload=32, iterations=400 if long_run else 4,
+                                            chunk=1, pause_us=5000, cpu=i % ncpus())
+                            status = r.status
+                        except TimeoutError:
+                            status = None
+                        seen[kind][status] = seen[kind].get(status, 0) + 1
+                        if kind == "BENCH" and len(bench_runs) < 40:
+                            bench_runs.append((400 if long_run else 4, status, round(time.monotonic() - t_req, 2)))
+                        if kind == "BENCH" and status in (None, -errno.ESHUTDOWN):
+                            # an unload ended it (or the module was away): the next run starts once the module
+                            # answers again, else every short run would fall into the gap the unload left
+                            while not stop.is_set() and not echo_answers(s):
+                                pass
+                        if kind == "GEN_STOP":
+                            time.sleep(0.05)
+            except OSError:
+                time.sleep(0.01)
+
+    def echo_answers(s):
+        try:
+            return s.request(kabi.CNLAB_MSG_ECHO, kabi.ECHO.pack(user_ns=1, data_len=0), 0.2).ok
+        except TimeoutError:
+            return False
+
+    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in allowed]
+    for t in threads:
+        t.start()
+    failures = []
+    t0 = time.monotonic()
+    rng = random.Random(5)
+    kmsg = kmsg_open()
+    finals = []  # each unload's "cbus final" line, read as it comes (100 unloads outrun the log buffer)
+    for i in range(cycles):
+        time.sleep(rng.uniform(0.3, 0.8))
+        err = module_unload("cnlab")
+        if err:
+            failures.append(("rmmod", i, err))
+            break
+        finals += [line for line in kmsg_read(kmsg) if "cbus final:" in line]
+        err = module_load(MODULE)
+        if err:
+            failures.append(("insmod", i, err))
+            break
+    os.close(kmsg)
+    elapsed = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join(20)
+    unbalanced = []
+    for line in finals:
+        words = line.split("cbus final:")[1].split()
+        f = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+        if f["queued"] or f["inserted"] != (f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["overrun"]
+                                            + f["nlerr"]):
+            unbalanced.append(line)
+    wrong = {k: {str(s): n for s, n in v.items() if s is not None and s not in allowed[k]} for k, v in seen.items()}
+    echo_after = c.echo(b"after").ok
+    good = (not failures and not unbalanced and len(finals) == cycles and not any(wrong.values())
+            and all(v.get(0, 0) > 0 for v in seen.values())
+            and seen["BENCH"].get(-errno.ESHUTDOWN, 0) > 0 and echo_after)
+    return report("unload_inflight", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
+                  final_lines=len(finals), echo_after=echo_after,
+                  unbalanced=unbalanced[:3], wrong=wrong, bench_runs=bench_runs,
+                  statuses={k: {str(s): n for s, n in v.items()} for k, v in seen.items()})
+
+
 TESTS = {"echo": t_echo, "deliver": t_deliver, "balance": t_balance, "invariant": t_invariant,
          "perm": t_perm, "fuzz": t_fuzz, "faults": t_faults, "hotplug": t_hotplug,
          "initfail": t_initfail, "unload": t_unload, "bench": t_bench, "stall_end": t_stall_end,
          "gen_fail_keeps": t_gen_fail_keeps, "alloc_nth_exact": t_alloc_nth_exact, "drain_budget": t_drain_budget,
          "bench_status": t_bench_status, "bench_offline": t_bench_offline, "cpu_entries": t_cpu_entries,
-         "bundle_bound": t_bundle_bound, "overrun": t_overrun, "bursts": t_bursts, "hwm_reset": t_hwm_reset}
+         "bundle_bound": t_bundle_bound, "overrun": t_overrun, "bursts": t_bursts, "hwm_reset": t_hwm_reset,
+         "abi_fuzz": t_abi_fuzz, "bounds": t_bounds, "offline_end": t_offline_end, "nested_irq": t_nested_irq,
+         "unload_inflight": t_unload_inflight}
 ALL = ["echo", "deliver", "balance", "invariant", "perm", "fuzz", "faults", "bench", "hotplug", "invariant",
        "initfail", "unload"]
 
@@ -1283,6 +1789,9 @@ def main(argv):
     ap.add_argument("--no-klog", action="store_true", help="skip the final kernel log check")
     ap.add_argument("--unload-cycles", type=int, default=100)
     ap.add_argument("--fuzz-count", type=int, default=12000)
+    ap.add_argument("--abi-fuzz-requests", type=int, default=4000, help="abi_fuzz: request budget")
+    ap.add_argument("--abi-fuzz-seed", type=int, default=12)
+    ap.add_argument("--inflight-cycles", type=int, default=20, help="unload_inflight: unload/load cycles")
     ap.add_argument("--deliver-count", type=int, default=2000, help="messages per CPU and combination")
     ap.add_argument("--hotplug-seconds", type=float, default=6.0)
     ap.add_argument("--hotplug-rate", type=int, default=HOTPLUG_RATE, help="msgs/s per generator instance")
@@ -1291,7 +1800,9 @@ def main(argv):
     names = ALL if args.tests in ([], ["all"]) else args.tests
     params = {"unload": {"cycles": args.unload_cycles}, "fuzz": {"n": args.fuzz_count},
               "deliver": {"count": args.deliver_count},
-              "hotplug": {"seconds": args.hotplug_seconds, "rate": args.hotplug_rate}}
+              "hotplug": {"seconds": args.hotplug_seconds, "rate": args.hotplug_rate},
+              "abi_fuzz": {"n": args.abi_fuzz_requests, "seed": args.abi_fuzz_seed},
+              "unload_inflight": {"cycles": args.inflight_cycles}}
     for name in names:
         if name not in TESTS:
             ap.error(f"unknown test {name!r} (choose from {', '.join(TESTS)})")

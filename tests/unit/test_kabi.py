@@ -309,6 +309,52 @@ def test_ledger_compares_counters_nothing_derives():
     assert kabi.ledger_problems(dict(good, sent=7)) == ["dequeued 8 != sent 7 + nolistener 1 + overrun 0 + nlerr 1"]
 
 
+# ------------------------------------------------------------------ bounds (issue 12)
+
+#: The constants the "Bounds" table of docs/kmod.md must state.
+BOUND_CONSTANTS = ("CNLAB_BURST_BYTES_MAX", "CNLAB_BENCH_CHUNK_MAX", "CNLAB_BENCH_CHUNK_BYTES_MAX",
+                   "CNLAB_QBYTES_DEFAULT", "CNLAB_QBYTES_MIN", "CNLAB_QBYTES_MAX")
+
+
+def doc_bounds(text: str) -> dict[str, int]:
+    """Constant -> limit from the rows of the "### Bounds" table (| request | was | `CONST` | 1,234 | refusal |)."""
+    import re
+
+    section = text.split("### Bounds\n", 1)[1].split("\n### ", 1)[0]
+    out = {}
+    for m in re.finditer(r"^\|[^|]*\|[^|]*\| `(?P<name>CNLAB_\w+)` \| (?P<value>[\d,]+) \|", section, re.M):
+        out[m["name"]] = int(m["value"].replace(",", ""))
+    return out
+
+
+def test_doc_bounds_reads_the_table_rows():
+    text = ("### Bounds\n\n| a | b | `CNLAB_X` | 1,024 | -EINVAL |\n| a | b | (rule) | x | y |\n"
+            "### Next\n| a | b | `CNLAB_Y` | 5 | z |\n")
+    assert doc_bounds(text) == {"CNLAB_X": 1024}
+
+
+def test_bounds_in_the_docs_are_the_abi_constants(c_abi):
+    """Each limit docs/kmod.md "Bounds" states is the C header's value and kabi's, and the module parameter table
+    says the same queue_bytes range and default."""
+    text = DOCS_KMOD.read_text()
+    stated = doc_bounds(text)
+    assert set(BOUND_CONSTANTS) <= set(stated), f"not in the Bounds table: {set(BOUND_CONSTANTS) - set(stated)}"
+    wrong = [f"{name}: docs {value}, C {c_abi['consts'][name]}, kabi {getattr(kabi, name)}"
+             for name, value in stated.items() if not value == c_abi["consts"][name] == getattr(kabi, name)]
+    assert not wrong, "\n".join(wrong)
+    row = f"| `queue_bytes` | {kabi.CNLAB_QBYTES_DEFAULT} | "
+    assert row in text and f"({kabi.CNLAB_QBYTES_MIN}..{kabi.CNLAB_QBYTES_MAX};" in text
+
+
+def test_bounds_are_consistent():
+    """A BENCH chunk fits the message limit's maximum; the byte limits allow at least one largest message."""
+    assert kabi.CNLAB_BENCH_CHUNK_MAX <= kabi.CNLAB_QLIMIT_MAX
+    assert kabi.CNLAB_BENCH_CHUNK_BYTES_MAX >= kabi.CNLAB_PAYLOAD_MAX
+    assert kabi.CNLAB_QBYTES_MIN <= kabi.CNLAB_QBYTES_DEFAULT <= kabi.CNLAB_QBYTES_MAX
+    assert kabi.CNLAB_QBYTES_MIN >= kabi.CN_MSG.size + kabi.CNLAB_PAYLOAD_MAX
+    assert kabi.CNLAB_BURST_BYTES_MAX // kabi.CNLAB_PAYLOAD_MAX >= 1
+
+
 def test_threads_sharing_a_client_each_get_their_own_reply():
     """The agent's fault threads and its event probes share one CtlClient: a reply must reach its asker."""
     import socket

@@ -42,8 +42,14 @@
 #define CNLAB_BURST_BYTES_MAX	1048576U	/* 1 MiB: burst x size_max */
 #define CNLAB_BURST_BYTES_PER_S_MAX 268435456ULL	/* 256 MiB: x rate */
 #define CNLAB_QLIMIT_MAX	1048576U	/* 2^20 */
+/* CBUS bytes queued per CPU (cn_msg header + data), module parameter queue_bytes */
+#define CNLAB_QBYTES_MIN	65536U	/* 64 KiB */
+#define CNLAB_QBYTES_DEFAULT	67108864U	/* 64 MiB */
+#define CNLAB_QBYTES_MAX	1073741824U	/* 1 GiB */
 #define CNLAB_STALL_MAX_MS	60000
 #define CNLAB_BENCH_ITER_MAX	10000000U
+#define CNLAB_BENCH_CHUNK_MAX	4096	/* calls with preemption off */
+#define CNLAB_BENCH_CHUNK_BYTES_MAX 1048576U	/* 1 MiB: chunk x payload */
 #define CNLAB_BENCH_PAUSE_MAX_US 100000
 #define CNLAB_GEN_ALL		0xffffffffU	/* GEN_STOP: every generator */
 #define CNLAB_WARN_MAGIC	0x5741524eULL	/* "WARN" */
@@ -163,7 +169,10 @@ struct cnlab_stats_req {
 	__u32	reserved;
 };
 
-/* Restart every CPU's high-water mark from its depth now (CAP_NET_ADMIN); the reply is read after it */
+/*
+ * Restart every CPU's high-water mark from its depth now (CAP_NET_ADMIN);
+ * the reply is read after it.
+ */
 #define CNLAB_STATS_F_RESET_HWM	0x0001
 #define CNLAB_STATS_F_ALL	CNLAB_STATS_F_RESET_HWM
 
@@ -200,9 +209,11 @@ struct cnlab_cbus_stats {
 /* STATS reply body: this, then nr_cpus struct cnlab_cbus_stats */
 struct cnlab_stats_rep {
 	__u32	nr_cpus;	/* per-CPU entries that follow */
-	__u32	queue_limit;
+	__u32	queue_limit;	/* messages per CPU */
 	__u32	alloc_fail_nth;	/* fault knob, 0 = off */
 	__u32	stall_ms;	/* last stall request, 0 = none */
+	__u32	queue_bytes;	/* bytes per CPU (module parameter) */
+	__u32	reserved;
 	__u64	ctl_requests;	/* control requests received */
 	__u64	ctl_errors;	/* requests answered with an error */
 	__u64	ctl_reply_fail;	/* replies that could not be sent */
@@ -277,7 +288,9 @@ struct cnlab_bench {
 	__u32	group;		/* 1..32; put one listener there */
 	__u32	payload;	/* data bytes, 0..CNLAB_PAYLOAD_MAX */
 	__u32	iterations;	/* per path, 1..CNLAB_BENCH_ITER_MAX */
-	__u32	chunk;		/* 1..queue limit */
+	__u32	chunk;		/* 1..min(queue limit, CNLAB_BENCH_CHUNK_MAX),
+				 * chunk x payload <= CNLAB_BENCH_CHUNK_BYTES_MAX
+				 */
 	__u32	pause_us;	/* 0..CNLAB_BENCH_PAUSE_MAX_US */
 	__u32	cpu;		/* CPU to run on (must be online) */
 };

@@ -344,3 +344,100 @@ def test_kernel_watch_catches_a_warning(pool):
     kinds = {line.split(":", 1)[0] for line in report.problems}
     assert {"WARNING", "call trace"} <= kinds, report.describe()
     pool.close()  # tainted with W: never share this guest
+
+
+# ------------------------------------- issue 12: the ABI fuzzer, bounds, hard classes
+
+EPERM = -1
+#: Request types that steer the module (STATS with the reset flag among them) and the read-only ones.
+STEERING = ("GEN_START", "GEN_STOP", "SET_FAULT", "BENCH", "STATS reset")
+READ_ONLY = ("ECHO", "STATS", "GEN_STATS")
+#: The fuzzer's unprivileged senders: uid 65534 on its own socket, uid 65534 on a socket root opened, root on a
+#: socket uid 65534 opened (the module checks the sender and the socket's opener).
+UNPRIVILEGED = ("nobody", "nobody_rootsock", "root_nobodysock")
+ABI_FUZZ_SEED = "12"
+
+
+def assert_abi_fuzz(fz: dict, requests: int) -> None:
+    """Every reply as the model predicted, the module's books equal the fuzzer's, the privilege matrix exact."""
+    assert fz["mismatches"] == fz["send_errors"] == 0, fz["examples"]
+    assert fz["requests"] >= requests and fz["systematic"] >= 2000
+    c = fz["counters"]
+    assert c["ctl_requests"] == c["expected_requests"] > 0 and c["ctl_errors"] == c["expected_errors"] > 0, c
+    assert c["ctl_reply_fail"] == 0
+    perm = fz["perm"]
+    for name in STEERING:
+        assert {mode: perm[name][mode] for mode in UNPRIVILEGED} == dict.fromkeys(UNPRIVILEGED, [EPERM]), name
+        assert EPERM not in perm[name]["root"], name
+    for name in READ_ONLY:
+        assert perm[name] == {mode: [0] for mode in ("root", *UNPRIVILEGED)}, name
+    assert EPERM not in {s for statuses in perm["BENCH_RESULT"].values() for s in statuses}
+    assert fz["blocker_status"] == -108  # -ESHUTDOWN: the unload ended the BENCH that ran all along
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_abi_fuzzer_gets_the_predicted_reply_to_every_request(pool):
+    """Every field at 0, 1, max, max+1, all-ones, every length +-1, reserved fields set, every type from four
+    senders, then seeded random combinations: each reply's exact status and body as the model says."""
+    res = run_checks(pool, "2cpu", 2, ["abi_fuzz", "echo"], "--abi-fuzz-requests", "4000",
+                     "--abi-fuzz-seed", ABI_FUZZ_SEED)
+    assert_abi_fuzz(res["abi_fuzz"][0], 4000)
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_limits_a_privileged_user_could_exceed_are_enforced(pool):
+    """Hard-IRQ duty, bytes per firing, BENCH chunk calls and bytes, bytes per CPU queue: refused just past each
+    limit, accepted at it (docs/kmod.md "Bounds")."""
+    res = run_checks(pool, "2cpu", 2, ["bounds", "echo"])
+    b = res["bounds"][0]
+    assert b["duty"]["ratio"] >= 0.25 and b["duty"]["generated"] > 0
+    assert b["firing"]["hardirq 4096x8192"] == [-22, None] and b["firing"]["timer 128x8192"] == [0, 128]
+    assert b["bench_chunks"] == {"2^20 x 32": -34, "4097 x 32": -34, "4096 x 257": -22, "4096 x 256": 0}
+    qb = b["queue_bytes"]
+    assert qb["4076 bytes"] == {"queued": 16, "full": 284, "received": 16, "error": None}
+    assert qb["reported"] == 65536 and qb["load 65535"] != "loaded" and qb["load 1073741825"] != "loaded"
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_a_cpu_that_stays_offline_has_its_queue_delivered(pool):
+    """A CPU holding 300 queued messages goes offline under load and stays down through the end and an unload:
+    its queue is delivered by the dead-CPU drain, in order, and every ledger holds."""
+    res = run_checks(pool, "2cpu", 2, ["offline_end", "invariant"])
+    o = res["offline_end"][0]
+    assert o["held_before_offline"] == 300 and o["delivered_during_stall"]
+    assert o["received"] == o["generated"] and o["lost"] == o["reordered"] == 0 and not o["ledger"]
+    assert o["online_at_end"] == "0" and o["drain_thread"] == "P" and o["final"]["queued"] == 0
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_a_hard_irq_producer_nested_in_a_kthread_producer_keeps_the_books(pool):
+    """Hard-IRQ and kthread generators at full rate on one CPU: the IRQ lands mid-insert (seen as overtakes),
+    and the generators' counts, the CPU's ledger, the reader's receipts and the queue limit stay exact."""
+    res = run_checks(pool, "2cpu", 2, ["nested_irq", "invariant"])
+    n = res["nested_irq"][0]
+    assert n["full_rate"]["overtakes"] > 0 and n["full_rate"]["reordered"] == 0 and not n["full_rate"]["ledger"]
+    assert n["limit_64"]["hwm"] == 64 and n["limit_64"]["received"] == 64
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_requests_that_sleep_survive_the_module_unloading_under_them(pool):
+    """GEN_START, GEN_STOP, GEN_STATS and BENCH sent without pause through 20 unloads: only the statuses such
+    times allow, BENCH runs cut short with -ESHUTDOWN, balanced final counts, a clean console."""
+    res = run_checks(pool, "2cpu", 2, ["unload_inflight", "echo"])
+    u = res["unload_inflight"][0]
+    assert not any(u["wrong"].values()) and not u["unbalanced"] and not u["failures"]
+    assert u["statuses"]["BENCH"]["-108"] > 0
+
+
+# ------------------------------------------------------------- nightly
+
+@pytest.mark.nightly
+@pytest.mark.xdist_group("kmod-nightly")
+def test_nightly_abi_fuzz_100k_and_100_unloads_under_requests(pool):
+    """The nightly size: 100,000 fuzzed requests (the requests/s figure is in the printed JSON) and 100 unloads
+    with requests that sleep in flight."""
+    res = run_checks(pool, "nightly", 2, ["abi_fuzz", "unload_inflight", "echo"], "--abi-fuzz-requests", "100000",
+                     "--abi-fuzz-seed", ABI_FUZZ_SEED, "--inflight-cycles", "100", timeout=3600)
+    assert_abi_fuzz(res["abi_fuzz"][0], 100_000)
+    u = res["unload_inflight"][0]
+    assert u["cycles"] == 100 and not any(u["wrong"].values()) and not u["unbalanced"]

@@ -7,6 +7,7 @@ the engine, and the check meant to catch that class of bug must fail, naming wha
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 
 import pytest
@@ -15,30 +16,37 @@ from lab.engine.plan import plan_scenario
 from lab.engine.results import read_results
 from lab.engine.run import plugin_manager, run_scenarios
 from lab.engine.scenario import scenario_from_dict
+from lab.errors import LabError
+from lab.guest.files import install_guest_programs
+from lab.guest.kcheck import KernelWatch
 from lab.guest.labsetup import Lab
+from lab.guest.machine import Guest
+from lab.guest.qemu_argv import GuestShape
 from lab.image.module import kmod_dir
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("seeded")]
 
 #: cbus_insert_group(): every 64th accepted message is freed without being queued or counted.
-SILENT_PRODUCER_LOSS = ("\tcc->enq++;\n", "\tif (!(cc->inserted & 63)) {\n\t\tret = 0;\n\t\tgoto out_free;\n\t}\n"
+SILENT_PRODUCER_LOSS = ("cbus.c", "\tcc->enq++;\n", "\tif (!(cc->inserted & 63)) {\n\t\tret = 0;\n\t\tgoto out_free;\n\t}\n"
                                          "\tcc->enq++;\n")
 SCENARIO = {"name": "seeded", "duration": 2.0, "guest": {"cpus": 2},
             "emulators": [{"name": "generator", "path": "cbus", "context": "kthread", "rate": 500}]}
 
 
-def _mutant(cnlab_lab, tmp_path, old: str, new: str) -> Lab:
+def _mutant(cnlab_lab, tmp_path, *seeds: tuple[str, str, str]) -> Lab:
+    """A lab whose module is built from a copy of kmod/ with each seed (file, old text, new text) applied."""
     source = tmp_path / "kmod"
     shutil.copytree(kmod_dir(), source, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd", "*.mod*"))
-    cbus = source / "cbus.c"
-    text = cbus.read_text()
-    assert text.count(old) == 1, "the seed no longer applies: update it to the module's code"
-    cbus.write_text(text.replace(old, new))
+    for name, a, b in seeds:
+        path = source / name
+        text = path.read_text()
+        assert text.count(a) == 1, f"the seed no longer applies to {name}: update it to the module's code"
+        path.write_text(text.replace(a, b))
     return Lab(dataclasses.replace(cnlab_lab.options, module_source=source))
 
 
 def test_a_message_lost_silently_by_the_producer_fails_the_ledger_and_the_accounting(cnlab_lab, tmp_path):
-    lab = _mutant(cnlab_lab, tmp_path, *SILENT_PRODUCER_LOSS)
+    lab = _mutant(cnlab_lab, tmp_path, SILENT_PRODUCER_LOSS)
     registries = plugin_manager(None).registries
     scenario = scenario_from_dict(SCENARIO, "<seeded>", registries)
     plan_scenario(scenario, registries)
@@ -51,3 +59,102 @@ def test_a_message_lost_silently_by_the_producer_fails_the_ledger_and_the_accoun
     assert not verdicts["accounting"].ok and "silent loss" in verdicts["accounting"].detail
     # the derived invariant cannot see it: the lost messages count as "queued" there
     assert record.data["agent"]["cbus"]["balanced"] is True
+
+
+# ------------------------------------------ issue 12: the guest checks of the ABI, bounds and hard classes
+
+#: ctl.c: GEN_STOP dispatched without the CAP_NET_ADMIN check.
+GEN_STOP_UNPRIVILEGED = ("ctl.c", "[CNLAB_MSG_GEN_STOP]\t= { cnlab_gen_do_stop, true },",
+                         "[CNLAB_MSG_GEN_STOP]\t= { cnlab_gen_do_stop, false },")
+#: gen.c: GEN_STOP takes a body longer than struct cnlab_gen_stop (only a short one is refused).
+GEN_STOP_LONG_BODY = ("gen.c", "\tif (rq->len != sizeof(s))\n", "\tif (rq->len < sizeof(s))\n")
+#: bench.c: no CNLAB_BENCH_CHUNK_MAX: a chunk is bounded by the queue limit only (up to 2^20 calls, preemption off).
+BENCH_CHUNK_UNBOUNDED = ("bench.c", "c.chunk > CNLAB_BENCH_CHUNK_MAX || ", "")
+#: gen.c: a rate-paced hard-IRQ generator re-armed a period after the last firing however long it took (the
+#: firings can take the whole CPU).
+HARDIRQ_DUTY_UNCAPPED = ("gen.c", "\tend = ktime_get_ns();\n\tgen_hrt_rearm(h, in->period_ns, end, end - now);\n",
+                         "\tend = ktime_get_ns();\n\tgen_hrt_rearm(h, in->period_ns, end, 0);\n")
+#: cbus.c: the hotplug teardown leaves a dead CPU's queue where it is (until the CPU comes back or an unload).
+DEAD_CPU_NOT_DRAINED = ("cbus.c", "\tmutex_lock(&cc->drain_lock);\n\tcbus_drain(cc, UINT_MAX);\n\tmutex_unlock(&cc->drain_lock);"
+                        "\n\treturn 0;\n}", "\t(void)cc;\n\treturn 0;\n}")
+#: cbus.c: "inserted" read before the IRQ-off section and written inside it: an insert nested in between (hard
+#: IRQ on top of a kthread) is lost from the count.
+INSERTED_OUTSIDE_IRQ_OFF = [
+    ("cbus.c", "\tu64 depth, fault;\n\tu32 nth, bytes;", "\tu64 depth, fault, seen;\n\tu32 nth, bytes;"),
+    ("cbus.c", "\tif (unlikely(msg->len > CBUS_SLOT_DATA)) {\n\t\t/* Big message",
+     "\tseen = raw_cpu_read(cbus_pcpu->inserted);\n\tif (unlikely(msg->len > CBUS_SLOT_DATA)) {\n\t\t/* Big message"),
+    ("cbus.c", "\tcc->inserted++;\n\tfault = ", "\tcc->inserted = seen + 1;\n\tfault = "),
+]
+#: bench.c: unload does not tell a running BENCH to stop: it waits the whole run out and the run "succeeds".
+#: (Unloads that free memory under a request still in flight, e.g. without the flush_work() here or the
+#: synchronize_srcu() in ctl.c, passed this check 20 cycles out of 20 when seeded: on this kernel, without
+#: KASAN, they corrupt nothing visible; that class is for the debug kernel.)
+BENCH_NOT_CLOSED = ("bench.c", "\tWRITE_ONCE(bench_closing, true);\n\tflush_work(&bench_work);\n",
+                    "\tflush_work(&bench_work);\n")
+
+
+def _run_checks(lab: Lab, tests: list[str], *options: str, timeout: float = 900) -> tuple[dict, str, str]:
+    """Boot a 2-vCPU guest of ``lab``, run guest checks; (results by test, console problems, guest error)."""
+    results: dict[str, list[dict]] = {}
+    error = ""
+    with Guest(lab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="seeded", cmdline=("slub_debug=FZPU",))) as g:
+        lib = install_guest_programs(g)
+        watch = KernelWatch(g)
+        try:
+            r = g.run(["python3", f"{lib}/cnlab_checks.py", "--no-klog", *options, *tests], timeout=timeout)
+            for line in r.text.splitlines():
+                if line.startswith("{"):
+                    rec = json.loads(line)
+                    if not rec.get("timing"):
+                        results.setdefault(rec["test"], []).append(rec)
+                        print(json.dumps(rec)[:3000])
+        except LabError as e:  # a broken module may take the guest down
+            error = f"{type(e).__name__}: {e}"
+        report = watch.report() if g.alive() else None
+        console = "guest gone" if report is None else ("" if report.clean else report.describe())
+    return results, console, error
+
+
+def test_the_abi_fuzzer_catches_a_missing_capability_check_and_a_missing_length_check(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, GEN_STOP_UNPRIVILEGED, GEN_STOP_LONG_BODY)
+    res, _console, error = _run_checks(lab, ["abi_fuzz"], "--abi-fuzz-requests", "3000")
+    assert not error
+    (fz,) = res["abi_fuzz"]
+    assert not fz["ok"] and fz["mismatches"] > 0
+    # the unprivileged senders are answered as if privileged: ENOENT or success instead of -EPERM
+    assert all(-1 not in fz["perm"]["GEN_STOP"][mode] for mode in ("nobody", "nobody_rootsock", "root_nobodysock"))
+    got = {(e["case"], e["mode"]) for e in fz["examples"]}
+    assert any(case.startswith("GEN_STOP body+") and mode == "root" for case, mode in got), got
+
+
+@pytest.mark.nightly
+def test_bounds_and_offline_end_catch_unbounded_chunks_and_irq_time_and_an_undrained_dead_cpu(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, DEAD_CPU_NOT_DRAINED, BENCH_CHUNK_UNBOUNDED, HARDIRQ_DUTY_UNCAPPED)
+    res, _console, error = _run_checks(lab, ["bounds", "offline_end"])
+    assert not error
+    (b,) = res["bounds"]
+    assert not b["ok"] and b["bench_chunks"]["4097 x 32"] == 0, b["bench_chunks"]
+    assert b["duty"]["ratio"] < 0.25, b["duty"]
+    (o,) = res["offline_end"]
+    assert not o["ok"] and not o["delivered_during_stall"]
+    assert o["dead_cpu_after_offline"]["enqueued"] > o["dead_cpu_after_offline"]["dequeued"]
+
+
+@pytest.mark.nightly
+def test_nested_irq_catches_a_count_updated_outside_the_irq_off_section(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, *INSERTED_OUTSIDE_IRQ_OFF)
+    res, _console, error = _run_checks(lab, ["nested_irq"])
+    assert not error
+    (n,) = res["nested_irq"]
+    d = n["full_rate"]["cbus_delta"]
+    assert not n["ok"] and n["full_rate"]["ledger"], n["full_rate"]
+    assert d["inserted"] < n["full_rate"]["kthread"]["generated"] + n["full_rate"]["hardirq"]["generated"]
+
+
+@pytest.mark.nightly
+def test_unload_inflight_catches_an_unload_that_does_not_cut_a_sleeping_request_short(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, BENCH_NOT_CLOSED)
+    res, console, error = _run_checks(lab, ["unload_inflight"], timeout=600)
+    assert not error and not console, (error, console)
+    (u,) = res["unload_inflight"]
+    assert not u["ok"] and u["statuses"]["BENCH"].get("-108", 0) == 0 and u["statuses"]["BENCH"].get("0", 0) > 0
