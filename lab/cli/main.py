@@ -296,6 +296,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise UsageError("cnlab exec: no command given (cnlab exec [OPTIONS] -- COMMAND...)")
+    from lab.guest.files import install_guest_programs
     from lab.guest.machine import Guest
 
     shape = _shape(args)
@@ -303,6 +304,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     spec = lab.guest_spec(shape, name="exec", with_module=not args.no_module, cmdline=tuple(args.append))
     print(f"cnlab: {shape.cpus}-vCPU guest under {spec.accel.label} ({spec.accel.reason})", file=sys.stderr)
     with Guest(spec) as guest:
+        install_guest_programs(guest)  # cnlabctl on the PATH
         for source, dest in args.put:
             guest.ssh.put(source, dest, mode=source.stat().st_mode & 0o777)
         result = guest.run(argv, timeout=args.timeout, sink=_stream)
@@ -312,6 +314,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    from lab.guest.files import install_guest_programs
     from lab.guest.machine import Guest
 
     shape = _shape(args)
@@ -322,6 +325,7 @@ def cmd_shell(args: argparse.Namespace) -> int:
         raise UsageError("cnlab shell needs the ssh client: apt-get install openssh-client")
     print(f"cnlab: booting a {shape.cpus}-vCPU guest under {spec.accel.label} …", file=sys.stderr)
     with Guest(spec) as guest, tempfile.TemporaryDirectory(prefix="cnlab-shell-") as tmp:
+        install_guest_programs(guest)  # cnlabctl on the PATH
         keys = spec.image.keys
         pinned = Path(tmp) / "known_hosts"
         host_key = keys.host_pub.read_text().split()[:2]
