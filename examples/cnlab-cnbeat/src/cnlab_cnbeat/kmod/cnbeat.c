@@ -43,6 +43,7 @@
 #include <linux/percpu.h>
 #include <linux/random.h>
 #include <linux/smp.h>
+#include <linux/string.h>
 #include <linux/timer.h>
 
 #include <cbus.h>
@@ -61,11 +62,6 @@ struct cnbeat_event {
 	__u64 ts_ns;		/* ktime_get_ns() at insert */
 };
 
-struct cnbeat_msg {
-	struct cn_msg msg;
-	struct cnbeat_event ev;
-};
-
 struct cnbeat_timer {
 	struct timer_list timer;
 	u64 start_ns;
@@ -81,20 +77,31 @@ static atomic64_t cnbeat_seq = ATOMIC64_INIT(0);
 static atomic64_t cnbeat_inserted = ATOMIC64_INIT(0);
 static atomic64_t cnbeat_failed = ATOMIC64_INIT(0);
 
+/*
+ * The payload goes right after the 20-byte cn_msg header (msg->data), so it
+ * is copied there: a struct { struct cn_msg; struct cnbeat_event; } would put
+ * 4 bytes of padding before the event (its u64 fields align it to 8), and
+ * CBUS sends msg->len bytes from msg->data, padding first.
+ */
 static void cnbeat_insert_one(void)
 {
-	struct cnbeat_msg m = {
-		.msg.id = { .idx = CNBEAT_IDX, .val = CNBEAT_VAL },
-		.msg.len = sizeof(struct cnbeat_event),
-	};
+	u8 buf[sizeof(struct cn_msg) + sizeof(struct cnbeat_event)] __aligned(8);
+	struct cn_msg *msg = (struct cn_msg *)buf;
 	u64 seq = atomic64_inc_return(&cnbeat_seq) - 1;
+	struct cnbeat_event ev = {
+		.instance = cnbeat_instance,
+		.cpu = smp_processor_id(),
+		.seq = seq,
+		.ts_ns = ktime_get_ns(),
+	};
 
-	m.msg.seq = lower_32_bits(seq);
-	m.ev.instance = cnbeat_instance;
-	m.ev.cpu = smp_processor_id();
-	m.ev.seq = seq;
-	m.ev.ts_ns = ktime_get_ns();
-	if (cbus_insert_group(&m.msg, CNBEAT_GROUP, 0, GFP_ATOMIC))
+	memset(msg, 0, sizeof(*msg));
+	msg->id.idx = CNBEAT_IDX;
+	msg->id.val = CNBEAT_VAL;
+	msg->seq = lower_32_bits(seq);
+	msg->len = sizeof(ev);
+	memcpy(msg->data, &ev, sizeof(ev));
+	if (cbus_insert_group(msg, CNBEAT_GROUP, 0, GFP_ATOMIC))
 		atomic64_inc(&cnbeat_failed);
 	else
 		atomic64_inc(&cnbeat_inserted);
