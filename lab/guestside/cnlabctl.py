@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import select
-import socket
 import sys
 import time
 
@@ -481,11 +480,10 @@ def main(argv=None, out=None, client_factory=None, open_socket=None, module_dir=
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        print(f"cnlabctl: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except socket.error as exc:
-        print(f"cnlabctl: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())
