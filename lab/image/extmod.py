@@ -5,7 +5,8 @@ built like the lab module (:func:`lab.image.module.build_module`: a scratch copy
 plus:
 
 * ``KBUILD_EXTRA_SYMBOLS`` = the lab module's ``Module.symvers``, so it may call the exported CBUS API
-  (``cbus_insert()``, ``cbus_insert_group()``) and modpost resolves the symbols with their CRCs;
+  (``cbus_insert()``, ``cbus_insert_group()``) and modpost resolves the symbols with their CRCs, and
+  the ``Module.symvers`` of the folders built before it (a folder may use what an earlier one exports);
 * ``KCFLAGS=-I<the lab module's sources>``, so ``#include <cbus.h>`` finds the API's header;
 * the cache key holds its sources, the kernel and the lab module's build (the ``Module.symvers`` path is in
   the lab module's cache folder, named by the hash of the lab module's sources and the kernel).
@@ -164,14 +165,17 @@ def build_extra_modules(kernel: KernelSpec, cache: Path, lab_module: ModuleBuild
     seen: dict[Path, None] = {}
     for folder in folders:
         seen.setdefault(_check_folder(Path(folder)), None)
+    symbols = [symvers]  # each folder may call what the lab module and the folders before it export
     for source in seen:
-        make = [f"KBUILD_EXTRA_SYMBOLS={symvers}", f"KCFLAGS=-I{lab_source.resolve()}"]
+        make = [f"KBUILD_EXTRA_SYMBOLS={' '.join(map(str, symbols))}", f"KCFLAGS=-I{lab_source.resolve()}"]
         try:
             build = build_module(kernel, cache, source=source, extra_make=make, what=f"module {source.name}",
                                  log_name=f"kmod-build-{source.name}.log")
         except CompileError as exc:
             line = first_error(exc.output).replace(f"{exc.tree}/", f"{source}/")
             raise ModuleSourceError(f"module {source}: build failed: {line} (full output in {exc.log})") from None
+        if build.symvers is not None:
+            symbols.append(build.symvers)
         warnings = tuple(_own_paths(w, build.folder, source) for w in warnings_of(build.build_log))
         for ko in build.modules:
             info = modinfo(ko)

@@ -129,6 +129,7 @@ def _fake_build(tmp_path, calls, outputs):
         folder.mkdir(parents=True, exist_ok=True)
         kos = tuple(elf_with_modinfo(folder / f"{name}.ko", [f"name={name}", f"depends={deps}"])
                     for name, deps in spec)
+        (folder / "Module.symvers").write_text("")
         log = f"{folder.parent}/.{folder.name}.xyz/src/{source.name}.c:3:5: warning: unused variable 'x'\n"
         return ModuleBuild(kos, f"hash-{source.name}", log, folder)
     return build
@@ -145,6 +146,8 @@ def test_modules_build_against_the_lab_modules_symvers_and_come_back_in_load_ord
     assert len(calls) == 2  # a folder named twice is built once
     assert calls[0]["extra_make"] == [f"KBUILD_EXTRA_SYMBOLS={lab_module.folder / 'Module.symvers'}",
                                       f"KCFLAGS=-I{(tmp_path / 'kmod').resolve()}"]
+    assert calls[1]["extra_make"][0] == (f"KBUILD_EXTRA_SYMBOLS={lab_module.folder / 'Module.symvers'} "
+                                         f"{tmp_path / 'cache' / 'kmod' / 'key-top' / 'Module.symvers'}")
     assert calls[0]["what"] == "module top" and calls[0]["log_name"] == "kmod-build-top.log"
     assert built[2].warnings == (f"{top.resolve()}/top.c:3:5: warning: unused variable 'x'",)
     assert built[2].depends == ("cnlab", "base") and built[2].source == top.resolve()
