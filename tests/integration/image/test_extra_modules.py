@@ -8,7 +8,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
