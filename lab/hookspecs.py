@@ -187,7 +187,8 @@ def lab_kernel_modules_add(config: LabConfig) -> Sequence[Path | str] | None:
     holds a Kbuild (or Makefile) for an out-of-tree module; cnlab builds it against the guest kernel's
     headers with the lab module's ``Module.symvers`` (``KBUILD_EXTRA_SYMBOLS``: it may call
     ``cbus_insert()`` and the rest of the exported CBUS API) and the lab module's sources on the include
-    path (``#include <cbus.h>``), caches the build by the hash of its sources, the kernel and the lab
+    path (``#include <cbus.h>``), plus the ``Module.symvers`` of the folders built before it (``--module``
+    folders first, then the plugins'), caches the build by the hash of its sources, the kernel and the lab
     module, ships it in every guest's per-boot archive and loads it after ``cnlab.ko``, each module after
     those it depends on.  The ``module-reload`` fault unloads and reloads it with the lab module.  A
     folder that does not build stops the command with the compiler's first error (exit 2) before any
