@@ -165,3 +165,18 @@ def test_the_guest_gets_cnlab_first_then_the_extra_modules_in_load_order(tmp_pat
                   ExtraModule("top", tmp_path / "top.ko", tmp_path, ("cnlab", "base"), (), "h"))
     assert [p.name for p in lab.guest_spec().modules] == ["cnlab.ko", "base.ko", "top.ko"]
     assert lab.guest_spec(with_module=False).modules == ()
+
+
+def test_pytest_scenario_items_get_the_plugins_modules_too(tmp_path):
+    from lab.pytest_plugin import _with_plugin_modules
+
+    folder = _folder(tmp_path, "declared")
+
+    class Declares:
+        @hookimpl
+        def lab_kernel_modules_add(self, config):
+            return [folder]
+
+    options = LabOptions(accel="tcg")
+    assert _with_plugin_modules(options, pm_with(Declares())).extra_modules == (folder.resolve(),)
+    assert _with_plugin_modules(options, pm_with()) is options
