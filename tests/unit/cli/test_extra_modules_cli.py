@@ -180,3 +180,16 @@ def test_pytest_scenario_items_get_the_plugins_modules_too(tmp_path):
     options = LabOptions(accel="tcg")
     assert _with_plugin_modules(options, pm_with(Declares())).extra_modules == (folder.resolve(),)
     assert _with_plugin_modules(options, pm_with()) is options
+
+
+def test_run_builds_the_modules_after_reading_the_scenarios_and_before_any_guest(tmp_path, monkeypatch, capsys):
+    mine = _folder(tmp_path, "mine")
+    seen = []
+    _patch_lab(monkeypatch, ModuleSourceError(f"module {mine}: build failed: {mine}/m.c:1:1: error: x"), seen)
+    monkeypatch.setattr("lab.engine.run.run_scenarios", lambda *a, **k: pytest.fail("a run started"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "--module", str(mine), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith(f"cnlab: error: module {mine}: build failed: ")
+    assert seen[0].options.extra_modules == (mine.resolve(),) and not (tmp_path / "out").exists()
+    assert cli.main(["run", "--hosts", "root@h1", "--module", str(mine)]) == 2
+    assert "--hosts does not go with --module" in capsys.readouterr().err
