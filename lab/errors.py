@@ -8,6 +8,7 @@
     ├── PluginError             a plugin failed to load or raised in a hook
     ├── HostSetupError          a missing host package, tool or kernel
     ├── BuildError              an image, initramfs or module build failed
+    │   └── ModuleSourceError   an extra module (--module DIR, a plugin's) does not build or load (exit 2)
     └── GuestError              something went wrong with a guest
         ├── BootError           QEMU exited or the guest never became ready
         │   ├── BootTimeout     readiness did not arrive before the deadline
@@ -29,6 +30,7 @@ __all__ = [
     "PluginError",
     "HostSetupError",
     "BuildError",
+    "ModuleSourceError",
     "GuestError",
     "BootError",
     "BootTimeout",
@@ -71,6 +73,12 @@ class HostSetupError(LabError):
 
 class BuildError(LabError):
     """Building an image, an initramfs or the kernel module failed."""
+
+
+class ModuleSourceError(BuildError):
+    """An extra module's sources do not build, or its modules cannot be loaded in any order: the user's input."""
+
+    exit_status = 2
 
 
 class GuestError(LabError):

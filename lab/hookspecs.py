@@ -6,7 +6,8 @@ named ``lab_<object>_<verb>`` and grouped by lifecycle phase::
 
     configure   lab_settings_declare ─► lab_plugin_configure
     register    lab_emulators_register, lab_consumers_register, lab_faults_register, lab_events_register
-    guest       lab_qemu_args_add, lab_kernel_cmdline_add, lab_guest_files_add ─► boot ─► lab_guest_ready
+    guest       lab_kernel_modules_add, lab_qemu_args_add, lab_kernel_cmdline_add, lab_guest_files_add
+                ─► boot ─► lab_guest_ready
     scenario    lab_scenario_start ─► lab_phase_run (per phase; the load runs the guest agent) ─► lab_scenario_stop
     results     lab_result_collect ─► lab_result_check
     report      lab_report_status, lab_report_write
@@ -46,6 +47,7 @@ __all__ = [
     "lab_consumers_register",
     "lab_faults_register",
     "lab_events_register",
+    "lab_kernel_modules_add",
     "lab_qemu_args_add",
     "lab_kernel_cmdline_add",
     "lab_guest_files_add",
@@ -175,6 +177,28 @@ def lab_events_register(registry: EventRegistry, settings: Mapping[str, Any]) ->
 
 # ---------------------------------------------------------------------------
 # Guest set-up: contributions gathered before each guest boots.
+
+
+@hookspec
+def lab_kernel_modules_add(config: LabConfig) -> Sequence[Path | str] | None:
+    """Contribute kernel module source folders to build and load in every guest, after the lab module.
+
+    Called once per command, before anything boots (as ``cnlab --module DIR`` is read).  Each folder
+    holds a Kbuild (or Makefile) for an out-of-tree module; cnlab builds it against the guest kernel's
+    headers with the lab module's ``Module.symvers`` (``KBUILD_EXTRA_SYMBOLS``: it may call
+    ``cbus_insert()`` and the rest of the exported CBUS API) and the lab module's sources on the include
+    path (``#include <cbus.h>``), plus the ``Module.symvers`` of the folders built before it (``--module``
+    folders first, then the plugins'), caches the build by the hash of its sources, the kernel and the lab
+    module, ships it in every guest's per-boot archive and loads it after ``cnlab.ko``, each module after
+    those it depends on.  The ``module-reload`` fault unloads and reloads it with the lab module.  A
+    folder that does not build stops the command with the compiler's first error (exit 2) before any
+    guest boots.  All results are used; a folder named twice is built once.
+
+    :param config: the lab config.
+    :return: folders (absolute paths, or relative to the current directory), or None.
+
+    .. versionadded:: 0.2
+    """
 
 
 @hookspec

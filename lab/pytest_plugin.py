@@ -187,9 +187,21 @@ def _slot(config: pytest.Config):
                                  guests_at_once=int(run_lab.get("guests_at_once", 1)))
         base = os.environ.get("CNLAB_LOG_DIR")
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        slot = GuestSlot(Lab(options), _scenario_plugins(config), Path(base) / worker if base else None, name=worker)
+        pm = _scenario_plugins(config)
+        slot = GuestSlot(Lab(_with_plugin_modules(options, pm)), pm, Path(base) / worker if base else None,
+                         name=worker)
         config.stash[_SLOT_KEY] = slot
     return slot
+
+
+def _with_plugin_modules(options: LabOptions, pm) -> LabOptions:
+    """``options`` with the extra modules the plugins declare (``lab_kernel_modules_add``), as ``cnlab run``."""
+    import dataclasses
+
+    from lab.engine.hooks import kernel_module_dirs
+
+    folders = kernel_module_dirs(pm)
+    return dataclasses.replace(options, extra_modules=folders) if folders else options
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -59,6 +59,21 @@ def _put_spec(text: str) -> tuple[Path, str]:
     return Path(source), dest
 
 
+def _module_dir(text: str) -> Path:
+    folder = Path(text)
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"--module {text}: not a directory")
+    if not ((folder / "Kbuild").is_file() or (folder / "Makefile").is_file()):
+        raise argparse.ArgumentTypeError(f"--module {text}: no Kbuild or Makefile (a kernel module's sources)")
+    return folder
+
+
+def _add_modules(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--module", dest="modules", type=_module_dir, action="append", default=[], metavar="DIR",
+                        help="build the kernel module in DIR against the guest kernel and the lab module (it may "
+                             "call cbus_insert()) and load it after cnlab.ko (repeatable)")
+
+
 def _add_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus", type=_positive_int, default=2, help="vCPUs (1-8, default 2)")
     parser.add_argument("--mem", type=_positive_int, default=1024, help="memory in MB (default 1024)")
@@ -104,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_exec = sub.add_parser("exec", help="boot a fresh guest, run COMMAND, tear it down")
     _add_shape(run_exec)
+    _add_modules(run_exec)
     run_exec.add_argument("--put", type=_put_spec, action="append", default=[], metavar="SRC:DST",
                           help="copy a file into the guest first (repeatable)")
     run_exec.add_argument("--timeout", type=float, default=None, help="command timeout in seconds")
@@ -111,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     shell = sub.add_parser("shell", help="boot a guest and open an interactive shell")
     _add_shape(shell)
+    _add_modules(shell)
 
     sub.add_parser("plugins", help="list loaded plugins, and every object with its parameters")
 
@@ -127,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                      help="scenario files or built-in names (default: the quick set)")
     run.add_argument("-n", "--jobs", type=_positive_int, default=None, help="guests in parallel (default 2)")
+    _add_modules(run)
     run.add_argument("--set", dest="scenario_set", default="quick", help="built-in set when none is named")
     run.add_argument("--out", type=Path, default=None, help="results folder (default results/run-TIME)")
     run.add_argument("--json", type=Path, help="JSON-lines results file (default OUT/results.jsonl)")
@@ -206,15 +224,47 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _lab(args: argparse.Namespace) -> Lab:
+def _lab(args: argparse.Namespace, extra_modules: tuple[Path, ...] = ()) -> Lab:
     from lab.guest.labsetup import Lab, LabOptions
 
     if args.kmod is not None and not (args.kmod / "Makefile").is_file():
         raise UsageError(f"--kmod {args.kmod}: not a module source folder (no Makefile)")
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
-                          tcg_threads=args.tcg_threads, module_source=args.kmod,
+                          tcg_threads=args.tcg_threads, module_source=args.kmod, extra_modules=extra_modules,
                           snapshot=not args.no_snapshot))
+
+
+def _module_folders(args: argparse.Namespace, pm=None) -> tuple[Path, ...]:
+    """``--module`` folders, then the plugins' (``lab_kernel_modules_add``), each once."""
+    from lab.engine.hooks import kernel_module_dirs
+
+    own = pm is None
+    if own:
+        from lab.engine.run import plugin_manager
+
+        pm = plugin_manager(_plugin_options(args))
+    try:
+        folders = dict.fromkeys(Path(f).resolve() for f in getattr(args, "modules", ()))
+        folders.update(dict.fromkeys(kernel_module_dirs(pm)))
+    finally:
+        if own:
+            pm.unconfigure()
+    return tuple(folders)
+
+
+def _lab_with_modules(args: argparse.Namespace, pm=None) -> Lab:
+    """The lab with every extra module built now (warnings shown), so a build error stops before a boot."""
+    folders = () if getattr(args, "no_module", False) else _module_folders(args, pm)
+    if not folders:
+        return _lab(args)
+    lab = _lab(args, folders)
+    for module in lab.extra_modules:
+        for line in module.warnings:
+            log.warning("module %s: %s", module.name, line)
+    if lab.extra_modules:
+        log.info("extra modules, in load order after cnlab: %s", ", ".join(m.name for m in lab.extra_modules))
+    return lab
 
 
 def _shape(args: argparse.Namespace) -> GuestShape:
@@ -249,13 +299,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise UsageError("cnlab exec: no command given (cnlab exec [OPTIONS] -- COMMAND...)")
+    from lab.guest.files import install_guest_programs
     from lab.guest.machine import Guest
 
     shape = _shape(args)
-    lab = _lab(args)
+    lab = _lab_with_modules(args)
     spec = lab.guest_spec(shape, name="exec", with_module=not args.no_module, cmdline=tuple(args.append))
     print(f"cnlab: {shape.cpus}-vCPU guest under {spec.accel.label} ({spec.accel.reason})", file=sys.stderr)
     with Guest(spec) as guest:
+        install_guest_programs(guest)  # cnlabctl on the PATH
         for source, dest in args.put:
             guest.ssh.put(source, dest, mode=source.stat().st_mode & 0o777)
         result = guest.run(argv, timeout=args.timeout, sink=_stream)
@@ -265,16 +317,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    from lab.guest.files import install_guest_programs
     from lab.guest.machine import Guest
 
     shape = _shape(args)
-    lab = _lab(args)
+    lab = _lab_with_modules(args)
     spec = lab.guest_spec(shape, name="shell", with_module=not args.no_module, cmdline=tuple(args.append))
     ssh = shutil.which("ssh")
     if ssh is None:
         raise UsageError("cnlab shell needs the ssh client: apt-get install openssh-client")
     print(f"cnlab: booting a {shape.cpus}-vCPU guest under {spec.accel.label} …", file=sys.stderr)
     with Guest(spec) as guest, tempfile.TemporaryDirectory(prefix="cnlab-shell-") as tmp:
+        install_guest_programs(guest)  # cnlabctl on the PATH
         keys = spec.image.keys
         pinned = Path(tmp) / "known_hosts"
         host_key = keys.host_pub.read_text().split()[:2]
@@ -317,7 +371,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.smoke:
         from lab.cli.smoke import run_smoke
 
-        return run_smoke(_lab(args), args.json)
+        return run_smoke(_lab_with_modules(args), args.json)
     import time as _time
 
     from lab.engine.run import run_scenarios
@@ -333,12 +387,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         shard = parse_shard(args.shard)
     plugin_config, pm, scenarios = _scenarios(args)
-    pm.unconfigure()  # the run builds its own managers (and unconfigures them)
+    try:
+        lab, extra = _lab_with_modules(args, pm), None
+    finally:
+        pm.unconfigure()  # the run builds its own managers (and unconfigures them)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     if jobs < 1 or jobs > 16:
         raise UsageError("cnlab run: -n must be between 1 and 16")
     out_dir = args.out or Path("results") / _time.strftime("run-%Y%m%d-%H%M%S")
-    lab, extra = _lab(args), None
     if shard is not None:
         from lab.cli.shards import select_shard
 
@@ -364,6 +420,8 @@ def _run_on_hosts(args: argparse.Namespace) -> int:
 
     if args.shard is not None or args.smoke:
         raise UsageError("cnlab run: --hosts does not go with --shard or --smoke")
+    if args.modules:
+        raise UsageError("cnlab run: --hosts does not go with --module (each host builds its own lab module)")
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     if not hosts or len(set(hosts)) != len(hosts):
         raise UsageError(f"cnlab run: --hosts wants distinct USER@HOST names separated by commas, got {args.hosts!r}")

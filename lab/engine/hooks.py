@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from lab.errors import LabError
+from lab.errors import LabError, PluginError
 from lab.guest.files import put_files
 from lab.plugin.manager import LabPluginManager, call_hook
 from lab.plugin.model import GuestFile
 
-__all__ = ["guest_setup_args", "install_guest_files"]
+__all__ = ["guest_setup_args", "install_guest_files", "kernel_module_dirs"]
 
 
 def guest_setup_args(pm: LabPluginManager, shape: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -31,3 +32,18 @@ def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:
     if seen:
         put_files(guest, [(f.source, f.dest, f.mode) for f in seen.values()])
     return list(seen.values())
+
+
+def kernel_module_dirs(pm: LabPluginManager) -> tuple[Path, ...]:
+    """Every folder the plugins' ``lab_kernel_modules_add`` name, in hook call order, each once."""
+    folders: dict[Path, None] = {}
+    for result in call_hook(pm, "lab_kernel_modules_add", config=pm.config):
+        if result is None:
+            continue
+        if isinstance(result, (str, Path)):
+            raise PluginError(f"lab_kernel_modules_add returned {result!r}: return a list of folders")
+        for folder in result:
+            if not isinstance(folder, (str, Path)):
+                raise PluginError(f"lab_kernel_modules_add returned {folder!r}, not a folder path")
+            folders.setdefault(Path(folder).resolve(), None)
+    return tuple(folders)

@@ -18,16 +18,28 @@ from lab.errors import LabError
 if TYPE_CHECKING:
     from lab.guest.machine import Guest
 
-__all__ = ["GUEST_LIB", "files_tar", "guest_programs", "install_guest_programs", "put_files"]
+__all__ = ["GUEST_LIB", "GUEST_COMMANDS", "files_tar", "guest_programs", "install_guest_programs", "put_files"]
 
 #: Where guest-side programs live inside a guest (a tmpfs, fresh per boot).
 GUEST_LIB = "/run/cnlab/py"
+#: Guest programs that are commands on the guest's PATH: name -> program in GUEST_LIB.
+GUEST_COMMANDS = {"cnlabctl": "cnlabctl.py"}
+#: Where those commands are linked (on the PATH of root's SSH sessions).
+GUEST_BIN = "/usr/local/bin"
 
 
-def files_tar(files: Iterable[tuple[Path, str, int]]) -> bytes:
-    """``(host path, absolute guest path, mode)`` triples as a tar archive rooted at ``/``."""
+def files_tar(files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str, str]] = ()) -> bytes:
+    """``(host path, absolute guest path, mode)`` triples, and ``(guest path, target)`` symbolic links, as a tar
+    archive rooted at ``/``."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for dest, target in links:
+            if not dest.startswith("/"):
+                raise LabError(f"guest path must be absolute: {dest!r}")
+            link = tarfile.TarInfo(dest.lstrip("/"))
+            link.type, link.linkname, link.mode = tarfile.SYMTYPE, target, 0o777
+            link.uname = link.gname = "root"
+            tar.addfile(link)
         for source, dest, mode in files:
             if not dest.startswith("/"):
                 raise LabError(f"guest path must be absolute: {dest!r}")
@@ -43,9 +55,9 @@ def files_tar(files: Iterable[tuple[Path, str, int]]) -> bytes:
     return buffer.getvalue()
 
 
-def put_files(guest: Guest, files: Iterable[tuple[Path, str, int]]) -> None:
-    """Copy ``(host path, absolute guest path, mode)`` files into ``guest`` with one command."""
-    archive = files_tar(files)
+def put_files(guest: Guest, files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str, str]] = ()) -> None:
+    """Copy ``(host path, absolute guest path, mode)`` files (and make ``links``) in ``guest`` with one command."""
+    archive = files_tar(files, links)
     guest.run(["tar", "-x", "-f", "-", "-C", "/", "--no-same-owner"], stdin=archive, check=True)
 
 
@@ -56,6 +68,9 @@ def guest_programs() -> list[Path]:
 
 
 def install_guest_programs(guest: Guest) -> str:
-    """Copy kabi.py and the guest-side programs into the guest; return the folder."""
-    put_files(guest, [(p, f"{GUEST_LIB}/{p.name}", 0o644) for p in guest_programs()])
+    """Copy kabi.py and the guest-side programs into the guest, link its commands (``cnlabctl``) into
+    ``/usr/local/bin``; return the folder."""
+    commands = set(GUEST_COMMANDS.values())
+    put_files(guest, [(p, f"{GUEST_LIB}/{p.name}", 0o755 if p.name in commands else 0o644) for p in guest_programs()],
+              [(f"{GUEST_BIN}/{name}", f"{GUEST_LIB}/{program}") for name, program in GUEST_COMMANDS.items()])
     return GUEST_LIB

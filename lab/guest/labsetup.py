@@ -16,8 +16,9 @@ from lab.guest.machine import GuestSpec
 from lab.guest.qemu_argv import GuestShape
 from lab.host.cache import cache_root
 from lab.image.build import GuestImage, build_image
+from lab.image.extmod import ExtraModule, build_extra_modules
 from lab.image.kernel import KernelSpec, custom_kernel, debian_cloud_kernel
-from lab.image.module import ModuleBuild, build_module
+from lab.image.module import ModuleBuild, build_module, kmod_dir
 
 __all__ = ["LabOptions", "Lab"]
 
@@ -38,6 +39,7 @@ class LabOptions:
     module_source: Path | None = None  # the lab module's source folder (default: this checkout's kmod/)
     #: Start guests by restoring a saved state of their spec (lab.guest.snapshot); False: cold boots.
     snapshot: bool = True
+    extra_modules: tuple[Path, ...] = ()  # folders of extra modules (lab.image.extmod), loaded after cnlab.ko
 
 
 class Lab:
@@ -49,6 +51,7 @@ class Lab:
         self._kernel: KernelSpec | None = None
         self._image: GuestImage | None = None
         self._module: ModuleBuild | None = None
+        self._extra: tuple[ExtraModule, ...] | None = None
         self._accel: Accel | None = None
 
     @property
@@ -76,6 +79,15 @@ class Lab:
         return self._module
 
     @property
+    def extra_modules(self) -> tuple[ExtraModule, ...]:
+        """The extra modules, built against the lab module, in load order (none without ``extra_modules``)."""
+        if self._extra is None:
+            self._extra = build_extra_modules(self.kernel, self.cache, self.module,
+                                              self.options.module_source or kmod_dir(),
+                                              self.options.extra_modules) if self.options.extra_modules else ()
+        return self._extra
+
+    @property
     def accel(self) -> Accel:
         if self._accel is None:
             self._accel = choose_accel(self.options.accel, self.cache, self.image.kernel.image,
@@ -90,7 +102,7 @@ class Lab:
     def guest_spec(self, shape: GuestShape | None = None, name: str = "guest", with_module: bool = True,
                    load_module: bool = True, cmdline: tuple[str, ...] = ()) -> GuestSpec:
         """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
-        modules = (self.module.module("cnlab"),) if with_module else ()
+        modules = (self.module.module("cnlab"), *(m.path for m in self.extra_modules)) if with_module else ()
         shape = shape or GuestShape()
         accel = self.accel_for(shape.cpus)
         return GuestSpec(

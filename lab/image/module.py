@@ -19,9 +19,21 @@ from lab.host.quiet import logs_dir
 from lab.host.steps import cached, step
 from lab.image.kernel import KernelSpec
 
-__all__ = ["ModuleBuild", "build_module", "kmod_dir"]
+__all__ = ["CompileError", "ModuleBuild", "build_module", "kmod_dir"]
 
 SOURCE_PATTERNS = ("*.c", "*.h", "Kbuild", "Makefile")
+#: Part of every build's cache key: what a build folder holds (the .ko files, build.log, Module.symvers).
+LAYOUT = "ko+symvers"
+
+
+class CompileError(BuildError):
+    """``make`` failed; ``output`` is what it printed, ``tree`` the folder it compiled (a scratch copy)."""
+
+    def __init__(self, message: str, output: str, tree: Path, log: Path) -> None:
+        super().__init__(message)
+        self.output = output
+        self.tree = tree
+        self.log = log
 
 
 def kmod_dir() -> Path:
@@ -36,8 +48,16 @@ class ModuleBuild:
     modules: tuple[Path, ...]
     source_hash: str
     build_log: str
+    #: the build's cache folder (``Module.symvers`` is there, for modules built against this one)
+    folder: Path | None = None
     #: a shared lock on the build's cache folder (``cnlab cache prune`` skips it)
     leases: tuple[Lease, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def symvers(self) -> Path | None:
+        """The build's ``Module.symvers`` (the symbols it exports, with their CRCs), if it kept one."""
+        path = self.folder / "Module.symvers" if self.folder is not None else None
+        return path if path is not None and path.is_file() else None
 
     def module(self, name: str = "cnlab") -> Path:
         for path in self.modules:
@@ -47,8 +67,13 @@ class ModuleBuild:
 
 
 def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
-                 extra_make: list[str] | None = None) -> ModuleBuild:
-    """Build (or reuse) the modules in ``source`` for ``kernel``."""
+                 extra_make: list[str] | None = None, what: str = "module",
+                 log_name: str = "kmod-build.log") -> ModuleBuild:
+    """Build (or reuse) the modules in ``source`` for ``kernel``.
+
+    ``what`` names the build in progress lines; a failed build leaves its output in the logs folder as
+    ``log_name`` and raises :class:`CompileError`.
+    """
     source = source or kmod_dir()
     if kernel.kbuild_dir is None:
         raise HostSetupError(
@@ -56,7 +81,7 @@ def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
             "or pass --kbuild DIR"
         )
     source_hash = hash_tree(source, SOURCE_PATTERNS)
-    key = content_key(source_hash, kernel.release, str(kernel.kbuild_dir), extra_make or [])
+    key = content_key(source_hash, kernel.release, str(kernel.kbuild_dir), extra_make or [], LAYOUT)
     folder = cache / "kmod" / key
     built = False
     for _ in range(3):
@@ -65,21 +90,21 @@ def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
             break
         with file_lock(cache / "locks" / "kmod.lock"):
             if not folder.exists():
-                with step("module build", f"{source.name}/ against {kernel.release}"), \
+                with step(f"{what} build", f"{source.name}/ against {kernel.release}"), \
                         publish_dir(folder) as scratch:
-                    _compile(source, scratch, kernel.kbuild_dir, extra_make or [],
-                             logs_dir(cache) / "kmod-build.log")
+                    _compile(source, scratch, kernel.kbuild_dir, extra_make or [], logs_dir(cache) / log_name)
                 built = True
     else:
         raise BuildError(f"module build {key} vanished from the cache three times while this lab built it "
                          "(a cnlab cache prune with --keep-last 0 running beside it?)")
     if not built:
-        cached("module", key)
+        cached(what, key)
     modules = tuple(sorted(p for p in folder.glob("*.ko")))
     if not modules:
         raise BuildError(f"building {source} produced no .ko files")
     log_path = folder / "build.log"
-    return ModuleBuild(modules, source_hash, log_path.read_text() if log_path.exists() else "", (held,))
+    return ModuleBuild(modules, source_hash, log_path.read_text() if log_path.exists() else "", folder,
+                       (held,))
 
 
 def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str], failure_log: Path) -> None:
@@ -97,7 +122,10 @@ def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str], f
         failure_log.parent.mkdir(parents=True, exist_ok=True)
         failure_log.write_text(result.stdout + result.stderr)  # the scratch folder goes with the failure
         errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()[-5:]
-        raise BuildError("module build failed: " + " | ".join(errors[:5]) + f"; full output in {failure_log}")
+        raise CompileError("module build failed: " + " | ".join(errors[:5]) + f"; full output in {failure_log}",
+                           result.stdout + result.stderr, tree, failure_log)
     for built in tree.glob("*.ko"):
         shutil.copy2(built, scratch / built.name)
+    if (tree / "Module.symvers").is_file():
+        shutil.copy2(tree / "Module.symvers", scratch / "Module.symvers")
     shutil.rmtree(tree)

@@ -15,7 +15,8 @@ alloc-fail        module   every ``nth`` CBUS allocation fails until undone (kno
 queue-limit       module   per-CPU CBUS queue limit ``limit`` until undone (knob QLIMIT, then the default)
 warn              module   the module WARNs once on purpose (the console scanner must see it)
 crash             guest    the guest kernel panics (sysrq c): the scenario ends as a crash
-module-reload     module   ``rmmod cnlab`` under load, ``insmod`` again after ``duration`` (default 1 s)
+module-reload     module   unload the lab's modules under load (extra modules first, then cnlab), load them
+                           again after ``duration`` (default 1 s; guest program ``labmods.py``)
 consumer-kill     consumer SIGKILL to every consumer (each is restarted once)
 rcvbuf-squeeze    guest    ``net.core.rmem_default/max`` to ``bytes`` (use ``at = 0``: before consumers bind)
 memory-pressure   guest    a program allocates and touches ``mb`` MB for ``seconds``
@@ -47,7 +48,9 @@ from lab.plugin.objects import (
     write_file,
 )
 
-MODULE_PATH = "/run/cnlab/cnlab.ko"
+#: The guest program that unloads and reloads cnlab and the extra modules in order (lab/guestside/labmods.py,
+#: in lab.guest.files.GUEST_LIB).
+LABMODS = "/run/cnlab/py/labmods.py"
 RMEM_DEFAULT = 212992
 SYSCTL = "/proc/sys/net/core"
 
@@ -102,8 +105,10 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
     add(FaultSpec("crash", "the guest kernel panics (sysrq c); the scenario ends as a crash", "guest",
                   lambda s: Fault((write_file("/proc/sys/kernel/sysrq", "1"), write_file("/proc/sysrq-trigger", "c")),
                                   (), "sysrq crash")))
-    add(FaultSpec("module-reload", "unload the lab module under load, load it again after duration", "module",
-                  lambda s: Fault((run("rmmod", "cnlab"),), (run("insmod", MODULE_PATH),), "module unloaded",
+    add(FaultSpec("module-reload", "unload the lab module (and the extra modules) under load, load them again "
+                  "after duration", "module",
+                  lambda s: Fault((run("python3", "-S", LABMODS, "unload"),), (run("python3", "-S", LABMODS, "load"),),
+                                  "module unloaded",
                                   evidence=(expect_absent("/sys/module/cnlab"),)),
                   duration=1.0))
     add(FaultSpec("consumer-kill", "SIGKILL every consumer (each is restarted once)", "consumer",

@@ -44,8 +44,8 @@ def test_faults_become_actions_with_triggers_and_their_events_probes():
              faults=[{"name": "module-reload", "every": 1.0, "duration": 0.5},
                      {"name": "cpu-offline", "on": "vmstat", "threshold": 100}])
     reload, offline = p["faults"]
-    assert reload["inject"] == [["exec", "rmmod", "cnlab"]] and reload["restore"] == [["exec", "insmod",
-                                                                                         "/run/cnlab/cnlab.ko"]]
+    labmods = ["python3", "-S", "/run/cnlab/py/labmods.py"]
+    assert reload["inject"] == [["exec", *labmods, "unload"]] and reload["restore"] == [["exec", *labmods, "load"]]
     assert reload["trigger"]["every"] == 1.0 and reload["duration"] == 0.5 and reload["side"] == "guest"
     assert offline["inject"] == [["cpu", 1, False]] and offline["trigger"]["text"] == "on vmstat >= 100"
     assert p["events"] == {"vmstat": {"kind": "file", "path": "/proc/vmstat", "pattern": r"pgfault (\d+)",

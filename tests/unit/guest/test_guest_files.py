@@ -30,3 +30,36 @@ def test_modes_are_kept_and_bad_files_are_named(tmp_path):
         files_tar([(tmp_path / "missing.py", "/opt/missing.py", 0o644)])
     with pytest.raises(LabError, match="guest path must be absolute: 'relative/x'"):
         files_tar([(script, "relative/x", 0o644)])
+
+
+def test_guest_commands_are_executable_and_linked_onto_the_path(tmp_path):
+    from lab.guest.files import GUEST_BIN, GUEST_COMMANDS
+
+    files = [(p, f"{GUEST_LIB}/{p.name}", 0o755 if p.name in GUEST_COMMANDS.values() else 0o644)
+             for p in guest_programs()]
+    links = [(f"{GUEST_BIN}/{name}", f"{GUEST_LIB}/{program}") for name, program in GUEST_COMMANDS.items()]
+    with tarfile.open(fileobj=io.BytesIO(files_tar(files, links))) as tar:
+        link = tar.getmember("usr/local/bin/cnlabctl")
+        assert link.issym() and link.linkname == f"{GUEST_LIB}/cnlabctl.py"
+        assert tar.getmember(f"{GUEST_LIB.lstrip('/')}/cnlabctl.py").mode == 0o755
+    with pytest.raises(LabError, match="guest path must be absolute"):
+        files_tar([], [("usr/bin/x", "/y")])
+
+
+def test_install_guest_programs_sends_the_programs_and_the_cnlabctl_link_in_one_command():
+    from lab.guest.files import install_guest_programs
+
+    class Guest:
+        def __init__(self):
+            self.calls = []
+
+        def run(self, argv, stdin=None, check=False):
+            self.calls.append((argv, stdin))
+
+    guest = Guest()
+    assert install_guest_programs(guest) == GUEST_LIB
+    ((argv, archive),) = guest.calls
+    assert argv[:2] == ["tar", "-x"]
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        assert tar.getmember("usr/local/bin/cnlabctl").issym()
+        assert tar.getmember(f"{GUEST_LIB.lstrip('/')}/labmods.py").mode == 0o644
