@@ -260,6 +260,7 @@ class Guest:
             try:
                 self._restore(Deadline(seconds, f"guest {self.spec.name} to restore"), snapshot)
                 self.timing.mode = "restore"
+                snapshot.restored()
                 return
             except (LabError, OSError, QMPError, EOFError) as exc:
                 reason = str(exc).split("\n--- console tail")[0]

@@ -31,8 +31,9 @@ of the host's, CRNG reseeded, root disk writable, modules loaded at the
 build ID of the files the spec names.  A guest that fails is stopped,
 its saved state discarded (the next guest of the spec saves a new one) and
 the guest boots cold, with a warning; after :data:`FAILURES_TO_DISABLE`
-failures within a day, guests of that spec boot cold (warning each time)
-until ``snapshots/KEY.failed`` is deleted.
+failures in a row within a day (a working restore clears the count), guests
+of that spec boot cold (warning each time) until ``snapshots/KEY.failed`` is
+deleted.
 
 Locks (``locks/snapshot-KEY.lock``): saving holds it exclusively, a restore
 shares it until QEMU has the files open, and pruning skips a state whose
@@ -224,6 +225,10 @@ class Snapshot:
             (self.folder / "used").touch()
             yield
 
+    def restored(self) -> None:
+        """A restore from this state worked: earlier failures of its key no longer count."""
+        self.store.clear_failures(self.key)
+
     def discard(self, reason: str) -> None:
         """A restore from this state failed: delete it (the next guest saves a new one) and count the failure."""
         self.store.discard(self.key, reason)
@@ -277,6 +282,10 @@ class SnapshotStore:
         record["reasons"] = (record["reasons"] + [reason])[-FAILURES_TO_DISABLE:]
         record["last"] = time.time()
         write_json_atomic(self.root / f"{key}.failed", record)
+
+    def clear_failures(self, key: str) -> None:
+        """A restore from ``key`` worked: forget its earlier failures (only failures in a row disable it)."""
+        (self.root / f"{key}.failed").unlink(missing_ok=True)
 
     def discard(self, key: str, reason: str) -> None:
         """Delete ``key``'s state (waiting for restores that are opening it) and count a failure."""

@@ -140,11 +140,17 @@ class Consumer(threading.Thread):
             time.sleep(0.05)
         return zero >= 3
 
-    def wait_for(self, total, timeout=60.0):
-        """Until ``total`` messages were read: returns at once when they are, so
-        the generous bound only matters on a heavily loaded host (TCG, CI)."""
-        end = time.monotonic() + timeout
-        while self.received < total and time.monotonic() < end:
+    def wait_for(self, total, timeout=60.0, cap=600.0):
+        """Until ``total`` messages were read, or none arrived for ``timeout`` seconds (at most ``cap`` in all):
+        a reader that is still making progress on a loaded host (TCG, CI) is given the time it needs."""
+        start = last_move = time.monotonic()
+        seen = self.received
+        while self.received < total:
+            now = time.monotonic()
+            if self.received != seen:
+                seen, last_move = self.received, now
+            if now - last_move >= timeout or now - start >= cap:
+                break
             time.sleep(0.01)
         return self.received >= total
 

@@ -157,10 +157,11 @@ def test_a_state_qemu_cannot_load_falls_back_to_a_cold_boot(spec, monkeypatch, m
     assert guest.timing.mode == "cold after a failed restore" and reason in guest.restore_failure
 
 
-def test_two_failures_turn_restores_off_for_that_spec_until_the_record_is_deleted(spec, monkeypatch, caplog):
+def test_two_failures_in_a_row_turn_restores_off_for_that_spec_until_the_record_is_deleted(spec, monkeypatch,
+                                                                                            caplog):
+    _start(spec, monkeypatch)  # saves
     for _ in range(2):
-        _start(spec, monkeypatch)  # (re)saves
-        _start(spec, monkeypatch, "restore-bad")
+        _start(spec, monkeypatch, "restore-bad")  # (the second one saves again first)
     saves = []
     monkeypatch.setattr(SnapshotStore, "save", lambda *a: saves.append(a))
     with caplog.at_level(logging.WARNING):
@@ -172,6 +173,16 @@ def test_two_failures_turn_restores_off_for_that_spec_until_the_record_is_delete
     monkeypatch.setattr(guest_mod.SSHSession, "connect", lambda self, deadline=None: None)
     monkeypatch.setattr(guest_mod.SSHSession, "run", lambda self, argv, timeout=None, **kw: CommandResult(argv, 0))
     assert _start(spec, monkeypatch).timing.mode == "restore"
+
+
+def test_a_working_restore_forgets_earlier_failures(spec, monkeypatch):
+    _start(spec, monkeypatch)
+    _start(spec, monkeypatch, "restore-bad")
+    assert SnapshotStore(spec.snapshots).failures(_key(spec))["count"] == 1
+    assert _start(spec, monkeypatch).timing.mode == "restore"  # saves again, restores
+    assert SnapshotStore(spec.snapshots).failures(_key(spec))["count"] == 0
+    _start(spec, monkeypatch, "restore-bad")
+    assert _start(spec, monkeypatch).timing.mode == "restore"  # one failure since the last good restore: not off
 
 
 def test_old_failures_are_forgotten(spec):

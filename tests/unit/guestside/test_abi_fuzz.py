@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from tests.unit.guestside.guest_modules import load_guest_module
+from .guest_modules import load_guest_module
 
 fz = load_guest_module("abi_fuzz")
 kabi = fz.kabi

@@ -4,8 +4,9 @@
     python3 /run/cnlab/plugins/cnbeat_drive.py --rate 200 --seconds 4
 
 Starts cnbeat's timers (writes ``rate`` to ``/sys/module/cnbeat/parameters/rate``), lets them run for
-``--seconds``, stops them (rate 0), and prints one JSON line: what each cnbeat instance (one per load:
-the module-reload fault makes a new one) says CBUS accepted and refused::
+``--seconds``, stops them (rate 0; a module that a reload fault has unloaded just then is waited for, at
+most :data:`RELOAD_WAIT_S`), and prints one JSON line: what each cnbeat instance (one per load: the
+module-reload fault makes a new one) says CBUS accepted and refused::
 
     {"rate": 200, "instances": {"5f3a0c1e": {"inserted": 801, "failed": 0, "final": true}, ...}}
 
@@ -22,6 +23,8 @@ import sys
 import time
 
 PARAMS = "/sys/module/cnbeat/parameters"
+#: How long the end waits for a module that a reload fault has unloaded to be loaded again.
+RELOAD_WAIT_S = 30.0
 FINAL = re.compile(r"cnbeat: instance ([0-9a-f]{8}) final: inserted (\d+) failed (\d+)")
 
 
@@ -64,8 +67,13 @@ def main():
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
         time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+    # A module-reload fault still under way (unloaded, not yet loaded again) would leave the next instance
+    # running with the saved rate and nobody to stop it or read its counts: wait for it to come back.
+    back_by = time.monotonic() + RELOAD_WAIT_S
+    while not os.path.isdir(PARAMS) and time.monotonic() < back_by:
+        time.sleep(0.05)
     instances = {}
-    if os.path.isdir(PARAMS):  # loaded now (a reload still pending at the end leaves it unloaded)
+    if os.path.isdir(PARAMS):  # loaded now (a module that stays unloaded has only final counts)
         write_param("rate", 0)  # the timers are stopped when the write returns: the counts are final
         instances[f"{int(read_param('instance')):08x}"] = {"inserted": int(read_param("inserted")),
                                                            "failed": int(read_param("failed")), "final": False}
