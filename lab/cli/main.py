@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove only artefacts last used longer ago than D (30m, 12h, 7d, 2w)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
 
+    debug = sub.add_parser("debug", help="the lab module's state in a guest's vmcore (drgn)")
+    debug.add_argument("vmcore", type=Path, help="a dump the lab wrote when a guest panicked")
+    debug.add_argument("--module", type=Path, action="append", default=[],
+                       help="the module's unstripped .ko (default: the one named in VMCORE.json)")
+    debug.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub.add_parser("doctor", help="the host as cnlab sees it; exits 1 with a fix for each problem")
 
     bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
@@ -454,6 +459,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return print_findings(run_checks(probe, args.tcg_threads, args.accel), sys.stdout)
 
 
+def cmd_debug(args: argparse.Namespace) -> int:
+    from lab.cli.debug import debug_vmcore
+
+    return debug_vmcore(args.vmcore, args.module, args.json, sys.stdout)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from lab.cli.plugins import list_plugins
 
@@ -471,6 +482,7 @@ COMMANDS = {
     ("cache", "list"): cmd_cache,
     ("cache", "prune"): cmd_cache,
     ("doctor", None): cmd_doctor,
+    ("debug", None): cmd_debug,
     ("report", None): cmd_report,
     ("merge", None): cmd_merge,
     ("bench", "boot"): cmd_bench_boot,
