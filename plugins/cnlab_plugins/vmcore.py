@@ -72,8 +72,8 @@ def lab_qemu_args_add(config, shape) -> list[str]:
 
 
 def _watcher_of(guest) -> PanicWatcher | None:
-    extra = list(guest.spec.qemu_extra)
-    for arg in extra:
+    """The watcher whose monitor socket is on this guest's QEMU command line (None: a guest from elsewhere)."""
+    for arg in getattr(getattr(guest, "spec", None), "qemu_extra", ()):
         for path, watcher in _State.watchers.items():
             if f"path={path}" in arg:
                 return watcher
