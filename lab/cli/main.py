@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     faults = bench_sub.add_parser("faults", help="how late faults fire after their trigger (at, every, on, host)")
     faults.add_argument("--runs", type=_positive_int, default=1, help="fresh guests, one after another")
     faults.add_argument("--json", type=Path, default=Path("results/bench-faults.json"))
+    dbg = bench_sub.add_parser("debug", help="module build with and without debug info; a panicked guest's vmcore: "
+                                             "size, seconds to write and to read")
+    dbg.add_argument("--runs", type=_positive_int, default=3, help="builds of each kind")
+    dbg.add_argument("--mem", type=_positive_int, default=512, help="the panicking guest's RAM in MiB")
+    dbg.add_argument("--json", type=Path, default=Path("results/bench-debug.json"))
     kmod = bench_sub.add_parser("kmod", help="cbus_insert against a direct send, rates and latency")
     kmod.add_argument("--cpus", type=_positive_int, default=2)
     kmod.add_argument("--runs", type=_positive_int, default=1,
@@ -435,6 +440,12 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
         return run_fault_bench(_lab(args), args.json, Path(tmp), runs=args.runs)
 
 
+def cmd_bench_debug(args: argparse.Namespace) -> int:
+    from lab.bench.debug import run_debug_bench
+
+    return run_debug_bench(_lab(args), args.json, runs=args.runs, memory_mb=args.mem)
+
+
 def cmd_bench_kmod(args: argparse.Namespace) -> int:
     from lab.bench.kmod import run_kmod_bench
 
@@ -489,6 +500,7 @@ COMMANDS = {
     ("bench", "kmod"): cmd_bench_kmod,
     ("bench", "suite"): cmd_bench_suite,
     ("bench", "faults"): cmd_bench_faults,
+    ("bench", "debug"): cmd_bench_debug,
 }
 
 
