@@ -24,6 +24,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 
 # No dataclasses or typing here: under TCG their imports (inspect, ast, ...)
@@ -585,12 +586,17 @@ def open_socket(groups: tuple[int, ...] | list[int] = (), rcvbuf: int = 0) -> so
 
 
 class CtlClient:
-    """Request/reply client for the control connector."""
+    """Request/reply client for the control connector.
+
+    Threads may share one: a request holds the client from its send to its reply, so no thread reads (and
+    discards) the reply another one waits for.
+    """
 
     def __init__(self, sock: socket.socket | None = None, timeout: float = 5.0):
         self.sock = sock or open_socket()
         self.timeout = timeout
         self._seq = (os.getpid() << 12) & 0xFFFFFFFF
+        self._busy = threading.Lock()
 
     def close(self) -> None:
         self.sock.close()
@@ -635,9 +641,10 @@ class CtlClient:
 
     def request(self, msg_type: int, body: bytes = b"",
                 timeout: float | None = None) -> Reply:
-        seq = self.next_seq()
-        self.send_raw(encode_request(msg_type, body, seq=seq))
-        rep = self.recv_reply(seq, timeout)
+        with self._busy:
+            seq = self.next_seq()
+            self.send_raw(encode_request(msg_type, body, seq=seq))
+            rep = self.recv_reply(seq, timeout)
         if rep is None:
             raise TimeoutError(f"no reply to {MSG_NAMES.get(msg_type, msg_type)}")
         return rep

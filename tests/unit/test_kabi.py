@@ -307,3 +307,45 @@ def test_ledger_compares_counters_nothing_derives():
     assert kabi.ledger_problems(dict(good, dequeued=7, sent=5)) == [
         "enqueued 8 != dequeued 7 (still on the queue or lost)"]
     assert kabi.ledger_problems(dict(good, sent=7)) == ["dequeued 8 != sent 7 + nolistener 1 + overrun 0 + nlerr 1"]
+
+
+def test_threads_sharing_a_client_each_get_their_own_reply():
+    """The agent's fault threads and its event probes share one CtlClient: a reply must reach its asker."""
+    import socket
+    import threading
+    import time
+
+    ours, module = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client = kabi.CtlClient(sock=ours, timeout=2.0)
+
+    def answer():  # the "module": replies to each request after a pause, as a busy guest does
+        while True:
+            try:
+                data = module.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            (m,) = kabi.parse_datagram(data)
+            time.sleep(0.005)
+            module.send(_fake_reply(kabi.CNLAB_MSG_ECHO, 0, kabi.ECHO.pack(user_ns=0, data_len=0), seq=m.seq))
+
+    threading.Thread(target=answer, daemon=True).start()
+    failures = []
+
+    def ask():
+        for _ in range(15):
+            try:
+                client.echo()
+            except TimeoutError as exc:
+                failures.append(str(exc))
+
+    askers = [threading.Thread(target=ask, daemon=True) for _ in range(3)]
+    for t in askers:
+        t.start()
+    for t in askers:  # a thread whose reply another one took waits for it in recv() (a blocking socket)
+        t.join(timeout=30)
+    stuck = sum(t.is_alive() for t in askers)
+    module.close()
+    client.close()
+    assert (failures, stuck) == ([], 0)
