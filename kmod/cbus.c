@@ -32,6 +32,7 @@
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
 #include <linux/irqflags.h>
+#include <linux/jiffies.h>
 #include <linux/kthread.h>
 #include <linux/kernel.h>
 #include <linux/llist.h>
@@ -90,6 +91,14 @@ struct cbus_event {
 #define CBUS_SLOT_SIZE	256
 #define CBUS_SLOT_DATA	(CBUS_SLOT_SIZE - sizeof(struct cbus_event))
 
+/* What the drain thread is doing, as it says itself (read from a vmcore). */
+enum cbus_drain_state {
+	CBUS_DRAIN_IDLE,	/* between drains: waiting for work */
+	CBUS_DRAIN_STALLED,	/* held by the STALL_MS fault knob */
+	CBUS_DRAIN_LOCKING,	/* waiting for drain_lock */
+	CBUS_DRAIN_SENDING,	/* draining the queue */
+};
+
 struct cbus_cpu {
 	/* Producer side: written on the owning CPU with IRQs off. */
 	struct llist_head list;
@@ -105,6 +114,7 @@ struct cbus_cpu {
 	u32 alloc_count;	/* fault injection: allocations seen in alloc_epoch */
 	u32 alloc_epoch;	/* the ALLOC_NTH setting alloc_count belongs to */
 	struct llist_node *free;	/* slot free list (owner CPU, IRQs off) */
+	unsigned long queued_since;	/* jiffies when the queue last went non-empty */
 
 	/* Slots given back from other CPUs (lock-free). */
 	struct llist_head remote_free ____cacheline_aligned;
@@ -125,12 +135,18 @@ struct cbus_cpu {
 	struct mutex drain_lock;	/* one drainer at a time: keeps per-CPU order */
 	struct llist_node *backlog;	/* taken off the queue, not yet sent (FIFO) */
 	struct task_struct *thread;	/* the drain thread (smpboot's store) */
+	unsigned long backlog_since;	/* queued_since of what the backlog was taken from */
+	unsigned long drain_jiffies;	/* when the drain thread last changed drain_state */
+	enum cbus_drain_state drain_state;	/* for a vmcore (cnlab debug) */
 	unsigned int cpu;
 	/* Bundle being built (under drain_lock). */
 	struct cn_msg *bundle;
 	u32 bundle_group;
 	u32 bundle_count;
 };
+
+/* The kernel's HZ, for a debugger turning jiffies into seconds. */
+const unsigned int cnlab_hz = HZ;
 
 static struct cbus_cpu __percpu *cbus_pcpu;
 /* The connector's kernel socket, to tell "no listener" from "all full". */
@@ -334,6 +350,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		WRITE_ONCE(cc->hwm, depth + 1);
 	if (cbus_list_add(&ev->node, &cc->list)) {
 		/* Empty -> non-empty: the drain thread may sleep, kick it. */
+		WRITE_ONCE(cc->queued_since, jiffies);
 		cc->kicks++;
 		cbus_kick(cc);
 	}
@@ -478,6 +495,7 @@ static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 			node = llist_del_all(&cc->list);
 			if (!node)
 				break;
+			WRITE_ONCE(cc->backlog_since, READ_ONCE(cc->queued_since));
 			node = llist_reverse_order(node);
 		}
 		ev = llist_entry(node, struct cbus_event, node);
@@ -490,6 +508,12 @@ static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 	WRITE_ONCE(cc->backlog, node);
 	if (n)
 		cbus_account_batch(cc, n);
+}
+
+static inline void cbus_drain_state(struct cbus_cpu *cc, enum cbus_drain_state state)
+{
+	WRITE_ONCE(cc->drain_state, state);
+	WRITE_ONCE(cc->drain_jiffies, jiffies);
 }
 
 /*
@@ -508,7 +532,7 @@ static bool cbus_stall_interrupted(unsigned int gen)
  * hotplug must not wait for a stall to end). A new stall value wakes the
  * wait, and the deadline is read again: STALL_MS 0 ends a running stall.
  */
-static bool cbus_stall_wait(void)
+static bool cbus_stall_wait(struct cbus_cpu *cc)
 {
 	unsigned int gen;
 	s64 left;
@@ -522,6 +546,7 @@ static bool cbus_stall_wait(void)
 			return true;
 		if (kthread_should_park() || kthread_should_stop())
 			return false;
+		cbus_drain_state(cc, CBUS_DRAIN_STALLED);
 		wait_event_timeout(cbus_stall_wq, cbus_stall_interrupted(gen),
 				   nsecs_to_jiffies(left) + 1);
 	}
@@ -544,11 +569,16 @@ static void cbus_thread_fn(unsigned int cpu)
 {
 	struct cbus_cpu *cc = per_cpu_ptr(cbus_pcpu, cpu);
 
-	if (!cbus_stall_wait())
+	if (!cbus_stall_wait(cc)) {
+		cbus_drain_state(cc, CBUS_DRAIN_IDLE);
 		return;	/* park first; the dead-CPU drain or the next call drains */
+	}
+	cbus_drain_state(cc, CBUS_DRAIN_LOCKING);
 	mutex_lock(&cc->drain_lock);
+	cbus_drain_state(cc, CBUS_DRAIN_SENDING);
 	cbus_drain(cc, drain_budget);
 	mutex_unlock(&cc->drain_lock);
+	cbus_drain_state(cc, CBUS_DRAIN_IDLE);
 	cond_resched();
 }
 

@@ -18,6 +18,7 @@ extern int cnlab_fail_init;
 int cnlab_init_fault(int step);
 
 /* cbus.c */
+extern const unsigned int cnlab_hz;	/* HZ, for a debugger reading a vmcore */
 struct dentry;
 struct sock;
 int cnlab_cbus_init(struct dentry *dbg);

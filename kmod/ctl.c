@@ -12,6 +12,7 @@
 #include <linux/atomic.h>
 #include <linux/capability.h>
 #include <linux/connector.h>
+#include <linux/jiffies.h>
 #include <linux/kernel.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
@@ -36,6 +37,26 @@ static bool cnlab_ctl_closing;
 static struct sock *cnlab_probe_sk;
 
 static atomic64_t ctl_requests = ATOMIC64_INIT(0);
+/*
+ * The last CNLAB_CTL_RING control requests, for a vmcore (cnlab debug): a
+ * record is written when a request arrives (status CNLAB_CTL_PENDING) and
+ * gets its result when the handler returns, so a request that crashed the
+ * kernel shows as pending. Concurrent requests take different slots.
+ */
+#define CNLAB_CTL_RING		32
+#define CNLAB_CTL_PENDING	1
+struct cnlab_ctl_record {
+	u64 ns;			/* ktime_get_ns() on arrival */
+	unsigned long jiffies;	/* jiffies on arrival */
+	u32 seq;		/* the request's cn_msg seq */
+	u32 portid;		/* the sender */
+	u32 len;		/* request bytes after the cn_msg */
+	u16 type;		/* enum cnlab_msg_type, 0xffff: too short to tell */
+	s16 status;		/* CNLAB_CTL_PENDING, then 0 or -errno */
+	u32 cpu;
+};
+static struct cnlab_ctl_record cnlab_ctl_ring[CNLAB_CTL_RING];
+static atomic_t cnlab_ctl_ring_next = ATOMIC_INIT(0);
 static atomic64_t ctl_errors = ATOMIC64_INIT(0);
 static atomic64_t ctl_reply_fail = ATOMIC64_INIT(0);
 
@@ -160,6 +181,10 @@ static bool debug_warn;
 module_param(debug_warn, bool, 0644);
 MODULE_PARM_DESC(debug_warn, "Allow SET_FAULT CNLAB_FAULT_WARN to WARN() on purpose (test only)");
 
+static bool debug_panic;
+module_param(debug_panic, bool, 0644);
+MODULE_PARM_DESC(debug_panic, "Allow SET_FAULT CNLAB_FAULT_PANIC to panic() the kernel on purpose (test only)");
+
 static int cnlab_do_stats(struct cnlab_req *rq)
 {
 	struct cnlab_stats_req req;
@@ -241,6 +266,12 @@ static int cnlab_do_fault(struct cnlab_req *rq)
 		WARN(1, CNLAB_NAME ": WARN requested by SET_FAULT (test)\n");
 		old = 0;
 		break;
+	case CNLAB_FAULT_PANIC:
+		if (f.value != CNLAB_PANIC_MAGIC)
+			return -EINVAL;
+		if (!READ_ONCE(debug_panic))
+			return -EOPNOTSUPP;
+		panic(CNLAB_NAME ": panic requested by SET_FAULT (test)\n");
 	default:
 		return -EOPNOTSUPP;
 	}
@@ -353,8 +384,30 @@ static void cnlab_find_cn_sock(void)
 			err < 0 ? err : 0);
 }
 
+static struct cnlab_ctl_record *cnlab_ctl_record_start(const struct cnlab_req *rq)
+{
+	unsigned int slot = (unsigned int)atomic_inc_return(&cnlab_ctl_ring_next) - 1;
+	struct cnlab_ctl_record *rec = &cnlab_ctl_ring[slot % CNLAB_CTL_RING];
+	struct cnlab_hdr hdr;
+
+	rec->status = CNLAB_CTL_PENDING;
+	rec->ns = rq->rx_ns;
+	rec->jiffies = jiffies;
+	rec->seq = rq->msg->seq;
+	rec->portid = rq->nsp->portid;
+	rec->len = rq->msg->len;
+	rec->cpu = raw_smp_processor_id();
+	rec->type = 0xffff;
+	if (rq->msg->len >= sizeof(hdr)) {
+		memcpy(&hdr, rq->msg->data, sizeof(hdr));
+		rec->type = hdr.type;
+	}
+	return rec;
+}
+
 static void cnlab_ctl_callback(struct cn_msg *msg, struct netlink_skb_parms *nsp)
 {
+	struct cnlab_ctl_record *rec;
 	struct cnlab_req rq = {
 		.msg = msg,
 		.nsp = nsp,
@@ -370,6 +423,7 @@ static void cnlab_ctl_callback(struct cn_msg *msg, struct netlink_skb_parms *nsp
 		return;
 	}
 	atomic64_inc(&ctl_requests);
+	rec = cnlab_ctl_record_start(&rq);
 	/*
 	 * Exit has started: answer without sleeping (exit relies on RCU
 	 * Tasks for the code outside this section).
@@ -378,6 +432,7 @@ static void cnlab_ctl_callback(struct cn_msg *msg, struct netlink_skb_parms *nsp
 		err = -ESHUTDOWN;
 	else
 		err = cnlab_dispatch(&rq);
+	WRITE_ONCE(rec->status, (s16)err);
 	if (err && !rq.replied)
 		cnlab_reply_error(&rq, err);
 	srcu_read_unlock(&cnlab_ctl_srcu, srcu_idx);

@@ -75,7 +75,7 @@ def _ensure_venv(venv: Path, log_dir: Path) -> Path:
         if not python.exists():
             run_logged([sys.executable, "-m", "venv", str(venv)], log_path, f"python3 -m venv {venv}")
         pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-        run_logged([*pip, "-e", f"{repo_root()}[test]"], log_path, "pip install of cnlab's Python dependencies")
+        run_logged([*pip, "-e", f"{repo_root()}[test,debug]"], log_path, "pip install of cnlab's Python dependencies")
     stamp.write_text(wanted)
     return python
 

@@ -186,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove only artefacts last used longer ago than D (30m, 12h, 7d, 2w)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
 
+    debug = sub.add_parser("debug", help="the lab module's state in a guest's vmcore (drgn)")
+    debug.add_argument("vmcore", type=Path, help="a dump the lab wrote when a guest panicked")
+    debug.add_argument("--module", type=Path, action="append", default=[],
+                       help="the module's unstripped .ko (default: the one named in VMCORE.json)")
+    debug.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub.add_parser("doctor", help="the host as cnlab sees it; exits 1 with a fix for each problem")
 
     bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
@@ -200,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     faults = bench_sub.add_parser("faults", help="how late faults fire after their trigger (at, every, on, host)")
     faults.add_argument("--runs", type=_positive_int, default=1, help="fresh guests, one after another")
     faults.add_argument("--json", type=Path, default=Path("results/bench-faults.json"))
+    dbg = bench_sub.add_parser("debug", help="module build with and without debug info; a panicked guest's vmcore: "
+                                             "size, seconds to write and to read")
+    dbg.add_argument("--runs", type=_positive_int, default=3, help="builds of each kind")
+    dbg.add_argument("--mem", type=_positive_int, default=512, help="the panicking guest's RAM in MiB")
+    dbg.add_argument("--json", type=Path, default=Path("results/bench-debug.json"))
     kmod = bench_sub.add_parser("kmod", help="cbus_insert against a direct send, rates and latency")
     kmod.add_argument("--cpus", type=_positive_int, default=2)
     kmod.add_argument("--runs", type=_positive_int, default=1,
@@ -491,6 +501,12 @@ def cmd_bench_faults(args: argparse.Namespace) -> int:
         return run_fault_bench(_lab(args), args.json, Path(tmp), runs=args.runs)
 
 
+def cmd_bench_debug(args: argparse.Namespace) -> int:
+    from lab.bench.debug import run_debug_bench
+
+    return run_debug_bench(_lab(args), args.json, runs=args.runs, memory_mb=args.mem)
+
+
 def cmd_bench_kmod(args: argparse.Namespace) -> int:
     from lab.bench.kmod import run_kmod_bench
 
@@ -515,6 +531,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return print_findings(run_checks(probe, args.tcg_threads, args.accel), sys.stdout)
 
 
+def cmd_debug(args: argparse.Namespace) -> int:
+    from lab.cli.debug import debug_vmcore
+
+    return debug_vmcore(args.vmcore, args.module, args.json, sys.stdout)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from lab.cli.plugins import list_plugins
 
@@ -532,12 +554,14 @@ COMMANDS = {
     ("cache", "list"): cmd_cache,
     ("cache", "prune"): cmd_cache,
     ("doctor", None): cmd_doctor,
+    ("debug", None): cmd_debug,
     ("report", None): cmd_report,
     ("merge", None): cmd_merge,
     ("bench", "boot"): cmd_bench_boot,
     ("bench", "kmod"): cmd_bench_kmod,
     ("bench", "suite"): cmd_bench_suite,
     ("bench", "faults"): cmd_bench_faults,
+    ("bench", "debug"): cmd_bench_debug,
 }
 
 

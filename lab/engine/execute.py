@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lab.engine.diagnose import kernel_report_dicts
 from lab.engine.hooks import install_guest_files
 from lab.engine.metrics import headline
 from lab.engine.plan import NS, plan_scenario
@@ -170,7 +171,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     mark("stopped")
     taint_after = read_taint(guest)
     console = _console_since(guest, console_start)
-    kernel_reports = [r.to_dict() for r in scan_console(console)]
+    kernel_reports = list(kernel_report_dicts(console, guest.spec))
     agent = stash.get(AGENT_REPORT, None)
     host_records = stash.get(HOST_FAULT_RECORDS, [])
     faults = fault_records(agent, host_records)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lab.engine.diagnose import kernel_report_dicts, post_mortem
 from lab.engine.events import RunEvent, print_events
 from lab.engine.execute import execute_scenario
 from lab.engine.hooks import guest_setup_args, install_guest_files
@@ -34,7 +35,6 @@ from lab.engine.schedule import Schedule, Task
 from lab.engine.timings import expected_durations, remember_timings
 from lab.errors import LabError
 from lab.guest.accel import qemu_version, tcg_threads_for
-from lab.guest.console_scan import scan_console
 from lab.guest.files import install_guest_programs
 from lab.guest.labsetup import Lab, LabOptions
 from lab.guest.machine import Guest, GuestSpec
@@ -116,10 +116,13 @@ def _reusable(guest: Guest, scenario: Scenario, network: str, fresh: bool) -> bo
             and guest.spec.cmdline[:len(scenario.cmdline)] == scenario.cmdline)
 
 
-def _error_record(scenario: Scenario, exc: LabError, console: str, started: float) -> ScenarioResult:
+def _error_record(scenario: Scenario, exc: LabError, console: str, started: float,
+                  dead: Guest | None = None) -> ScenarioResult:
     return ScenarioResult(scenario.name, scenario.source, status="error",
                           error=str(exc).split("\n--- console tail")[0].partition("\n")[0],
-                          kernel_reports=tuple(r.to_dict() for r in scan_console(console)),
+                          # issue 15: frames decoded with the dead guest's modules; its vmcore, if it panicked
+                          kernel_reports=kernel_report_dicts(console, dead.spec if dead else None),
+                          data=post_mortem(dead),
                           console={"tail": "\n".join(console.splitlines()[-40:])},
                           duration=round(time.monotonic() - started, 3))
 
@@ -162,12 +165,12 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                     install_guest_files(pm, guest)  # once per guest: every scenario of this run has the same plugins
                 record = execute_scenario(pm, guest, scenario, lib, progress, files_installed=True)
             except LabError as exc:
-                console = ""
+                console, dead = "", guest
                 if guest is not None:
                     guest.stop()  # QEMU has exited or is killed now: the console is complete
                     console = guest.console_text()
                     guest = None
-                record = _error_record(scenario, exc, console, started)
+                record = _error_record(scenario, exc, console, started, dead)
             record = dataclasses.replace(
                 record, attempt=task.attempt, worker=worker, boot_s=round(boot_s, 3),
                 wall_s=round(time.monotonic() - started, 3),

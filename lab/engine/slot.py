@@ -80,12 +80,12 @@ class GuestSlot:
             record = execute_scenario(self.pm, self._guest, scenario, self._lib, progress or (lambda phase: None),
                                       files_installed=True)
         except LabError as exc:
-            console = ""
+            console, dead = "", self._guest
             if self._guest is not None:
                 self._guest.stop()
                 console = self._guest.console_text()
                 self._guest = None
-            record = _error_record(scenario, exc, console, started)
+            record = _error_record(scenario, exc, console, started, dead)
         return dataclasses.replace(
             record, attempt=attempt, boot_s=round(boot_s, 3), wall_s=round(time.monotonic() - started, 3),
             env=environment,

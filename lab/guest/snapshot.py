@@ -64,8 +64,9 @@ from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import SavedState
 from lab.host.cache import content_key, publish_dir, write_json_atomic
 
-__all__ = ["Snapshot", "SnapshotStore", "snapshot_for", "snapshot_inputs", "check_restored", "resume_line",
-           "module_build_id", "WARM_UP", "KEEP", "KEEP_RECENT_S", "CLOCK_TOLERANCE_S", "FAILURES_TO_DISABLE"]
+__all__ = ["Snapshot", "SnapshotStore", "snapshot_for", "snapshot_inputs", "machine_args", "check_restored",
+           "resume_line", "module_build_id", "WARM_UP", "KEEP", "KEEP_RECENT_S", "CLOCK_TOLERANCE_S",
+           "FAILURES_TO_DISABLE"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,26 @@ def _qemu_identity(binary: str) -> dict:
     return _file_identity(Path(found).resolve())
 
 
+#: QEMU options that set up only the host's side of a guest (character devices, monitors, what QEMU does on a
+#: guest event): nothing of them is in a saved state, and their values (socket paths) differ from guest to guest.
+HOST_SIDE_OPTIONS = frozenset({"-chardev", "-mon", "-action"})
+
+
+def machine_args(extra: tuple[str, ...] | list[str]) -> list[str]:
+    """``extra`` (a spec's ``qemu_extra``) without its host-side options and their values: what a saved state
+    depends on, and what the guest that saves it runs with (so it does not take a watcher's monitor)."""
+    out: list[str] = []
+    skip = False
+    for arg in extra:
+        if skip:
+            skip = False
+        elif arg in HOST_SIDE_OPTIONS:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
 def snapshot_inputs(spec: GuestSpec) -> dict:
     """Everything a saved state depends on; its hash names the state's folder.
 
@@ -121,7 +142,7 @@ def snapshot_inputs(spec: GuestSpec) -> dict:
         "cpus": spec.shape.cpus,
         "memory_mb": spec.shape.memory_mb,
         "cmdline": list(spec.cmdline),
-        "qemu_extra": list(spec.qemu_extra),
+        "qemu_extra": machine_args(spec.qemu_extra),
     }
 
 
@@ -370,8 +391,9 @@ def _save(spec: GuestSpec, scratch: Path, key: str, inputs: dict) -> None:
     from lab.guest.accel import qemu_version
 
     started = time.monotonic()
-    saver = Guest(dataclasses.replace(spec, snapshots=None, name="boot"), log_dir=scratch,
-                  saved=SavedState(scratch / "ram", share=True))
+    machine_only = tuple(machine_args(spec.qemu_extra))
+    saving_spec = dataclasses.replace(spec, snapshots=None, name="boot", qemu_extra=machine_only)
+    saver = Guest(saving_spec, log_dir=scratch, saved=SavedState(scratch / "ram", share=True))
     try:
         saver.start()
         boot_s = saver.timing.ssh

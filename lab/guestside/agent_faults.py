@@ -38,7 +38,8 @@ EVENT_POLL_S = 0.02
 #: The fault thread runs SCHED_FIFO at this priority (it sleeps between firings).
 FIFO_PRIORITY = 10
 KNOBS = {"stall_ms": kabi.CNLAB_FAULT_STALL_MS, "alloc_nth": kabi.CNLAB_FAULT_ALLOC_NTH,
-         "queue_limit": kabi.CNLAB_FAULT_QLIMIT, "warn": kabi.CNLAB_FAULT_WARN}
+         "queue_limit": kabi.CNLAB_FAULT_QLIMIT, "warn": kabi.CNLAB_FAULT_WARN,
+         "panic": kabi.CNLAB_FAULT_PANIC}
 MODULE_PARAMS = "/sys/module/cnlab/parameters"
 
 

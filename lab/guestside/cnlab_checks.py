@@ -441,11 +441,11 @@ def fuzz_frames(rng, n):
         elif kind == 7:     # invalid faults / bench / stop / stats
             t = rng.choice(["fault", "bench", "stop", "gstats", "stats", "echo"])
             if t == "fault":
-                op = rng.choice([0, 5, 100, kabi.CNLAB_FAULT_WARN, kabi.CNLAB_FAULT_STALL_MS,
-                                 kabi.CNLAB_FAULT_QLIMIT])
+                op = rng.choice([0, kabi.CNLAB_FAULT_MAX + 1, 100, kabi.CNLAB_FAULT_WARN, kabi.CNLAB_FAULT_PANIC,
+                                 kabi.CNLAB_FAULT_STALL_MS, kabi.CNLAB_FAULT_QLIMIT])
                 val = {kabi.CNLAB_FAULT_STALL_MS: rng.choice([60001, 1 << 40]),
                        kabi.CNLAB_FAULT_QLIMIT: rng.choice([0, (1 << 20) + 1])}.get(op, rng.randint(0, 1 << 40))
-                if op == kabi.CNLAB_FAULT_WARN:
+                if op in (kabi.CNLAB_FAULT_WARN, kabi.CNLAB_FAULT_PANIC):
                     val = 0     # wrong magic
                 b = kabi.FAULT.pack(op=op, value=val)
                 yield kabi.encode_request(kabi.CNLAB_MSG_SET_FAULT, b, seq=seq), True

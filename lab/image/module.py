@@ -3,6 +3,13 @@
 The build runs on a copy of ``kmod/`` inside the cache, in a folder keyed by
 a hash of the sources and the kernel, so an unchanged module costs a hash and
 a changed one a few seconds; the worktree stays free of build products.
+
+Modules are built with debug info (``-g``; source paths recorded as
+``kmod/ctl.c``, not the scratch folder) and kept twice: the unstripped file in
+``debug/`` beside the shipped one, which has its debug sections stripped
+(``objcopy --strip-debug``, as ``INSTALL_MOD_STRIP=1`` does) so every
+per-boot archive stays small.  The host decodes report frames
+(:mod:`lab.guest.symbolize`) and reads vmcores with the debug copy.
 """
 
 from __future__ import annotations
@@ -19,11 +26,16 @@ from lab.host.quiet import logs_dir
 from lab.host.steps import cached, step
 from lab.image.kernel import KernelSpec
 
-__all__ = ["CompileError", "ModuleBuild", "build_module", "kmod_dir"]
+__all__ = ["CompileError", "ModuleBuild", "build_module", "kmod_dir", "debug_copy", "DEBUG_DIR", "SOURCE_PREFIX"]
 
 SOURCE_PATTERNS = ("*.c", "*.h", "Kbuild", "Makefile")
-#: Part of every build's cache key: what a build folder holds (the .ko files, build.log, Module.symvers).
-LAYOUT = "ko+symvers"
+#: The folder, beside the shipped modules, of their unstripped copies.
+DEBUG_DIR = "debug"
+#: Where the debug info says the sources are: ``SOURCE_PREFIX/kmod/ctl.c`` (not the scratch folder).
+SOURCE_PREFIX = "/cnlab-src"
+#: Part of every build's cache key: what a build folder holds and how it is made (the stripped .ko files, their
+#: debug copies, build.log, Module.symvers).  Change it when the recipe changes in a way the hashed inputs do not show.
+RECIPE = "ko+symvers+debug-info-2"
 
 
 class CompileError(BuildError):
@@ -65,6 +77,17 @@ class ModuleBuild:
                 return path
         raise BuildError(f"module {name}.ko was not built (have: {', '.join(p.name for p in self.modules)})")
 
+    @property
+    def debug_modules(self) -> tuple[Path, ...]:
+        """The unstripped copies of :attr:`modules` (with DWARF), in the same order."""
+        return tuple(debug_copy(p) for p in self.modules)
+
+
+def debug_copy(module: Path) -> Path:
+    """The unstripped copy of a shipped module (itself if there is none: a module built elsewhere)."""
+    candidate = module.parent / DEBUG_DIR / module.name
+    return candidate if candidate.exists() else module
+
 
 def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
                  extra_make: list[str] | None = None, what: str = "module",
@@ -81,7 +104,7 @@ def build_module(kernel: KernelSpec, cache: Path, source: Path | None = None,
             "or pass --kbuild DIR"
         )
     source_hash = hash_tree(source, SOURCE_PATTERNS)
-    key = content_key(source_hash, kernel.release, str(kernel.kbuild_dir), extra_make or [], LAYOUT)
+    key = content_key(source_hash, kernel.release, str(kernel.kbuild_dir), extra_make or [], RECIPE)
     folder = cache / "kmod" / key
     built = False
     for _ in range(3):
@@ -111,8 +134,10 @@ def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str], f
     make = require_tool("make", "make")
     tree = scratch / "src"
     shutil.copytree(source, tree, ignore=shutil.ignore_patterns("*.o", "*.ko", ".*.cmd", "*.mod*", "tests", "tools"))
+    # -g even when the kernel's config has no debug info; file names as kmod/ctl.c, not the scratch folder.
+    debug_flags = f"KCFLAGS=-g -fdebug-prefix-map={tree}={SOURCE_PREFIX}/{source.name}"
     result = subprocess.run(
-        [make, "-C", str(kbuild), f"M={tree}", "W=1", *extra_make, "modules"],
+        [make, "-C", str(kbuild), f"M={tree}", "W=1", debug_flags, *extra_make, "modules"],
         capture_output=True,
         text=True,
         check=False,
@@ -124,8 +149,12 @@ def _compile(source: Path, scratch: Path, kbuild: Path, extra_make: list[str], f
         errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()[-5:]
         raise CompileError("module build failed: " + " | ".join(errors[:5]) + f"; full output in {failure_log}",
                            result.stdout + result.stderr, tree, failure_log)
+    objcopy = require_tool("objcopy", "binutils")
+    (scratch / DEBUG_DIR).mkdir()
     for built in tree.glob("*.ko"):
-        shutil.copy2(built, scratch / built.name)
+        shutil.copy2(built, scratch / DEBUG_DIR / built.name)
+        subprocess.run([objcopy, "--strip-debug", str(built), str(scratch / built.name)], check=True,
+                       capture_output=True)
     if (tree / "Module.symvers").is_file():
         shutil.copy2(tree / "Module.symvers", scratch / "Module.symvers")
     shutil.rmtree(tree)

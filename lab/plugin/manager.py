@@ -67,6 +67,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cnlab_plugins.consumers",
     "cnlab_plugins.faults",
     "cnlab_plugins.linkfaults",
+    "cnlab_plugins.vmcore",
 )
 #: Hooks the manager calls once per plugin, with that plugin's settings (it must know whose answer is whose).
 PER_PLUGIN_HOOKS: tuple[str, ...] = (

@@ -62,7 +62,8 @@ GEN_FIELDS = ("count", "duration_ns", "rate", "size_min", "size_max", "context",
               "cpu_mask")
 #: Module knobs a fault can set (SET_FAULT ops, docs/kmod.md).
 KNOBS = {"stall_ms": kabi.CNLAB_FAULT_STALL_MS, "alloc_nth": kabi.CNLAB_FAULT_ALLOC_NTH,
-         "queue_limit": kabi.CNLAB_FAULT_QLIMIT, "warn": kabi.CNLAB_FAULT_WARN}
+         "queue_limit": kabi.CNLAB_FAULT_QLIMIT, "warn": kabi.CNLAB_FAULT_WARN,
+         "panic": kabi.CNLAB_FAULT_PANIC}
 #: Actions the guest agent carries out itself (``expect``: evidence that a fault took effect).
 GUEST_ACTIONS = ("write", "knob", "cpu", "exec", "spawn", "signal", "expect")
 #: Actions the orchestrator carries out on the host when the agent says the fault fires.

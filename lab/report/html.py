@@ -94,7 +94,19 @@ def _scenario_section(record: ScenarioResult) -> str:
             + (f", delay {_esc(f['delay_ms'])} ms" if f.get("delay_ms") is not None else "")
             + ("" if f.get("ok", True) else " FAILED") for f in faults) + "</p>")
     for report in record.kernel_reports:
-        out.append(f"<h3>{_esc(report['kind'])} {_esc(report['fingerprint'])}</h3><pre>{_esc(report['excerpt'])}</pre>")
+        out.append(f"<h3>{_esc(report['kind'])} {_esc(report['fingerprint'])}</h3>")
+        decoded = report.get("decoded") or ()
+        if decoded:
+            out.append('<ul class="decoded">' + "".join(
+                f"<li><code>{_esc(f['frame'])}</code> &rarr; <code>{_esc(f['location'])}</code>"
+                + (f" (in {_esc(f['source_function'])}, inlined at {_esc(', '.join(f['inlined']))})"
+                   if f.get("inlined") else "") + "</li>" for f in decoded) + "</ul>")
+        out.append(f"<pre>{_esc(report['excerpt'])}</pre>")
+    vmcore = (record.data or {}).get("vmcore")
+    if vmcore:
+        out.append(f"<p>no vmcore: {_esc(vmcore['skipped'])}</p>" if vmcore.get("skipped") else
+                   f"<p>vmcore: <code>{_esc(vmcore.get('path'))}</code> ({_esc(vmcore.get('bytes'))} bytes, written "
+                   f"in {_esc(vmcore.get('seconds'))} s; <code>cnlab debug</code> reads it)</p>")
     out.append("</section>")
     return "".join(out)
 

@@ -15,6 +15,11 @@ from lab.plugin.model import ScenarioResult
 __all__ = ["write_junit"]
 
 
+def _report_text(report) -> str:
+    decoded = "".join(f"\nat {frame['text']}" for frame in report.get("decoded") or ())
+    return f"{report['kind']} {report['fingerprint']}{decoded}\n{report['excerpt']}"
+
+
 def write_junit(path: Path, records: list[ScenarioResult], environment: dict) -> None:
     """A JUnit XML file with one test case per scenario record (interrupted and not-run ones are skipped)."""
     failures = sum(1 for r in records if r.status == "failed")
@@ -38,11 +43,18 @@ def write_junit(path: Path, records: list[ScenarioResult], environment: dict) ->
             node = ET.SubElement(case, "failure", message="; ".join(v.name for v in failed)[:500])
             node.text = "\n".join(f"{v.name}: {v.detail}" for v in failed)
             for report in record.kernel_reports:
-                node.text += f"\n\n{report['kind']} {report['fingerprint']}\n{report['excerpt']}"
+                node.text += "\n\n" + _report_text(report)
         elif record.status == "error":
             node = ET.SubElement(case, "error", message=record.error[:500])
-            node.text = record.error
+            node.text = record.error + "".join("\n\n" + _report_text(r) for r in record.kernel_reports)
+            vmcore = (record.data or {}).get("vmcore")
+            if vmcore:
+                node.text += f"\n\nvmcore: {vmcore.get('skipped') or vmcore.get('path')}"
         elif record.status in ("interrupted", "not run"):
             ET.SubElement(case, "skipped", message=f"{record.status}: {record.error}"[:500])
+        if record.kernel_reports and record.status != "failed":
+            # a scenario that expects its report (the self-check) still shows where it came from
+            out = ET.SubElement(case, "system-out")
+            out.text = "\n\n".join(_report_text(r) for r in record.kernel_reports)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)

@@ -10,7 +10,7 @@ from lab.plugin.model import ScenarioResult
 from lab.report.html import write_html
 from lab.report.junit import write_junit
 
-__all__ = ["print_summary", "finish_run"]
+__all__ = ["print_summary", "finish_run", "report_lines"]
 
 
 #: Verdicts whose failure marks a figure of the table with "!" (figure column -> verdict name).
@@ -22,6 +22,20 @@ LEGEND = ("rate/s: messages all consumers received per second of load.  p50/p99 
 
 def _ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.1f}"
+
+
+def report_lines(record: ScenarioResult) -> list[str]:
+    """Per kernel report: kind, fingerprint and title, then each decoded frame; then the vmcore, if any."""
+    lines = []
+    for report in record.kernel_reports:
+        lines.append(f"~ {report['kind']} {report['fingerprint']}: {report.get('title', '')[:120]}")
+        lines += [f"    at {frame['text']}" for frame in report.get("decoded") or ()]
+    vmcore = (record.data or {}).get("vmcore")
+    if vmcore:
+        lines.append(f"~ no vmcore: {vmcore['skipped']}" if vmcore.get("skipped") else
+                     f"~ vmcore: {vmcore['path']} ({vmcore.get('bytes', 0) / 2**20:.0f} MiB; cnlab debug VMCORE "
+                     "reads it)")
+    return lines
 
 
 def print_summary(records: list[ScenarioResult], out: TextIO) -> None:
@@ -46,6 +60,8 @@ def print_summary(records: list[ScenarioResult], out: TextIO) -> None:
                 print(f"    x {v.name}: {v.detail}", file=out)
         if r.error:
             print(f"    ! {r.error[:200]}", file=out)
+        for line in report_lines(r):
+            print(f"    {line}", file=out)
     print(LEGEND, file=out)
     if any(r.flaky for r in records):
         print("* flaky: failed with a crashed guest, passed on retry", file=out)

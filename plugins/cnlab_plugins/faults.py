@@ -102,6 +102,10 @@ def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) ->
     add(FaultSpec("warn", "the module WARNs once on purpose (the console scanner must catch it)", "module",
                   lambda s: Fault((write_file("/sys/module/cnlab/parameters/debug_warn", "1"),
                                    module_knob("warn", kabi.CNLAB_WARN_MAGIC)), (), "WARN requested")))
+    add(FaultSpec("module-panic", "the module panics the kernel on purpose (a vmcore is written; the scenario "
+                                  "ends as a crash)", "module",
+                  lambda s: Fault((write_file("/sys/module/cnlab/parameters/debug_panic", "1"),
+                                   module_knob("panic", kabi.CNLAB_PANIC_MAGIC)), (), "panic requested")))
     add(FaultSpec("crash", "the guest kernel panics (sysrq c); the scenario ends as a crash", "guest",
                   lambda s: Fault((write_file("/proc/sys/kernel/sysrq", "1"), write_file("/proc/sysrq-trigger", "c")),
                                   (), "sysrq crash")))

@@ -53,6 +53,7 @@
 #define CNLAB_BENCH_PAUSE_MAX_US 100000
 #define CNLAB_GEN_ALL		0xffffffffU	/* GEN_STOP: every generator */
 #define CNLAB_WARN_MAGIC	0x5741524eULL	/* "WARN" */
+#define CNLAB_PANIC_MAGIC	0x50414e43ULL	/* "PANC" */
 
 /* cnlab_hdr.type */
 enum cnlab_msg_type {
@@ -265,7 +266,8 @@ enum cnlab_fault_op {
 	CNLAB_FAULT_STALL_MS	= 2,	/* stall drain workers N ms from now */
 	CNLAB_FAULT_QLIMIT	= 3,	/* per-CPU queue limit */
 	CNLAB_FAULT_WARN	= 4,	/* WARN() once; value CNLAB_WARN_MAGIC */
-	CNLAB_FAULT_MAX		= 4,
+	CNLAB_FAULT_PANIC	= 5,	/* panic(); value CNLAB_PANIC_MAGIC */
+	CNLAB_FAULT_MAX		= 5,
 };
 
 struct cnlab_fault {

@@ -27,6 +27,7 @@ check that it did.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -344,6 +345,26 @@ def test_kernel_watch_catches_a_warning(pool):
     kinds = {line.split(":", 1)[0] for line in report.problems}
     assert {"WARNING", "call trace"} <= kinds, report.describe()
     pool.close()  # tainted with W: never share this guest
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
+def test_the_panic_knob_is_gated_and_refuses_a_wrong_magic(pool):
+    """SET_FAULT PANIC does nothing unless root set debug_panic=1 and the value is the magic; the kernel stays
+    up and clean.  (A real panic through it, and its vmcore: tests/integration/engine/test_diagnosis.py.)"""
+    guest = pool.get("2cpu", 2)
+    watch = KernelWatch(guest)
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import kabi\n"
+              "with kabi.CtlClient() as c:\n"
+              "    print(c.fault(kabi.CNLAB_FAULT_PANIC, kabi.CNLAB_PANIC_MAGIC).status)\n"
+              "    open('/sys/module/cnlab/parameters/debug_panic', 'w').write('1')\n"
+              "    try:\n"
+              "        print(c.fault(kabi.CNLAB_FAULT_PANIC, kabi.CNLAB_WARN_MAGIC).status)\n"
+              "    finally:\n"
+              "        open('/sys/module/cnlab/parameters/debug_panic', 'w').write('0')\n")
+    result = guest.run(["python3", "-c", script, pool.lib], timeout=60, check=True)
+    assert result.text.split() == [str(-errno.EOPNOTSUPP), str(-errno.EINVAL)]
+    assert guest.run(["cat", "/sys/module/cnlab/parameters/debug_panic"], timeout=30).text.strip() == "N"
+    watch.assert_clean()
 
 
 # ------------------------------------- issue 12: the ABI fuzzer, bounds, hard classes

@@ -217,4 +217,7 @@ def test_guest_setup_args_collects_cmdline_and_qemu_args():
         def lab_qemu_args_add(self):
             return ["-device", "virtio-rng-pci"]
 
-    assert guest_setup_args(manager(P()), None) == (("slub_debug=FZPU",), ("-device", "virtio-rng-pci"))
+    cmdline, qemu = guest_setup_args(manager(P()), None)
+    assert cmdline == ("slub_debug=FZPU",)
+    # the built-in vmcore plugin adds its pvpanic device and monitor (lab.guest.panic) after ours
+    assert qemu[:2] == ("-device", "virtio-rng-pci") and "pvpanic-pci" in qemu

@@ -69,6 +69,17 @@ def test_the_key_covers_the_shape_and_command_line_but_not_tcg_threading(spec):
         _key(dataclasses.replace(spec, accel=Accel("tcg", "t", threads="multi")))
 
 
+def test_host_side_qemu_options_are_not_in_the_key_and_devices_are(spec, tmp_path):
+    def panic_extra(path):
+        return ("-device", "pvpanic-pci", "-action", "panic=pause", "-chardev", f"socket,id=panicmon,path={path}",
+                "-mon", "chardev=panicmon,mode=control")
+
+    one = dataclasses.replace(spec, qemu_extra=panic_extra(tmp_path / "a.sock"))
+    other = dataclasses.replace(spec, qemu_extra=panic_extra(tmp_path / "b.sock"))
+    assert _key(one) == _key(other) != _key(spec)  # the pvpanic device is part of the machine
+    assert snap_mod.machine_args(one.qemu_extra) == ["-device", "pvpanic-pci"]
+
+
 def test_the_key_changes_with_the_module_file(spec, tmp_path):
     module = tmp_path / "cnlab.ko"
     module.write_bytes(b"one build")

@@ -238,10 +238,13 @@ def test_hook_lab_qemu_args_add():
 
     pm = pm_with(A(), B())
     results = call_hook(pm, "lab_qemu_args_add", config=pm.config, shape=GuestShape(cpus=4))
-    assert [a for r in results if r for a in r] == ["-device", "virtio-rng-pci,id=rng4"]
+    args = [a for r in results if r for a in r]
+    assert args[:2] == ["-device", "virtio-rng-pci,id=rng4"]
+    assert "pvpanic-pci" in args[2:]  # the built-in vmcore plugin's device, after the test's plugins
     from lab.engine.hooks import guest_setup_args
 
-    assert guest_setup_args(pm, GuestShape(cpus=2)) == ((), ("-device", "virtio-rng-pci,id=rng2"))
+    cmdline, qemu = guest_setup_args(pm, GuestShape(cpus=2))
+    assert cmdline == () and qemu[:2] == ("-device", "virtio-rng-pci,id=rng2")
 
 
 def test_hook_lab_kernel_cmdline_add():
