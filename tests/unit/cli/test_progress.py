@@ -218,16 +218,22 @@ def test_ctrl_c_gives_the_terminal_back_at_once(monkeypatch):
     import signal
 
     monkeypatch.setenv("TERM", "xterm")
+    # As at a terminal.  A test run started in the background (as CI scripts may start it) inherits SIGINT
+    # ignored, and the view rightly leaves an ignored SIGINT alone.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     master, slave = os.openpty()
-    with open(slave, "w") as terminal:
-        view = choose_view(terminal)
-        assert isinstance(view, LiveView)
-        view.start()
-        assert signal.getsignal(signal.SIGINT) == view._interrupted
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)  # the signal arrives first
-        assert not view._live.is_started
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        view.stop()
-    os.close(master)
+    try:
+        with open(slave, "w") as terminal:
+            view = choose_view(terminal)
+            assert isinstance(view, LiveView)
+            view.start()
+            assert signal.getsignal(signal.SIGINT) == view._interrupted
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the signal arrives first
+            assert not view._live.is_started
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            view.stop()
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+        os.close(master)
