@@ -118,7 +118,10 @@ def test_an_interrupted_run_records_what_did_not_finish(cnlab_lab, tmp_path):
     env = dict(os.environ, CNLAB_CACHE=str(cnlab_lab.cache))
     names = ["proc-storm-cbus", "pause-resume", "uevent-burst-bundle"]
     argv = [sys.executable, "-m", "lab.cli", "run", "-n", "1", "--out", str(tmp_path), *names]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as at a terminal: a test run started in the background (as CI scripts may start it) passes SIGINT on
+    # ignored, and cnlab, like any program, leaves an inherited ignored SIGINT alone
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     deadline = time.monotonic() + 300
     for line in proc.stdout:
