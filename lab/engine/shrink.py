@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.engine.plan import plan_scenario
-from lab.engine.run import PluginOptions, run_scenarios
+from lab.engine.run import EXIT_INTERRUPTED, PluginOptions, run_scenarios
 from lab.engine.scenario import DEFAULT_CPUS, DEFAULT_DURATION, load_scenario, scenario_from_dict
 from lab.errors import LabError
 from lab.guest.labsetup import Lab
@@ -521,7 +521,10 @@ def engine_runner(lab: Lab, registries: Registries, plugin_config: PluginOptions
     :func:`~lab.engine.run.run_scenarios` on one guest (restored from its saved state when the lab has one),
     results and consoles beside it.
 
-    :raises KeyboardInterrupt: the run was interrupted (the shrink stops).
+    A candidate whose guest dies is retried once on a fresh guest, as in every run of the engine.
+
+    :raises KeyboardInterrupt: the run was interrupted by SIGINT; :raises SystemExit: by another signal (the
+        shrink stops either way).
     """
     numbers = itertools.count(1)
     note = on_note or (lambda text: None)
@@ -538,8 +541,10 @@ def engine_runner(lab: Lab, registries: Registries, plugin_config: PluginOptions
                 note(f"{event.scenario + ': ' if event.scenario else ''}{event.detail}")
 
         outcome = run_scenarios(lab, [scenario], 1, folder, plugin_config=plugin_config, on_event=on_event)
-        if outcome.interrupted:
+        if outcome.interrupted == EXIT_INTERRUPTED:
             raise KeyboardInterrupt
+        if outcome.interrupted:
+            raise SystemExit(outcome.interrupted)  # SIGTERM: the front end exits with the run's status
         if not outcome.records:
             return Outcome("not run", None, f"{scenario.name} never ran (its worker died twice)")
         return Outcome.from_record(outcome.records[0])

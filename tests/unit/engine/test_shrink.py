@@ -296,3 +296,49 @@ def test_every_builtin_scenario_survives_the_round_trip():
 def test_values_toml_cannot_hold_are_refused():
     with pytest.raises(TypeError, match="NoneType"):
         dump_scenario({"name": None})
+
+
+# ------------------------------------------------------- the engine's runner
+def test_the_engine_runner_runs_each_candidate_from_its_own_file_and_reads_its_record(tmp_path, monkeypatch):
+    import lab.engine.shrink as shrink_module
+    from lab.engine.run import RunOutcome
+
+    calls = []
+
+    def run_scenarios(lab, scenarios, jobs, out_dir, plugin_config=None, on_event=None, **kwargs):
+        calls.append((scenarios, jobs, out_dir))
+        (scenario,) = scenarios
+        failed = any(f.name == "warn" for f in scenario.faults)
+        return RunOutcome([record(status="failed") if failed else ScenarioResult(scenario.name)], {}, (),
+                          out_dir / "results.jsonl")
+
+    monkeypatch.setattr(shrink_module, "run_scenarios", run_scenarios)
+    runner = shrink_module.engine_runner(None, REGISTRIES, None, tmp_path)
+    assert runner(busy()) == Outcome("failed", WARN, "kernel_problems: detail of kernel_problems 12345; "
+                                                     "taint: detail of taint 12345")
+    assert runner(dict(busy(), faults=[])) == Outcome("passed", None, "")
+    (scenarios, jobs, folder), _ = calls
+    assert jobs == 1 and folder == tmp_path / "run-01" and scenarios[0].source == str(folder / "scenario.toml")
+    assert tomllib.loads((folder / "scenario.toml").read_text()) == busy()
+    assert (tmp_path / "run-02" / "scenario.toml").is_file()
+
+
+@pytest.mark.parametrize(("status", "raised"), [(130, KeyboardInterrupt), (143, SystemExit)])
+def test_an_interrupted_run_stops_the_shrink(tmp_path, monkeypatch, status, raised):
+    import lab.engine.shrink as shrink_module
+    from lab.engine.run import RunOutcome
+
+    monkeypatch.setattr(shrink_module, "run_scenarios", lambda *a, **k: RunOutcome([], {}, (), tmp_path / "r.jsonl",
+                                                                                    interrupted=status))
+    with pytest.raises(raised):
+        shrink(busy(), shrink_module.engine_runner(None, REGISTRIES, None, tmp_path))
+
+
+def test_a_candidate_that_never_ran_is_no_result(tmp_path, monkeypatch):
+    import lab.engine.shrink as shrink_module
+    from lab.engine.run import RunOutcome
+
+    monkeypatch.setattr(shrink_module, "run_scenarios", lambda *a, **k: RunOutcome([], {}, ("busy",),
+                                                                                    tmp_path / "r.jsonl"))
+    outcome = shrink_module.engine_runner(None, REGISTRIES, None, tmp_path)(busy())
+    assert outcome.status == "not run" and outcome.failure is None and "never ran" in outcome.detail
