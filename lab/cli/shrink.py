@@ -63,8 +63,7 @@ def summary_lines(report: ShrinkReport) -> list[str]:
                         if (n := sum(1 for s in report.steps if s.kind == kind)))
     return [f"cnlab shrink: {len(report.steps)} steps ({by_kind}), {kept} kept; {report.runs} runs in "
             f"{report.seconds:.1f} s; stopped: {stopped}",
-            "removed: " + ("; ".join(report.removed) if report.removed else "nothing (every candidate passed or "
-                                                                            "failed differently)")]
+            "removed: " + ("; ".join(report.removed) or "nothing")]
 
 
 def _header(source: str, report: ShrinkReport) -> str:
