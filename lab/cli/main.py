@@ -168,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--remote-python", default=None, metavar="PATH",
                      help="with --hosts: the Python with cnlab on the hosts (default: this one's path)")
 
+    shrink = sub.add_parser("shrink", help="reduce a failing scenario to a smaller one that fails the same way")
+    shrink.add_argument("scenario", metavar="SCENARIO", help="a scenario file or built-in name that fails")
+    shrink.add_argument("-o", "--output", type=Path, default=None, metavar="OUT.toml",
+                        help="where to write the shrunk scenario (default ./NAME-shrunk.toml)")
+    shrink.add_argument("--max-runs", type=_positive_int, default=None, metavar="N",
+                        help="most guest runs, the original's included (default 40)")
+    shrink.add_argument("--budget", type=_seconds, default=None, metavar="SECONDS",
+                        help="start no run after this many seconds (default 1200)")
+    shrink.add_argument("--out", type=Path, default=None,
+                        help="folder for every run's scenario, results and consoles (default results/shrink-TIME)")
+    _add_modules(shrink)
+
     merge = sub.add_parser("merge", help="merge the results of a run's shards: one results file, JUnit, HTML")
     merge.add_argument("results", nargs="+", type=Path, metavar="RESULTS", help="each shard's results.jsonl")
     merge.add_argument("--out", type=Path, default=None, help="folder for the merged files (default "
@@ -216,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="measure in this many fresh guests, one after another, and compare them")
     kmod.add_argument("--json", type=Path, default=Path("results/bench-kmod.json"))
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
 
 
 def _count(text: str) -> int:
@@ -422,6 +441,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return finish_run(outcome, sys.stdout, args.junit, args.report)
 
 
+def cmd_shrink(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from lab.cli.shrink import check_limits, read_scenario_dict, shrink_scenario, shrunk_name
+    from lab.engine.shrink import DEFAULT_BUDGET, DEFAULT_MAX_RUNS, engine_runner, engine_validator
+
+    max_runs = DEFAULT_MAX_RUNS if args.max_runs is None else args.max_runs
+    budget = DEFAULT_BUDGET if args.budget is None else args.budget
+    check_limits(max_runs, budget)
+    args.scenarios, args.scenario_set = [args.scenario], "quick"
+    plugin_config, pm, (scenario,) = _scenarios(args)
+    try:
+        data = read_scenario_dict(scenario.source)
+        data["name"] = shrunk_name(scenario.name)
+        output = args.output or Path(f"{data['name']}.toml")
+        if output.resolve() == Path(scenario.source).resolve():
+            raise UsageError(f"cnlab shrink: -o {output} is the scenario itself; name another file")
+        registries = pm.registries
+        validate = engine_validator(registries)
+        if (problem := validate(data)) is not None:
+            raise UsageError(f"cnlab shrink: {problem}")
+        lab = _lab_with_modules(args, pm)
+    finally:
+        pm.unconfigure()  # each run builds its own managers
+    work_dir = args.out or Path("results") / _time.strftime("shrink-%Y%m%d-%H%M%S")
+    args.view.stop()
+    print(f"cnlab shrink: {scenario.source} (runs as {data['name']}): at most {max_runs} runs and "
+          f"{budget:g} s; every run's files in {work_dir}/", flush=True)
+    runner = engine_runner(lab, registries, plugin_config, work_dir,
+                           on_note=lambda text: print(f"     {text}", flush=True))
+    return shrink_scenario(data, scenario.source, output, runner, validate, registries, max_runs, budget,
+                           sys.stdout, sys.stderr)
+
+
 def _run_on_hosts(args: argparse.Namespace) -> int:
     import time as _time
 
@@ -550,6 +603,7 @@ COMMANDS = {
     ("run", None): cmd_run,
     ("plugins", None): cmd_plugins,
     ("check", None): cmd_check,
+    ("shrink", None): cmd_shrink,
     ("cache", None): cmd_cache,
     ("cache", "list"): cmd_cache,
     ("cache", "prune"): cmd_cache,

@@ -62,9 +62,12 @@ from lab.guest.qemu_argv import MAX_CPUS
 from lab.plugin.model import Invariants, ObjectUse, Scenario, Trigger
 from lab.plugin.registry import Registries
 
-__all__ = ["load_scenario", "scenario_from_dict", "MAX_DURATION", "OLD_FAULT_KINDS"]
+__all__ = ["load_scenario", "scenario_from_dict", "MAX_DURATION", "OLD_FAULT_KINDS", "DEFAULT_DURATION",
+           "DEFAULT_CPUS"]
 
 MAX_DURATION = 600.0
+#: A scenario's seconds of load and its guest's vCPUs when the file does not say.
+DEFAULT_DURATION, DEFAULT_CPUS = 3.0, 2
 MAX_FAULT_SECONDS = 600.0
 #: The fault kinds of the old ``[[faults]] kind = ...`` form and the registered faults that replace them.
 OLD_FAULT_KINDS = {"cpu_offline": "cpu-offline", "pause": "pause", "stall": "drain-stall",
@@ -247,11 +250,11 @@ def scenario_from_dict(data: dict, source: str, registries: Registries) -> Scena
                           "[[emulators]], [[consumers]] or [[faults]], with name = \"<registered name>\" and its "
                           "parameters in the same table (docs/plugins.md)")
     name = top.get("name", str, Path(source).stem, _label_ok, "a name of letters, digits, '-' and '_'")
-    duration = float(top.get("duration", (int, float), 3.0, lambda v: 0 < v <= MAX_DURATION,
+    duration = float(top.get("duration", (int, float), DEFAULT_DURATION, lambda v: 0 < v <= MAX_DURATION,
                              f"seconds, more than 0 and at most {MAX_DURATION:g}"))
     description = top.get("description", str, "")
     guest = _Table(source, "guest", top.get("guest", dict, {}))
-    cpus = guest.get("cpus", int, 2, lambda v: 1 <= v <= MAX_CPUS, f"an integer from 1 to {MAX_CPUS}")
+    cpus = guest.get("cpus", int, DEFAULT_CPUS, lambda v: 1 <= v <= MAX_CPUS, f"an integer from 1 to {MAX_CPUS}")
     memory = guest.get("memory", int, 1024, lambda v: 256 <= v <= 16384, "MB from 256 to 16384")
     cmdline = tuple(guest.get("cmdline", list, [], lambda v: all(isinstance(x, str) for x in v),
                               "an array of strings"))
