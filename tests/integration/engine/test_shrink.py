@@ -20,7 +20,7 @@ from lab.engine.run import plugin_manager, run_scenarios
 from lab.engine.sets import builtin_sets, resolve_scenarios
 from lab.engine.shrink import Failure, engine_runner, engine_validator
 
-pytestmark = [pytest.mark.lab, pytest.mark.heavy, pytest.mark.xdist_group("runner")]
+pytestmark = [pytest.mark.lab, pytest.mark.nightly, pytest.mark.xdist_group("runner")]  # nine runs: nightly
 
 REGISTRIES = plugin_manager(None).registries
 
