@@ -52,7 +52,8 @@ def _plot(title: str, points: list[tuple[float, float]], faults: list[Mapping[st
         return HEIGHT - PAD + (-(HEIGHT - 2 * PAD) * v / v_max)
 
     parts = [f'<svg width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.0f})</text>']
+             f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.0f})</text>'
+             if v_max >= 10 else f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.3g})</text>']
     for fault in faults:
         start, end = (x(t) for t in _span(fault))
         if end - start > 1:
@@ -75,6 +76,11 @@ PERCENTILE_POINTS = (("p50", 0.5, "0.5"), ("p99", 0.99, "0.99"), ("p999", 0.999,
 _PATH_COLOURS = {"cbus": ("#0969da", "#54aeff", "#0550ae", "#218bff", "#033d8b"),
                  "direct": ("#bc4c00", "#fb8f44", "#953800", "#e16f24", "#762c00")}
 _OTHER_COLOURS = ("#8250df", "#6e7781", "#1a7f37", "#9a6700", "#bf3989")
+
+
+def _ms_text(us: float) -> str:
+    ms = us / 1000
+    return f"{ms:,.0f}" if ms >= 10 else f"{ms:.3g}"
 
 
 def _cdf_points(latency: Mapping[str, Any]) -> list[tuple[float, int]]:
@@ -115,8 +121,13 @@ def latency_cdf_plot(title: str, curves: list[tuple[str, str, Mapping[str, Any]]
     for row, (_, _, label) in enumerate(PERCENTILE_POINTS):
         parts.append(f'<line x1="{left}" y1="{y(row):.1f}" x2="{right}" y2="{y(row):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 4}" y="{y(row) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
+    for end, anchor in ((lo, "start"), (hi, "end")):  # the axis's ends, then its decades away from them
+        parts.append(f'<text x="{x(10 ** end):.1f}" y="{bottom + 14}" font-size="10" text-anchor="{anchor}">'
+                     f'{_ms_text(10 ** end)} ms</text>')
     for decade in range(math.ceil(lo), math.floor(hi) + 1):
         gx = x(10 ** decade)
+        if min(gx - left, right - gx) < 40:
+            continue
         parts.append(f'<line x1="{gx:.1f}" y1="{top}" x2="{gx:.1f}" y2="{bottom}" stroke="#ddd"/>'
                      f'<text x="{gx:.1f}" y="{bottom + 14}" font-size="10" text-anchor="middle">'
                      f'{10 ** decade / 1000:g} ms</text>')
@@ -176,10 +187,14 @@ def _scenario_section(record: ScenarioResult) -> str:
         f'<li class="{"passed" if v.ok else "failed"}">{_esc(v.name)}: {_esc(v.detail)}</li>'
         for v in record.verdicts) + "</ul>")
     for name, series in (record.series or {}).items():
-        rate = [(t, n * 4.0) for t, n, _ in series]  # 0.25 s bins
-        loss = [(t, gaps) for t, _, gaps in series]
+        rate = [(row[0], row[1] * 4.0) for row in series]  # 0.25 s bins
+        loss = [(row[0], row[2]) for row in series]
         out.append(_plot(f"{name}: delivered", rate, faults, "#0969da", "msgs/s"))
         out.append(_plot(f"{name}: lost (sequence gaps)", loss, faults, "#cf222e", "msgs per 0.25 s"))
+        latency_ms = [(row[0], row[3] / 1000) for row in series if len(row) > 3 and row[3] is not None]
+        if latency_ms:  # consumers before the latency column (and bins without timestamps) have none
+            out.append(_plot(f"{name}: latency over time, largest in each 0.25 s ({path_label(record)})",
+                             latency_ms, faults, _PATH_COLOURS.get(path_label(record), _OTHER_COLOURS)[0], "ms"))
     latency = metrics.get("latency_us") or {}
     if latency:
         out.append("<p>latency, kernel timestamp to consumer receipt, consumer backlog included (us): "

@@ -165,3 +165,15 @@ def test_run_report_has_a_latency_cdf_per_path_from_the_percentiles():
     xs = {name: float(cx) for cx, name in re.findall(r'<circle cx="([\d.]+)"[^>]*><title>([ab]): p99', overview)}
     assert xs["b"] > xs["a"]
     assert latency_cdf_plot("t", [("x", "cbus", {})]) == "<p>t: no latency samples</p>"
+
+
+def test_run_report_plots_latency_over_time_when_the_series_carries_it():
+    new = record("new", paths=["direct"], series={"checker": [[0.0, 10, 0, 1500.0], [0.25, 12, 1, 4500.0],
+                                                              [0.5, 3, 0, None]]})
+    old = record("old", paths=["cbus"], series={"checker": [[0.0, 10, 0], [0.25, 12, 1]]})
+    page = render_html([new, old])
+    new_part, old_part = page[page.index('<section id="new">'):page.index('<section id="old">')], \
+        page[page.index('<section id="old">'):]
+    assert "checker: latency over time, largest in each 0.25 s (direct)" in new_part
+    assert "ms, max 4.5)" in new_part and 'stroke="#bc4c00"' in new_part
+    assert "latency over time" not in old_part and "checker: delivered" in old_part  # three-column rows still draw
