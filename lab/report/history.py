@@ -99,7 +99,7 @@ class ScenarioHistory:
         return 0 < self.passed < len(self.counted) or any(self.retried_flaky)
 
     def trend(self, name: str) -> dict[str, float] | None:
-        """first, last, min, median, max of a figure over the runs that carry it, and the last run's change
+        """first, last, min, median, max of a figure over the runs that carry it, and the latest value's change
         against the median of the earlier ones (percent; absent with fewer than two values or a zero median)."""
         values = [v for v in self.values.get(name, ()) if v is not None]
         if not values:
@@ -188,8 +188,8 @@ def _trend_cell(history: ScenarioHistory, name: str) -> str:
 
 
 def print_history(runs: list[Run], histories: list[ScenarioHistory], out: TextIO) -> None:
-    """The text summary: one line per scenario (pass rate, flips, each figure's last value and its change
-    against the median of the earlier runs), then the flaky scenarios."""
+    """The text summary: one line per scenario (pass rate, flips, each figure's latest value and its change
+    against the median of the earlier ones), then the flaky scenarios."""
     print(f"cnlab history: {len(runs)} runs, {len(histories)} scenarios: "
           + ", ".join(r.label for r in runs), file=out)
     print(f"\n{'scenario':30} {'passed':>7} {'flips':>5}  {'rate/s':>14} {'lost':>12} {'p99':>16} "
@@ -200,7 +200,7 @@ def print_history(runs: list[Run], histories: list[ScenarioHistory], out: TextIO
               f"{_trend_cell(h, 'lost'):>12} {_trend_cell(h, 'p99_us'):>16} {_trend_cell(h, 'boot_s'):>14}  "
               f"{strip}{'  FLAKY' if h.flaky else ''}", file=out)
     flaky = [h.name for h in histories if h.flaky]
-    print("figures: the last run's value (change against the median of the earlier runs).  outcomes, oldest "
+    print("figures: the latest value (change against the median of the earlier ones).  outcomes, oldest "
           "first: P passed, F failed, E error, - interrupted or not run, . absent.", file=out)
     print(f"flaky ({len(flaky)}): {', '.join(flaky)}" if flaky else "flaky: none", file=out)
 
@@ -228,7 +228,8 @@ def trend_plot(title: str, labels: Sequence[str], values: Sequence[float | None]
         return TH - TPAD - (TH - 2 * TPAD) * v / v_max
 
     parts = [f'<svg width="{TW}" height="{TH}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{TPAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.4g})</text>',
+             f'<text x="{TPAD}" y="16">{_esc(title)} ({_esc(unit)}, max '
+             f'{f"{v_max:,.0f}" if v_max >= 10 else f"{v_max:.3g}"})</text>',
              f'<line x1="{TPAD}" y1="{TH - TPAD}" x2="{TW - TPAD}" y2="{TH - TPAD}" stroke="#888"/>']
     run: list[str] = []
     for i, v in enumerate(values):  # consecutive runs with the figure are joined; a missing one breaks the line
@@ -304,8 +305,8 @@ def render_history_html(runs: list[Run], histories: list[ScenarioHistory]) -> st
     env = runs[-1].records[0].env if runs and runs[-1].records else {}
     head = (f"<p>{len(runs)} runs, oldest first: {_esc(', '.join(r.label for r in runs))}. Latest: kernel "
             f"{_esc(env.get('kernel', '?'))}, accelerator {_esc(env.get('accel', '?'))}, module "
-            f"{_esc(env.get('module_source_hash', '?'))}. Figures: the last run's value and its change against "
-            f"the median of the earlier runs. Flaky: {_esc(', '.join(flaky) or 'none')}.</p>")
+            f"{_esc(env.get('module_source_hash', '?'))}. Figures: the latest value and its change against "
+            f"the median of the earlier ones. Flaky: {_esc(', '.join(flaky) or 'none')}.</p>")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>cnlab history</title><style>{_CSS}</style>"
             f"</head><body><h1>cnlab history: {len(histories)} scenarios over {len(runs)} runs</h1>{head}{table}"
             + "".join(_section(h) for h in histories) + "</body></html>")
