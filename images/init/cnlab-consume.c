@@ -28,7 +28,8 @@
  * wrapping at 2^32.  CBUS bundles are expanded like lab/kabi.py's
  * walk_datagram.  Latency is receive time minus the event's kernel
  * timestamp (CLOCK_MONOTONIC), over the first 200,000 messages; the report's
- * "series" counts messages and gaps in 250 ms bins from the start.
+ * "series" counts messages and gaps in 250 ms bins from the start, with each
+ * bin's largest latency.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -79,6 +80,8 @@ struct stream {
 
 struct bin {
 	uint64_t received, gaps;
+	uint64_t max_lat;	/* the largest latency in the bin, ns */
+	int has_lat;
 };
 
 static struct {
@@ -192,8 +195,13 @@ static void event(int proc, uint32_t gen, uint32_t cpu, uint64_t seq,
 	} else {
 		s->reordered++;
 	}
-	if (nsamples < MAX_SAMPLES && ts)
-		samples[nsamples++] = now - ts;
+	if (ts) {
+		if (!b->has_lat || now - ts > b->max_lat)
+			b->max_lat = now - ts;
+		b->has_lat = 1;
+		if (nsamples < MAX_SAMPLES)
+			samples[nsamples++] = now - ts;
+	}
 }
 
 static uint16_t get16(const unsigned char *p)
@@ -506,10 +514,16 @@ static char *report(uint32_t portid, int rcvbuf, long long drops, size_t *len)
 	fprintf(f, "}, \"latency_us\": {\"p50\": %s, \"p99\": %s, \"p999\": %s, \"max\": %s, "
 		"\"samples\": %zu}, \"series\": [", p50, p99, p999, max, nsamples);
 	for (i = 0; i < nbins; i++) {
+		char lat[32];
+
 		if (!bins[i].received)
 			continue;
-		fprintf(f, "%s[%.2f, %llu, %llu]", first ? "" : ", ", i * (BIN_NS / 1e9),
-			(unsigned long long)bins[i].received, (unsigned long long)bins[i].gaps);
+		if (bins[i].has_lat)
+			snprintf(lat, sizeof(lat), "%.1f", bins[i].max_lat / 1000.0);
+		else
+			snprintf(lat, sizeof(lat), "null");
+		fprintf(f, "%s[%.2f, %llu, %llu, %s]", first ? "" : ", ", i * (BIN_NS / 1e9),
+			(unsigned long long)bins[i].received, (unsigned long long)bins[i].gaps, lat);
 		first = 0;
 	}
 	fprintf(f, "]}");

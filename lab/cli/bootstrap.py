@@ -21,7 +21,7 @@ from pathlib import Path
 from lab.cli.progress import progress_output, verbosity_from_argv
 from lab.errors import HostSetupError
 from lab.host.cache import cache_root
-from lab.host.packages import ensure_packages
+from lab.host.packages import REQUIRED_PACKAGES, TEST_PACKAGES, ensure_packages
 from lab.host.quiet import logs_dir, run_logged
 from lab.host.steps import step
 
@@ -90,7 +90,9 @@ def bootstrap_and_run(argv: list[str]) -> int:
             log_dir = logs_dir(_cache_from_argv(argv))
             with progress_output(sys.stderr if guest_terminal else sys.stdout, verbosity_from_argv(argv),
                                  live=not guest_terminal):
-                if argv[:1] not in (["--help"], ["-h"]):
+                if argv[:1] == ["test"]:  # the test suite also renders the reports in a browser
+                    ensure_packages(REQUIRED_PACKAGES | TEST_PACKAGES, log_dir=log_dir)
+                elif argv[:1] not in (["--help"], ["-h"]):
                     ensure_packages(log_dir=log_dir)
                 python = _ensure_venv(venv, log_dir)
             os.execv(str(python), [str(python), "-m", "lab", *argv])

@@ -136,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="scenario files or built-in names (default: the quick set)")
     check.add_argument("--set", dest="scenario_set", default="quick", help="built-in set when none is named")
 
-    report = sub.add_parser("report", help="HTML report of a results file (JSON lines)")
-    report.add_argument("results", type=Path, metavar="RESULTS")
-    report.add_argument("-o", "--output", type=Path, default=None, help="HTML file (default RESULTS.html)")
+    report = sub.add_parser("report", help="HTML report of a results file (JSON lines), or of many runs' history")
+    report.add_argument("results", type=Path, nargs="?", metavar="RESULTS")
+    report.add_argument("--history", type=Path, nargs="+", metavar="DIR", default=None,
+                        help="result folders of many runs (cnlab run --out DIR), oldest first: per scenario its "
+                             "pass rate, flakiness and figures over the runs")
+    report.add_argument("-o", "--output", type=Path, default=None,
+                        help="HTML file (default RESULTS.html; with --history: history.html)")
 
     run = sub.add_parser("run", help="run scenarios on N guests in parallel (default: the quick set)")
     run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
@@ -505,6 +509,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lab.engine.results import final_records, read_results
     from lab.report.html import write_html
 
+    if args.history is not None:
+        return _report_history(args)
+    if args.results is None:
+        raise UsageError("cnlab report: name a results file, or result folders with --history DIR...")
     if not args.results.is_file():
         raise UsageError(f"cnlab report: no such results file: {args.results}")
     try:
@@ -516,6 +524,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     output = args.output or args.results.with_suffix(".html")
     write_html(records, output)
     print(f"wrote {output} ({len(records)} scenarios)")
+    return 0
+
+
+def _report_history(args: argparse.Namespace) -> int:
+    from lab.report.history import build_history, load_runs, print_history, write_history_html
+
+    if args.results is not None:
+        raise UsageError(f"cnlab report: --history takes result folders only; {args.results} is extra "
+                         "(name it after --history if it is one)")
+    runs = load_runs(args.history)
+    histories = build_history(runs)
+    print_history(runs, histories, sys.stdout)
+    output = args.output or Path("history.html")
+    write_history_html(runs, histories, output)
+    print(f"wrote {output} ({len(histories)} scenarios over {len(runs)} runs)")
     return 0
 
 

@@ -195,6 +195,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
         status="passed" if all(v.ok for v in verdicts) else "failed",
         verdicts=tuple(verdicts),
         metrics=headline(agent, {str(g["gen_id"]) for g in stash[PLAN]["generators"] if g["path"] == "direct"})
+        | {"paths": sorted({str(g["path"]) for g in stash[PLAN]["generators"]})}
         | {"timeline_s": times | {f"agent.{k}": v for k, v in ((agent or {}).get("marks") or {}).items()}
            | {f"host.{k}": v for k, v in ((agent or {}).get("host_marks") or {}).items()}},
         data={k: v for k, v in data.items() if k not in ("kernel", "faults", "guest")}, faults=tuple(faults),

@@ -15,7 +15,7 @@ from lab.host.cache import cache_root
 from lab.host.quiet import logs_dir, run_logged
 from lab.host.steps import step
 
-__all__ = ["REQUIRED_PACKAGES", "missing_packages", "ensure_packages", "require_tool"]
+__all__ = ["REQUIRED_PACKAGES", "TEST_PACKAGES", "missing_packages", "ensure_packages", "require_tool"]
 
 #: Debian packages every part of cnlab needs on the host, with why.
 REQUIRED_PACKAGES: dict[str, str] = {
@@ -31,6 +31,11 @@ REQUIRED_PACKAGES: dict[str, str] = {
     "openssh-client": "cnlab shell's interactive ssh",
     "linux-headers-cloud-amd64": "builds the module against Debian's cloud kernel",
     "lz4": "unpacks the cloud kernel once, so guests boot it without its decompressor (lab.image.pvh)",
+}
+
+#: Debian packages only the test suite needs (``python3 -m lab test`` installs them too), with why.
+TEST_PACKAGES: dict[str, str] = {
+    "chromium": "renders the HTML reports headless in tests/unit/report/test_report_in_chromium.py",
 }
 
 

@@ -248,7 +248,7 @@ class ScenarioResult:
     :param data: what plugins collected (``lab_result_collect``), by plugin name; ``agent`` is the guest
         agent's report.
     :param faults: each fault as it happened: label, trigger, due, start, end, ok, detail.
-    :param series: per consumer, ``[[t, received, gaps], ...]`` in 250 ms bins.
+    :param series: per consumer, ``[[t, received, gaps, max_latency_us], ...]`` in 250 ms bins (older records: three).
     :param kernel_reports: oops/WARN/... found on the console since the scenario started.
     :param taint: ``{"before": n, "after": n}``.
     :param console: ``{"path", "offset", "tail"}``.

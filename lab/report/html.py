@@ -14,7 +14,7 @@ from typing import Any
 
 from lab.plugin.model import ScenarioResult
 
-__all__ = ["render_html", "write_html"]
+__all__ = ["render_html", "write_html", "latency_cdf_plot", "path_label", "PERCENTILE_POINTS"]
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
@@ -52,7 +52,8 @@ def _plot(title: str, points: list[tuple[float, float]], faults: list[Mapping[st
         return HEIGHT - PAD + (-(HEIGHT - 2 * PAD) * v / v_max)
 
     parts = [f'<svg width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{_esc(title)}">',
-             f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.0f})</text>']
+             f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.0f})</text>'
+             if v_max >= 10 else f'<text x="{PAD}" y="16">{_esc(title)} ({_esc(unit)}, max {v_max:.3g})</text>']
     for fault in faults:
         start, end = (x(t) for t in _span(fault))
         if end - start > 1:
@@ -69,6 +70,112 @@ def _plot(title: str, points: list[tuple[float, float]], faults: list[Mapping[st
     return "".join(parts)
 
 
+#: The latency percentiles a consumer reports (``latency_us``) as points of the CDF: key, fraction, y-axis label.
+PERCENTILE_POINTS = (("p50", 0.5, "0.5"), ("p99", 0.99, "0.99"), ("p999", 0.999, "0.999"), ("max", 1.0, "max"))
+#: Curve colours by generator path, a shade per scenario (then dashed); other paths in greys and purples.
+_PATH_COLOURS = {"cbus": ("#0969da", "#54aeff", "#0550ae", "#218bff", "#033d8b"),
+                 "direct": ("#bc4c00", "#fb8f44", "#953800", "#e16f24", "#762c00")}
+_OTHER_COLOURS = ("#8250df", "#6e7781", "#1a7f37", "#9a6700", "#bf3989")
+
+
+def _ms_text(us: float) -> str:
+    ms = us / 1000
+    return f"{ms:,.0f}" if ms >= 10 else f"{ms:.3g}"
+
+
+def _cdf_points(latency: Mapping[str, Any]) -> list[tuple[float, int]]:
+    """(latency us, row) for each percentile the consumer reported; row i is PERCENTILE_POINTS[i]."""
+    return [(float(latency[k]), i) for i, (k, _, _) in enumerate(PERCENTILE_POINTS) if latency.get(k) is not None]
+
+
+def latency_cdf_plot(title: str, curves: list[tuple[str, str, Mapping[str, Any]]]) -> str:
+    """An SVG latency CDF, one curve per ``(label, path, latency_us)``, coloured by path (blues cbus, oranges
+    direct), drawn through the consumer's percentile points only: the records hold p50, p99, p99.9 and max, not
+    every sample, so the curve joins those points and the page says so.
+
+    x: latency on a log scale; y: the fraction of messages received within it, on a "nines" scale (0.5, 0.99,
+    0.999 evenly spaced, then the maximum) so that the tail is visible.
+    """
+    curves = [(label, path, points) for label, path, lat in curves if (points := _cdf_points(lat))]
+    if not curves:
+        return f"<p>{_esc(title)}: no latency samples</p>"
+    import math
+
+    lo = math.log10(max(min(p[0][0] for _, _, p in curves), 1.0))
+    hi = max(math.log10(max(max(p[-1][0] for _, _, p in curves), 1.0)), lo + 1)
+    left, right, top, bottom = PAD + 30, WIDTH - PAD, PAD, PAD + 130
+    height = bottom + 30 + 14 * len(curves)
+
+    def x(us: float) -> float:
+        return left + (right - left) * (math.log10(max(us, 1.0)) - lo) / (hi - lo)
+
+    def y(row: int) -> float:
+        return bottom - (bottom - top) * row / (len(PERCENTILE_POINTS) - 1)
+
+    parts = [f'<svg width="{WIDTH}" height="{height}" role="img" aria-label="{_esc(title)}">',
+             f'<text x="{PAD}" y="16">{_esc(title)}</text>',
+             f'<text x="{PAD}" y="30" font-size="11">through the consumers\' p50, p99, p99.9 and max only; '
+             f'log latency axis, nines fraction axis</text>',
+             f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#888"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#888"/>']
+    for row, (_, _, label) in enumerate(PERCENTILE_POINTS):
+        parts.append(f'<line x1="{left}" y1="{y(row):.1f}" x2="{right}" y2="{y(row):.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 4}" y="{y(row) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
+    for end, anchor in ((lo, "start"), (hi, "end")):  # the axis's ends, then its decades away from them
+        parts.append(f'<text x="{x(10 ** end):.1f}" y="{bottom + 14}" font-size="10" text-anchor="{anchor}">'
+                     f'{_ms_text(10 ** end)} ms</text>')
+    for decade in range(math.ceil(lo), math.floor(hi) + 1):
+        gx = x(10 ** decade)
+        if min(gx - left, right - gx) < 40:
+            continue
+        parts.append(f'<line x1="{gx:.1f}" y1="{top}" x2="{gx:.1f}" y2="{bottom}" stroke="#ddd"/>'
+                     f'<text x="{gx:.1f}" y="{bottom + 14}" font-size="10" text-anchor="middle">'
+                     f'{10 ** decade / 1000:g} ms</text>')
+    seen: dict[str, int] = {}
+    for i, (label, path, points) in enumerate(curves):
+        n = seen[path] = seen.get(path, -1) + 1
+        palette = _PATH_COLOURS.get(path, _OTHER_COLOURS)
+        colour = palette[n % len(palette)]
+        dash = "" if n < len(palette) else ' stroke-dasharray="5 3"'
+        line = " ".join(f"{x(us):.1f},{y(row):.1f}" for us, row in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{line}">'
+                     f"<title>{_esc(label)} ({_esc(path)})</title></polyline>")
+        for us, row in points:
+            parts.append(f'<circle cx="{x(us):.1f}" cy="{y(row):.1f}" r="2.5" fill="{colour}">'
+                         f"<title>{_esc(label)}: {PERCENTILE_POINTS[row][0]} {us / 1000:.4g} ms</title></circle>")
+        ly = bottom + 32 + 14 * i
+        parts.append(f'<line x1="{left}" y1="{ly - 4}" x2="{left + 18}" y2="{ly - 4}" stroke="{colour}" '
+                     f'stroke-width="2"{dash}/><text x="{left + 24}" y="{ly}" font-size="11">{_esc(label)} '
+                     f"({_esc(path)})</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def path_label(record: ScenarioResult) -> str:
+    """The scenario's generator paths (``metrics.paths``; older records: from the CBUS counters)."""
+    metrics = record.metrics or {}
+    paths = metrics.get("paths")
+    if paths is None:
+        inserted, generated = (metrics.get("cbus") or {}).get("inserted") or 0, metrics.get("generated") or 0
+        paths = (["cbus"] if inserted else []) + (["direct"] if generated > inserted else [])
+    return "+".join(paths) or "no generator"
+
+
+def _latency_overview(records: list[ScenarioResult]) -> str:
+    """Per path (direct, cbus), each scenario's latency CDF; and each scenario's p99 in the order they finished."""
+    with_latency = [r for r in records if (r.metrics.get("latency_us") or {}).get("samples")]
+    if not with_latency:
+        return ""
+    out = ['<section id="latency"><h2>latency by path</h2><p>from the kernel\'s timestamp to the consumer\'s '
+           "receipt, consumer backlog included. The records carry each consumer's percentiles, not every "
+           "sample, so each CDF joins its p50, p99, p99.9 and max points.</p>"]
+    ordered = sorted(with_latency, key=lambda r: (path_label(r), r.scenario))
+    out.append(latency_cdf_plot("latency CDF by path, every scenario",
+                                [(r.scenario, path_label(r), r.metrics["latency_us"]) for r in ordered]))
+    out.append("</section>")
+    return "".join(out)
+
+
 def _scenario_section(record: ScenarioResult) -> str:
     metrics = record.metrics
     faults = list(record.faults)
@@ -80,14 +187,21 @@ def _scenario_section(record: ScenarioResult) -> str:
         f'<li class="{"passed" if v.ok else "failed"}">{_esc(v.name)}: {_esc(v.detail)}</li>'
         for v in record.verdicts) + "</ul>")
     for name, series in (record.series or {}).items():
-        rate = [(t, n * 4.0) for t, n, _ in series]  # 0.25 s bins
-        loss = [(t, gaps) for t, _, gaps in series]
+        rate = [(row[0], row[1] * 4.0) for row in series]  # 0.25 s bins
+        loss = [(row[0], row[2]) for row in series]
         out.append(_plot(f"{name}: delivered", rate, faults, "#0969da", "msgs/s"))
         out.append(_plot(f"{name}: lost (sequence gaps)", loss, faults, "#cf222e", "msgs per 0.25 s"))
+        latency_ms = [(row[0], row[3] / 1000) for row in series if len(row) > 3 and row[3] is not None]
+        if latency_ms:  # consumers before the latency column (and bins without timestamps) have none
+            out.append(_plot(f"{name}: latency over time, largest in each 0.25 s ({path_label(record)})",
+                             latency_ms, faults, _PATH_COLOURS.get(path_label(record), _OTHER_COLOURS)[0], "ms"))
     latency = metrics.get("latency_us") or {}
     if latency:
         out.append("<p>latency, kernel timestamp to consumer receipt, consumer backlog included (us): "
                    + ", ".join(f"{k} {_esc(v)}" for k, v in latency.items()) + "</p>")
+        if latency.get("samples"):
+            out.append(latency_cdf_plot(f"{record.scenario}: latency CDF",
+                                        [(record.scenario, path_label(record), latency)]))
     if faults:
         out.append("<p>faults: " + "; ".join(
             f"{_esc(f['label'])} ({_esc(f.get('trigger', ''))}) at {_esc(f.get('start'))} s"
@@ -130,7 +244,7 @@ def render_html(records: list[ScenarioResult]) -> str:
              "<th>p99 us</th><th>seconds</th></tr>" + "".join(rows) + "</table>")
     passed = sum(1 for r in records if r.passed)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>cnlab report</title><style>{_CSS}</style>"
-            f"</head><body><h1>cnlab: {passed}/{len(records)} passed</h1>{head}{table}"
+            f"</head><body><h1>cnlab: {passed}/{len(records)} passed</h1>{head}{table}{_latency_overview(records)}"
             + "".join(_scenario_section(r) for r in records) + "</body></html>")
 
 

@@ -111,3 +111,19 @@ def test_doctor_skips_the_set_up(monkeypatch):
     monkeypatch.setattr(bootstrap, "_ensure_venv", lambda *args: pytest.fail("made a venv"))
     monkeypatch.setattr(lab.cli.main, "main", lambda argv: 7 if argv == ["--cache", "/x", "doctor"] else 0)
     assert bootstrap.bootstrap_and_run(["--cache", "/x", "doctor"]) == 7
+
+
+@pytest.mark.parametrize("argv, wants_chromium", [(["test"], True), (["run"], False)])
+def test_the_test_command_also_installs_the_test_packages(monkeypatch, tmp_path, argv, wants_chromium):
+    asked = []
+
+    def stop_before_exec(*args):
+        raise KeyboardInterrupt  # bootstrap_and_run turns it into 130 before it would exec the venv
+
+    monkeypatch.setenv("CNLAB_VENV", str(tmp_path / "venv"))
+    monkeypatch.setenv("CNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bootstrap, "ensure_packages", lambda packages=None, **kwargs: asked.append(packages))
+    monkeypatch.setattr(bootstrap, "_ensure_venv", stop_before_exec)
+    assert bootstrap.bootstrap_and_run(argv) == 130
+    assert len(asked) == 1
+    assert ("chromium" in (asked[0] or {})) is wants_chromium

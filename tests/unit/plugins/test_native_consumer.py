@@ -122,6 +122,8 @@ def test_native_and_python_checkers_account_alike(native, tmp_path, resync):
     assert py["streams"]["0/0"]["reordered"] == 3 and py["streams"]["proc/0"]["gaps"] == 1
     assert py["streams"]["2/0"]["gaps"] == 1 and py["received"] == 19
     assert [row[0] for row in py["series"]] == [0.0, 0.25, 0.5, 1.25]
+    # each bin's largest latency (us) over its messages with a timestamp: 4 ms - 3 ms; 300 ms - 100 ns; ...
+    assert [row[3] for row in py["series"]] == [1000.0, 299999.9, 540000.0, 60000.0]
 
 
 def test_a_stream_far_behind_is_a_reorder_in_both(native, tmp_path):
