@@ -30,7 +30,7 @@ or on the selection.
 
 :func:`object_code_differs` compares two built modules (or any two ELF objects) section by section: the
 allocated sections' bytes and their relocations (by symbol name), ignoring build ids, ``.modinfo`` (it holds
-``srcversion``, a hash of the source), BTF and debug info.
+``srcversion``, a hash of the source), BTF, debug info and the build folder's name in ``__FILE__`` strings.
 """
 
 from __future__ import annotations
@@ -419,6 +419,12 @@ def write_mutant_tree(source: Path, mutant: Mutant, dest: Path) -> Path:
 _IGNORED_SECTIONS = (".note", ".modinfo", ".BTF", ".debug", ".comment", ".gnu_debuglink", ".gnu.build.attributes")
 
 
+#: ``__FILE__`` strings name the build's scratch folder (``tempfile.mkdtemp(prefix=".KEY.")`` under the cache,
+#: :func:`lab.host.cache.publish_dir`): the same length for every build, so replaced in place.
+_SCRATCH = re.compile(rb"/\.[0-9a-f]{16}\.[A-Za-z0-9_]{8}/src/")
+_SCRATCH_SAME = b"/." + b"0" * 16 + b"." + b"0" * 8 + b"/src/"
+
+
 def object_code_sections(path: Path) -> dict[str, tuple]:
     """The parts of an ELF object that make its behaviour: per allocated section (build ids, ``.modinfo``,
     BTF and debug info left out), its bytes (or size, for NOBITS) and its relocations as (offset, type,
@@ -435,7 +441,8 @@ def object_code_sections(path: Path) -> dict[str, tuple]:
             if not sec["sh_flags"] & 0x2 or name.startswith(_IGNORED_SECTIONS):  # SHF_ALLOC
                 continue
             kept[index] = name
-            out[name] = ("nobits", sec["sh_size"]) if sec["sh_type"] == "SHT_NOBITS" else ("bytes", sec.data())
+            out[name] = (("nobits", sec["sh_size"]) if sec["sh_type"] == "SHT_NOBITS"
+                         else ("bytes", _SCRATCH.sub(_SCRATCH_SAME, sec.data())))
         for sec in elf.iter_sections():
             if not isinstance(sec, RelocationSection) or sec["sh_info"] not in kept:
                 continue
