@@ -111,9 +111,9 @@ def _run_quick(lab: Lab, suite: Suite, source: Path, out_dir: Path, jobs: int) -
     for r in outcome.records:
         if not r.passed:
             why = r.error or "; ".join(f"{v.name}: {v.detail}" for v in r.verdicts if not v.ok)
-            bad.append(f"{r.name} {r.status}: {why}"[:300])
+            bad.append(f"{r.scenario} {r.status}: {why}"[:300])
         elif r.retried:
-            bad.append(f"{r.name}: its first attempt ended in an error (guest crash?), the retry passed")
+            bad.append(f"{r.scenario}: its first attempt ended in an error (guest crash?), the retry passed")
     if outcome.never_ran:
         bad.append(f"never ran (the worker died twice): {', '.join(outcome.never_ran)}")
     return ("killed", " | ".join(bad)) if bad else ("survived", f"{len(outcome.records)} scenarios passed")

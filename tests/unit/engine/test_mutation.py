@@ -148,3 +148,25 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     f.write_text("")
     assert main(["mutate", "--out", str(f), "--list"]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_quick_suite_outcome_names_the_failed_verdicts_and_counts_a_crash_retry_as_killed(tmp_path, monkeypatch):
+    from lab.engine import run as engine_run
+    from lab.engine.run import RunOutcome
+    from lab.plugin.model import ScenarioResult, Verdict
+
+    outcomes = [
+        [ScenarioResult("a", "a.toml", status="passed"),
+         ScenarioResult("b", "b.toml", status="failed", verdicts=[Verdict("cbus_ledger", False, "x != y")])],
+        [ScenarioResult("a", "a.toml", status="passed", retried=True)],
+        [ScenarioResult("a", "a.toml", status="passed")],
+    ]
+    monkeypatch.setattr(engine_run, "run_scenarios",
+                        lambda *a, **k: RunOutcome(outcomes.pop(0), {}, (), tmp_path / "r.jsonl"))
+    lab = SimpleNamespace(with_module_source=lambda source, guests_at_once=None: "mutant-lab")
+    suite = Suite("quick", ("proc-storm-cbus",))
+    status, detail = mutation.run_suite(lab, suite, tmp_path, tmp_path / "o1", 1)
+    assert status == "killed" and detail == "b failed: cbus_ledger: x != y"
+    status, detail = mutation.run_suite(lab, suite, tmp_path, tmp_path / "o2", 1)
+    assert status == "killed" and "first attempt ended in an error" in detail
+    assert mutation.run_suite(lab, suite, tmp_path, tmp_path / "o3", 1) == ("survived", "1 scenarios passed")
