@@ -37,7 +37,8 @@ def write_mutation_table(table: dict, json_path: Path, html_path: Path) -> None:
 def _html(table: dict) -> str:
     e = html.escape
     score = table["score"]
-    head = (f"<p>suite <code>{e(str(table['suite']))}</code>; command <code>{e(table['command'])}</code></p>"
+    suite = table["suite"] or "none (build only)"
+    head = (f"<p>suite <code>{e(suite)}</code>; command <code>{e(table['command'])}</code></p>"
             f"<p>score: <b>{score['killed']} killed, {score['survived']} survived</b>"
             + (f" ({score['percent']} % killed)" if score["percent"] is not None else "") + "</p>"
             + "<p>" + ", ".join(f"{e(k)} {v}" for k, v in table["counts"].items()) + "</p>")
