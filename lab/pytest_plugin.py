@@ -145,7 +145,9 @@ def _options_from_environment() -> LabOptions:
     return LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"),
                       tcg_threads=os.environ.get("CNLAB_TCG_THREADS", "auto"),
                       guests_at_once=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
-                      snapshot=os.environ.get("CNLAB_SNAPSHOT", "1") != "0")
+                      snapshot=os.environ.get("CNLAB_SNAPSHOT", "1") != "0",
+                      # cnlab mutate --suite pytest: the lab module built from a mutant's copy of kmod/
+                      module_source=Path(os.environ["CNLAB_KMOD"]) if os.environ.get("CNLAB_KMOD") else None)
 
 
 class ScenarioItem(pytest.Item):
@@ -184,7 +186,8 @@ def _slot(config: pytest.Config):
         options = _options_from_environment()
         if run_lab:
             options = LabOptions(accel=run_lab.get("accel", "auto"), tcg_threads=run_lab.get("tcg_threads", "auto"),
-                                 guests_at_once=int(run_lab.get("guests_at_once", 1)))
+                                 guests_at_once=int(run_lab.get("guests_at_once", 1)),
+                                 module_source=options.module_source)
         base = os.environ.get("CNLAB_LOG_DIR")
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         pm = _scenario_plugins(config)

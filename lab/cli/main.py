@@ -209,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub.add_parser("doctor", help="the host as cnlab sees it; exits 1 with a fix for each problem")
 
+    from lab.cli.mutate import add_mutate_parser
+
+    add_mutate_parser(sub, _Parser, _positive_int)
+
     bench = sub.add_parser("bench", help="benchmarks (print a table, write JSON)")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", parser_class=_Parser)
     bench_sub.required = True
@@ -613,6 +617,12 @@ def cmd_debug(args: argparse.Namespace) -> int:
     return debug_vmcore(args.vmcore, args.module, args.json, sys.stdout)
 
 
+def cmd_mutate(args: argparse.Namespace) -> int:
+    from lab.cli.mutate import mutate_command
+
+    return mutate_command(args, _lab)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from lab.cli.plugins import list_plugins
 
@@ -632,6 +642,7 @@ COMMANDS = {
     ("cache", "prune"): cmd_cache,
     ("doctor", None): cmd_doctor,
     ("debug", None): cmd_debug,
+    ("mutate", None): cmd_mutate,
     ("report", None): cmd_report,
     ("merge", None): cmd_merge,
     ("bench", "boot"): cmd_bench_boot,

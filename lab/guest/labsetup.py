@@ -78,6 +78,16 @@ class Lab:
                 self._module = build_module(self.kernel, self.cache)
         return self._module
 
+    def with_module_source(self, source: Path, guests_at_once: int | None = None) -> Lab:
+        """A lab like this one whose module is built from ``source`` (a patched copy of ``kmod/``), sharing the
+        kernel, image and accelerator this one resolved."""
+        import dataclasses
+
+        other = Lab(dataclasses.replace(self.options, module_source=source,
+                                        guests_at_once=guests_at_once or self.options.guests_at_once))
+        other._kernel, other._image, other._accel = self.kernel, self.image, self.accel
+        return other
+
     @property
     def extra_modules(self) -> tuple[ExtraModule, ...]:
         """The extra modules, built against the lab module, in load order (none without ``extra_modules``)."""

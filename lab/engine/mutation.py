@@ -1,0 +1,292 @@
+"""Mutation testing of the lab module: build each mutant, keep the ones that matter, run a suite on them.
+
+For each selected mutant (:mod:`lab.image.mutants`): write a copy of ``kmod/`` with it applied, build it
+exactly as the lab builds the module (:func:`lab.image.module.build_module`: W=1, cached by the source
+hash), and drop it when the build fails (``compile-error``), prints a warning the unmutated build does not
+(``warning``) or produces the same object code (``unchanged``).  The rest run the chosen suite on a guest
+whose module is the mutant: ``killed`` when the suite fails, the guest crashes or the module does not
+load; ``survived`` when it passes; ``error`` when the lab itself could not run it (not counted, retried on
+the next run).
+
+Every outcome is appended to a JSON-lines results file keyed by mutant id, so a re-run skips what is done:
+build outcomes for any suite, suite outcomes for the same suite.  Suites run on ``jobs`` guests at once
+(one thread per guest; builds stay one at a time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from lab.errors import BuildError, GuestError, LabError
+from lab.guest.labsetup import Lab
+from lab.image.module import CompileError, build_module, kmod_dir
+from lab.image.mutants import Mutant, object_code_differs, write_mutant_tree
+
+__all__ = ["Suite", "MutationRun", "load_results", "done_ids", "BUILD_STATUSES", "SUITE_STATUSES",
+           "warning_lines", "run_suite"]
+
+BUILD_STATUSES = ("compile-error", "warning", "unchanged")
+SUITE_STATUSES = ("killed", "survived")
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What runs against each mutant: ``kind`` ``quick`` (scenario names), ``checks`` (guest check names) or
+    ``pytest`` (pytest arguments); ``timeout`` bounds one mutant's run."""
+
+    kind: str
+    items: tuple[str, ...]
+    timeout: float = 900.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{' '.join(self.items)}"
+
+
+def load_results(path: Path) -> dict[str, dict]:
+    """The last record of every mutant id in a results file (none if it does not exist)."""
+    records: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                records[rec["id"]] = rec
+    return records
+
+
+def done_ids(records: dict[str, dict], suite: Suite) -> set[str]:
+    """Mutants that need nothing more: a build outcome, or a suite outcome for this suite."""
+    return {i for i, r in records.items()
+            if r["status"] in BUILD_STATUSES or (r["status"] in SUITE_STATUSES and r.get("suite") == suite.key)}
+
+
+def warning_lines(build_log: str) -> set[str]:
+    """The compiler's warning lines of a build log, without the scratch folder's path."""
+    found = set()
+    for line in build_log.splitlines():
+        if "warning:" in line:
+            found.add(line.split("/src/", 1)[-1].strip())
+    return found
+
+
+def _cbus_checks_argv(lib: str, items: tuple[str, ...]) -> list[str]:
+    return ["python3", f"{lib}/cnlab_checks.py", "--no-klog", *items]
+
+
+def run_suite(lab: Lab, suite: Suite, source: Path, out_dir: Path, jobs: int) -> tuple[str, str]:
+    """Run ``suite`` with the module built from ``source``; (``killed``/``survived``/``error``, detail)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if suite.kind == "quick":
+        return _run_quick(lab, suite, source, out_dir, jobs)
+    if suite.kind == "checks":
+        return _run_checks(lab, suite, source)
+    return _run_pytest(lab, suite, source, out_dir)
+
+
+def _run_quick(lab: Lab, suite: Suite, source: Path, out_dir: Path, jobs: int) -> tuple[str, str]:
+    from lab.engine.run import plugin_manager, run_scenarios
+    from lab.engine.sets import resolve_scenarios
+
+    pm = plugin_manager(None)
+    try:
+        scenarios = resolve_scenarios(list(suite.items), pm.registries, "quick")
+    finally:
+        pm.unconfigure()
+    mlab = lab.with_module_source(source, guests_at_once=jobs)
+    with open(out_dir / "run.log", "w") as log:
+        outcome = run_scenarios(mlab, scenarios, 1, out_dir / "run", out=log)
+    if outcome.interrupted:
+        return "error", f"interrupted ({outcome.interrupted})"
+    bad = []
+    for r in outcome.records:
+        if not r.passed:
+            why = r.error or "; ".join(f"{v.name}: {v.detail}" for v in r.verdicts if not v.ok)
+            bad.append(f"{r.scenario} {r.status}: {why}"[:300])
+        elif r.retried:
+            bad.append(f"{r.scenario}: its first attempt ended in an error (guest crash?), the retry passed")
+    if outcome.never_ran:
+        bad.append(f"never ran (the worker died twice): {', '.join(outcome.never_ran)}")
+    return ("killed", " | ".join(bad)) if bad else ("survived", f"{len(outcome.records)} scenarios passed")
+
+
+def _run_checks(lab: Lab, suite: Suite, source: Path) -> tuple[str, str]:
+    from lab.guest.files import install_guest_programs
+    from lab.guest.kcheck import KernelWatch
+    from lab.guest.machine import Guest
+    from lab.guest.qemu_argv import GuestShape
+
+    mlab = lab.with_module_source(source)
+    failed: list[str] = []
+    try:
+        with Guest(mlab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="mutant",
+                                   cmdline=("slub_debug=FZPU",))) as g:
+            lib = install_guest_programs(g)
+            watch = KernelWatch(g)
+            r = g.run(_cbus_checks_argv(lib, suite.items), timeout=suite.timeout)
+            seen = set()
+            for line in r.text.splitlines():
+                if line.startswith("{"):
+                    rec = json.loads(line)
+                    if rec.get("timing"):
+                        continue
+                    seen.add(rec["test"])
+                    if not rec["ok"]:
+                        failed.append(f"{rec['test']}: {json.dumps(rec)[:200]}")
+            if r.extra.get("timed_out"):
+                failed.append(f"timed out after {suite.timeout:.0f} s")
+            failed += [f"{name}: no result" for name in suite.items if name not in seen]
+            if r.exit_status != 0 and not failed:
+                failed.append(f"cnlab_checks.py exited {r.exit_status}")
+            report = watch.report() if g.alive() else None
+            if report is None:
+                failed.append("guest gone")
+            elif not report.clean:
+                failed.append("console: " + report.describe()[:200])
+    except GuestError as exc:  # the mutant crashed the guest, or the module did not load
+        failed.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    return ("killed", " | ".join(failed)) if failed else ("survived", f"{len(suite.items)} checks passed")
+
+
+def _run_pytest(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[str, str]:
+    env = {**os.environ, "CNLAB_KMOD": str(source), "CNLAB_LAB_TESTS": "1", "CNLAB_CACHE": str(lab.cache),
+           "CNLAB_LOG_DIR": str(out_dir / "lab-logs")}
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suite.items]
+    with open(out_dir / "pytest.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            status = proc.wait(timeout=suite.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "killed", f"pytest timed out after {suite.timeout:.0f} s"
+    tail = (out_dir / "pytest.log").read_text().strip().splitlines()[-1:] or [""]
+    if status == 0:
+        return "survived", tail[0]
+    if status == 1:
+        return "killed", tail[0]
+    return "error", f"pytest exited {status}: {tail[0]}"
+
+
+class MutationRun:
+    """One ``cnlab mutate`` run: builds, filters and runs the suite on ``mutants``; results in ``out_dir``."""
+
+    def __init__(self, lab: Lab, mutants: list[Mutant], suite: Suite | None, out_dir: Path, jobs: int = 1,
+                 on_line: Callable[[str], None] = print, baseline: bool = True) -> None:
+        self.lab, self.mutants, self.suite, self.out_dir, self.jobs = lab, mutants, suite, out_dir, jobs
+        self.on_line, self.baseline = on_line, baseline
+        self.results_path = out_dir / "results.jsonl"
+        self._lock = threading.Lock()
+
+    def _write(self, record: dict) -> None:
+        with self._lock:
+            with open(self.results_path, "a") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            self.on_line(text)
+
+    def build(self, mutant: Mutant, base_ko: Path, base_warnings: set[str]) -> tuple[dict, Path | None]:
+        """Build one mutant; (its record so far, its source tree if it is to be run)."""
+        tree = write_mutant_tree(kmod_dir(), mutant, self.out_dir / "trees" / _safe(mutant.mutant_id) / "kmod")
+        record = {**mutant.to_json(), "source_hash": None}
+        started = time.monotonic()
+        try:
+            built = build_module(self.lab.kernel, self.lab.cache, source=tree, what="mutant",
+                                 log_name="kmod-mutant-build.log")
+        except CompileError as exc:
+            record.update(status="compile-error", build_s=round(time.monotonic() - started, 2),
+                          detail=str(exc).split("; full output")[0][:300])
+            return record, None
+        record.update(build_s=round(time.monotonic() - started, 2), source_hash=built.source_hash)
+        new = sorted(warning_lines(built.build_log) - base_warnings)
+        if new:
+            record.update(status="warning", detail=" | ".join(new[:3])[:300])
+            return record, None
+        differs = object_code_differs(base_ko, built.module("cnlab"))
+        if not differs:
+            record.update(status="unchanged", detail="same object code as the unmutated module")
+            return record, None
+        record["sections"] = differs
+        return record, tree
+
+    def run(self) -> dict[str, dict]:
+        """Do what is not done yet; the results of every selected mutant, by id."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        records = load_results(self.results_path)
+        suite = self.suite
+        base = build_module(self.lab.kernel, self.lab.cache)
+        base_ko, base_warnings = base.module("cnlab"), warning_lines(base.build_log)
+        if suite is not None and self.baseline:
+            self._check_baseline(records, suite, base.source_hash)
+        todo = [m for m in self.mutants if m.mutant_id not in (done_ids(records, suite) if suite else
+                                                                 {i for i, r in records.items()
+                                                                  if r["status"] in BUILD_STATUSES
+                                                                  or "build_s" in r})]
+        skipped = len(self.mutants) - len(todo)
+        self._say(f"cnlab mutate: {len(self.mutants)} mutants selected, {skipped} done before, {len(todo)} to do"
+                  + (f"; suite {suite.key} on {self.jobs} guest(s)" if suite else "; build only"))
+        pool = ThreadPoolExecutor(max_workers=self.jobs) if suite else None
+        futures: list[Future] = []
+        try:
+            for index, mutant in enumerate(todo, start=1):
+                record, tree = self.build(mutant, base_ko, base_warnings)
+                if tree is None or suite is None:
+                    if tree is not None:
+                        record.update(status="built", detail="object code changed: " + ", ".join(
+                            record.get("sections", [])[:4]))
+                    self._write(record)
+                    self._say(f"[{index}/{len(todo)}] {mutant.mutant_id}: {record['status']} "
+                              f"({record['build_s']} s build) {record.get('detail', '')[:100]}")
+                    continue
+                self._say(f"[{index}/{len(todo)}] {mutant.mutant_id}: built in {record['build_s']} s, "
+                          f"object code differs ({', '.join(record['sections'][:3])}); suite queued")
+                futures.append(pool.submit(self._suite_one, record, tree, suite))
+            for f in futures:
+                f.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        final = load_results(self.results_path)
+        return {m.mutant_id: final[m.mutant_id] for m in self.mutants if m.mutant_id in final}
+
+    def _suite_one(self, record: dict, tree: Path, suite: Suite) -> None:
+        started = time.monotonic()
+        try:
+            status, detail = run_suite(self.lab, suite, tree, self.out_dir / "runs" / _safe(record["id"]),
+                                       self.jobs)
+        except (BuildError, LabError) as exc:
+            status, detail = "error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        record = {**record, "status": status, "detail": detail, "suite": suite.key,
+                  "suite_s": round(time.monotonic() - started, 1)}
+        self._write(record)
+        self._say(f"{record['id']}: {status.upper()} after {record['suite_s']} s  {detail[:140]}")
+
+    def _check_baseline(self, records: dict[str, dict], suite: Suite, source_hash: str) -> None:
+        key = f"baseline:{source_hash}"
+        done = records.get(key)
+        if done is not None and done.get("suite") == suite.key and done["status"] == "survived":
+            return
+        self._say(f"cnlab mutate: the suite on the unmutated module first ({suite.key})")
+        started = time.monotonic()
+        status, detail = run_suite(self.lab, suite, kmod_dir(), self.out_dir / "runs" / "baseline", self.jobs)
+        self._write({"id": key, "status": status, "detail": detail, "suite": suite.key, "baseline": True,
+                     "suite_s": round(time.monotonic() - started, 1)})
+        if status != "survived":
+            raise LabError(f"cnlab mutate: the suite fails on the unmutated module ({detail[:200]}); "
+                           "every mutant would count as killed")
+        self._say(f"baseline passed in {time.monotonic() - started:.1f} s")
+
+
+def _safe(mutant_id: str) -> str:
+    return mutant_id.replace(":", "_").replace("/", "_")

@@ -1,0 +1,60 @@
+"""The table of a ``cnlab mutate`` run: JSON and a self-contained HTML page (no scripts, no external files)."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+
+__all__ = ["mutation_table", "write_mutation_table"]
+
+_ORDER = ("survived", "killed", "error", "built", "unchanged", "warning", "compile-error")
+
+
+def mutation_table(records: list[dict], suite: str | None, command: str) -> dict:
+    """The table: counts by status and operator, the score (killed / (killed + survived)), every mutant."""
+    counts = Counter(r["status"] for r in records)
+    killed, survived = counts.get("killed", 0), counts.get("survived", 0)
+    by_op: dict[str, Counter] = {}
+    for r in records:
+        by_op.setdefault(r["operator"], Counter())[r["status"]] += 1
+    rows = sorted(records, key=lambda r: (_ORDER.index(r["status"]) if r["status"] in _ORDER else 99,
+                                          r["file"], r["line"], r["id"]))
+    return {"schema": 1, "suite": suite, "command": command, "counts": dict(sorted(counts.items())),
+            "score": {"killed": killed, "survived": survived,
+                      "percent": round(100.0 * killed / (killed + survived), 1) if killed + survived else None},
+            "by_operator": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())},
+            "mutants": rows}
+
+
+def write_mutation_table(table: dict, json_path: Path, html_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    html_path.write_text(_html(table))
+
+
+def _html(table: dict) -> str:
+    e = html.escape
+    score = table["score"]
+    suite = table["suite"] or "none (build only)"
+    head = (f"<p>suite <code>{e(suite)}</code>; command <code>{e(table['command'])}</code></p>"
+            f"<p>score: <b>{score['killed']} killed, {score['survived']} survived</b>"
+            + (f" ({score['percent']} % killed)" if score["percent"] is not None else "") + "</p>"
+            + "<p>" + ", ".join(f"{e(k)} {v}" for k, v in table["counts"].items()) + "</p>")
+    ops = "".join(f"<tr><td>{e(op)}</td><td>{e(', '.join(f'{k} {v}' for k, v in c.items()))}</td></tr>"
+                  for op, c in table["by_operator"].items())
+    rows = []
+    for r in table["mutants"]:
+        rows.append(f"<tr class='{e(r['status'])}'><td><code>{e(r['id'])}</code></td><td>{e(r['status'])}</td>"
+                    f"<td>{e(r.get('description', ''))}</td><td>{e(str(r.get('detail', '')))}</td>"
+                    f"<td><pre>{e(r.get('diff', ''))}</pre></td></tr>")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>cnlab mutate</title><style>"
+            "body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "
+            "td,th{border:1px solid #ccc;padding:3px;vertical-align:top;font-size:13px} "
+            "pre{margin:0;font-size:12px} tr.survived{background:#fdd} tr.killed{background:#dfd} "
+            "tr.error{background:#ffd} tr.unchanged,tr.warning,tr.compile-error{color:#777}"
+            "</style></head><body><h1>cnlab mutate</h1>" + head
+            + "<h2>By operator</h2><table><tr><th>operator</th><th>outcomes</th></tr>" + ops + "</table>"
+            + "<h2>Mutants</h2><table><tr><th>id</th><th>status</th><th>change</th><th>detail</th><th>diff</th></tr>"
+            + "".join(rows) + "</table></body></html>\n")

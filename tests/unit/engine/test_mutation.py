@@ -1,0 +1,172 @@
+"""cnlab mutate's runner without guests: the build filter, resumability, the table; bad input on the command line."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lab.cli.main import main
+from lab.engine import mutation
+from lab.engine.mutation import MutationRun, Suite, load_results
+from lab.image.module import CompileError, ModuleBuild, kmod_dir
+from lab.image.mutants import generate_mutants
+from lab.report.mutation import mutation_table, write_mutation_table
+
+
+@pytest.fixture
+def fake_lab(tmp_path, monkeypatch):
+    """Builds and suites replaced: a mutant's fate is chosen by its operator."""
+    calls = {"build": [], "suite": []}
+    (tmp_path / "base").mkdir()
+    base_ko = tmp_path / "base" / "cnlab.ko"
+    base_ko.write_bytes(b"base")
+
+    def build_module(kernel, cache, source=None, **kw):
+        if source is None:
+            return ModuleBuild((base_ko,), "basehash", "x/src/cbus.c:1: warning: old one\n", tmp_path)
+        text = "".join(p.read_text() for p in sorted(source.glob("*.c")))
+        calls["build"].append(source)
+        ko = source / "cnlab.ko"
+        ko.write_text(text)
+        (tmp_path / "marker").write_text("")
+        op = source.parent.name.split("_")[2]
+        if op == "constant":
+            raise CompileError("module build failed: error: boom", "", source, tmp_path / "log")
+        log = "y/src/gen.c:9: warning: new one\n" if op == "return" else "x/src/cbus.c:1: warning: old one\n"
+        return ModuleBuild((ko,), f"h-{source.parent.name}", log, tmp_path)
+
+    def differs(a, b):
+        return [] if "once" in str(b) else [".text"]
+
+    def run_suite(lab, suite, source, out_dir, jobs):
+        calls["suite"].append(source)
+        if source == kmod_dir():
+            return "survived", "baseline"
+        return ("killed", "verdict failed") if "negate" in str(source) else ("survived", "passed")
+
+    monkeypatch.setattr(mutation, "build_module", build_module)
+    monkeypatch.setattr(mutation, "object_code_differs", differs)
+    monkeypatch.setattr(mutation, "run_suite", run_suite)
+    return SimpleNamespace(kernel=None, cache=tmp_path / "cache"), calls
+
+
+def _pick(ops):
+    every = generate_mutants(kmod_dir())
+    return [next(m for m in every if m.operator == op) for op in ops]
+
+
+def test_build_filter_suite_outcomes_and_resume(fake_lab, tmp_path):
+    lab, calls = fake_lab
+    mutants = _pick(["constant", "return", "once", "negate", "boundary"])
+    suite = Suite("checks", ("echo",))
+    lines: list[str] = []
+    out = tmp_path / "out"
+    results = MutationRun(lab, mutants, suite, out, jobs=2, on_line=lines.append).run()
+    status = {mid.split(":")[2]: r["status"] for mid, r in results.items()}
+    assert status == {"constant": "compile-error", "return": "warning", "once": "unchanged", "negate": "killed",
+                      "boundary": "survived"}
+    assert results[mutants[1].mutant_id]["detail"] == "gen.c:9: warning: new one"
+    assert len(calls["suite"]) == 3  # the baseline and the two mutants whose object code changed
+    # each mutant's tree is kmod/ with exactly its change
+    negate_tree = next(p for p in calls["suite"] if "negate" in str(p))
+    assert (negate_tree / mutants[3].file).read_text() == mutants[3].apply((kmod_dir() / mutants[3].file).read_text())
+
+    # resumed: nothing is built or run again
+    calls["build"].clear()
+    calls["suite"].clear()
+    again = MutationRun(lab, mutants, suite, out, jobs=1, on_line=lines.append).run()
+    assert again == results and calls == {"build": [], "suite": []}
+    assert "5 done before, 0 to do" in lines[-1]
+    # another suite reruns only the mutants that reached a suite (and its own baseline)
+    MutationRun(lab, mutants, Suite("checks", ("perm",)), out, on_line=lines.append).run()
+    assert len(calls["suite"]) == 3 and len(calls["build"]) == 2
+    # the results file is keyed by id: the last record wins
+    assert set(load_results(out / "results.jsonl")) == {m.mutant_id for m in mutants} | {"baseline:basehash"}
+
+
+def test_an_error_is_retried_and_a_failing_baseline_stops_the_run(fake_lab, tmp_path, monkeypatch):
+    lab, calls = fake_lab
+    (mutant,) = _pick(["negate"])
+    outcomes = iter([("survived", "baseline"), ("error", "host trouble"), ("killed", "now")])
+    monkeypatch.setattr(mutation, "run_suite", lambda *a: next(outcomes))
+    out = tmp_path / "out"
+    first = MutationRun(lab, [mutant], Suite("checks", ("echo",)), out, on_line=lambda s: None).run()
+    assert first[mutant.mutant_id]["status"] == "error"
+    second = MutationRun(lab, [mutant], Suite("checks", ("echo",)), out, on_line=lambda s: None).run()
+    assert second[mutant.mutant_id]["status"] == "killed"
+
+    monkeypatch.setattr(mutation, "run_suite", lambda *a: ("killed", "broken before mutation"))
+    with pytest.raises(mutation.LabError, match="fails on the unmutated module"):
+        MutationRun(lab, [mutant], Suite("checks", ("perm",)), tmp_path / "o2", on_line=lambda s: None).run()
+
+
+def test_the_table_has_the_score_and_every_diff(tmp_path):
+    recs = [{"id": "a.c:1:negate:1", "file": "a.c", "line": 1, "operator": "negate", "status": "killed",
+             "description": "== -> !=", "diff": "-x == y\n+x != y\n"},
+            {"id": "a.c:2:lock:2", "file": "a.c", "line": 2, "operator": "lock", "status": "survived",
+             "description": "delete mutex_lock()", "diff": "-\tmutex_lock(&l);\n+\n"},
+            {"id": "a.c:3:constant:3", "file": "a.c", "line": 3, "operator": "constant", "status": "unchanged",
+             "description": "1 -> 2", "diff": "<d>"}]
+    table = mutation_table(recs, "quick:echo", "cnlab mutate")
+    assert table["score"] == {"killed": 1, "survived": 1, "percent": 50.0}
+    assert [r["status"] for r in table["mutants"]] == ["survived", "killed", "unchanged"]
+    write_mutation_table(table, tmp_path / "t.json", tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    assert "mutex_lock(&amp;l)" in page and "&lt;d&gt;" in page and "<script" not in page
+    assert json.loads((tmp_path / "t.json").read_text())["counts"] == {"killed": 1, "survived": 1, "unchanged": 1}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--operators", "nope"], "--operators 'nope': unknown operator"),
+    (["--files", "x.c"], "--files 'x.c': not a C file of kmod/"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--limit", "abc"], "not a whole number"),
+    (["-n", "0"], "-n must be between 1 and 16"),
+    (["--id", "cbus.c:1:negate:0000000000"], "no such mutant"),
+    (["--suite", "fast"], "--suite 'fast': choose quick, checks or pytest"),
+    (["--suite", "quick", "--select", "nosuch"], "'nosuch': not a quick scenario"),
+    (["--suite", "checks", "--select", "echo,nosuch"], "'nosuch': not a guest check"),
+    (["--suite", "pytest"], "needs --select"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    assert main(["mutate", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_list_prints_ids_and_counts(capsys):
+    assert main(["mutate", "--list", "--operators", "sync", "--files", "ctl.c"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith(f"{len(out) - 1} of {len(out) - 1} mutants; by operator: sync")
+    assert all(line.startswith("ctl.c:") for line in out[:-1])
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("")
+    assert main(["mutate", "--out", str(f), "--list"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_quick_suite_outcome_names_the_failed_verdicts_and_counts_a_crash_retry_as_killed(tmp_path, monkeypatch):
+    from lab.engine import run as engine_run
+    from lab.engine.run import RunOutcome
+    from lab.plugin.model import ScenarioResult, Verdict
+
+    outcomes = [
+        [ScenarioResult("a", "a.toml", status="passed"),
+         ScenarioResult("b", "b.toml", status="failed", verdicts=[Verdict("cbus_ledger", False, "x != y")])],
+        [ScenarioResult("a", "a.toml", status="passed", retried=True)],
+        [ScenarioResult("a", "a.toml", status="passed")],
+    ]
+    monkeypatch.setattr(engine_run, "run_scenarios",
+                        lambda *a, **k: RunOutcome(outcomes.pop(0), {}, (), tmp_path / "r.jsonl"))
+    lab = SimpleNamespace(with_module_source=lambda source, guests_at_once=None: "mutant-lab")
+    suite = Suite("quick", ("proc-storm-cbus",))
+    status, detail = mutation.run_suite(lab, suite, tmp_path, tmp_path / "o1", 1)
+    assert status == "killed" and detail == "b failed: cbus_ledger: x != y"
+    status, detail = mutation.run_suite(lab, suite, tmp_path, tmp_path / "o2", 1)
+    assert status == "killed" and "first attempt ended in an error" in detail
+    assert mutation.run_suite(lab, suite, tmp_path, tmp_path / "o3", 1) == ("survived", "1 scenarios passed")
