@@ -112,7 +112,8 @@ def field_max(layout_name: str, field: str, base: dict, nr_cpu_ids: int = 2) -> 
         "cnlab_fault": {"op": kabi.CNLAB_FAULT_MAX,
                         "value": {kabi.CNLAB_FAULT_ALLOC_NTH: 0xFFFFFFFF, kabi.CNLAB_FAULT_STALL_MS:
                                   kabi.CNLAB_STALL_MAX_MS, kabi.CNLAB_FAULT_QLIMIT: kabi.CNLAB_QLIMIT_MAX,
-                                  kabi.CNLAB_FAULT_WARN: kabi.CNLAB_WARN_MAGIC}.get(base.get("op"))},
+                                  kabi.CNLAB_FAULT_WARN: kabi.CNLAB_WARN_MAGIC,
+                                  kabi.CNLAB_FAULT_PANIC: kabi.CNLAB_PANIC_MAGIC}.get(base.get("op"))},
         "cnlab_bench": {"group": kabi.CNLAB_GROUP_MAX, "payload": kabi.CNLAB_PAYLOAD_MAX,
                         "iterations": kabi.CNLAB_BENCH_ITER_MAX, "chunk": kabi.CNLAB_BENCH_CHUNK_MAX,
                         "pause_us": kabi.CNLAB_BENCH_PAUSE_MAX_US, "cpu": nr_cpu_ids - 1},
@@ -475,6 +476,10 @@ class Model:
             if not self.debug_warn:
                 return EOPNOTSUPP, 0, (), "debug_warn off"
             return 0, kabi.FAULT.size, ("fault", op, v, 0), "ok"
+        if op == kabi.CNLAB_FAULT_PANIC:  # debug_panic is never on here: the magic itself is refused too
+            if v != kabi.CNLAB_PANIC_MAGIC:
+                return EINVAL, 0, (), "panic magic"
+            return EOPNOTSUPP, 0, (), "debug_panic off"
         return EOPNOTSUPP, 0, (), "unknown op"
 
     def gen_config_error(self, c: dict) -> tuple[int, str]:
