@@ -594,10 +594,12 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE):
     cons.start()
     s0 = wait_drained(c).body["total"]
     # Generators catch up after a stall (bursts), and taking a CPU down under
-    # TCG can stall a guest for seconds: give the queues room, so that any
-    # loss seen here is a hotplug bug and not a (counted) overflow.
+    # TCG can stall a guest for seconds; timer, tasklet and hrtimer instances of
+    # a dead CPU continue on CPU 0, which then carries most of the load. Give
+    # the queues room; an overflow that still happens (a loaded CI host) is
+    # allowed only if every message it cost is counted on both sides.
     prev_limit = c.stats().body["queue_limit"]
-    c.fault(kabi.CNLAB_FAULT_QLIMIT, max(prev_limit, 1 << 16))
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, max(prev_limit, 1 << 18))
     mask = (1 << ncpus()) - 1
     specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
              ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
@@ -624,15 +626,23 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE):
     s1 = wait_drained(c)
     c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
     d = stats_delta(s0, s1.body["total"])
-    generated = sum(gen_totals(g)["generated"] for g in gens)
-    ok = sum(gen_totals(g)["ok"] for g in gens)
+    gt = {k: sum(gen_totals(g)[k] for g in gens) for k in gen_totals(gens[0])}
+    generated, ok = gt["generated"], gt["ok"]
     cons.wait_for(ok)
     cons.stop()
+    # messages after the last one the reader saw, per (gen, cpu): the overflow's tail
+    tails = sum(cs["generated"] - cons.expected.get((g.body["gen_id"], cs["cpu"]), 0)
+                for g in gens for cs in g.body["cpus"])
+    refused = generated - ok
     good = (all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens)
-            and invariant_ok(s1) and d["queued"] == 0 and cons.lost == 0
-            and cons.reordered == 0 and cons.received == ok and ok == generated)
+            and invariant_ok(s1) and d["queued"] == 0 and cons.reordered == 0
+            and cons.received == ok and online_cpus() == list(range(ncpus()))
+            and gt["err_other"] == gt["err_nomem"] == 0
+            and d["drop_full"] == gt["err_full"] == refused
+            and cons.lost + tails == refused)
     return report("hotplug", good, cycles=cycles, generated=generated, accepted=ok,
-                  received=cons.received, lost=cons.lost, reordered=cons.reordered,
+                  received=cons.received, lost=cons.lost, tails=tails, refused=refused,
+                  reordered=cons.reordered, gen=gt,
                   cbus_delta=d, online=online_cpus(), rate=rate,
                   hwm=[cs["hwm"] for cs in s1.body["cpus"]],
                   gen_cpus=[[cs["generated"] for cs in g.body["cpus"]] for g in gens])

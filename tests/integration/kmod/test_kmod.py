@@ -306,8 +306,13 @@ def test_cpu_offline_online_under_generators(pool):
     res = run_checks(pool, "4cpu", 4, ["hotplug", "invariant"], "--hotplug-seconds", "20", parallel_vcpus=True)
     hp = res["hotplug"][0]
     assert hp["cycles"] >= 6
-    assert hp["lost"] == hp["reordered"] == 0
-    assert hp["received"] == hp["generated"] > 0
+    # A loaded host can still overflow CPU 0's queue (the dead CPUs' timers continue there):
+    # allowed only when each refused message is counted by the generator and by CBUS and
+    # is exactly the reader's gaps; nothing accepted may go missing.
+    assert hp["reordered"] == 0
+    assert hp["received"] == hp["accepted"] > 0
+    assert hp["lost"] + hp["tails"] == hp["refused"] == hp["cbus_delta"]["drop_full"]
+    assert hp["refused"] < hp["generated"] // 10, "most of the load overflowed: the drain barely ran"
     assert hp["online"] == [0, 1, 2, 3]
 
 
