@@ -182,7 +182,7 @@ class DistributedRun:
         left = len([n for n in self.expected if n not in self.records])
         self.on_event(RunEvent("result", self._elapsed(), record.worker, record.scenario, record.status,
                                done=len(self.records), failed=sum(1 for r in self.records.values() if not r.passed),
-                               left=left))
+                               left=left, outcome="flaky" if record.flaky else record.status))
 
     @pytest.hookimpl
     def pytest_unconfigure(self) -> None:

@@ -168,7 +168,7 @@ class LiveView:
             self._above(Text(f"↻ guest {event.worker}: {event.scenario}: {event.detail}", "yellow"))
         elif event.kind == "result":
             took = f"{now - guest.scenario_since:5.1f} s" if guest is not None else ""
-            status = event.detail.lower()
+            status = event.outcome or event.detail.lower()
             style = _STATUS_STYLE.get(status, "yellow")
             self._above(Text.assemble((f"{_STATUS_MARK.get(status, '?')} ", style),
                                       f"{event.scenario:<28} ", (f"{event.detail.upper():<7}", style),

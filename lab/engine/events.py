@@ -33,6 +33,8 @@ class RunEvent:
     :param scenario: the scenario concerned, or "".
     :param detail: the phase, the status, or the note.
     :param done: scenarios finished so far; :param failed: of which not passed; :param left: still to finish.
+    :param outcome: for a result, the record's status (``passed``, ``failed``, ``error``...) or ``flaky``;
+        ``detail`` is the word the ``lab_report_status`` plugins chose to show (PASS, XFAIL...).
     """
 
     kind: str
@@ -43,6 +45,7 @@ class RunEvent:
     done: int = 0
     failed: int = 0
     left: int = 0
+    outcome: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

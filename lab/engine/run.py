@@ -309,7 +309,8 @@ def run_scenarios(lab: Lab, scenarios: list[Scenario], jobs: int, out_dir: Path,
             final[name] = record
             pending.pop(name)
             on_event(RunEvent("result", elapsed, worker, name, _status_word(pm, record), done=len(final),
-                              failed=sum(1 for r in final.values() if not r.passed), left=len(pending)))
+                              failed=sum(1 for r in final.values() if not r.passed), left=len(pending),
+                              outcome="flaky" if record.flaky else record.status))
     except KeyboardInterrupt:
         interrupted = EXIT_INTERRUPTED
     except SystemExit as exc:  # SIGTERM, raised by the front end's handler
