@@ -11,8 +11,9 @@
  *   cnlab-consume --replay FILE [--resync] ...
  *
  * --replay reads datagrams from FILE instead of a socket (each: u32 length,
- * u64 receive time in ns from the start, the bytes; native byte order) and
- * reports on them: the unit tests compare its accounting with consume.py's.
+ * its top bit set if the datagram reached an idle reader, u64 receive time
+ * in ns from the start, the bytes; native byte order) and reports on them:
+ * the unit tests compare its accounting with consume.py's.
  *
  * Joins the groups and receives until SIGTERM; then drains what is queued
  * without blocking and writes one JSON report to PATH (atomically, through
@@ -27,7 +28,9 @@
  * first message), a cn_proc stream at its first message, its sequence
  * wrapping at 2^32.  CBUS bundles are expanded like lab/kabi.py's
  * walk_datagram.  Latency is receive time minus the event's kernel
- * timestamp (CLOCK_MONOTONIC), over the first 200,000 messages; the report's
+ * timestamp (CLOCK_MONOTONIC), over the first 200,000 messages; "idle
+ * latency" is the same for the first message of each datagram that reached
+ * a reader whose socket was empty (no backlog in it); the report's
  * "series" counts messages and gaps in 250 ms bins from the start, with each
  * bin's largest latency.
  */
@@ -64,6 +67,7 @@
 #define BIN_NS 250000000ull
 #define LIVE_NS 50000000ull
 #define RECV_BUF (1 << 17)
+#define REPLAY_IDLE 0x80000000u	/* --replay: the datagram reached an idle reader */
 #ifndef SO_RCVBUFFORCE
 #define SO_RCVBUFFORCE 33
 #endif
@@ -92,8 +96,10 @@ static struct {
 
 static struct stream *streams;
 static size_t nstreams_cap, nstreams;
-static uint64_t *samples;
-static size_t nsamples;
+static uint64_t *samples, *idle_samples;
+static size_t nsamples, nidle;
+static int woke;		/* the datagram being walked reached an idle reader */
+static int reader_idle = 1;	/* the last read found the socket empty */
 static struct bin *bins;
 static size_t nbins;
 static uint64_t received_total, gaps_total, enobufs;
@@ -201,6 +207,11 @@ static void event(int proc, uint32_t gen, uint32_t cpu, uint64_t seq,
 		b->has_lat = 1;
 		if (nsamples < MAX_SAMPLES)
 			samples[nsamples++] = now - ts;
+		if (woke) {	/* only the first: the rest of its datagram queued behind it */
+			woke = 0;
+			if (nidle < MAX_SAMPLES)
+				idle_samples[nidle++] = now - ts;
+		}
 	}
 }
 
@@ -234,7 +245,7 @@ static void lab_event(const unsigned char *ev, uint64_t now)
 }
 
 /* Every message of one datagram: lab/kabi.py walk_datagram() with cn_proc as foreign. */
-static void walk(const unsigned char *buf, size_t n, uint64_t now)
+static void walk_messages(const unsigned char *buf, size_t n, uint64_t now)
 {
 	size_t off = 0;
 
@@ -268,6 +279,14 @@ static void walk(const unsigned char *buf, size_t n, uint64_t now)
 		}
 		off += (nl_len + 3) & ~3u;
 	}
+}
+
+/* One datagram: Checker.datagram() of consume.py. */
+static void walk(const unsigned char *buf, size_t n, uint64_t now, int idle)
+{
+	woke = idle;
+	walk_messages(buf, n, now);
+	woke = 0;
 }
 
 static void write_file(const char *path, const char *tmp, const char *text, size_t len)
@@ -318,11 +337,14 @@ static size_t drain(int sock, unsigned char *buf)
 			}
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				reader_idle = 1;
 				return count;
+			}
 			fail("recv");
 		}
-		walk(buf, n, now_ns());
+		walk(buf, n, now_ns(), reader_idle);
+		reader_idle = 0;
 		count++;
 	}
 }
@@ -418,18 +440,18 @@ static int cmp_u64(const void *a, const void *b)
 }
 
 /* consume.py's pct(): lat[min(n - 1, int(n * p))] / 1000, one decimal; "null" without samples. */
-static void pct(char *out, size_t len, double p)
+static void pct(char *out, size_t len, const uint64_t *lat, size_t n, double p)
 {
 	size_t i;
 
-	if (!nsamples) {
+	if (!n) {
 		snprintf(out, len, "null");
 		return;
 	}
-	i = (size_t)(nsamples * p);
-	if (i > nsamples - 1)
-		i = nsamples - 1;
-	snprintf(out, len, "%.1f", samples[i] / 1000.0);
+	i = (size_t)(n * p);
+	if (i > n - 1)
+		i = n - 1;
+	snprintf(out, len, "%.1f", lat[i] / 1000.0);
 }
 
 /* consume.py orders streams by (str(stream), cpu). */
@@ -467,7 +489,7 @@ static void json_string(FILE *f, const char *s)
 
 static char *report(uint32_t portid, int rcvbuf, long long drops, size_t *len)
 {
-	char *text = NULL, p50[32], p99[32], p999[32], max[32];
+	char *text = NULL, p50[32], p99[32], p999[32], max[32], i50[32], i99[32], imax[32];
 	uint64_t reordered = 0;
 	size_t i;
 	int first = 1;
@@ -476,13 +498,17 @@ static char *report(uint32_t portid, int rcvbuf, long long drops, size_t *len)
 	if (!f)
 		fail("open_memstream");
 	qsort(samples, nsamples, sizeof(*samples), cmp_u64);
+	qsort(idle_samples, nidle, sizeof(*idle_samples), cmp_u64);
 	qsort(streams, nstreams, sizeof(*streams), cmp_stream);
 	for (i = 0; i < nstreams; i++)
 		reordered += streams[i].reordered;
-	pct(p50, sizeof(p50), 0.5);
-	pct(p99, sizeof(p99), 0.99);
-	pct(p999, sizeof(p999), 0.999);
-	pct(max, sizeof(max), 1.0);
+	pct(p50, sizeof(p50), samples, nsamples, 0.5);
+	pct(p99, sizeof(p99), samples, nsamples, 0.99);
+	pct(p999, sizeof(p999), samples, nsamples, 0.999);
+	pct(max, sizeof(max), samples, nsamples, 1.0);
+	pct(i50, sizeof(i50), idle_samples, nidle, 0.5);
+	pct(i99, sizeof(i99), idle_samples, nidle, 0.99);
+	pct(imax, sizeof(imax), idle_samples, nidle, 1.0);
 	fprintf(f, "{\"schema\": 1, \"name\": ");
 	json_string(f, opt.name);
 	fprintf(f, ", \"portid\": %u, \"groups\": [", portid);
@@ -512,7 +538,8 @@ static char *report(uint32_t portid, int rcvbuf, long long drops, size_t *len)
 			(unsigned long long)s->reordered, (unsigned long long)s->baseline, next);
 	}
 	fprintf(f, "}, \"latency_us\": {\"p50\": %s, \"p99\": %s, \"p999\": %s, \"max\": %s, "
-		"\"samples\": %zu}, \"series\": [", p50, p99, p999, max, nsamples);
+		"\"samples\": %zu}, \"idle_latency_us\": {\"p50\": %s, \"p99\": %s, \"max\": %s, "
+		"\"samples\": %zu}, \"series\": [", p50, p99, p999, max, nsamples, i50, i99, imax, nidle);
 	for (i = 0; i < nbins; i++) {
 		char lat[32];
 
@@ -596,11 +623,14 @@ static int replay(const char *file, unsigned char *buf)
 		fail(file);
 	start_ns = 0;
 	while (fread(&n, sizeof(n), 1, f) == 1 && fread(&t, sizeof(t), 1, f) == 1) {
+		int idle = !!(n & REPLAY_IDLE);
+
+		n &= ~REPLAY_IDLE;
 		if (n > RECV_BUF || fread(buf, 1, n, f) != n) {
 			fprintf(stderr, "cnlab-consume: %s: truncated record\n", file);
 			return 1;
 		}
-		walk(buf, n, t);
+		walk(buf, n, t, idle);
 	}
 	fclose(f);
 	text = report(0, 0, -1, &len);
@@ -637,7 +667,8 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	buf = malloc(RECV_BUF);
 	samples = malloc(MAX_SAMPLES * sizeof(*samples));
-	if (!buf || !samples)
+	idle_samples = malloc(MAX_SAMPLES * sizeof(*idle_samples));
+	if (!buf || !samples || !idle_samples)
 		fail("malloc");
 	if (opt.replay)
 		return replay(opt.replay, buf);
@@ -694,10 +725,14 @@ int main(int argc, char **argv)
 		if (opt.delay_us) {	/* slow: one datagram, then the pause */
 			ssize_t n = recv(sock, buf, RECV_BUF, MSG_DONTWAIT);
 
-			if (n >= 0)
-				walk(buf, n, now_ns());
-			else if (errno == ENOBUFS)
+			if (n >= 0) {
+				walk(buf, n, now_ns(), reader_idle);
+				reader_idle = 0;
+			} else if (errno == ENOBUFS) {
 				enobufs++;
+			} else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				reader_idle = 1;
+			}
 			usleep(opt.delay_us);
 		} else {
 			drain(sock, buf);

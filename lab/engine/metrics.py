@@ -11,9 +11,10 @@ CBUS_DROP_KEYS = ("drop_full", "drop_nomem", "drop_nolistener", "drop_overrun", 
 
 
 def headline(agent: dict[str, Any] | None, direct_gen_ids: set[str] = frozenset()) -> dict[str, Any]:
-    """generated, received, lost (the worst consumer's reconciled loss), rate (all receipts over the load),
-    latency_us (the first consumer with samples), gaps, reordered, counted_drops, socket_drops, enobufs,
-    cbus, drain_s; {} without a report.
+    """The headline figures: generated, received, lost (the worst consumer's reconciled loss), rate (all
+    receipts over the load), latency_us and idle_latency_us (of the first consumer with samples; the second
+    only over the messages that reached a reader with nothing queued, {} from a consumer that does not
+    measure it), gaps, reordered, counted_drops, socket_drops, enobufs, cbus, drain_s; {} without a report.
 
     :param direct_gen_ids: generators on the direct path: their failed sends are drops; a CBUS generator's
         failed inserts are CBUS's own drops already (``drop_full``, ``drop_nomem``), counted once.
@@ -30,13 +31,14 @@ def headline(agent: dict[str, Any] | None, direct_gen_ids: set[str] = frozenset(
     received = sum(c.get("received", 0) for c in consumers)
     exact = [c["accounting"]["lost"] for c in consumers if (c.get("accounting") or {}).get("exact")]
     load_s = agent.get("load_s") or 0
-    latency = next((c["latency_us"] for c in consumers if (c.get("latency_us") or {}).get("samples")), {})
+    timed = next((c for c in consumers if (c.get("latency_us") or {}).get("samples")), {})
     return {
         "generated": generated,
         "received": received,
         "lost": max(exact) if exact else None,
         "rate": round(received / load_s, 1) if load_s else 0.0,
-        "latency_us": latency,
+        "latency_us": timed.get("latency_us", {}),
+        "idle_latency_us": timed.get("idle_latency_us") or {},
         "gaps": sum(c.get("gaps", 0) for c in consumers),
         "reordered": sum(c.get("reordered", 0) for c in consumers),
         "counted_drops": counted,

@@ -199,6 +199,11 @@ def _scenario_section(record: ScenarioResult) -> str:
     if latency:
         out.append("<p>latency, kernel timestamp to consumer receipt, consumer backlog included (us): "
                    + ", ".join(f"{k} {_esc(v)}" for k, v in latency.items()) + "</p>")
+        idle = metrics.get("idle_latency_us") or {}
+        if idle.get("samples"):
+            out.append("<p>latency of the messages that reached the consumer with nothing queued, the kernel "
+                       "path and the wake-up without the backlog (us): "
+                       + ", ".join(f"{k} {_esc(v)}" for k, v in idle.items()) + "</p>")
         if latency.get("samples"):
             out.append(latency_cdf_plot(f"{record.scenario}: latency CDF",
                                         [(record.scenario, path_label(record), latency)]))

@@ -13,11 +13,21 @@ from lab.report.junit import write_junit
 __all__ = ["print_summary", "finish_run", "report_lines"]
 
 
+#: An idle-reader p99 over fewer messages is not shown: the first message of a run alone would stand for it.
+MIN_IDLE_SAMPLES = 10
 #: Verdicts whose failure marks a figure of the table with "!" (figure column -> verdict name).
 _MARKS = {"lost": "loss", "p99": "latency", "rate": "throughput", "drain": "drain"}
 LEGEND = ("rate/s: messages all consumers received per second of load.  p50/p99 ms: from the kernel's timestamp "
-          "when a message was made to the consumer's receipt, so a consumer's backlog is included.  drain s: how "
-          "long CBUS took to empty after the load.  ! marks a figure outside the scenario's bounds.")
+          "when a message was made to the consumer's receipt, so a consumer's backlog is included.  idle p99: the "
+          "same over the messages that reached a consumer with nothing queued (what the kernel path and the "
+          "wake-up add, without the backlog); far below p99, the backlog dominates; - with fewer than "
+          f"{MIN_IDLE_SAMPLES} such messages (the consumer was behind for nearly the whole load).  drain s: how long "
+          "CBUS took to empty after the load.  ! marks a figure outside the scenario's bounds.")
+
+
+def _idle_p99(idle: dict) -> str:
+    """The idle-reader p99 in ms, or "-" when too few messages reached an idle consumer to say."""
+    return _ms(idle.get("p99")) if (idle.get("samples") or 0) >= MIN_IDLE_SAMPLES else "-"
 
 
 def _ms(us: float | None) -> str:
@@ -41,19 +51,20 @@ def report_lines(record: ScenarioResult) -> list[str]:
 def print_summary(records: list[ScenarioResult], out: TextIO) -> None:
     """One line per scenario with its headline figures, then the checks that failed, then the legend."""
     print(f"\n{'scenario':30} {'status':11} {'vCPU':>4} {'rate/s':>8} {'lost':>7} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'drain s':>7} {'time s':>6}", file=out)
+          f"{'idle p99':>8} {'drain s':>7} {'time s':>6}", file=out)
     for r in records:
         m = r.metrics
         failed = {v.name for v in r.verdicts if not v.ok}
 
-        latency = m.get("latency_us") or {}
+        latency, idle = m.get("latency_us") or {}, m.get("idle_latency_us") or {}
         lost, drain = m.get("lost"), m.get("drain_s")
         cells = {"rate": f"{m.get('rate', 0):.0f}", "lost": "-" if lost is None else str(lost),
                  "p99": _ms(latency.get("p99")), "drain": "-" if drain is None else f"{drain:.2f}"}
         cells = {k: v + ("!" if _MARKS[k] in failed else "") for k, v in cells.items()}
         status = r.status + ("*" if r.flaky else "")
         print(f"{r.scenario[:30]:30} {status:11} {r.guest.get('cpus', '-'):>4} {cells['rate']:>8} "
-              f"{cells['lost']:>7} {_ms(latency.get('p50')):>8} {cells['p99']:>8} {cells['drain']:>7} "
+              f"{cells['lost']:>7} {_ms(latency.get('p50')):>8} {cells['p99']:>8} {_idle_p99(idle):>8} "
+              f"{cells['drain']:>7} "
               f"{r.duration:>6.1f}", file=out)
         for v in r.verdicts:
             if not v.ok:

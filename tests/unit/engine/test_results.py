@@ -111,3 +111,26 @@ def test_headline_figures_come_from_the_agent_report():
     assert headline(agent)["counted_drops"] == 3  # a CBUS generator's failed inserts are CBUS's drops: once
     assert m["latency_us"]["p99"] == 80.0 and m["drain_s"] == 0.5
     assert headline(None) == {}
+
+
+def test_the_idle_reader_latency_shows_beside_p99_only_with_enough_messages():
+    out = io.StringIO()
+    behind = record("behind", metrics={"rate": 10.0, "lost": 0, "latency_us": {"p50": 1.2e6, "p99": 1.7e6},
+                                       "idle_latency_us": {"p99": 4900.0, "samples": 1}, "drain_s": 0.0})
+    keeping_up = record("keeping-up", metrics={"rate": 10.0, "lost": 0, "latency_us": {"p50": 900.0, "p99": 19000.0},
+                                               "idle_latency_us": {"p99": 12000.0, "samples": 972}, "drain_s": 0.0})
+    print_summary([behind, keeping_up], out)
+    text = out.getvalue()
+    assert re.search(r"behind\s+passed\s+2\s+10\s+0\s+1200\.0\s+1700\.0\s+-\s", text), text
+    assert re.search(r"keeping-up\s+passed\s+2\s+10\s+0\s+0\.9\s+19\.0\s+12\.0\s", text), text
+    assert "idle p99: the same over the messages that reached a consumer with nothing queued" in text
+
+
+def test_the_headline_takes_both_latencies_from_one_consumer():
+    agent = {"load_s": 1.0, "consumers": [
+        {"received": 5, "latency_us": {"samples": 0}, "idle_latency_us": {"p99": 1.0, "samples": 5}},
+        {"received": 9, "latency_us": {"p99": 80.0, "samples": 9}, "idle_latency_us": {"p99": 7.0, "samples": 3}},
+        {"received": 2, "latency_us": {"p99": 5.0, "samples": 2}}]}
+    m = headline(agent)
+    assert m["latency_us"]["p99"] == 80.0 and m["idle_latency_us"]["p99"] == 7.0
+    assert headline({"consumers": [{"latency_us": {"p99": 5.0, "samples": 2}}]})["idle_latency_us"] == {}

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SOURCE = ROOT / "images" / "init" / "cnlab-consume.c"
 CONSUME = ROOT / "plugins" / "cnlab_plugins" / "guestside" / "consume.py"
 #: The keys both reports share and must agree on (portid, rcvbuf, socket drops, parser differ by nature).
-ACCOUNTING = ("received", "gaps", "reordered", "streams", "latency_us", "series", "schema")
+ACCOUNTING = ("received", "gaps", "reordered", "streams", "latency_us", "idle_latency_us", "series", "schema")
 MS = 1_000_000
 
 
@@ -90,20 +90,24 @@ TRAFFIC = [
     (1250 * MS, _msg(0, 0, 2**64 - 1)),             # far behind: a reorder, not 2**64 gaps
     (1260 * MS, _msg(0, 0, 7, ts=1200 * MS)),
 ]
+#: Receive times of the datagrams that reached a reader with nothing queued: only the first timestamped message
+#: of each is an idle-reader sample (the 2nd message at 260 ms and the bundle's later events are not; the
+#: datagram at 545 ms has no timestamp, and the flag does not carry over to the next datagram).
+IDLE = frozenset({1 * MS, 260 * MS, 300 * MS, 510 * MS, 545 * MS, 1260 * MS})
 
 
-def _replay_file(path: Path, traffic) -> Path:
+def _replay_file(path: Path, traffic, idle=frozenset()) -> Path:
     with open(path, "wb") as f:
         for when, data in traffic:
-            f.write(struct.pack("=IQ", len(data), when) + data)
+            f.write(struct.pack("=IQ", len(data) | (1 << 31 if when in idle else 0), when) + data)
     return path
 
 
-def _python(traffic, resync: bool) -> dict:
+def _python(traffic, resync: bool, idle=frozenset()) -> dict:
     consume = _consume_module()
     checker = consume.Checker(resync, start_ns=0)
     for when, data in traffic:
-        consume.handle(bytearray(data), len(data), checker, when)
+        checker.datagram(consume.handle, bytearray(data), len(data), when, when in idle)
     return checker.report() | {"schema": consume.REPORT_SCHEMA}
 
 
@@ -114,8 +118,8 @@ def _native(binary: Path, path: Path, resync: bool) -> dict:
 
 @pytest.mark.parametrize("resync", [False, True])
 def test_native_and_python_checkers_account_alike(native, tmp_path, resync):
-    replay = _replay_file(tmp_path / "traffic.bin", TRAFFIC)
-    py, c = _python(TRAFFIC, resync), _native(native, replay, resync)
+    replay = _replay_file(tmp_path / "traffic.bin", TRAFFIC, IDLE)
+    py, c = _python(TRAFFIC, resync, IDLE), _native(native, replay, resync)
     assert {k: c[k] for k in ACCOUNTING} == {k: py[k] for k in ACCOUNTING}
     assert c["parser"] == "native" and c["resync"] is resync and c["schema"] == 1
     # the traffic is what the comments above say it is
@@ -124,6 +128,9 @@ def test_native_and_python_checkers_account_alike(native, tmp_path, resync):
     assert [row[0] for row in py["series"]] == [0.0, 0.25, 0.5, 1.25]
     # each bin's largest latency (us) over its messages with a timestamp: 4 ms - 3 ms; 300 ms - 100 ns; ...
     assert [row[3] for row in py["series"]] == [1000.0, 299999.9, 540000.0, 60000.0]
+    # idle-reader samples (us): 1 ms - 1 ns; none at 260 ms (no timestamps) or 545 ms; 300 ms - 100 ns (the
+    # bundle's first event only); 510 ms - 5 ns; 1260 - 1200 ms
+    assert py["idle_latency_us"] == {"p50": 299999.9, "p99": 510000.0, "max": 510000.0, "samples": 4}
 
 
 def test_a_stream_far_behind_is_a_reorder_in_both(native, tmp_path):
