@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,23 @@ def test_the_ci_definitions_shard_the_full_set_and_merge_it(name):
     for run in runs:
         assert run.shard == "2/4" and run.scenario_set == "full" and run.durations is not None
     assert all(str(p).endswith("results.jsonl") for m in merges for p in m.results)
+
+
+@pytest.mark.parametrize(("name", "schema"), [("github-actions.yml", "vendor.github-workflows"),
+                                              ("gitlab-ci.yml", "vendor.gitlab-ci")])
+def test_the_ci_definitions_follow_their_services_schemas(name, schema):
+    """GitHub's workflow schema and GitLab's CI schema, as check-jsonschema vendors them (no network)."""
+    pytest.importorskip("check_jsonschema")
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(CI / name)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_definition_fails_the_schema_check(tmp_path):
+    """The check can fail: a job without steps is not a GitHub workflow."""
+    pytest.importorskip("check_jsonschema")
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  shard:\n    runs-on: ubuntu-latest\n    stepz: []\n")
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                             str(broken)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
