@@ -6,6 +6,7 @@
     [lab]
     plugins = ["my_plugin", "no:faults"]    # same syntax as -p
     plugins_dirs = ["./my-plugins"]          # relative to this file
+    packages = ["forkstat", "strace"]        # extra Debian packages for the guest root disk
 
     [plugins.emulators]                      # one table per plugin, by plugin name
     rate_scale = 0.5
@@ -45,7 +46,8 @@ DEFAULT_CONFIG_NAME = "cnlab.toml"
 _TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 _TOML_NAMES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
                                 tuple: "array", dict: "table"}
-_LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders"}
+_LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders",
+             "packages": "array of Debian package names for the guest"}
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,8 @@ class LabConfig:
     :param path: the TOML file read, or None.
     :param plugin_args: ``-p`` arguments, config ``[lab] plugins`` first, then the command line.
     :param plugins_dirs: folders of one-file plugins, config first, then ``--plugins-dir``.
+    :param packages: extra Debian packages for the guest root disk, ``[lab] packages`` then ``--package``,
+        checked names, sorted, each once (plugins add theirs with ``lab_guest_packages_add``).
     :param plugin_tables: raw ``[plugins.<name>]`` tables (validated by the plugin manager).
     :param env: environment variables the manager reads (``LAB_DISABLE_PLUGINS``, ``LAB_TRACE_PLUGINS``,
         ``LAB_DISABLE_PLUGIN_AUTOLOAD``); a copy, so tests can pass their own.
@@ -221,6 +225,7 @@ class LabConfig:
     path: Path | None = None
     plugin_args: tuple[str, ...] = ()
     plugins_dirs: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = ()
     plugin_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -236,11 +241,14 @@ def _env_snapshot(env: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), plugins_dirs: Iterable[Path] = (),
-                env: Mapping[str, str] | None = None) -> LabConfig:
-    """Read ``path`` (TOML) and merge the command-line plugin options.
+                env: Mapping[str, str] | None = None, packages: Iterable[str] = ()) -> LabConfig:
+    """Read ``path`` (TOML) and merge the command-line plugin options and ``--package`` names.
 
-    :raises ConfigError: unreadable file, bad TOML, unknown ``[lab]`` key or top-level table, wrong types.
+    :raises ConfigError: unreadable file, bad TOML, unknown ``[lab]`` key or top-level table, wrong types, a
+        string that is not a Debian package name in ``[lab] packages`` or ``--package``.
     """
+    from lab.image.guest_packages import check_names
+
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -261,7 +269,8 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
             raise ConfigError(f"{path}: [lab] {key}: unknown key (known: {', '.join(sorted(_LAB_KEYS))})")
     cfg_args = lab.get("plugins", [])
     cfg_dirs = lab.get("plugins_dirs", [])
-    for key, value in (("plugins", cfg_args), ("plugins_dirs", cfg_dirs)):
+    cfg_packages = lab.get("packages", [])
+    for key, value in (("plugins", cfg_args), ("plugins_dirs", cfg_dirs), ("packages", cfg_packages)):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [lab] {key}: expected an array of strings")
     base = path.parent if path is not None else Path.cwd()
@@ -272,13 +281,15 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
         path=path,
         plugin_args=tuple(cfg_args) + tuple(plugin_args),
         plugins_dirs=tuple((base / d) for d in cfg_dirs) + tuple(Path(d) for d in plugins_dirs),
+        packages=check_names([*check_names(cfg_packages, f"{path}: [lab] packages"),
+                              *check_names(packages, "--package")], "packages"),
         plugin_tables=_freeze_table(tables),
         env=_env_snapshot(env),
     )
 
 
 def config_from_args(args: Any, env: Mapping[str, str] | None = None) -> LabConfig:
-    """The config for a parsed ``cnlab`` command line (``--config``, ``-p``, ``--plugins-dir``).
+    """The config for a parsed ``cnlab`` command line (``--config``, ``-p``, ``--plugins-dir``, ``--package``).
 
     Without ``--config``, ``./cnlab.toml`` is read if it exists.
     """
@@ -286,4 +297,5 @@ def config_from_args(args: Any, env: Mapping[str, str] | None = None) -> LabConf
     if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
         path = Path(DEFAULT_CONFIG_NAME)
     return load_config(path, plugin_args=getattr(args, "plugin_args", ()) or (),
-                       plugins_dirs=getattr(args, "plugins_dir", ()) or (), env=env)
+                       plugins_dirs=getattr(args, "plugins_dir", ()) or (), env=env,
+                       packages=getattr(args, "packages", ()) or ())

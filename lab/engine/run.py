@@ -56,6 +56,7 @@ class PluginOptions:
     config_path: Path | None = None
     plugin_args: tuple[str, ...] = ()
     plugins_dirs: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = ()  # --package: extra Debian packages for the guest (merged into the config's)
 
 
 def plugin_manager(options: PluginOptions | None) -> LabPluginManager:
@@ -65,7 +66,7 @@ def plugin_manager(options: PluginOptions | None) -> LabPluginManager:
 
     options = options or PluginOptions()
     return get_plugin_manager(load_config(options.config_path, plugin_args=options.plugin_args,
-                                          plugins_dirs=options.plugins_dirs))
+                                          plugins_dirs=options.plugins_dirs, packages=options.packages))
 
 
 @dataclasses.dataclass(frozen=True)
