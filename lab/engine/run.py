@@ -186,9 +186,13 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
 
 # ------------------------------------------------------------------- parent
 def _environment(lab: Lab) -> dict:
-    return {"kernel": lab.kernel.release, "kernel_package": lab.kernel.package_version,
-            "accel": lab.accel.name, "accel_reason": lab.accel.reason, "qemu": qemu_version(),
-            "module_source_hash": lab.module.source_hash, "host_cpus": os.cpu_count()}
+    env = {"kernel": lab.kernel.release, "kernel_package": lab.kernel.package_version,
+           "accel": lab.accel.name, "accel_reason": lab.accel.reason, "qemu": qemu_version(),
+           "module_source_hash": lab.module.source_hash, "host_cpus": os.cpu_count()}
+    if lab.options.packages:  # a root disk variant: which packages, and the versions it got
+        installed = lab.image.manifest()["rootfs"].get("packages", {})
+        env["guest_packages"] = {name: installed.get(name) for name in lab.options.packages}
+    return env
 
 
 def _plugin_reports(pm: LabPluginManager, records: list[ScenarioResult], out_dir: Path,

@@ -1,0 +1,57 @@
+"""Extra guest packages end to end, as a developer runs them: ``cnlab -p cnlab_plugins.forkstat run
+forkstat-storm.toml``.  The plugin adds Debian's forkstat to the guest (a root disk variant of its own, built once
+and cached), the real forkstat runs on the guest kernel's cn_proc through a fork/exec/exit storm, and what it
+printed is reconciled PID by PID against the storm's own record.  And an unknown package stops ``cnlab run`` with
+one line and exit status 2 before anything is built or boots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("forkstat")]
+
+ROOT = Path(__file__).resolve().parents[3]
+SCENARIO = ROOT / "plugins" / "cnlab_plugins" / "scenarios" / "forkstat-storm.toml"
+
+
+def _cnlab(*argv: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "plugins")]))
+    return subprocess.run([sys.executable, "-m", "lab", *argv], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=cwd)
+
+
+def test_forkstat_on_the_real_cn_proc_reconciles_with_the_storm(tmp_path):
+    out = tmp_path / "run"
+    proc = _cnlab("-p", "cnlab_plugins.forkstat", "run", "-n", "1", "--out", str(out), str(SCENARIO), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    verdicts = {v["name"]: v for v in record["verdicts"]}
+    assert all(v["ok"] for v in verdicts.values()), verdicts
+    report = next(c for c in record["data"]["agent"]["consumers"] if c["name"] == "forkstat")
+    assert report["forkstat"]["argv"][0] == "/usr/bin/forkstat" and report["forkstat"]["drained"]
+    (storm,) = report["storms"]
+    live = json.loads(record["data"]["agent"]["live"][0]["stdout"])
+    # the storm's own count, as its stdout says it, is the record forkstat was reconciled against
+    assert live["pid"] == storm["pid"] and live["forks"] == storm["children"] > 10
+    assert storm["expected"] == {"fork": storm["workers"] + storm["children"], "exec": live["execs"],
+                                 "exit": storm["workers"] + storm["children"]}
+    missing = sum(storm["expected"][k] - storm["seen"][k] for k in ("fork", "exec", "exit"))
+    assert storm["extra"] == 0 and 0 <= missing <= max(0, report["forkstat"]["socket_drops"])
+    assert f"{storm['seen']['fork']}/{storm['expected']['fork']} forks" in verdicts["forkstat"]["detail"]
+    assert record["env"]["guest_packages"] == {"forkstat": "0.03.01-1"}  # bookworm's, in the root disk variant
+
+def test_an_unknown_package_stops_the_run_before_anything_boots(tmp_path):
+    out = tmp_path / "run"
+    proc = _cnlab("--package", "forkstatt", "-p", "cnlab_plugins.forkstat", "run", "-n", "1", "--out", str(out),
+                  str(SCENARIO), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "cnlab: error: unknown Debian package for the guest: 'forkstatt' (not in bookworm")
+    assert "Traceback" not in proc.stderr
+    assert not any((out / "consoles").glob("*")), "a guest booted"
