@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +39,16 @@ __all__ = [
     "config_from_args",
     "validate_settings",
     "check_value",
+    "PACKAGE_NAME",
+    "check_package_names",
 ]
 
 #: The config file used when ``--config`` is not given and it exists in the current folder.
 DEFAULT_CONFIG_NAME = "cnlab.toml"
+
+#: A Debian package name (Policy 5.6.1): lower-case letters, digits, ``+``, ``-`` and ``.``; at least two
+#: characters; starts with a letter or digit.
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 
 _TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 _TOML_NAMES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
@@ -171,6 +178,21 @@ def check_value(place: Callable[[], str], setting: Setting, value: Any) -> Any:
     return value
 
 
+def check_package_names(names: Iterable[str], where: str) -> tuple[str, ...]:
+    """``names`` sorted, each once, every one a well-formed Debian package name (for the guest root disk).
+
+    :param where: where the names were written, for the message (``cnlab.toml: [lab] packages``).
+    :raises ConfigError: a name that is not a string or not a Debian package name.
+    """
+    out = set()
+    for name in names:
+        if not isinstance(name, str) or not PACKAGE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: {name!r} is not a Debian package name (lower-case letters, digits, "
+                              "'+', '-', '.'; at least two characters, starting with a letter or digit)")
+        out.add(name)
+    return tuple(sorted(out))
+
+
 def validate_settings(owner: str, declared: Sequence[Setting], table: Mapping[str, Any],
                       place: Callable[[str], str] | None = None, what: str = "") -> Mapping[str, Any]:
     """Check ``table`` against ``declared``; return every key with its value (defaults filled), read-only.
@@ -247,7 +269,6 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
     :raises ConfigError: unreadable file, bad TOML, unknown ``[lab]`` key or top-level table, wrong types, a
         string that is not a Debian package name in ``[lab] packages`` or ``--package``.
     """
-    from lab.image.guest_packages import check_names
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -281,8 +302,8 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
         path=path,
         plugin_args=tuple(cfg_args) + tuple(plugin_args),
         plugins_dirs=tuple((base / d) for d in cfg_dirs) + tuple(Path(d) for d in plugins_dirs),
-        packages=check_names([*check_names(cfg_packages, f"{path}: [lab] packages"),
-                              *check_names(packages, "--package")], "packages"),
+        packages=check_package_names([*check_package_names(cfg_packages, f"{path}: [lab] packages"),
+                                      *check_package_names(packages, "--package")], "packages"),
         plugin_tables=_freeze_table(tables),
         env=_env_snapshot(env),
     )

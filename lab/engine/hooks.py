@@ -52,7 +52,7 @@ def kernel_module_dirs(pm: LabPluginManager) -> tuple[Path, ...]:
 def guest_packages(pm: LabPluginManager) -> tuple[str, ...]:
     """The extra Debian packages of the guest: the config's (``[lab] packages``, ``--package``) and every
     ``lab_guest_packages_add`` answer, sorted, each once."""
-    from lab.image.guest_packages import PACKAGE_NAME
+    from lab.config import PACKAGE_NAME
 
     names = set(pm.config.packages)
     for result in call_hook(pm, "lab_guest_packages_add", config=pm.config):

@@ -7,8 +7,8 @@ the default (no extra package) keeps its key.
 
 A name is checked twice before anything boots:
 
-* its spelling, against Debian's package-name grammar (:func:`check_names`), so nothing but a package name
-  reaches the mmdebstrap command line;
+* its spelling, against Debian's package-name grammar (:func:`lab.config.check_package_names`), so
+  nothing but a package name reaches the mmdebstrap command line;
 * its existence, with the host's ``apt-cache policy`` (:func:`unknown_on_host`), before mmdebstrap runs,
   when the host runs the guest's suite and has package lists; otherwise mmdebstrap's own
   ``Unable to locate package NAME`` is turned into the same one-line error (:func:`unknown_in_log`).
@@ -22,13 +22,14 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from lab.config import PACKAGE_NAME, check_package_names
 from lab.errors import ConfigError
 
 __all__ = ["PACKAGE_NAME", "UnknownPackage", "check_names", "unknown_on_host", "unknown_in_log", "host_suite"]
 
-#: Debian Policy 5.6.1: lower-case letters, digits, ``+``, ``-`` and ``.``; at least two characters; starts
-#: with a letter or digit.
-PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+#: The names are checked where the config is read (lab.config, the base layer); the same check here.
+check_names = check_package_names
+
 _UNABLE = re.compile(r"Unable to locate package (\S+)")
 APT_LISTS = Path("/var/lib/apt/lists")
 
@@ -45,21 +46,6 @@ class UnknownPackage(ConfigError):
         noun = "package" if len(self.names) == 1 else "packages"
         super().__init__(f"unknown Debian {noun} for the guest: {listed} (not in {suite}: {how}); "
                          "fix [lab] packages, --package or the plugin that asks for it")
-
-
-def check_names(names: Iterable[str], where: str) -> tuple[str, ...]:
-    """``names`` sorted, each once, every one a well-formed Debian package name.
-
-    :param where: where the names were written, for the message (``cnlab.toml: [lab] packages``).
-    :raises ConfigError: a name that is not a string or not a Debian package name.
-    """
-    out = set()
-    for name in names:
-        if not isinstance(name, str) or not PACKAGE_NAME.fullmatch(name):
-            raise ConfigError(f"{where}: {name!r} is not a Debian package name (lower-case letters, digits, "
-                              "'+', '-', '.'; at least two characters, starting with a letter or digit)")
-        out.add(name)
-    return tuple(sorted(out))
 
 
 def host_suite(os_release: Path = Path("/etc/os-release")) -> str | None:

@@ -215,3 +215,12 @@ def test_an_unknown_package_stops_image_build_with_one_line_and_exit_2(tmp_path,
         "cnlab: error: unknown Debian package for the guest: 'nosuchpkg' (not in bookworm: the host's apt-cache "
         "policy has no candidate); fix [lab] packages, --package or the plugin that asks for it"]
     assert "Traceback" not in err
+
+
+def test_the_lab_of_a_command_gets_the_configs_the_command_lines_and_the_plugins_packages(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cnlab.toml").write_text('[lab]\npackages = ["strace"]\n')
+    args = cli.build_parser().parse_args(["-p", "cnlab_plugins.forkstat", "--package", "trace-cmd", "run"])
+    assert cli._lab(args).options.packages == ("forkstat", "strace", "trace-cmd")
+    (tmp_path / "cnlab.toml").unlink()
+    assert cli._lab(cli.build_parser().parse_args(["run"])).options.packages == ()
