@@ -9,6 +9,9 @@ It is not a built-in: its package would change every lab's root disk.
   fork,exec,exit`` on the guest kernel's real proc connector through the load, drains it with a
   sentinel process, and reports how many fork, exec and exit events it printed for the processes the
   ``cn_proc`` storm says it made (``storm.py``'s own record, PID by PID);
+* fault ``forkstat-stall`` (guest): SIGSTOP the running forkstat, SIGCONT after ``duration``: with a small
+  receive buffer (the ``rcvbuf-squeeze`` fault) the kernel drops cn_proc messages for it meanwhile, which
+  exercises the one tolerance of the verdict on a real socket;
 * verdict ``forkstat`` (``lab_result_check``): per storm, forkstat's counts against the storm's own.
 
 The tolerance: forkstat may lose events only when its socket overflows (the kernel counts each message
@@ -24,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lab import hookimpl
-from lab.plugin import GUEST_PLUGIN_DIR, ConsumerRegistry, ConsumerSpec, GuestFile, Verdict
-from lab.plugin.objects import GuestProgram
+from lab.plugin import GUEST_PLUGIN_DIR, ConsumerRegistry, ConsumerSpec, FaultRegistry, FaultSpec, GuestFile, Verdict
+from lab.plugin.objects import Fault, GuestProgram, expect_output, run
 
 from .guestside import HERE
 
@@ -56,6 +59,18 @@ def lab_consumers_register(registry: ConsumerRegistry) -> None:
     registry.add_consumer(ConsumerSpec(
         "forkstat", "Debian's forkstat on the real proc connector; its fork/exec/exit lines reconciled against "
                     "the cn_proc storm's own record", factory))
+
+
+@hookimpl
+def lab_faults_register(registry: FaultRegistry) -> None:
+    """forkstat-stall: forkstat stopped (SIGSTOP) for ``duration``, then continued."""
+    def factory(params: Mapping[str, Any]) -> Fault:
+        return Fault(inject=(run("pkill", "-STOP", "-x", PACKAGE),), restore=(run("pkill", "-CONT", "-x", PACKAGE),),
+                     summary="forkstat stopped", evidence=(expect_output("T", "ps", "-C", PACKAGE, "-o", "stat="),))
+
+    registry.add_fault(FaultSpec(
+        "forkstat-stall", "stop the running forkstat (SIGSTOP) for duration, then continue it: its socket fills",
+        "guest", factory))
 
 
 def reconcile(label: str, report: Mapping[str, Any]) -> Verdict:

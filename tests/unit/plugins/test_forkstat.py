@@ -138,3 +138,12 @@ def test_more_events_than_the_storm_made_fail():
     report["storms"][0]["seen"]["exec"] = 58
     verdict = reconcile("forkstat", report)
     assert not verdict.ok and "printed more than the storm made" in verdict.detail
+
+
+def test_the_stall_fault_stops_and_continues_forkstat_and_checks_it_stopped():
+    pm = get_plugin_manager(LabConfig(plugin_args=("cnlab_plugins.forkstat",),
+                                      env={"LAB_DISABLE_PLUGIN_AUTOLOAD": "1"}))
+    fault = pm.registries.faults.get("forkstat-stall").factory({})
+    assert [a.args for a in fault.inject] == [("pkill", "-STOP", "-x", "forkstat")]
+    assert [a.args for a in fault.restore] == [("pkill", "-CONT", "-x", "forkstat")]
+    assert [a.args for a in fault.evidence] == [("output", "T", "ps", "-C", "forkstat", "-o", "stat=")]
