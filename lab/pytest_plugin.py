@@ -118,7 +118,8 @@ def _run_scenarios(config: pytest.Config, run: dict) -> list[Scenario]:
     plugins = run.get("plugins") or {}
     options = PluginOptions(Path(plugins["config"]) if plugins.get("config") else None,
                             tuple(plugins.get("plugin_args", ())),
-                            tuple(Path(p) for p in plugins.get("plugins_dirs", ())))
+                            tuple(Path(p) for p in plugins.get("plugins_dirs", ())),
+                            tuple(plugins.get("packages", ())))
     pm = _scenario_plugins(config, options)
     folder = Path(tempfile.mkdtemp(prefix="cnlab-run-"))
     matrix = None
