@@ -185,6 +185,7 @@ def main() -> int:
     while proc.poll() is None and signal.sigtimedwait([signal.SIGTERM], 0.5) is None:
         pass
     sentinels, seen, tail = [], False, Tail(output)
+    tail.offset = os.path.getsize(output)  # only lines printed from now on: an old exit of a reused PID does not count
     deadline = time.monotonic() + SENTINEL_TIMEOUT_S
     while not seen and proc.poll() is None and time.monotonic() < deadline:
         sentinels.append(_sentinel())  # a new one now and then: one dropped on a full socket never shows
