@@ -75,3 +75,12 @@ def test_an_unknown_package_stops_the_run_before_anything_boots(tmp_path):
         "cnlab: error: unknown Debian package for the guest: 'forkstatt' (not in bookworm")
     assert "Traceback" not in proc.stderr
     assert not any((out / "consoles").glob("*")), "a guest booted"
+
+
+def test_the_lab_configs_packages_are_in_the_guest(tmp_path):
+    # no plugin: [lab] packages alone gives the guest the root disk variant with forkstat
+    (tmp_path / "cnlab.toml").write_text('[lab]\npackages = ["forkstat"]\n')
+    proc = _cnlab("exec", "--no-module", "--", "dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "forkstat",
+                  cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "forkstat 0.03.01-1"
