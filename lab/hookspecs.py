@@ -218,7 +218,7 @@ def lab_guest_packages_add(config: LabConfig) -> Sequence[str] | None:
     :param config: the lab config (``config.packages``: the packages the config and the command line name).
     :return: package names, or None.
 
-    .. versionadded:: 0.3
+    .. versionadded:: 0.2
     """
 
 
