@@ -316,10 +316,19 @@ def _module_folders(args: argparse.Namespace, pm=None) -> tuple[Path, ...]:
 
 def _lab_with_modules(args: argparse.Namespace, pm=None) -> Lab:
     """The lab with every extra module built now (warnings shown), so a build error stops before a boot."""
-    folders = () if getattr(args, "no_module", False) else _module_folders(args, pm)
+    own = pm is None
+    if own:  # one manager for the modules and the packages the plugins declare
+        from lab.engine.run import plugin_manager
+
+        pm = plugin_manager(_plugin_options(args))
+    try:
+        folders = () if getattr(args, "no_module", False) else _module_folders(args, pm)
+        lab = _lab(args, folders, pm)
+    finally:
+        if own:
+            pm.unconfigure()
     if not folders:
-        return _lab(args, pm=pm)
-    lab = _lab(args, folders, pm)
+        return lab
     for module in lab.extra_modules:
         for line in module.warnings:
             log.warning("module %s: %s", module.name, line)
