@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache_sub.add_parser("list", help="the artefacts by kind (the default)")
     prune = cache_sub.add_parser("prune", help="remove artefacts no running lab holds")
     prune.add_argument("--keep-last", type=_count, default=1, metavar="N",
-                       help="keep the N last used artefacts of each kind (default 1; 0 keeps none)")
+                       help="keep the N last used artefacts of each kind, root disks of each list of extra "
+                            "packages (default 1; 0 keeps none)")
     prune.add_argument("--older-than", type=_duration, default=None, metavar="D",
                        help="remove only artefacts last used longer ago than D (30m, 12h, 7d, 2w)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
