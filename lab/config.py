@@ -6,6 +6,7 @@
     [lab]
     plugins = ["my_plugin", "no:faults"]    # same syntax as -p
     plugins_dirs = ["./my-plugins"]          # relative to this file
+    packages = ["forkstat", "strace"]        # extra Debian packages for the guest root disk
 
     [plugins.emulators]                      # one table per plugin, by plugin name
     rate_scale = 0.5
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,15 +39,22 @@ __all__ = [
     "config_from_args",
     "validate_settings",
     "check_value",
+    "PACKAGE_NAME",
+    "check_package_names",
 ]
 
 #: The config file used when ``--config`` is not given and it exists in the current folder.
 DEFAULT_CONFIG_NAME = "cnlab.toml"
 
+#: A Debian package name (Policy 5.6.1): lower-case letters, digits, ``+``, ``-`` and ``.``; at least two
+#: characters; starts with a letter or digit.
+PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
 _TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 _TOML_NAMES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
                                 tuple: "array", dict: "table"}
-_LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders"}
+_LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders",
+             "packages": "array of Debian package names for the guest"}
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,21 @@ def check_value(place: Callable[[], str], setting: Setting, value: Any) -> Any:
     return value
 
 
+def check_package_names(names: Iterable[str], where: str) -> tuple[str, ...]:
+    """``names`` sorted, each once, every one a well-formed Debian package name (for the guest root disk).
+
+    :param where: where the names were written, for the message (``cnlab.toml: [lab] packages``).
+    :raises ConfigError: a name that is not a string or not a Debian package name.
+    """
+    out = set()
+    for name in names:
+        if not isinstance(name, str) or not PACKAGE_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: {name!r} is not a Debian package name (lower-case letters, digits, "
+                              "'+', '-', '.'; at least two characters, starting with a letter or digit)")
+        out.add(name)
+    return tuple(sorted(out))
+
+
 def validate_settings(owner: str, declared: Sequence[Setting], table: Mapping[str, Any],
                       place: Callable[[str], str] | None = None, what: str = "") -> Mapping[str, Any]:
     """Check ``table`` against ``declared``; return every key with its value (defaults filled), read-only.
@@ -213,6 +237,8 @@ class LabConfig:
     :param path: the TOML file read, or None.
     :param plugin_args: ``-p`` arguments, config ``[lab] plugins`` first, then the command line.
     :param plugins_dirs: folders of one-file plugins, config first, then ``--plugins-dir``.
+    :param packages: extra Debian packages for the guest root disk, ``[lab] packages`` then ``--package``,
+        checked names, sorted, each once (plugins add theirs with ``lab_guest_packages_add``).
     :param plugin_tables: raw ``[plugins.<name>]`` tables (validated by the plugin manager).
     :param env: environment variables the manager reads (``LAB_DISABLE_PLUGINS``, ``LAB_TRACE_PLUGINS``,
         ``LAB_DISABLE_PLUGIN_AUTOLOAD``); a copy, so tests can pass their own.
@@ -221,6 +247,7 @@ class LabConfig:
     path: Path | None = None
     plugin_args: tuple[str, ...] = ()
     plugins_dirs: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = ()
     plugin_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -236,11 +263,13 @@ def _env_snapshot(env: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), plugins_dirs: Iterable[Path] = (),
-                env: Mapping[str, str] | None = None) -> LabConfig:
-    """Read ``path`` (TOML) and merge the command-line plugin options.
+                env: Mapping[str, str] | None = None, packages: Iterable[str] = ()) -> LabConfig:
+    """Read ``path`` (TOML) and merge the command-line plugin options and ``--package`` names.
 
-    :raises ConfigError: unreadable file, bad TOML, unknown ``[lab]`` key or top-level table, wrong types.
+    :raises ConfigError: unreadable file, bad TOML, unknown ``[lab]`` key or top-level table, wrong types, a
+        string that is not a Debian package name in ``[lab] packages`` or ``--package``.
     """
+
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -261,7 +290,8 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
             raise ConfigError(f"{path}: [lab] {key}: unknown key (known: {', '.join(sorted(_LAB_KEYS))})")
     cfg_args = lab.get("plugins", [])
     cfg_dirs = lab.get("plugins_dirs", [])
-    for key, value in (("plugins", cfg_args), ("plugins_dirs", cfg_dirs)):
+    cfg_packages = lab.get("packages", [])
+    for key, value in (("plugins", cfg_args), ("plugins_dirs", cfg_dirs), ("packages", cfg_packages)):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [lab] {key}: expected an array of strings")
     base = path.parent if path is not None else Path.cwd()
@@ -272,13 +302,15 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
         path=path,
         plugin_args=tuple(cfg_args) + tuple(plugin_args),
         plugins_dirs=tuple((base / d) for d in cfg_dirs) + tuple(Path(d) for d in plugins_dirs),
+        packages=check_package_names([*check_package_names(cfg_packages, f"{path}: [lab] packages"),
+                                      *check_package_names(packages, "--package")], "packages"),
         plugin_tables=_freeze_table(tables),
         env=_env_snapshot(env),
     )
 
 
 def config_from_args(args: Any, env: Mapping[str, str] | None = None) -> LabConfig:
-    """The config for a parsed ``cnlab`` command line (``--config``, ``-p``, ``--plugins-dir``).
+    """The config for a parsed ``cnlab`` command line (``--config``, ``-p``, ``--plugins-dir``, ``--package``).
 
     Without ``--config``, ``./cnlab.toml`` is read if it exists.
     """
@@ -286,4 +318,5 @@ def config_from_args(args: Any, env: Mapping[str, str] | None = None) -> LabConf
     if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
         path = Path(DEFAULT_CONFIG_NAME)
     return load_config(path, plugin_args=getattr(args, "plugin_args", ()) or (),
-                       plugins_dirs=getattr(args, "plugins_dir", ()) or (), env=env)
+                       plugins_dirs=getattr(args, "plugins_dir", ()) or (), env=env,
+                       packages=getattr(args, "packages", ()) or ())

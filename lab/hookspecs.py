@@ -6,7 +6,8 @@ named ``lab_<object>_<verb>`` and grouped by lifecycle phase::
 
     configure   lab_settings_declare ─► lab_plugin_configure
     register    lab_emulators_register, lab_consumers_register, lab_faults_register, lab_events_register
-    guest       lab_kernel_modules_add, lab_qemu_args_add, lab_kernel_cmdline_add, lab_guest_files_add
+    guest       lab_kernel_modules_add, lab_guest_packages_add, lab_qemu_args_add, lab_kernel_cmdline_add,
+                lab_guest_files_add
                 ─► boot ─► lab_guest_ready
     scenario    lab_scenario_start ─► lab_phase_run (per phase; the load runs the guest agent) ─► lab_scenario_stop
     results     lab_result_collect ─► lab_result_check
@@ -48,6 +49,7 @@ __all__ = [
     "lab_faults_register",
     "lab_events_register",
     "lab_kernel_modules_add",
+    "lab_guest_packages_add",
     "lab_qemu_args_add",
     "lab_kernel_cmdline_add",
     "lab_guest_files_add",
@@ -196,6 +198,25 @@ def lab_kernel_modules_add(config: LabConfig) -> Sequence[Path | str] | None:
 
     :param config: the lab config.
     :return: folders (absolute paths, or relative to the current directory), or None.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def lab_guest_packages_add(config: LabConfig) -> Sequence[str] | None:
+    """Contribute Debian packages the guest root disk must have (a real tool a consumer runs, say).
+
+    Called once per command, before anything is built or boots (as ``[lab] packages`` and ``--package``
+    are read).  Every name is added to the config's ``packages``; the root disk is built with all of them
+    (``mmdebstrap --include``) and cached by the hash of the sorted list, so each list has its own root
+    disk (and saved guest states of its own).  A name that is not a Debian package name is a
+    ``PluginError``; a package the guest's suite (bookworm) does not have stops the command with a
+    one-line error naming it (exit 2) before any guest boots.  All results are used; a name given twice
+    counts once.
+
+    :param config: the lab config (``config.packages``: the packages the config and the command line name).
+    :return: package names, or None.
 
     .. versionadded:: 0.2
     """

@@ -118,7 +118,8 @@ def _run_scenarios(config: pytest.Config, run: dict) -> list[Scenario]:
     plugins = run.get("plugins") or {}
     options = PluginOptions(Path(plugins["config"]) if plugins.get("config") else None,
                             tuple(plugins.get("plugin_args", ())),
-                            tuple(Path(p) for p in plugins.get("plugins_dirs", ())))
+                            tuple(Path(p) for p in plugins.get("plugins_dirs", ())),
+                            tuple(plugins.get("packages", ())))
     pm = _scenario_plugins(config, options)
     folder = Path(tempfile.mkdtemp(prefix="cnlab-run-"))
     matrix = None
@@ -198,13 +199,17 @@ def _slot(config: pytest.Config):
 
 
 def _with_plugin_modules(options: LabOptions, pm) -> LabOptions:
-    """``options`` with the extra modules the plugins declare (``lab_kernel_modules_add``), as ``cnlab run``."""
+    """``options`` with the extra modules the plugins declare (``lab_kernel_modules_add``) and the guest packages
+    of the config and the plugins (``lab_guest_packages_add``), as ``cnlab run``."""
     import dataclasses
 
-    from lab.engine.hooks import kernel_module_dirs
+    from lab.engine.hooks import guest_packages, kernel_module_dirs
 
     folders = kernel_module_dirs(pm)
-    return dataclasses.replace(options, extra_modules=folders) if folders else options
+    packages = guest_packages(pm)
+    if folders:
+        options = dataclasses.replace(options, extra_modules=folders)
+    return dataclasses.replace(options, packages=packages) if packages else options
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -57,7 +57,8 @@ def human_age(seconds: float) -> str:
 
 def _row(artefact: Artefact, now: float, note: str = "") -> str:
     state = "in use" if artefact.in_use else ""
-    return (f"{artefact.kind:10} {artefact.key:44} {human_size(artefact.size):>9} {human_age(now - artefact.built):>7} "
+    name = f"{artefact.key} {artefact.variant}".strip()
+    return (f"{artefact.kind:10} {name:44} {human_size(artefact.size):>9} {human_age(now - artefact.built):>7} "
             f"{human_age(now - artefact.last_used) + ' ago':>11}  {state or note}").rstrip()
 
 

@@ -62,7 +62,8 @@ def run_spec(scenarios: list[Scenario], plugin_options, lab_options: dict) -> st
             items.append({"name": scenario.name, "file": source.name, "text": source.read_text()})
     plugins = {"config": str(plugin_options.config_path) if plugin_options.config_path else None,
                "plugin_args": list(plugin_options.plugin_args),
-               "plugins_dirs": [str(p) for p in plugin_options.plugins_dirs]}
+               "plugins_dirs": [str(p) for p in plugin_options.plugins_dirs],
+               "packages": list(plugin_options.packages)}
     return json.dumps({"scenarios": items, "plugins": plugins, "lab": lab_options})
 
 

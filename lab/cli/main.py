@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugins-dir", type=Path, action="append", default=[], metavar="DIR",
                         help="load every *.py in DIR as a plugin (repeatable)")
     parser.add_argument("--config", type=Path, default=None, help="lab config (TOML; default ./cnlab.toml if present)")
+    parser.add_argument("--package", dest="packages", action="append", default=[], metavar="NAME",
+                        help="add Debian package NAME to the guest root disk, after the config's [lab] packages "
+                             "(repeatable; each list of packages gets its own cached root disk)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -197,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache_sub.add_parser("list", help="the artefacts by kind (the default)")
     prune = cache_sub.add_parser("prune", help="remove artefacts no running lab holds")
     prune.add_argument("--keep-last", type=_count, default=1, metavar="N",
-                       help="keep the N last used artefacts of each kind (default 1; 0 keeps none)")
+                       help="keep the N last used artefacts of each kind, root disks of each list of extra "
+                            "packages (default 1; 0 keeps none)")
     prune.add_argument("--older-than", type=_duration, default=None, metavar="D",
                        help="remove only artefacts last used longer ago than D (30m, 12h, 7d, 2w)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go, remove nothing")
@@ -261,15 +265,36 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _lab(args: argparse.Namespace, extra_modules: tuple[Path, ...] = ()) -> Lab:
+def _lab(args: argparse.Namespace, extra_modules: tuple[Path, ...] = (), pm=None) -> Lab:
+    """The lab of the command line; its root disk has the guest packages of the config, ``--package`` and the
+    plugins (``lab_guest_packages_add``; ``pm``, or a manager of its own)."""
     from lab.guest.labsetup import Lab, LabOptions
 
     if args.kmod is not None and not (args.kmod / "Makefile").is_file():
         raise UsageError(f"--kmod {args.kmod}: not a module source folder (no Makefile)")
+    packages = _guest_packages(args, pm)
+    if packages:
+        log.info("extra guest packages: %s", ", ".join(packages))
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
                           tcg_threads=args.tcg_threads, module_source=args.kmod, extra_modules=extra_modules,
-                          snapshot=not args.no_snapshot))
+                          snapshot=not args.no_snapshot, packages=packages))
+
+
+def _guest_packages(args: argparse.Namespace, pm=None) -> tuple[str, ...]:
+    """``[lab] packages``, ``--package`` and the plugins' (``lab_guest_packages_add``), sorted, each once."""
+    from lab.engine.hooks import guest_packages
+
+    own = pm is None
+    if own:
+        from lab.engine.run import plugin_manager
+
+        pm = plugin_manager(_plugin_options(args))
+    try:
+        return guest_packages(pm)
+    finally:
+        if own:
+            pm.unconfigure()
 
 
 def _module_folders(args: argparse.Namespace, pm=None) -> tuple[Path, ...]:
@@ -292,10 +317,19 @@ def _module_folders(args: argparse.Namespace, pm=None) -> tuple[Path, ...]:
 
 def _lab_with_modules(args: argparse.Namespace, pm=None) -> Lab:
     """The lab with every extra module built now (warnings shown), so a build error stops before a boot."""
-    folders = () if getattr(args, "no_module", False) else _module_folders(args, pm)
+    own = pm is None
+    if own:  # one manager for the modules and the packages the plugins declare
+        from lab.engine.run import plugin_manager
+
+        pm = plugin_manager(_plugin_options(args))
+    try:
+        folders = () if getattr(args, "no_module", False) else _module_folders(args, pm)
+        lab = _lab(args, folders, pm)
+    finally:
+        if own:
+            pm.unconfigure()
     if not folders:
-        return _lab(args)
-    lab = _lab(args, folders)
+        return lab
     for module in lab.extra_modules:
         for line in module.warnings:
             log.warning("module %s: %s", module.name, line)
@@ -381,7 +415,7 @@ def _plugin_options(args: argparse.Namespace):
     from lab.engine.run import PluginOptions
 
     config_path = args.config or (Path(DEFAULT_CONFIG_NAME) if Path(DEFAULT_CONFIG_NAME).exists() else None)
-    return PluginOptions(config_path, tuple(args.plugin_args), tuple(args.plugins_dir))
+    return PluginOptions(config_path, tuple(args.plugin_args), tuple(args.plugins_dir), tuple(args.packages))
 
 
 def _scenarios(args: argparse.Namespace):

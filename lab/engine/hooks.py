@@ -10,7 +10,7 @@ from lab.guest.files import put_files
 from lab.plugin.manager import LabPluginManager, call_hook
 from lab.plugin.model import GuestFile
 
-__all__ = ["guest_setup_args", "install_guest_files", "kernel_module_dirs"]
+__all__ = ["guest_packages", "guest_setup_args", "install_guest_files", "kernel_module_dirs"]
 
 
 def guest_setup_args(pm: LabPluginManager, shape: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -47,3 +47,21 @@ def kernel_module_dirs(pm: LabPluginManager) -> tuple[Path, ...]:
                 raise PluginError(f"lab_kernel_modules_add returned {folder!r}, not a folder path")
             folders.setdefault(Path(folder).resolve(), None)
     return tuple(folders)
+
+
+def guest_packages(pm: LabPluginManager) -> tuple[str, ...]:
+    """The extra Debian packages of the guest: the config's (``[lab] packages``, ``--package``) and every
+    ``lab_guest_packages_add`` answer, sorted, each once."""
+    from lab.config import PACKAGE_NAME
+
+    names = set(pm.config.packages)
+    for result in call_hook(pm, "lab_guest_packages_add", config=pm.config):
+        if result is None:
+            continue
+        if isinstance(result, str):
+            raise PluginError(f"lab_guest_packages_add returned {result!r}: return a list of package names")
+        for name in result:
+            if not isinstance(name, str) or not PACKAGE_NAME.fullmatch(name):
+                raise PluginError(f"lab_guest_packages_add returned {name!r}, not a Debian package name")
+            names.add(name)
+    return tuple(sorted(names))

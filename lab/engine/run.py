@@ -56,6 +56,7 @@ class PluginOptions:
     config_path: Path | None = None
     plugin_args: tuple[str, ...] = ()
     plugins_dirs: tuple[Path, ...] = ()
+    packages: tuple[str, ...] = ()  # --package: extra Debian packages for the guest (merged into the config's)
 
 
 def plugin_manager(options: PluginOptions | None) -> LabPluginManager:
@@ -65,7 +66,7 @@ def plugin_manager(options: PluginOptions | None) -> LabPluginManager:
 
     options = options or PluginOptions()
     return get_plugin_manager(load_config(options.config_path, plugin_args=options.plugin_args,
-                                          plugins_dirs=options.plugins_dirs))
+                                          plugins_dirs=options.plugins_dirs, packages=options.packages))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +186,13 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
 
 # ------------------------------------------------------------------- parent
 def _environment(lab: Lab) -> dict:
-    return {"kernel": lab.kernel.release, "kernel_package": lab.kernel.package_version,
-            "accel": lab.accel.name, "accel_reason": lab.accel.reason, "qemu": qemu_version(),
-            "module_source_hash": lab.module.source_hash, "host_cpus": os.cpu_count()}
+    env = {"kernel": lab.kernel.release, "kernel_package": lab.kernel.package_version,
+           "accel": lab.accel.name, "accel_reason": lab.accel.reason, "qemu": qemu_version(),
+           "module_source_hash": lab.module.source_hash, "host_cpus": os.cpu_count()}
+    if lab.options.packages:  # a root disk variant: which packages, and the versions it got
+        installed = lab.image.manifest()["rootfs"].get("packages", {})
+        env["guest_packages"] = {name: installed.get(name) for name in lab.options.packages}
+    return env
 
 
 def _plugin_reports(pm: LabPluginManager, records: list[ScenarioResult], out_dir: Path,

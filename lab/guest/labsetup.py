@@ -40,6 +40,8 @@ class LabOptions:
     #: Start guests by restoring a saved state of their spec (lab.guest.snapshot); False: cold boots.
     snapshot: bool = True
     extra_modules: tuple[Path, ...] = ()  # folders of extra modules (lab.image.extmod), loaded after cnlab.ko
+    #: extra Debian packages for the root disk (lab.image.guest_packages): its own cached variant per list
+    packages: tuple[str, ...] = ()
 
 
 class Lab:
@@ -66,7 +68,7 @@ class Lab:
     @property
     def image(self) -> GuestImage:
         if self._image is None:
-            self._image = build_image(self.kernel, self.cache)
+            self._image = build_image(self.kernel, self.cache, packages=self.options.packages)
         return self._image
 
     @property

@@ -11,6 +11,7 @@ build lock is held) or one that was interrupted.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ class Artefact:
     :param last_used: when a lab last leased it (``built`` if never).
     :param in_use: a running lab holds it (checked when the inventory was taken).
     :param prunable: its kind is leased by labs, so prune may remove it.
+    :param variant: what sets it apart from others of its kind built from the same recipe: for a root disk,
+        its extra guest packages (``+forkstat,strace``; "" for none).  Prune keeps the last used of each.
     """
 
     kind: str
@@ -50,6 +53,7 @@ class Artefact:
     last_used: float
     in_use: bool
     prunable: bool
+    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,23 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+def _variant(kind: str, folder: Path) -> str:
+    """A root disk's extra guest packages (from its ``inputs.json``) as ``+a,b``; "" otherwise."""
+    if kind != "rootfs":
+        return ""
+    try:
+        extra = json.loads((folder / "inputs.json").read_text()).get("extra_packages") or []
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return "+" + ",".join(map(str, extra)) if extra else ""
+
+
 def _artefact(kind: str, folder: Path) -> Artefact:
     built = _mtime(folder / BUILT_STAMP) or _mtime(folder / "inputs.json") or _mtime(folder) or 0.0
     used = _mtime(folder / USED_STAMP) or built
     return Artefact(kind=kind, key=folder.name, path=folder, size=disk_usage(folder), built=built,
-                    last_used=max(used, built), in_use=in_use(folder), prunable=kind in PRUNABLE_KINDS)
+                    last_used=max(used, built), in_use=in_use(folder), prunable=kind in PRUNABLE_KINDS,
+                    variant=_variant(kind, folder))
 
 
 def take_inventory(root: Path) -> Inventory:

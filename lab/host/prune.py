@@ -48,15 +48,16 @@ class PruneResult:
 
 
 def plan_prune(inventory: Inventory, keep_last: int, older_than: float | None, now: float) -> PrunePlan:
-    """Decide, per kind, which artefacts go: not in use, not among the ``keep_last`` last used,
-    and (if ``older_than`` seconds is given) not used within that time."""
+    """Decide, per kind (and per variant: a root disk per list of extra guest packages), which artefacts go:
+    not in use, not among the ``keep_last`` last used, and (if ``older_than`` seconds is given) not used
+    within that time."""
     if keep_last < 0:
         raise ValueError("keep_last must be 0 or more")
     remove: list[Artefact] = []
     keep: list[tuple[Artefact, str]] = []
-    kinds: dict[str, list[Artefact]] = {}
+    kinds: dict[tuple[str, str], list[Artefact]] = {}
     for artefact in inventory.artefacts:
-        kinds.setdefault(artefact.kind, []).append(artefact)
+        kinds.setdefault((artefact.kind, artefact.variant), []).append(artefact)
     for kind in sorted(kinds):
         ranked = sorted(kinds[kind], key=lambda a: a.last_used, reverse=True)
         for rank, artefact in enumerate(ranked):

@@ -3,7 +3,9 @@
 Three artefacts, each in a cache folder named by a hash of its inputs:
 
 * the root disk (``rootfs.ext4``): Debian from mmdebstrap, with our sshd
-  config and the host's pyroute2; independent of the kernel;
+  config and the host's pyroute2, plus any extra packages the lab config,
+  ``--package`` or a plugin names (:mod:`lab.image.guest_packages`: each
+  list its own root disk); independent of the kernel;
 * the module disk (``modules.ext4``): the guest kernel's ``/lib/modules``;
 * the base initramfs (``base.cpio``): cnlab-init, the native consumer
   ``cnlab-consume`` and the virtio modules.
@@ -32,6 +34,7 @@ from lab.host.packages import require_tool
 from lab.host.quiet import logs_dir, run_logged
 from lab.host.steps import cached, step
 from lab.image.cpio import CpioEntry, write_newc
+from lab.image.guest_packages import UnknownPackage, check_names, unknown_in_log, unknown_on_host
 from lab.image.kernel import KernelSpec
 from lab.image.keys import LabKeys, ensure_keys
 from lab.image.pvh import PVH_TOOLS, PvhUnavailable, write_pvh_kernel
@@ -106,10 +109,12 @@ def _pyroute2_source() -> tuple[Path, str]:
 
 
 # --------------------------------------------------------------------- rootfs
-def _rootfs_inputs() -> dict:
+def _rootfs_inputs(extra_packages: tuple[str, ...] = ()) -> dict:
+    """What the root disk's key hashes.  ``extra_packages`` (checked names) appear only when there are some,
+    sorted: without them the key is the one root disks had before extra packages existed."""
     root = images_dir()
     _, pyroute2_version = _pyroute2_source()
-    return {
+    inputs = {
         "recipe": RECIPE_VERSION,
         "suite": SUITE,
         "packages": _listed(root / "packages.txt"),
@@ -117,6 +122,17 @@ def _rootfs_inputs() -> dict:
         "pyroute2": pyroute2_version,
         "dpkg_excludes": DPKG_EXCLUDES,
     }
+    extra = check_names(extra_packages, "guest packages")
+    if extra:
+        inputs["extra_packages"] = list(extra)
+    return inputs
+
+
+def _check_known(inputs: dict) -> None:
+    """Stop with :class:`UnknownPackage` before mmdebstrap if the host's apt knows an extra package is not there."""
+    unknown = unknown_on_host(inputs.get("extra_packages", ()), inputs["suite"])
+    if unknown:
+        raise UnknownPackage(unknown, inputs["suite"], "the host's apt-cache policy has no candidate")
 
 
 def _build_rootfs(folder: Path, inputs: dict, log_path: Path) -> None:
@@ -131,11 +147,10 @@ def _build_rootfs(folder: Path, inputs: dict, log_path: Path) -> None:
     shutil.copytree(pyroute2_dir, stage / "pyroute2", ignore=shutil.ignore_patterns("__pycache__"))
     overlay = images_dir() / "rootfs" / "etc" / "cnlab"
     argv = [
-        mmdebstrap,
-        "--quiet",
+        mmdebstrap,  # not --quiet: apt's "Unable to locate package NAME" must reach the log
         "--mode=root",
         "--variant=apt",
-        "--include=" + ",".join(inputs["packages"]),
+        "--include=" + ",".join([*inputs["packages"], *inputs.get("extra_packages", ())]),
         *[f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES],
         "--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*",
         "--customize-hook=mkdir -p \"$1\"/lib/modules \"$1\"" + GUEST_SITE_PACKAGES,
@@ -146,7 +161,16 @@ def _build_rootfs(folder: Path, inputs: dict, log_path: Path) -> None:
         inputs["suite"],
         str(tree),
     ]
-    run_logged(argv, log_path, "mmdebstrap (the guest root filesystem)", error=BuildError, tail_lines=5)
+    start = log_path.stat().st_size if log_path.exists() else 0
+    try:
+        run_logged(argv, log_path, "mmdebstrap (the guest root filesystem)", error=BuildError, tail_lines=5)
+    except BuildError:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            log.seek(start)
+            unknown = unknown_in_log(log.read())
+        if unknown:
+            raise UnknownPackage(unknown, inputs["suite"], "mmdebstrap: Unable to locate package") from None
+        raise
     size = sum(p.lstat().st_size for p in tree.rglob("*"))
     _mkfs_ext4(tree, folder / "rootfs.ext4", size, "cnlab-root")
     shutil.rmtree(tree)
@@ -293,16 +317,26 @@ def _cached(cache: Path, kind: str, inputs: dict, build, force: bool,
                      "(a cnlab cache prune with --keep-last 0 running beside it?)")
 
 
-def build_image(kernel: KernelSpec, cache: Path, force: bool = False) -> GuestImage:
-    """Build whatever is missing for ``kernel`` and return the image set (its cache folders leased)."""
+def build_image(kernel: KernelSpec, cache: Path, force: bool = False,
+                packages: tuple[str, ...] = ()) -> GuestImage:
+    """Build whatever is missing for ``kernel`` and return the image set (its cache folders leased).
+
+    :param packages: extra Debian packages for the root disk (its own cached variant per list).
+    :raises UnknownPackage: an extra package the guest's suite does not have (exit status 2), before
+        mmdebstrap runs when the host's apt can tell.
+    """
     if not kernel.image.is_file():
         raise BuildError(f"kernel image not found: {kernel.image}")
     keys = ensure_keys(cache / "keys")
-    rootfs_inputs = _rootfs_inputs()
+    rootfs_inputs = _rootfs_inputs(packages)
     rootfs_log = logs_dir(cache) / "mmdebstrap.log"
+    extra = rootfs_inputs.get("extra_packages", [])
+    if extra and (force or not (cache / "rootfs" / content_key(rootfs_inputs)).exists()):
+        _check_known(rootfs_inputs)
     rootfs, rootfs_key, rootfs_built, rootfs_lease = _cached(
         cache, "rootfs", rootfs_inputs, lambda d: _build_rootfs(d, rootfs_inputs, rootfs_log), force,
-        f"mmdebstrap {SUITE}, {len(rootfs_inputs['packages'])} packages",
+        f"mmdebstrap {SUITE}, {len(rootfs_inputs['packages'])} packages"
+        + (f" + {', '.join(extra)}" if extra else ""),
     )
     leases = [rootfs_lease]
     mod_inputs = _modules_disk_inputs(kernel)

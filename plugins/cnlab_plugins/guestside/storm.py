@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Process storm for the cn_proc live source: workers fork (and exec) children for N seconds.
 
-Prints one JSON line: how many children were forked.
+Prints one JSON line: how many children were forked (``forks``), how many of them ran ``/bin/true``
+(``execs``: exec'd and exited 0) and the storm's own PID.  With ``CNLAB_OUT`` set (the agent sets it), it
+also writes its own record of every process it made, ``$CNLAB_OUT/storm-PID.json``: ``workers`` and
+``children`` (PIDs, as ``fork()`` returned them) and ``execs``, for consumers that reconcile what a
+connector client printed against the storm (the ``forkstat`` plugin).
 """
 
 import argparse
@@ -11,9 +15,11 @@ import sys
 import time
 
 
-def worker(seconds: float, do_exec: bool) -> int:
+def worker(seconds: float, do_exec: bool) -> dict:
+    """Fork children until ``seconds`` have passed: their PIDs and how many ran /bin/true."""
     end = time.monotonic() + seconds
-    n = 0
+    children = []
+    execs = 0
     while time.monotonic() < end:
         pid = os.fork()
         if pid == 0:
@@ -23,9 +29,11 @@ def worker(seconds: float, do_exec: bool) -> int:
                 finally:
                     os._exit(127)
             os._exit(0)
-        os.waitpid(pid, 0)
-        n += 1
-    return n
+        _, status = os.waitpid(pid, 0)
+        children.append(pid)
+        if do_exec and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            execs += 1
+    return {"children": children, "execs": execs}
 
 
 def main() -> int:
@@ -35,21 +43,36 @@ def main() -> int:
     ap.add_argument("--exec", dest="do_exec", action="store_true", default=True)
     ap.add_argument("--no-exec", dest="do_exec", action="store_false")
     args = ap.parse_args()
-    rfd, wfd = os.pipe()
-    pids = []
+    pipes = {}
     for _ in range(args.workers):
+        rfd, wfd = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(rfd)
-            os.write(wfd, f"{worker(args.seconds, args.do_exec)}\n".encode())
+            with os.fdopen(wfd, "w") as out:
+                out.write(json.dumps(worker(args.seconds, args.do_exec)))
             os._exit(0)
-        pids.append(pid)
-    os.close(wfd)
-    for pid in pids:
+        os.close(wfd)
+        pipes[pid] = rfd
+    children, execs = [], 0
+    for pid, rfd in pipes.items():
+        with os.fdopen(rfd) as fh:  # read to the end before reaping: a big record fills the pipe
+            text = fh.read()
         os.waitpid(pid, 0)
-    with os.fdopen(rfd) as fh:
-        forks = sum(int(line) for line in fh if line.strip())
-    print(json.dumps({"forks": forks, "workers": args.workers, "seconds": args.seconds}))
+        if text:
+            done = json.loads(text)
+            children += done["children"]
+            execs += done["execs"]
+    record = {"pid": os.getpid(), "workers": sorted(pipes), "children": children, "execs": execs,
+              "exec": args.do_exec, "seconds": args.seconds}
+    out_dir = os.environ.get("CNLAB_OUT")
+    if out_dir:
+        path = os.path.join(out_dir, f"storm-{os.getpid()}.json")
+        with open(path + ".tmp", "w") as fh:
+            json.dump(record, fh)
+        os.rename(path + ".tmp", path)
+    print(json.dumps({"forks": len(children), "execs": execs, "workers": args.workers, "seconds": args.seconds,
+                      "pid": os.getpid()}))
     return 0
 
 

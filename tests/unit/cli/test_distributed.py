@@ -117,3 +117,8 @@ def test_bad_hosts_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_run_spec_carries_the_guest_packages_of_the_command_line(tmp_path):
+    spec = json.loads(run_spec([], PluginOptions(packages=("forkstat",)), {}))
+    assert spec["plugins"]["packages"] == ["forkstat"]

@@ -134,7 +134,7 @@ def _fake_run(lab, scenarios, jobs, out_dir, json_path=None, out=None, plugin_co
 @pytest.mark.parametrize("quiet", [False, True])
 def test_cnlab_run_prints_plain_lines_when_stdout_is_not_a_terminal(monkeypatch, capsys, tmp_path, quiet):
     monkeypatch.setattr(engine, "run_scenarios", _fake_run)
-    monkeypatch.setattr(cli, "_lab", lambda args: None)
+    monkeypatch.setattr(cli, "_lab", lambda args, *rest, **kwargs: None)
     status = cli.main([*(["-q"] if quiet else []), "run", "selfcheck-warn", "-n", "1", "--out", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
     assert status == 0 and lines[0] == "cnlab run: 1 scenarios on 1 guest(s)"

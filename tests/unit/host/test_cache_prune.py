@@ -140,3 +140,20 @@ def test_scratch_of_a_running_build_stays_an_abandoned_one_goes(cache):
 def test_plan_refuses_a_negative_keep_last(cache):
     with pytest.raises(ValueError):
         plan_prune(take_inventory(cache[0]), keep_last=-1, older_than=None, now=0)
+
+
+def test_each_list_of_guest_packages_keeps_its_last_root_disk(tmp_path):
+    import json
+
+    now = time.time()
+    root = tmp_path / "cache"
+    for key, extra, hours in (("plain-new", None, 1), ("plain-old", None, 5), ("fork-old", ["forkstat"], 9),
+                              ("fork-new", ["forkstat"], 3), ("four", ["forkstat", "strace"], 30)):
+        folder = _artefact(root, "rootfs", key, 1000, hours, now)
+        inputs = {"recipe": 3} if extra is None else {"recipe": 3, "extra_packages": extra}
+        (folder / "inputs.json").write_text(json.dumps(inputs))
+    inventory = take_inventory(root)
+    assert {a.key: a.variant for a in inventory.artefacts} == {
+        "plain-new": "", "plain-old": "", "fork-old": "+forkstat", "fork-new": "+forkstat", "four": "+forkstat,strace"}
+    plan = plan_prune(inventory, keep_last=1, older_than=None, now=now)
+    assert sorted(a.key for a in plan.remove) == ["fork-old", "plain-old"]
