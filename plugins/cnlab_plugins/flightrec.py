@@ -81,8 +81,8 @@ def lab_plugin_configure(config, settings: Mapping[str, Any]) -> None:
 
 @hookimpl
 def lab_scenario_start(scenario, guest, stash, settings: Mapping[str, Any]) -> None:
-    """Create the guest's instance and start recording."""
-    if not _State.enabled:
+    """Create the guest's instance and start recording (no guest, as in a dry run of the hooks: nothing to do)."""
+    if not _State.enabled or guest is None:
         return
     result = _program(guest, stash, "start", "--buffer-kb", str(settings.get("buffer_kb", DEFAULT_BUFFER_KB)),
                       *EVENTS)
