@@ -6,7 +6,7 @@ One line per event::
 
 :func:`parse_trace` turns the text into a :class:`Trace`: its events in time order, the CPUs seen, and the
 header's ``entries-in-buffer/entries-written`` counts (written minus in buffer: events the ring buffer
-overwrote).  Lines that are not events (the header, a ``CPU:N [LOST n EVENTS]`` note) are counted, not fatal.
+overwrote).  Other lines but the ``#`` header (a ``CPU:N [LOST n EVENTS]`` note) are counted, not fatal.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def parse_trace(text: str) -> Trace:
         entries = _ENTRIES.search(line)
         if entries:
             trace.entries_in_buffer, trace.entries_written = int(entries[1]), int(entries[2])
-        elif line.strip():
+        elif line.strip() and not line.startswith("#"):
             trace.other_lines += 1
     trace.events.sort(key=lambda e: e.ts)  # per-CPU buffers merge in order already; a stable sort keeps ties
     return trace

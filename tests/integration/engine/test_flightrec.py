@@ -16,6 +16,7 @@ import json
 import statistics
 
 import pytest
+from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS
 
 from lab.engine.results import read_results
 from lab.engine.run import plugin_manager, run_scenarios
@@ -26,8 +27,6 @@ from lab.guest.machine import Guest
 from lab.guest.qemu_argv import GuestShape
 from lab.report.ftrace import read_trace
 from lab.report.summary import finish_run
-
-from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("runner")]
 
