@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, failure_time
 
 from lab import hookimpl
 from lab.config import LabConfig
 from lab.engine.execute import execute_scenario
 from lab.engine.scenario import scenario_from_dict
 from lab.plugin import get_plugin_manager
-
-from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, failure_time
 
 from ..engine.test_execute import ENV, FLIGHTREC_TRACE, FakeGuest
 
