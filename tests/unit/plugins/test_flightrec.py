@@ -13,6 +13,7 @@ from lab.config import LabConfig
 from lab.engine.execute import execute_scenario
 from lab.engine.scenario import scenario_from_dict
 from lab.plugin import get_plugin_manager
+from lab.report.ftrace import STOP_MARK
 
 from ..engine.test_execute import ENV, FLIGHTREC_TRACE, FakeGuest
 
@@ -41,7 +42,7 @@ def _recorder_on(monkeypatch):
 def test_a_passing_scenario_is_recorded_and_keeps_nothing(tmp_path):
     record, guest = run(tmp_path, "holds")
     assert record.passed
-    assert guest.trace_commands == ["start", "stop", "discard"]
+    assert guest.trace_commands == ["start", f"trace_marker={STOP_MARK}", "tracing_on=0"]  # then nothing
     start = next(c for c in guest.commands if c[2:4] == ["/run/cnlab/py/flightrec.py", "start"])
     assert start[4:] == ["--buffer-kb", str(DEFAULT_BUFFER_KB), *EVENTS]
     assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "events": list(EVENTS), "missing": []}
@@ -50,7 +51,8 @@ def test_a_passing_scenario_is_recorded_and_keeps_nothing(tmp_path):
 
 def test_a_failed_scenario_keeps_the_trace_bounded_and_named_in_its_record(tmp_path):
     record, guest = run(tmp_path, "fails")
-    assert record.status == "failed" and guest.trace_commands == ["start", "stop", "save", "discard"]
+    assert record.status == "failed" and guest.trace_commands == ["start", f"trace_marker={STOP_MARK}",
+                                                                 "tracing_on=0", "save"]
     save = next(c for c in guest.commands if c[2:4] == ["/run/cnlab/py/flightrec.py", "save"])
     assert save[4:] == ["--max-kb", str(DEFAULT_MAX_KB)]
     kept = record.data["flightrec"]["trace"]
@@ -93,6 +95,12 @@ def test_a_recorder_that_cannot_start_fails_the_scenario_in_one_line(tmp_path, m
     assert hooks.detail == ("plugin 'flightrec' failed in hook lab_scenario_start: PluginError: the flight "
                             "recorder did not start: flightrec: [Errno 2] cannot mount tracefs")
     assert record.status == "failed"  # like any plugin that cannot start: the load did not run
+
+
+def test_the_guest_program_and_the_report_agree_on_the_stop_mark():
+    from ..guestside.guest_modules import load_guest_module
+
+    assert load_guest_module("flightrec").STOP_MARK == STOP_MARK
 
 
 def test_the_failure_time_is_the_kernel_reports_console_time():
