@@ -1,12 +1,13 @@
 """The flight recorder on real guests: a failed scenario keeps its trace, a passing one keeps none.
 
-Two scenarios on one guest: the module WARNs on purpose with nothing expecting it (fails: an unexpected
-kernel report and a new taint bit), and the quick set's self-check, which expects that WARN (passes).  The
-failed one's record names a trace file in the run's folder, bounded by ``max_kb``, holding the module's
-insert, drain and send events with the scheduler's and the softirqs'; its inserts agree with the CBUS
-counters the guest agent read (two different sources), and it reaches the WARN's console time.  The HTML
-report draws its timeline.  Then the recorder's cost: the in-kernel BENCH (ns per ``cbus_insert``) and the
-CBUS rate to one reader, recorder off and on, alternating in one guest.
+Two scenarios on one guest.  A drain stalled behind a tiny queue limit drops messages and the module WARNs
+on purpose, with nothing expecting either: it fails (loss, an unexpected kernel report, a new taint bit).
+The quick set's self-check expects its WARN: it passes.  The failed one's record names a trace file in the
+run's folder, bounded by ``max_kb``, holding the module's insert, drain, send and drop events with the
+scheduler's and the softirqs'; its inserts, sends and drops agree with the CBUS counters the guest agent
+read (two different sources), and it reaches the WARN's console time.  The HTML report draws its timeline.
+Then the recorder's cost: the in-kernel BENCH (ns per ``cbus_insert``) and the CBUS rate to one reader,
+recorder off and on, alternating in one guest.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ REGISTRIES = plugin_manager(None).registries
 
 FAILING = """\
 name = "flightrec-warn"
-description = "the module WARNs on purpose and nothing expects it: the scenario fails, its trace is kept"
+description = "a stalled drain behind a tiny queue drops, and the module WARNs on purpose: nothing expects either"
 duration = 1.5
 
 [guest]
@@ -47,6 +48,16 @@ path = "cbus"
 context = "kthread"
 rate = 500
 group = 2
+
+[[faults]]
+name = "queue-limit"
+at = 0.0
+limit = 32
+
+[[faults]]
+name = "drain-stall"
+at = 0.2
+ms = 400
 
 [[faults]]
 name = "warn"
@@ -70,7 +81,7 @@ def test_a_failed_scenario_keeps_its_trace_and_a_passing_one_none(cnlab_lab, tmp
     assert not list((tmp_path / "run" / "consoles").glob("*.selfcheck-warn.trace"))
 
     failed = records["flightrec-warn"]
-    assert failed.status == "failed" and {v.name for v in failed.verdicts if not v.ok} >= {"kernel_problems"}
+    assert failed.status == "failed" and {v.name for v in failed.verdicts if not v.ok} >= {"kernel_problems", "loss"}
     kept = failed.data["flightrec"]["trace"]
     path = tmp_path / "run" / "consoles" / f"{kept['path'].rsplit('/', 1)[-1]}"
     assert path.is_file() and str(path) == kept["path"] and path.stat().st_size == kept["bytes"]
@@ -81,7 +92,7 @@ def test_a_failed_scenario_keeps_its_trace_and_a_passing_one_none(cnlab_lab, tmp
           f"{trace.events[-1].ts - trace.events[0].ts:.2f} s ({DEFAULT_BUFFER_KB} KiB buffer per CPU), "
           f"overwritten {trace.overwritten}: {json.dumps(counts, sort_keys=True)}")
     assert counts == kept["events"]
-    for name in ("cnlab_insert", "cnlab_drain_start", "cnlab_drain_end", "cnlab_send", "sched_switch",
+    for name in ("cnlab_insert", "cnlab_drain_start", "cnlab_drain_end", "cnlab_send", "cnlab_drop", "sched_switch",
                  "sched_wakeup", "softirq_entry"):
         assert counts.get(name, 0) > 0, (name, counts)
     assert trace.cpus == [0, 1]
@@ -92,6 +103,9 @@ def test_a_failed_scenario_keeps_its_trace_and_a_passing_one_none(cnlab_lab, tmp
         sent = sum(int(e.fields["count"]) for e in trace.events
                    if e.name == "cnlab_send" and int(e.fields["result"]) >= 0)
         assert sent == cbus["sent"]
+        full = sum(int(e.fields["count"]) for e in trace.events
+                   if e.name == "cnlab_drop" and e.fields["cause"] == "full")
+        assert full == cbus["drop_full"] > 0
     # the WARN happened while the recorder ran, and the report draws the milliseconds before it
     assert trace.events[0].ts < kept["failure_time"] < trace.end()
     assert trace.window(kept["failure_time"], 200)
