@@ -1,5 +1,7 @@
 """An HTML report of a run: summary table, and per scenario its throughput,
-loss and latency with the faults marked on the time axis.
+loss and latency with the faults marked on the time axis, and for a failed
+scenario whose flight recorder kept a trace, a per-CPU timeline of its last
+milliseconds (``lab.report.timeline``).
 
 One self-contained file (inline CSS and SVG, no scripts, no network), so it
 opens in any browser and can be attached to a CI run.
