@@ -13,9 +13,9 @@ the kept trace's last milliseconds as a timeline (``lab.report.timeline``); ``cn
 prints its tail.
 
 Opt out with ``[plugins.flightrec] enabled = false``, ``CNLAB_FLIGHTREC=0`` or ``-p no:flightrec``.
-The tracepoints are static-key no-ops when nothing records them.  A ``module-reload`` fault removes the
-module's events from the instance with the module: after it, only the scheduler and IRQ events are
-recorded.
+The tracepoints are static-key no-ops when nothing records them.  A ``module-reload`` fault empties the
+buffer (the kernel resets every buffer when a module whose events were used unloads) and the module's
+events stay off after the reload: such a scenario's record says so (``data.flightrec.note``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ EVENTS = ("cnlab:cnlab_insert", "cnlab:cnlab_drain_start", "cnlab:cnlab_drain_en
           "cnlab:cnlab_drop", "sched:sched_switch", "sched:sched_wakeup", "irq:irq_handler_entry",
           "irq:irq_handler_exit", "irq:softirq_entry", "irq:softirq_exit")
 DEFAULT_BUFFER_KB, DEFAULT_MAX_KB = 1024, 4096
+#: Said in the record of a scenario with a ``module-reload`` fault (seen on the Debian 6.1 kernel).
+RELOAD_NOTE = ("module-reload: the kernel empties every trace buffer when a module whose events were recorded "
+               "unloads, and does not enable them again when it loads: the trace holds the scheduler and IRQ "
+               "events from the unload on, no cnlab events")
 #: What ``start`` said: the instance, its buffer size and the events enabled (None: the recorder is off).
 STARTED = StashKey[dict]()
 _CONSOLE_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$", re.MULTILINE)
@@ -115,7 +119,10 @@ def lab_result_collect(scenario, guest, stash, settings: Mapping[str, Any]) -> d
     started = stash.get(STARTED, None)
     if started is None:
         return None
-    return {"buffer_kb": started["buffer_kb"], "events": started["enabled"], "missing": started["missing"]}
+    out = {"buffer_kb": started["buffer_kb"], "events": started["enabled"], "missing": started["missing"]}
+    if scenario.uses("module-reload"):
+        out["note"] = RELOAD_NOTE
+    return out
 
 
 def failure_time(data: Mapping[str, Any], console: str) -> float | None:

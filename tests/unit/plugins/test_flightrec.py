@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, failure_time
+from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, RELOAD_NOTE, failure_time
 
 from lab import hookimpl
 from lab.config import LabConfig
@@ -95,6 +95,15 @@ def test_a_recorder_that_cannot_start_fails_the_scenario_in_one_line(tmp_path, m
     assert hooks.detail == ("plugin 'flightrec' failed in hook lab_scenario_start: PluginError: the flight "
                             "recorder did not start: flightrec: [Errno 2] cannot mount tracefs")
     assert record.status == "failed"  # like any plugin that cannot start: the load did not run
+
+
+def test_a_module_reload_is_noted_in_the_record(tmp_path):
+    pm = get_plugin_manager(LabConfig(env=ENV))
+    scenario = scenario_from_dict({"name": "r", "emulators": [{"name": "generator"}],
+                                   "faults": [{"name": "module-reload", "at": 0.5}]}, "s.toml", pm.registries)
+    record = execute_scenario(pm, FakeGuest(tmp_path), scenario, "/run/cnlab/py")
+    assert record.data["flightrec"]["note"] == RELOAD_NOTE
+    assert "note" not in run(tmp_path, "holds")[0].data["flightrec"]
 
 
 def test_the_guest_program_and_the_report_agree_on_the_stop_mark():
