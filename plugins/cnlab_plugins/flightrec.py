@@ -48,6 +48,8 @@ RELOAD_NOTE = ("module-reload: the kernel empties every trace buffer when a modu
                "events from the unload on, no cnlab events")
 #: What ``start`` said: the instance, its buffer size and the events enabled (None: the recorder is off).
 STARTED = StashKey[dict]()
+#: The stop: the end mark, then the buffer frozen (instance and mark as positional arguments, never in the script).
+STOP_ARGV = ["sh", "-c", 'printf %s "$2" > "$1/trace_marker" && echo 0 > "$1/tracing_on"', "flightrec-stop"]
 _CONSOLE_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$", re.MULTILINE)
 _SECONDS = 30
 
@@ -101,16 +103,13 @@ def lab_scenario_start(scenario, guest, stash, settings: Mapping[str, Any]) -> N
 
 @hookimpl
 def lab_scenario_stop(scenario, guest, stash, error, settings: Mapping[str, Any]) -> None:
-    """Mark the end and freeze the buffer (a dead guest keeps what it had: nothing to fetch).  Two ``tee``
-    writes, not the guest program: a Python start costs 0.8 s of a TCG guest, ``tee`` 0.15 s."""
+    """Mark the end and freeze the buffer (a dead guest keeps what it had: nothing to fetch).  One shell
+    command, not the guest program: a Python start costs 0.8 s of a TCG guest, ``sh`` a tenth of that."""
     if STARTED not in stash or not guest.alive():
         return
-    instance = stash[STARTED]["instance"]
-    for name, text in (("trace_marker", STOP_MARK), ("tracing_on", "0")):
-        done = guest.run(["tee", f"{instance}/{name}"], stdin=text.encode(), timeout=_SECONDS)
-        if not done.ok:
-            raise PluginError(f"the flight recorder could not write {name}: "
-                              f"{done.stderr.decode(errors='replace').strip()}")
+    done = guest.run(STOP_ARGV + [stash[STARTED]["instance"], STOP_MARK], timeout=_SECONDS)
+    if not done.ok:
+        raise PluginError(f"the flight recorder did not stop: {done.stderr.decode(errors='replace').strip()}")
 
 
 @hookimpl

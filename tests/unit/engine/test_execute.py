@@ -72,9 +72,9 @@ class FakeGuest:
             return CommandResult(list(argv), 0, b"12288\n", b"")
         if len(argv) > 3 and argv[2].endswith("/flightrec.py"):
             return self.flightrec(argv)
-        if argv[0] == "tee" and "/instances/cnlab/" in argv[1]:
-            self.trace_commands.append(f"{argv[1].rsplit('/', 1)[1]}={stdin.decode()}")
-            return CommandResult(list(argv), 0, stdin, b"")
+        if argv[:2] == ["sh", "-c"] and argv[3:4] == ["flightrec-stop"]:
+            self.trace_commands.append(f"stop {argv[4]} {argv[5]}")
+            return CommandResult(list(argv), 0, b"", b"")
         if argv[-1].endswith("agent.py"):
             self.plans.append(json.loads(stdin))
             if sink is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, RELOAD_NOTE, failure_time
+from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, RELOAD_NOTE, STOP_ARGV, failure_time
 
 from lab import hookimpl
 from lab.config import LabConfig
@@ -16,6 +16,8 @@ from lab.plugin import get_plugin_manager
 from lab.report.ftrace import STOP_MARK
 
 from ..engine.test_execute import ENV, FLIGHTREC_TRACE, FakeGuest
+
+INSTANCE = "/sys/kernel/tracing/instances/cnlab"
 
 
 class Rigged:
@@ -42,7 +44,7 @@ def _recorder_on(monkeypatch):
 def test_a_passing_scenario_is_recorded_and_keeps_nothing(tmp_path):
     record, guest = run(tmp_path, "holds")
     assert record.passed
-    assert guest.trace_commands == ["start", f"trace_marker={STOP_MARK}", "tracing_on=0"]  # then nothing
+    assert guest.trace_commands == ["start", f"stop {INSTANCE} {STOP_MARK}"]  # then nothing
     start = next(c for c in guest.commands if c[2:4] == ["/run/cnlab/py/flightrec.py", "start"])
     assert start[4:] == ["--buffer-kb", str(DEFAULT_BUFFER_KB), *EVENTS]
     assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "events": list(EVENTS), "missing": []}
@@ -51,8 +53,8 @@ def test_a_passing_scenario_is_recorded_and_keeps_nothing(tmp_path):
 
 def test_a_failed_scenario_keeps_the_trace_bounded_and_named_in_its_record(tmp_path):
     record, guest = run(tmp_path, "fails")
-    assert record.status == "failed" and guest.trace_commands == ["start", f"trace_marker={STOP_MARK}",
-                                                                 "tracing_on=0", "save"]
+    assert record.status == "failed" and guest.trace_commands == ["start", f"stop {INSTANCE} {STOP_MARK}",
+                                                                 "save"]
     save = next(c for c in guest.commands if c[2:4] == ["/run/cnlab/py/flightrec.py", "save"])
     assert save[4:] == ["--max-kb", str(DEFAULT_MAX_KB)]
     kept = record.data["flightrec"]["trace"]
@@ -95,6 +97,12 @@ def test_a_recorder_that_cannot_start_fails_the_scenario_in_one_line(tmp_path, m
     assert hooks.detail == ("plugin 'flightrec' failed in hook lab_scenario_start: PluginError: the flight "
                             "recorder did not start: flightrec: [Errno 2] cannot mount tracefs")
     assert record.status == "failed"  # like any plugin that cannot start: the load did not run
+
+
+def test_the_stop_is_one_shell_command_with_its_values_as_arguments(tmp_path):
+    _, guest = run(tmp_path, "holds")
+    (stop,) = [c for c in guest.commands if c[:2] == ["sh", "-c"]]
+    assert stop == STOP_ARGV + [INSTANCE, STOP_MARK] and INSTANCE not in stop[2]
 
 
 def test_a_module_reload_is_noted_in_the_record(tmp_path):
