@@ -111,6 +111,7 @@ def test_a_failed_scenario_keeps_its_trace_and_a_passing_one_none(cnlab_lab, tmp
     assert trace.window(kept["failure_time"], 200)
     page = (tmp_path / "report.html").read_text()
     assert 'class="timeline"' in page and f"the kernel report at {kept['failure_time']:.6f} s" in page
+    assert f"~ trace: {kept['path']}" in out.getvalue()
 
 
 def _kmod_timing(guest, lib: str) -> dict:
