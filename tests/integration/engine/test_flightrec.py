@@ -19,6 +19,7 @@ import statistics
 import pytest
 from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS
 
+from lab.cli.trace import print_traces
 from lab.engine.results import read_results
 from lab.engine.run import plugin_manager, run_scenarios
 from lab.engine.scenario import load_scenario
@@ -112,6 +113,10 @@ def test_a_failed_scenario_keeps_its_trace_and_a_passing_one_none(cnlab_lab, tmp
     page = (tmp_path / "report.html").read_text()
     assert 'class="timeline"' in page and f"the kernel report at {kept['failure_time']:.6f} s" in page
     assert f"~ trace: {kept['path']}" in out.getvalue()
+    # cnlab trace prints the events before the WARN, the module's among them
+    text = io.StringIO()
+    assert print_traces(tmp_path / "run", None, 50.0, 100000, text) == 0
+    assert text.getvalue().startswith("flightrec-warn (failed): ") and " cnlab_insert: cpu=" in text.getvalue()
 
 
 def _kmod_timing(guest, lib: str) -> dict:
