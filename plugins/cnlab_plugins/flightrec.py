@@ -30,7 +30,7 @@ from typing import Any
 from lab import hookimpl
 from lab.config import Setting
 from lab.engine.execute import LIB
-from lab.errors import PluginError
+from lab.errors import GuestError, PluginError
 from lab.plugin import StashKey
 from lab.report.ftrace import STOP_MARK, parse_trace
 
@@ -105,8 +105,9 @@ def lab_scenario_start(scenario, guest, stash, settings: Mapping[str, Any]) -> N
 def lab_scenario_stop(scenario, guest, stash, error, settings: Mapping[str, Any]) -> None:
     """Mark the end and freeze the buffer (a dead guest keeps what it had: nothing to fetch).  One shell
     command, not the guest program: a Python start costs 0.8 s of a TCG guest, ``sh`` a tenth of that."""
-    if STARTED not in stash or not guest.alive():
-        return
+    cause = getattr(error, "original", error)  # a phase's HookCallError carries what the plugin raised
+    if STARTED not in stash or not guest.alive() or isinstance(cause, GuestError):
+        return  # a guest that crashed or lost SSH may be paused in a panic (the vmcore plugin dumps it): no waiting
     done = guest.run(STOP_ARGV + [stash[STARTED]["instance"], STOP_MARK], timeout=_SECONDS)
     if not done.ok:
         raise PluginError(f"the flight recorder did not stop: {done.stderr.decode(errors='replace').strip()}")

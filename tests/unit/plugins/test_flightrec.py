@@ -105,6 +105,26 @@ def test_the_stop_is_one_shell_command_with_its_values_as_arguments(tmp_path):
     assert stop == STOP_ARGV + [INSTANCE, STOP_MARK] and INSTANCE not in stop[2]
 
 
+def test_a_guest_that_died_in_the_load_is_not_asked_to_stop(tmp_path):
+    from lab.errors import GuestCrashed, GuestError
+
+    guest = FakeGuest(tmp_path, status=1, stderr=b"Traceback: boom\n")
+    pm = get_plugin_manager(LabConfig(env=ENV))
+    scenario = scenario_from_dict({"name": "s", "emulators": [{"name": "generator"}]}, "s.toml", pm.registries)
+    with pytest.raises(GuestError):
+        execute_scenario(pm, guest, scenario, "/run/cnlab/py")
+    assert guest.trace_commands == ["start"]  # a guest error: the scenario goes to a fresh guest, nothing to keep
+    from cnlab_plugins import flightrec
+
+    from lab.plugin import Stash
+
+    stash = Stash()
+    stash[flightrec.STARTED] = {"instance": INSTANCE}
+    guest = FakeGuest(tmp_path)
+    flightrec.lab_scenario_stop(None, guest, stash, GuestCrashed("guest w1g1 is gone"), {})
+    assert guest.trace_commands == []  # a crashed guest (maybe paused in a panic, being dumped) is left alone
+
+
 def test_a_module_reload_is_noted_in_the_record(tmp_path):
     pm = get_plugin_manager(LabConfig(env=ENV))
     scenario = scenario_from_dict({"name": "r", "emulators": [{"name": "generator"}],
