@@ -53,6 +53,9 @@
 #include "cbus.h"
 #include "cnlab_int.h"
 
+#define CREATE_TRACE_POINTS
+#include "cnlab_trace.h"
+
 static unsigned int queue_limit = 4096;
 module_param(queue_limit, uint, 0444);
 MODULE_PARM_DESC(queue_limit, "CBUS per-CPU queue limit at load (1..1048576; SET_FAULT changes it)");
@@ -315,6 +318,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		}
 		if (++cc->alloc_count % nth == 0) {
 			cc->drop_nomem++;
+			trace_cnlab_drop(cc->cpu, CNLAB_DROP_NOMEM, 1);
 			ret = -ENOMEM;
 			goto out_free;
 		}
@@ -333,6 +337,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	}
 	if (unlikely(!ev)) {
 		cc->drop_nomem++;
+		trace_cnlab_drop(cc->cpu, CNLAB_DROP_NOMEM, 1);
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -341,6 +346,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 	if (unlikely(depth >= READ_ONCE(cbus_limit) ||
 		     cc->enq_bytes - READ_ONCE(cc->deq_bytes) + bytes > cbus_qbytes)) {
 		cc->drop_full++;
+		trace_cnlab_drop(cc->cpu, CNLAB_DROP_FULL, 1);
 		ret = -ENOBUFS;
 		goto out_free;
 	}
@@ -354,6 +360,7 @@ int cbus_insert_group(struct cn_msg *msg, u32 group, u32 flags, gfp_t gfp)
 		cc->kicks++;
 		cbus_kick(cc);
 	}
+	trace_cnlab_insert(cc->cpu, depth + 1, bytes);
 	local_irq_restore(irqflags);
 	return 0;
 
@@ -401,19 +408,27 @@ bool cnlab_cbus_has_listeners(u32 group)
 	return sk && group && netlink_has_listeners(sk, group);
 }
 
-/* Count the outcome of one cn_netlink_send() to @group carrying n messages. */
-static void cbus_account(struct cbus_cpu *cc, int ret, u32 group, u32 n)
+/*
+ * Count the outcome of one cn_netlink_send() to @group carrying n messages
+ * (size bytes of connector payload).
+ */
+static void cbus_account(struct cbus_cpu *cc, int ret, u32 group, u32 n, u32 size)
 {
+	trace_cnlab_send(cc->cpu, group, n, size, ret);
 	if (ret >= 0) {
 		cbus_add(&cc->sent, n);
 		cbus_add(&cc->nl_msgs, 1);
 	} else if (ret == -ESRCH) {
-		if (cnlab_cbus_has_listeners(group))
+		if (cnlab_cbus_has_listeners(group)) {
 			cbus_add(&cc->drop_overrun, n);
-		else
+			trace_cnlab_drop(cc->cpu, CNLAB_DROP_OVERRUN, n);
+		} else {
 			cbus_add(&cc->drop_nolistener, n);
+			trace_cnlab_drop(cc->cpu, CNLAB_DROP_NOLISTENER, n);
+		}
 	} else {
 		cbus_add(&cc->drop_nlerr, n);
+		trace_cnlab_drop(cc->cpu, CNLAB_DROP_NLERR, n);
 	}
 }
 
@@ -424,7 +439,8 @@ static void cbus_flush_bundle(struct cbus_cpu *cc)
 	if (!cc->bundle_count)
 		return;
 	ret = cn_netlink_send(cc->bundle, 0, cc->bundle_group, GFP_KERNEL);
-	cbus_account(cc, ret, cc->bundle_group, cc->bundle_count);
+	cbus_account(cc, ret, cc->bundle_group, cc->bundle_count,
+		     sizeof(*cc->bundle) + cc->bundle->len);
 	if (ret >= 0)
 		cbus_add(&cc->bundles, 1);
 	cc->bundle_count = 0;
@@ -459,7 +475,7 @@ static void cbus_deliver(struct cbus_cpu *cc, struct cbus_event *ev)
 	} else {
 		cbus_flush_bundle(cc);
 		ret = cn_netlink_send(&ev->msg, 0, ev->group, GFP_KERNEL);
-		cbus_account(cc, ret, ev->group, 1);
+		cbus_account(cc, ret, ev->group, 1, size);
 	}
 	cbus_event_free(cc, ev);
 	cbus_add(&cc->deq_bytes, size);
@@ -490,6 +506,7 @@ static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 	struct cbus_event *ev;
 	u32 n = 0;
 
+	trace_cnlab_drain_start(cc->cpu, budget);
 	while (n < budget) {
 		if (!node) {
 			node = llist_del_all(&cc->list);
@@ -508,6 +525,7 @@ static void cbus_drain(struct cbus_cpu *cc, unsigned int budget)
 	WRITE_ONCE(cc->backlog, node);
 	if (n)
 		cbus_account_batch(cc, n);
+	trace_cnlab_drain_end(cc->cpu, n);
 }
 
 static inline void cbus_drain_state(struct cbus_cpu *cc, enum cbus_drain_state state)

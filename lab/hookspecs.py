@@ -10,7 +10,7 @@ named ``lab_<object>_<verb>`` and grouped by lifecycle phase::
                 lab_guest_files_add
                 ─► boot ─► lab_guest_ready
     scenario    lab_scenario_start ─► lab_phase_run (per phase; the load runs the guest agent) ─► lab_scenario_stop
-    results     lab_result_collect ─► lab_result_check
+    results     lab_result_collect ─► lab_result_check ─► lab_result_judged
     report      lab_report_status, lab_report_write
     teardown    lab_plugin_unconfigure
 
@@ -59,6 +59,7 @@ __all__ = [
     "lab_scenario_stop",
     "lab_result_collect",
     "lab_result_check",
+    "lab_result_judged",
     "lab_report_status",
     "lab_report_write",
     "lab_plugin_unconfigure",
@@ -400,6 +401,28 @@ def lab_result_check(scenario: Scenario, data: Mapping[str, Any],
     :return: a list of problems or verdicts, empty or None when there is nothing to say.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def lab_result_judged(scenario: Scenario, guest: Guest, stash: Stash, data: Mapping[str, Any], passed: bool,
+                      settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The scenario has been judged: keep the evidence of a failure, or let it go.
+
+    Called **per plugin**, once per scenario, after every :func:`lab_result_check`, while the guest is still
+    up: what only a failure is worth fetching from the guest (a trace buffer) is fetched here.  The answer
+    is merged into the plugin's entry of the result's data (its :func:`lab_result_collect` mapping).  An
+    exception adds a failed ``hooks`` verdict naming the plugin.
+
+    :param scenario: the scenario.
+    :param guest: its guest.
+    :param stash: per-scenario state.
+    :param data: collected results, as :func:`lab_result_check` saw them.
+    :param passed: every check held.
+    :param settings: this plugin's validated settings.
+    :return: a JSON-serialisable mapping, or None.
+
+    .. versionadded:: 0.3
     """
 
 

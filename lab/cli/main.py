@@ -211,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--module", type=Path, action="append", default=[],
                        help="the module's unstripped .ko (default: the one named in VMCORE.json)")
     debug.add_argument("--json", action="store_true", help="print JSON instead of text")
+    trace = sub.add_parser("trace", help="the flight recorder's trace of each failed scenario: its last milliseconds")
+    trace.add_argument("results", type=Path, help="a results file (JSON lines) or a run's folder")
+    trace.add_argument("--scenario", default=None, help="only this scenario")
+    trace.add_argument("--ms", type=float, default=5.0, help="milliseconds before the failure (default 5)")
+    trace.add_argument("--lines", type=_positive_int, default=200, help="at most this many events (default 200)")
     sub.add_parser("doctor", help="the host as cnlab sees it; exits 1 with a fix for each problem")
 
     from lab.cli.mutate import add_mutate_parser
@@ -651,6 +656,14 @@ def cmd_debug(args: argparse.Namespace) -> int:
     return debug_vmcore(args.vmcore, args.module, args.json, sys.stdout)
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from lab.cli.trace import print_traces
+
+    if not 0 < args.ms <= 60000:
+        raise UsageError(f"cnlab trace: --ms must be more than 0 and at most 60000, got {args.ms:g}")
+    return print_traces(args.results, args.scenario, args.ms, args.lines, sys.stdout)
+
+
 def cmd_mutate(args: argparse.Namespace) -> int:
     from lab.cli.mutate import mutate_command
 
@@ -676,6 +689,7 @@ COMMANDS = {
     ("cache", "prune"): cmd_cache,
     ("doctor", None): cmd_doctor,
     ("debug", None): cmd_debug,
+    ("trace", None): cmd_trace,
     ("mutate", None): cmd_mutate,
     ("report", None): cmd_report,
     ("merge", None): cmd_merge,

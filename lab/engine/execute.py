@@ -4,7 +4,8 @@
 hooks in order: ``lab_guest_ready``, ``lab_scenario_start``,
 ``lab_phase_run`` for each phase (in ``load`` the essential ``core`` plugin
 runs the guest agent with the scenario's plan), ``lab_scenario_stop``
-(always, once started), ``lab_result_collect`` and ``lab_result_check``.
+(always, once started), ``lab_result_collect``, ``lab_result_check`` and
+``lab_result_judged`` (a failure's evidence is fetched then).
 It reads the console and the taint around the run and returns the
 scenario's :class:`~lab.plugin.model.ScenarioResult`.
 
@@ -189,6 +190,12 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     verdicts += [Verdict("hooks", False, str(e).partition("\n")[0], e.plugin) for e in collect_errors]
     if error is not None:
         verdicts.append(Verdict("hooks", False, str(error).partition("\n")[0]))
+    judged_errors: list[HookCallError] = []
+    for plugin, results in pm.call_each("lab_result_judged", judged_errors, scenario=scenario, guest=guest,
+                                        stash=stash, data=data, passed=all(v.ok for v in verdicts)).items():
+        if results and results[0] is not None:
+            data[plugin] = {**(data.get(plugin) or {}), **results[0]}
+    verdicts += [Verdict("hooks", False, str(e).partition("\n")[0], e.plugin) for e in judged_errors]
     mark("checked")
     return ScenarioResult(
         scenario=scenario.name, source=scenario.source,

@@ -23,6 +23,9 @@ constant    an integer literal +1, and -1 when it is not 0 (base and suffix kept
 return      ``return 0;`` -> ``return -EINVAL;``, ``return -E...;`` -> ``return 0;``
 ==========  ==========================================================================================
 
+Nothing inside a tracepoint call (``trace_*(...)``, ``kmod/cnlab_trace.h``) is mutated: its arguments change only
+what the flight recorder writes, never what the module does, so such mutants could only survive.
+
 A deleted statement leaves its newlines behind, so no line of the file moves (``__LINE__`` in ``WARN_ON()``
 and friends stays the same).  A mutant's id is ``FILE:LINE:OPERATOR:HASH``, the hash taken over the file, the
 operator and the text of the changed lines before and after: it does not depend on the order of generation
@@ -347,14 +350,26 @@ def _line_span(text: str, start: int, end: int) -> tuple[int, int]:
     return first, (len(text) if last < 0 else last)
 
 
+def _trace_calls(code: list[Token]) -> list[tuple[int, int]]:
+    """The text spans of the tracepoint calls (``trace_*(...)``): what only the flight recorder sees."""
+    spans = []
+    for k, tok in enumerate(code):
+        if tok.kind == "ident" and tok.text.startswith("trace_") and k + 1 < len(code) and code[k + 1].text == "(":
+            close = _match_paren(code, k + 1)
+            if close > 0:
+                spans.append((tok.start, code[close].end))
+    return spans
+
+
 def mutants_of_source(name: str, text: str, operators: Iterable[str] | None = None) -> list[Mutant]:
     """Every mutant of one C file's text (``name``: its file name, part of each id), in source order."""
     wanted = set(OPERATORS if operators is None else operators)
     code = [t for t in tokenize(text) if t.kind in ("ident", "number", "punct")]
     found: list[Mutant] = []
     seen: set[str] = set()
+    traced = _trace_calls(code)
     for op, start, end, replacement, description in _sites(text, code):
-        if op not in wanted:
+        if op not in wanted or any(a <= start < b for a, b in traced):
             continue
         first = text.rfind("\n", 0, start) + 1
         if replacement.strip("\n") == "" and not text[first:start].strip() and text[end:].startswith("\n"):

@@ -68,6 +68,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cnlab_plugins.faults",
     "cnlab_plugins.linkfaults",
     "cnlab_plugins.vmcore",
+    "cnlab_plugins.flightrec",
 )
 #: Hooks the manager calls once per plugin, with that plugin's settings (it must know whose answer is whose).
 PER_PLUGIN_HOOKS: tuple[str, ...] = (
@@ -82,6 +83,7 @@ PER_PLUGIN_HOOKS: tuple[str, ...] = (
     "lab_scenario_stop",
     "lab_result_collect",
     "lab_result_check",
+    "lab_result_judged",
     "lab_report_write",
 )
 #: ``sys.modules`` prefix of plugins loaded by path from a plugins directory.

@@ -1,5 +1,7 @@
 """An HTML report of a run: summary table, and per scenario its throughput,
-loss and latency with the faults marked on the time axis.
+loss and latency with the faults marked on the time axis, and for a failed
+scenario whose flight recorder kept a trace, a per-CPU timeline of its last
+milliseconds (``lab.report.timeline``).
 
 One self-contained file (inline CSS and SVG, no scripts, no network), so it
 opens in any browser and can be attached to a CI run.
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.plugin.model import ScenarioResult
+from lab.report.ftrace import read_trace
+from lab.report.timeline import timeline_svg
 
 __all__ = ["render_html", "write_html", "latency_cdf_plot", "path_label", "PERCENTILE_POINTS"]
 
@@ -226,8 +230,28 @@ def _scenario_section(record: ScenarioResult) -> str:
         out.append(f"<p>no vmcore: {_esc(vmcore['skipped'])}</p>" if vmcore.get("skipped") else
                    f"<p>vmcore: <code>{_esc(vmcore.get('path'))}</code> ({_esc(vmcore.get('bytes'))} bytes, written "
                    f"in {_esc(vmcore.get('seconds'))} s; <code>cnlab debug</code> reads it)</p>")
+    out.append(_flight_recorder(record))
     out.append("</section>")
     return "".join(out)
+
+
+def _flight_recorder(record: ScenarioResult) -> str:
+    """The kept trace of a failed scenario as a timeline of its last milliseconds (``cnlab_plugins.flightrec``)."""
+    kept = ((record.data or {}).get("flightrec") or {}).get("trace")
+    if not kept:
+        return ""
+    head = (f"<h3>flight recorder</h3><p>trace <code>{_esc(kept.get('path'))}</code> ({_esc(kept.get('bytes'))} "
+            f"bytes{', its tail' if kept.get('truncated') else ''}; {_esc(kept.get('overwritten'))} older events "
+            "overwritten in the ring buffer)</p>")
+    try:
+        trace = read_trace(Path(kept["path"]))
+    except (OSError, KeyError, TypeError) as exc:
+        return head + f"<p>the trace cannot be read: {_esc(exc)}</p>"
+    end, why = trace.end(), "the recording's end (the scenario stopped)"
+    failed_at = kept.get("failure_time")
+    if failed_at is not None and trace.events and trace.events[0].ts <= failed_at <= (end or 0):
+        end, why = failed_at, f"the kernel report at {failed_at:.6f} s"
+    return head + f"<p>up to {_esc(why)}</p>" + timeline_svg(trace, end, title=f"{record.scenario}: per CPU")
 
 
 def render_html(records: list[ScenarioResult]) -> str:

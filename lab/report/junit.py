@@ -44,6 +44,9 @@ def write_junit(path: Path, records: list[ScenarioResult], environment: dict) ->
             node.text = "\n".join(f"{v.name}: {v.detail}" for v in failed)
             for report in record.kernel_reports:
                 node.text += "\n\n" + _report_text(report)
+            trace = ((record.data or {}).get("flightrec") or {}).get("trace")
+            if trace:
+                node.text += f"\n\nflight recorder trace: {trace.get('path')}"
         elif record.status == "error":
             node = ET.SubElement(case, "error", message=record.error[:500])
             node.text = record.error + "".join("\n\n" + _report_text(r) for r in record.kernel_reports)

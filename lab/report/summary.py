@@ -35,7 +35,8 @@ def _ms(us: float | None) -> str:
 
 
 def report_lines(record: ScenarioResult) -> list[str]:
-    """Per kernel report: kind, fingerprint and title, then each decoded frame; then the vmcore, if any."""
+    """Per kernel report: kind, fingerprint and title, then each decoded frame; then the vmcore and the flight
+    recorder's trace, if any."""
     lines = []
     for report in record.kernel_reports:
         lines.append(f"~ {report['kind']} {report['fingerprint']}: {report.get('title', '')[:120]}")
@@ -45,6 +46,10 @@ def report_lines(record: ScenarioResult) -> list[str]:
         lines.append(f"~ no vmcore: {vmcore['skipped']}" if vmcore.get("skipped") else
                      f"~ vmcore: {vmcore['path']} ({vmcore.get('bytes', 0) / 2**20:.0f} MiB; cnlab debug VMCORE "
                      "reads it)")
+    trace = ((record.data or {}).get("flightrec") or {}).get("trace")
+    if trace:
+        lines.append(f"~ trace: {trace['path']} ({trace.get('bytes', 0) / 2**10:,.0f} KiB; cnlab trace "
+                     "RESULTS prints its last milliseconds)")
     return lines
 
 

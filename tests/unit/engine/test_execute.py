@@ -40,7 +40,8 @@ class FakeGuest:
 
     def __init__(self, tmp_path: Path, report: dict | None = None, status: int = 0, stderr: bytes = b"",
                  alive: bool = True) -> None:
-        self.spec = SimpleNamespace(accel=SimpleNamespace(timeout_scale=3, slowdown=10, name="tcg"))
+        self.spec = SimpleNamespace(accel=SimpleNamespace(timeout_scale=3, slowdown=10, name="tcg"), name="fake")
+        self.log_dir = tmp_path
         self.console_log = tmp_path / "console.log"
         self.console_log.write_text("boot\n")
         self.link = None
@@ -48,6 +49,7 @@ class FakeGuest:
         self.commands: list[list[str]] = []
         self.plans: list[dict] = []
         self.qmp_calls: list[str] = []
+        self.trace_commands: list[str] = []
         self.report, self.status, self.stderr, self._alive = report or agent_report(), status, stderr, alive
 
     def alive(self) -> bool:
@@ -68,12 +70,36 @@ class FakeGuest:
             return CommandResult(list(argv), 0, b"", b"")
         if argv[:2] == ["cat", "/proc/sys/kernel/tainted"]:
             return CommandResult(list(argv), 0, b"12288\n", b"")
+        if len(argv) > 3 and argv[2].endswith("/flightrec.py"):
+            return self.flightrec(argv)
+        if argv[:2] == ["sh", "-c"] and argv[3:4] == ["flightrec-stop"]:
+            self.trace_commands.append(f"stop {argv[4]} {argv[5]}")
+            return CommandResult(list(argv), 0, b"", b"")
         if argv[-1].endswith("agent.py"):
             self.plans.append(json.loads(stdin))
             if sink is not None:
                 sink("stderr", b"CNLAB-AGENT load 1\n" + self.stderr)
             return CommandResult(list(argv), self.status, json.dumps(self.report).encode(), self.stderr)
         return CommandResult(list(argv), 0, b"", b"")
+
+
+    def flightrec(self, argv):
+        """The flight recorder's guest program: every event there, a one-event trace when saved."""
+        self.trace_commands.append(argv[3])
+        if argv[3] == "start":
+            started = {"instance": "/sys/kernel/tracing/instances/cnlab", "buffer_kb": int(argv[5]),
+                       "enabled": argv[6:], "missing": [], "cpus": 2}
+            return CommandResult(list(argv), 0, json.dumps(started).encode(), b"")
+        if argv[3] == "save":
+            text = FLIGHTREC_TRACE.encode()
+            return CommandResult(list(argv), 0, text, json.dumps({"bytes": len(text), "kept": len(text)}).encode())
+        return CommandResult(list(argv), 0, b"", b"")
+
+
+#: What the fake guest's flight recorder saves.
+FLIGHTREC_TRACE = ("# tracer: nop\n#\n# entries-in-buffer/entries-written: 2/2   #P:2\n#\n"
+                   "  cnlab_g0/0-105     [001] d..1.    27.7561: cnlab_insert: cpu=1 depth=1 bytes=60\n"
+                   "   python3-109     [000] .....    27.8000: tracing_mark_write: cnlab-flightrec: stop\n")
 
 
 def manager(*plugins):

@@ -105,6 +105,16 @@ def test_nothing_is_mutated_in_comments_strings_or_preprocessor_lines():
     assert kinds[:3] == ["pp", "comment", "comment"]
 
 
+def test_nothing_is_mutated_inside_a_tracepoint_call():
+    text = ("static void f(struct st *cc, u64 depth)\n{\n"
+            "\ttrace_cnlab_drop(cc->cpu, CNLAB_DROP_FULL, 1);\n"
+            "\ttrace_cnlab_insert(cc->cpu, depth + 1,\n\t\t\t   depth < 2 ? 3 : 4);\n"
+            "\tcc->n += 1;\n}\n")
+    mutants = mutants_of_source("t.c", text)
+    assert [(m.line, m.operator, m.original) for m in mutants] == [
+        (6, "counter", "\tcc->n += 1;"), (6, "constant", "1"), (6, "constant", "1")]
+
+
 def test_selection_by_limit_seed_and_id(tmp_path):
     (tmp_path / "a.c").write_text(SNIPPET)
     (tmp_path / "b.c").write_text(SNIPPET)

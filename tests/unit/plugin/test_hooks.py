@@ -420,6 +420,51 @@ def test_hook_lab_result_check(tmp_path):
     assert record.status == "failed" and record.problems == ("judge: a string is a failed check",)
 
 
+def test_hook_lab_result_judged(tmp_path):
+    seen = []
+
+    class Keeper:
+        name = "keeper"
+
+        @hookimpl
+        def lab_result_collect(self):
+            return {"collected": 1}
+
+        @hookimpl
+        def lab_result_judged(self, scenario, guest, stash, data, passed, settings):
+            seen.append((passed, sorted(data)))
+            return None if passed else {"kept": guest.run(["echo", "evidence"]).argv[-1]}
+
+        @hookimpl
+        def lab_result_check(self, scenario):
+            return ["rigged"] if scenario.name == "fails" else []
+
+    from lab.engine.execute import execute_scenario
+    from lab.engine.scenario import scenario_from_dict
+
+    from ..engine.test_execute import FakeGuest
+
+    pm = pm_with(Keeper())
+    records = {name: execute_scenario(pm, FakeGuest(tmp_path), scenario_from_dict(
+        {"name": name, "emulators": [{"name": "generator"}]}, "s.toml", pm.registries), "/run/cnlab/py")
+        for name in ("fails", "holds")}
+    assert [passed for passed, _ in seen] == [False, True] and "agent" in seen[0][1] and "keeper" in seen[0][1]
+    # merged into the plugin's own entry, after the checks: a pass keeps only what was collected
+    assert records["fails"].data["keeper"] == {"collected": 1, "kept": "evidence"}
+    assert records["holds"].data["keeper"] == {"collected": 1} and records["holds"].passed
+
+    class Raises:
+        name = "raises"
+
+        @hookimpl
+        def lab_result_judged(self):
+            raise OSError("guest gone")
+
+    record = execute_scenario(pm_with(Raises()), FakeGuest(tmp_path), scenario_from_dict(
+        {"emulators": [{"name": "generator"}]}, "s.toml", pm.registries), "/run/cnlab/py")
+    assert [(v.name, v.plugin) for v in record.verdicts if not v.ok] == [("hooks", "raises")]
+
+
 def test_hook_lab_report_status():
     class Xfail:
         @hookimpl

@@ -55,3 +55,16 @@ def test_html_lists_the_decoded_frames_and_the_vmcore():
     page = render_html(_records())
     assert "<code>kmod/ctl.c:240</code>" in page and "cnlab_do_fault+0xb1/0x180 [cnlab]" in page
     assert "/r/consoles/w1g1.s.vmcore" in page
+
+
+def test_a_kept_trace_is_named_in_the_summary_and_in_junit(tmp_path):
+    kept = {"path": "/r/consoles/w1g1.s.trace", "bytes": 2_254_830}
+    record = ScenarioResult("dropped", status="failed", verdicts=(Verdict("loss", False, "349 lost"),),
+                            data={"flightrec": {"trace": kept}}, guest={"cpus": 2})
+    assert report_lines(record) == ["~ trace: /r/consoles/w1g1.s.trace (2,202 KiB; cnlab trace RESULTS prints its "
+                                    "last milliseconds)"]
+    write_junit(tmp_path / "j.xml", [record], {})
+    (case,) = ET.parse(tmp_path / "j.xml").getroot().findall("testcase")
+    assert case.find("failure").text.endswith("\n\nflight recorder trace: /r/consoles/w1g1.s.trace")
+    passed = ScenarioResult("fine", data={"flightrec": {"events": ["cnlab:cnlab_insert"]}})
+    assert report_lines(passed) == []

@@ -113,3 +113,29 @@ def test_run_report_and_history_render_their_plots(tmp_path):
     _, _, rows = decode_png((tmp_path / "history.png").read_bytes())
     assert count_colour(rows, CBUS_BLUE) > 500  # trend lines and points
     assert count_colour(rows, FAILED_RED) > 50  # storm-direct's failed night in its outcome strip, its flaky mark
+
+
+def test_a_failed_scenarios_flight_recorder_timeline_renders(tmp_path):
+    """The timeline of a real trace (tests/unit/report/data): lanes with the drain threads' runs, drains, inserts
+    and softirqs in their own colours, and no console message."""
+    from lab.report.timeline import COLOURS
+
+    from .test_flightrec import TRACE, WARN_AT
+
+    kept = {"path": str(TRACE), "bytes": TRACE.stat().st_size, "truncated": False, "overwritten": 0,
+            "failure_time": WARN_AT}
+    page = tmp_path / "report.html"
+    write_html([record("warned", status="failed", data={"flightrec": {"trace": kept}})], page)
+    html_text = page.read_text()
+    # scroll the timeline to the top of the page: the plots above it are not what this test looks at
+    page.write_text(html_text.replace("<body>", "<body><style>h1,table,section>*:not(svg.timeline){display:none}"
+                                                "</style>", 1))
+    stderr = screenshot(page, tmp_path / "timeline.png", "800,400")
+    assert console_messages(stderr) == []
+    _, _, rows = decode_png((tmp_path / "timeline.png").read_bytes())
+    rgb = {name: tuple(int(COLOURS[name][i:i + 2], 16) for i in (1, 3, 5)) for name in COLOURS}
+    assert count_colour(rows, rgb["cbus_task"]) > 50  # cbus/N ran on both CPUs in the window
+    assert count_colour(rows, rgb["task"]) > 200  # the generator threads and python3
+    assert count_colour(rows, rgb["drain"]) > 40  # legend swatch (80 px) plus drain bars
+    assert count_colour(rows, rgb["insert"]) > 80 + 10  # legend swatch plus insert ticks
+    assert count_colour(rows, rgb["softirq"]) > 80 + 10
