@@ -15,7 +15,8 @@ from lab.config import LabConfig
 from lab.engine.hooks import guest_packages
 from lab.errors import PluginError
 from lab.plugin.manager import get_plugin_manager
-from tests.unit.guestside.guest_modules import PLUGIN_GUESTSIDE, load_guest_module
+
+from ..guestside.guest_modules import PLUGIN_GUESTSIDE, load_guest_module
 
 HERE = Path(__file__).resolve().parent / "forkstat"
 CONFIG = LabConfig(env={"LAB_DISABLE_PLUGIN_AUTOLOAD": "1"})
