@@ -269,7 +269,6 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
     :raises ConfigError: unreadable file, bad TOML, unknown ``[lab]`` key or top-level table, wrong types, a
         string that is not a Debian package name in ``[lab] packages`` or ``--package``.
     """
-
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -302,8 +301,8 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
         path=path,
         plugin_args=tuple(cfg_args) + tuple(plugin_args),
         plugins_dirs=tuple((base / d) for d in cfg_dirs) + tuple(Path(d) for d in plugins_dirs),
-        packages=check_package_names([*check_package_names(cfg_packages, f"{path}: [lab] packages"),
-                                      *check_package_names(packages, "--package")], "packages"),
+        packages=tuple(sorted({*check_package_names(cfg_packages, f"{path}: [lab] packages"),
+                               *check_package_names(packages, "--package")})),
         plugin_tables=_freeze_table(tables),
         env=_env_snapshot(env),
     )

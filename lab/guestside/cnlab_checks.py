@@ -175,12 +175,30 @@ def wait_drained(c, timeout=10.0):
     return c.stats()
 
 
+GEN_KEYS = ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")
+
+
 def gen_totals(rep):
-    tot = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")}
+    tot = dict.fromkeys(GEN_KEYS, 0)
     for cs in rep.body["cpus"]:
         for k in tot:
             tot[k] += cs[k]
     return tot
+
+
+def gen_totals_all(reps):
+    """gen_totals() summed over several generators' reports."""
+    tot = dict.fromkeys(GEN_KEYS, 0)
+    for rep in reps:
+        for k, v in gen_totals(rep).items():
+            tot[k] += v
+    return tot
+
+
+def tail_loss(cons, reps):
+    """Messages generated after the last one ``cons`` saw, per (generator, CPU) stream: loss no gap shows."""
+    return sum(cs["generated"] - cons.expected.get((rep.body["gen_id"], cs["cpu"]), 0)
+               for rep in reps for cs in rep.body["cpus"])
 
 
 def stats_delta(a, b):
@@ -626,13 +644,11 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE):
     s1 = wait_drained(c)
     c.fault(kabi.CNLAB_FAULT_QLIMIT, prev_limit)
     d = stats_delta(s0, s1.body["total"])
-    gt = {k: sum(gen_totals(g)[k] for g in gens) for k in gen_totals(gens[0])}
+    gt = gen_totals_all(gens)
     generated, ok = gt["generated"], gt["ok"]
     cons.wait_for(ok)
     cons.stop()
-    # messages after the last one the reader saw, per (gen, cpu): the overflow's tail
-    tails = sum(cs["generated"] - cons.expected.get((g.body["gen_id"], cs["cpu"]), 0)
-                for g in gens for cs in g.body["cpus"])
+    tails = tail_loss(cons, gens)  # the overflow's tail
     refused = generated - ok
     good = (all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens)
             and invariant_ok(s1) and d["queued"] == 0 and cons.reordered == 0
@@ -816,19 +832,14 @@ def t_balance(c, count=3000):
     time.sleep(0.1)     # the reader thread has the last datagram in hand
     cons.stop()
     d = stats_delta(s0.body["total"], s1.body["total"])
-    gt = {k: 0 for k in ("generated", "ok", "err_nolistener", "err_overrun", "err_nomem", "err_full", "err_other")}
-    for g in gens:
-        for k, v in gen_totals(g).items():
-            gt[k] += v
+    gt = gen_totals_all(gens)
     per_cpu = []
     for a, b in zip(s0.body["cpus"], s1.body["cpus"], strict=True):
         dc = stats_delta(a, b)
         per_cpu.append(dc["inserted"] == dc["sent"] + dc["drop_full"] + dc["drop_nomem"]
                        + dc["drop_nolistener"] + dc["drop_overrun"] + dc["drop_nlerr"] and dc["queued"] == 0)
     drops = d["drop_full"] + d["drop_nomem"] + d["drop_nolistener"] + d["drop_overrun"] + d["drop_nlerr"]
-    # tail loss: messages after the last one the reader saw, per (gen, cpu)
-    tails = sum(cs["generated"] - cons.expected.get((g.body["gen_id"], cs["cpu"]), 0)
-                for g in gens for cs in g.body["cpus"])
+    tails = tail_loss(cons, gens)
     good = (all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens)
             and invariant_ok(s1) and all(per_cpu) and d["queued"] == 0
             and d["inserted"] == gt["generated"]

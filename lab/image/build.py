@@ -28,13 +28,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab.config import check_package_names
 from lab.errors import BuildError
 from lab.host.cache import Lease, content_key, file_lock, hash_tree, lease, publish_dir, write_json_atomic
 from lab.host.packages import require_tool
 from lab.host.quiet import logs_dir, run_logged
 from lab.host.steps import cached, step
 from lab.image.cpio import CpioEntry, write_newc
-from lab.image.guest_packages import UnknownPackage, check_names, unknown_in_log, unknown_on_host
+from lab.image.guest_packages import UnknownPackage, unknown_in_log, unknown_on_host
 from lab.image.kernel import KernelSpec
 from lab.image.keys import LabKeys, ensure_keys
 from lab.image.pvh import PVH_TOOLS, PvhUnavailable, write_pvh_kernel
@@ -122,7 +123,7 @@ def _rootfs_inputs(extra_packages: tuple[str, ...] = ()) -> dict:
         "pyroute2": pyroute2_version,
         "dpkg_excludes": DPKG_EXCLUDES,
     }
-    extra = check_names(extra_packages, "guest packages")
+    extra = check_package_names(extra_packages, "guest packages")
     if extra:
         inputs["extra_packages"] = list(extra)
     return inputs

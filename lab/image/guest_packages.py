@@ -22,13 +22,9 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from lab.config import PACKAGE_NAME, check_package_names
 from lab.errors import ConfigError
 
-__all__ = ["PACKAGE_NAME", "UnknownPackage", "check_names", "unknown_on_host", "unknown_in_log", "host_suite"]
-
-#: The names are checked where the config is read (lab.config, the base layer); the same check here.
-check_names = check_package_names
+__all__ = ["UnknownPackage", "unknown_on_host", "unknown_in_log", "host_suite"]
 
 _UNABLE = re.compile(r"Unable to locate package (\S+)")
 APT_LISTS = Path("/var/lib/apt/lists")
@@ -90,7 +86,7 @@ def unknown_on_host(names: Iterable[str], suite: str, lists: Path = APT_LISTS) -
         return None
     if not any(lists.glob("*_Packages*")):
         return None
-    # the names are checked (check_names): none starts with "-"
+    # the names are checked (check_package_names): none starts with "-"
     result = subprocess.run([apt_cache, "policy", *names], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         return None

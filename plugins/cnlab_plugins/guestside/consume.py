@@ -284,14 +284,11 @@ def main():
             count += 1
         return count
 
-    def drain_nonblocking():
-        read_available()
-
     while not stop:
         if next_churn is not None and time.monotonic() >= next_churn:
             for g in groups:
                 sock.setsockopt(kabi.SOL_NETLINK, kabi.NETLINK_DROP_MEMBERSHIP, g)
-            drain_nonblocking()
+            read_available()
             checker.forget()
             time.sleep(args.churn_ms / 2000)
             for g in groups:
@@ -310,7 +307,7 @@ def main():
                 time.sleep(args.delay_us / 1e6)
         else:
             read_available(READ_BATCH)
-    drain_nonblocking()
+    read_available()
     if args.listen_proc:
         # cn_proc sentinel: tail loss on a CPU shows only as a gap before a later event on that CPU, so make
         # one exit event on every online CPU now that the socket is empty, and read them
@@ -325,7 +322,7 @@ def main():
         quiet_until = time.monotonic() + 0.5
         while time.monotonic() < quiet_until:
             if select.select([sock], [], [], 0.1)[0]:
-                drain_nonblocking()
+                read_available()
                 quiet_until = time.monotonic() + 0.3
     publish_live(force=True)
     report = {"schema": REPORT_SCHEMA, "name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf,

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from lab.cli import main as cli
-from lab.config import load_config
+from lab.config import check_package_names, load_config
 from lab.errors import BuildError, ConfigError
 from lab.guest.snapshot import snapshot_inputs
 from lab.host.cache import content_key
 from lab.image import build, guest_packages
-from lab.image.guest_packages import UnknownPackage, check_names, unknown_in_log, unknown_on_host
+from lab.image.guest_packages import UnknownPackage, unknown_in_log, unknown_on_host
 
 #: ``apt-cache policy forkstat nosuchpkg sshd-virtual localonly`` as bookworm's apt prints it (an unknown name is
 #: left out; a virtual package has no candidate; a package only dpkg knows has no repository line).
@@ -41,7 +41,7 @@ localonly:
 
 @pytest.mark.parametrize("name", ["forkstat", "stress-ng", "libstdc++6", "python3.11", "g++", "0ad"])
 def test_debian_package_names_pass(name):
-    assert check_names([name, name], "x") == (name,)
+    assert check_package_names([name, name], "x") == (name,)
 
 
 @pytest.mark.parametrize("name", ["Forkstat", "a", "-rf", "+x", "foo;rm -rf /", "foo bar", "foo:i386", "foo_bar",
@@ -49,11 +49,12 @@ def test_debian_package_names_pass(name):
 def test_anything_else_is_a_config_error_naming_it(name):
     with pytest.raises(ConfigError, match=rf"^where: {__import__('re').escape(repr(name))} is not a Debian package "
                                           "name"):
-        check_names(["forkstat", name], "where")
+        check_package_names(["forkstat", name], "where")
 
 
 def test_names_come_back_sorted_and_once():
-    assert check_names(["trace-cmd", "forkstat", "strace", "forkstat"], "x") == ("forkstat", "strace", "trace-cmd")
+    assert check_package_names(["trace-cmd", "forkstat", "strace", "forkstat"], "x") == (
+        "forkstat", "strace", "trace-cmd")
 
 
 def _host(monkeypatch, tmp_path, suite="bookworm", lists=True, policy=POLICY):
