@@ -31,11 +31,13 @@
 #include <linux/cpuhotplug.h>
 #include <linux/cpumask.h>
 #include <linux/debugfs.h>
+#include <linux/error-injection.h>
 #include <linux/irqflags.h>
 #include <linux/jiffies.h>
 #include <linux/kthread.h>
 #include <linux/kernel.h>
 #include <linux/llist.h>
+#include <linux/lockdep.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/mutex.h>
@@ -243,6 +245,9 @@ static struct cbus_event *cbus_slot_get(struct cbus_cpu *cc)
 {
 	struct llist_node *n = cc->free;
 
+	/* Checked on lockdep kernels (the lab's debug flavour); no code otherwise. */
+	lockdep_assert_irqs_disabled();
+
 	if (unlikely(!n)) {
 		/* Take back what other CPUs returned (rare: hotplug, unbound). */
 		n = llist_del_all(&cc->remote_free);
@@ -371,6 +376,8 @@ out:
 	return ret;
 }
 EXPORT_SYMBOL_GPL(cbus_insert_group);
+/* Callers must cope with a refusal: fail_function may make it refuse (the lab's fail-function fault). */
+ALLOW_ERROR_INJECTION(cbus_insert_group, ERRNO);
 
 int cbus_insert(struct cn_msg *msg, gfp_t gfp)
 {

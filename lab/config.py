@@ -7,6 +7,7 @@
     plugins = ["my_plugin", "no:faults"]    # same syntax as -p
     plugins_dirs = ["./my-plugins"]          # relative to this file
     packages = ["forkstat", "strace"]        # extra Debian packages for the guest root disk
+    kernel_flavour = "debug"                 # cloud (default) or debug (lab.image.debug_kernel)
 
     [plugins.emulators]                      # one table per plugin, by plugin name
     rate_scale = 0.5
@@ -54,7 +55,9 @@ _TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str
 _TOML_NAMES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
                                 tuple: "array", dict: "table"}
 _LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders",
-             "packages": "array of Debian package names for the guest"}
+             "packages": "array of Debian package names for the guest",
+             "kernel_flavour": "\"cloud\" or \"debug\""}
+KERNEL_FLAVOURS = ("cloud", "debug")
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ class LabConfig:
     :param plugins_dirs: folders of one-file plugins, config first, then ``--plugins-dir``.
     :param packages: extra Debian packages for the guest root disk, ``[lab] packages`` then ``--package``,
         checked names, sorted, each once (plugins add theirs with ``lab_guest_packages_add``).
+    :param kernel_flavour: ``[lab] kernel_flavour``: "cloud" or "debug" (``--kernel-flavour`` overrides it).
     :param plugin_tables: raw ``[plugins.<name>]`` tables (validated by the plugin manager).
     :param env: environment variables the manager reads (``LAB_DISABLE_PLUGINS``, ``LAB_TRACE_PLUGINS``,
         ``LAB_DISABLE_PLUGIN_AUTOLOAD``); a copy, so tests can pass their own.
@@ -248,6 +252,7 @@ class LabConfig:
     plugin_args: tuple[str, ...] = ()
     plugins_dirs: tuple[Path, ...] = ()
     packages: tuple[str, ...] = ()
+    kernel_flavour: str = "cloud"
     plugin_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -293,6 +298,9 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
     for key, value in (("plugins", cfg_args), ("plugins_dirs", cfg_dirs), ("packages", cfg_packages)):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: [lab] {key}: expected an array of strings")
+    flavour = lab.get("kernel_flavour", "cloud")
+    if flavour not in KERNEL_FLAVOURS:
+        raise ConfigError(f"{path}: [lab] kernel_flavour: {flavour!r} is not one of {', '.join(KERNEL_FLAVOURS)}")
     base = path.parent if path is not None else Path.cwd()
     tables = data.get("plugins", {})
     if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
@@ -303,6 +311,7 @@ def load_config(path: Path | None = None, *, plugin_args: Iterable[str] = (), pl
         plugins_dirs=tuple((base / d) for d in cfg_dirs) + tuple(Path(d) for d in plugins_dirs),
         packages=tuple(sorted({*check_package_names(cfg_packages, f"{path}: [lab] packages"),
                                *check_package_names(packages, "--package")})),
+        kernel_flavour=flavour,
         plugin_tables=_freeze_table(tables),
         env=_env_snapshot(env),
     )

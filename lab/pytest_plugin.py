@@ -147,6 +147,7 @@ def _options_from_environment() -> LabOptions:
                       tcg_threads=os.environ.get("CNLAB_TCG_THREADS", "auto"),
                       guests_at_once=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
                       snapshot=os.environ.get("CNLAB_SNAPSHOT", "1") != "0",
+                      kernel_flavour=os.environ.get("CNLAB_KERNEL_FLAVOUR", "cloud"),
                       # cnlab mutate --suite pytest: the lab module built from a mutant's copy of kmod/
                       module_source=Path(os.environ["CNLAB_KMOD"]) if os.environ.get("CNLAB_KMOD") else None)
 

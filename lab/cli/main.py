@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from lab import __version__
 from lab.cli.progress import NORMAL, QUIET, progress_output
+from lab.config import KERNEL_FLAVOURS
 from lab.errors import GuestError, LabError, UsageError
 from lab.guest.accel import TCG_THREADS
 from lab.guest.qemu_argv import GuestShape
@@ -89,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel", type=Path, help="bring your own bzImage instead of Debian's cloud kernel")
     parser.add_argument("--kbuild", type=Path, help="build tree of --kernel (to build the module against)")
     parser.add_argument("--kernel-modules", type=Path, help="/lib/modules/<release> of --kernel")
+    parser.add_argument("--kernel-flavour", choices=KERNEL_FLAVOURS, default=None,
+                        help="cloud: Debian's cloud kernel (default); debug: built from linux-source-6.1 with "
+                             "lockdep, KASAN, kmemleak, debug objects and fault injection (tens of minutes cold, "
+                             "then cached; default from the config's [lab] kernel_flavour)")
     parser.add_argument("--kmod", type=Path, metavar="DIR",
                         help="build the lab module from DIR (a patched copy of kmod/) instead of this checkout's")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
@@ -280,10 +285,21 @@ def _lab(args: argparse.Namespace, extra_modules: tuple[Path, ...] = (), pm=None
     packages = _guest_packages(args, pm)
     if packages:
         log.info("extra guest packages: %s", ", ".join(packages))
+    flavour = _kernel_flavour(args)
     return Lab(LabOptions(cache=args.cache, kernel=args.kernel, kbuild=args.kbuild,
                           kernel_modules=args.kernel_modules, accel=args.accel,
                           tcg_threads=args.tcg_threads, module_source=args.kmod, extra_modules=extra_modules,
-                          snapshot=not args.no_snapshot, packages=packages))
+                          snapshot=not args.no_snapshot, packages=packages, kernel_flavour=flavour))
+
+
+def _kernel_flavour(args: argparse.Namespace) -> str:
+    """``--kernel-flavour``, else the config's ``[lab] kernel_flavour``, else cloud; not with ``--kernel``."""
+    from lab.config import config_from_args
+
+    flavour = getattr(args, "kernel_flavour", None) or config_from_args(args).kernel_flavour
+    if flavour != "cloud" and args.kernel is not None:
+        raise UsageError(f"--kernel-flavour {flavour} builds its own kernel; it cannot be combined with --kernel")
+    return flavour
 
 
 def _guest_packages(args: argparse.Namespace, pm=None) -> tuple[str, ...]:

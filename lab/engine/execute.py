@@ -27,6 +27,7 @@ from lab.engine.plan import NS, plan_scenario
 from lab.errors import GuestError, LabError, TransportError
 from lab.guest.console_scan import scan_console
 from lab.guest.kcheck import read_taint
+from lab.guest.kmemleak import scan_leaks
 from lab.guest.machine import Guest
 from lab.plugin.manager import HookCallError, LabPluginManager, call_hook
 from lab.plugin.model import (
@@ -172,7 +173,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     mark("stopped")
     taint_after = read_taint(guest)
     console = _console_since(guest, console_start)
-    kernel_reports = list(kernel_report_dicts(console, guest.spec))
+    kernel_reports = list(kernel_report_dicts(console, guest.spec)) + scan_leaks(guest)
     agent = stash.get(AGENT_REPORT, None)
     host_records = stash.get(HOST_FAULT_RECORDS, [])
     faults = fault_records(agent, host_records)

@@ -2,7 +2,8 @@
 
 Recognises oopses, BUG, WARNING, general protection faults, panics, soft and
 hard lockups, hung tasks, RCU stalls, list and slab corruption and refcount
-warnings.  After a match the report runs on for ``CONTEXT_LINES`` lines (or
+warnings, and what the debug kernel flavour adds: KASAN, lockdep, sleeping in
+atomic context and debug-objects (ODEBUG) reports.  After a match the report runs on for ``CONTEXT_LINES`` lines (or
 to the end-of-trace marker), so the whole report is kept even when other
 output is interleaved.  A report is fingerprinted by its kind plus its top
 call-trace frames, so the same bug seen twice has the same fingerprint.
@@ -24,6 +25,15 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for kind, rx in (
         ("panic", r"Kernel panic - not syncing"),
         ("gpf", r"general protection fault"),
+        ("kasan", r"BUG: KASAN: "),
+        ("atomic_sleep", r"BUG: sleeping function called from invalid context|BUG: scheduling while atomic"),
+        ("lockdep", r"WARNING: (possible (circular|recursive) locking dependency|inconsistent lock state"
+                    r"|possible irq lock inversion|bad unlock balance|held lock freed|suspicious RCU usage"
+                    r"|lock held when returning to user space|Nested lock was not taken"
+                    r"|(lock|locks) held .* exiting|possible deadlock)"
+                    r"|BUG: (MAX_LOCKDEP|held lock freed|key [0-9a-f]+ has not been registered|"
+                    r"looking up invalid subclass)|INFO: trying to register non-static key"),
+        ("debugobjects", r"ODEBUG: "),
         ("bug", r"kernel BUG at|BUG: (?!soft lockup|workqueue lockup)"),
         ("softlockup", r"BUG: soft lockup|watchdog: BUG: soft lockup"),
         ("hardlockup", r"Watchdog detected hard LOCKUP|NMI watchdog: .*hard LOCKUP"),
@@ -36,7 +46,6 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("oops", r"Oops: |Unable to handle kernel"),
         ("warning", r"WARNING: CPU: \d+ PID: \d+ at "),
         ("ubsan", r"UBSAN: "),
-        ("kasan", r"BUG: KASAN: "),
         ("connector_leak", r"Waiting for cqueue to become free"),
     )
 )

@@ -58,6 +58,9 @@ CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("rcu stall", r"rcu: INFO: .* detected stalls"),
         ("list corruption", r"list_(add|del) corruption"),
         ("ubsan", r"UBSAN:"),
+        ("debug objects", r"ODEBUG:"),
+        ("lockdep", r"INFO: trying to register non-static key|possible deadlock"),
+        ("kmemleak", r"unreferenced object 0x"),
     )
 )
 
@@ -132,9 +135,14 @@ class KernelWatch:
         self.taint_before = read_taint(guest)
 
     def report(self) -> KernelReport:
+        """Taint, console problems and (debug kernel flavour) the lab module's kmemleak leaks since the start."""
+        from lab.guest.kmemleak import scan_leaks
+
         taint_after = read_taint(self.guest)
         text = self.guest.console_text()[self.console_offset:]
-        return KernelReport(self.taint_before, taint_after, console_problems(text))
+        leaks = [f"kmemleak: {leak['title']} from {' <- '.join(leak['frames'][:4])}"
+                 for leak in scan_leaks(self.guest)]
+        return KernelReport(self.taint_before, taint_after, console_problems(text) + leaks)
 
     def assert_clean(self) -> KernelReport:
         report = self.report()

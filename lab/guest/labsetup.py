@@ -42,6 +42,8 @@ class LabOptions:
     extra_modules: tuple[Path, ...] = ()  # folders of extra modules (lab.image.extmod), loaded after cnlab.ko
     #: extra Debian packages for the root disk (lab.image.guest_packages): its own cached variant per list
     packages: tuple[str, ...] = ()
+    #: "cloud" (Debian's cloud kernel) or "debug" (lab.image.debug_kernel: lockdep, KASAN, kmemleak, ...)
+    kernel_flavour: str = "cloud"
 
 
 class Lab:
@@ -61,6 +63,10 @@ class Lab:
         if self._kernel is None:
             if self.options.kernel is not None:
                 self._kernel = custom_kernel(self.options.kernel, self.options.kbuild, self.options.kernel_modules)
+            elif self.options.kernel_flavour == "debug":
+                from lab.image.debug_kernel import debug_kernel
+
+                self._kernel = debug_kernel(self.cache, debian_cloud_kernel(self.cache))
             else:
                 self._kernel = debian_cloud_kernel(self.cache)
         return self._kernel

@@ -67,6 +67,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "cnlab_plugins.consumers",
     "cnlab_plugins.faults",
     "cnlab_plugins.linkfaults",
+    "cnlab_plugins.failinject",
     "cnlab_plugins.vmcore",
     "cnlab_plugins.flightrec",
 )

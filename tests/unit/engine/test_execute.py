@@ -40,7 +40,8 @@ class FakeGuest:
 
     def __init__(self, tmp_path: Path, report: dict | None = None, status: int = 0, stderr: bytes = b"",
                  alive: bool = True) -> None:
-        self.spec = SimpleNamespace(accel=SimpleNamespace(timeout_scale=3, slowdown=10, name="tcg"), name="fake")
+        self.spec = SimpleNamespace(accel=SimpleNamespace(timeout_scale=3, slowdown=10, name="tcg"), name="fake",
+                                    modules=())
         self.log_dir = tmp_path
         self.console_log = tmp_path / "console.log"
         self.console_log.write_text("boot\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from lab.command import CommandResult
@@ -89,11 +91,15 @@ class FakeGuest:
     def __init__(self, console: str, taints: list[int]) -> None:
         self.console = console
         self.taints = list(taints)
+        self.leaks = ""  # the kmemleak file (debug flavour); empty: a kernel without kmemleak
+        self.spec = SimpleNamespace(modules=())
 
     def console_text(self) -> str:
         return self.console
 
     def run(self, argv, timeout=None, check=False):
+        if argv[:2] == ["sh", "-c"] and "kmemleak" in argv[2]:
+            return CommandResult(argv, 0 if self.leaks else 3, self.leaks.encode())
         assert argv == ["cat", "/proc/sys/kernel/tainted"]
         return CommandResult(argv, 0, f"{self.taints.pop(0)}\n".encode())
 
@@ -104,6 +110,17 @@ def test_watch_only_looks_at_new_console_text():
     guest.console += "[ 5.0] cnlab: loaded\n"
     report = watch.assert_clean()
     assert report.clean and report.describe() == "clean"
+
+
+def test_watch_fails_on_a_leak_of_the_lab_module():
+    from .test_kmemleak import RECORDS
+
+    guest = FakeGuest("", [ALLOWED_TAINT, ALLOWED_TAINT])
+    watch = KernelWatch(guest)
+    guest.leaks = RECORDS
+    with pytest.raises(AssertionError, match=r"kmemleak: unreferenced object 0xffff888004f1e000 \(size 1024\): "
+                                             r"from kmalloc_trace <- cnlab_ctl_init"):
+        watch.assert_clean()
 
 
 def test_watch_fails_on_new_problem_and_taint():

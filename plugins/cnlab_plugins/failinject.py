@@ -1,0 +1,87 @@
+"""Kernel fault injection aimed at the lab module: ``failslab`` and ``fail_function`` (debug kernel flavour).
+
+Both need the debug flavour (``cnlab --kernel-flavour debug``: ``CONFIG_FAILSLAB``, ``CONFIG_FAIL_FUNCTION``,
+``CONFIG_FAULT_INJECTION_DEBUG_FS``); on Debian's cloud kernel their ``/sys/kernel/debug`` files do not exist
+and the first write fails the injection, naming the file.
+
+================= ======== ===========================================================================
+fault             target   what it does
+================= ======== ===========================================================================
+failslab          module   slab allocations of the CBUS drain threads (``cbus/N``) fail with
+                           ``probability`` percent, at most ``times`` times (task filter, sleeping
+                           allocations included): their sends fail and CBUS must count each message
+                           as a netlink error (``drop_nlerr``)
+fail-function     module   a function of the module marked ``ALLOW_ERROR_INJECTION`` returns an error
+                           instead of running (``probability`` percent, at most ``times`` times): its
+                           callers must cope (``cbus_insert_group``: the generators count a refusal)
+================= ======== ===========================================================================
+
+Evidence (polled after the injection): the attribute's ``times`` counter has gone down, i.e. the kernel
+failed at least one call for real.  A fault that never fired fails its scenario.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lab import hookimpl
+from lab.config import Setting
+from lab.plugin import FaultRegistry, FaultSpec
+from lab.plugin.objects import Fault, expect_output, run, write_file
+
+DEBUGFS = "/sys/kernel/debug"
+FAILSLAB = f"{DEBUGFS}/failslab"
+FAIL_FUNCTION = f"{DEBUGFS}/fail_function"
+#: Functions of kmod/ marked ALLOW_ERROR_INJECTION (the kernel refuses any other name).
+INJECTABLE = ("cbus_insert_group",)
+#: The CBUS drain threads' names (smpboot "cbus/%u"), as pgrep patterns.
+DRAIN_THREADS = "^cbus/[0-9]+$"
+_MAKE_IT_FAIL = ('for p in $(pgrep "{pattern}"); do echo {value} > /proc/$p/make-it-fail || exit 1; done; '
+                 'pgrep "{pattern}" > /dev/null')
+
+
+def _fired(attr_dir: str, times: int) -> Any:
+    """Evidence: the attribute's ``times`` counter is below what the injection set (it counts down per failure)."""
+    return expect_output("fired", "sh", "-c", f'test "$(cat {attr_dir}/times)" -lt {times} && echo fired')
+
+
+def _attr(attr_dir: str, s: Mapping[str, Any]) -> tuple:
+    return (write_file(f"{attr_dir}/probability", str(s["probability"])), write_file(f"{attr_dir}/interval", "1"),
+            write_file(f"{attr_dir}/times", str(s["times"])), write_file(f"{attr_dir}/verbose", "0"))
+
+
+def _failslab(s: Mapping[str, Any]) -> Fault:
+    inject = (*_attr(FAILSLAB, s), write_file(f"{FAILSLAB}/ignore-gfp-wait", "N"),
+              write_file(f"{FAILSLAB}/task-filter", "Y"),
+              run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=1)))
+    restore = (run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=0)),
+               write_file(f"{FAILSLAB}/probability", "0"), write_file(f"{FAILSLAB}/task-filter", "N"))
+    return Fault(inject, restore, f"failslab {s['probability']}% on the drain threads, up to {s['times']}",
+                 evidence=(_fired(FAILSLAB, s["times"]),))
+
+
+def _fail_function(s: Mapping[str, Any]) -> Fault:
+    name = s["function"]
+    inject = (write_file(f"{FAIL_FUNCTION}/inject", name), *_attr(FAIL_FUNCTION, s))
+    restore = (write_file(f"{FAIL_FUNCTION}/inject", f"!{name}"),)
+    return Fault(inject, restore, f"{name} fails {s['probability']}%, up to {s['times']}",
+                 evidence=(expect_output(name, "cat", f"{FAIL_FUNCTION}/inject"), _fired(FAIL_FUNCTION, s["times"])))
+
+
+def _common() -> tuple[Setting, ...]:
+    return (Setting("probability", int, 100, "percent of the calls that fail", min=1, max=100),
+            Setting("times", int, 1000, "at most this many failures", min=1, max=1 << 30))
+
+
+@hookimpl
+def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) -> None:
+    """failslab and fail-function (see the module docstring); both need the debug kernel flavour."""
+    registry.add_fault(FaultSpec(
+        "failslab", "slab allocations of the CBUS drain threads fail (debug kernel flavour)", "module", _failslab,
+        settings=_common(), duration=1.0))
+    registry.add_fault(FaultSpec(
+        "fail-function", "a module function marked ALLOW_ERROR_INJECTION returns an error (debug kernel flavour)",
+        "module", _fail_function,
+        settings=(Setting("function", str, INJECTABLE[0], "the function that fails", choices=INJECTABLE),
+                  *_common()), duration=1.0))

@@ -1,0 +1,118 @@
+"""The debug kernel flavour (issue 12 part 4): its detectors are on, the module runs clean on it, and bugs the
+cloud kernel cannot show are caught there.
+
+These tests need the debug kernel (``cnlab --kernel-flavour debug image build``: tens of minutes cold on two
+cores).  They run when it is in the cache, or when ``CNLAB_KERNEL_FLAVOUR=debug`` asks for it to be built;
+otherwise they skip, saying how to build it.  CI never builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import pytest
+
+from lab.engine.plan import plan_scenario
+from lab.engine.results import read_results
+from lab.engine.run import plugin_manager, run_scenarios
+from lab.engine.scenario import scenario_from_dict
+from lab.guest.files import install_guest_programs
+from lab.guest.kcheck import KernelWatch
+from lab.guest.labsetup import Lab
+from lab.guest.machine import Guest
+from lab.guest.qemu_argv import GuestShape
+from lab.image.debug_kernel import debug_kernel_cached
+from lab.image.kernel import debian_cloud_kernel
+
+from .test_seeded_bugs import _mutant
+
+pytestmark = [pytest.mark.lab, pytest.mark.debugkernel, pytest.mark.xdist_group("debugkernel")]
+
+SHAPE = GuestShape(cpus=2, memory_mb=1024)
+
+
+@pytest.fixture(scope="module")
+def debug_lab(cnlab_lab) -> Lab:
+    """A lab like the session's on the debug flavour (skips when it is not built and not asked for)."""
+    wanted = os.environ.get("CNLAB_KERNEL_FLAVOUR") == "debug"
+    if not wanted and not debug_kernel_cached(cnlab_lab.cache, debian_cloud_kernel(cnlab_lab.cache)):
+        pytest.skip("no debug kernel in the cache: build it with 'cnlab --kernel-flavour debug image build' "
+                    "(tens of minutes), or set CNLAB_KERNEL_FLAVOUR=debug")
+    return Lab(dataclasses.replace(cnlab_lab.options, kernel_flavour="debug"))
+
+
+def test_the_debug_kernel_boots_with_its_detectors_on_and_the_module_runs_clean(debug_lab):
+    with Guest(debug_lab.guest_spec(SHAPE, name="debug")) as guest:
+        lib = install_guest_programs(guest)
+        watch = KernelWatch(guest)
+        assert guest.run(["uname", "-r"], check=True).text.strip().endswith("-cnlab-debug")
+        probe = guest.run(["sh", "-c", "ls -d /sys/kernel/debug/kmemleak /sys/kernel/debug/fail_function "
+                                       "/sys/kernel/debug/failslab /proc/lockdep; dmesg | grep -c "
+                                       "'KernelAddressSanitizer initialized'"], check=False).text
+        for path in ("kmemleak", "fail_function", "failslab", "/proc/lockdep"):
+            assert path in probe, probe
+        assert probe.strip().splitlines()[-1] == "1", probe
+        checks = guest.run(["python3", f"{lib}/cnlab_checks.py", "--no-klog", "echo", "balance", "invariant",
+                            "perm"], timeout=1200, check=False)
+        assert checks.exit_status == 0, checks.text[-3000:]
+        watch.assert_clean()  # console (KASAN, lockdep, ODEBUG, ...), taint, and a kmemleak scan
+
+
+#: cbus.c: a pool miss allocates with GFP_KERNEL while interrupts are off (may sleep in atomic context). The
+#: cloud kernel has free memory and no DEBUG_ATOMIC_SLEEP: nothing shows.
+ATOMIC_ALLOC_MAY_SLEEP = ("cbus.c", "\t\t\tev = kmalloc(sizeof(*ev) + msg->len,\n\t\t\t\t     GFP_ATOMIC | __GFP_NOWARN);",
+                          "\t\t\tev = kmalloc(sizeof(*ev) + msg->len,\n\t\t\t\t     GFP_KERNEL | __GFP_NOWARN);")
+#: gen.c: a generator's message buffers are not freed when it is torn down (nothing on the cloud kernel looks).
+GENERATOR_BUFFER_LEAKED = ("gen.c", "\t\tkfree(g->inst[i].buf);\n", "")
+#: cbus.c: cbus_insert_group() without local_irq_save(): the per-CPU queue is touched with IRQs on (a surviving
+#: mutant; lockdep_assert_irqs_disabled() in cbus_slot_get() sees it on a lockdep kernel).
+INSERT_WITH_IRQS_ON = ("cbus.c", "\tlocal_irq_save(irqflags);\n\tcc = this_cpu_ptr(cbus_pcpu);",
+                       "\tirqflags = arch_local_save_flags();\n\tcc = this_cpu_ptr(cbus_pcpu);")
+
+#: More messages than one CPU's 1024 pool slots while the drain stalls: the pool runs dry, inserts allocate.
+#: 5 s of load: kmemleak reports only objects older than 5 s, and the generators' buffers are allocated as the
+#: load starts.
+POOL_DRY = {"name": "debug-pool-dry", "duration": 5.0, "guest": {"cpus": 2},
+            "emulators": [{"name": "generator", "path": "cbus", "context": "kthread", "rate": 3000,
+                           "payload": [32, 64], "cpus": [0]}],
+            "faults": [{"name": "drain-stall", "at": 0.3, "ms": 1200}],
+            "invariants": {"max_loss": 100000}}
+
+
+def _run(lab: Lab, tmp_path, spec: dict):
+    registries = plugin_manager(None).registries
+    scenario = scenario_from_dict(spec, "<debug-kernel seeded>", registries)
+    plan_scenario(scenario, registries)
+    with open(tmp_path / "out.txt", "w") as out:
+        run_scenarios(lab, [scenario], 1, tmp_path / "run", out=out)
+    (record,) = read_results(tmp_path / "run" / "results.jsonl")
+    return record
+
+
+def test_the_unmutated_module_under_a_dry_pool_leaves_no_report(debug_lab, tmp_path):
+    record = _run(debug_lab, tmp_path, POOL_DRY)
+    assert record.status == "passed", [v for v in record.verdicts if not v.ok]
+    assert record.kernel_reports == ()
+
+
+def test_sleeping_in_atomic_context_and_a_leaked_buffer_are_caught(debug_lab, tmp_path):
+    lab = _mutant(debug_lab, tmp_path, ATOMIC_ALLOC_MAY_SLEEP, GENERATOR_BUFFER_LEAKED)
+    record = _run(lab, tmp_path, POOL_DRY)
+    kinds = {r["kind"]: r for r in record.kernel_reports}
+    assert record.status == "failed"
+    assert "atomic_sleep" in kinds, [r["title"] for r in record.kernel_reports]
+    assert "cbus_insert_group" in kinds["atomic_sleep"]["frames"], kinds["atomic_sleep"]["excerpt"]
+    assert "kmemleak" in kinds, [r["title"] for r in record.kernel_reports]
+    assert "kzalloc_node" in kinds["kmemleak"]["excerpt"] or "kmalloc" in kinds["kmemleak"]["excerpt"]
+    assert any("gen" in f for f in kinds["kmemleak"]["frames"]), kinds["kmemleak"]["excerpt"]
+
+
+def test_an_insert_with_interrupts_on_is_caught_by_the_lockdep_assertion(debug_lab, tmp_path):
+    lab = _mutant(debug_lab, tmp_path, INSERT_WITH_IRQS_ON)
+    record = _run(lab, tmp_path, POOL_DRY)
+    warnings = [r for r in record.kernel_reports if r["kind"] == "warning"]
+    assert record.status == "failed"
+    # cbus_slot_get() is inlined: the warning names its line in cbus.c and the function it was inlined in
+    assert warnings and re.search(r"cbus\.c:\d+ cbus_", warnings[0]["title"]), record.kernel_reports

@@ -1,0 +1,68 @@
+"""kmemleak records read after a scenario on the debug flavour: the lab module's leaks, nothing else."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from lab.command import CommandResult
+from lab.guest.kmemleak import lab_modules, parse_kmemleak, scan_leaks
+
+# The format of /sys/kernel/debug/kmemleak (mm/kmemleak.c, print_unreferenced) in 6.1.
+RECORDS = """\
+unreferenced object 0xffff888004f1e000 (size 1024):
+  comm "insmod", pid 245, jiffies 4294893420 (age 52.350s)
+  hex dump (first 32 bytes):
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................
+  backtrace:
+    [<ffffffff8134b0e4>] kmalloc_trace+0x24/0x90
+    [<ffffffffc0250123>] cnlab_ctl_init+0x23/0x1a0 [cnlab]
+    [<ffffffff81002c4e>] do_one_initcall+0x5e/0x330
+unreferenced object 0xffff888006a2b800 (size 64):
+  comm "swapper/0", pid 1, jiffies 4294892000 (age 60.120s)
+  hex dump (first 32 bytes):
+    6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b 6b  kkkkkkkkkkkkkkkk
+  backtrace:
+    [<ffffffff8134b0e4>] kmalloc_trace+0x24/0x90
+    [<ffffffff81a3c2d1>] acpi_os_map_iomem+0x91/0x200
+"""
+
+
+def test_only_records_with_a_frame_in_a_lab_module_are_reports():
+    reports = parse_kmemleak(RECORDS)
+    assert len(reports) == 1
+    leak = reports[0]
+    assert leak["kind"] == "kmemleak"
+    assert leak["title"] == "unreferenced object 0xffff888004f1e000 (size 1024):"
+    assert leak["frames"] == ["kmalloc_trace", "cnlab_ctl_init", "do_one_initcall"]
+    assert "comm \"insmod\"" in leak["excerpt"]
+    assert parse_kmemleak(RECORDS, ("other_module",)) == []
+
+
+def test_the_same_leak_at_another_address_has_the_same_fingerprint():
+    moved = RECORDS.replace("0xffff888004f1e000", "0xffff888009990000").replace("(age 52.350s)", "(age 9.1s)")
+    assert parse_kmemleak(RECORDS)[0]["fingerprint"] == parse_kmemleak(moved)[0]["fingerprint"]
+
+
+class _Guest:
+    def __init__(self, status: int, stdout: str = "", modules=()):
+        self.status, self.stdout, self.commands = status, stdout, []
+        self.spec = SimpleNamespace(modules=modules)
+
+    def run(self, argv, timeout=None, check=False):
+        self.commands.append(argv)
+        return CommandResult(argv, self.status, self.stdout.encode(), b"kmemleak: write error\n")
+
+
+def test_scan_asks_for_two_scans_then_reads_and_clears():
+    from pathlib import Path
+
+    guest = _Guest(0, RECORDS, (Path("/lib/cnlab/cnlab.ko"), Path("/lib/cnlab/cnlab_ext.ko")))
+    assert lab_modules(guest) == ("cnlab", "cnlab_ext")
+    assert [r["frames"][1] for r in scan_leaks(guest)] == ["cnlab_ctl_init"]
+    script = guest.commands[0][2]
+    assert script.count("echo scan") == 2 and script.index("cat ") < script.index("echo clear")
+
+
+def test_a_kernel_without_kmemleak_and_a_failed_scan_give_no_report():
+    assert scan_leaks(_Guest(3)) == []  # the cloud kernel: no /sys/kernel/debug/kmemleak
+    assert scan_leaks(_Guest(1)) == []  # kmemleak switched itself off: logged, no verdict
