@@ -64,6 +64,11 @@ def delay_table(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for record in records:
         if record.get("delay_ms") is not None:
             by_kind.setdefault(_kind(record), []).append(record["delay_ms"])
+    for record in records:  # the parts of a host-side delay that each lie on one clock
+        if record.get("side") == "host" and record.get("requested_at") is not None and record.get("due") is not None:
+            by_kind.setdefault("host: agent", []).append((record["requested_at"] - record["due"]) * 1000)
+        if record.get("side") == "host" and record.get("received") is not None and record.get("start") is not None:
+            by_kind.setdefault("host: orch.", []).append((record["start"] - record["received"]) * 1000)
     out = {}
     for kind, delays in sorted(by_kind.items()):
         median = statistics.median(delays)
@@ -98,6 +103,11 @@ def run_fault_bench(lab: Lab, json_path: Path, out_dir: Path, runs: int = 1) -> 
         print(f"{kind:14}{row['n']:>9}{row['median_ms']:>11.1f}{row['max_ms']:>9.1f}  {goals}")
     print("on event: from the agent seeing the event (polled every 20 ms; consumers' live counters are up to "
           "50 ms old) to the injection")
+    print("host (qmp): the host's start of the QMP command minus the time it was due, the guest's clock standstill "
+          "in earlier pauses taken off; the two clocks share a zero only to within the SSH latency of the load "
+          "line (negative delays show it). On one clock each: 'host: agent' from due to the agent's request "
+          "(guest), 'host: orch.' from the request's arrival to the QMP command (host); the SSH transit between "
+          "them is not measured")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps({"accel": lab.accel.name, "runs": runs, "table": table, "firings": firings},
                                     indent=2) + "\n")

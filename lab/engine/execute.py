@@ -93,7 +93,11 @@ def _console_since(guest: Guest, offset: int) -> str:
 
 def fault_records(agent: dict[str, Any] | None, host: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every firing as it happened: the agent's records with the host's steps merged into host-side ones,
-    each with ``delay_ms`` (start of injection minus when it was due, or when its event was seen)."""
+    each with ``delay_ms`` (start of injection minus when it was due, or when its event was seen).
+
+    A host-side firing starts by the host's clock but is due by the guest's, which stands still while QEMU
+    is stopped: the time earlier firings kept the guest stopped (``guest_clock_lag_ms``) is taken off its
+    delay, or every pause would make the next host fault look late by that pause's length."""
     records = [dict(r) for r in (agent or {}).get("faults", ())]
     by_key = {(h["label"], h["n"]): h for h in host}
     for n, record in enumerate(records, start=1):
@@ -102,10 +106,27 @@ def fault_records(agent: dict[str, Any] | None, host: list[dict[str, Any]]) -> l
             if done is None:
                 record.update(ok=False, detail="the host never received the request")
             else:
+                record["requested_at"] = record.get("start")  # the agent's clock, when it sent the request
                 record.update({k: done[k] for k in ("received", "start", "end", "restored", "ok", "actions")})
+    for record in records:
         if record.get("start") is not None and record.get("due") is not None and not record.get("before_load"):
-            record["delay_ms"] = round((record["start"] - record["due"]) * 1000, 1)
+            lag = _guest_clock_lag(record, records) if record.get("side") == "host" else 0.0
+            if lag:
+                record["guest_clock_lag_ms"] = round(lag * 1000, 1)
+            record["delay_ms"] = round((record["start"] - lag - record["due"]) * 1000, 1)
     return records
+
+
+def _stops_the_guest(record: dict[str, Any]) -> bool:
+    return any(a.get("action") == "qmp stop" and not a.get("restore") for a in record.get("actions") or ())
+
+
+def _guest_clock_lag(record: dict[str, Any], records: list[dict[str, Any]]) -> float:
+    """Seconds (host clock) that host-side firings finished before ``record`` started kept the guest stopped."""
+    return sum(other["restored"] - other["start"] for other in records
+               if other is not record and other.get("side") == "host" and _stops_the_guest(other)
+               and other.get("start") is not None and other.get("restored") is not None
+               and other["restored"] <= record["start"])
 
 
 def _verdicts(pm: LabPluginManager, scenario: Scenario, data: dict[str, Any]) -> list[Verdict]:

@@ -17,6 +17,15 @@ def test_delays_are_grouped_by_trigger_kind_against_the_goals():
     assert table["on event"]["n"] == 1 and table["host (qmp)"]["goal_median"] is False
 
 
+def test_a_host_fault_delay_is_also_split_into_the_parts_measured_on_one_clock():
+    records = [{"trigger": "every 1.5 s", "side": "host", "due": 1.5, "requested_at": 1.5012, "received": 1.53,
+                "start": 1.5315, "delay_ms": 31.5}]
+    table = delay_table(records)
+    assert table["host: agent"]["median_ms"] == 1.2  # the guest's clock: due to request
+    assert table["host: orch."]["median_ms"] == 1.5  # the host's clock: arrival to the QMP command
+    assert table["host (qmp)"]["median_ms"] == 31.5
+
+
 def test_the_bench_scenario_is_valid():
     registries = get_plugin_manager(LabConfig(env={"LAB_DISABLE_PLUGIN_AUTOLOAD": "1"})).registries
     plan = plan_scenario(scenario_from_dict(BENCH_SCENARIO, "<bench>", registries), registries)

@@ -219,6 +219,22 @@ def test_fault_records_delay_and_a_host_request_that_never_arrived():
     assert c["ok"] is False and c["detail"] == "the host never received the request"
 
 
+def test_a_host_fault_after_a_pause_is_not_late_by_the_time_the_guest_clock_stood_still():
+    pause = [{"action": "qmp stop", "ok": True}, {"action": "qmp cont", "ok": True, "restore": True}]
+    agent = {"faults": [{"label": "p", "side": "host", "due": 1.5, "start": 1.5},
+                        {"label": "p", "side": "host", "due": 3.0, "start": 3.0},
+                        {"label": "g", "side": "guest", "due": 3.5, "start": 3.501}]}
+    host = [{"label": "p", "n": 1, "received": 1.501, "start": 1.502, "end": 1.504, "restored": 1.557,
+             "ok": True, "actions": pause},
+            {"label": "p", "n": 2, "received": 3.057, "start": 3.058, "end": 3.06, "restored": 3.113,
+             "ok": True, "actions": pause}]
+    first, second, guest_side = fault_records(agent, host)
+    assert first["delay_ms"] == 2.0 and "guest_clock_lag_ms" not in first
+    # the guest's clock lost the first pause (1.502 .. 1.557 by the host's): 3.058 - 0.055 - 3.0
+    assert second["guest_clock_lag_ms"] == 55.0 and second["delay_ms"] == 3.0
+    assert guest_side["delay_ms"] == 1.0  # both ends on the guest's clock: nothing to take off
+
+
 def test_install_guest_files_and_a_destination_named_twice(tmp_path):
     class Clash:
         @hookimpl
