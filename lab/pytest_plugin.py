@@ -143,11 +143,16 @@ _SLOT_KEY = pytest.StashKey[object]()
 
 
 def _options_from_environment() -> LabOptions:
+    from lab.config import KERNEL_FLAVOURS
+
+    flavour = os.environ.get("CNLAB_KERNEL_FLAVOUR", "cloud")
+    if flavour not in KERNEL_FLAVOURS:
+        raise pytest.UsageError(f"CNLAB_KERNEL_FLAVOUR={flavour!r} is not one of {', '.join(KERNEL_FLAVOURS)}")
     return LabOptions(accel=os.environ.get("CNLAB_ACCEL", "auto"),
                       tcg_threads=os.environ.get("CNLAB_TCG_THREADS", "auto"),
                       guests_at_once=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
                       snapshot=os.environ.get("CNLAB_SNAPSHOT", "1") != "0",
-                      kernel_flavour=os.environ.get("CNLAB_KERNEL_FLAVOUR", "cloud"),
+                      kernel_flavour=flavour,
                       # cnlab mutate --suite pytest: the lab module built from a mutant's copy of kmod/
                       module_source=Path(os.environ["CNLAB_KMOD"]) if os.environ.get("CNLAB_KMOD") else None)
 

@@ -27,12 +27,12 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("gpf", r"general protection fault"),
         ("kasan", r"BUG: KASAN: "),
         ("atomic_sleep", r"BUG: sleeping function called from invalid context|BUG: scheduling while atomic"),
-        ("lockdep", r"WARNING: (possible (circular|recursive) locking dependency|inconsistent lock state"
-                    r"|possible irq lock inversion|bad unlock balance|held lock freed|suspicious RCU usage"
-                    r"|lock held when returning to user space|Nested lock was not taken"
-                    r"|(lock|locks) held .* exiting|possible deadlock)"
-                    r"|BUG: (MAX_LOCKDEP|held lock freed|key [0-9a-f]+ has not been registered|"
-                    r"looking up invalid subclass)|INFO: trying to register non-static key"),
+        ("lockdep", r"WARNING: (possible (circular locking dependency|recursive locking|irq lock inversion)"
+                    r"|inconsistent lock state|\w+-safe -> \w+-unsafe lock order|bad unlock balance"
+                    r"|held lock freed|suspicious RCU usage|lock held when returning to user space"
+                    r"|Nested lock was not taken|\S+ still has locks held|bad contention)"
+                    r"|BUG: (MAX_LOCKDEP|held lock freed|key [0-9a-f]+ has not been registered"
+                    r"|looking up invalid subclass)|INFO: trying to register non-static key"),
         ("debugobjects", r"ODEBUG: "),
         ("bug", r"kernel BUG at|BUG: (?!soft lockup|workqueue lockup)"),
         ("softlockup", r"BUG: soft lockup|watchdog: BUG: soft lockup"),

@@ -28,6 +28,7 @@ PRUNABLE_KINDS: dict[str, str] = {
     "initramfs": "initramfs",
     "pvh": "pvh",
     "kmod": "kmod",
+    "debug-kernels": "debug-kernel",
 }
 #: Folders of the cache that hold state rather than artefacts (keys, locks, records).
 STATE_FOLDERS = ("locks", "keys", "manifests", "calibration", "logs")

@@ -93,14 +93,19 @@ def _lsmod_names() -> list[str]:
 
 
 def _source_version() -> str:
+    """The installed linux-source-6.1's Debian version ("" if it is not installed)."""
+    if shutil.which("dpkg-query") is None:
+        return ""
     probe = subprocess.run(["dpkg-query", "-W", "-f=${Version}", SOURCE_PACKAGE],
                            capture_output=True, text=True, check=False)
     return probe.stdout.strip() if probe.returncode == 0 else ""
 
 
 def _compiler() -> str:
+    if shutil.which("gcc") is None:
+        raise BuildError("gcc not found; install the Debian package gcc")
     probe = subprocess.run(["gcc", "--version"], capture_output=True, text=True, check=False)
-    return probe.stdout.splitlines()[0] if probe.stdout else "gcc: not found"
+    return probe.stdout.splitlines()[0] if probe.stdout else f"gcc --version: exit {probe.returncode}"
 
 
 def base_config(base: KernelSpec) -> Path:
@@ -179,6 +184,8 @@ def _build(scratch: Path, base: KernelSpec, jobs: int, log: Path) -> None:
         run_logged(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(scratch)], log, f"tar -xf {SOURCE_TARBALL}",
                    error=BuildError)  # tar with xz: a third of tarfile's time
     src = scratch / "src"
+    if not (scratch / SOURCE_PACKAGE / "Makefile").is_file():
+        raise BuildError(f"{SOURCE_TARBALL} did not unpack into {SOURCE_PACKAGE}/: not the Debian source layout")
     (scratch / SOURCE_PACKAGE).rename(src)
     build = scratch / "build"
     build.mkdir()

@@ -47,24 +47,30 @@ def _fired(attr_dir: str, times: int) -> Any:
 
 
 def _attr(attr_dir: str, s: Mapping[str, Any]) -> tuple:
-    return (write_file(f"{attr_dir}/probability", str(s["probability"])), write_file(f"{attr_dir}/interval", "1"),
-            write_file(f"{attr_dir}/times", str(s["times"])), write_file(f"{attr_dir}/verbose", "0"))
+    """The attribute's settings, ``probability`` last: until it is written the attribute fails nothing."""
+    return (write_file(f"{attr_dir}/verbose", "0"), write_file(f"{attr_dir}/interval", "1"),
+            write_file(f"{attr_dir}/times", str(s["times"])),
+            write_file(f"{attr_dir}/probability", str(s["probability"])))
 
 
 def _failslab(s: Mapping[str, Any]) -> Fault:
-    inject = (*_attr(FAILSLAB, s), write_file(f"{FAILSLAB}/ignore-gfp-wait", "N"),
-              write_file(f"{FAILSLAB}/task-filter", "Y"),
-              run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=1)))
-    restore = (run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=0)),
-               write_file(f"{FAILSLAB}/probability", "0"), write_file(f"{FAILSLAB}/task-filter", "N"))
+    # The task filter and the threads' flags first: with probability set and no filter, every task would fail.
+    inject = (write_file(f"{FAILSLAB}/probability", "0"), write_file(f"{FAILSLAB}/task-filter", "Y"),
+              write_file(f"{FAILSLAB}/ignore-gfp-wait", "N"),
+              run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=1)), *_attr(FAILSLAB, s))
+    restore = (write_file(f"{FAILSLAB}/probability", "0"),
+               run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=0)),
+               write_file(f"{FAILSLAB}/ignore-gfp-wait", "Y"), write_file(f"{FAILSLAB}/task-filter", "N"))
     return Fault(inject, restore, f"failslab {s['probability']}% on the drain threads, up to {s['times']}",
                  evidence=(_fired(FAILSLAB, s["times"]),))
 
 
 def _fail_function(s: Mapping[str, Any]) -> Fault:
     name = s["function"]
-    inject = (write_file(f"{FAIL_FUNCTION}/inject", name), *_attr(FAIL_FUNCTION, s))
-    restore = (write_file(f"{FAIL_FUNCTION}/inject", f"!{name}"),)
+    # The attributes are shared by every injected function: off while the function is registered.
+    inject = (write_file(f"{FAIL_FUNCTION}/probability", "0"), write_file(f"{FAIL_FUNCTION}/inject", name),
+              *_attr(FAIL_FUNCTION, s))
+    restore = (write_file(f"{FAIL_FUNCTION}/probability", "0"), write_file(f"{FAIL_FUNCTION}/inject", f"!{name}"))
     return Fault(inject, restore, f"{name} fails {s['probability']}%, up to {s['times']}",
                  evidence=(expect_output(name, "cat", f"{FAIL_FUNCTION}/inject"), _fired(FAIL_FUNCTION, s["times"])))
 

@@ -52,3 +52,42 @@ def test_interleaved_output_stays_inside_the_report():
 def test_a_clean_console_has_no_reports():
     clean = "[    1.0] cnlab: loading out-of-tree module taints kernel.\nCNLAB-READY nonce=1 cpus=2 modules=none\n"
     assert scan_console(clean) == []
+
+
+#: Report headers of the debug kernel flavour's detectors, as 6.1 prints them (with their timestamps).
+DEBUG_HEADERS = {
+    "kasan": "[   12.345678] BUG: KASAN: slab-use-after-free in cbus_drain+0x1a2/0x3c0 [cnlab]",
+    "atomic_sleep": "[    9.1] BUG: sleeping function called from invalid context at include/linux/sched/mm.h:274",
+    "debugobjects": "[    5.0] ODEBUG: free active (active state 0) object type: timer_list hint: gen_timer_fn",
+}
+LOCKDEP_HEADERS = (
+    "WARNING: possible circular locking dependency detected",
+    "WARNING: possible recursive locking detected",
+    "WARNING: inconsistent lock state",
+    "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
+    "WARNING: SOFTIRQ-safe -> SOFTIRQ-unsafe lock order detected",
+    "WARNING: possible irq lock inversion dependency detected",
+    "WARNING: bad unlock balance detected!",
+    "WARNING: cbus/0/12 still has locks held!",
+    "WARNING: suspicious RCU usage",
+    "WARNING: bad contention detected!",
+    "INFO: trying to register non-static key.",
+)
+
+
+def test_the_debug_flavours_reports_have_kinds_of_their_own():
+    for kind, header in DEBUG_HEADERS.items():
+        (report,) = scan_console(header + "\nCall Trace:\n <TASK>\n cbus_drain+0x1a2/0x3c0 [cnlab]\n")
+        assert report.kind == kind, header
+        assert report.frames == ["cbus_drain"]
+    for header in LOCKDEP_HEADERS:
+        (report,) = scan_console(f"[    7.0] ======================================================\n[    7.0] {header}\n")
+        assert report.kind == "lockdep", header
+
+
+def test_ordinary_lines_that_mention_the_same_words_are_not_reports():
+    quiet = ("[    0.0] KernelAddressSanitizer initialized (generic)\n"
+             "[    0.1] kmemleak: Kernel memory leak detector initialized (mem pool available: 15814)\n"
+             "[    0.2] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar\n"
+             "[    0.4] cnlab: loaded, CBUS queue limit 4096\n")
+    assert scan_console(quiet) == []

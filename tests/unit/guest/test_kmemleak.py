@@ -38,6 +38,16 @@ def test_only_records_with_a_frame_in_a_lab_module_are_reports():
     assert parse_kmemleak(RECORDS, ("other_module",)) == []
 
 
+def test_a_leak_of_a_module_unloaded_since_is_kept_by_its_unnamed_frame():
+    # kmemleak names frames when its file is read: after an unload, the module's frames are bare addresses
+    unloaded = RECORDS.replace("cnlab_ctl_init+0x23/0x1a0 [cnlab]", "0xffffffffc0250123")
+    (leak,) = parse_kmemleak(unloaded)
+    assert leak["frames"] == ["kmalloc_trace", "0xffffffffc0250123", "do_one_initcall"]
+    # an unnamed address outside the module area is not a module's
+    assert parse_kmemleak(unloaded.replace("0xffffffffc0250123", "0xffffffff81250123")
+                          .replace("[<ffffffffc0250123>]", "[<ffffffff81250123>]")) == []
+
+
 def test_the_same_leak_at_another_address_has_the_same_fingerprint():
     moved = RECORDS.replace("0xffff888004f1e000", "0xffff888009990000").replace("(age 52.350s)", "(age 9.1s)")
     assert parse_kmemleak(RECORDS)[0]["fingerprint"] == parse_kmemleak(moved)[0]["fingerprint"]

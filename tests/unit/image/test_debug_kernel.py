@@ -66,21 +66,32 @@ def cloud_kernel(tmp_path) -> KernelSpec:
 
 
 def test_key_changes_with_every_input(cloud_kernel, monkeypatch, tmp_path):
+    from lab.host.cache import content_key
+
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     (recipe / "debug.config").write_text(FRAGMENT)
     (recipe / "modules.lsmod").write_text("Module Size Used by\n# comment\nvirtio_net 0 0\nsch_netem 1 2\n")
     monkeypatch.setattr(debug_kernel, "recipe_dir", lambda: recipe)
     monkeypatch.setattr(debug_kernel, "_source_version", lambda: "6.1.192-3")
+    monkeypatch.setattr(debug_kernel, "_compiler", lambda: "gcc (Debian 12.2.0-14) 12.2.0")
     first = debug_inputs(cloud_kernel)
     assert first["modules"] == ["virtio_net", "sch_netem"]
     assert first["source"] == {"package": "linux-source-6.1", "version": "6.1.192-3"}
-    (recipe / "debug.config").write_text(FRAGMENT + "CONFIG_KCOV=y\n")
-    assert debug_inputs(cloud_kernel)["fragment"] != first["fragment"]
-    (cloud_kernel.modules_dir.parents[2] / "boot/config-6.1.0-57-cloud-amd64").write_text(BASE + "CONFIG_X=y\n")
-    assert debug_inputs(cloud_kernel)["base_config"] != first["base_config"]
-    monkeypatch.setattr(debug_kernel, "_source_version", lambda: "6.1.193-1")
-    assert debug_inputs(cloud_kernel)["source"]["version"] == "6.1.193-1"
+    keys = {content_key(first)}
+
+    def changed(what):
+        what()
+        key = content_key(debug_inputs(cloud_kernel))
+        assert key not in keys
+        keys.add(key)
+
+    changed(lambda: (recipe / "debug.config").write_text(FRAGMENT + "CONFIG_KCOV=y\n"))
+    changed(lambda: (recipe / "modules.lsmod").write_text("Module Size Used by\nvirtio_net 0 0\n"))
+    changed(lambda: (cloud_kernel.modules_dir.parents[2] / "boot/config-6.1.0-57-cloud-amd64").write_text(BASE + "X\n"))
+    changed(lambda: monkeypatch.setattr(debug_kernel, "_source_version", lambda: "6.1.193-1"))
+    changed(lambda: monkeypatch.setattr(debug_kernel, "_compiler", lambda: "gcc (Debian 13.1.0-1) 13.1.0"))
+    changed(lambda: monkeypatch.setattr(debug_kernel, "RECIPE", debug_kernel.RECIPE + 1))
 
 
 def test_a_base_kernel_without_its_configuration_is_a_build_error(cloud_kernel):
