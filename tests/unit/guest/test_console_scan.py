@@ -81,7 +81,8 @@ def test_the_debug_flavours_reports_have_kinds_of_their_own():
         assert report.kind == kind, header
         assert report.frames == ["cbus_drain"]
     for header in LOCKDEP_HEADERS:
-        (report,) = scan_console(f"[    7.0] ======================================================\n[    7.0] {header}\n")
+        rule = "=" * 54
+        (report,) = scan_console(f"[    7.0] {rule}\n[    7.0] {header}\n")
         assert report.kind == "lockdep", header
 
 
