@@ -353,11 +353,15 @@ def build_image(kernel: KernelSpec, cache: Path, force: bool = False,
     ird, ird_key, _, ird_lease = _cached(cache, "initramfs", ird_inputs,
                                          lambda d: _build_initramfs(d, kernel, ird_inputs), force,
                                          f"cnlab-init and {len(ird_inputs['modules'])} modules")
-    pvh, _, _, pvh_lease = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force,
-                                   f"decompressing {kernel.image.name}")
-    leases += [ird_lease, pvh_lease]
-    pvh_kernel = pvh / "vmlinux" if (pvh / "vmlinux").is_file() else None
-    boot = "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip()
+    leases.append(ird_lease)
+    if kernel.pvh:
+        pvh, _, _, pvh_lease = _cached(cache, "pvh", _pvh_inputs(kernel), lambda d: _build_pvh(d, kernel), force,
+                                       f"decompressing {kernel.image.name}")
+        leases.append(pvh_lease)
+        pvh_kernel = pvh / "vmlinux" if (pvh / "vmlinux").is_file() else None
+        boot = "pvh" if pvh_kernel else "bzImage: " + (pvh / "unavailable").read_text().strip()
+    else:
+        pvh_kernel, boot = None, "bzImage: this kernel does not boot through its PVH entry"
     if pvh_kernel is None:
         log.info("booting the %s", boot)
     manifest = {

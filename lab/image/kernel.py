@@ -34,6 +34,8 @@ class KernelSpec:
     kbuild_dir: Path | None
     package_version: str = ""
     source: str = "debian"
+    #: boot it through its PVH entry when it has one (lab.image.pvh); False: always the bzImage
+    pvh: bool = True
     #: a shared lock on the cache folder the kernel was unpacked into (``cnlab cache prune`` skips it)
     leases: tuple[Lease, ...] = field(default=(), compare=False, repr=False)
 
