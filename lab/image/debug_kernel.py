@@ -242,3 +242,5 @@ def _slim_build_tree(build: Path) -> None:
         if path.suffix in (".o", ".a") and path.is_file() and not any(k in path.parents for k in keep):
             path.unlink()
     (build / "vmlinux.o").unlink(missing_ok=True)
+    for stage in build.glob(".tmp_vmlinux*"):  # kallsyms' intermediate links: two more vmlinux-sized files
+        stage.unlink()
