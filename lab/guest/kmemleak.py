@@ -29,7 +29,7 @@ _HEADER = re.compile(r"^unreferenced object (0x[0-9a-f]+) \(size (\d+)\):")
 _FRAME = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(\w+)\])?")
 #: A frame kmemleak can no longer name (it resolves addresses when the file is read): in the module area, the
 #: code of a module unloaded since (x86-64: MODULES_VADDR with the kernel's 1 GiB image space).
-_UNNAMED = re.compile(r"^\s*\[<([0-9a-f]+)>\]\s+0x[0-9a-f]+\s*$")
+_UNNAMED = re.compile(r"^\s*\[<[0-9a-f]+>\]\s+0x([0-9a-f]+)\s*$")  # the bracket is a hashed %p
 MODULE_AREA = 0xFFFFFFFFC0000000
 UNLOADED = "(unloaded module)"
 
@@ -40,14 +40,15 @@ _SCAN = (f"[ -w {KMEMLEAK} ] || exit 3; echo scan > {KMEMLEAK} && echo scan > {K
 
 
 def parse_kmemleak(text: str, modules: tuple[str, ...] = MODULES) -> list[dict]:
-    """The records of ``text`` (the kmemleak file) whose backtrace has a frame in one of ``modules``."""
+    """The records of ``text`` (the kmemleak file) whose backtrace has a frame in one of ``modules``, one report
+    per allocation site (its ``count`` says how many objects)."""
     records: list[list[str]] = []
     for line in text.splitlines():
         if _HEADER.match(line.strip()):
             records.append([line.strip()])
         elif records and line.strip():
             records[-1].append(line.rstrip())
-    reports = []
+    reports: dict[str, dict] = {}
     for lines in records:
         frames = []
         for line in lines[1:]:
@@ -60,10 +61,16 @@ def parse_kmemleak(text: str, modules: tuple[str, ...] = MODULES) -> list[dict]:
             continue
         names = [name for name, _ in frames]
         basis = "|".join(["kmemleak", *names[:5]])
-        reports.append({"kind": "kmemleak", "title": lines[0], "line": 0, "frames": names,
-                        "excerpt": "\n".join(lines),
-                        "fingerprint": f"kmemleak:{hashlib.sha1(basis.encode()).hexdigest()[:12]}"})
-    return reports
+        fingerprint = f"kmemleak:{hashlib.sha1(basis.encode()).hexdigest()[:12]}"
+        if fingerprint in reports:  # one report per allocation site, however many objects it leaked
+            reports[fingerprint]["count"] += 1
+            continue
+        reports[fingerprint] = {"kind": "kmemleak", "title": lines[0], "line": 0, "frames": names,
+                                "excerpt": "\n".join(lines), "fingerprint": fingerprint, "count": 1}
+    for report in reports.values():
+        if report["count"] > 1:
+            report["title"] += f" and {report['count'] - 1} more from the same place"
+    return list(reports.values())
 
 
 def lab_modules(guest) -> tuple[str, ...]:

@@ -75,6 +75,15 @@ LOCKDEP_HEADERS = (
 )
 
 
+def test_a_real_sleep_in_atomic_context_from_the_debug_flavour():
+    # recorded from tests/integration/kmod/test_debug_kernel.py: a pool miss allocating with GFP_KERNEL, IRQs off
+    reports = scan_console((HERE / "real_debug_atomic_sleep.log").read_text())
+    assert reports[0].kind == "atomic_sleep"
+    assert reports[0].frames[:6] == ["dump_stack_lvl", "__might_resched.cold", "__kmem_cache_alloc_node", "__kmalloc",
+                                     "cbus_insert_group", "gen_emit"]
+    assert "in_atomic(): 1, irqs_disabled(): 1" in reports[0].excerpt
+
+
 def test_the_debug_flavours_reports_have_kinds_of_their_own():
     for kind, header in DEBUG_HEADERS.items():
         (report,) = scan_console(header + "\nCall Trace:\n <TASK>\n cbus_drain+0x1a2/0x3c0 [cnlab]\n")
