@@ -35,10 +35,24 @@ FAILSLAB = f"{DEBUGFS}/failslab"
 FAIL_FUNCTION = f"{DEBUGFS}/fail_function"
 #: Functions of kmod/ marked ALLOW_ERROR_INJECTION (the kernel refuses any other name).
 INJECTABLE = ("cbus_insert_group",)
-#: The CBUS drain threads' names (smpboot "cbus/%u"), as pgrep patterns.
-DRAIN_THREADS = "^cbus/[0-9]+$"
-_MAKE_IT_FAIL = ('for p in $(pgrep "{pattern}"); do echo {value} > /proc/$p/make-it-fail || exit 1; done; '
-                 'pgrep "{pattern}" > /dev/null')
+#: The CBUS drain threads' names (smpboot "cbus/%u").
+DRAIN_THREADS = r"cbus/\d+"
+#: Sets /proc/PID/make-it-fail of every thread whose name matches argv[1] to argv[2]; fails if there is none.
+#: Python, not a shell loop over pgrep: that took 13.9 s on the debug kernel under TCG.
+_MAKE_IT_FAIL = ("import os, re, sys\n"
+                 "def name(pid):\n"
+                 "    try:\n"
+                 "        return open(f'/proc/{pid}/comm').read().strip()\n"
+                 "    except OSError:  # gone meanwhile\n"
+                 "        return ''\n"
+                 "pids = [p for p in os.listdir('/proc') if p.isdigit() and re.fullmatch(sys.argv[1], name(p))]\n"
+                 "for p in pids:\n"
+                 "    open(f'/proc/{p}/make-it-fail', 'w').write(sys.argv[2])\n"
+                 "sys.exit(0 if pids else 'no thread named ' + sys.argv[1])\n")
+
+
+def _make_it_fail(value: int) -> Any:
+    return run("python3", "-S", "-c", _MAKE_IT_FAIL, DRAIN_THREADS, str(value))
 
 
 def _fired(attr_dir: str, times: int) -> Any:
@@ -57,9 +71,9 @@ def _failslab(s: Mapping[str, Any]) -> Fault:
     # The task filter and the threads' flags first: with probability set and no filter, every task would fail.
     inject = (write_file(f"{FAILSLAB}/probability", "0"), write_file(f"{FAILSLAB}/task-filter", "Y"),
               write_file(f"{FAILSLAB}/ignore-gfp-wait", "N"),
-              run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=1)), *_attr(FAILSLAB, s))
+              _make_it_fail(1), *_attr(FAILSLAB, s))
     restore = (write_file(f"{FAILSLAB}/probability", "0"),
-               run("sh", "-c", _MAKE_IT_FAIL.format(pattern=DRAIN_THREADS, value=0)),
+               _make_it_fail(0),
                write_file(f"{FAILSLAB}/ignore-gfp-wait", "Y"), write_file(f"{FAILSLAB}/task-filter", "N"))
     return Fault(inject, restore, f"failslab {s['probability']}% on the drain threads, up to {s['times']}",
                  evidence=(_fired(FAILSLAB, s["times"]),))

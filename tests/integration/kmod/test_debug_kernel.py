@@ -116,15 +116,17 @@ def test_an_insert_with_interrupts_on_is_caught_by_the_lockdep_assertion(debug_l
     assert warnings and re.search(r"cbus\.c:\d+ cbus_", warnings[0]["title"]), record.kernel_reports
 
 
-def _load(fault: dict) -> dict:
-    return {"name": f"debug-{fault['name']}", "duration": 3.0, "guest": {"cpus": 2},
-            "emulators": [{"name": "generator", "path": "cbus", "context": "kthread", "rate": 1000}],
+def _load(fault: dict, duration: float = 3.0, rate: int = 1000) -> dict:
+    return {"name": f"debug-{fault['name']}", "duration": duration, "guest": {"cpus": 2},
+            "emulators": [{"name": "generator", "path": "cbus", "context": "kthread", "rate": rate}],
             "faults": [fault], "invariants": {"max_loss": 100000}}
 
 
 def test_failslab_on_the_drain_threads_fires_and_each_failed_send_is_accounted(debug_lab, tmp_path):
-    record = _run(debug_lab, tmp_path, _load({"name": "failslab", "at": 1.0, "duration": 1.0, "probability": 20,
-                                              "times": 300}))
+    # A light, long load: a program started by the injection (the threads' flags) took 8 to 17.5 s to run on this
+    # kernel under TCG, and loads of 3 and 8 s had ended before the attribute was set
+    record = _run(debug_lab, tmp_path, _load({"name": "failslab", "at": 1.0, "duration": 16.0, "probability": 20,
+                                              "times": 300}, duration=20.0, rate=200))
     (fault,) = record.faults
     assert fault["ok"], fault  # its evidence: the kernel failed allocations for real ("times" went down)
     assert record.data["agent"]["cbus"]["drop_nlerr"] > 0, record.data["agent"]["cbus"]
