@@ -20,6 +20,9 @@ from lab.cli.main import main
         (["cache", "prune", "--keep-last", "-1"], "must be 0 or more"),
         (["cache", "tidy"], "invalid choice: 'tidy'"),
         (["-q", "-v", "cache"], "not allowed with argument"),
+        (["--kernel-flavour", "debug", "--kernel", "/nonexistent/bzImage", "image", "build"],
+         "--kernel-flavour debug builds its own kernel; it cannot be combined with --kernel"),
+        (["--kernel-flavour", "dbg", "image", "build"], "invalid choice: 'dbg' (choose from 'cloud', 'debug')"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path, monkeypatch):

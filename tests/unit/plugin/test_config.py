@@ -51,6 +51,7 @@ def test_no_file_is_an_empty_config():
     ("[lab]\nplugin = []\n", r"\[lab\] plugin: unknown key"),
     ("[lab]\nplugins = 'x'\n", r"\[lab\] plugins: expected an array of strings"),
     ("plugins = 3\n", r"\[plugins\] must only hold tables"),
+    ("[lab]\nkernel_flavour = 'dbg'\n", r"\[lab\] kernel_flavour: 'dbg' is not one of cloud, debug"),
 ])
 def test_bad_config_files(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -133,3 +134,8 @@ def test_setting_declarations_are_checked():
         Setting("n", int, 3, "", min=5, max=1)
     assert Setting("n", int, 3, "", min=1, max=5).range_text == "1..5"
     assert Setting("f", float, 3.0, "", min=0.5).range_text == ">= 0.5"
+
+
+def test_kernel_flavour_comes_from_the_config_and_defaults_to_cloud(tmp_path):
+    assert load_config(write(tmp_path, "[lab]\nkernel_flavour = 'debug'\n"), env={}).kernel_flavour == "debug"
+    assert load_config(None, env={}).kernel_flavour == "cloud"
