@@ -14,10 +14,6 @@ import re
 
 import pytest
 
-from lab.engine.plan import plan_scenario
-from lab.engine.results import read_results
-from lab.engine.run import plugin_manager, run_scenarios
-from lab.engine.scenario import scenario_from_dict
 from lab.guest.files import install_guest_programs
 from lab.guest.kcheck import KernelWatch
 from lab.guest.labsetup import Lab
@@ -26,7 +22,7 @@ from lab.guest.qemu_argv import GuestShape
 from lab.image.debug_kernel import debug_kernel_cached
 from lab.image.kernel import debian_cloud_kernel
 
-from .test_seeded_bugs import _mutant
+from .test_seeded_bugs import _mutant, _run_scenario
 
 pytestmark = [pytest.mark.lab, pytest.mark.debugkernel, pytest.mark.xdist_group("debugkernel")]
 
@@ -81,13 +77,7 @@ POOL_DRY = {"name": "debug-pool-dry", "duration": 7.0, "guest": {"cpus": 2},
 
 
 def _run(lab: Lab, tmp_path, spec: dict):
-    registries = plugin_manager(None).registries
-    scenario = scenario_from_dict(spec, "<debug-kernel seeded>", registries)
-    plan_scenario(scenario, registries)
-    with open(tmp_path / "out.txt", "w") as out:
-        run_scenarios(lab, [scenario], 1, tmp_path / "run", out=out)
-    (record,) = read_results(tmp_path / "run" / "results.jsonl")
-    return record
+    return _run_scenario(lab, tmp_path, spec, "<debug-kernel seeded>")
 
 
 def test_the_unmutated_module_under_a_dry_pool_leaves_no_report(debug_lab, tmp_path):

@@ -45,14 +45,19 @@ def _mutant(cnlab_lab, tmp_path, *seeds: tuple[str, str, str]) -> Lab:
     return Lab(dataclasses.replace(cnlab_lab.options, module_source=source))
 
 
-def test_a_message_lost_silently_by_the_producer_fails_the_ledger_and_the_accounting(cnlab_lab, tmp_path):
-    lab = _mutant(cnlab_lab, tmp_path, SILENT_PRODUCER_LOSS)
+def _run_scenario(lab: Lab, tmp_path, spec: dict, source: str = "<seeded>"):
+    """Run one scenario (a dict in the scenario format) through the engine on a guest of ``lab``; its record."""
     registries = plugin_manager(None).registries
-    scenario = scenario_from_dict(SCENARIO, "<seeded>", registries)
+    scenario = scenario_from_dict(spec, source, registries)
     plan_scenario(scenario, registries)
     with open(tmp_path / "out.txt", "w") as out:
         run_scenarios(lab, [scenario], 1, tmp_path / "run", out=out)
     (record,) = read_results(tmp_path / "run" / "results.jsonl")
+    return record
+
+
+def test_a_message_lost_silently_by_the_producer_fails_the_ledger_and_the_accounting(cnlab_lab, tmp_path):
+    record = _run_scenario(_mutant(cnlab_lab, tmp_path, SILENT_PRODUCER_LOSS), tmp_path, SCENARIO)
     verdicts = {v.name: v for v in record.verdicts}
     assert record.status == "failed"
     assert not verdicts["cbus_ledger"].ok and "!= enqueued" in verdicts["cbus_ledger"].detail, verdicts["cbus_ledger"]
