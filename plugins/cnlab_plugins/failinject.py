@@ -1,7 +1,9 @@
-"""Kernel fault injection aimed at the lab module: ``failslab`` and ``fail_function`` (debug kernel flavour).
+"""Kernel fault injection aimed at the lab module: ``failslab``, ``fail_page_alloc`` and ``fail_function``
+(debug kernel flavour).
 
-Both need the debug flavour (``cnlab --kernel-flavour debug``: ``CONFIG_FAILSLAB``, ``CONFIG_FAIL_FUNCTION``,
-``CONFIG_FAULT_INJECTION_DEBUG_FS``); on Debian's cloud kernel their ``/sys/kernel/debug`` files do not exist
+Each needs the debug flavour (``cnlab --kernel-flavour debug``: ``CONFIG_FAILSLAB``,
+``CONFIG_FAIL_PAGE_ALLOC``, ``CONFIG_FAIL_FUNCTION``, ``CONFIG_FAULT_INJECTION_DEBUG_FS``); on Debian's cloud
+kernel their ``/sys/kernel/debug`` files do not exist
 and the first write fails the injection, naming the file.
 
 ================= ======== ===========================================================================
@@ -11,6 +13,10 @@ failslab          module   slab allocations of the CBUS drain threads (``cbus/N`
                            ``probability`` percent, at most ``times`` times (task filter, sleeping
                            allocations included): their sends fail and CBUS must count each message
                            as a netlink error (``drop_nlerr``)
+fail-page-alloc   module   page allocations of at least ``2^min_order`` pages by the CBUS drain threads
+                           fail (same filter and counters as failslab): a send whose buffer is too big
+                           for a slab (a message of about 8 KB or more) fails, and CBUS must count it
+                           as a netlink error
 fail-function     module   a function of the module marked ``ALLOW_ERROR_INJECTION`` returns an error
                            instead of running (``probability`` percent, at most ``times`` times): its
                            callers must cope (``cbus_insert_group``: the generators count a refusal)
@@ -33,6 +39,7 @@ from lab.plugin.objects import Fault, expect_output, run, write_file
 DEBUGFS = "/sys/kernel/debug"
 FAILSLAB = f"{DEBUGFS}/failslab"
 FAIL_FUNCTION = f"{DEBUGFS}/fail_function"
+FAIL_PAGE_ALLOC = f"{DEBUGFS}/fail_page_alloc"
 #: Functions of kmod/ marked ALLOW_ERROR_INJECTION (the kernel refuses any other name).
 INJECTABLE = ("cbus_insert_group",)
 #: The CBUS drain threads' names (smpboot "cbus/%u").
@@ -67,16 +74,27 @@ def _attr(attr_dir: str, s: Mapping[str, Any]) -> tuple:
             write_file(f"{attr_dir}/probability", str(s["probability"])))
 
 
-def _failslab(s: Mapping[str, Any]) -> Fault:
+def _drain_threads_fail(attr_dir: str, s: Mapping[str, Any], what: str, extra: tuple = ()) -> Fault:
+    """An attribute with the task filter, aimed at the CBUS drain threads (``failslab``, ``fail_page_alloc``)."""
     # The task filter and the threads' flags first: with probability set and no filter, every task would fail.
-    inject = (write_file(f"{FAILSLAB}/probability", "0"), write_file(f"{FAILSLAB}/task-filter", "Y"),
-              write_file(f"{FAILSLAB}/ignore-gfp-wait", "N"),
-              _make_it_fail(1), *_attr(FAILSLAB, s))
-    restore = (write_file(f"{FAILSLAB}/probability", "0"),
+    inject = (write_file(f"{attr_dir}/probability", "0"), write_file(f"{attr_dir}/task-filter", "Y"),
+              write_file(f"{attr_dir}/ignore-gfp-wait", "N"), *extra,
+              _make_it_fail(1), *_attr(attr_dir, s))
+    restore = (write_file(f"{attr_dir}/probability", "0"),
                _make_it_fail(0),
-               write_file(f"{FAILSLAB}/ignore-gfp-wait", "Y"), write_file(f"{FAILSLAB}/task-filter", "N"))
-    return Fault(inject, restore, f"failslab {s['probability']}% on the drain threads, up to {s['times']}",
-                 evidence=(_fired(FAILSLAB, s["times"]),))
+               write_file(f"{attr_dir}/ignore-gfp-wait", "Y"), write_file(f"{attr_dir}/task-filter", "N"))
+    return Fault(inject, restore, f"{what} {s['probability']}% on the drain threads, up to {s['times']}",
+                 evidence=(_fired(attr_dir, s["times"]),))
+
+
+def _failslab(s: Mapping[str, Any]) -> Fault:
+    return _drain_threads_fail(FAILSLAB, s, "failslab")
+
+
+def _fail_page_alloc(s: Mapping[str, Any]) -> Fault:
+    # highmem and order below min-order are never failed (x86-64 has no highmem: only the order matters)
+    return _drain_threads_fail(FAIL_PAGE_ALLOC, s, f"fail_page_alloc (order >= {s['min_order']})",
+                               (write_file(f"{FAIL_PAGE_ALLOC}/min-order", str(s["min_order"])),))
 
 
 def _fail_function(s: Mapping[str, Any]) -> Fault:
@@ -96,10 +114,17 @@ def _common() -> tuple[Setting, ...]:
 
 @hookimpl
 def lab_faults_register(registry: FaultRegistry, settings: Mapping[str, Any]) -> None:
-    """failslab and fail-function (see the module docstring); both need the debug kernel flavour."""
+    """failslab, fail-page-alloc and fail-function (see the module docstring); each needs the debug kernel
+    flavour."""
     registry.add_fault(FaultSpec(
         "failslab", "slab allocations of the CBUS drain threads fail (debug kernel flavour)", "module", _failslab,
         settings=_common(), duration=1.0))
+    registry.add_fault(FaultSpec(
+        "fail-page-alloc", "page allocations of the CBUS drain threads fail (debug kernel flavour)", "module",
+        _fail_page_alloc,
+        settings=(Setting("min_order", int, 1, "only allocations of at least 2^min_order pages fail (1: the "
+                                               "sends of messages over about 8 KB, not the slab refills)",
+                          min=0, max=10), *_common()), duration=1.0))
     registry.add_fault(FaultSpec(
         "fail-function", "a module function marked ALLOW_ERROR_INJECTION returns an error (debug kernel flavour)",
         "module", _fail_function,

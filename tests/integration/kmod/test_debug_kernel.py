@@ -123,6 +123,18 @@ def test_failslab_on_the_drain_threads_fires_and_each_failed_send_is_accounted(d
     assert record.status == "passed", [v for v in record.verdicts if not v.ok]
 
 
+def test_fail_page_alloc_fails_the_big_sends_of_the_drain_threads_and_each_is_accounted(debug_lab, tmp_path):
+    # 8 KB payloads: each send's buffer is past the largest kmalloc slab, so it comes from the page allocator
+    spec = _load({"name": "fail-page-alloc", "at": 1.0, "duration": 16.0, "probability": 20, "times": 300},
+                 duration=20.0, rate=200)
+    spec["emulators"][0]["payload"] = [8192, 8192]
+    record = _run(debug_lab, tmp_path, spec)
+    (fault,) = record.faults
+    assert fault["ok"], fault  # its evidence: the kernel failed page allocations for real ("times" went down)
+    assert record.data["agent"]["cbus"]["drop_nlerr"] > 0, record.data["agent"]["cbus"]
+    assert record.status == "passed", [v for v in record.verdicts if not v.ok]
+
+
 def test_fail_function_makes_inserts_refuse_and_the_generators_count_each_refusal(debug_lab, tmp_path):
     record = _run(debug_lab, tmp_path, _load({"name": "fail-function", "function": "cbus_insert_group", "at": 1.0,
                                               "duration": 0.5, "probability": 10, "times": 200}))

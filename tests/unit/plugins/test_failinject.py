@@ -1,5 +1,5 @@
-"""failslab and fail-function: the order of their writes (no moment where every task fails), the thread flags'
-program, and their evidence (no guest)."""
+"""failslab, fail-page-alloc and fail-function: the order of their writes (no moment where every task fails),
+the thread flags' program, and their evidence (no guest)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from cnlab_plugins import failinject
-from cnlab_plugins.failinject import FAIL_FUNCTION, FAILSLAB
+from cnlab_plugins.failinject import FAIL_FUNCTION, FAIL_PAGE_ALLOC, FAILSLAB
 
 
 def _steps(actions) -> list[str]:
@@ -27,6 +27,17 @@ def test_failslab_arms_the_task_filter_and_the_threads_before_any_probability():
     assert restore[0] == f"write {FAILSLAB}/probability 0" and restore[-1] == f"write {FAILSLAB}/task-filter N"
     assert f"write {FAILSLAB}/ignore-gfp-wait Y" in restore
     assert "times" in " ".join(fault.evidence[0].args)
+
+
+def test_fail_page_alloc_is_failslab_s_filter_on_the_page_allocator_with_its_minimum_order():
+    fault = failinject._fail_page_alloc({"probability": 20, "times": 300, "min_order": 1})
+    steps = _steps(fault.inject)
+    assert steps[0] == f"write {FAIL_PAGE_ALLOC}/probability 0"
+    assert steps[-1] == f"write {FAIL_PAGE_ALLOC}/probability 20"
+    assert steps.index(f"write {FAIL_PAGE_ALLOC}/task-filter Y") < steps.index(f"write {FAIL_PAGE_ALLOC}/min-order 1")
+    assert _steps(fault.restore)[-1] == f"write {FAIL_PAGE_ALLOC}/task-filter N"
+    assert fault.summary == "fail_page_alloc (order >= 1) 20% on the drain threads, up to 300"
+    assert f"{FAIL_PAGE_ALLOC}/times" in " ".join(fault.evidence[0].args)
 
 
 def test_fail_function_registers_its_function_with_the_shared_attribute_off():
