@@ -152,4 +152,6 @@ def plan_scenario(scenario: Scenario, registries: Registries) -> dict[str, Any]:
         "consumers": _consumers(registries, scenario, all_groups, listen),
         "faults": faults,
         "events": events,
+        "setup": [],  # plugins' steps (lab.plugin.agent_step), appended in lab_scenario_start
+        "teardown": [],
     }

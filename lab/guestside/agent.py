@@ -5,7 +5,8 @@ The plan (JSON on stdin, from ``lab.engine.plan``) holds GEN_START configs,
 live sources (cn_proc and its process storm), consumer command lines, faults
 (actions and triggers) and the probes of the events they wait for.  Steps:
 
-1. mark the kernel log; faults ``at = 0`` fire;
+1. mark the kernel log; run the plugins' ``setup`` steps (actions, as in
+   faults: the flight recorder starts here); faults ``at = 0`` fire;
 2. start the consumers and wait until every one has bound its socket;
 3. read the module's statistics, start the generators and live drivers,
    print ``CNLAB-AGENT load <ns>`` on stderr (the host's clock for the load);
@@ -18,7 +19,7 @@ live sources (cn_proc and its process storm), consumer command lines, faults
    messages;
 6. stop the consumers (each drains its socket and writes its report) and
    reconcile each consumer's loss with the kernel's counts
-   (``agent_accounting``).
+   (``agent_accounting``); run the plugins' ``teardown`` steps.
 
 Standard library only, plus ``kabi`` and the ``agent_*`` modules shipped beside it.
 """
@@ -130,6 +131,20 @@ def drain(client, seconds):
     return out
 
 
+def run_steps(actions, steps, errors, when):
+    """A plugin's ``setup`` or ``teardown`` steps (``{"owner", "action", "optional"}``), in order, in this
+    process; each step's outcome, with its owner.  A step that is not optional and fails is an error."""
+    done = []
+    for step in steps:
+        out = {"owner": step.get("owner", "?"), "optional": bool(step.get("optional")),
+               **actions.run(step["action"]), "action": list(step["action"])}
+        if not out["ok"] and not step.get("optional"):
+            errors.append(f"{when} step of {out['owner']} failed: {' '.join(map(str, out['action']))}: "
+                          f"{out.get('error')}")
+        done.append(out)
+    return done
+
+
 def main():
     started = time.monotonic()
     marks = {}
@@ -150,6 +165,8 @@ def main():
     actions = Actions(fault_client, signal_all(consumers), folder)
     scheduler = FaultScheduler(plan.get("faults", []), actions, {}, plan["duration"],
                                evidence_s=EVIDENCE_SECONDS * scale)
+    setup = run_steps(actions, plan.get("setup", []), errors, "setup")
+    mark("setup")
     scheduler.fire_before_load()
     mark("faults_before_load")
     own_fds = [client.sock.fileno(), fault_client.sock.fileno()] + ([klog.fd] if klog.fd is not None else [])
@@ -268,6 +285,7 @@ def main():
             r["accounting"] = reconcile(r, gens, cbus.get("drop_nlerr", 0), groups_of_gen, lost_reason)
             reports.append(r)
     mark("consumers_stopped")
+    teardown = run_steps(actions, plan.get("teardown", []), errors, "teardown")
     live = []
     for n, (src, d) in enumerate(zip(plan.get("live", []), drivers, strict=True)):
         d.wait()
@@ -280,7 +298,8 @@ def main():
     print(json.dumps({"errors": errors, "load_s": round(load_s, 3), "bind_s": round(bind_s, 3), "drain": drained,
                       "consumers": reports, "generators": {str(k): v for k, v in gens.items()}, "cbus": cbus,
                       "live": live, "faults": fault_records, "faults_never_fired": never_fired,
-                      "restarted": restarted, "unloads": len(unloads), "marks": marks, "ledger": ledger}))
+                      "restarted": restarted, "unloads": len(unloads), "marks": marks, "ledger": ledger,
+                      "setup": setup, "teardown": teardown}))
     return 0
 
 

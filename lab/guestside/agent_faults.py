@@ -95,6 +95,14 @@ class Actions:
             if kind == "write":
                 with open(args[0], "w") as f:
                     f.write(str(args[1]))
+            elif kind == "mkdir":
+                os.mkdir(args[0])
+            elif kind == "rmdir":  # a folder that is not there is already removed
+                if os.path.isdir(args[0]):
+                    os.rmdir(args[0])
+            elif kind == "read":
+                with open(args[0]) as f:
+                    out["value"] = f.read().strip()
             elif kind == "knob":
                 name, value = args
                 if value is None:

@@ -21,6 +21,7 @@ from lab.plugin.manager import (
 )
 from lab.plugin.model import (
     AGENT_REPORT,
+    AGENT_STEP_ACTIONS,
     GUEST_PLUGIN_DIR,
     PLAN,
     SETTINGS,
@@ -35,6 +36,7 @@ from lab.plugin.model import (
     StashKey,
     Trigger,
     Verdict,
+    agent_step,
 )
 from lab.plugin.registry import (
     ConsumerRegistry,
@@ -57,6 +59,8 @@ __all__ = [
     "SETTINGS",
     "PLAN",
     "AGENT_REPORT",
+    "AGENT_STEP_ACTIONS",
+    "agent_step",
     "HookCallError",
     "LabPluginManager",
     "PluginInfo",

@@ -31,6 +31,8 @@ __all__ = [
     "SETTINGS",
     "PLAN",
     "AGENT_REPORT",
+    "AGENT_STEP_ACTIONS",
+    "agent_step",
     "GUEST_PLUGIN_DIR",
 ]
 
@@ -381,3 +383,28 @@ SETTINGS = StashKey[Mapping[str, Mapping[str, Any]]]()
 PLAN = StashKey[dict]()
 #: The guest agent's report, once the load ran (also ``data["agent"]`` in the result hooks).
 AGENT_REPORT = StashKey[dict]()
+
+#: What a setup or teardown step may do in the guest agent (``lab/guestside/agent_faults.py``, ``Actions``):
+#: ``write PATH TEXT``, ``mkdir PATH``, ``rmdir PATH`` (absent is fine), ``read PATH`` (the text is in the
+#: outcome's ``value``), ``exec ARGV...`` (a program, waited for).
+AGENT_STEP_ACTIONS = ("write", "mkdir", "rmdir", "read", "exec")
+
+
+def agent_step(owner: str, *action: str | int, optional: bool = False) -> dict[str, Any]:
+    """One step for the guest agent to run in its own process, for ``stash[PLAN]["setup"]`` (before the
+    consumers start and the faults ``at = 0`` fire) or ``stash[PLAN]["teardown"]`` (after the consumers
+    stopped); append it in ``lab_scenario_start``.  The agent reports every step's outcome, in order, as
+    ``{"owner", "action" (the list given), "optional", "ok", "error"?, "value"?}`` under ``setup`` and
+    ``teardown`` in its report (``stash[AGENT_REPORT]``, ``data["agent"]``); a failed step that is not
+    ``optional`` is an agent error, which fails the scenario.  A step costs no program start in the guest,
+    unlike a ``guest.run``.  Arguments are passed as text.
+
+    :raises ValueError: an action the agent does not know, or one without its path.
+    """
+    if not action or action[0] not in AGENT_STEP_ACTIONS:
+        raise ValueError(f"agent step of {owner}: unknown action {action[:1]!r}; known: "
+                         f"{', '.join(AGENT_STEP_ACTIONS)}")
+    if len(action) < 2:
+        raise ValueError(f"agent step of {owner}: {action[0]} needs an argument")
+    return {"owner": owner, "action": [str(a) for a in action],
+            "optional": optional}

@@ -17,7 +17,7 @@ import json
 import statistics
 
 import pytest
-from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS
+from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, INSTANCE, start_steps, stop_steps
 
 from lab.cli.trace import print_traces
 from lab.engine.results import read_results
@@ -27,6 +27,7 @@ from lab.engine.sets import resolve_scenarios
 from lab.guest.files import install_guest_programs
 from lab.guest.machine import Guest
 from lab.guest.qemu_argv import GuestShape
+from lab.plugin import agent_step
 from lab.report.ftrace import read_trace
 from lab.report.summary import finish_run
 
@@ -126,23 +127,40 @@ def _kmod_timing(guest, lib: str) -> dict:
     return json.loads(result.text.strip().splitlines()[-1])
 
 
+#: Runs steps with the guest agent's own code (``run_steps``), as it does at a scenario's start and end.
+_RUN_STEPS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from agent import run_steps
+from agent_faults import Actions
+errors = []
+print(json.dumps(run_steps(Actions(None, lambda signum: [], "/tmp"), json.load(sys.stdin), errors, "steps")))
+sys.exit(1 if errors else 0)
+"""
+
+
+def _agent_steps(guest, lib: str, steps: list[dict]) -> list[dict]:
+    result = guest.run(["python3", "-S", "-c", _RUN_STEPS, lib], stdin=json.dumps(steps).encode(), timeout=60)
+    assert result.ok, result.text + result.stderr.decode(errors="replace")
+    return json.loads(result.text)
+
+
 def test_the_recorders_cost_side_by_side(cnlab_lab):
     """Recorder off and on, alternating twice in one guest: ns per insert (BENCH median) and the CBUS rate."""
     spec = cnlab_lab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="flightrec-cost")
     figures: dict[str, list[dict]] = {"off": [], "on": []}
     with Guest(spec) as guest:
         lib = install_guest_programs(guest)
-        recorder = ["python3", "-S", f"{lib}/flightrec.py"]
         for _ in range(2):
             figures["off"].append(_kmod_timing(guest, lib))
-            started = guest.run(recorder + ["start", "--buffer-kb", str(DEFAULT_BUFFER_KB), *EVENTS], check=True)
-            assert json.loads(started.stdout)["missing"] == []
+            started = _agent_steps(guest, lib, start_steps(DEFAULT_BUFFER_KB))
+            assert [s["action"] for s in started if not s["ok"] and s is not started[0]] == []  # every event there
             figures["on"].append(_kmod_timing(guest, lib))
-            guest.run(recorder + ["stop"], check=True)
-            head = guest.run(["head", "-c", "400", "/sys/kernel/tracing/instances/cnlab/trace"], check=True).text
+            _agent_steps(guest, lib, stop_steps())
+            head = guest.run(["head", "-c", "400", f"{INSTANCE}/trace"], check=True).text
             written = int(head.split("entries-written:")[1].split()[0].split("/")[1])
             assert written > 30000  # it recorded every insert of the rate run, at least
-            guest.run(recorder + ["discard"], check=True)
+            _agent_steps(guest, lib, [agent_step("test", "rmdir", INSTANCE)])
     table = {}
     for mode, runs in figures.items():
         table[mode] = {"insert_ns_median": statistics.median(r["insert"]["cbus_insert_ns"] for r in runs),

@@ -77,20 +77,32 @@ class FakeGuest:
             self.trace_commands.append(f"stop {argv[4]} {argv[5]}")
             return CommandResult(list(argv), 0, b"", b"")
         if argv[-1].endswith("agent.py"):
-            self.plans.append(json.loads(stdin))
+            plan = json.loads(stdin)
+            self.plans.append(plan)
             if sink is not None:
                 sink("stderr", b"CNLAB-AGENT load 1\n" + self.stderr)
-            return CommandResult(list(argv), self.status, json.dumps(self.report).encode(), self.stderr)
+            report = {"setup": self.steps(plan["setup"]), "teardown": self.steps(plan["teardown"])} | self.report
+            return CommandResult(list(argv), self.status, json.dumps(report).encode(), self.stderr)
         return CommandResult(list(argv), 0, b"", b"")
 
 
+    @staticmethod
+    def steps(steps: list[dict]) -> list[dict]:
+        """The agent's outcome of plugins' steps: each one worked (a read gives what was last written there)."""
+        written, done = {}, []
+        for step in steps:
+            action = step["action"]
+            out = {"owner": step["owner"], "optional": step["optional"], "action": action, "ok": True}
+            if action[0] == "write":
+                written[action[1]] = str(action[2])
+            elif action[0] == "read":
+                out["value"] = written.get(action[1], "")
+            done.append(out)
+        return done
+
     def flightrec(self, argv):
-        """The flight recorder's guest program: every event there, a one-event trace when saved."""
+        """The flight recorder's guest program: a one-event trace when saved."""
         self.trace_commands.append(argv[3])
-        if argv[3] == "start":
-            started = {"instance": "/sys/kernel/tracing/instances/cnlab", "buffer_kb": int(argv[5]),
-                       "enabled": argv[6:], "missing": [], "cpus": 2}
-            return CommandResult(list(argv), 0, json.dumps(started).encode(), b"")
         if argv[3] == "save":
             text = FLIGHTREC_TRACE.encode()
             return CommandResult(list(argv), 0, text, json.dumps({"bytes": len(text), "kept": len(text)}).encode())

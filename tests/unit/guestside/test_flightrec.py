@@ -1,31 +1,35 @@
-"""flightrec.py (the flight recorder's guest program) on a fake tracefs: the instance it makes, the events it
-enables or reports missing, the end mark, and a saved trace bounded to its tail in whole lines."""
+"""The flight recorder in the guest, on a fake tracefs: the plugin's steps run by the agent's own
+``run_steps`` (the instance they make, the events they enable or find missing, the end mark), and the save
+program's trace bounded to its tail in whole lines."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 
 import pytest
+from cnlab_plugins import flightrec as plugin
 
 from .guest_modules import load_guest_module
 
 flightrec = load_guest_module("flightrec")
+agent = load_guest_module("agent")
 
-KERNEL_EVENTS = ("cnlab/cnlab_insert", "cnlab/cnlab_send", "sched/sched_switch", "irq/softirq_entry")
+#: The events a new instance has on the fake kernel: all of the recorder's but the hard-IRQ exit.
+KERNEL_EVENTS = tuple(e.replace(":", "/") for e in plugin.EVENTS if e != "irq:irq_handler_exit")
 
 
 @pytest.fixture
 def tracefs(tmp_path, monkeypatch):
-    """A tracefs whose new instances come with the files and events a 6.1 kernel's have (minus some events)."""
-    root = tmp_path / "tracing"
-    (root / "instances").mkdir(parents=True)
-    monkeypatch.setattr(flightrec, "TRACEFS", str(root))
-    monkeypatch.setattr(flightrec, "INSTANCE", str(root / "instances" / "cnlab"))
+    """A tracefs whose new instances come with the files and events a 6.1 kernel's have (minus one event)."""
+    instance = tmp_path / "tracing" / "instances" / "cnlab"
+    instance.parent.mkdir(parents=True)
+    monkeypatch.setattr(flightrec, "INSTANCE", str(instance))
+    monkeypatch.setattr(plugin, "INSTANCE", str(instance))
+
     class Os:
-        """os for the program, with tracefs's mkdir and rmdir of an instance."""
+        """os for the agent's actions, with tracefs's mkdir and rmdir of an instance."""
 
         def __getattr__(self, name):
             return getattr(os, name)
@@ -33,7 +37,6 @@ def tracefs(tmp_path, monkeypatch):
         @staticmethod
         def mkdir(path, *args):
             os.mkdir(path, *args)
-            instance = root / "instances" / "cnlab"
             for name in ("tracing_on", "buffer_size_kb", "trace_clock", "trace_marker", "trace"):
                 (instance / name).write_text("")
             (instance / "options").mkdir()
@@ -45,34 +48,48 @@ def tracefs(tmp_path, monkeypatch):
         def rmdir(path):
             shutil.rmtree(path)
 
-    monkeypatch.setattr(flightrec, "os", Os())
-    return root / "instances" / "cnlab"
+    monkeypatch.setitem(agent.Actions.run.__globals__, "os", Os())  # agent_faults' os
+    return instance
 
 
-def test_start_makes_a_bounded_overwriting_instance_and_says_which_events_are_missing(tracefs, capsys):
-    assert flightrec.main(["start", "--buffer-kb", "2048", "cnlab:cnlab_insert", "cnlab:cnlab_send",
-                           "sched:sched_switch", "irq:softirq_entry", "irq:nmi_handler"]) == 0
-    started = json.loads(capsys.readouterr().out)
-    assert started["enabled"] == ["cnlab:cnlab_insert", "cnlab:cnlab_send", "sched:sched_switch",
-                                  "irq:softirq_entry"]
-    assert started["missing"] == ["irq:nmi_handler"] and started["buffer_kb"] == 2048
+def actions():
+    return agent.Actions(None, lambda signum: [], "/tmp")
+
+
+def test_the_agent_runs_the_start_steps_into_a_bounded_overwriting_instance(tracefs):
+    errors = []
+    done = agent.run_steps(actions(), plugin.start_steps(2048), errors, "setup")
+    assert errors == []  # the missing event is optional; so is stopping an instance that is not there yet
     assert (tracefs / "buffer_size_kb").read_text() == "2048" and (tracefs / "options" / "overwrite").read_text() == "1"
     assert (tracefs / "trace_clock").read_text() == "local"  # printk's clock: the console's times line up
     assert (tracefs / "tracing_on").read_text() == "1"
     assert (tracefs / "events" / "cnlab" / "cnlab_insert" / "enable").read_text() == "1"
+    failed = [s["action"][1] for s in done if not s["ok"]]
+    assert failed == [f"{tracefs}/tracing_on", plugin.event_enable("irq:irq_handler_exit")]
+    assert all(s["owner"] == "flightrec" for s in done) and done[-1]["value"] == "2048"
 
 
-def test_stop_marks_the_end_and_freezes_and_discard_removes_the_instance(tracefs, capsys):
-    flightrec.main(["start", "--buffer-kb", "64", "cnlab:cnlab_insert"])
-    assert flightrec.main(["stop"]) == 0
+def test_a_second_start_replaces_the_instance_and_the_stop_marks_the_end(tracefs):
+    agent.run_steps(actions(), plugin.start_steps(64), [], "setup")
+    (tracefs / "trace").write_text("old events\n")
+    errors = []
+    done = agent.run_steps(actions(), plugin.start_steps(64), errors, "setup")
+    assert errors == [] and all(s["ok"] for s in done[:3]) and (tracefs / "trace").read_text() == ""
+    assert agent.run_steps(actions(), plugin.stop_steps(), errors, "teardown")[-1]["ok"]
     assert (tracefs / "trace_marker").read_text() == flightrec.STOP_MARK
-    assert (tracefs / "tracing_on").read_text() == "0"
-    assert flightrec.main(["discard"]) == 0 and not tracefs.exists()
-    assert flightrec.main(["stop"]) == 0 and json.loads(capsys.readouterr().out.splitlines()[-1]) == {"running": False}
+    assert (tracefs / "tracing_on").read_text() == "0" and errors == []
+
+
+def test_a_step_that_must_work_and_fails_is_an_agent_error_naming_its_owner(tmp_path, monkeypatch):
+    monkeypatch.setattr(plugin, "INSTANCE", str(tmp_path / "no" / "tracefs" / "cnlab"))
+    errors = []
+    agent.run_steps(actions(), plugin.start_steps(64), errors, "setup")
+    assert errors[0].startswith(f"setup step of flightrec failed: mkdir {tmp_path}/no/tracefs/cnlab: "
+                                "FileNotFoundError")
 
 
 def test_save_keeps_the_tail_in_whole_lines_within_the_bound(tracefs):
-    flightrec.main(["start", "--buffer-kb", "64", "cnlab:cnlab_insert"])
+    tracefs.mkdir()
     lines = [f"  cnlab_g0/0-105 [000] d..1. {i / 1e4:.6f}: cnlab_insert: cpu=0 depth={i} bytes=60\n"
              for i in range(40000)]
     (tracefs / "trace").write_text("".join(lines))
@@ -86,14 +103,9 @@ def test_save_keeps_the_tail_in_whole_lines_within_the_bound(tracefs):
     assert flightrec.save(1 << 20, out) == (total, total)  # under the bound: all of it
 
 
-def test_failures_are_one_line_and_exit_1(tracefs, capsys, monkeypatch):
-    assert flightrec.main(["start", "--buffer-kb", "x"]) == 1
-    assert capsys.readouterr().err.strip() == "flightrec: start needs --buffer-kb N"
-    assert flightrec.main(["bogus"]) == 2
-    capsys.readouterr()
-    monkeypatch.setattr(flightrec, "TRACEFS", str(tracefs.parent / "nowhere"))
-    monkeypatch.setattr(flightrec.ctypes, "CDLL", lambda *a, **k: type("libc", (), {"mount": lambda *a: -1})())
-    monkeypatch.setattr(flightrec.ctypes, "get_errno", lambda: 1)
-    assert flightrec.main(["start", "--buffer-kb", "64"]) == 1
+def test_save_failures_are_one_line_and_exit_1(tracefs, capsys):
+    assert flightrec.main(["save", "--max-kb", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "usage: flightrec.py save --max-kb N"
+    assert flightrec.main(["save", "--max-kb", "64"]) == 1  # no instance
     err = capsys.readouterr().err.strip()
-    assert err.startswith("flightrec: ") and "cannot mount tracefs" in err and "\n" not in err
+    assert err.startswith("flightrec: ") and "No such file" in err and "\n" not in err

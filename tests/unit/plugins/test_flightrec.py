@@ -1,12 +1,24 @@
-"""The flight recorder plugin through the one execution path, on the fake guest: it records every scenario,
-keeps a failed one's trace (bounded, named in the record) and nothing of a passing one, and turns off."""
+"""The flight recorder plugin through the one execution path, on the fake guest: the agent records every
+scenario with the plugin's steps, a failed one's trace is kept (bounded, named in the record) and nothing of a
+passing one, a recorder that cannot start fails its scenario, and it turns off."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from cnlab_plugins.flightrec import DEFAULT_BUFFER_KB, DEFAULT_MAX_KB, EVENTS, RELOAD_NOTE, STOP_ARGV, failure_time
+from cnlab_plugins.flightrec import (
+    DEFAULT_BUFFER_KB,
+    DEFAULT_MAX_KB,
+    EVENTS,
+    INSTANCE,
+    RELOAD_NOTE,
+    STOP_ARGV,
+    event_enable,
+    failure_time,
+    start_steps,
+    stop_steps,
+)
 
 from lab import hookimpl
 from lab.config import LabConfig
@@ -16,8 +28,6 @@ from lab.plugin import get_plugin_manager
 from lab.report.ftrace import STOP_MARK
 
 from ..engine.test_execute import ENV, FLIGHTREC_TRACE, FakeGuest
-
-INSTANCE = "/sys/kernel/tracing/instances/cnlab"
 
 
 class Rigged:
@@ -41,20 +51,22 @@ def _recorder_on(monkeypatch):
     monkeypatch.delenv("CNLAB_FLIGHTREC", raising=False)
 
 
-def test_a_passing_scenario_is_recorded_and_keeps_nothing(tmp_path):
+def test_a_passing_scenario_is_recorded_by_the_agent_and_keeps_nothing(tmp_path):
     record, guest = run(tmp_path, "holds")
     assert record.passed
-    assert guest.trace_commands == ["start", f"stop {INSTANCE} {STOP_MARK}"]  # then nothing
-    start = next(c for c in guest.commands if c[2:4] == ["/run/cnlab/py/flightrec.py", "start"])
-    assert start[4:] == ["--buffer-kb", str(DEFAULT_BUFFER_KB), *EVENTS]
-    assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "events": list(EVENTS), "missing": []}
+    assert guest.trace_commands == []  # no program of its own: the agent started and stopped it
+    (plan,) = guest.plans
+    assert plan["setup"] == start_steps(DEFAULT_BUFFER_KB) and plan["teardown"] == stop_steps()
+    assert plan["setup"][2] == {"owner": "flightrec", "action": ["mkdir", INSTANCE], "optional": False}
+    assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "events": list(EVENTS), "missing": [],
+                                        "failed": []}
+    assert not [v for v in record.verdicts if v.name == "flight recorder"]  # only a failure adds a row
     assert not list(tmp_path.glob("*.trace"))
 
 
 def test_a_failed_scenario_keeps_the_trace_bounded_and_named_in_its_record(tmp_path):
     record, guest = run(tmp_path, "fails")
-    assert record.status == "failed" and guest.trace_commands == ["start", f"stop {INSTANCE} {STOP_MARK}",
-                                                                 "save"]
+    assert record.status == "failed" and guest.trace_commands == ["save"]
     save = next(c for c in guest.commands if c[2:4] == ["/run/cnlab/py/flightrec.py", "save"])
     assert save[4:] == ["--max-kb", str(DEFAULT_MAX_KB)]
     kept = record.data["flightrec"]["trace"]
@@ -67,9 +79,10 @@ def test_a_failed_scenario_keeps_the_trace_bounded_and_named_in_its_record(tmp_p
 
 
 def test_its_settings_size_the_buffer_and_the_kept_text(tmp_path):
-    _, guest = run(tmp_path, "fails", tables={"flightrec": {"buffer_kb": 256, "max_kb": 64}})
-    flat = [" ".join(c) for c in guest.commands]
-    assert any("start --buffer-kb 256 " in c for c in flat) and any(c.endswith("save --max-kb 64") for c in flat)
+    record, guest = run(tmp_path, "fails", tables={"flightrec": {"buffer_kb": 256, "max_kb": 64}})
+    assert [f"{INSTANCE}/buffer_size_kb", "256"] in [s["action"][1:] for s in guest.plans[0]["setup"]]
+    assert record.data["flightrec"]["buffer_kb"] == 256  # read back
+    assert any(" ".join(c).endswith("save --max-kb 64") for c in guest.commands)
 
 
 @pytest.mark.parametrize("how", ["setting", "env", "blocked"])
@@ -83,26 +96,57 @@ def test_it_turns_off(tmp_path, monkeypatch, how):
         args = ("no:flightrec",)
     record, guest = run(tmp_path, "fails", tables=tables, args=args)
     assert guest.trace_commands == [] and "flightrec" not in record.data and record.status == "failed"
+    assert guest.plans[0]["setup"] == [] and guest.plans[0]["teardown"] == []
 
 
-def test_a_recorder_that_cannot_start_fails_the_scenario_in_one_line(tmp_path, monkeypatch):
-    def broken(self, argv):
-        from lab.command import CommandResult
+def _outcomes(failing: set[str]):
+    """The fake agent's step outcomes, with the steps in ``failing`` (a path, or an action and its path) failed."""
+    every_step_works = FakeGuest.steps
 
-        return CommandResult(list(argv), 1, b"", b"flightrec: [Errno 2] cannot mount tracefs\n")
+    def steps(steps):
+        done = every_step_works(steps)
+        for out in done:
+            if out["action"][1] in failing or " ".join(out["action"][:2]) in failing:
+                out.update(ok=False, error="FileNotFoundError: [Errno 2] No such file or directory")
+        return done
+    return staticmethod(steps)
 
-    monkeypatch.setattr(FakeGuest, "flightrec", broken)
+
+def test_a_recorder_that_cannot_start_fails_the_scenario_in_one_line_and_saves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(FakeGuest, "steps", _outcomes({f"mkdir {INSTANCE}"}))
+    record, guest = run(tmp_path, "holds")
+    (verdict,) = [v for v in record.verdicts if v.name == "flight recorder"]
+    assert not verdict.ok and verdict.detail == (f"did not start: mkdir {INSTANCE}: FileNotFoundError: [Errno 2] "
+                                                 "No such file or directory")
+    assert record.status == "failed" and guest.trace_commands == []
+
+
+def test_a_kernel_without_the_modules_tracepoints_fails_and_missing_events_are_listed(tmp_path, monkeypatch):
+    cnlab_events = {event_enable(e) for e in EVENTS if e.startswith("cnlab:")}
+    monkeypatch.setattr(FakeGuest, "steps", _outcomes(cnlab_events | {event_enable("irq:irq_handler_exit")}))
     record, _ = run(tmp_path, "holds")
-    (hooks,) = [v for v in record.verdicts if v.name == "hooks"]
-    assert hooks.detail == ("plugin 'flightrec' failed in hook lab_scenario_start: PluginError: the flight "
-                            "recorder did not start: flightrec: [Errno 2] cannot mount tracefs")
-    assert record.status == "failed"  # like any plugin that cannot start: the load did not run
+    assert record.data["flightrec"]["missing"] == [e for e in EVENTS if e.startswith("cnlab:")] + [
+        "irq:irq_handler_exit"]
+    (verdict,) = [v for v in record.verdicts if v.name == "flight recorder"]
+    assert not verdict.ok and "none of the module's tracepoints" in verdict.detail
 
 
-def test_the_stop_is_one_shell_command_with_its_values_as_arguments(tmp_path):
-    _, guest = run(tmp_path, "holds")
-    (stop,) = [c for c in guest.commands if c[:2] == ["sh", "-c"] and "kmemleak" not in c[2]]
+def test_an_agent_that_did_not_stop_it_is_followed_by_one_shell_command(tmp_path):
+    from cnlab_plugins import flightrec
+
+    from lab.plugin import AGENT_REPORT, Stash
+
+    stash = Stash()
+    stash[flightrec.STARTED] = {"instance": INSTANCE}
+    stash[AGENT_REPORT] = {"teardown": []}
+    guest = FakeGuest(tmp_path)
+    flightrec.lab_scenario_stop(None, guest, stash, None, {})
+    (stop,) = [c for c in guest.commands if c[:2] == ["sh", "-c"]]
     assert stop == STOP_ARGV + [INSTANCE, STOP_MARK] and INSTANCE not in stop[2]
+    stash[AGENT_REPORT] = {"teardown": FakeGuest.steps(flightrec.stop_steps())}
+    guest = FakeGuest(tmp_path)
+    flightrec.lab_scenario_stop(None, guest, stash, None, {})
+    assert guest.commands == []  # the agent did it
 
 
 def test_a_guest_that_died_in_the_load_is_not_asked_to_stop(tmp_path):
@@ -113,7 +157,7 @@ def test_a_guest_that_died_in_the_load_is_not_asked_to_stop(tmp_path):
     scenario = scenario_from_dict({"name": "s", "emulators": [{"name": "generator"}]}, "s.toml", pm.registries)
     with pytest.raises(GuestError):
         execute_scenario(pm, guest, scenario, "/run/cnlab/py")
-    assert guest.trace_commands == ["start"]  # a guest error: the scenario goes to a fresh guest, nothing to keep
+    assert guest.trace_commands == []  # a guest error: the scenario goes to a fresh guest, nothing to keep
     from cnlab_plugins import flightrec
 
     from lab.plugin import Stash
