@@ -167,6 +167,7 @@ def _spec(target: Path, inputs: dict, held) -> KernelSpec:
         kbuild_dir=target / "build",
         package_version=inputs["source"]["version"],
         source="debug:" + SOURCE_PACKAGE,
+        config=target / "build" / ".config",
         # Through its PVH entry this KASAN kernel resets the guest before its first console line (QEMU exits
         # with status 0, nothing printed); the bzImage boots.
         pvh=False,

@@ -36,8 +36,21 @@ class KernelSpec:
     source: str = "debian"
     #: boot it through its PVH entry when it has one (lab.image.pvh); False: always the bzImage
     pvh: bool = True
+    #: the kernel's build configuration (``CONFIG_*`` lines), if known
+    config: Path | None = None
     #: a shared lock on the cache folder the kernel was unpacked into (``cnlab cache prune`` skips it)
     leases: tuple[Lease, ...] = field(default=(), compare=False, repr=False)
+
+    def has_option(self, name: str) -> bool | None:
+        """Whether the kernel was built with ``CONFIG_<name>`` (``=y`` or ``=m``); None when its configuration
+        is not known (a custom kernel without its build tree): ask the guest."""
+        if self.config is None:
+            return None
+        try:
+            text = self.config.read_text(errors="replace")
+        except OSError:
+            return None
+        return re.search(rf"^CONFIG_{re.escape(name)}=[ym]$", text, re.MULTILINE) is not None
 
     def describe(self) -> dict:
         return {
@@ -128,6 +141,7 @@ def debian_cloud_kernel(cache: Path) -> KernelSpec:
         kbuild_dir=kbuild_found,
         package_version=version,
         source=f"debian:{package}",
+        config=target / "boot" / f"config-{release}",
         leases=(held,),
     )
 
@@ -198,4 +212,5 @@ def custom_kernel(image: Path, kbuild: Path | None, modules_dir: Path | None = N
         modules_dir=Path(modules_dir) if modules_dir else None,
         kbuild_dir=kbuild,
         source="custom",
+        config=kbuild / ".config" if kbuild is not None and (kbuild / ".config").is_file() else None,
     )

@@ -101,3 +101,22 @@ def test_scan_asks_for_two_scans_then_reads_and_clears():
 def test_a_kernel_without_kmemleak_and_a_failed_scan_give_no_report():
     assert scan_leaks(_Guest(3)) == []  # the cloud kernel: no /sys/kernel/debug/kmemleak
     assert scan_leaks(_Guest(1)) == []  # kmemleak switched itself off: logged, no verdict
+
+
+def test_a_kernel_configured_without_kmemleak_is_not_asked(tmp_path):
+    from lab.image.kernel import KernelSpec
+
+    def guest_of(config: str | None) -> _Guest:
+        path = None
+        if config is not None:
+            path = tmp_path / "config"
+            path.write_text(config)
+        kernel = KernelSpec(image=tmp_path / "bz", release="6.1", modules_dir=None, kbuild_dir=None, config=path)
+        guest = _Guest(0, RECORDS)
+        guest.spec.image = SimpleNamespace(kernel=kernel)
+        return guest
+
+    cloud = guest_of("# CONFIG_DEBUG_KMEMLEAK is not set\n")
+    assert scan_leaks(cloud) == [] and cloud.commands == []  # the cloud kernel: nothing sent
+    for unknown_or_debug in (guest_of(None), guest_of("CONFIG_DEBUG_KMEMLEAK=y\n")):
+        assert len(scan_leaks(unknown_or_debug)) == 1 and len(unknown_or_debug.commands) == 1

@@ -54,3 +54,14 @@ def test_mismatches_are_clear_errors(tmp_path, kind, message):
         modules.mkdir()
     with pytest.raises(HostSetupError, match=message):
         custom_kernel(image, kbuild, modules)
+
+
+def test_the_kernel_configuration_says_which_options_it_was_built_with(tmp_path):
+    tree = _kbuild(tmp_path, "6.9.0-test")
+    spec = custom_kernel(_bzimage(tmp_path / "bz"), tree)
+    assert spec.config is None and spec.has_option("DEBUG_KMEMLEAK") is None  # no .config: unknown
+    (tree / ".config").write_text("CONFIG_DEBUG_KMEMLEAK=y\nCONFIG_FAILSLAB=m\n# CONFIG_KASAN is not set\n"
+                                  "CONFIG_KASAN_GENERIC_X=y\n")
+    spec = custom_kernel(_bzimage(tmp_path / "bz"), tree)
+    assert spec.has_option("DEBUG_KMEMLEAK") and spec.has_option("FAILSLAB")
+    assert spec.has_option("KASAN") is False and spec.has_option("KMEMLEAK") is False
