@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError, PluginError
-from lab.guest.files import put_files
+from lab.guest.files import install_guest_programs, put_files
 from lab.plugin.manager import LabPluginManager, call_hook
 from lab.plugin.model import GuestFile
 
-__all__ = ["guest_packages", "guest_setup_args", "install_guest_files", "kernel_module_dirs"]
+__all__ = ["guest_packages", "guest_setup_args", "install_guest_files", "install_lab_files", "kernel_module_dirs",
+           "plugin_guest_files"]
 
 
 def guest_setup_args(pm: LabPluginManager, shape: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -21,17 +22,28 @@ def guest_setup_args(pm: LabPluginManager, shape: Any) -> tuple[tuple[str, ...],
     return cmdline, qemu
 
 
-def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:
-    """Copy every ``lab_guest_files_add`` file into ``guest``; a destination named twice is an error."""
+def plugin_guest_files(pm: LabPluginManager) -> list[GuestFile]:
+    """Every ``lab_guest_files_add`` file, each destination once; a destination named twice is an error."""
     files = [f for group in call_hook(pm, "lab_guest_files_add", config=pm.config) for f in (group or ())]
     seen: dict[str, GuestFile] = {}
     for f in files:
         if f.dest in seen and seen[f.dest].source != f.source:
             raise LabError(f"two plugins install {f.dest}: {seen[f.dest].source} and {f.source}")
         seen[f.dest] = f
-    if seen:
-        put_files(guest, [(f.source, f.dest, f.mode) for f in seen.values()])
     return list(seen.values())
+
+
+def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:
+    """Copy every ``lab_guest_files_add`` file into ``guest``; a destination named twice is an error."""
+    files = plugin_guest_files(pm)
+    if files:
+        put_files(guest, [(f.source, f.dest, f.mode) for f in files])
+    return files
+
+
+def install_lab_files(pm: LabPluginManager, guest: Any) -> str:
+    """The lab's guest programs and every plugin's guest files, in one copy; the programs' folder."""
+    return install_guest_programs(guest, [(f.source, f.dest, f.mode) for f in plugin_guest_files(pm)])
 
 
 def kernel_module_dirs(pm: LabPluginManager) -> tuple[Path, ...]:

@@ -28,14 +28,13 @@ from pathlib import Path
 from lab.engine.diagnose import kernel_report_dicts, post_mortem
 from lab.engine.events import RunEvent, print_events
 from lab.engine.execute import execute_scenario
-from lab.engine.hooks import guest_setup_args, install_guest_files
+from lab.engine.hooks import guest_setup_args, install_lab_files
 from lab.engine.plan import guest_network
 from lab.engine.results import ResultsWriter
 from lab.engine.schedule import Schedule, Task
 from lab.engine.timings import expected_durations, remember_timings
 from lab.errors import LabError
 from lab.guest.accel import qemu_version, tcg_threads_for
-from lab.guest.files import install_guest_programs
 from lab.guest.labsetup import Lab, LabOptions
 from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import GuestShape
@@ -162,8 +161,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                                   log_dir=Path(log_dir))
                     guest.start()
                     boot_s = guest.timing.ssh
-                    lib = install_guest_programs(guest)
-                    install_guest_files(pm, guest)  # once per guest: every scenario of this run has the same plugins
+                    lib = install_lab_files(pm, guest)  # once per guest: the run's scenarios have the same plugins
                 record = execute_scenario(pm, guest, scenario, lib, progress, files_installed=True)
             except LabError as exc:
                 console, dead = "", guest

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.engine.execute import execute_scenario
-from lab.engine.hooks import install_guest_files
+from lab.engine.hooks import install_lab_files
 from lab.engine.plan import guest_network
 from lab.engine.run import _environment, _error_record, _reusable, scenario_guest_spec
 from lab.errors import LabError
-from lab.guest.files import install_guest_programs
 from lab.guest.labsetup import Lab
 from lab.guest.machine import Guest
 from lab.plugin.manager import LabPluginManager
@@ -75,8 +74,7 @@ class GuestSlot:
                 self._guest = Guest(spec, log_dir=self.log_dir)
                 self._guest.start()
                 boot_s = self._guest.timing.ssh
-                self._lib = install_guest_programs(self._guest)
-                install_guest_files(self.pm, self._guest)
+                self._lib = install_lab_files(self.pm, self._guest)
             record = execute_scenario(self.pm, self._guest, scenario, self._lib, progress or (lambda phase: None),
                                       files_installed=True)
         except LabError as exc:

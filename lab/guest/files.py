@@ -67,10 +67,17 @@ def guest_programs() -> list[Path]:
     return [here / "kabi.py"] + sorted(p for p in (here / "guestside").glob("*.py") if p.name != "__init__.py")
 
 
-def install_guest_programs(guest: Guest) -> str:
-    """Copy kabi.py and the guest-side programs into the guest, link its commands (``cnlabctl``) into
-    ``/usr/local/bin``; return the folder."""
+def guest_program_files() -> tuple[list[tuple[Path, str, int]], list[tuple[str, str]]]:
+    """The files of :func:`install_guest_programs` (``(host path, guest path, mode)``) and its links."""
     commands = set(GUEST_COMMANDS.values())
-    put_files(guest, [(p, f"{GUEST_LIB}/{p.name}", 0o755 if p.name in commands else 0o644) for p in guest_programs()],
-              [(f"{GUEST_BIN}/{name}", f"{GUEST_LIB}/{program}") for name, program in GUEST_COMMANDS.items()])
+    return ([(p, f"{GUEST_LIB}/{p.name}", 0o755 if p.name in commands else 0o644) for p in guest_programs()],
+            [(f"{GUEST_BIN}/{name}", f"{GUEST_LIB}/{program}") for name, program in GUEST_COMMANDS.items()])
+
+
+def install_guest_programs(guest: Guest, extra: Iterable[tuple[Path, str, int]] = ()) -> str:
+    """Copy kabi.py and the guest-side programs into the guest, link its commands (``cnlabctl``) into
+    ``/usr/local/bin``; return the folder.  ``extra`` files (plugins' guest files) go in the same copy: one
+    command in the guest, not two (0.2 s each under TCG)."""
+    files, links = guest_program_files()
+    put_files(guest, [*files, *extra], links)
     return GUEST_LIB

@@ -14,7 +14,7 @@ from lab import hookimpl
 from lab.command import CommandResult
 from lab.config import LabConfig
 from lab.engine.execute import execute_scenario, fault_records
-from lab.engine.hooks import guest_setup_args, install_guest_files
+from lab.engine.hooks import guest_setup_args, install_guest_files, install_lab_files
 from lab.engine.scenario import scenario_from_dict
 from lab.errors import GuestError
 from lab.plugin import GuestFile, Verdict, get_plugin_manager
@@ -66,7 +66,7 @@ class FakeGuest:
         self.commands.append(list(argv))
         if argv[0] == "tar":
             with tarfile.open(fileobj=io.BytesIO(stdin)) as tar:
-                for member in tar.getmembers():
+                for member in (m for m in tar.getmembers() if m.isfile()):
                     self.files["/" + member.name] = tar.extractfile(member).read()
             return CommandResult(list(argv), 0, b"", b"")
         if argv[:2] == ["cat", "/proc/sys/kernel/tainted"]:
@@ -260,6 +260,15 @@ def test_install_guest_files_and_a_destination_named_twice(tmp_path):
                                                             ).read_bytes()
     with pytest.raises(Exception, match="two plugins install /run/cnlab/plugins/kabi.py"):
         install_guest_files(manager(Clash()), FakeGuest(tmp_path))
+
+
+def test_the_lab_programs_and_the_plugins_files_go_in_with_one_command(tmp_path):
+    guest = FakeGuest(tmp_path)
+    assert install_lab_files(manager(), guest) == "/run/cnlab/py"
+    assert [c[0] for c in guest.commands] == ["tar"]
+    assert guest.files["/run/cnlab/py/agent.py"] == (ROOT / "lab/guestside/agent.py").read_bytes()
+    assert guest.files["/run/cnlab/plugins/consume.py"] == (ROOT / "plugins/cnlab_plugins/guestside/consume.py"
+                                                            ).read_bytes()
 
 
 def test_guest_setup_args_collects_cmdline_and_qemu_args():
