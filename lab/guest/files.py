@@ -8,7 +8,11 @@ guest programs alone took 0.4-0.8 s that way under TCG, one command 0.2 s).
 from __future__ import annotations
 
 import io
+import py_compile
+import sys
 import tarfile
+import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,11 +30,43 @@ GUEST_LIB = "/run/cnlab/py"
 GUEST_COMMANDS = {"cnlabctl": "cnlabctl.py"}
 #: Where those commands are linked (on the PATH of root's SSH sessions).
 GUEST_BIN = "/usr/local/bin"
+#: The byte-code tag of the guest's Python (Debian 12's python3 3.11): a host Python of another version ships
+#: no byte code, and the guest compiles as before.
+GUEST_CACHE_TAG = "cpython-311"
+_COMPILED: dict[tuple, bytes | None] = {}
+
+
+def _compiled(source: Path, dest: str) -> bytes | None:
+    """``source`` compiled for the guest's Python (a hash-checked ``.pyc``, named ``dest`` in tracebacks), or
+    None when this Python's byte code is not the guest's or the source does not compile."""
+    if sys.implementation.cache_tag != GUEST_CACHE_TAG:
+        return None
+    stat = source.stat()
+    key = (str(source), dest, stat.st_mtime_ns, stat.st_size)
+    if key not in _COMPILED:
+        with tempfile.TemporaryDirectory() as scratch:
+            target = Path(scratch) / "out.pyc"
+            try:
+                py_compile.compile(str(source), cfile=str(target), dfile=dest, doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+                _COMPILED[key] = target.read_bytes()
+            except py_compile.PyCompileError:
+                _COMPILED[key] = None  # the guest reports the syntax error when it runs the file
+    return _COMPILED[key]
+
+
+def _add_bytes(tar: tarfile.TarFile, dest: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(dest.lstrip("/"))
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(data))
 
 
 def files_tar(files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str, str]] = ()) -> bytes:
     """``(host path, absolute guest path, mode)`` triples, and ``(guest path, target)`` symbolic links, as a tar
-    archive rooted at ``/``."""
+    archive rooted at ``/``.  Each Python file comes with its byte code for the guest's Python in
+    ``__pycache__`` (hash-checked against the source): compiling them in the guest cost a TCG guest 0.6 s per
+    start of the agent (1.23 s against 0.53-0.65 s to import it), and every scenario starts on a fresh guest."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for dest, target in links:
@@ -50,8 +86,12 @@ def files_tar(files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str,
                     info.uname = info.gname = "root"
                     info.mode = mode
                     tar.addfile(info, handle)
+                code = _compiled(Path(source), dest) if dest.endswith(".py") else None
             except OSError as exc:
                 raise LabError(f"cannot copy {source} into the guest: {exc.strerror}") from exc
+            if code is not None:
+                folder, _, name = dest.rpartition("/")
+                _add_bytes(tar, f"{folder}/__pycache__/{name[:-3]}.{GUEST_CACHE_TAG}.pyc", code, 0o644)
     return buffer.getvalue()
 
 

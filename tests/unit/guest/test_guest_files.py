@@ -1,6 +1,7 @@
 """Files travel into a guest as one tar stream."""
 
 import io
+import sys
 import tarfile
 
 import pytest
@@ -63,3 +64,25 @@ def test_install_guest_programs_sends_the_programs_and_the_cnlabctl_link_in_one_
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert tar.getmember("usr/local/bin/cnlabctl").issym()
         assert tar.getmember(f"{GUEST_LIB.lstrip('/')}/labmods.py").mode == 0o644
+
+
+def test_python_files_travel_with_their_byte_code_for_the_guests_python(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lab.guest import files
+
+    source = tmp_path / "prog.py"
+    source.write_text("X = 41 + 1\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    monkeypatch.setattr(files, "GUEST_CACHE_TAG", sys.implementation.cache_tag)
+    archive = tarfile.open(fileobj=io.BytesIO(files.files_tar([(source, "/run/x/prog.py", 0o644),
+                                                              (broken, "/run/x/broken.py", 0o644)])))
+    names = archive.getnames()
+    pyc = f"run/x/__pycache__/prog.{sys.implementation.cache_tag}.pyc"
+    assert pyc in names and not any("broken." in n and n.endswith(".pyc") for n in names)
+    data = archive.extractfile(pyc).read()
+    assert data[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(data[4:8], "little") == 0b11  # checked hash
+    monkeypatch.setattr(files, "GUEST_CACHE_TAG", "cpython-299")  # a host Python that is not the guest's
+    archive = tarfile.open(fileobj=io.BytesIO(files.files_tar([(source, "/run/x/prog.py", 0o644)])))
+    assert archive.getnames() == ["run/x/prog.py"]
