@@ -61,6 +61,15 @@ def read_counter(probe):
     return int(m.group(1))
 
 
+def stats_body(client, reset_hwm=False):
+    """The STATS reply's body; a refused request raises OSError naming the module's error (a module that
+    answers STATS with an error must fail the scenario with that, not end the agent with a traceback)."""
+    reply = client.stats(reset_hwm=reset_hwm) if reset_hwm else client.stats()
+    if not reply.ok:
+        raise OSError(f"STATS refused: {reply.error_name}")
+    return reply.body
+
+
 def make_probes(events, consumers, client, gen_ids, before):
     """Event name -> function returning its count now (see lab.plugin.objects.AGENT_EVENTS)."""
 
@@ -68,10 +77,10 @@ def make_probes(events, consumers, client, gen_ids, before):
         return lambda: sum(c.live().get(key, 0) for c in consumers)
 
     def queue_depth():
-        return client.stats().body["total"]["queued"]
+        return stats_body(client)["total"]["queued"]
 
     def drops():
-        now = client.stats().body["total"]
+        now = stats_body(client)["total"]
         count = sum(now[k] - before[k] for k in DROP_KEYS) if before else 0
         for gid in gen_ids:
             for cpu in client.gen_stats(gid).body.get("cpus", []):
@@ -113,21 +122,25 @@ def drain(client, seconds):
     dequeued`` and the drain's books closed (bundles flushed).  ``{"ok", "waited_s", "cpus"?}`` (cpus: those
     still holding, by the derived ``queued``)."""
     started = time.monotonic()
+    unreadable = []
 
-    def empty():
+    def settled():
         try:
-            return not kabi.ledger_problems(client.stats().body["total"])
-        except (TimeoutError, OSError):
+            return not kabi.ledger_problems(stats_body(client)["total"])
+        except TimeoutError:
             return False
+        except (OSError, KeyError, TypeError) as exc:  # refused or malformed: waiting will not change it
+            unreadable.append(f"{type(exc).__name__}: {exc}")
+            return True
 
-    ok = bool(kabi.wait_until(empty, seconds, pause=0.01))
+    ok = bool(kabi.wait_until(settled, seconds, pause=0.01)) and not unreadable
     out = {"ok": ok, "waited_s": round(time.monotonic() - started, 3)}
     if not ok:
         try:
-            out["cpus"] = {str(c["cpu"]): c["queued"] for c in client.stats().body["cpus"] if c["queued"]}
-        except (TimeoutError, OSError) as exc:
+            out["cpus"] = {str(c["cpu"]): c["queued"] for c in stats_body(client)["cpus"] if c["queued"]}
+        except (TimeoutError, OSError, KeyError, TypeError) as exc:
             out["cpus"] = {}
-            out["error"] = str(exc)
+            out["error"] = unreadable[-1] if unreadable else str(exc)
     return out
 
 
@@ -185,11 +198,8 @@ def main():
     bind_s = time.monotonic() - bind_started
     mark("consumers_bound")
     try:  # every scenario starts from its own high-water mark, whether or not the guest ran others before
-        reply = client.stats(reset_hwm=True)
-        if not reply.ok:
-            raise OSError(f"refused: {reply.error_name}")
-        before = reply.body["total"]
-    except (TimeoutError, OSError) as exc:
+        before = stats_body(client, reset_hwm=True)["total"]
+    except (TimeoutError, OSError, KeyError, TypeError) as exc:
         before = None
         errors.append(f"STATS before (high-water mark reset): {exc}")
     mask = online_mask()
@@ -247,20 +257,23 @@ def main():
         c.check_killed()
     drained = drain(client, 15 * scale)
     mark("drained")
-    if not drained["ok"]:
+    if not drained["ok"] and drained.get("error"):
+        errors.append(f"CBUS's drain could not be measured: {drained['error']}")
+    elif not drained["ok"]:
         held = ", ".join(f"cpu{cpu} {n}" for cpu, n in sorted(drained.get("cpus", {}).items())) or "unknown"
         errors.append(f"CBUS did not drain within {15 * scale} s: still queued: {held}")
     gens = gen_totals(client, gen_ids)
     ledger = {}
     try:
-        after_reply = client.stats().body
+        after_reply = stats_body(client)
         after = after_reply["total"]
         ledger = {"total": kabi.ledger_problems(after)}
         ledger["cpus"] = {str(c["cpu"]): kabi.ledger_problems(c) for c in after_reply["cpus"]
                           if kabi.ledger_problems(c)}
-    except (TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError, KeyError, TypeError) as exc:
         after = None
-        errors.append(f"STATS after: {exc}")
+        errors.append(f"STATS after: {type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else
+                      f"STATS after: {exc}")
     unloads = parse_unloads(klog.read())
     klog.close()
     lost_reason = None
