@@ -77,7 +77,7 @@ def run_boot_bench(lab: Lab, runs: int, shape: GuestShape, json_path: Path) -> i
     Prints medians, min, max and ratios and writes them to ``json_path``.  The saved state the restores
     use is made (or found) before the timed runs; its size on disk is reported.
     """
-    cold_spec = dataclasses.replace(lab.guest_spec(shape, name="bench"), snapshots=None)
+    cold_spec = dataclasses.replace(lab.guest_spec(shape, name="bench", programs=False), snapshots=None)
     restore_spec = dataclasses.replace(cold_spec, snapshots=lab.cache / "snapshots")
     print(f"cnlab bench boot: {runs} floors + {runs} cold boots + {runs} restores, {shape.cpus} vCPUs, "
           f"accelerator {cold_spec.accel.label}")

@@ -42,8 +42,11 @@ def install_guest_files(pm: LabPluginManager, guest: Any) -> list[GuestFile]:
 
 
 def install_lab_files(pm: LabPluginManager, guest: Any) -> str:
-    """The lab's guest programs and every plugin's guest files, in one copy; the programs' folder."""
-    return install_guest_programs(guest, [(f.source, f.dest, f.mode) for f in plugin_guest_files(pm)])
+    """The lab's guest programs and every plugin's guest files, in one copy (none when the guest's spec carries
+    them, as :func:`lab.engine.run.scenario_guest_spec` makes it); the programs' folder.  No command links:
+    scenarios call the programs by path."""
+    return install_guest_programs(guest, [(f.source, f.dest, f.mode) for f in plugin_guest_files(pm)],
+                                  commands=False)
 
 
 def kernel_module_dirs(pm: LabPluginManager) -> tuple[Path, ...]:

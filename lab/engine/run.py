@@ -28,7 +28,7 @@ from pathlib import Path
 from lab.engine.diagnose import kernel_report_dicts, post_mortem
 from lab.engine.events import RunEvent, print_events
 from lab.engine.execute import execute_scenario
-from lab.engine.hooks import guest_setup_args, install_lab_files
+from lab.engine.hooks import guest_setup_args, install_lab_files, plugin_guest_files
 from lab.engine.plan import guest_network
 from lab.engine.results import ResultsWriter
 from lab.engine.schedule import Schedule, Task
@@ -100,11 +100,16 @@ class RunOutcome:
 
 
 def scenario_guest_spec(lab: Lab, pm: LabPluginManager, scenario: Scenario, name: str) -> GuestSpec:
-    """The guest a scenario needs: its shape and command line, the plugins' additions, its network."""
+    """The guest a scenario needs: its shape and command line, the plugins' additions, its network, and the
+    lab's guest programs and plugins' guest files in place from its start (a restored guest has them from its
+    saved state: no copy per scenario).  No command links (``cnlabctl`` on the PATH): those would cost a restored
+    guest a command."""
     shape = GuestShape(scenario.cpus, scenario.memory)
     plugin_cmdline, plugin_qemu = guest_setup_args(pm, shape)
     spec = lab.guest_spec(shape, name=name, cmdline=scenario.cmdline + plugin_cmdline)
-    return dataclasses.replace(spec, qemu_extra=plugin_qemu, network=guest_network(pm.registries, scenario))
+    plugin_files = tuple((f.source, f.dest, f.mode) for f in plugin_guest_files(pm))
+    return dataclasses.replace(spec, qemu_extra=plugin_qemu, network=guest_network(pm.registries, scenario),
+                               files=spec.files + plugin_files, links=())
 
 
 # ------------------------------------------------------------------ workers
@@ -161,7 +166,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                                   log_dir=Path(log_dir))
                     guest.start()
                     boot_s = guest.timing.ssh
-                    lib = install_lab_files(pm, guest)  # once per guest: the run's scenarios have the same plugins
+                    lib = install_lab_files(pm, guest)  # copies nothing: the spec carries the files
                 record = execute_scenario(pm, guest, scenario, lib, progress, files_installed=True)
             except LabError as exc:
                 console, dead = "", guest

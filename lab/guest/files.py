@@ -7,6 +7,7 @@ guest programs alone took 0.4-0.8 s that way under TCG, one command 0.2 s).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import py_compile
 import sys
@@ -22,7 +23,8 @@ from lab.errors import LabError
 if TYPE_CHECKING:
     from lab.guest.machine import Guest
 
-__all__ = ["GUEST_LIB", "GUEST_COMMANDS", "files_tar", "guest_programs", "install_guest_programs", "put_files"]
+__all__ = ["GUEST_LIB", "GUEST_COMMANDS", "files_key", "files_tar", "guest_programs", "guest_program_files",
+           "install_guest_programs", "put_files"]
 
 #: Where guest-side programs live inside a guest (a tmpfs, fresh per boot).
 GUEST_LIB = "/run/cnlab/py"
@@ -98,7 +100,24 @@ def files_tar(files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str,
 def put_files(guest: Guest, files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str, str]] = ()) -> None:
     """Copy ``(host path, absolute guest path, mode)`` files (and make ``links``) in ``guest`` with one command."""
     archive = files_tar(files, links)
-    guest.run(["tar", "-x", "-f", "-", "-C", "/", "--no-same-owner"], stdin=archive, check=True)
+    # -m: a guest just booted may run a little behind the host, and a file "from the future" fails tar
+    guest.run(["tar", "-x", "-m", "-f", "-", "-C", "/", "--no-same-owner"], stdin=archive, check=True)
+
+
+def files_key(files: Iterable[tuple[Path, str, int]], links: Iterable[tuple[str, str]] = ()) -> str:
+    """A hash of what :func:`put_files` would make of ``files`` and ``links``: each destination, mode and source
+    content, each link, and whether byte code travels with them (a saved guest state holding the files is
+    keyed by it, :mod:`lab.guest.snapshot`)."""
+    digest = hashlib.sha256(f"pyc={sys.implementation.cache_tag == GUEST_CACHE_TAG}\n".encode())
+    for source, dest, mode in sorted(files, key=lambda f: f[1]):
+        try:
+            content = Path(source).read_bytes()
+        except OSError as exc:
+            raise LabError(f"cannot copy {source} into the guest: {exc.strerror}") from exc
+        digest.update(f"{dest}\0{mode:o}\0{len(content)}\0".encode() + content)
+    for dest, target in sorted(links):
+        digest.update(f"link {dest}\0{target}\0".encode())
+    return digest.hexdigest()[:16]
 
 
 def guest_programs() -> list[Path]:
@@ -114,10 +133,17 @@ def guest_program_files() -> tuple[list[tuple[Path, str, int]], list[tuple[str, 
             [(f"{GUEST_BIN}/{name}", f"{GUEST_LIB}/{program}") for name, program in GUEST_COMMANDS.items()])
 
 
-def install_guest_programs(guest: Guest, extra: Iterable[tuple[Path, str, int]] = ()) -> str:
+def install_guest_programs(guest: Guest, extra: Iterable[tuple[Path, str, int]] = (), commands: bool = True) -> str:
     """Copy kabi.py and the guest-side programs into the guest, link its commands (``cnlabctl``) into
-    ``/usr/local/bin``; return the folder.  ``extra`` files (plugins' guest files) go in the same copy: one
-    command in the guest, not two (0.2 s each under TCG)."""
+    ``/usr/local/bin`` unless not ``commands``; return the folder.  ``extra`` files (plugins' guest files) go in the same copy: one
+    command in the guest, not two (0.2 s each under TCG).  Nothing is copied when the guest's spec already
+    carries all of them (:attr:`lab.guest.machine.GuestSpec.files`: a restored guest has them from its saved
+    state, a cold one got them when it started)."""
     files, links = guest_program_files()
-    put_files(guest, [*files, *extra], links)
+    links = links if commands else []
+    wanted = [*files, *extra]
+    spec = getattr(guest, "spec", None)
+    if set(wanted) <= set(getattr(spec, "files", ())) and set(links) <= set(getattr(spec, "links", ())):
+        return GUEST_LIB
+    put_files(guest, wanted, links)
     return GUEST_LIB

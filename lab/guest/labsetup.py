@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lab.guest.accel import Accel, choose_accel
 from lab.guest.calibration import lpj_file
+from lab.guest.files import guest_program_files
 from lab.guest.machine import GuestSpec
 from lab.guest.qemu_argv import GuestShape
 from lab.host.cache import cache_root
@@ -118,11 +119,13 @@ class Lab:
         return self.accel.for_guests(self.options.guests_at_once, cpus, self.options.tcg_threads)
 
     def guest_spec(self, shape: GuestShape | None = None, name: str = "guest", with_module: bool = True,
-                   load_module: bool = True, cmdline: tuple[str, ...] = ()) -> GuestSpec:
-        """A spec for a guest of this lab, with the lab module delivered (and loaded)."""
+                   load_module: bool = True, cmdline: tuple[str, ...] = (), programs: bool = True) -> GuestSpec:
+        """A spec for a guest of this lab, with the lab module delivered (and loaded) and, with ``programs``,
+        the lab's guest programs in place from its start (``GuestSpec.files``)."""
         modules = (self.module.module("cnlab"), *(m.path for m in self.extra_modules)) if with_module else ()
         shape = shape or GuestShape()
         accel = self.accel_for(shape.cpus)
+        files, links = guest_program_files()
         return GuestSpec(
             image=self.image,
             accel=accel,
@@ -134,4 +137,6 @@ class Lab:
             cmdline=cmdline,
             name=name,
             snapshots=self.cache / "snapshots" if self.options.snapshot else None,
+            files=tuple(files) if programs else (),
+            links=tuple(links) if programs else (),
         )

@@ -103,6 +103,12 @@ class GuestSpec:
     #: Where saved guest states live (lab.guest.snapshot): the guest starts by restoring the saved state
     #: of this spec, saved first if there is none, and boots cold if that fails.  None: always cold.
     snapshots: Path | None = None
+    #: Files the guest holds from its start (``(host path, absolute guest path, mode)``) and symbolic links
+    #: (``(guest path, target)``): a cold guest gets them in one copy right after SSH-ready, a restored one has
+    #: the files from its saved state, whose key covers their content (lab.guest.files.files_key), and gets
+    #: only the links (they live on the root disk, read-only while a state is saved).
+    files: tuple[tuple[Path, str, int], ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.network not in NETWORKS:
@@ -238,6 +244,8 @@ class Guest:
         self.state = GuestState.BOOTING
         try:
             self._start()
+            self.state = GuestState.READY
+            self._install_files()
         except BaseException as exc:
             tail = self.console_tail()
             self._teardown()
@@ -247,7 +255,6 @@ class Guest:
             if isinstance(exc, LabError):
                 self._broken = exc
             raise
-        self.state = GuestState.READY
 
     def _start(self) -> None:
         from lab.guest.snapshot import snapshot_for  # it boots Guests itself
@@ -274,6 +281,19 @@ class Guest:
                 self._reset_for_cold_boot()
         self._boot(Deadline(self.boot_seconds, f"guest {self.spec.name} to boot"))
         self.timing.mode = "cold after a failed restore" if self.restore_failure else "cold"
+
+    def _install_files(self) -> None:
+        """Put the spec's files and links in place, in one command: a restored guest has the files from its saved
+        state; the links live on the root disk, which the guest whose state is saved has read-only."""
+        from lab.guest.files import put_files
+
+        files = () if self.timing.mode == "restore" else self.spec.files
+        saving = self._saved is not None and not self._saved.incoming
+        links = () if saving else self.spec.links
+        if files or links:
+            copying = time.monotonic()
+            put_files(self, files, links)
+            self.timing.marks["files"] = time.monotonic() - copying
 
     def _reset_for_cold_boot(self) -> None:
         """Forget a failed restore: new nonce, timings and sockets, the cold boot's own argv."""

@@ -1,8 +1,11 @@
 """Guests restored from a saved state instead of booted.
 
 A guest of a given spec (kernel, root disk, initramfs, module, keys, vCPUs,
-memory, command line, extra QEMU arguments, accelerator, QEMU binary) is
-booted once, with the module loaded, to SSH-ready; its page cache is warmed
+memory, command line, extra QEMU arguments, accelerator, QEMU binary, the
+content of its files) is
+booted once, with the module loaded, to SSH-ready; the spec's files (the
+lab's guest programs, plugins' guest files: ``GuestSpec.files``) are copied
+in, so a restored guest holds them without a copy; its page cache is warmed
 (``tar``, ``python3`` and the modules guest programs import), and its state
 is saved into the cache (``snapshots/KEY/``, KEY a hash of all of those):
 
@@ -60,6 +63,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 
 from lab.errors import LabError
+from lab.guest.files import files_key
 from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import SavedState
 from lab.host.cache import content_key, publish_dir, write_json_atomic
@@ -130,7 +134,7 @@ def snapshot_inputs(spec: GuestSpec) -> dict:
     one state serves guests that run alone and guests that run side by side.
     """
     image = spec.image
-    return {
+    inputs = {
         "recipe": RECIPE,
         "qemu": _qemu_identity(spec.qemu_binary),
         "accel": spec.accel.name,
@@ -144,6 +148,9 @@ def snapshot_inputs(spec: GuestSpec) -> dict:
         "cmdline": list(spec.cmdline),
         "qemu_extra": machine_args(spec.qemu_extra),
     }
+    if spec.files or spec.links:  # the guest is saved holding them
+        inputs["files"] = files_key(spec.files, spec.links)
+    return inputs
 
 
 #: A GNU build-ID note's header: name size 4, ID size 20 (SHA-1), type NT_GNU_BUILD_ID, name "GNU".

@@ -271,6 +271,22 @@ def test_the_lab_programs_and_the_plugins_files_go_in_with_one_command(tmp_path)
                                                             ).read_bytes()
 
 
+def test_a_guest_whose_spec_carries_the_files_gets_no_copy(tmp_path):
+    from lab.engine.run import scenario_guest_spec
+    from lab.guest.files import guest_program_files
+    from lab.guest.machine import GuestSpec
+
+    pm = manager()
+    programs, links = guest_program_files()
+    lab = SimpleNamespace(guest_spec=lambda shape, name, cmdline: GuestSpec(
+        image=None, accel=None, shape=shape, name=name, cmdline=cmdline, files=tuple(programs), links=tuple(links)))
+    spec = scenario_guest_spec(lab, pm, SimpleNamespace(cpus=2, memory=1024, cmdline=(), faults=()), "w1g1")
+    assert any(dest == "/run/cnlab/plugins/consume.py" for _, dest, _ in spec.files)
+    guest = FakeGuest(tmp_path)
+    guest.spec = spec
+    assert install_lab_files(pm, guest) == "/run/cnlab/py" and guest.commands == []
+
+
 def test_guest_setup_args_collects_cmdline_and_qemu_args():
     class P:
         @hookimpl

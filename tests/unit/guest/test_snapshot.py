@@ -1,10 +1,12 @@
 """Saved guest states (lab.guest.snapshot): keys, checks, the store, and save/restore against a fake QEMU."""
 
 import dataclasses
+import io
 import json
 import logging
 import os
 import struct
+import tarfile
 import time
 from pathlib import Path
 
@@ -86,6 +88,50 @@ def test_the_key_changes_with_the_module_file(spec, tmp_path):
     key = _key(dataclasses.replace(spec, modules=(module,)))
     module.write_bytes(b"another build")
     assert _key(dataclasses.replace(spec, modules=(module,))) != key
+
+
+def test_the_key_covers_the_files_content_mode_and_links_not_their_timestamps(spec, tmp_path):
+    program = tmp_path / "agent.py"
+    program.write_text("print('one')\n")
+    files = ((program, "/run/cnlab/py/agent.py", 0o644),)
+    with_files = dataclasses.replace(spec, files=files)
+    key = _key(with_files)
+    assert key != _key(spec) and "files" not in snapshot_inputs(spec)  # file-less specs keep their old keys
+    os.utime(program, (1, 1))
+    assert _key(with_files) == key
+    assert _key(dataclasses.replace(spec, files=((program, "/run/cnlab/py/agent.py", 0o755),))) != key
+    assert _key(dataclasses.replace(with_files, links=(("/usr/local/bin/agent", "/run/cnlab/py/agent.py"),))) != key
+    program.write_text("print('two')\n")
+    assert _key(with_files) != key
+
+
+def test_a_cold_guest_gets_its_files_in_one_copy_and_a_restored_one_from_its_state(spec, tmp_path, monkeypatch):
+    program = tmp_path / "agent.py"
+    program.write_text("print('hello')\n")
+    copies = []  # the members of each tar a guest was sent
+
+    def run(self, argv, timeout=None, stdin=None, **kw):
+        if argv[0] == "tar":
+            copies.append(sorted(tarfile.open(fileobj=io.BytesIO(stdin)).getnames()))
+        return CommandResult(list(argv), 0)
+
+    monkeypatch.setattr(guest_mod.SSHSession, "run", run)
+    spec = dataclasses.replace(spec, files=((program, "/run/cnlab/py/agent.py", 0o644),),
+                               links=(("/usr/local/bin/agent", "/run/cnlab/py/agent.py"),))
+    cold = _start(dataclasses.replace(spec, snapshots=None), monkeypatch)
+    assert cold.timing.mode == "cold" and "files" in cold.timing.marks
+    assert len(copies) == 1 and {"run/cnlab/py/agent.py", "usr/local/bin/agent"} <= set(copies[0])
+    copies.clear()
+    first = _start(spec, monkeypatch)
+    # the guest whose state is saved gets the files (its root disk is read-only: no links); the restored, the links
+    assert first.timing.mode == "restore" and len(copies) == 2
+    assert "run/cnlab/py/agent.py" in copies[0] and "usr/local/bin/agent" not in copies[0]
+    assert copies[1] == ["usr/local/bin/agent"]
+    linkless = dataclasses.replace(spec, links=())
+    _start(linkless, monkeypatch)  # another key: saved anew
+    copies.clear()
+    second = _start(linkless, monkeypatch)  # restored with its files and no links: nothing to send
+    assert second.timing.mode == "restore" and copies == [] and "files" not in second.timing.marks
 
 
 def test_module_build_id_is_read_from_its_note(tmp_path):
