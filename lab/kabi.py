@@ -558,6 +558,33 @@ def ledger_problems(s: dict) -> list[str]:
     return out
 
 
+def batch_problems(s: dict) -> list[str]:
+    """Where one cnlab_cbus_stats' drain batches disagree with its other counters, at a quiescent moment ([]
+    when they agree).
+
+    The drain counts each non-empty batch once (``batches``), in the histogram bucket of its size
+    (``batch_hist``: 1, 2-3, 4-7, ..., >= 2^(buckets-1)) and in ``batch_max``; each message it took off the
+    queue it counts in ``dequeued``.  So the buckets sum to ``batches``; a batch in bucket i held 2^i to
+    2^(i+1)-1 messages (the last bucket: up to ``batch_max``), which bounds ``dequeued`` from both sides; and
+    ``batch_max`` lies in the highest bucket used.
+    """
+    hist, batches, most = list(s["batch_hist"]), s["batches"], s["batch_max"]
+    last = len(hist) - 1
+    out = []
+    if sum(hist) != batches:
+        out.append(f"batch histogram {hist} sums to {sum(hist)}, not batches {batches}")
+    low = sum(n << i for i, n in enumerate(hist))
+    high = sum(n * ((2 << i) - 1) for i, n in enumerate(hist[:last])) + hist[last] * most
+    if not low <= s["dequeued"] <= high:
+        out.append(f"dequeued {s['dequeued']} outside {low}..{high}, what batches of histogram {hist} "
+                   f"(largest {most}) hold")
+    used = [i for i, n in enumerate(hist) if n]
+    bucket = min(most.bit_length() - 1, last) if most else None
+    if (used[-1] if used else None) != bucket:
+        out.append(f"largest batch {most} is not in the highest bucket used of histogram {hist}")
+    return out
+
+
 def wait_until(predicate: object, seconds: float, pause: float = 0.05) -> object:
     """Poll ``predicate`` until it is true or ``seconds`` pass; its last value.
 

@@ -135,10 +135,10 @@ def guest_program_files() -> tuple[list[tuple[Path, str, int]], list[tuple[str, 
 
 def install_guest_programs(guest: Guest, extra: Iterable[tuple[Path, str, int]] = (), commands: bool = True) -> str:
     """Copy kabi.py and the guest-side programs into the guest, link its commands (``cnlabctl``) into
-    ``/usr/local/bin`` unless not ``commands``; return the folder.  ``extra`` files (plugins' guest files) go in the same copy: one
-    command in the guest, not two (0.2 s each under TCG).  Nothing is copied when the guest's spec already
-    carries all of them (:attr:`lab.guest.machine.GuestSpec.files`: a restored guest has them from its saved
-    state, a cold one got them when it started)."""
+    ``/usr/local/bin`` unless not ``commands``; return the folder.  ``extra`` files (plugins' guest files) go
+    in the same copy: one command in the guest, not two (0.2 s each under TCG).  Nothing is copied when the
+    guest's spec already carries all of them (:attr:`lab.guest.machine.GuestSpec.files`: a restored guest has
+    them from its saved state, a cold one got them when it started)."""
     files, links = guest_program_files()
     links = links if commands else []
     wanted = [*files, *extra]

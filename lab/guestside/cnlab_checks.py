@@ -1152,9 +1152,12 @@ def bundled_datagrams(c, size=8000, count=40):
 
 def t_bundle_bound(c):
     """bundle_bytes is bounded by the connector's maximum message (16,364 data bytes): a larger value is
-    refused at load, and the largest allowed one gives datagrams a reader sized for that maximum takes whole."""
+    refused at load, and the largest allowed one gives datagrams a reader sized for that maximum takes whole;
+    at the low end 256 loads and 255 does not."""
     res = {}
     try:
+        for value in (255, 256):
+            res[value] = {"load": reload_module(f"bundle_bytes={value}") or "ok"}
         for value in (32768, 16365):
             err = reload_module(f"bundle_bytes={value}")
             res[value] = {"load": err or "ok"}
@@ -1167,7 +1170,8 @@ def t_bundle_bound(c):
     finally:
         reload_module("")
     mx = res["max"]
-    good = (res[32768]["load"] != "ok" and res[16365]["load"] != "ok" and mx["load"] == "ok" and mx["cut"] == 0
+    good = (res[255]["load"] != "ok" and res[256]["load"] == "ok"
+            and res[32768]["load"] != "ok" and res[16365]["load"] != "ok" and mx["load"] == "ok" and mx["cut"] == 0
             and mx["bundles"] > 0 and mx["received"] == 40
             and mx["biggest"] <= kabi.NLMSG_HDRLEN + kabi.CONNECTOR_MAX_MSG_SIZE)
     return report("bundle_bound", good, results={str(k): v for k, v in res.items()})

@@ -16,7 +16,9 @@ verdict                   holds when
 ``order``                 no message arrived out of order or twice, per (generator, CPU)
 ``drain``                 every CPU's CBUS queue was empty after the load (or: which CPU held what)
 ``cbus_ledger``           CBUS's independent counters agree, per CPU and in total: inserted = enqueued +
-                          full + nomem drops, enqueued = dequeued, dequeued = sent + send drops
+                          full + nomem drops, enqueued = dequeued, dequeued = sent + send drops; the
+                          drain's batch histogram sums to its batches, bounds dequeued from both sides
+                          and holds the largest batch in its highest bucket used
 ``faults``                every fault fired, and every action of every firing succeeded
 ``latency``               every consumer's p99 within ``p99_latency_us`` x the accelerator's slowdown
 ``throughput``            delivered rate at least ``min_rate``
@@ -130,7 +132,8 @@ def lab_result_check(scenario: Scenario, data: Mapping[str, Any]) -> list[Verdic
         wrong += [f"cpu{cpu}: {p}" for cpu, problems in sorted((ledger.get("cpus") or {}).items()) for p in problems]
         out.append(Verdict("cbus_ledger", not wrong, "; ".join(wrong) or "inserted = enqueued + full + nomem, "
                                                                           "enqueued = dequeued, dequeued = sent + "
-                                                                          "send drops, on every CPU"))
+                                                                          "send drops, batches = histogram, on "
+                                                                          "every CPU"))
     faults = _faults(scenario, agent, records)
     if faults:
         out.append(faults)

@@ -309,6 +309,22 @@ def test_ledger_compares_counters_nothing_derives():
     assert kabi.ledger_problems(dict(good, sent=7)) == ["dequeued 8 != sent 7 + nolistener 1 + overrun 0 + nlerr 1"]
 
 
+def test_batch_checks_compare_the_histogram_with_batches_and_dequeued():
+    # batches of 1, 1, 3 and 200 messages: buckets 0, 0, 1 and the last (>= 128)
+    good = {"batch_hist": [2, 1, 0, 0, 0, 0, 0, 1], "batches": 4, "batch_max": 200, "dequeued": 205}
+    assert kabi.batch_problems(good) == []
+    assert kabi.batch_problems({"batch_hist": [0] * 8, "batches": 0, "batch_max": 0, "dequeued": 0}) == []
+    # bucket 0 lost (a histogram copied from bucket 1 on): its sum, and the bounds on dequeued
+    lost = kabi.batch_problems(dict(good, batch_hist=[0, 1, 0, 0, 0, 0, 0, 1]))
+    assert lost[0] == "batch histogram [0, 1, 0, 0, 0, 0, 0, 1] sums to 2, not batches 4" and len(lost) == 2
+    assert kabi.batch_problems(dict(good, dequeued=131)) == [
+        "dequeued 131 outside 132..205, what batches of histogram [2, 1, 0, 0, 0, 0, 0, 1] (largest 200) hold"]
+    small = {"batch_hist": [2, 1, 0, 0, 0, 0, 0, 0], "batches": 3, "batch_max": 5, "dequeued": 5}
+    assert kabi.batch_problems(small) == [
+        "largest batch 5 is not in the highest bucket used of histogram [2, 1, 0, 0, 0, 0, 0, 0]"]
+    assert kabi.batch_problems(dict(good, batches=5, batch_hist=[2, 1, 0, 0, 0, 0, 0, 2], batch_max=0)) != []
+
+
 # ------------------------------------------------------------------ bounds (issue 12)
 
 #: The constants the "Bounds" table of docs/kmod.md must state.
