@@ -692,7 +692,17 @@ def module_unload(name):
     return _syscall(SYS_DELETE_MODULE, name.encode(), O_NONBLOCK)
 
 
+def connector_sockets():
+    """How many NETLINK_CONNECTOR sockets exist (the kernel's and every process's: /proc/net/netlink)."""
+    with open("/proc/net/netlink") as f:
+        return sum(1 for line in f if line.split()[1:2] == [str(kabi.NETLINK_CONNECTOR)])
+
+
 def t_unload(c, cycles=100):
+    """``cycles`` unloads and loads under control requests from two threads and a generator per cycle: every
+    cycle unloads and loads, every unload's final line balances, and no cycle leaves a connector socket
+    behind (the load's probe socket, for one: a leak would show as one more socket per cycle)."""
+    sockets_before = connector_sockets()
     stop = threading.Event()
     stats = {"requests": 0, "replies": 0}
 
@@ -741,6 +751,8 @@ def t_unload(c, cycles=100):
     stop.set()
     for t in threads:
         t.join(3)
+    kabi.wait_until(lambda: connector_sockets() <= sockets_before, 5.0)  # the threads' last sockets close
+    sockets_after = connector_sockets()
     log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
     finals = [line for line in log.splitlines() if "cbus final:" in line]
     bad_finals = []
@@ -750,9 +762,10 @@ def t_unload(c, cycles=100):
         if (f["inserted"] != f["sent"] + f["full"] + f["nomem"] + f["nolistener"] + f["overrun"] + f["nlerr"]
                 or f["queued"]):
             bad_finals.append(line)
-    good = not failures and not bad_finals and len(finals) >= cycles
+    good = not failures and not bad_finals and len(finals) >= cycles and sockets_after <= sockets_before
     return report("unload", good, cycles=cycles, seconds=round(elapsed, 1), failures=failures[:5],
-                  final_lines=len(finals), unbalanced=bad_finals[:3], **stats)
+                  final_lines=len(finals), unbalanced=bad_finals[:3],
+                  connector_sockets={"before": sockets_before, "after": sockets_after}, **stats)
 
 
 def t_initfail(c):
