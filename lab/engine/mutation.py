@@ -89,7 +89,7 @@ def run_suite(lab: Lab, suite: Suite, source: Path, out_dir: Path, jobs: int) ->
     if suite.kind == "quick":
         return _run_quick(lab, suite, source, out_dir, jobs)
     if suite.kind == "checks":
-        return _run_checks(lab, suite, source)
+        return _run_checks(lab, suite, source, out_dir)
     return _run_pytest(lab, suite, source, out_dir)
 
 
@@ -119,7 +119,10 @@ def _run_quick(lab: Lab, suite: Suite, source: Path, out_dir: Path, jobs: int) -
     return ("killed", " | ".join(bad)) if bad else ("survived", f"{len(outcome.records)} scenarios passed")
 
 
-def _run_checks(lab: Lab, suite: Suite, source: Path) -> tuple[str, str]:
+def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[str, str]:
+    """Boot a guest with the module of ``source``, run the suite's guest checks and the console check; the
+    checks' whole report lines go to ``out_dir/checks.jsonl`` and the console log beside it (the outcome's
+    detail keeps 200 characters of each failure)."""
     from lab.guest.files import install_guest_programs
     from lab.guest.kcheck import KernelWatch
     from lab.guest.machine import Guest
@@ -129,10 +132,11 @@ def _run_checks(lab: Lab, suite: Suite, source: Path) -> tuple[str, str]:
     failed: list[str] = []
     try:
         with Guest(mlab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="mutant",
-                                   cmdline=("slub_debug=FZPU",))) as g:
+                                   cmdline=("slub_debug=FZPU",)), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
             watch = KernelWatch(g)
             r = g.run(_cbus_checks_argv(lib, suite.items), timeout=suite.timeout)
+            (out_dir / "checks.jsonl").write_text(r.text)
             seen = set()
             for line in r.text.splitlines():
                 if line.startswith("{"):
