@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shlex
 import sys
 from collections import Counter
@@ -132,7 +133,15 @@ def mutate_command(args: argparse.Namespace, make_lab) -> int:
     args.view.stop()
     run = MutationRun(lab, chosen, suite, args.out, args.jobs, on_line=lambda line: print(line, flush=True),
                       baseline=not args.no_baseline)
-    results = run.run()
+    try:
+        results = run.run()
+    except (KeyboardInterrupt, SystemExit) as exc:
+        print(f"cnlab mutate: interrupted; every mutant decided so far is in {args.out / 'results.jsonl'} "
+              "(the same command resumes)", flush=True)
+        sys.stderr.flush()
+        # The suites still running hold threads the interpreter would wait for at exit; their guests' QEMUs
+        # die with this process.
+        os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130)
     command = "cnlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cnlab mutate"
     table = mutation_table(list(results.values()), suite.key if suite else None, command)
     write_mutation_table(table, args.out / "mutants.json", args.out / "mutants.html")

@@ -258,9 +258,12 @@ class MutationRun:
                 futures.append(pool.submit(self._suite_one, record, tree, suite))
             for f in futures:
                 f.result()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            if pool is not None:  # interrupted: do not wait for the suites running (the caller ends them)
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        if pool is not None:
+            pool.shutdown(wait=True)
         final = load_results(self.results_path)
         return {m.mutant_id: final[m.mutant_id] for m in self.mutants if m.mutant_id in final}
 

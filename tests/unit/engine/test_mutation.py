@@ -170,3 +170,35 @@ def test_quick_suite_outcome_names_the_failed_verdicts_and_counts_a_crash_retry_
     status, detail = mutation.run_suite(lab, suite, tmp_path, tmp_path / "o2", 1)
     assert status == "killed" and "first attempt ended in an error" in detail
     assert mutation.run_suite(lab, suite, tmp_path, tmp_path / "o3", 1) == ("survived", "1 scenarios passed")
+
+
+def test_an_interrupt_does_not_wait_for_the_suites_still_running(fake_lab, tmp_path, monkeypatch):
+    """SIGTERM (SystemExit) or ^C while guests run: run() ends at once, what was decided stays in results.jsonl."""
+    import threading
+    import time
+
+    lab, calls = fake_lab
+    mutants = _pick(["negate", "boundary"])
+    release = threading.Event()
+
+    def slow_suite(lab, suite, source, out_dir, jobs):
+        if source == kmod_dir():
+            return "survived", "baseline"
+        release.wait(30)  # a guest that is still busy
+        return "survived", "passed"
+
+    real_build = MutationRun.build
+
+    def build(self, mutant, *args):
+        if mutant is mutants[1]:
+            raise KeyboardInterrupt
+        return real_build(self, mutant, *args)
+
+    monkeypatch.setattr(mutation, "run_suite", slow_suite)
+    monkeypatch.setattr(MutationRun, "build", build)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        MutationRun(lab, mutants, Suite("checks", ("echo",)), tmp_path / "out", jobs=2, on_line=lambda s: None).run()
+    assert time.monotonic() - started < 10
+    release.set()
+    assert "baseline:basehash" in load_results(tmp_path / "out" / "results.jsonl")
