@@ -564,12 +564,14 @@ def t_fuzz(c, n=12000):
 
 
 def t_faults(c):
+    """SET_FAULT's effects, each counted exactly: ALLOC_NTH, STALL_MS with a small queue limit, no listener;
+    and PANIC with its magic refused (-EOPNOTSUPP) by a module loaded without ``debug_panic``."""
     good = True
-    cons = Consumer()
-    cons.start()
     # 1. every 10th allocation fails
     prev_limit = c.stats().body["queue_limit"]
     s0 = wait_drained(c).body["total"]
+    cons = Consumer()
+    cons.start()
     r = c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 10)
     g, err = run_gen(c, cons, 13, 1000, context="kthread", path="cbus", cpu_mask=1, rate=0)
     c.fault(kabi.CNLAB_FAULT_ALLOC_NTH, 0)
@@ -615,6 +617,13 @@ def t_faults(c):
     d = stats_delta(s0, s1)
     ok3 = g is not None and d["drop_nolistener"] == 500 and d["sent"] == 0
     good = report("fault_nolistener", ok3, delta=d) and good
+
+    # 4. PANIC with the magic, debug_panic off: refused (a module that panics anyway ends the guest: also caught)
+    with open("/sys/module/cnlab/parameters/debug_panic") as f:
+        debug_panic = f.read().strip()
+    if debug_panic == "N":
+        status = c.fault(kabi.CNLAB_FAULT_PANIC, kabi.CNLAB_PANIC_MAGIC).status
+        good = report("fault_panic_refused", status == -errno.EOPNOTSUPP, status=status) and good
     return good
 
 
