@@ -46,6 +46,7 @@ from lab.deadline import Deadline
 from lab.errors import BootError, BootTimeout, GuestCrashed, GuestError, LabError, SnapshotError, UsageError
 from lab.guest.accel import Accel
 from lab.guest.calibration import read_lpj, record_lpj
+from lab.guest.files import put_files
 from lab.guest.netns import GUEST_ADDRESS, GuestLink
 from lab.guest.qemu_argv import BootPaths, GuestShape, SavedState, kernel_cmdline, qemu_argv
 from lab.guest.ssh import SSHSession
@@ -285,8 +286,6 @@ class Guest:
     def _install_files(self) -> None:
         """Put the spec's files and links in place, in one command: a restored guest has the files from its saved
         state; the links live on the root disk, which the guest whose state is saved has read-only."""
-        from lab.guest.files import put_files
-
         files = () if self.timing.mode == "restore" else self.spec.files
         saving = self._saved is not None and not self._saved.incoming
         links = () if saving else self.spec.links
