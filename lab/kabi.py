@@ -585,6 +585,15 @@ def batch_problems(s: dict) -> list[str]:
     return out
 
 
+def counter_problems(body: dict) -> dict[str, list[str]]:
+    """Where a quiescent STATS reply's independent counters disagree (:func:`ledger_problems` and
+    :func:`batch_problems`), in the total and on each CPU: ``{"total" or CPU number: [problem, ...]}``, only
+    those with a problem (empty when everything agrees)."""
+    entries = [("total", body["total"])] + [(str(entry["cpu"]), entry) for entry in body["cpus"]]
+    found = {key: ledger_problems(entry) + batch_problems(entry) for key, entry in entries}
+    return {key: problems for key, problems in found.items() if problems}
+
+
 def wait_until(predicate: object, seconds: float, pause: float = 0.05) -> object:
     """Poll ``predicate`` until it is true or ``seconds`` pass; its last value.
 

@@ -141,8 +141,9 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
             for line in r.text.splitlines():
                 if line.startswith("{"):
                     rec = json.loads(line)
-                    seen.add(rec["test"])  # a check's timing line names it even when it reports parts by other
-                    if rec.get("timing"):  # names (faults: fault_alloc, fault_stall, ...)
+                    # a check's timing line names it, also when it reports its parts by other names (faults)
+                    seen.add(rec["test"])
+                    if rec.get("timing"):
                         continue
                     if not rec["ok"]:
                         failed.append(f"{rec['test']}: {json.dumps(rec)[:200]}")

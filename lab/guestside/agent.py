@@ -117,11 +117,6 @@ def signal_all(consumers):
     return send
 
 
-def batch_problems(reply):
-    """Whether a STATS reply's drain batches disagree with its counters anywhere (kabi.batch_problems)."""
-    return any(kabi.batch_problems(entry) for entry in [reply["total"], *reply["cpus"]])
-
-
 def drain(client, seconds):
     """Wait for every CBUS queue to empty, measured by the counters nothing derives: ``enqueued ==
     dequeued`` and the drain's books closed (bundles flushed).  ``{"ok", "waited_s", "cpus"?}`` (cpus: those
@@ -271,13 +266,12 @@ def main():
     ledger = {}
     try:
         after_reply = stats_body(client)
-        if batch_problems(after_reply):  # the last batch is counted just after its last message: look again
-            kabi.wait_until(lambda: not batch_problems(stats_body(client)), 1.0 * scale)
+        if kabi.counter_problems(after_reply):  # the last batch is counted just after its last message: look again
+            kabi.wait_until(lambda: not kabi.counter_problems(stats_body(client)), 1.0 * scale)
             after_reply = stats_body(client)
         after = after_reply["total"]
-        ledger = {"total": kabi.ledger_problems(after) + kabi.batch_problems(after)}
-        ledger["cpus"] = {str(c["cpu"]): kabi.ledger_problems(c) + kabi.batch_problems(c)
-                          for c in after_reply["cpus"] if kabi.ledger_problems(c) + kabi.batch_problems(c)}
+        problems = kabi.counter_problems(after_reply)
+        ledger = {"total": problems.pop("total", []), "cpus": problems}
     except (TimeoutError, OSError, KeyError, TypeError) as exc:
         after = None
         errors.append(f"STATS after: {type(exc).__name__}: {exc}" if not isinstance(exc, OSError) else

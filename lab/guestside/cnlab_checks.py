@@ -325,14 +325,6 @@ def t_bench(c, iterations=96, chunk=32):
                   body={k: v for k, v in b.items() if k != "cfg"})
 
 
-def counter_problems(rep):
-    """Where a quiescent STATS reply's independent counters disagree (``kabi.ledger_problems``,
-    ``kabi.batch_problems``): ``{"total" or CPU: [problem, ...]}``, empty when they agree."""
-    entries = [("total", rep.body["total"])] + [(str(cs["cpu"]), cs) for cs in rep.body["cpus"]]
-    out = {key: kabi.ledger_problems(e) + kabi.batch_problems(e) for key, e in entries}
-    return {key: problems for key, problems in out.items() if problems}
-
-
 def t_invariant(c):
     """With nothing running: the derived invariant holds, and CBUS's independent counters agree (the ledger
     and the drain's batch histogram) in total and on every CPU.  A paced trickle first (20 messages per CPU at
@@ -340,9 +332,9 @@ def t_invariant(c):
     by earlier checks whose batches were all large."""
     _, err = run_gen(c, None, 11, 20, context="kthread", path="cbus", rate=100)
     wait_drained(c)
-    kabi.wait_until(lambda: not counter_problems(c.stats()), 2.0)  # a batch is counted after its last message
+    kabi.wait_until(lambda: not kabi.counter_problems(c.stats().body), 2.0)  # a batch is counted after its messages
     r = c.stats()
-    problems = counter_problems(r)
+    problems = kabi.counter_problems(r.body)
     return report("invariant", invariant_ok(r) and not problems and err is None, total=r.body["total"],
                   counter_problems=problems, trickle=err or "ok")
 

@@ -325,6 +325,18 @@ def test_batch_checks_compare_the_histogram_with_batches_and_dequeued():
     assert kabi.batch_problems(dict(good, batches=5, batch_hist=[2, 1, 0, 0, 0, 0, 0, 2], batch_max=0)) != []
 
 
+def test_counter_problems_name_the_total_or_the_cpu_that_disagrees():
+    ledger = {"inserted": 10, "enqueued": 10, "drop_full": 0, "drop_nomem": 0, "dequeued": 10, "sent": 10,
+              "drop_nolistener": 0, "drop_overrun": 0, "drop_nlerr": 0}
+    hist = {**ledger, "batch_hist": [10, 0, 0, 0, 0, 0, 0, 0], "batches": 10, "batch_max": 1}
+    idle = {**dict.fromkeys(ledger, 0), "batch_hist": [0] * 8, "batches": 0, "batch_max": 0}
+    good = {"total": hist, "cpus": [{"cpu": 0, **hist}, {"cpu": 1, **idle}]}
+    assert kabi.counter_problems(good) == {}
+    broken = kabi.counter_problems(dict(good, cpus=[{"cpu": 0, **dict(hist, batch_hist=[0] * 8)}]))
+    assert list(broken) == ["0"] and broken["0"][0].startswith("batch histogram")
+    assert list(kabi.counter_problems(dict(good, total=dict(hist, sent=9)))) == ["total"]
+
+
 # ------------------------------------------------------------------ bounds (issue 12)
 
 #: The constants the "Bounds" table of docs/kmod.md must state.

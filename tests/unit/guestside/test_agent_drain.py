@@ -51,10 +51,3 @@ def test_a_module_that_refuses_stats_fails_the_drain_at_once_naming_the_error():
     with pytest.raises(OSError, match="STATS refused: EBADMSG"):
         agent.stats_body(Module(refuse="EBADMSG (-74)"))
 
-
-def test_a_batch_histogram_that_disagrees_is_found_in_the_total_or_on_one_cpu():
-    hist = {"batch_hist": [10, 0, 0, 0, 0, 0, 0, 0], "batches": 10, "batch_max": 1, "dequeued": 10}
-    good = {"total": hist, "cpus": [{"cpu": 0, **hist}, {"cpu": 1, **dict(hist, batch_hist=[0] * 8, batches=0,
-                                                                           batch_max=0, dequeued=0)}]}
-    assert not agent.batch_problems(good)
-    assert agent.batch_problems(dict(good, cpus=[{"cpu": 0, **dict(hist, batch_hist=[0] * 8)}]))
