@@ -1591,16 +1591,15 @@ def _offline_end(c, cpu, seconds, rate):
     cons.wait_for(ok, 30)
     cons.stop()
     d = stats_delta(s0.body["total"], s1.body["total"])
-    ledger = {e["cpu"]: kabi.ledger_problems(e) for e in s1.body["cpus"]}
-    ledger["total"] = kabi.ledger_problems(s1.body["total"])
+    problems = kabi.counter_problems(s1.body)  # the dead CPU's counters too
     online_file = open(f"/sys/devices/system/cpu/cpu{cpu}/online").read().strip()
     out.update(generated=generated, accepted=ok, received=cons.received, lost=cons.lost, reordered=cons.reordered,
-               cbus_delta=d, ledger={k: v for k, v in ledger.items() if v}, drain_thread=drain_thread_state(cpu),
+               cbus_delta=d, counter_problems=problems, drain_thread=drain_thread_state(cpu),
                online_at_end=online_file, delivered_during_stall=bool(delivered_in_stall))
     good = (g0 is not None and out["held_before_offline"] == 300 and dead["online"] == 0
             and dead["enqueued"] == dead["dequeued"] and out["stall_still_on"] and bool(delivered_in_stall)
             and all(g.body["state"] == kabi.CNLAB_GEN_DONE for g in gens) and not out.get("start_errors")
-            and d["queued"] == 0 and not out["ledger"] and cons.lost == 0 and cons.reordered == 0
+            and d["queued"] == 0 and not problems and cons.lost == 0 and cons.reordered == 0
             and cons.received == ok == generated and online_file == "0" and out["drain_thread"] == "P"
             and s1.body["cpus"][cpu]["online"] == 0)
     # refused while it is down
