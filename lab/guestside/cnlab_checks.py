@@ -649,7 +649,8 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0
     """CPUs 1.. go down and up in turn under five generators for at least ``seconds`` and ``min_cycles``
     offline/online cycles (the load lasts until both are met, at most ``max_seconds``; a CPU going down
     takes 0.3 s on a quiet 4-vCPU TCG guest and many seconds on a loaded host, so a cycle count, not a
-    duration, says how much hotplug a run saw). Every accepted message must arrive, in order."""
+    duration, says how much hotplug a run saw; ``seconds`` beyond ``max_seconds`` raise the cap). Every
+    accepted message must arrive, in order."""
     cpus = list(range(1, ncpus()))
     if not cpus:
         return report("hotplug", True, skipped="1 CPU")
@@ -666,7 +667,8 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0
     mask = (1 << ncpus()) - 1
     specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
              ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
-    dur = int(max(seconds, max_seconds) * 1e9)  # stopped once the cycles are done
+    max_seconds = max(seconds, max_seconds)
+    dur = int(max_seconds * 1e9)  # stopped once the cycles are done
     for i, (ctx, path, fl) in enumerate(specs):
         r = c.gen_start(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
                         duration_ns=dur, cpu_mask=mask, rate=rate, size_min=32, size_max=64,
@@ -1887,7 +1889,8 @@ def main(argv):
     ap.add_argument("--deliver-count", type=int, default=2000, help="messages per CPU and combination")
     ap.add_argument("--hotplug-seconds", type=float, default=6.0, help="hotplug: least seconds of load")
     ap.add_argument("--hotplug-cycles", type=int, default=0,
-                    help="hotplug: least offline/online cycles (the load lasts until done, at most 150 s)")
+                    help="hotplug: least offline/online cycles (the load lasts until done, at most 150 s or "
+                         "--hotplug-seconds)")
     ap.add_argument("--hotplug-rate", type=int, default=HOTPLUG_RATE, help="msgs/s per generator instance")
     ap.add_argument("tests", nargs="*", default=["all"])
     args = ap.parse_args(argv)
