@@ -90,6 +90,8 @@ INSERTED_OUTSIDE_IRQ_OFF = [
      "\tseen = raw_cpu_read(cbus_pcpu->inserted);\n\tif (unlikely(msg->len > CBUS_SLOT_DATA)) {\n\t\t/* Big message"),
     ("cbus.c", "\tcc->inserted++;\n\tfault = ", "\tcc->inserted = seen + 1;\n\tfault = "),
 ]
+#: bench.c: BENCH's best-chunk figure (ns per call x 1000) scaled by 999 instead of 1000: off by 0.1 %.
+BENCH_FIGURE_MISSCALED = ("bench.c", "div_u64(ns * 1000, n)", "div_u64(ns * 999, n)")
 #: bench.c: unload does not tell a running BENCH to stop: it waits the whole run out and the run "succeeds".
 #: (Unloads that free memory under a request still in flight, e.g. without the flush_work() here or the
 #: synchronize_srcu() in ctl.c, passed this check 20 cycles out of 20 when seeded: on this kernel, without
@@ -163,3 +165,14 @@ def test_unload_inflight_catches_an_unload_that_does_not_cut_a_sleeping_request_
     assert not error and not console, (error, console)
     (u,) = res["unload_inflight"]
     assert not u["ok"] and u["statuses"]["BENCH"].get("-108", 0) == 0 and u["statuses"]["BENCH"].get("0", 0) > 0
+
+
+@pytest.mark.nightly
+def test_bench_one_chunk_catches_a_misscaled_per_call_figure(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, BENCH_FIGURE_MISSCALED)
+    res, console, error = _run_checks(lab, ["bench"])
+    assert not error and not console, (error, console)
+    assert res["bench"][0]["ok"]  # the other BENCH checks cannot tell a 0.1 % scale
+    (one,) = res["bench_one_chunk"]
+    assert not one["ok"]
+    assert all(one["per_call_x1000"][path] < one["total_ns_x1000_per_call"][path] for path in ("cbus", "direct"))
