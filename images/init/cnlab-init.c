@@ -34,12 +34,21 @@
  *
  * and the init sets the wall clock to rt, mixes the seed into the random
  * pool and reseeds the kernel's CRNG from it (RNDADDENTROPY, RNDRESEEDCRNG),
- * remounts the root disk read-write (cnlab.snapshot), writes the new nonce
- * to /run/cnlab/nonce, and answers with a ready line for the new nonce that
- * says what it did (restored=1; clock=, reseed=, rw=: 0 or an errno; rt=
- * the clock after setting it; build-id= the lab modules' GNU build IDs,
- * read from /sys/module once they were loaded), so the host can check the
- * restored guest before it uses it.
+ * lets sshd go on (see below), remounts the root disk read-write
+ * (cnlab.snapshot), writes the new nonce to /run/cnlab/nonce, and answers
+ * with a ready line for the new nonce that says what it did (restored=1;
+ * clock=, reseed=, sshd=, rw=: 0 or an errno; rt= the clock after setting
+ * it; build-id= the lab modules' GNU build IDs, read from /sys/module once
+ * they were loaded), so the host can check the restored guest before it
+ * uses it.
+ *
+ * sshd is held (SIGSTOP) in the saved state: just before the host saves a
+ * guest it writes "CNLAB-HOLD nonce=HEX" and the init stops sshd and
+ * answers "CNLAB-HELD nonce=HEX sshd=0" (or an errno).  A restored sshd goes
+ * on (SIGCONT) only once the CRNG is reseeded, so no connection can draw
+ * random bytes every restored guest shares; the host may therefore connect
+ * as soon as it has resumed the guest, and the SSH handshake runs beside
+ * the rest of the resume instead of after it.
  *
  * Any fatal error is printed to the console and the guest powers off, so
  * the host sees QEMU exit before readiness and reports the console tail.
@@ -101,6 +110,9 @@ static char root_dev[64] = "/dev/nvme0n1";
 static char modules_status[1024];
 /* "name:build-id,..." of the lab modules, read once they are loaded. */
 static char module_build_id_list[400];
+/* The sshd that listens, and whether the host had it held for a save. */
+static pid_t sshd_pid;
+static int sshd_held;
 
 static void say(const char *fmt, ...)
 {
@@ -782,7 +794,7 @@ static void resume(int fd, const char *line)
 	char nonce[80], rt[48], seed[2 * SEED_MAX + 1], extra[600];
 	struct timespec ts = { 0, 0 };
 	char *dot;
-	int clock_err = 0, reseed_err, rw_err = 0;
+	int clock_err = 0, reseed_err, sshd_err = 0, rw_err = 0;
 
 	if (!word_get(line, "nonce", nonce, sizeof(nonce)) ||
 	    !word_get(line, "rt", rt, sizeof(rt)) ||
@@ -798,19 +810,53 @@ static void resume(int fd, const char *line)
 	else if (clock_settime(CLOCK_REALTIME, &ts))
 		clock_err = errno;
 	reseed_err = reseed_random(seed);
+	if (reseed_err)
+		sshd_err = ECANCELED;	/* a held sshd stays held */
+	else if (sshd_held && kill(sshd_pid, SIGCONT))
+		sshd_err = errno;
+	else
+		sshd_held = 0;
 	if (snapshot_boot &&
 	    mount(root_dev, "/", "ext4", MS_REMOUNT | MS_NOATIME, ROOT_OPTIONS))
 		rw_err = errno;
 	write_nonce(nonce);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	snprintf(extra, sizeof(extra),
-		 " restored=1 clock=%d reseed=%d rw=%d rt=%lld.%09ld build-id=%s",
-		 clock_err, reseed_err, rw_err, (long long)ts.tv_sec, ts.tv_nsec,
+		 " restored=1 clock=%d reseed=%d sshd=%d rw=%d rt=%lld.%09ld build-id=%s",
+		 clock_err, reseed_err, sshd_err, rw_err, (long long)ts.tv_sec, ts.tv_nsec,
 		 module_build_id_list[0] ? module_build_id_list : "none");
 	announce(fd, nonce, 0, extra);
 }
 
-/* Bytes from the ready port: act on each complete "CNLAB-RESUME" line. */
+/*
+ * "CNLAB-HOLD nonce=HEX", the host's last word before it saves this guest:
+ * stop sshd and say so once it is stopped.  Waiting with WNOWAIT leaves an
+ * sshd that died instead to serve_forever(), which powers off.
+ */
+static void hold_sshd(int fd, const char *line)
+{
+	char nonce[80], reply[160];
+	siginfo_t si;
+	int err = 0, n;
+
+	if (!word_get(line, "nonce", nonce, sizeof(nonce))) {
+		say("cnlab-init: malformed hold line ignored\n");
+		return;
+	}
+	if (kill(sshd_pid, SIGSTOP))
+		err = errno;
+	else if (waitid(P_PID, sshd_pid, &si, WSTOPPED | WEXITED | WNOWAIT))
+		err = errno;
+	else if (si.si_code != CLD_STOPPED)
+		err = ESRCH;
+	else
+		sshd_held = 1;
+	n = snprintf(reply, sizeof(reply), "CNLAB-HELD nonce=%s sshd=%d\n", nonce, err);
+	if (write(fd, reply, n) != n)
+		say("cnlab-init: held write: %s\n", strerror(errno));
+}
+
+/* Bytes from the ready port: act on each complete "CNLAB-RESUME" or "CNLAB-HOLD" line. */
 static void read_ready_port(int fd)
 {
 	static char buf[512];
@@ -826,6 +872,8 @@ static void read_ready_port(int fd)
 		*nl = '\0';
 		if (!strncmp(buf, "CNLAB-RESUME ", 13))
 			resume(fd, buf);
+		else if (!strncmp(buf, "CNLAB-HOLD ", 11))
+			hold_sshd(fd, buf);
 		used -= nl + 1 - buf;
 		memmove(buf, nl + 1, used);
 		buf[used] = '\0';
@@ -989,6 +1037,7 @@ int main(void)
 	module_build_ids(module_build_id_list, sizeof(module_build_id_list));
 	trace("lab modules loaded");
 	sshd = wait_sshd_listening(sshd, sfd);
+	sshd_pid = sshd;
 	trace("sshd listening");
 	ready_fd = announce_ready();
 	serve_forever(sshd, sfd, ready_fd);

@@ -34,6 +34,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ NETWORKS = ("user", "tap")
 #: A connection on the lab's own link whose data stays unacknowledged this long is dead.
 DEAD_LINK_S = 8.0
 _READY = re.compile(rb"CNLAB-READY nonce=(\S+) cpus=(\d+) modules=(\S*)(?: lpj=(\d+))?((?: [\w.-]+=\S*)*)\r?\n")
+_HELD = re.compile(rb"CNLAB-HELD nonce=(\S+) sshd=(\d+)\r?\n")
 #: The file descriptor name a saved state travels under to QEMU (QMP getfd).
 STATE_FD_NAME = "cnlab-state"
 
@@ -80,6 +82,35 @@ class GuestState(enum.Enum):
     READY = "ready"
     STOPPED = "stopped"
     BROKEN = "broken"
+
+
+class _Connecting:
+    """An SSH connect running in a thread of its own, for a guest that answers while it finishes starting."""
+
+    def __init__(self, session: SSHSession, deadline: Deadline, name: str) -> None:
+        self._session = session
+        self._deadline = deadline
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._connect, name=name, daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> None:
+        try:
+            self._session.connect(self._deadline)
+        except BaseException as exc:  # handed to wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Until the connect ends (it has its deadline); its error, if it failed."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self) -> None:
+        """Cut the connect short and close the session (the guest failed while SSH was on its way)."""
+        self._session.interrupt()
+        self._thread.join()
+        self._session.close()
 
 
 @dataclass(frozen=True)
@@ -192,7 +223,7 @@ class Guest:
         keys = self.spec.image.keys
         entries = [
             CpioEntry("cnlab", None, 0o700),
-            CpioEntry("cnlab/ssh_host_ed25519_key", keys.host_key.read_bytes(), 0o600),
+            CpioEntry("cnlab/ssh_host_ecdsa_key", keys.host_key.read_bytes(), 0o600),
             CpioEntry("cnlab/authorized_keys", keys.client_pub.read_bytes(), 0o600),
         ]
         for module in self.spec.modules:
@@ -393,14 +424,22 @@ class Guest:
             self.ssh_port = self._forward_ssh_port()
         self._qmp.cmd("cont")
         self._ready_conn.sendall(resume_line(self._nonce))
-        self.ready_info = self._wait_ready(deadline)
-        self.timing.ready = time.monotonic() - spawned
-        problems = check_restored(self.ready_info, self.spec.shape.cpus, snapshot.build_ids)
-        if problems:
-            raise SnapshotError(f"guest {self.spec.name}: the restored guest failed its checks: "
-                                f"{'; '.join(problems)}")
-        self._ssh = self._ssh_session()
-        self._ssh.connect(deadline)
+        # The saved sshd is held until the guest's CRNG is reseeded (images/init/cnlab-init.c), so SSH may
+        # start now and shake hands while the init finishes the resume.
+        session = self._ssh_session()
+        connecting = _Connecting(session, deadline, f"ssh-{self.spec.name}")
+        try:
+            self.ready_info = self._wait_ready(deadline)
+            self.timing.ready = time.monotonic() - spawned
+            problems = check_restored(self.ready_info, self.spec.shape.cpus, snapshot.build_ids)
+            if problems:
+                raise SnapshotError(f"guest {self.spec.name}: the restored guest failed its checks: "
+                                    f"{'; '.join(problems)}")
+        except BaseException:
+            connecting.abandon()
+            raise
+        connecting.wait()
+        self._ssh = session
         self.timing.ssh = time.monotonic() - spawned
 
     def _qmp_booting(self, command: str, **arguments) -> object:
@@ -461,6 +500,7 @@ class Guest:
         if self._ssh is not None:
             self._ssh.close()
         deadline = Deadline(self.boot_seconds, f"guest {self.spec.name} to save its state")
+        self._hold_sshd(deadline)
         self._set_migration_capabilities()
         self.qmp("stop")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -472,6 +512,16 @@ class Guest:
         self.qmp("migrate", uri=f"fd:{STATE_FD_NAME}")
         self._wait_migration(deadline, "saving its state")
         self.stop()
+
+    def _hold_sshd(self, deadline: Deadline) -> None:
+        """Have the init stop sshd, so every guest restored from the state about to be saved keeps it stopped
+        until its CRNG is reseeded (see ``images/init/cnlab-init.c``)."""
+        assert self._ready_conn is not None
+        self._ready_conn.sendall(f"CNLAB-HOLD nonce={self._nonce}\n".encode())
+        match = self._read_ready_port(_HELD, deadline, "answer to holding sshd")
+        if match.group(2) != b"0":
+            raise SnapshotError(f"guest {self.spec.name}: the init could not hold sshd for the save "
+                                f"(errno {match.group(2).decode()})")
 
     def _ssh_session(self) -> SSHSession:
         keys = self.spec.image.keys
@@ -524,21 +574,26 @@ class Guest:
         raise BootError(f"could not forward an SSH port for guest {self.spec.name}: {last}")
 
     def _wait_ready(self, deadline: Deadline) -> dict:
+        match = self._read_ready_port(_READY, deadline, "readiness line")
+        modules = match.group(3).decode()
+        failed = [item for item in modules.split(",") if item.rsplit(":", 1)[-1] not in ("0", "none", "")]
+        if modules != "none" and failed:
+            raise BootError(f"guest {self.spec.name}: loading modules failed: {', '.join(failed)}")
+        info = {"cpus": int(match.group(2)), "modules": modules, "lpj": int(match.group(4) or 0)}
+        extra = dict(word.split("=", 1) for word in match.group(5).decode().split())
+        if extra.get("restored") == "1":
+            info["restored"] = extra
+        return info
+
+    def _read_ready_port(self, line: re.Pattern, deadline: Deadline, what: str) -> re.Match:
+        """The first ``line`` for this guest's nonce (its first group) on the readiness port."""
         assert self._ready_conn is not None
         buffer = b""
         while True:
-            match = _READY.search(buffer)
-            if match and match.group(1).decode() == self._nonce:
-                modules = match.group(3).decode()
-                failed = [item for item in modules.split(",") if item.rsplit(":", 1)[-1] not in ("0", "none", "")]
-                if modules != "none" and failed:
-                    raise BootError(f"guest {self.spec.name}: loading modules failed: {', '.join(failed)}")
-                info = {"cpus": int(match.group(2)), "modules": modules, "lpj": int(match.group(4) or 0)}
-                extra = dict(word.split("=", 1) for word in match.group(5).decode().split())
-                if extra.get("restored") == "1":
-                    info["restored"] = extra
-                return info
-            self._wait_readable(self._ready_conn, deadline, "readiness line")
+            for match in line.finditer(buffer):
+                if match.group(1).decode() == self._nonce:
+                    return match
+            self._wait_readable(self._ready_conn, deadline, what)
             chunk = self._ready_conn.recv(4096)
             if not chunk:
                 raise self._channel_closed_error()

@@ -193,7 +193,7 @@ def check_restored(info: dict, cpus: int, build_ids: dict[str, str], now: float 
     if info.get("cpus") != cpus:
         problems.append(f"{info.get('cpus')} CPUs online, not {cpus}")
     for key, what in (("clock", "setting the clock"), ("reseed", "reseeding the CRNG"),
-                      ("rw", "remounting the root disk read-write")):
+                      ("sshd", "letting the held sshd go on"), ("rw", "remounting the root disk read-write")):
         if report.get(key) != "0":
             problems.append(f"{what} failed (errno {report.get(key)})")
     try:

@@ -47,9 +47,11 @@ class SSHSession:
         self.connect_timeout = connect_timeout
         self.dead_link_s = dead_link_s
         self._open_socket = open_socket or (lambda timeout: socket.create_connection((host, port), timeout=timeout))
-        self._pkey = paramiko.Ed25519Key.from_private_key_file(str(key_file))
+        self._pkey = paramiko.PKey.from_path(key_file)
         self._host_key = self._pinned_key(known_hosts)
         self._client: paramiko.SSHClient | None = None
+        self._connecting: socket.socket | None = None
+        self._interrupted = False
         self.reconnects = 0
 
     @staticmethod
@@ -71,7 +73,10 @@ class SSHSession:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         remaining = max(deadline.remaining(), 1.0)
         try:
-            sock = self._open_socket(remaining)
+            sock = self._connecting = self._open_socket(remaining)
+            if self._interrupted:
+                sock.close()
+                raise TransportError(f"SSH to {self.host}:{self.port} was interrupted")
             if self.dead_link_s > 0:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.dead_link_s * 1000))
             client.connect(
@@ -82,10 +87,23 @@ class SSHSession:
         except (paramiko.SSHException, OSError) as exc:
             client.close()
             raise TransportError(f"SSH to {self.host}:{self.port} failed: {exc}") from exc
+        finally:
+            self._connecting = None
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(self.keepalive)
         self._client = client
+
+    def interrupt(self) -> None:
+        """Make a :meth:`connect` running in another thread fail now, and every later one (it raises
+        ``TransportError``): for a session given up while it connects."""
+        self._interrupted = True
+        sock = self._connecting
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected yet, or already closed: the connect fails on its own
 
     @property
     def connected(self) -> bool:

@@ -8,10 +8,14 @@ forward fails), wrong-nonce (announces another boot's nonce, then hangs).
 
 Saved states (lab.guest.snapshot): a shared RAM file named on the command
 line is created; ``migrate`` and ``migrate-incoming`` end with a MIGRATION
-"completed" event; a restored guest (``-incoming defer``) answers the host's
+"completed" event; the host's hold line (before a save) is answered with
+"sshd held"; a restored guest (``-incoming defer``) answers the host's
 resume line with a resume report.  Modes for restores only: restore-bad
 (the report says reseeding failed), restore-die (QEMU exits loading the
-state), restore-fail (the load ends with a "failed" event).
+state), restore-fail (the load ends with a "failed" event), hold-fail (the
+init cannot hold sshd, so no state can be saved), restore-after-ssh (the
+resume report waits, up to 10 s, for the file FAKE_QEMU_SSH_FLAG: the test's
+SSH connect makes it).
 """
 
 import json
@@ -19,6 +23,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 
 mode = os.environ.get("FAKE_QEMU_MODE", "ok")
@@ -50,18 +55,22 @@ def event(name, **data):
     qmp_file.flush()
 
 
-def resume():
-    """Read the host's resume line on the readiness port and answer with a ready line and a resume report."""
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = ready.recv(1024)
-        if not chunk:
-            sys.exit(0)
-        line += chunk
-    words = dict(w.split("=", 1) for w in line.decode().split()[1:])
-    reseed = 22 if mode == "restore-bad" else 0
-    ready.sendall(f"CNLAB-READY nonce={words['nonce']} cpus=2 modules=none lpj=0 restored=1 clock=0 "
-                  f"reseed={reseed} rw=0 rt={time.time():.9f} build-id=none\r\n".encode())
+def serve_ready_port():
+    """Answer the host's lines on the readiness port as the init does: a hold line (before a save) with
+    "sshd held", a resume line with a ready line and a resume report."""
+    for line in ready.makefile("rb"):
+        words = dict(w.split("=", 1) for w in line.decode().split()[1:])
+        if line.startswith(b"CNLAB-HOLD "):
+            ready.sendall(f"CNLAB-HELD nonce={words['nonce']} sshd={3 if mode == 'hold-fail' else 0}\n".encode())
+        elif line.startswith(b"CNLAB-RESUME "):
+            if mode == "restore-after-ssh":
+                flag, waited = os.environ["FAKE_QEMU_SSH_FLAG"], time.monotonic()
+                while not os.path.exists(flag) and time.monotonic() - waited < 10:
+                    time.sleep(0.01)
+            reseed = 22 if mode == "restore-bad" else 0
+            ready.sendall(f"CNLAB-READY nonce={words['nonce']} cpus=2 modules=none lpj=0 restored=1 clock=0 "
+                          f"reseed={reseed} sshd={125 if reseed else 0} rw=0 rt={time.time():.9f} "
+                          "build-id=none\r\n".encode())
 
 
 def requests():
@@ -78,6 +87,7 @@ def requests():
             yield obj
 
 
+threading.Thread(target=serve_ready_port, daemon=True).start()
 for request in requests():
     command = request.get("execute")
     reply = {"return": {}}
@@ -96,10 +106,8 @@ for request in requests():
         event("MIGRATION", status="completed")
     if command == "migrate-incoming":
         event("MIGRATION", status="failed" if mode == "restore-fail" else "completed")
-    if command == "cont" and incoming:
-        resume()
-    elif command == "cont":
-        if mode in ("ok", "collide") or mode.startswith("restore-"):
+    if command == "cont" and not incoming:
+        if mode in ("ok", "collide", "hold-fail") or mode.startswith("restore-"):
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none\r\n".encode())
         elif mode == "lpj":  # the init measured the boot CPU's loops_per_jiffy
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none lpj=10384536\r\n".encode())

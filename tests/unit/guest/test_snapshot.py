@@ -150,7 +150,7 @@ def test_resume_line_carries_nonce_clock_and_seed():
 
 
 def _report(**changes):
-    restored = {"restored": "1", "clock": "0", "reseed": "0", "rw": "0", "rt": f"{time.time():.9f}",
+    restored = {"restored": "1", "clock": "0", "reseed": "0", "sshd": "0", "rw": "0", "rt": f"{time.time():.9f}",
                 "build-id": "cnlab:abc"}
     restored.update(changes)
     return {"cpus": 2, "modules": "/run/cnlab/cnlab.ko:0", "lpj": 0, "restored": restored}
@@ -165,6 +165,7 @@ def test_a_good_resume_report_passes():
     (_report(), 4, {}, "2 CPUs online, not 4"),
     (_report(reseed="22"), 2, {}, "reseeding the CRNG failed (errno 22)"),
     (_report(clock="1"), 2, {}, "setting the clock failed"),
+    (_report(sshd="125"), 2, {}, "letting the held sshd go on failed (errno 125)"),
     (_report(rw="30"), 2, {}, "remounting the root disk read-write failed (errno 30)"),
     (_report(rt="1.0"), 2, {}, "wall clock"),
     (_report(rt="garbage"), 2, {}, "no wall clock"),
@@ -204,6 +205,32 @@ def test_a_restored_guest_that_fails_its_checks_boots_cold_and_its_state_is_disc
     assert not (spec.snapshots / _key(spec)).exists()
     assert SnapshotStore(spec.snapshots).failures(_key(spec))["count"] == 1
     assert "nvme" in " ".join(guest.argv_used)  # the cold boot is an ordinary one
+
+
+def test_a_restored_guest_is_connected_to_while_it_finishes_its_resume(spec, monkeypatch, tmp_path):
+    _start(spec, monkeypatch)  # saves a state
+    flag = tmp_path / "ssh-started"
+    monkeypatch.setenv("FAKE_QEMU_SSH_FLAG", str(flag))
+    monkeypatch.setenv("FAKE_QEMU_MODE", "restore-after-ssh")  # the resume report waits for the SSH connect
+    guest = Guest(spec)
+    seen = []
+
+    def connect(self, deadline=None):
+        seen.append(guest.ready_info)
+        flag.touch()
+
+    monkeypatch.setattr(guest_mod.SSHSession, "connect", connect)
+    guest.start()
+    guest.stop()
+    assert guest.timing.mode == "restore" and seen == [{}]  # no ready line yet when SSH started
+
+
+def test_a_guest_whose_sshd_cannot_be_held_is_not_saved_and_boots_cold(spec, monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING):
+        guest = _start(spec, monkeypatch, "hold-fail")
+    assert guest.timing.mode == "cold"
+    assert "could not hold sshd for the save (errno 3)" in caplog.text
+    assert not (spec.snapshots / _key(spec) / "meta.json").exists()
 
 
 @pytest.mark.parametrize(("mode", "reason"), [("restore-die", "load of migration failed"),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import paramiko
 import pytest
 
+from lab.deadline import Deadline
 from lab.errors import TransportError
 from lab.guest.ssh import SSHSession
 from lab.image.keys import ensure_keys
@@ -60,8 +62,8 @@ class FakeGuestSSH:
     """A listening socket that serves SSH with the lab's guest host key."""
 
     def __init__(self, keys, host_key_file: Path | None = None) -> None:
-        self.host_key = paramiko.Ed25519Key.from_private_key_file(str(host_key_file or keys.host_key))
-        self.client_key = paramiko.Ed25519Key.from_private_key_file(str(keys.client_key))
+        self.host_key = paramiko.PKey.from_path(host_key_file or keys.host_key)
+        self.client_key = paramiko.PKey.from_path(keys.client_key)
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -203,3 +205,31 @@ def test_timeout_marks_the_result(keys, server):
     result = session.run(["sleep", "5"], timeout=0.5)
     assert result.extra["timed_out"] and result.exit_status == -1
     session.close()
+
+
+def test_interrupt_ends_a_connect_waiting_for_the_banner_in_another_thread(tmp_path):
+    keys = ensure_keys(tmp_path / "keys")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts (in the kernel) and never says a word: a held sshd
+    session = SSHSession("127.0.0.1", silent.getsockname()[1], keys.client_key, keys.known_hosts)
+    errors = []
+
+    def connect():
+        try:
+            session.connect(Deadline(30, "test connect"))
+        except TransportError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    try:
+        while session._connecting is None and thread.is_alive():
+            time.sleep(0.01)
+        session.interrupt()
+        thread.join(10)
+        assert not thread.is_alive() and len(errors) == 1
+        with pytest.raises(TransportError, match="interrupted"):
+            session.connect(Deadline(5, "test connect"))  # an interrupted session stays given up
+    finally:
+        silent.close()

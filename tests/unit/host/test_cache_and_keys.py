@@ -43,8 +43,19 @@ def test_keys_are_private_and_pinned(tmp_path):
     keys = ensure_keys(tmp_path / "keys")
     for private in (keys.client_key, keys.host_key):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600
-    assert keys.known_hosts.read_text().startswith(KNOWN_HOSTS_NAME + " ssh-ed25519 ")
+    assert keys.known_hosts.read_text().startswith(KNOWN_HOSTS_NAME + " ecdsa-sha2-nistp256 ")
     host_pub = keys.host_pub.read_text().split()[1]
     assert host_pub in keys.known_hosts.read_text()
     again = ensure_keys(tmp_path / "keys")
     assert again.known_hosts.read_text() == keys.known_hosts.read_text()  # generated once per lab
+
+
+def test_a_lab_with_keys_of_another_type_gets_a_new_pinned_set(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "id_ed25519").write_text("old client key")
+    (folder / "known_hosts").write_text(KNOWN_HOSTS_NAME + " ssh-ed25519 AAAAold\n")
+    keys = ensure_keys(folder)
+    assert keys.client_key.exists() and keys.host_key.exists()
+    pinned = keys.known_hosts.read_text().split()
+    assert pinned[:3] == [KNOWN_HOSTS_NAME] + keys.host_pub.read_text().split()[:2]

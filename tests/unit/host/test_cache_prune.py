@@ -37,7 +37,7 @@ def cache(tmp_path):
     _artefact(root, "kmod", "only", 10_000, 100, now)
     _artefact(root, "snapshots", "unknown-kind", 10_000, 1000, now)
     (root / "keys").mkdir()
-    (root / "keys" / "id_ed25519").write_text("secret")
+    (root / "keys" / "id_ecdsa").write_text("secret")
     (root / "accel.json").write_text("{}")
     return root, now
 
