@@ -19,9 +19,12 @@ from lab.engine.host_faults import HostFaults
 from lab.errors import GuestError
 from lab.guest.job import run_job
 
-__all__ = ["run_agent", "AGENT_PROGRAM", "LOAD_LINE", "HOST_FAULT_LINE"]
+__all__ = ["run_agent", "AGENT_PROGRAM", "FORK_CLIENT", "LOAD_LINE", "HOST_FAULT_LINE"]
 
 AGENT_PROGRAM = "agent.py"
+#: Runs the agent as a fork of the guest's fork server, imports done (``lab/guestside/forkserver.py``), or as
+#: ``python3 -S`` where none runs.
+FORK_CLIENT = "/run/cnlab/bin/cnlab-fork"
 LOAD_LINE = b"CNLAB-AGENT load "
 HOST_FAULT_LINE = b"CNLAB-HOST-FAULT "
 
@@ -57,7 +60,7 @@ def run_agent(guest: Any, plan: dict[str, Any], lib: str,
     :raises GuestError: the agent failed or printed no report (its stderr's end is in the message).
     """
     started = time.monotonic()
-    argv = ["python3", "-S", f"{lib}/{AGENT_PROGRAM}"]  # standard library only: no site-packages scan
+    argv = [FORK_CLIENT, f"{lib}/{AGENT_PROGRAM}"]
     stdin = json.dumps(plan).encode()
     timeout = plan["timeout_s"] + 120
     host_faults = HostFaults(guest)

@@ -63,7 +63,7 @@ from pathlib import Path
 from qemu.qmp import QMPError
 
 from lab.errors import LabError
-from lab.guest.files import files_key
+from lab.guest.files import GUEST_LIB, files_key
 from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import SavedState
 from lab.host.cache import content_key, publish_dir, write_json_atomic
@@ -75,7 +75,7 @@ __all__ = ["Snapshot", "SnapshotStore", "snapshot_for", "snapshot_inputs", "mach
 log = logging.getLogger(__name__)
 
 #: Bump when the way a state is saved changes in a way the inputs do not show.
-RECIPE = 1
+RECIPE = 2  # 2: the fork server runs in the saved guest
 #: Run in the guest before its state is saved: files every guest reads soon are then in its page cache.
 WARM_UP = ["sh", "-c", "tar --version >/dev/null && python3 -c 'import argparse, errno, json, select, signal, "
            "socket, statistics, struct, subprocess, threading; import pyroute2.netlink.connector'"]
@@ -87,6 +87,8 @@ CLOCK_TOLERANCE_S = 2.0
 #: Failed saves or restores of one spec (within FAILURE_MEMORY_S) after which its guests boot cold.
 FAILURES_TO_DISABLE = 2
 FAILURE_MEMORY_S = 86400.0
+#: The guest programs' fork server, started in a guest whose state is saved (when the spec has the programs).
+FORK_SERVER = "forkserver.py"
 #: Random bytes a resume line carries for the guest's CRNG.
 SEED_BYTES = 32
 
@@ -393,6 +395,21 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _start_fork_server(saver: Guest, key: str) -> None:
+    """Start the guest programs' fork server (``lab/guestside/forkserver.py``) in a guest whose state is about to
+    be saved, if it has the programs: its restored guests then start the agent without starting a Python.  A
+    server that fails is logged, and the state saved without it (``cnlab-fork`` then starts a Python)."""
+    server = f"{GUEST_LIB}/{FORK_SERVER}"
+    if not any(dest == server for _, dest, _ in saver.spec.files):
+        return
+    started = saver.run(["python3", "-S", server, "--daemon"], timeout=120)
+    said = started.stderr.decode(errors="replace").strip()
+    if not started.ok or "preload failed: none" not in said:
+        log.warning("saved state %s: the fork server did not start cleanly: %s", key, said[-300:])
+    else:
+        log.info("saved state %s: %s", key, said)
+
+
 def _save(spec: GuestSpec, scratch: Path, key: str, inputs: dict) -> None:
     """Boot, warm up and save one guest of ``spec`` into ``scratch`` (see the module docstring)."""
     from lab.guest.accel import qemu_version
@@ -408,6 +425,7 @@ def _save(spec: GuestSpec, scratch: Path, key: str, inputs: dict) -> None:
         if not warm.ok:
             log.info("saved state %s: warming the page cache failed (exit %s): %s", key, warm.exit_status,
                      warm.stderr.decode(errors="replace")[-300:])
+        _start_fork_server(saver, key)
         argv = saver.argv_used
         saving = time.monotonic()
         saver.save_state(scratch / "state")

@@ -255,13 +255,16 @@ def _initramfs_inputs(kernel: KernelSpec) -> dict:
 
 def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
     _compile_init(folder / "init")
-    # The native consumer (plugin "checker-native"); the init copies cnlab-bin/ to /run/cnlab/bin.
+    # The native consumer (plugin "checker-native") and the fork server's client (lab/guestside/forkserver.py);
+    # the init copies cnlab-bin/ to /run/cnlab/bin.
     _compile_init(folder / "cnlab-consume", "cnlab-consume", "-O2")
+    _compile_init(folder / "cnlab-fork", "cnlab-fork")
     modules = _module_closure(kernel, inputs["modules"])
     folders = ("dev", "proc", "sys", "etc", "etc/cnlab", "lib", "lib/modules", "newroot", "cnlab-bin")
     entries = [CpioEntry(d, None, 0o755) for d in folders]
     entries.append(CpioEntry("init", (folder / "init").read_bytes(), 0o755))
-    entries.append(CpioEntry("cnlab-bin/cnlab-consume", (folder / "cnlab-consume").read_bytes(), 0o755))
+    for program in ("cnlab-consume", "cnlab-fork"):
+        entries.append(CpioEntry(f"cnlab-bin/{program}", (folder / program).read_bytes(), 0o755))
     for module in modules:
         entries.append(CpioEntry(f"lib/modules/{module.name}", module.read_bytes()))
     listing = "".join(f"/lib/modules/{m.name}\n" for m in modules).encode()
@@ -269,6 +272,7 @@ def _build_initramfs(folder: Path, kernel: KernelSpec, inputs: dict) -> None:
     (folder / "base.cpio").write_bytes(write_newc(entries))
     (folder / "init").unlink()
     (folder / "cnlab-consume").unlink()
+    (folder / "cnlab-fork").unlink()
 
 
 def _pvh_inputs(kernel: KernelSpec) -> dict:

@@ -1,0 +1,141 @@
+"""The fork server (lab/guestside/forkserver.py) with its real client (images/init/cnlab-fork.c), on the host."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab.image.build import images_dir
+
+GUESTSIDE = Path(__file__).resolve().parents[3] / "lab" / "guestside"
+PROGRAM = '''\
+import os, sys, time
+IMPORTED_IN = os.getpid()  # a forked child of the server still holds the server's import
+
+
+def main():
+    data = sys.stdin.read()
+    print(f"imported-in-self={IMPORTED_IN == os.getpid()} argv={sys.argv[1:]} stdin={data!r} "
+          f"cwd={os.getcwd()} env={os.environ.get('CNLAB_TEST_WORD')} sid={os.getsid(0) == os.getpid()}")
+    print("to stderr", file=sys.stderr)
+    if "sleep" in sys.argv:
+        open(sys.argv[-1], "w").write(str(os.getpid()))
+        time.sleep(60)
+    if "kill" in sys.argv:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "raise" in sys.argv:
+        raise ValueError("the program failed")
+    return 3
+
+
+import signal  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or not Path("/usr/bin/python3").exists(),
+                                reason="needs gcc and /usr/bin/python3")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    out = tmp_path_factory.mktemp("client") / "cnlab-fork"
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out),
+                    str(images_dir() / "init" / "cnlab-fork.c")], check=True)
+    return out
+
+
+@pytest.fixture
+def lib(tmp_path):
+    folder = tmp_path / "py"
+    folder.mkdir()
+    shutil.copy(GUESTSIDE / "forkserver.py", folder / "forkserver.py")
+    (folder / "agent.py").write_text(PROGRAM)
+    (folder / "other.py").write_text(PROGRAM)
+    return folder
+
+
+@pytest.fixture
+def server(lib, tmp_path):
+    sock = tmp_path / "fork.sock"
+    started = subprocess.run([sys.executable, "-S", str(lib / "forkserver.py"), "--daemon", "--socket", str(sock)],
+                             capture_output=True, text=True, timeout=30)
+    assert started.returncode == 0 and "listening" in started.stderr, started.stderr
+    assert "preload failed: none" in started.stderr
+    pid = int(re.search(r"\(pid (\d+)\)", started.stderr).group(1))
+    yield sock
+    os.kill(pid, signal.SIGKILL)
+
+
+def _run(client, sock, *args, stdin="plan", cwd=None, **kw):
+    env = {"CNLAB_FORK_SOCKET": str(sock) if sock else "", "CNLAB_TEST_WORD": "hello", "PATH": os.environ["PATH"]}
+    return subprocess.run([str(client), *map(str, args)], input=stdin, capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=30, **kw)
+
+
+def test_a_preloaded_program_runs_as_a_fork_with_the_clients_streams_folder_and_environment(client, server, lib,
+                                                                                          tmp_path):
+    done = _run(client, server, lib / "agent.py", "a b", "c", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.strip() == (f"imported-in-self=False argv=['a b', 'c'] stdin='plan' cwd={tmp_path} "
+                                   "env=hello sid=True")
+    assert done.stderr == "to stderr\n"
+
+
+def test_any_other_program_runs_in_a_fork_too(client, server, lib):
+    done = _run(client, server, lib / "other.py")
+    assert done.returncode == 3 and "imported-in-self=True" in done.stdout and "sid=True" in done.stdout
+
+
+def test_an_uncaught_exception_exits_1_with_its_traceback(client, server, lib):
+    done = _run(client, server, lib / "agent.py", "raise")
+    assert done.returncode == 1
+    assert "ValueError: the program failed" in done.stderr and "Traceback" in done.stderr
+
+
+def test_a_child_killed_by_a_signal_kills_the_client_the_same_way(client, server, lib):
+    assert _run(client, server, lib / "agent.py", "kill").returncode == -signal.SIGKILL
+
+
+def test_sigterm_to_the_client_reaches_the_child(client, server, lib, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    proc = subprocess.Popen([str(client), str(lib / "agent.py"), "sleep", str(pidfile)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, env={"CNLAB_FORK_SOCKET": str(server),
+                                                            "PATH": os.environ["PATH"]})
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == -signal.SIGTERM
+
+
+def test_a_client_that_dies_hangs_up_on_its_child(client, server, lib, tmp_path):
+    pidfile = tmp_path / "child.pid"
+    proc = subprocess.Popen([str(client), str(lib / "agent.py"), "sleep", str(pidfile)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, env={"CNLAB_FORK_SOCKET": str(server),
+                                                            "PATH": os.environ["PATH"]})
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child = int(pidfile.read_text())
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not Path(f"/proc/{child}").exists(), "the child outlived its client"
+
+
+def test_without_a_server_the_client_runs_python_itself(client, lib, tmp_path):
+    done = _run(client, tmp_path / "nobody-listens.sock", lib / "agent.py", "x")
+    assert done.returncode == 3 and "imported-in-self=True" in done.stdout and "sid=False" in done.stdout
+
