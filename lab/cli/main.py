@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--json", type=Path, default=Path("results/bench-boot.json"))
     suite = bench_sub.add_parser("suite", help="the quick set with -n 1 and -n 2: wall times, ratio, overhead")
     suite.add_argument("--json", type=Path, default=Path("results/bench-suite.json"))
+    suite.add_argument("--out", type=Path, help="keep both runs' results and consoles here (default: a temporary "
+                                                "folder, kept as results/bench-suite-TIME if a scenario failed)")
     faults = bench_sub.add_parser("faults", help="how late faults fire after their trigger (at, every, on, host)")
     faults.add_argument("--runs", type=_positive_int, default=1, help="fresh guests, one after another")
     faults.add_argument("--json", type=Path, default=Path("results/bench-faults.json"))
@@ -619,12 +621,20 @@ def cmd_bench_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_suite(args: argparse.Namespace) -> int:
-    import tempfile
+    import time
 
     from lab.bench.suite import run_suite_bench
 
+    if args.out is not None:
+        return run_suite_bench(_lab(args), args.json, args.out)
     with tempfile.TemporaryDirectory(prefix="cnlab-suite-") as tmp:
-        return run_suite_bench(_lab(args), args.json, Path(tmp))
+        status = run_suite_bench(_lab(args), args.json, Path(tmp))
+        if status:
+            kept = Path("results") / time.strftime("bench-suite-%Y%m%d-%H%M%S")
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(tmp, kept)
+            print(f"results and consoles of both runs kept in {kept}")
+        return status
 
 
 def cmd_bench_faults(args: argparse.Namespace) -> int:

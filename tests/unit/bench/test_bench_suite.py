@@ -1,0 +1,54 @@
+"""``cnlab bench suite``'s accounting, with the scenario runs faked (results files written as a run writes them)."""
+
+from __future__ import annotations
+
+import json
+import time
+from types import SimpleNamespace
+
+import lab.bench.suite as suite
+from lab.engine.results import ResultsWriter
+from lab.plugin.model import ScenarioResult
+
+
+def _fake_run(records_by_jobs):
+    def run_scenarios(lab, scenarios, jobs, out_dir, out=None):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with ResultsWriter(out_dir / "results.jsonl") as writer:
+            for record in records_by_jobs[jobs]:
+                writer.write(record.to_json())
+        time.sleep(0.01)  # a wall time above zero
+        return SimpleNamespace(exit_status=0)
+    return run_scenarios
+
+
+def _lab():
+    return SimpleNamespace(image=None, module=None, accel=SimpleNamespace(name="tcg"))
+
+
+def test_an_attempt_that_did_not_pass_is_named_and_fails_the_bench_though_its_retry_passed(tmp_path, monkeypatch,
+                                                                                          capsys):
+    ok = ScenarioResult(scenario="a", source="a.toml", worker=1, boot_s=0.5, duration=5.0, wall_s=5.6)
+    errored = ScenarioResult(scenario="b", source="b.toml", status="error", worker=1, boot_s=0.5, duration=500.0,
+                             wall_s=500.5, error="the guest agent exited with status 1: stuck")
+    retried = ScenarioResult(scenario="b", source="b.toml", attempt=2, retried=True, worker=1, boot_s=0.5,
+                             duration=5.0, wall_s=5.6)
+    monkeypatch.setattr(suite, "run_scenarios", _fake_run({1: [ok, errored, retried], 2: [ok, retried]}))
+    monkeypatch.setattr(suite, "resolve_scenarios", lambda *a: [])
+    monkeypatch.setattr(suite, "plugin_manager", lambda options: SimpleNamespace(registries=None))
+    status = suite.run_suite_bench(_lab(), tmp_path / "bench.json", tmp_path / "runs")
+    assert status == 1
+    printed = capsys.readouterr().out
+    assert "WARNING: -n 1: b attempt 1 error: the guest agent exited with status 1: stuck" in printed
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["serial"]["not_passed"] == [{"scenario": "b", "attempt": 1, "status": "error",
+                                             "error": "the guest agent exited with status 1: stuck"}]
+    assert data["parallel"]["not_passed"] == []
+
+
+def test_a_clean_run_passes(tmp_path, monkeypatch):
+    ok = ScenarioResult(scenario="a", source="a.toml", worker=1, boot_s=0.5, duration=5.0, wall_s=5.6)
+    monkeypatch.setattr(suite, "run_scenarios", _fake_run({1: [ok], 2: [ok]}))
+    monkeypatch.setattr(suite, "resolve_scenarios", lambda *a: [])
+    monkeypatch.setattr(suite, "plugin_manager", lambda options: SimpleNamespace(registries=None))
+    assert suite.run_suite_bench(_lab(), tmp_path / "bench.json", tmp_path / "runs") == 0
