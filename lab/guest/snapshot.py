@@ -6,8 +6,11 @@ content of its files) is
 booted once, with the module loaded, to SSH-ready; the spec's files (the
 lab's guest programs, plugins' guest files: ``GuestSpec.files``) are copied
 in, so a restored guest holds them without a copy; its page cache is warmed
-(``tar``, ``python3`` and the modules guest programs import), and its state
-is saved into the cache (``snapshots/KEY/``, KEY a hash of all of those):
+(``tar``, ``python3`` and the modules guest programs import); the guest
+programs' fork server starts (``lab/guestside/forkserver.py``: a Python with
+the agent's imports done, so a restored guest starts the agent as a fork);
+the init holds sshd (SIGSTOP, see below); and its state is saved into the
+cache (``snapshots/KEY/``, KEY a hash of all of those):
 
 * ``ram``: the guest's RAM.  The saved guest ran with its RAM as this file
   (``memory-backend-file``, shared), so saving it costs nothing; a restored
@@ -28,10 +31,14 @@ Disks are virtio-blk: QEMU 7.2 cannot migrate an NVMe controller.
 After a restore the host writes a resume line to the guest's readiness port
 (``CNLAB-RESUME nonce=… rt=… seed=…``: a new nonce, the host's wall clock,
 32 random bytes) and the init answers with a ready line saying what it did
-(``images/init/cnlab-init.c``).  :func:`check_restored` decides whether the
-guest is fit: CPUs online, clock set and within :data:`CLOCK_TOLERANCE_S`
-of the host's, CRNG reseeded, root disk writable, modules loaded at the
-build ID of the files the spec names.  A guest that fails is stopped,
+(``images/init/cnlab-init.c``).  The init lets the held sshd go on only once
+the CRNG is reseeded, so the host starts its SSH handshake right after the
+resume line, beside the rest of the resume, and no connection can use random
+bytes that every guest restored from the state would share.
+:func:`check_restored` decides whether the guest is fit: CPUs online, clock
+set and within :data:`CLOCK_TOLERANCE_S` of the host's, CRNG reseeded, sshd
+let go, root disk writable, modules loaded at the build ID of the files the
+spec names.  A guest that fails is stopped,
 its saved state discarded (the next guest of the spec saves a new one) and
 the guest boots cold, with a warning; after :data:`FAILURES_TO_DISABLE`
 failures in a row within a day (a working restore clears the count), guests
