@@ -9,7 +9,8 @@
  * working folder, arguments and environment.  The server answers "pid N"
  * once it has forked, and "exit STATUS" (a wait status) when the child
  * ends; this process then exits the same way.  SIGTERM, SIGINT and SIGHUP
- * are passed on to the child's process group.
+ * are passed on to the child's process group.  A server that could not
+ * fork answers "refused ERRNO", and this process runs python3 itself.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -147,13 +148,19 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if (send_request(sock, argc, argv)) {
-		fprintf(stderr, "cnlab-fork: sending the request failed: %s\n", strerror(errno));
+	if (send_request(sock, argc, argv)) {	/* the server has nothing: run it here */
+		close(sock);
+		run_directly(argc, argv);
+	}
+	if (!read_line(sock, word, sizeof(word), &number)) {
+		fprintf(stderr, "cnlab-fork: the fork server hung up on the request\n");
 		return 125;
 	}
-	if (!read_line(sock, word, sizeof(word), &number) || strcmp(word, "pid")) {
-		fprintf(stderr, "cnlab-fork: the fork server refused the request\n");
-		return 125;
+	if (strcmp(word, "pid")) {	/* "refused ERRNO": it could not fork */
+		fprintf(stderr, "cnlab-fork: the fork server could not fork (%s); running python3 -S\n",
+			strerror((int)number));
+		close(sock);
+		run_directly(argc, argv);
 	}
 	child_pid = (pid_t)number;
 	if (!read_line(sock, word, sizeof(word), &number) || strcmp(word, "exit")) {

@@ -18,7 +18,8 @@ hash seed, as all guests restored from one state do.
 The socket (``SOCK_SEQPACKET``) is root's only (mode 0600, peer credentials checked).  A request is one
 message: ``u32 argc, u32 envc`` then NUL-terminated strings: the folder, ``argc`` arguments (the program first),
 ``envc`` environment entries; the three streams ride along as ``SCM_RIGHTS``.  Replies are messages:
-``pid N``, then ``exit STATUS`` (a wait status) when the child ends.
+``pid N``, then ``exit STATUS`` (a wait status) when the child ends; or ``refused ERRNO`` if the server
+could not fork, and the client then runs the program itself.
 
 Standard library only.
 """
@@ -83,20 +84,35 @@ def _exit_code(exc):
 
 
 def become(request):
-    """In the forked child: take the client's streams, folder and environment, run the program, exit."""
-    os.setsid()
-    for target, fd in enumerate(request.fds):
-        os.dup2(fd, target)
-    for fd in request.fds:
-        if fd > 2:
-            os.close(fd)
-    os.chdir(request.folder)
-    os.environ.clear()
-    os.environ.update(request.env)
-    program = request.argv[0]
-    sys.argv = list(request.argv)
-    sys.path[0] = os.path.dirname(os.path.abspath(program))
+    """In the forked child: take the client's streams, folder and environment, run the program, exit (never
+    returns: nothing of the server's loop may run in a child)."""
+    code = 1
     try:
+        os.setsid()
+        for target, fd in enumerate(request.fds):
+            os.dup2(fd, target)
+        for fd in request.fds:
+            if fd > 2:
+                os.close(fd)
+        code = _run(request)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code & 0xFF)
+
+
+def _run(request):
+    """The program of ``request`` run in this process; its exit code."""
+    try:
+        os.chdir(request.folder)
+        os.environ.clear()
+        os.environ.update(request.env)
+        program = request.argv[0]
+        sys.argv = list(request.argv)
+        sys.path[0] = os.path.dirname(os.path.abspath(program))
         module = sys.modules.get(PRELOAD.get(os.path.basename(program), ""))
         if module is not None and os.path.dirname(os.path.abspath(program)) == os.path.dirname(module.__file__):
             code = module.main()
@@ -111,12 +127,7 @@ def become(request):
     except BaseException:  # what the interpreter does with an uncaught exception
         traceback.print_exc()
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code & 0xFF)
+    return code
 
 
 class Server:
@@ -143,16 +154,26 @@ class Server:
     def _fork(self, conn, request):
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # the client runs the program itself (cnlab-fork.c)
+            for fd in request.fds:
+                os.close(fd)
+            conn.sendall(f"refused {exc.errno}\n".encode())
+            conn.close()
+            return
         if pid == 0:
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_DFL)
-            for sock in [self.listener, *self.children.values(), conn]:
-                sock.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            become(request)
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_DFL)
+                for sock in [self.listener, *self.children.values(), conn]:
+                    sock.close()
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                become(request)
+            finally:
+                os._exit(127)
         for fd in request.fds:
             os.close(fd)
         self.children[pid] = conn

@@ -139,3 +139,26 @@ def test_without_a_server_the_client_runs_python_itself(client, lib, tmp_path):
     done = _run(client, tmp_path / "nobody-listens.sock", lib / "agent.py", "x")
     assert done.returncode == 3 and "imported-in-self=True" in done.stdout and "sid=False" in done.stdout
 
+
+
+def test_a_child_that_cannot_even_start_exits_1_and_the_server_serves_on(client, server, lib, tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.Popen([str(client), str(lib / "agent.py")], cwd=gone, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"CNLAB_FORK_SOCKET": str(server), "PATH": os.environ["PATH"]})
+    gone.rmdir()  # races the request: the child cannot enter the folder, or the client cannot name it
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode in (1, 3), err  # 3: the client ran python3 itself in the deleted folder
+    if proc.returncode == 1:
+        assert "FileNotFoundError" in err
+    done = _run(client, server, lib / "agent.py")
+    assert done.returncode == 3 and "imported-in-self=False" in done.stdout
+
+
+def test_a_request_for_a_folder_that_is_gone_ends_in_exit_1_with_the_reason(tmp_path, capsys):
+    from lab.guestside import forkserver
+
+    request = forkserver.Request([0, 1, 2], str(tmp_path / "gone"), [str(tmp_path / "agent.py")], {})
+    assert forkserver._run(request) == 1
+    assert "FileNotFoundError" in capsys.readouterr().err
