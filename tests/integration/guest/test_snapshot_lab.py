@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from lab.engine.agent_run import FORK_CLIENT
 from lab.guest.machine import Guest
 from lab.guest.qemu_argv import GuestShape
 from lab.guest.snapshot import SnapshotStore, module_build_id, snapshot_inputs
@@ -120,3 +121,21 @@ def test_a_restored_guest_with_another_module_version_is_not_used(cnlab_lab):
         assert guest.timing.mode == "cold after a failed restore"
         assert "module cnlab has build ID" in guest.restore_failure
         assert guest.run(["grep", "-w", "^cnlab", "/proc/modules"]).ok
+
+
+def test_a_restored_guest_forks_guest_programs_from_its_fork_server_and_a_cold_one_starts_python(
+        cnlab_guest_factory, cnlab_lab):
+    probe = "import os, sys; print('agent' in sys.modules, os.getsid(0) == os.getpid(), sys.argv[1:])"
+    write_probe = ["sh", "-c", 'printf "%s" "$0" > /tmp/probe.py', probe]
+    restored = cnlab_guest_factory(name="forked")
+    assert restored.timing.mode == "restore"
+    restored.run(write_probe, check=True)
+    # a fork of the server: the agent's modules are already imported, in a session of its own
+    forked = restored.run([FORK_CLIENT, "/tmp/probe.py", "x y"], check=True).text
+    assert forked.split() == ["True", "True", "['x", "y']"]
+    spec = dataclasses.replace(cnlab_lab.guest_spec(GuestShape(cpus=2), name="cold"), snapshots=None)
+    with Guest(spec) as cold:
+        assert cold.timing.mode == "cold"
+        cold.run(write_probe, check=True)
+        preloaded, _session, args = cold.run([FORK_CLIENT, "/tmp/probe.py"], check=True).text.split()
+        assert (preloaded, args) == ("False", "[]")  # a Python of its own (its session is SSH's)
