@@ -106,7 +106,8 @@ def test_a_child_killed_by_a_signal_kills_the_client_the_same_way(client, server
     assert _run(client, server, lib / "agent.py", "kill").returncode == -signal.SIGKILL
 
 
-def test_sigterm_to_the_client_reaches_the_child(client, server, lib, tmp_path):
+def _sleeping_child(client, server, lib, tmp_path):
+    """A client whose forked child sleeps; the client and the child's pid (once the child wrote it)."""
     pidfile = tmp_path / "child.pid"
     proc = subprocess.Popen([str(client), str(lib / "agent.py"), "sleep", str(pidfile)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, env={"CNLAB_FORK_SOCKET": str(server),
@@ -114,19 +115,17 @@ def test_sigterm_to_the_client_reaches_the_child(client, server, lib, tmp_path):
     deadline = time.monotonic() + 20
     while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
         time.sleep(0.02)
+    return proc, int(pidfile.read_text())
+
+
+def test_sigterm_to_the_client_reaches_the_child(client, server, lib, tmp_path):
+    proc, _child = _sleeping_child(client, server, lib, tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == -signal.SIGTERM
 
 
 def test_a_client_that_dies_hangs_up_on_its_child(client, server, lib, tmp_path):
-    pidfile = tmp_path / "child.pid"
-    proc = subprocess.Popen([str(client), str(lib / "agent.py"), "sleep", str(pidfile)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, env={"CNLAB_FORK_SOCKET": str(server),
-                                                            "PATH": os.environ["PATH"]})
-    deadline = time.monotonic() + 20
-    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    child = int(pidfile.read_text())
+    proc, child = _sleeping_child(client, server, lib, tmp_path)
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 20
