@@ -31,17 +31,19 @@
 extern char **environ;
 static volatile sig_atomic_t child_pid;
 
+/* Runs with the signal blocked until child_pid is known (main). */
 static void forward(int sig)
 {
-	if (child_pid > 0)
-		kill(-child_pid, sig);
+	if (child_pid > 0 && kill(-child_pid, sig) && errno == ESRCH)
+		kill(child_pid, sig);	/* not in a session of its own yet */
 }
 
-static void run_directly(int argc, char **argv)
+static void run_directly(int argc, char **argv, const sigset_t *mask)
 {
 	char **args = calloc(argc + 3, sizeof(*args));
 	int i;
 
+	sigprocmask(SIG_SETMASK, mask, NULL);	/* python3 starts with this process's own mask */
 	if (!args) {
 		perror("cnlab-fork");
 		exit(125);
@@ -76,6 +78,7 @@ static int send_request(int sock, int argc, char **argv)
 	uint32_t header[2] = { argc - 1, 0 };
 	size_t used = sizeof(header);
 	int fds[3] = { 0, 1, 2 }, i, rc;
+	ssize_t n;
 
 	if (!buf || !getcwd(folder, sizeof(folder)) || append(buf, &used, folder)) {
 		free(buf);
@@ -103,7 +106,10 @@ static int send_request(int sock, int argc, char **argv)
 	cmsg->cmsg_type = SCM_RIGHTS;
 	cmsg->cmsg_len = CMSG_LEN(sizeof(fds));
 	memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
-	rc = sendmsg(sock, &msg, 0) == (ssize_t)used ? 0 : -1;
+	do
+		n = sendmsg(sock, &msg, 0);
+	while (n < 0 && errno == EINTR);
+	rc = n == (ssize_t)used ? 0 : -1;
 	free(buf);
 	return rc;
 }
@@ -129,6 +135,7 @@ int main(int argc, char **argv)
 {
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	struct sigaction sa = { .sa_handler = forward };
+	sigset_t forwarded, before;
 	const char *path;
 	char word[16];
 	long number;
@@ -138,31 +145,38 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: cnlab-fork PROGRAM [ARG...]\n");
 		return 2;
 	}
+	/* Held until the child's pid is known, then forwarded: none is lost before. */
+	sigemptyset(&forwarded);
+	sigaddset(&forwarded, SIGTERM);
+	sigaddset(&forwarded, SIGINT);
+	sigaddset(&forwarded, SIGHUP);
+	sigprocmask(SIG_BLOCK, &forwarded, &before);
 	path = getenv("CNLAB_FORK_SOCKET");	/* tests: a server of their own */
 	strncpy(addr.sun_path, path && *path ? path : SOCKET_PATH, sizeof(addr.sun_path) - 1);
 	sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof(addr)))
-		run_directly(argc, argv);	/* no server: a guest that booted cold */
-	sigemptyset(&sa.sa_mask);
+		run_directly(argc, argv, &before);	/* no server: a guest that booted cold */
+	sa.sa_mask = forwarded;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if (send_request(sock, argc, argv)) {	/* the server has nothing: run it here */
 		close(sock);
-		run_directly(argc, argv);
+		run_directly(argc, argv, &before);
 	}
 	if (!read_line(sock, word, sizeof(word), &number)) {
 		fprintf(stderr, "cnlab-fork: the fork server hung up on the request\n");
 		return 125;
 	}
-	if (strcmp(word, "pid")) {	/* "refused ERRNO": it could not fork */
-		fprintf(stderr, "cnlab-fork: the fork server could not fork (%s); running python3 -S\n",
+	if (strcmp(word, "pid")) {	/* "refused ERRNO": a request it could not serve */
+		fprintf(stderr, "cnlab-fork: the fork server refused the request (%s); running python3 -S\n",
 			strerror((int)number));
 		close(sock);
-		run_directly(argc, argv);
+		run_directly(argc, argv, &before);
 	}
 	child_pid = (pid_t)number;
+	sigprocmask(SIG_SETMASK, &before, NULL);	/* a signal that came meanwhile is forwarded now */
 	if (!read_line(sock, word, sizeof(word), &number) || strcmp(word, "exit")) {
 		fprintf(stderr, "cnlab-fork: the fork server hung up before child %d ended\n", (int)child_pid);
 		return 125;
@@ -171,6 +185,7 @@ int main(int argc, char **argv)
 		return WEXITSTATUS(number);
 	if (WIFSIGNALED(number)) {
 		signal(WTERMSIG(number), SIG_DFL);
+		sigprocmask(SIG_UNBLOCK, &forwarded, NULL);
 		raise(WTERMSIG(number));
 	}
 	return 128 + (WIFSIGNALED(number) ? WTERMSIG(number) : 0);

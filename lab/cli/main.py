@@ -626,14 +626,19 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
     from lab.bench.suite import run_suite_bench
 
     if args.out is not None:
+        if args.out.exists() and any(args.out.iterdir()):
+            raise UsageError(f"cnlab bench suite: --out {args.out} is not empty (its results would be counted)")
         return run_suite_bench(_lab(args), args.json, args.out)
     with tempfile.TemporaryDirectory(prefix="cnlab-suite-") as tmp:
-        status = run_suite_bench(_lab(args), args.json, Path(tmp))
-        if status:
-            kept = Path("results") / time.strftime("bench-suite-%Y%m%d-%H%M%S")
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(tmp, kept)
-            print(f"results and consoles of both runs kept in {kept}")
+        status = 1
+        try:
+            status = run_suite_bench(_lab(args), args.json, Path(tmp))
+        finally:
+            if status:  # a failed scenario, or the bench itself failed: keep what there is
+                kept = Path("results") / time.strftime("bench-suite-%Y%m%d-%H%M%S")
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(tmp, kept)
+                print(f"results and consoles of both runs kept in {kept}")
         return status
 
 

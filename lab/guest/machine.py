@@ -84,6 +84,10 @@ class GuestState(enum.Enum):
     BROKEN = "broken"
 
 
+#: How long giving up a restored guest waits for its SSH connect to end.
+ABANDON_WAIT_S = 2.0
+
+
 class _Connecting:
     """An SSH connect running in a thread of its own, for a guest that answers while it finishes starting."""
 
@@ -107,9 +111,10 @@ class _Connecting:
             raise self._error
 
     def abandon(self) -> None:
-        """Cut the connect short and close the session (the guest failed while SSH was on its way)."""
+        """Cut the connect short and close the session (the guest failed while SSH was on its way).  A TCP
+        connect still under way is not waited for: it ends on its own timeout, and the session stays given up."""
         self._session.interrupt()
-        self._thread.join()
+        self._thread.join(ABANDON_WAIT_S)
         self._session.close()
 
 

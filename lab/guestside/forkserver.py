@@ -13,29 +13,36 @@ booted cold) the client runs ``python3 -S PROGRAM ARG...`` itself, so callers ne
 
 Every child reseeds Python's ``random`` at the fork (the standard library does so), and forks happen only
 on requests, which reach a restored guest after its CRNG is reseeded.  The children share the server's
-hash seed, as all guests restored from one state do.
+hash seed, as all guests restored from one state do, and the interpreter settings it started with
+(``PYTHON*`` variables in a request do not change them).  A child ends with ``os._exit`` once the program
+returns: non-daemon threads and ``atexit`` handlers are not waited for (the agent has neither).  A client
+that goes away before its child ends (a timed-out job killed) gets its child's session killed.
 
-The socket (``SOCK_SEQPACKET``) is root's only (mode 0600, peer credentials checked).  A request is one
+The socket (``SOCK_SEQPACKET``) is its user's only (mode 0600, peer credentials checked).  A request is one
 message: ``u32 argc, u32 envc`` then NUL-terminated strings: the folder, ``argc`` arguments (the program first),
 ``envc`` environment entries; the three streams ride along as ``SCM_RIGHTS``.  Replies are messages:
-``pid N``, then ``exit STATUS`` (a wait status) when the child ends; or ``refused ERRNO`` if the server
-could not fork, and the client then runs the program itself.
+``pid N``, then ``exit STATUS`` (a wait status) when the child ends; or ``refused ERRNO`` if the request
+was malformed or the server could not fork, and the client then runs the program itself.
 
 Standard library only.
 """
 
 import array
+import errno
 import os
 import select
 import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 
 SOCKET = "/run/cnlab/forkserver.sock"
 #: Programs forked with their module already imported: file name -> module (it must have ``main()``).
 PRELOAD = {"agent.py": "agent"}
+#: A connection that sends no request within this many seconds is dropped.
+REQUEST_S = 10.0
 #: The largest request (arguments and environment together): one SOCK_SEQPACKET message.
 MAX_REQUEST = 64 << 10
 _HEADER = struct.Struct("=II")
@@ -52,14 +59,15 @@ class Request:
 
 
 def read_request(conn):
-    """The request on ``conn`` (a connected Unix socket), or None if it is malformed or not root's."""
+    """The request on ``conn`` (a connected Unix socket), or None if it is malformed or from another user
+    than this server's (the socket's mode lets only that user connect anyway)."""
     uid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
     fds = array.array("i")
     data, ancillary, _, _ = conn.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(3 * fds.itemsize))
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    if uid != 0 or len(fds) != 3 or len(data) < _HEADER.size:
+    if uid != os.geteuid() or len(fds) != 3 or len(data) < _HEADER.size:
         for fd in fds:
             os.close(fd)
         return None
@@ -124,6 +132,12 @@ def _run(request):
             code = 0
     except SystemExit as exc:
         code = _exit_code(exc)
+    except KeyboardInterrupt:  # as the interpreter ends on an uncaught one: by SIGINT
+        traceback.print_exc()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
     except BaseException:  # what the interpreter does with an uncaught exception
         traceback.print_exc()
         code = 1
@@ -131,7 +145,12 @@ def _run(request):
 
 
 class Server:
-    """The listening socket, the clients whose children run, and the SIGCHLD wake-up."""
+    """The listening socket, the requests not read yet, the clients whose children run, the SIGCHLD wake-up.
+
+    One loop serves everything and never blocks on a client: a connection's request is read once it is
+    readable (a client that sends nothing within ``REQUEST_S`` is dropped), and a client that goes away
+    costs only its own child.
+    """
 
     def __init__(self, path):
         self.path = path
@@ -148,8 +167,35 @@ class Server:
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.pending = {}  # connection -> when it was accepted (its request not read yet)
         self.children = {}  # pid -> the client's connection
-        self.hung_up = set()  # connections whose client left before its child ended
+        self.gone = set()  # connections whose client left before its child ended
+
+    @staticmethod
+    def _send(conn, text):
+        """Send one reply; False if the client is gone."""
+        try:
+            conn.sendall(text.encode())
+            return True
+        except OSError:
+            return False
+
+    def _accept(self):
+        conn, _ = self.listener.accept()
+        conn.setblocking(False)
+        self.pending[conn] = time.monotonic()
+
+    def _read(self, conn):
+        del self.pending[conn]
+        try:
+            request = read_request(conn)
+        except (OSError, ValueError):
+            request = None
+        if request is None:  # the client runs the program itself, as it does without a server
+            self._send(conn, f"refused {errno.EINVAL}\n")
+            conn.close()
+            return
+        self._fork(conn, request)
 
     def _fork(self, conn, request):
         sys.stdout.flush()
@@ -159,7 +205,7 @@ class Server:
         except OSError as exc:  # the client runs the program itself (cnlab-fork.c)
             for fd in request.fds:
                 os.close(fd)
-            conn.sendall(f"refused {exc.errno}\n".encode())
+            self._send(conn, f"refused {exc.errno}\n")
             conn.close()
             return
         if pid == 0:
@@ -167,7 +213,7 @@ class Server:
                 signal.set_wakeup_fd(-1)
                 for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_DFL)
-                for sock in [self.listener, *self.children.values(), conn]:
+                for sock in [self.listener, *self.pending, *self.children.values(), conn]:
                     sock.close()
                 os.close(self.wake_r)
                 os.close(self.wake_w)
@@ -177,18 +223,8 @@ class Server:
         for fd in request.fds:
             os.close(fd)
         self.children[pid] = conn
-        conn.sendall(f"pid {pid}\n".encode())
-
-    def _accept(self):
-        conn, _ = self.listener.accept()
-        try:
-            request = read_request(conn)
-        except OSError:
-            request = None
-        if request is None:
-            conn.close()
-            return
-        self._fork(conn, request)
+        if not self._send(conn, f"pid {pid}\n"):
+            self._client_gone(conn)
 
     def _reap(self):
         while True:
@@ -199,41 +235,66 @@ class Server:
             if pid == 0:
                 return
             conn = self.children.pop(pid, None)
-            self.hung_up.discard(conn)
             if conn is not None:
-                try:
-                    conn.sendall(f"exit {status}\n".encode())
-                except OSError:
-                    pass
+                self.gone.discard(conn)
+                self._send(conn, f"exit {status}\n")
                 conn.close()
 
+    def _watch(self, conn):
+        """A running child's client connection is readable: it hung up (or sent what it should not: dropped)."""
+        try:
+            if conn.recv(4096):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._client_gone(conn)
+
     def _client_gone(self, conn):
-        """A client that hung up before its child ended: hang up on the child's session too."""
-        self.hung_up.add(conn)
+        """A client that went away before its child ended (killed, as a timed-out job is): kill the child's
+        session, as killing the client's process group did when the program ran in it."""
+        self.gone.add(conn)
         for pid, known in list(self.children.items()):
             if known is conn:
                 try:
-                    os.killpg(pid, signal.SIGHUP)
-                except OSError:
-                    pass
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:  # not yet in a session of its own
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+
+    def _drop_stalled(self):
+        now = time.monotonic()
+        for conn, since in list(self.pending.items()):
+            if now - since > REQUEST_S:
+                del self.pending[conn]
+                conn.close()
 
     def serve(self):
         """Serve until killed."""
         while True:
-            watched = [self.listener, self.wake_r, *(c for c in self.children.values() if c not in self.hung_up)]
+            self._drop_stalled()
+            watched = [self.listener, self.wake_r, *self.pending,
+                       *(c for c in self.children.values() if c not in self.gone)]
             try:
-                readable, _, _ = select.select(watched, [], [])
+                readable, _, _ = select.select(watched, [], [], 1.0 if self.pending else None)
             except InterruptedError:
                 continue
-            if self.wake_r in readable:
-                os.read(self.wake_r, 512)
-                self._reap()
-            if self.listener in readable:
-                self._accept()
-            for conn in readable:
-                if isinstance(conn, socket.socket) and conn is not self.listener and conn.fileno() >= 0 \
-                        and conn not in self.hung_up and not conn.recv(1, socket.MSG_PEEK):
-                    self._client_gone(conn)
+            for item in readable:
+                try:
+                    if item is self.wake_r:
+                        os.read(self.wake_r, 512)
+                        self._reap()
+                    elif item is self.listener:
+                        self._accept()
+                    elif item in self.pending:
+                        self._read(item)
+                    elif item.fileno() >= 0 and item not in self.gone:
+                        self._watch(item)
+                except OSError:
+                    continue  # one client's trouble; the others are served on
 
 
 def preload(folder):

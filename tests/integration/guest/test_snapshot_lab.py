@@ -43,10 +43,7 @@ def test_two_restored_guests_are_each_their_own(cnlab_guest_factory):
         assert fields[3] == guest._nonce, "the guest does not know its own nonce"
         assert fields[4] == module_build_id(guest.spec.modules[0]) != "none"
         assert guest.ready_info["restored"]["reseed"] == "0"
-        # sshd, held in the saved state, was let go after the reseed and serves on
-        assert guest.ready_info["restored"]["sshd"] == "0"
-        state = guest.run(["sh", "-c", "grep ^State: /proc/$(cat /run/sshd.pid)/status"], check=True).text
-        assert "stopped" not in state and "T (" not in state, state
+        assert guest.ready_info["restored"]["sshd"] == "0"  # held in the saved state, let go after the reseed
     assert answers[0][0] != answers[1][0], "two restored guests drew the same random bytes"
     assert answers[0][1] != answers[1][1], "two restored guests' Python seeded its random module alike"
     assert guests[0].ssh_port != guests[1].ssh_port

@@ -161,3 +161,41 @@ def test_a_request_for_a_folder_that_is_gone_ends_in_exit_1_with_the_reason(tmp_
     request = forkserver.Request([0, 1, 2], str(tmp_path / "gone"), [str(tmp_path / "agent.py")], {})
     assert forkserver._run(request) == 1
     assert "FileNotFoundError" in capsys.readouterr().err
+
+
+def _raw_request(sock_path, program):
+    """A request as cnlab-fork sends it, from a socket of this test's own (streams: this process's)."""
+    import array
+    import socket
+    import struct
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(str(sock_path))
+    data = struct.pack("=II", 1, 0) + b"/\0" + str(program).encode() + b"\0"
+    conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+    return conn
+
+
+def test_clients_that_leave_early_or_stall_cost_nobody_else(client, server, lib):
+    import socket
+
+    _raw_request(server, lib / "agent.py").close()  # gone before the "pid" reply
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stalled.connect(str(server))  # connected, says nothing
+    try:
+        done = _run(client, server, lib / "agent.py", stdin="")  # would wait for the staller before
+        assert done.returncode == 3 and "imported-in-self=False" in done.stdout, done.stderr
+    finally:
+        stalled.close()
+    assert _run(client, server, lib / "other.py").returncode == 3
+
+
+def test_a_malformed_request_is_refused_and_the_client_would_run_python_itself(server):
+    import socket
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn.connect(str(server))
+    conn.send(b"no streams, no header")
+    conn.settimeout(10)
+    assert conn.recv(64).startswith(b"refused ")
+    conn.close()
