@@ -67,18 +67,17 @@ def read_request(conn):
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    if uid != os.geteuid() or len(fds) != 3 or len(data) < _HEADER.size:
+    request = None
+    if uid == os.geteuid() and len(fds) == 3 and len(data) >= _HEADER.size:
+        argc, envc = _HEADER.unpack_from(data)
+        strings = [s.decode("utf-8", "surrogateescape") for s in data[_HEADER.size:].split(b"\0")[:-1]]
+        if argc >= 1 and len(strings) == 1 + argc + envc:
+            env = dict(entry.split("=", 1) for entry in strings[1 + argc:] if "=" in entry)
+            request = Request(list(fds), strings[0], strings[1:1 + argc], env)
+    if request is None:
         for fd in fds:
             os.close(fd)
-        return None
-    argc, envc = _HEADER.unpack_from(data)
-    strings = [s.decode("utf-8", "surrogateescape") for s in data[_HEADER.size:].split(b"\0")[:-1]]
-    if argc < 1 or len(strings) != 1 + argc + envc:
-        for fd in fds:
-            os.close(fd)
-        return None
-    env = dict(entry.split("=", 1) for entry in strings[1 + argc:] if "=" in entry)
-    return Request(list(fds), strings[0], strings[1:1 + argc], env)
+    return request
 
 
 def _exit_code(exc):
@@ -122,14 +121,12 @@ def _run(request):
         sys.argv = list(request.argv)
         sys.path[0] = os.path.dirname(os.path.abspath(program))
         module = sys.modules.get(PRELOAD.get(os.path.basename(program), ""))
-        if module is not None and os.path.dirname(os.path.abspath(program)) == os.path.dirname(module.__file__):
-            code = module.main()
-            code = _exit_code(SystemExit(code))
-        else:
-            import runpy
+        if module is not None and sys.path[0] == os.path.dirname(module.__file__):
+            sys.exit(module.main())
+        import runpy
 
-            runpy.run_path(program, run_name="__main__")
-            code = 0
+        runpy.run_path(program, run_name="__main__")
+        code = 0
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt:  # as the interpreter ends on an uncaught one: by SIGINT
