@@ -249,7 +249,7 @@ def _measure_once(lab: Lab, shape: GuestShape) -> dict:
         result = guest.run(["python3", f"{lib}/kmod_timing.py"], timeout=900)
         clock_rate = (_guest_uptime(guest) - uptime_before) / (time.monotonic() - host_before)
         checkers = _checker_rates(guest, lib) if result.ok else None
-        taint = guest.run(["cat", "/proc/sys/kernel/tainted"]).text.strip()
+        taint = guest.tainted()
     if not result.ok:
         raise GuestError(f"kmod benchmark failed in the guest (exit {result.exit_status})",
                          result.stderr.decode(errors="replace")[-3000:])
@@ -257,7 +257,7 @@ def _measure_once(lab: Lab, shape: GuestShape) -> dict:
     if checkers is not None:
         raw["checkers"] = checkers
     meta = {"kernel": spec.image.kernel.release, "accel": spec.accel.name, "cpus": shape.cpus,
-            "guest_taint": int(taint) if taint.isdigit() else taint,
+            "guest_taint": taint,
             "guest_clock_rate": round(clock_rate, 4),
             "guest_clock_ok": abs(clock_rate - 1.0) <= GUEST_CLOCK_TOLERANCE}
     summary = summarise_kmod(raw)

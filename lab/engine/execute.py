@@ -26,7 +26,6 @@ from lab.engine.metrics import headline
 from lab.engine.plan import NS, plan_scenario
 from lab.errors import GuestError, LabError, TransportError
 from lab.guest.console_scan import scan_console
-from lab.guest.kcheck import read_taint
 from lab.guest.kmemleak import scan_leaks
 from lab.guest.machine import Guest
 from lab.plugin.manager import HookCallError, LabPluginManager, call_hook
@@ -154,7 +153,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
     """
     started = time.monotonic()
     console_start = guest.console_log.stat().st_size if guest.console_log.exists() else 0
-    taint_before = read_taint(guest)
+    taint_before = guest.tainted()
     stash = Stash()
     stash[SETTINGS] = pm.settings
     stash[PLAN] = runtime_plan(scenario, pm, guest.spec.accel.timeout_scale)
@@ -192,7 +191,7 @@ def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib
         raise cause if isinstance(cause, LabError) else error
     progress("checks")
     mark("stopped")
-    taint_after = read_taint(guest)
+    taint_after = guest.tainted()
     console = _console_since(guest, console_start)
     kernel_reports = list(kernel_report_dicts(console, guest.spec)) + scan_leaks(guest)
     agent = stash.get(AGENT_REPORT, None)

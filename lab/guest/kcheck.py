@@ -29,7 +29,6 @@ __all__ = [
     "KernelReport",
     "KernelWatch",
     "console_problems",
-    "read_taint",
     "taint_letters",
     "unexpected_taint",
 ]
@@ -93,12 +92,6 @@ def unexpected_taint(before: int, after: int, allowed: int = ALLOWED_TAINT) -> i
     return (after & ~before) & ~allowed
 
 
-def read_taint(guest) -> int:
-    """/proc/sys/kernel/tainted of a running guest."""
-    result = guest.run(["cat", "/proc/sys/kernel/tainted"], timeout=30, check=True)
-    return int(result.stdout.decode().strip())
-
-
 @dataclass
 class KernelReport:
     """What a :class:`KernelWatch` saw between its start and its check."""
@@ -134,14 +127,14 @@ class KernelWatch:
 
         self.guest = guest
         self.console_offset = len(guest.console_text())
-        self.taint_before = read_taint(guest)
+        self.taint_before = guest.tainted()
         scan_leaks(guest)  # the debug flavour: what leaked before the watch began is read and cleared here
 
     def report(self) -> KernelReport:
         """Taint, console problems and (debug kernel flavour) the lab module's kmemleak leaks since the start."""
         from lab.guest.kmemleak import scan_leaks
 
-        taint_after = read_taint(self.guest)
+        taint_after = self.guest.tainted()
         text = self.guest.console_text()[self.console_offset:]
         leaks = [f"kmemleak: {leak['title']} from {' <- '.join(leak['frames'][:4])}"
                  for leak in scan_leaks(self.guest)]

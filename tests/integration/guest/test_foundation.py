@@ -72,6 +72,19 @@ def test_qmp_pause_and_resume(cnlab_guest_factory):
     assert guest.run(["true"], timeout=30).ok
 
 
+def test_the_init_reports_the_same_taint_mask_as_the_kernel_and_sees_it_change(cnlab_guest_factory):
+    guest = cnlab_guest_factory(cpus=1)
+
+    def over_ssh() -> int:
+        return int(guest.run(["cat", "/proc/sys/kernel/tainted"], check=True).text)
+
+    before = guest.tainted()
+    assert before == over_ssh() and before & 1 << 12  # the lab module is out of tree: O
+    # writing a mask adds its bits (root may); bit 9 is W, what a kernel warning sets
+    guest.run(["sh", "-c", "echo 512 > /proc/sys/kernel/tainted"], check=True)
+    assert guest.tainted() == over_ssh() == before | 512
+
+
 def test_panicking_kernel_is_reported_with_the_console(cnlab_guest_factory):
     # No init in the initramfs: the kernel panics ("No working init found").
     with pytest.raises(BootError) as info:

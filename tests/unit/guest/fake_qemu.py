@@ -16,6 +16,10 @@ state), restore-fail (the load ends with a "failed" event), hold-fail (the
 init cannot hold sshd, so no state can be saved), restore-after-ssh (the
 resume report waits, up to 10 s, for the file FAKE_QEMU_SSH_FLAG: the test's
 SSH connect makes it).
+
+Taint questions ("CNLAB-TAINT id=...") are answered with a stale answer for another id first, then
+tainted=12288 plus the number of questions so far; or, by mode: taint-err (err=13), taint-silent (no
+answer), taint-die (QEMU exits instead).
 """
 
 import json
@@ -48,6 +52,7 @@ qmp_file.write(json.dumps({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, 
                                    "capabilities": ["oob"]}}) + "\n")
 qmp_file.flush()
 forwards = 0
+questions = []
 
 
 def event(name, **data):
@@ -62,6 +67,15 @@ def serve_ready_port():
         words = dict(w.split("=", 1) for w in line.decode().split()[1:])
         if line.startswith(b"CNLAB-HOLD "):
             ready.sendall(f"CNLAB-HELD nonce={words['nonce']} sshd={3 if mode == 'hold-fail' else 0}\n".encode())
+        elif line.startswith(b"CNLAB-TAINT "):
+            questions.append(words["id"])
+            if mode == "taint-die":
+                os._exit(1)
+            if mode != "taint-silent":
+                err = 13 if mode == "taint-err" else 0
+                ready.sendall(f"CNLAB-TAINTED id={words['id']}x tainted=1 err=0\r\n"
+                              f"CNLAB-TAINTED id={words['id']} tainted={0 if err else 12288 + len(questions)} "
+                              f"err={err}\r\n".encode())
         elif line.startswith(b"CNLAB-RESUME "):
             if mode == "restore-after-ssh":
                 flag, waited = os.environ["FAKE_QEMU_SSH_FLAG"], time.monotonic()
@@ -107,7 +121,7 @@ for request in requests():
     if command == "migrate-incoming":
         event("MIGRATION", status="failed" if mode == "restore-fail" else "completed")
     if command == "cont" and not incoming:
-        if mode in ("ok", "collide", "hold-fail") or mode.startswith("restore-"):
+        if mode in ("ok", "collide", "hold-fail") or mode.startswith(("restore-", "taint-")):
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none\r\n".encode())
         elif mode == "lpj":  # the init measured the boot CPU's loops_per_jiffy
             ready.sendall(f"CNLAB-READY nonce={nonce} cpus=2 modules=none lpj=10384536\r\n".encode())

@@ -105,6 +105,27 @@ def test_a_readiness_line_from_another_boot_is_ignored(spec, monkeypatch):
         _boot(spec, "wrong-nonce", monkeypatch, seconds=2.0)
 
 
+def test_the_taint_mask_is_asked_of_the_init_and_each_answer_matched_to_its_question(spec, monkeypatch):
+    guest = _boot(spec, "ok", monkeypatch)
+    try:
+        assert [guest.tainted(), guest.tainted()] == [12289, 12290]  # never the stale answer sent before each
+    finally:
+        guest.stop()
+
+
+@pytest.mark.parametrize("mode, error", [("taint-err", r"could not read /proc/sys/kernel/tainted \(errno 13\)"),
+                                         ("taint-silent", r"no answer about its kernel's taint within 0 s"),
+                                         ("taint-die", r"guest fake is gone \(QEMU exited\)")])
+def test_a_taint_question_without_a_good_answer_is_a_guest_error(spec, monkeypatch, mode, error):
+    monkeypatch.setattr(guest_mod, "PORT_ANSWER_SECONDS", 0.3)
+    guest = _boot(spec, mode, monkeypatch)
+    try:
+        with pytest.raises(GuestError, match=error):
+            guest.tainted()
+    finally:
+        guest.stop()
+
+
 def test_run_before_start_names_the_state(spec):
     guest = Guest(spec)
     with pytest.raises(GuestError, match=r"run\(\) needs state ready.*is new"):
