@@ -21,7 +21,6 @@ only.
 
 import json
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 import traceback
 
 import kabi
+from forkserver import run_program
 
 STDERR_TAIL = 2000
 
@@ -38,7 +38,8 @@ def _tail(data):
 
 
 class ForkedProgram:
-    """A Python program run in a forked child of the agent (``runpy``), with a ``Popen``-like handle.
+    """A Python program run in a forked child of the agent (``forkserver.run_program``), with a ``Popen``-like
+    handle.
 
     The child gets stdin and stdout on /dev/null, stderr in ``stderr_path``, none of ``close_fds``
     (the agent's own sockets), ``sys.argv`` of the program, and its folder first on ``sys.path``.
@@ -66,7 +67,7 @@ class ForkedProgram:
                 script = argv[1]
                 sys.argv = list(argv[1:])
                 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-                runpy.run_path(script, run_name="__main__")
+                run_program(script)
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -199,3 +199,26 @@ def test_a_malformed_request_is_refused_and_the_client_would_run_python_itself(s
     conn.settimeout(10)
     assert conn.recv(64).startswith(b"refused ")
     conn.close()
+
+
+def test_a_program_runs_from_its_byte_code_while_that_matches_its_source(tmp_path):
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_hash_pyc
+
+    program = tmp_path / "prog.py"
+    program.write_text('print("from the source")\n')
+    # byte code that says something else, stamped with the source's hash: only running it prints "byte code"
+    code = compile('print("from the byte code")\n', str(program), "exec")
+    cached = Path(importlib.util.cache_from_source(str(program)))
+    cached.parent.mkdir()
+    cached.write_bytes(_code_to_hash_pyc(code, importlib.util.source_hash(program.read_bytes()), checked=True))
+    runner = (f"import sys; sys.path.insert(0, {str(GUESTSIDE)!r}); import forkserver; "
+              "forkserver.run_program(sys.argv[1])")
+
+    def run() -> str:
+        return subprocess.run([sys.executable, "-S", "-c", runner, str(program)], capture_output=True, text=True,
+                              check=True).stdout
+
+    assert run() == "from the byte code\n"
+    program.write_text('print("from the changed source", __name__)\n')
+    assert run() == "from the changed source __main__\n"  # the byte code no longer matches the source
