@@ -95,8 +95,12 @@ class Actions:
             if kind == "write":
                 with open(args[0], "w") as f:
                     f.write(str(args[1]))
-            elif kind == "mkdir":
-                os.mkdir(args[0])
+            elif kind == "mkdir":  # a folder that is there already is made
+                try:
+                    os.mkdir(args[0])
+                except FileExistsError:
+                    if not os.path.isdir(args[0]):
+                        raise
             elif kind == "rmdir":  # a folder that is not there is already removed
                 if os.path.isdir(args[0]):
                     os.rmdir(args[0])

@@ -385,8 +385,8 @@ PLAN = StashKey[dict]()
 AGENT_REPORT = StashKey[dict]()
 
 #: What a setup or teardown step may do in the guest agent (``lab/guestside/agent_faults.py``, ``Actions``):
-#: ``write PATH TEXT``, ``mkdir PATH``, ``rmdir PATH`` (absent is fine), ``read PATH`` (the text is in the
-#: outcome's ``value``), ``exec ARGV...`` (a program, waited for).
+#: ``write PATH TEXT``, ``mkdir PATH`` (present is fine), ``rmdir PATH`` (absent is fine), ``read PATH`` (the text
+#: is in the outcome's ``value``), ``exec ARGV...`` (a program, waited for).
 AGENT_STEP_ACTIONS = ("write", "mkdir", "rmdir", "read", "exec")
 
 

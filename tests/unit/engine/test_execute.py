@@ -299,6 +299,7 @@ def test_guest_setup_args_collects_cmdline_and_qemu_args():
             return ["-device", "virtio-rng-pci"]
 
     cmdline, qemu = guest_setup_args(manager(P()), None)
-    assert cmdline == ("slub_debug=FZPU",)
+    # the built-in flight recorder has the init make its trace instance, after ours
+    assert cmdline == ("slub_debug=FZPU", "cnlab.trace_instance=cnlab")
     # the built-in vmcore plugin adds its pvpanic device and monitor (lab.guest.panic) after ours
     assert qemu[:2] == ("-device", "virtio-rng-pci") and "pvpanic-pci" in qemu

@@ -244,7 +244,8 @@ def test_hook_lab_qemu_args_add():
     from lab.engine.hooks import guest_setup_args
 
     cmdline, qemu = guest_setup_args(pm, GuestShape(cpus=2))
-    assert cmdline == () and qemu[:2] == ("-device", "virtio-rng-pci,id=rng2")
+    assert cmdline == ("cnlab.trace_instance=cnlab",)  # the built-in flight recorder's
+    assert qemu[:2] == ("-device", "virtio-rng-pci,id=rng2")
 
 
 def test_hook_lab_kernel_cmdline_add():
@@ -260,7 +261,7 @@ def test_hook_lab_kernel_cmdline_add():
 
     pm = pm_with(A(), B())
     results = call_hook(pm, "lab_kernel_cmdline_add", config=pm.config, shape=GuestShape())
-    assert results == [["panic_on_oops=1"], ["slub_debug=FZPU"]]
+    assert results == [["panic_on_oops=1"], ["slub_debug=FZPU"], ["cnlab.trace_instance=cnlab"]]
 
 
 def test_hook_lab_guest_files_add(tmp_path):

@@ -57,7 +57,7 @@ def test_a_passing_scenario_is_recorded_by_the_agent_and_keeps_nothing(tmp_path)
     assert guest.trace_commands == []  # no program of its own: the agent started and stopped it
     (plan,) = guest.plans
     assert plan["setup"] == start_steps(DEFAULT_BUFFER_KB) and plan["teardown"] == stop_steps()
-    assert plan["setup"][2] == {"owner": "flightrec", "action": ["mkdir", INSTANCE], "optional": False}
+    assert plan["setup"][0] == {"owner": "flightrec", "action": ["mkdir", INSTANCE], "optional": False}
     assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "events": list(EVENTS), "missing": [],
                                         "failed": []}
     assert not [v for v in record.verdicts if v.name == "flight recorder"]  # only a failure adds a row
