@@ -630,6 +630,12 @@ class Guest:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def _gone(self) -> GuestCrashed:
+        """QEMU exited under a ready guest: the guest is broken for good; the error to raise."""
+        self.state = GuestState.BROKEN
+        self._broken = GuestCrashed(f"guest {self.spec.name} is gone (QEMU exited)", self.console_tail())
+        return self._broken
+
     def tainted(self) -> int:
         """The guest kernel's taint mask (``/proc/sys/kernel/tainted``), asked of its init over the readiness
         port (``CNLAB-TAINT``, see ``images/init/cnlab-init.c``): no SSH command, which cost 0.15-0.25 s on a
@@ -650,9 +656,7 @@ class Guest:
                 match = self._read_ready_port(_TAINTED, deadline, "answer about its kernel's taint", key=token)
             except (BootError, OSError) as exc:
                 if not self.alive():
-                    self.state = GuestState.BROKEN
-                    self._broken = GuestCrashed(f"guest {self.spec.name} is gone (QEMU exited)", self.console_tail())
-                    raise self._broken from None
+                    raise self._gone() from None
                 detail = str(exc) if isinstance(exc, BootError) else f"guest {self.spec.name}: readiness port: {exc}"
                 raise GuestError(detail) from None
         if match.group(3) != b"0":
@@ -664,9 +668,7 @@ class Guest:
         """Run a command in the guest over SSH (argv list, never a string)."""
         self._require("run", GuestState.READY)
         if not self.alive():
-            self.state = GuestState.BROKEN
-            self._broken = GuestCrashed(f"guest {self.spec.name} is gone (QEMU exited)", self.console_tail())
-            raise self._broken
+            raise self._gone()
         scaled = timeout * self.spec.accel.timeout_scale if timeout else None
         return self.ssh.run(argv, timeout=scaled, check=check, **kwargs)
 
