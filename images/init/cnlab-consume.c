@@ -62,6 +62,9 @@
 #define DATA_OFF (NL_HDR + CN_HDR)
 #define EVENT_SIZE 32		/* struct cnlab_event: gen_id, cpu, seq, ts_ns, len, flags */
 #define PROC_EVENT_HEAD 16	/* struct proc_event: what, cpu, timestamp_ns */
+#define PROC_EVENT_EXIT_ 0x80000000u
+#define SENTINEL_WAIT_NS 2000000000ull	/* the most a stop waits for its sentinels' exits */
+#define MAX_SENTINELS CPU_SETSIZE
 #define MAX_SAMPLES 200000
 #define MAX_GROUPS 32
 #define BIN_NS 250000000ull
@@ -239,6 +242,22 @@ static uint64_t get64(const unsigned char *p)
 	return v;
 }
 
+/* The cn_proc sentinels whose exit event has not been read yet. */
+static pid_t sentinels[MAX_SENTINELS];
+static int sentinels_left;
+
+/* cn_proc reported that pid exited: one sentinel fewer to wait for, if it was one. */
+static void proc_exit(uint32_t pid)
+{
+	int i;
+
+	for (i = 0; i < sentinels_left; i++)
+		if ((uint32_t)sentinels[i] == pid) {
+			sentinels[i] = sentinels[--sentinels_left];
+			return;
+		}
+}
+
 static void lab_event(const unsigned char *ev, uint64_t now)
 {
 	event(0, get32(ev), get32(ev + 4), get64(ev + 8), get64(ev + 16), now);
@@ -263,6 +282,9 @@ static void walk_messages(const unsigned char *buf, size_t n, uint64_t now)
 			if (length >= PROC_EVENT_HEAD)
 				event(1, 0, get32(buf + data + 4), seq,
 				      get64(buf + data + 8), now);
+			if (length >= PROC_EVENT_HEAD + 4 &&
+			    get32(buf + data) == PROC_EVENT_EXIT_)
+				proc_exit(get32(buf + data + PROC_EVENT_HEAD));
 		} else if (flags & CNLAB_CN_F_BUNDLE) {
 			size_t p = data, end = data + length;
 
@@ -407,7 +429,7 @@ static long long socket_drops(uint32_t portid)
 	return drops;
 }
 
-/* cn_proc sentinel: one exit event on every CPU this process may run on. */
+/* cn_proc sentinel: one exit event on every CPU this process may run on (read until each arrived). */
 static void proc_sentinels(void)
 {
 	cpu_set_t set, one;
@@ -427,8 +449,10 @@ static void proc_sentinels(void)
 			sched_setaffinity(0, sizeof(one), &one);
 			_exit(0);
 		}
-		if (pid > 0)
+		if (pid > 0) {
+			sentinels[sentinels_left++] = pid;
 			waitpid(pid, NULL, 0);
+		}
 	}
 }
 
@@ -741,15 +765,15 @@ int main(int argc, char **argv)
 	}
 	drain(sock, buf);
 	if (opt.listen_proc) {
-		uint64_t quiet_until;
+		uint64_t give_up;
 
 		proc_sentinels();
-		quiet_until = now_ns() + 500000000ull;
-		while (now_ns() < quiet_until) {
+		give_up = now_ns() + SENTINEL_WAIT_NS;
+		while (sentinels_left && now_ns() < give_up) {
 			struct pollfd pfd = { .fd = sock, .events = POLLIN };
 
-			if (poll(&pfd, 1, 100) > 0 && drain(sock, buf))
-				quiet_until = now_ns() + 300000000ull;
+			if (poll(&pfd, 1, 50) > 0)
+				drain(sock, buf);
 		}
 	}
 	live_written_ns = 0;

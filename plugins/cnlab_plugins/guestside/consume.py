@@ -44,6 +44,10 @@ PROC_IDX = frozenset({CN_IDX_PROC})  # connector idx values that are not cnlab g
 PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
 PROC_EVENT = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
+PROC_EVENT_EXIT = 0x80000000
+EXIT_PID = struct.Struct("=I")  # event_data.exit.process_pid, right after the header
+#: The most a stopping consumer waits for its cn_proc sentinels' exit events.
+SENTINEL_WAIT_S = 2.0
 MAX_SAMPLES = 200_000
 READ_BATCH = 64  # datagrams read per wake-up before the loop looks at the clock again
 BIN_NS = 250_000_000
@@ -64,6 +68,7 @@ class Checker:
         self.bins = {}
         self.received = 0
         self.gaps = 0
+        self.sentinels = set()  # pids of cn_proc sentinels whose exit event has not been read yet
 
     def forget(self):
         """After a rejoin: every stream restarts at its next message."""
@@ -102,6 +107,10 @@ class Checker:
                 self.woke = False  # only the first: the rest of its datagram queued behind it
                 if len(self.idle_latencies) < MAX_SAMPLES:
                     self.idle_latencies.append(now - ts)
+
+    def proc_exit(self, pid):
+        """cn_proc reported that ``pid`` exited."""
+        self.sentinels.discard(pid)
 
     def datagram(self, parse, buf, n, now, woke):
         """Account one datagram (``parse`` walks it); ``woke``: it reached a reader whose socket was empty."""
@@ -154,8 +163,10 @@ def proc_listen(sock, op):
 def handle(buf, n, checker, now):
     def proc_event(off, idx, _val, seq, length):
         if idx == CN_IDX_PROC and length >= PROC_EVENT.size:
-            _what, cpu, ts = PROC_EVENT.unpack_from(buf, off)
+            what, cpu, ts = PROC_EVENT.unpack_from(buf, off)
             checker.event(("proc", cpu, seq, ts), now, 1 << 32)
+            if what == PROC_EVENT_EXIT and length >= PROC_EVENT.size + EXIT_PID.size:
+                checker.proc_exit(EXIT_PID.unpack_from(buf, off + PROC_EVENT.size)[0])
 
     kabi.walk_datagram(buf, n, now, checker.event, proc_event, foreign=PROC_IDX)
 
@@ -170,7 +181,7 @@ def pyroute2_parser():
                                   ("ev_len", "I"), ("ev_flags", "I"))
 
     class ProcEventHead(cn_msg):
-        fields = cn_msg.fields + (("what", "I"), ("cpu", "I"), ("timestamp_ns", "Q"))
+        fields = cn_msg.fields + (("what", "I"), ("cpu", "I"), ("timestamp_ns", "Q"), ("process_pid", "I"))
 
     class LabMarshal(Marshal):
         # the netlink type is always NLMSG_DONE: key on cn_msg.idx (offset 16); every idx but cn_proc's is ours
@@ -192,6 +203,8 @@ def pyroute2_parser():
         for msg in msgs:
             if msg["idx"] == CN_IDX_PROC:
                 checker.event(("proc", msg["cpu"], msg["seq"], msg["timestamp_ns"]), now, 1 << 32)
+                if msg["what"] == PROC_EVENT_EXIT:
+                    checker.proc_exit(msg["process_pid"])
             elif msg["len"] >= 32:
                 checker.event((msg["gen_id"], msg["cpu"], msg["lab_seq"], msg["ts_ns"]), now)
 
@@ -310,7 +323,7 @@ def main():
     read_available()
     if args.listen_proc:
         # cn_proc sentinel: tail loss on a CPU shows only as a gap before a later event on that CPU, so make
-        # one exit event on every online CPU now that the socket is empty, and read them
+        # one exit event on every online CPU now that the socket is empty, and read until every one arrived
         for cpu in sorted(os.sched_getaffinity(0)):
             pid = os.fork()
             if pid == 0:
@@ -318,12 +331,12 @@ def main():
                     os.sched_setaffinity(0, {cpu})
                 finally:
                     os._exit(0)
+            checker.sentinels.add(pid)
             os.waitpid(pid, 0)
-        quiet_until = time.monotonic() + 0.5
-        while time.monotonic() < quiet_until:
-            if select.select([sock], [], [], 0.1)[0]:
+        give_up = time.monotonic() + SENTINEL_WAIT_S
+        while checker.sentinels and time.monotonic() < give_up:
+            if select.select([sock], [], [], 0.05)[0]:
                 read_available()
-                quiet_until = time.monotonic() + 0.3
     publish_live(force=True)
     report = {"schema": REPORT_SCHEMA, "name": args.name, "portid": portid, "groups": groups, "rcvbuf": rcvbuf,
               "enobufs": enobufs,

@@ -52,3 +52,26 @@ def test_consumer_pyroute2_parser_matches_kabi_parser():
         consume.handle(bytearray(data), len(data), via_kabi, 10)
     assert via_pyroute2.report() == via_kabi.report()
     assert via_kabi.report()["gaps"] == 1 and via_kabi.report()["received"] == 4
+
+
+@pytest.mark.parametrize("parser", ["kabi", "pyroute2"])
+def test_a_stopping_consumer_knows_when_each_sentinels_exit_arrived(parser):
+    if parser == "pyroute2":
+        pytest.importorskip("pyroute2")
+    consume = load_guest_module("consume", PLUGIN_GUESTSIDE)
+    parse = consume.pyroute2_parser() if parser == "pyroute2" else consume.handle
+    checker = consume.Checker(resync=False)
+    checker.sentinels = {4242, 4243}
+
+    def proc_event(what: int, cpu: int, pid: int, seq: int) -> bytes:
+        body = consume.PROC_EVENT.pack(what, cpu, 5) + consume.EXIT_PID.pack(pid) + bytes(20)
+        return kabi.frame_nl(kabi.frame_cn(1, 1, body, seq=seq))
+
+    fork_of_sentinel = proc_event(0x00000001, 0, 4242, 10)  # PROC_EVENT_FORK: its first field is the parent's
+    other_exit = proc_event(consume.PROC_EVENT_EXIT, 1, 999, 20)
+    for data in (fork_of_sentinel, other_exit, proc_event(consume.PROC_EVENT_EXIT, 0, 4242, 11)):
+        parse(bytearray(data), len(data), checker, 10)
+    assert checker.sentinels == {4243} and checker.received == 3
+    data = proc_event(consume.PROC_EVENT_EXIT, 1, 4243, 21)
+    parse(bytearray(data), len(data), checker, 10)
+    assert checker.sentinels == set()
