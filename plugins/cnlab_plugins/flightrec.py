@@ -5,9 +5,12 @@ on the kernel command line, ``lab_kernel_cmdline_add``): making one costs a TCG 
 the guest whose state is saved instead of by every scenario.  At ``lab_scenario_start`` the plugin gives the
 guest agent its steps (``lab.plugin.agent_step``): the agent, before anything else of the load, resets that
 instance (made now if it is missing): recording off, every event off, ``buffer_kb`` KiB per CPU, the buffer
-emptied, overwrite mode and the ``local`` clock (printk's); then it enables the module's CBUS tracepoints
+emptied, overwrite mode; then it enables the module's CBUS tracepoints
 (``cnlab:*``, ``kmod/cnlab_trace.h``) with the scheduler's switches and wake-ups and the hard and soft IRQ
-entries and exits (those the kernel lacks are listed as missing); after the consumers stopped, it marks the
+entries and exits (those the kernel lacks are listed as missing), and reads back the buffer size and the clock,
+which must be ``local`` (printk's, so a kernel report's console time places it in the trace; it is the
+kernel's default, and writing it would reset the buffer once more, 0.1 s under TCG); after the consumers
+stopped, it marks the
 end and freezes the buffer.  No program starts for it in the guest: a separate Python program cost 2 to
 3.7 s per scenario under TCG.  Once the scenario is judged (``lab_result_judged``): a failure saves the
 trace text, its last ``max_kb`` KiB, with the guest program ``lab/guestside/flightrec.py`` to
@@ -81,17 +84,18 @@ def event_enable(event: str) -> str:
 
 def start_steps(buffer_kb: int) -> list[dict]:
     """The agent's setup: the instance (the init made it at boot; made now if not) reset as new: recording and
-    every event off, bounded, emptied, overwriting, on printk's clock; then the events that exist enabled
-    (each optional: the kernel may lack one), recording on, the buffer size read back."""
+    every event off, bounded, emptied, overwriting; then the events that exist enabled (each optional: the
+    kernel may lack one), recording on, the buffer size and the clock read back."""
     def write(path: str, text: str | int, optional: bool = False) -> dict:
         return agent_step(OWNER, "write", path, text, optional=optional)
 
     return [agent_step(OWNER, "mkdir", INSTANCE),
             write(f"{INSTANCE}/tracing_on", 0), write(f"{INSTANCE}/events/enable", 0),
             write(f"{INSTANCE}/buffer_size_kb", buffer_kb), write(f"{INSTANCE}/trace", ""),
-            write(f"{INSTANCE}/options/overwrite", 1), write(f"{INSTANCE}/trace_clock", "local"),
+            write(f"{INSTANCE}/options/overwrite", 1),
             *(write(event_enable(e), 1, optional=True) for e in EVENTS),
-            write(f"{INSTANCE}/tracing_on", 1), agent_step(OWNER, "read", f"{INSTANCE}/buffer_size_kb")]
+            write(f"{INSTANCE}/tracing_on", 1), agent_step(OWNER, "read", f"{INSTANCE}/buffer_size_kb"),
+            agent_step(OWNER, "read", f"{INSTANCE}/trace_clock")]
 
 
 def stop_steps() -> list[dict]:
@@ -161,16 +165,18 @@ def lab_scenario_stop(scenario, guest, stash, error, settings: Mapping[str, Any]
 
 @hookimpl
 def lab_result_collect(scenario, guest, stash, settings: Mapping[str, Any]) -> dict | None:
-    """What was recorded: the buffer size read back, the events enabled, and those the kernel lacks."""
+    """What was recorded: the buffer size and clock read back, the events enabled, and those the kernel lacks."""
     started, report = stash.get(STARTED, None), stash.get(AGENT_REPORT, None)
     if started is None or report is None:
         return None  # off, or the agent never reported (its failure is the scenario's verdict)
     setup = _own(report, "setup")
     enables = {s["action"][1]: s["ok"] for s in setup if s["action"][0] == "write"
                and s["action"][1].endswith("/enable")}
-    read_back = [s.get("value", "") for s in setup if s["action"][0] == "read" and s["ok"]]
-    size = read_back[-1] if read_back else None
+    read_back = {s["action"][1]: s.get("value", "") for s in setup if s["action"][0] == "read" and s["ok"]}
+    size = read_back.get(f"{INSTANCE}/buffer_size_kb")
+    clock = re.search(r"\[(\S+)\]", read_back.get(f"{INSTANCE}/trace_clock", ""))
     out = {"buffer_kb": int(size) if size and size.isdigit() else (size or started["buffer_kb"]),
+           "clock": clock[1] if clock else None,
            "events": [e for e in EVENTS if enables.get(event_enable(e))],
            "missing": [e for e in EVENTS if event_enable(e) in enables and not enables[event_enable(e)]],
            "failed": [f"{' '.join(map(str, s['action']))}: {s.get('error')}" for s in setup
@@ -184,8 +190,8 @@ def lab_result_collect(scenario, guest, stash, settings: Mapping[str, Any]) -> d
 
 @hookimpl
 def lab_result_check(scenario, data: Mapping[str, Any], settings: Mapping[str, Any]) -> list[Verdict] | None:
-    """A recorder that did not start fails the scenario: its instance was not made, or none of the module's
-    tracepoints could be enabled."""
+    """A recorder that did not start fails the scenario: its instance was not made, none of the module's
+    tracepoints could be enabled, or it records on another clock than printk's."""
     mine = data.get(OWNER)
     if not mine:
         return None
@@ -194,6 +200,9 @@ def lab_result_check(scenario, data: Mapping[str, Any], settings: Mapping[str, A
     if not any(e.startswith("cnlab:") for e in mine["events"]):
         return [Verdict("flight recorder", False, "found none of the module's tracepoints (events/cnlab/ in "
                                                   "tracefs)")]
+    if mine.get("clock") not in (None, "local"):
+        return [Verdict("flight recorder", False, f"records on the {mine['clock']} clock, not local (printk's): "
+                                                  "its times would not match the console's (trace_clock set?)")]
     return None  # what it recorded is in data.flightrec: a check that held would add a row to every scenario
 
 

@@ -96,8 +96,9 @@ class FakeGuest:
             out = {"owner": step["owner"], "optional": step["optional"], "action": action, "ok": True}
             if action[0] == "write":
                 written[action[1]] = str(action[2])
-            elif action[0] == "read":
-                out["value"] = written.get(action[1], "")
+            elif action[0] == "read":  # an unwritten trace clock reads as the kernel's default
+                default = "[local] global counter uptime perf mono" if action[1].endswith("/trace_clock") else ""
+                out["value"] = written.get(action[1], default)
             done.append(out)
         return done
 

@@ -37,8 +37,9 @@ def tracefs(tmp_path, monkeypatch):
         @staticmethod
         def mkdir(path, *args):
             os.mkdir(path, *args)
-            for name in ("tracing_on", "buffer_size_kb", "trace_clock", "trace_marker", "trace"):
+            for name in ("tracing_on", "buffer_size_kb", "trace_marker", "trace"):
                 (instance / name).write_text("")
+            (instance / "trace_clock").write_text("[local] global counter uptime perf mono\n")
             (instance / "options").mkdir()
             for event in KERNEL_EVENTS:
                 (instance / "events" / event).mkdir(parents=True)
@@ -61,12 +62,12 @@ def test_the_agent_runs_the_start_steps_into_a_bounded_overwriting_instance(trac
     done = agent.run_steps(actions(), plugin.start_steps(2048), errors, "setup")
     assert errors == []  # the missing event is optional
     assert (tracefs / "buffer_size_kb").read_text() == "2048" and (tracefs / "options" / "overwrite").read_text() == "1"
-    assert (tracefs / "trace_clock").read_text() == "local"  # printk's clock: the console's times line up
+    assert done[-1]["value"].startswith("[local]")  # printk's clock, read back: the console's times line up
     assert (tracefs / "tracing_on").read_text() == "1"
     assert (tracefs / "events" / "cnlab" / "cnlab_insert" / "enable").read_text() == "1"
     failed = [s["action"][1] for s in done if not s["ok"]]
     assert failed == [plugin.event_enable("irq:irq_handler_exit")]
-    assert all(s["owner"] == "flightrec" for s in done) and done[-1]["value"] == "2048"
+    assert all(s["owner"] == "flightrec" for s in done) and done[-2]["value"] == "2048"
 
 
 def test_a_second_start_resets_the_instance_and_the_stop_marks_the_end(tracefs):

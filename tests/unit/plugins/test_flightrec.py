@@ -58,7 +58,8 @@ def test_a_passing_scenario_is_recorded_by_the_agent_and_keeps_nothing(tmp_path)
     (plan,) = guest.plans
     assert plan["setup"] == start_steps(DEFAULT_BUFFER_KB) and plan["teardown"] == stop_steps()
     assert plan["setup"][0] == {"owner": "flightrec", "action": ["mkdir", INSTANCE], "optional": False}
-    assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "events": list(EVENTS), "missing": [],
+    assert record.data["flightrec"] == {"buffer_kb": DEFAULT_BUFFER_KB, "clock": "local", "events": list(EVENTS),
+                                        "missing": [],
                                         "failed": []}
     assert not [v for v in record.verdicts if v.name == "flight recorder"]  # only a failure adds a row
     assert not list(tmp_path.glob("*.trace"))
@@ -129,6 +130,23 @@ def test_a_kernel_without_the_modules_tracepoints_fails_and_missing_events_are_l
         "irq:irq_handler_exit"]
     (verdict,) = [v for v in record.verdicts if v.name == "flight recorder"]
     assert not verdict.ok and "none of the module's tracepoints" in verdict.detail
+
+
+def test_a_trace_on_another_clock_than_printks_fails_the_scenario(tmp_path, monkeypatch):
+    kernel = FakeGuest.steps
+
+    def steps(steps):
+        done = kernel(steps)
+        for out in done:
+            if out["action"] == ["read", f"{INSTANCE}/trace_clock"]:
+                out["value"] = "local [global] counter uptime perf mono"
+        return done
+
+    monkeypatch.setattr(FakeGuest, "steps", staticmethod(steps))
+    record, _ = run(tmp_path, "holds")
+    assert record.data["flightrec"]["clock"] == "global"
+    (verdict,) = [v for v in record.verdicts if v.name == "flight recorder"]
+    assert not verdict.ok and verdict.detail.startswith("records on the global clock, not local (printk's)")
 
 
 def test_an_agent_that_did_not_stop_it_is_followed_by_one_shell_command(tmp_path):
