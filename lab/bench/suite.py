@@ -61,24 +61,49 @@ def _one(lab: Lab, jobs: int, out_dir: Path) -> dict:
                            for r in records if r.status != "passed"]}
 
 
-def run_suite_bench(lab: Lab, json_path: Path, out_dir: Path) -> int:
-    """Both runs into ``out_dir`` (``serial``, ``parallel``); 1 if a scenario attempt did not pass (a retry
-    that passed too: its wall time is in the figures), each named with its error."""
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def run_suite_bench(lab: Lab, json_path: Path, out_dir: Path, runs: int = 1) -> int:
+    """``runs`` pairs of runs, each ``-n 1`` then ``-n 2`` (interleaved, so a host whose speed drifts moves both
+    alike), into ``out_dir`` (``serial``, ``parallel``; ``serial-K``, ``parallel-K`` with more than one pair);
+    1 if a scenario attempt did not pass (a retry that passed too: its wall time is in the figures), each
+    named with its error.  With several pairs the medians are printed too; the speed-up's is the median of
+    each pair's own."""
     lab.image, lab.module  # noqa: B018 - build outside the timed runs
-    print(f"cnlab bench suite: quick set, -n 1 then -n 2, accelerator {lab.accel.name}")
-    serial = _one(lab, 1, out_dir / "serial")
-    parallel = _one(lab, 2, out_dir / "parallel")
-    speedup = serial["wall_s"] / parallel["wall_s"]
-    print(f"{'':10}{'wall s':>8}{'guest s':>9}{'overhead':>10}{'idle':>8}{'host CPU':>14}{'status':>8}")
-    for label, row in (("-n 1", serial), ("-n 2", parallel)):
-        print(f"{label:10}{row['wall_s']:8.1f}{row['guest_s']:9.1f}{row['overhead_pct']:9.1f}%"
-              f"{row['idle_pct']:7.1f}%{row['host_cores_busy']:>8.2f} cores{row['status']:>8}")
-    print(f"speed-up -n 2 over -n 1: {speedup:.2f}x; the host has {os.cpu_count()} cores")
-    not_passed = [(label, row) for label, run in (("-n 1", serial), ("-n 2", parallel)) for row in run["not_passed"]]
+    times = f", {runs} times, interleaved" if runs > 1 else ""
+    print(f"cnlab bench suite: quick set, -n 1 then -n 2{times}, accelerator {lab.accel.name}")
+    pairs = []
+    for k in range(1, runs + 1):
+        suffix = f"-{k}" if runs > 1 else ""
+        serial = _one(lab, 1, out_dir / f"serial{suffix}")
+        parallel = _one(lab, 2, out_dir / f"parallel{suffix}")
+        pairs.append({"serial": serial, "parallel": parallel,
+                      "speedup": round(serial["wall_s"] / parallel["wall_s"], 2)})
+    print(f"{'':10}{'wall s':>8}{'guest s':>9}{'overhead':>10}{'idle':>8}{'host CPU':>14}{'status':>8}{'speed-up':>10}")
+    for k, pair in enumerate(pairs, 1):
+        for label, row in (("-n 1", pair["serial"]), ("-n 2", pair["parallel"])):
+            label += f" ({k})" if runs > 1 else ""
+            speedup = f"{pair['speedup']:9.2f}x" if row is pair["parallel"] else ""
+            print(f"{label:10}{row['wall_s']:8.1f}{row['guest_s']:9.1f}{row['overhead_pct']:9.1f}%"
+                  f"{row['idle_pct']:7.1f}%{row['host_cores_busy']:>8.2f} cores{row['status']:>8}{speedup}")
+    median = {"serial_wall_s": round(_median([p["serial"]["wall_s"] for p in pairs]), 2),
+              "parallel_wall_s": round(_median([p["parallel"]["wall_s"] for p in pairs]), 2),
+              "speedup": round(_median([p["speedup"] for p in pairs]), 2)}
+    if runs > 1:
+        print(f"medians of {runs}: -n 1 {median['serial_wall_s']:.1f} s, -n 2 {median['parallel_wall_s']:.1f} s")
+    print(f"speed-up -n 2 over -n 1: {median['speedup']:.2f}x{' (median of the pairs)' if runs > 1 else ''}; "
+          f"the host has {os.cpu_count()} cores")
+    not_passed = [(label, row) for pair in pairs
+                  for label, run in (("-n 1", pair["serial"]), ("-n 2", pair["parallel"])) for row in run["not_passed"]]
     for label, row in not_passed:
         print(f"WARNING: {label}: {row['scenario']} attempt {row['attempt']} {row['status']}: {row['error']}")
-    result = {"accel": lab.accel.name, "serial": serial, "parallel": parallel, "speedup": round(speedup, 2)}
+    result = {"accel": lab.accel.name, "runs": runs, "median": median, "pairs": pairs}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {json_path}")
-    return 0 if serial["status"] == 0 and parallel["status"] == 0 and not not_passed else 1
+    failed = any(p["serial"]["status"] or p["parallel"]["status"] for p in pairs)
+    return 1 if failed or not_passed else 0

@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--json", type=Path, default=Path("results/bench-boot.json"))
     suite = bench_sub.add_parser("suite", help="the quick set with -n 1 and -n 2: wall times, ratio, overhead")
     suite.add_argument("--json", type=Path, default=Path("results/bench-suite.json"))
+    suite.add_argument("--runs", type=int, default=1, choices=range(1, 11), metavar="N",
+                       help="pairs of runs (-n 1 then -n 2), interleaved; medians printed (1-10, default 1)")
     suite.add_argument("--out", type=Path, help="keep both runs' results and consoles here (default: a temporary "
                                                 "folder, kept as results/bench-suite-TIME if a scenario failed)")
     faults = bench_sub.add_parser("faults", help="how late faults fire after their trigger (at, every, on, host)")
@@ -628,11 +630,11 @@ def cmd_bench_suite(args: argparse.Namespace) -> int:
     if args.out is not None:
         if args.out.exists() and any(args.out.iterdir()):
             raise UsageError(f"cnlab bench suite: --out {args.out} is not empty (its results would be counted)")
-        return run_suite_bench(_lab(args), args.json, args.out)
+        return run_suite_bench(_lab(args), args.json, args.out, args.runs)
     with tempfile.TemporaryDirectory(prefix="cnlab-suite-") as tmp:
         status = 1
         try:
-            status = run_suite_bench(_lab(args), args.json, Path(tmp))
+            status = run_suite_bench(_lab(args), args.json, Path(tmp), args.runs)
         finally:
             if status:  # a failed scenario, or the bench itself failed: keep what there is
                 kept = Path("results") / time.strftime("bench-suite-%Y%m%d-%H%M%S")

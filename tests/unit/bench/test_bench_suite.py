@@ -41,9 +41,10 @@ def test_an_attempt_that_did_not_pass_is_named_and_fails_the_bench_though_its_re
     printed = capsys.readouterr().out
     assert "WARNING: -n 1: b attempt 1 error: the guest agent exited with status 1: stuck" in printed
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["serial"]["not_passed"] == [{"scenario": "b", "attempt": 1, "status": "error",
+    (pair,) = data["pairs"]
+    assert pair["serial"]["not_passed"] == [{"scenario": "b", "attempt": 1, "status": "error",
                                              "error": "the guest agent exited with status 1: stuck"}]
-    assert data["parallel"]["not_passed"] == []
+    assert pair["parallel"]["not_passed"] == []
 
 
 def test_a_clean_run_passes(tmp_path, monkeypatch):
@@ -52,3 +53,28 @@ def test_a_clean_run_passes(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "resolve_scenarios", lambda *a: [])
     monkeypatch.setattr(suite, "plugin_manager", lambda options: SimpleNamespace(registries=None))
     assert suite.run_suite_bench(_lab(), tmp_path / "bench.json", tmp_path / "runs") == 0
+
+
+def test_pairs_are_interleaved_and_their_medians_reported(tmp_path, monkeypatch, capsys):
+    ok = ScenarioResult(scenario="a", source="a.toml", worker=1, boot_s=0.5, duration=5.0, wall_s=5.6)
+    fake = _fake_run({1: [ok], 2: [ok]})
+    order = []
+
+    def run_scenarios(lab, scenarios, jobs, out_dir, out=None):
+        order.append((jobs, out_dir.name))
+        return fake(lab, scenarios, jobs, out_dir, out)
+
+    walls = iter([30.0, 20.0, 40.0, 20.0, 33.0, 22.0])
+    monkeypatch.setattr(suite, "run_scenarios", run_scenarios)
+    monkeypatch.setattr(suite, "_one", lambda lab, jobs, out_dir, one=suite._one: {
+        **one(lab, jobs, out_dir), "wall_s": next(walls)})
+    monkeypatch.setattr(suite, "resolve_scenarios", lambda *a: [])
+    monkeypatch.setattr(suite, "plugin_manager", lambda options: SimpleNamespace(registries=None))
+    assert suite.run_suite_bench(_lab(), tmp_path / "bench.json", tmp_path / "runs", runs=3) == 0
+    assert order == [(1, "serial-1"), (2, "parallel-1"), (1, "serial-2"), (2, "parallel-2"), (1, "serial-3"),
+                     (2, "parallel-3")]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [p["speedup"] for p in data["pairs"]] == [1.5, 2.0, 1.5]
+    assert data["median"] == {"serial_wall_s": 33.0, "parallel_wall_s": 20.0, "speedup": 1.5}
+    printed = capsys.readouterr().out
+    assert "medians of 3: -n 1 33.0 s, -n 2 20.0 s" in printed and "1.50x (median of the pairs)" in printed
