@@ -41,6 +41,9 @@ import traceback
 SOCKET = "/run/cnlab/forkserver.sock"
 #: Programs forked with their module already imported: file name -> module (it must have ``main()``).
 PRELOAD = {"agent.py": "agent"}
+#: Standard-library modules the forked programs import beyond the agent's own: ``argparse`` (with ``gettext``
+#: and ``locale`` behind it) for the consumers (``consume.py``) and ``cnlabctl.py``.
+PRELOAD_LIBRARY = ("argparse",)
 #: A connection that sends no request within this many seconds is dropped.
 REQUEST_S = 10.0
 #: The largest request (arguments and environment together): one SOCK_SEQPACKET message.
@@ -310,10 +313,11 @@ class Server:
 
 
 def preload(folder):
-    """Import the preloaded programs' modules from ``folder``; the names that failed, with why."""
+    """Import the preloaded programs' modules from ``folder`` and the standard-library modules of
+    :data:`PRELOAD_LIBRARY`; the names that failed, with why."""
     sys.path.insert(0, folder)
     failed = []
-    for module in PRELOAD.values():
+    for module in (*PRELOAD.values(), *PRELOAD_LIBRARY):
         try:
             __import__(module)
         except Exception as exc:  # a broken program fails when it runs, as without the server

@@ -96,6 +96,11 @@ def test_any_other_program_runs_in_a_fork_too(client, server, lib):
     assert done.returncode == 3 and "imported-in-self=True" in done.stdout and "sid=True" in done.stdout
 
 
+def test_a_forked_program_finds_the_preloaded_library_modules_imported(client, server, lib):
+    (lib / "probe.py").write_text("import sys\nprint(sorted(m for m in ('argparse', 'gettext') if m in sys.modules))\n")
+    assert _run(client, server, lib / "probe.py").stdout == "['argparse', 'gettext']\n"
+
+
 def test_an_uncaught_exception_exits_1_with_its_traceback(client, server, lib):
     done = _run(client, server, lib / "agent.py", "raise")
     assert done.returncode == 1
