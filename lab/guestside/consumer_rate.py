@@ -3,16 +3,19 @@
 
     python3 consumer_rate.py < plan.json
 
-The plan: ``{"consumers": {NAME: ARGV}, "together": BOOL, "generator": GEN_START fields (no gen_id),
-"folder": PATH, "timeout_s": S}``.  Each ARGV is a checker's command line without ``--name`` and
+The plan: ``{"consumers": {NAME: ARGV}, "together": BOOL, "backlog": BOOL, "generator": GEN_START fields
+(no gen_id), "folder": PATH, "timeout_s": S}``.  Each ARGV is a checker's command line without ``--name`` and
 ``--out`` (``consume.py`` or ``cnlab-consume``, the checker protocol).  With ``together`` every
 checker listens to the same generator run (their accounting can be compared message for message);
-otherwise each gets a run of its own (their rates do not share the CPUs).
+otherwise each gets a run of its own (their rates do not share the CPUs).  With ``backlog`` each checker
+is stopped (SIGSTOP) once bound, the whole flood is queued on its socket, and its clock starts when it is
+let go (SIGCONT): the rate is then the checker's own, not bounded by how fast the generator sends.
 
 For each run: start the checkers and wait for their ``.ready`` files; start the generator; wait until
 it is done, CBUS is drained and each checker's socket is empty (``Rmem`` 0 in /proc/net/netlink);
 read each ``.live`` file, stop the checkers (SIGTERM) and read their reports.  Prints one JSON
-object: per checker its report plus ``seconds`` (generator start to its socket empty),
+object: per checker its report plus ``seconds`` (generator start, or with ``backlog`` the checker's
+release, to its socket empty),
 ``msgs_per_s`` (received / seconds), ``live`` and the loss accounting: ``lost`` (gaps and tail loss
 over the generator's streams) against ``counted`` (the socket's drops plus sends that reached no
 socket), ``reconciled`` when they are equal.
@@ -109,7 +112,7 @@ def account(report, gen, cbus_nlerr):
             "cbus_nlerr": cbus_nlerr, "reconciled": lost == counted}
 
 
-def run(client, consumers, cfg, folder, timeout):
+def run(client, consumers, cfg, folder, timeout, backlog=False):
     checkers = [Checker(name, argv, folder) for name, argv in consumers.items()]
     kabi.wait_until(lambda: all(c.ready() for c in checkers), 60)
     late = [c.name for c in checkers if c.portid is None]
@@ -117,6 +120,9 @@ def run(client, consumers, cfg, folder, timeout):
         for c in checkers:
             c.stop()
         raise RuntimeError(f"checkers did not bind: {late}")
+    if backlog:
+        for c in checkers:
+            c.proc.send_signal(signal.SIGSTOP)
     before = client.stats().body["total"]
     started = time.monotonic()
     rep = client.gen_start(gen_id=GEN_ID, **cfg)
@@ -126,6 +132,11 @@ def run(client, consumers, cfg, folder, timeout):
     kabi.wait_until(lambda: client.gen_stats(GEN_ID).body["state"] in DONE, timeout)
     gen_seconds = time.monotonic() - started
     kabi.wait_until(lambda: client.stats().body["total"]["queued"] == 0, 30)
+    if backlog:  # every message is on the sockets now (or counted as dropped): the checkers' clocks start
+        started = time.monotonic()
+        deadline = started + timeout
+        for c in checkers:
+            c.proc.send_signal(signal.SIGCONT)
     for c in checkers:
         wait_empty(c, started, deadline)
     stats = client.gen_stats(GEN_ID).body
@@ -156,11 +167,13 @@ def main():
     cfg = dict(plan["generator"])
     with kabi.CtlClient(timeout=10.0) as client:
         client.gen_stop(kabi.CNLAB_GEN_ALL)
+        backlog = bool(plan.get("backlog", False))
         if plan.get("together", True):
-            runs = [run(client, plan["consumers"], cfg, folder, timeout)]
+            runs = [run(client, plan["consumers"], cfg, folder, timeout, backlog)]
         else:
-            runs = [run(client, {name: argv}, cfg, folder, timeout) for name, argv in plan["consumers"].items()]
-    print(json.dumps({"together": plan.get("together", True), "generator": cfg, "runs": runs}))
+            runs = [run(client, {name: argv}, cfg, folder, timeout, backlog)
+                    for name, argv in plan["consumers"].items()]
+    print(json.dumps({"together": plan.get("together", True), "backlog": backlog, "generator": cfg, "runs": runs}))
     return 0
 
 

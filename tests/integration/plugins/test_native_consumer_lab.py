@@ -26,15 +26,19 @@ FLOOD = {"idx": 0x22, "val": 1, "group": 6, "count": 20000, "duration_ns": 0, "c
          "size_min": 32, "size_max": 32, "context": "kthread", "path": "cbus", "flags": 0, "burst": 256}
 
 
-def _together(guest, generator: dict, rcvbuf: int) -> dict:
+def _rates(guest, generator: dict, rcvbuf: int, together: bool = True, backlog: bool = False) -> list[dict]:
     lib = "/run/cnlab/py"
     put_files(guest, [(PLUGIN_GUESTSIDE / "consume.py", f"{lib}/consume.py", 0o755)])
     groups = ["--groups", str(generator["group"]), "--rcvbuf", str(rcvbuf)]
     plan = {"consumers": {"python": ["python3", f"{lib}/consume.py", *groups], "native": [NATIVE, *groups]},
-            "together": True, "generator": generator, "folder": "/tmp/checkers"}
+            "together": together, "backlog": backlog, "generator": generator, "folder": "/tmp/checkers"}
     result = guest.run(["python3", f"{lib}/consumer_rate.py"], stdin=json.dumps(plan).encode(), timeout=600,
                        check=True)
-    (run,) = json.loads(result.text)["runs"]
+    return json.loads(result.text)["runs"]
+
+
+def _together(guest, generator: dict, rcvbuf: int) -> dict:
+    (run,) = _rates(guest, generator, rcvbuf)
     return run
 
 
@@ -58,6 +62,17 @@ def test_both_checkers_count_every_loss_of_an_overrun(cnlab_guest):
         acc = c["accounting"]
         assert acc["reconciled"], (name, acc)
     assert run["consumers"]["python"]["accounting"]["lost"] > 0, "the flood did not overrun the Python checker"
+
+
+def test_each_checker_reads_a_whole_backlog_queued_while_it_was_stopped(cnlab_guest):
+    runs = _rates(cnlab_guest, FLOOD, 64 << 20, together=False, backlog=True)
+    assert [list(run["consumers"]) for run in runs] == [["python"], ["native"]]
+    for run in runs:
+        (c,) = run["consumers"].values()
+        # the generator finished before the checker read anything: its clock starts when it is let go
+        assert c["received"] == run["generated"] == 2 * FLOOD["count"] and c["gaps"] == 0
+        assert c["accounting"]["reconciled"] and c["accounting"]["lost"] == 0, c["accounting"]
+        assert 0 < c["seconds"] and abs(c["msgs_per_s"] * c["seconds"] - c["received"]) < 0.01 * c["received"]
 
 
 def test_checker_native_is_a_consumer_plugin_of_the_engine(cnlab_lab, tmp_path):

@@ -89,3 +89,30 @@ def test_warm_up_rounds_are_reported_apart_from_the_measured_ones(capsys):
     _print_table({"kernel": "k", "cpus": 2, "accel": "tcg"}, RAW, s)
     out = capsys.readouterr().out
     assert "1 warm-up round(s) of the same size, discarded" in out and "direct 1,866, cbus 2,316" in out
+
+
+def _checkers(python: int, native: int, reconciled: bool = True) -> dict:
+    def consumer(rate: int) -> dict:
+        return {"received": 60000, "seconds": round(60000 / rate, 3), "msgs_per_s": rate,
+                "accounting": {"lost": 0, "counted": 0, "reconciled": reconciled}}
+
+    return {"generator": {"count": 60000, "path": "cbus", "size_min": 32},
+            "runs": [{"gen_msgs_per_s": 120000, "consumers": {"python": consumer(python)}},
+                     {"gen_msgs_per_s": 120000, "consumers": {"native": consumer(native)}}]}
+
+
+def test_the_native_checker_goal_is_judged_on_the_rates_from_a_backlog(capsys):
+    goal = "native_checker>=10x_python_no_unaccounted_loss"
+    # reading as the generator sends, the native checker shows the generator's rate: 9.2x; from a backlog, 25x
+    raw = {**RAW, "checkers": _checkers(13000, 120000), "checkers_backlog": _checkers(12000, 300000)}
+    s = summarise_kmod(raw)
+    assert s["native_checker_ratio"] == 9.23 and s["native_checker_backlog_ratio"] == 25.0 and s["goals"][goal]
+    _print_table({"kernel": "k", "cpus": 2, "accel": "tcg"}, raw, s)
+    printed = capsys.readouterr().out
+    assert "native / python = 9.2x (a checker that keeps up" in printed
+    assert "native / python = 25.0x (each checker's own rate: the goal's)" in printed
+    assert not summarise_kmod({**raw, "checkers_backlog": _checkers(12000, 100000)})["goals"][goal]
+    # unaccounted loss in either measurement fails the goal, whatever the rates
+    assert not summarise_kmod({**raw, "checkers": _checkers(13000, 120000, reconciled=False)})["goals"][goal]
+    # a run from before the backlog measurement is judged on the live one
+    assert not summarise_kmod({**RAW, "checkers": _checkers(13000, 120000)})["goals"][goal]
