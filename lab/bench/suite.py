@@ -19,6 +19,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -61,12 +62,6 @@ def _one(lab: Lab, jobs: int, out_dir: Path) -> dict:
                            for r in records if r.status != "passed"]}
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def run_suite_bench(lab: Lab, json_path: Path, out_dir: Path, runs: int = 1) -> int:
     """``runs`` pairs of runs, each ``-n 1`` then ``-n 2`` (interleaved, so a host whose speed drifts moves both
     alike), into ``out_dir`` (``serial``, ``parallel``; ``serial-K``, ``parallel-K`` with more than one pair);
@@ -90,9 +85,9 @@ def run_suite_bench(lab: Lab, json_path: Path, out_dir: Path, runs: int = 1) -> 
             speedup = f"{pair['speedup']:9.2f}x" if row is pair["parallel"] else ""
             print(f"{label:10}{row['wall_s']:8.1f}{row['guest_s']:9.1f}{row['overhead_pct']:9.1f}%"
                   f"{row['idle_pct']:7.1f}%{row['host_cores_busy']:>8.2f} cores{row['status']:>8}{speedup}")
-    median = {"serial_wall_s": round(_median([p["serial"]["wall_s"] for p in pairs]), 2),
-              "parallel_wall_s": round(_median([p["parallel"]["wall_s"] for p in pairs]), 2),
-              "speedup": round(_median([p["speedup"] for p in pairs]), 2)}
+    median = {"serial_wall_s": round(statistics.median(p["serial"]["wall_s"] for p in pairs), 2),
+              "parallel_wall_s": round(statistics.median(p["parallel"]["wall_s"] for p in pairs), 2),
+              "speedup": round(statistics.median(p["speedup"] for p in pairs), 2)}
     if runs > 1:
         print(f"medians of {runs}: -n 1 {median['serial_wall_s']:.1f} s, -n 2 {median['parallel_wall_s']:.1f} s")
     print(f"speed-up -n 2 over -n 1: {median['speedup']:.2f}x{' (median of the pairs)' if runs > 1 else ''}; "
