@@ -27,7 +27,8 @@ def add_mutate_parser(sub, parser_class, positive_int) -> None:
                         "(lab/guestside/cnlab_checks.py) or pytest (default quick)")
     p.add_argument("--select", default="", metavar="ITEMS",
                    help="quick: scenario names, checks: check names (comma-separated; default: the whole quick "
-                        "set / echo,balance,invariant,perm); pytest: its arguments (a test path or node ids)")
+                        "set / echo,balance,invariant,perm; 'every': every guest check, in the order of "
+                        "cnlab_checks.TESTS); pytest: its arguments (a test path or node ids)")
     p.add_argument("--operators", default=None, metavar="OP,...", help=f"only these ({', '.join(OPERATORS)})")
     p.add_argument("--files", default=None, metavar="FILE,...", help="only these files of kmod/ (e.g. cbus.c)")
     p.add_argument("--id", dest="ids", action="append", default=[], metavar="MUTANT",
@@ -70,6 +71,8 @@ def parse_suite(kind: str, select: str, timeout: float):
         return Suite("quick", items or tuple(known), timeout)
     if kind == "checks":
         known = check_names()
+        if items == ("every",):
+            return Suite("checks", tuple(known), timeout)
         unknown = [x for x in items if x not in known]
         if unknown:
             raise UsageError(f"cnlab mutate: --select {unknown[0]!r}: not a guest check (have: {', '.join(known)})")

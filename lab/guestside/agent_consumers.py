@@ -28,7 +28,7 @@ import time
 import traceback
 
 import kabi
-from forkserver import run_program
+from forkserver import exit_code, run_program
 
 STDERR_TAIL = 2000
 
@@ -70,7 +70,7 @@ class ForkedProgram:
                 run_program(script)
                 code = 0
             except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+                code = exit_code(exc)
             except BaseException:  # noqa: BLE001 - whatever the program raised goes to its stderr file
                 traceback.print_exc()
             finally:

@@ -1866,16 +1866,38 @@ def t_unload_inflight(c, cycles=20):
                   statuses={k: {str(s): n for s, n in v.items()} for k, v in seen.items()})
 
 
-TESTS = {"echo": t_echo, "deliver": t_deliver, "balance": t_balance, "invariant": t_invariant,
-         "perm": t_perm, "fuzz": t_fuzz, "faults": t_faults, "hotplug": t_hotplug,
-         "initfail": t_initfail, "unload": t_unload, "bench": t_bench, "stall_end": t_stall_end,
-         "gen_fail_keeps": t_gen_fail_keeps, "alloc_nth_exact": t_alloc_nth_exact, "drain_budget": t_drain_budget,
-         "bench_status": t_bench_status, "bench_offline": t_bench_offline, "cpu_entries": t_cpu_entries,
-         "bundle_bound": t_bundle_bound, "overrun": t_overrun, "bursts": t_bursts, "hwm_reset": t_hwm_reset,
-         "abi_fuzz": t_abi_fuzz, "bounds": t_bounds, "offline_end": t_offline_end, "nested_irq": t_nested_irq,
-         "unload_inflight": t_unload_inflight}
+# Cheap checks that look at much come first, the long ones last: a mutation run (cnlab mutate --select every,
+# --stop-on-failure) stops at the first failure, so most mutants end within the first minute.
+TESTS = {"echo": t_echo, "perm": t_perm, "balance": t_balance, "invariant": t_invariant, "bench": t_bench,
+         "stall_end": t_stall_end, "gen_fail_keeps": t_gen_fail_keeps, "cpu_entries": t_cpu_entries,
+         "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
+         "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
+         "bench_offline": t_bench_offline, "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds,
+         "abi_fuzz": t_abi_fuzz, "fuzz": t_fuzz, "deliver": t_deliver, "hotplug": t_hotplug,
+         "alloc_nth_exact": t_alloc_nth_exact, "unload_inflight": t_unload_inflight, "nested_irq": t_nested_irq,
+         "unload": t_unload}
 ALL = ["echo", "deliver", "balance", "invariant", "perm", "fuzz", "faults", "bench", "hotplug", "invariant",
        "initfail", "unload"]
+
+
+LOADING_TAINT = 1 << 12 | 1 << 13  # O and E: loading an out-of-tree, unsigned module (lab.guest.kcheck allows them)
+
+
+def read_taint():
+    with open("/proc/sys/kernel/tainted") as fh:
+        return int(fh.read().strip())
+
+
+def stop_reason(results, taint_at_start):
+    """Why --stop-on-failure stops after a check ("" to go on): one of its results failed, or the kernel's
+    taint changed while it ran (a WARNING, lockdep or KASAN report the host's console check will name)."""
+    failed = [r["test"] for r in results if not r["ok"]]
+    if failed:
+        return f"{failed[0]} failed"
+    taint = read_taint()
+    if (taint & ~taint_at_start) & ~LOADING_TAINT:
+        return f"kernel taint {taint_at_start:#x} -> {taint:#x}"
+    return ""
 
 
 def main(argv):
@@ -1892,6 +1914,9 @@ def main(argv):
                     help="hotplug: least offline/online cycles (the load lasts until done, at most 150 s or "
                          "--hotplug-seconds)")
     ap.add_argument("--hotplug-rate", type=int, default=HOTPLUG_RATE, help="msgs/s per generator instance")
+    ap.add_argument("--stop-on-failure", action="store_true",
+                    help="stop after the first check that fails or leaves the kernel tainted (mutation runs: "
+                         "one failure decides); a line {\"stopped\": ...} says after which check and why")
     ap.add_argument("tests", nargs="*", default=["all"])
     args = ap.parse_args(argv)
     names = ALL if args.tests in ([], ["all"]) else args.tests
@@ -1904,8 +1929,10 @@ def main(argv):
     for name in names:
         if name not in TESTS:
             ap.error(f"unknown test {name!r} (choose from {', '.join(TESTS)})")
-    for name in names:
+    taint_at_start = read_taint()
+    for index, name in enumerate(names):
         t0 = time.monotonic()
+        already = len(RESULTS)
         with kabi.CtlClient(timeout=5.0) as c:
             try:
                 TESTS[name](c, **params.get(name, {}))
@@ -1913,6 +1940,12 @@ def main(argv):
                 report(name, False, exception=repr(e))
         print(json.dumps({"test": name, "ok": True, "timing": True,
                           "seconds": round(time.monotonic() - t0, 2)}), flush=True)
+        if args.stop_on_failure and index + 1 < len(names):
+            reason = stop_reason(RESULTS[already:], taint_at_start)
+            if reason:
+                print(json.dumps({"stopped": True, "after": name, "reason": reason,
+                                  "not_run": names[index + 1:]}), flush=True)
+                break
     if not args.no_klog:
         kernel_log_clean()
     return 0 if all(r["ok"] for r in RESULTS) else 1

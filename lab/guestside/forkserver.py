@@ -100,7 +100,7 @@ def run_program(path):
     spec.loader.exec_module(module)
 
 
-def _exit_code(exc):
+def exit_code(exc):
     """What ``python3 PROGRAM`` exits with after ``SystemExit(exc.code)``."""
     if exc.code is None:
         return 0
@@ -146,7 +146,7 @@ def _run(request):
         run_program(program)
         code = 0
     except SystemExit as exc:
-        code = _exit_code(exc)
+        code = exit_code(exc)
     except KeyboardInterrupt:  # as the interpreter ends on an uncaught one: by SIGINT
         traceback.print_exc()
         sys.stderr.flush()

@@ -202,3 +202,13 @@ def test_an_interrupt_does_not_wait_for_the_suites_still_running(fake_lab, tmp_p
     assert time.monotonic() - started < 10
     release.set()
     assert "baseline:basehash" in load_results(tmp_path / "out" / "results.jsonl")
+
+
+def test_every_names_each_guest_check_once_in_the_scripts_order():
+    from lab.cli.mutate import check_names, parse_suite
+
+    suite = parse_suite("checks", "every", 600.0)
+    assert suite.items == tuple(check_names()) and len(set(suite.items)) == len(suite.items) > 20
+    assert suite.items[0] == "echo"
+    with pytest.raises(Exception, match="'every': not a guest check"):
+        parse_suite("checks", "echo,every", 600.0)

@@ -1,0 +1,87 @@
+"""cnlab_checks.py's --stop-on-failure, with the checks and the kernel's taint replaced; its output read back by
+the mutation runner (:func:`lab.engine.mutation.checks_outcome`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+
+from lab.engine.mutation import checks_outcome
+
+from .guest_modules import load_guest_module
+
+
+@pytest.fixture
+def checks(monkeypatch):
+    """The checks script with three fake checks: ``good``, ``bad`` (fails) and ``warns`` (taints the kernel);
+    the order the checks ran in is ``module.ran``."""
+    module = load_guest_module("cnlab_checks")
+    module.ran = []
+    module.taint = 0x3000  # O and E, as a loaded lab module leaves it
+
+    def good(c):
+        module.ran.append("good")
+        module.report("good", True)
+
+    def bad(c):
+        module.ran.append("bad")
+        module.report("bad", False, why="counted 3, expected 4")
+
+    def warns(c):
+        module.ran.append("warns")
+        module.taint |= 1 << 9  # W
+        module.report("warns", True)
+
+    monkeypatch.setattr(module, "TESTS", {"good": good, "bad": bad, "warns": warns})
+    monkeypatch.setattr(module, "read_taint", lambda: module.taint)
+    monkeypatch.setattr(module.kabi, "CtlClient", lambda timeout: contextlib.nullcontext())
+    monkeypatch.setattr(module, "RESULTS", [])
+    return module
+
+
+def _run(module, capsys, *argv):
+    status = module.main(["--no-klog", *argv])
+    return status, capsys.readouterr().out
+
+
+def test_a_failed_check_stops_the_run_and_says_what_was_not_run(checks, capsys):
+    status, out = _run(checks, capsys, "--stop-on-failure", "good", "bad", "good", "warns")
+    assert status == 1 and checks.ran == ["good", "bad"]
+    stopped = [json.loads(line) for line in out.splitlines() if '"stopped"' in line]
+    assert stopped == [{"stopped": True, "after": "bad", "reason": "bad failed", "not_run": ["good", "warns"]}]
+    failed, not_run = checks_outcome(out, ("good", "bad", "good", "warns"))
+    assert not_run == ["good", "warns"]
+    assert len(failed) == 1 and failed[0].startswith("bad: ") and "counted 3" in failed[0]
+
+
+def test_a_new_taint_stops_the_run_although_the_check_passed(checks, capsys):
+    status, out = _run(checks, capsys, "--stop-on-failure", "warns", "good")
+    assert status == 0 and checks.ran == ["warns"]
+    failed, not_run = checks_outcome(out, ("warns", "good"))
+    assert not_run == ["good"]
+    assert failed == ["stopped after warns: kernel taint 0x3000 -> 0x3200"]
+
+
+def test_loading_taint_does_not_stop_and_without_the_flag_every_check_runs(checks, capsys):
+    checks.taint = 0
+
+    def loads_a_module(c):
+        checks.ran.append("loads")
+        checks.taint |= 0x3000
+        checks.report("loads", True)
+
+    checks.TESTS["loads"] = loads_a_module
+    _run(checks, capsys, "--stop-on-failure", "loads", "good")
+    assert checks.ran == ["loads", "good"]
+    status, out = _run(checks, capsys, "bad", "warns", "good")
+    assert status == 1 and checks.ran[2:] == ["bad", "warns", "good"] and '"stopped"' not in out
+    failed, not_run = checks_outcome(out, ("bad", "warns", "good"))
+    assert not_run == [] and len(failed) == 1 and failed[0].startswith("bad: ")
+
+
+def test_a_check_that_printed_nothing_is_a_failure_unless_the_stop_skipped_it():
+    text = json.dumps({"test": "echo", "ok": True}) + "\n" + json.dumps({"test": "echo", "ok": True, "timing": True})
+    failed, not_run = checks_outcome(text + "\nTraceback (most recent call last):\n", ("echo", "balance"))
+    assert failed == ["balance: no result"] and not_run == []
