@@ -154,6 +154,7 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
     from lab.guest.kcheck import KernelWatch
     from lab.guest.machine import Guest
     from lab.guest.qemu_argv import GuestShape
+    from lab.guest.stuckwatch import StuckWatch
 
     mlab = lab.with_module_source(source)
     failed: list[str] = []
@@ -162,9 +163,12 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
                                    cmdline=("slub_debug=FZPU",)), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
             watch = KernelWatch(g)
-            r = g.run(_cbus_checks_argv(lib, suite.items), timeout=suite.timeout)
+            with StuckWatch(g) as stuck:
+                r = g.run(_cbus_checks_argv(lib, suite.items), timeout=suite.timeout, abort=stuck.tripped)
             (out_dir / "checks.jsonl").write_text(r.text)
             failed, _ = checks_outcome(r.text, suite.items)
+            if stuck.report is not None:  # the kernel will answer no taint or kmemleak question: end here
+                return "killed", " | ".join([f"console: {stuck.report.kind}: {stuck.report.title}"[:300], *failed])
             if r.extra.get("timed_out"):
                 failed.append(f"timed out after {suite.timeout:.0f} s")
             if r.exit_status != 0 and not failed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,9 @@ from lab.command import CommandResult, as_argv, quote_argv
 from lab.deadline import Deadline
 from lab.errors import TransportError
 from lab.image.keys import KNOWN_HOSTS_NAME
+
+#: How often a command's wait looks at its ``abort`` event, in seconds.
+ABORT_POLL_S = 0.5
 
 __all__ = ["SSHSession"]
 
@@ -84,9 +88,10 @@ class SSHSession:
                 look_for_keys=False, allow_agent=False, timeout=remaining,
                 banner_timeout=remaining, auth_timeout=remaining,
             )
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:  # EOFError: the peer (or interrupt) closed it
             client.close()
-            raise TransportError(f"SSH to {self.host}:{self.port} failed: {exc}") from exc
+            why = str(exc) or f"{type(exc).__name__} (the connection was closed)"
+            raise TransportError(f"SSH to {self.host}:{self.port} failed: {why}") from exc
         finally:
             self._connecting = None
         transport = client.get_transport()
@@ -136,8 +141,11 @@ class SSHSession:
 
     # -------------------------------------------------------------- commands
     def run(self, argv: list[str], timeout: float | None = None, stdin: bytes | None = None,
-            sink: OutputSink | None = None, check: bool = False) -> CommandResult:
-        """Run ``argv`` in the guest; ``sink(stream, chunk)`` sees output as it comes."""
+            sink: OutputSink | None = None, check: bool = False,
+            abort: threading.Event | None = None) -> CommandResult:
+        """Run ``argv`` in the guest; ``sink(stream, chunk)`` sees output as it comes.  Once ``abort`` is set
+        (by another thread) the command is left as a timed-out one is: its channel closed, status -1, the
+        output so far kept, ``extra["aborted"]`` true."""
         argv = as_argv(argv)
         started = time.monotonic()
         try:
@@ -150,7 +158,7 @@ class SSHSession:
         channel.shutdown_write()
         out, err = bytearray(), bytearray()
         deadline = Deadline(timeout, f"{argv[0]} in the guest") if timeout else None
-        timed_out = False
+        timed_out = aborted = False
         try:
             while True:
                 drained = self._drain(channel, out, err, sink)
@@ -163,16 +171,19 @@ class SSHSession:
                 if deadline and deadline.expired():
                     timed_out = True
                     break
-                select.select([channel], [], [], min(wait, 5.0))
-            status = -1 if timed_out else channel.recv_exit_status()
+                if abort is not None and abort.is_set():
+                    aborted = True
+                    break
+                select.select([channel], [], [], min(wait, 5.0 if abort is None else ABORT_POLL_S))
+            status = -1 if timed_out or aborted else channel.recv_exit_status()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransportError(f"SSH failed while running {argv[0]}: {exc}") from exc
         finally:
             channel.close()
-        if status == -1 and not timed_out and not self.connected:
+        if status == -1 and not timed_out and not aborted and not self.connected:
             raise TransportError(f"SSH connection lost while running {argv[0]}")
         result = CommandResult(argv, status, bytes(out), bytes(err), time.monotonic() - started,
-                               {"timed_out": timed_out})
+                               {"timed_out": timed_out, "aborted": aborted})
         return result.check() if check else result
 
     @staticmethod

@@ -233,3 +233,15 @@ def test_interrupt_ends_a_connect_waiting_for_the_banner_in_another_thread(tmp_p
             session.connect(Deadline(5, "test connect"))  # an interrupted session stays given up
     finally:
         silent.close()
+
+
+def test_abort_from_another_thread_ends_the_command(keys, server):
+    session = _session(keys, server)
+    abort = threading.Event()
+    threading.Timer(0.5, abort.set).start()
+    started = time.monotonic()
+    result = session.run(["sleep", "20"], timeout=30, abort=abort)
+    assert time.monotonic() - started < 5
+    assert result.extra == {"timed_out": False, "aborted": True} and result.exit_status == -1
+    assert session.run(["echo", "next"]).stdout == b"next\n"  # the session is still usable
+    session.close()
