@@ -954,6 +954,58 @@ def t_stall_end(c):
                   received=cons.received)
 
 
+BUNDLE_PACK_LEN = 108  # a bundled event then takes sizeof(cn_msg) + 108 = 128 bytes, 64 to the default 8,192
+
+
+def bundle_sizes(sock, want, seconds=10.0):
+    """Read ``want`` generator messages from ``sock``: (inner messages per bundle, unbundled messages, bundles
+    whose inner messages do not all carry the bundle's id, bundles whose header seq is not the first inner
+    message's, whether each bundle's inner seqs rise)."""
+    buf = bytearray(1 << 17)
+    sizes, plain, foreign, bad_seq, rising = [], 0, 0, 0, True
+    end = time.monotonic() + seconds
+    while sum(sizes) + plain < want and time.monotonic() < end:
+        if not select.select([sock], [], [], 0.5)[0]:
+            continue
+        n = sock.recv_into(buf)
+        for m in kabi.parse_datagram(buf, n):
+            if not m.flags & kabi.CNLAB_CN_F_BUNDLE:
+                plain += 1
+                continue
+            inner = kabi.parse_bundle(m.data)
+            sizes.append(len(inner))
+            foreign += any(i.id != m.id for i in inner)
+            bad_seq += bool(inner) and m.seq != inner[0].seq
+            rising = rising and all(a.seq < b.seq for a, b in zip(inner, inner[1:], strict=False))
+    return sizes, plain, foreign, bad_seq, rising
+
+
+def t_bundle_pack(c, count=300):
+    """A queue drained in one batch is packed greedily: with the drain stalled, ``count`` bundled events of one
+    id on one CPU go out as full bundles of bundle_bytes // (sizeof(cn_msg) + length) events each (the last
+    one the rest), every inner message with the bundle's id and the bundle's seq its first message's."""
+    wait_drained(c)
+    with open("/sys/module/cnlab/parameters/bundle_bytes") as f:
+        per_bundle = int(f.read()) // (kabi.CN_MSG.size + BUNDLE_PACK_LEN)
+    expected = [per_bundle] * (count // per_bundle) + ([count % per_bundle] if count % per_bundle else [])
+    sock = kabi.open_socket([GROUP], 16 << 20)
+    try:
+        c.fault(kabi.CNLAB_FAULT_STALL_MS, 30000)
+        g, err = run_gen(c, None, 13, count, context="kthread", path="cbus", cpu_mask=1, rate=0,
+                         size_min=BUNDLE_PACK_LEN, size_max=BUNDLE_PACK_LEN, flags=kabi.CNLAB_GEN_F_BUNDLE)
+        held = kabi.wait_until(lambda: c.stats().body["total"]["queued"] >= count, 5)
+        c.fault(kabi.CNLAB_FAULT_STALL_MS, 0)
+        drained = wait_drained(c).body["total"]["queued"] == 0
+        sizes, plain, foreign, bad_seq, rising = bundle_sizes(sock, count)
+    finally:
+        sock.close()
+        stall_end(c)
+    good = (g is not None and bool(held) and drained and sizes == expected and plain == 0 and foreign == 0
+            and bad_seq == 0 and rising)
+    return report("bundle_pack", good, error=err, held=bool(held), expected=expected, bundles=sizes[:20],
+                  unbundled=plain, foreign_inner=foreign, bad_header_seq=bad_seq, inner_seq_rising=rising)
+
+
 def t_hwm_reset(c):
     """STATS with CNLAB_STATS_F_RESET_HWM restarts the high-water mark: a stalled queue's peak is gone after it."""
     wait_drained(c)
@@ -1869,7 +1921,8 @@ def t_unload_inflight(c, cycles=20):
 # Cheap checks that look at much come first, the long ones last: a mutation run (cnlab mutate --select every,
 # --stop-on-failure) stops at the first failure, so most mutants end within the first minute.
 TESTS = {"echo": t_echo, "perm": t_perm, "balance": t_balance, "invariant": t_invariant, "bench": t_bench,
-         "stall_end": t_stall_end, "gen_fail_keeps": t_gen_fail_keeps, "cpu_entries": t_cpu_entries,
+         "stall_end": t_stall_end, "bundle_pack": t_bundle_pack, "gen_fail_keeps": t_gen_fail_keeps,
+         "cpu_entries": t_cpu_entries,
          "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
          "bench_offline": t_bench_offline, "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds,

@@ -268,6 +268,13 @@ def test_bundle_bytes_is_bounded_by_the_connector_maximum(pool):
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
+def test_a_backlog_of_one_id_is_packed_into_full_bundles(pool):
+    """300 bundled events queued behind a stalled drain go out as bundles of 64 (8,192 bytes / 128), then 44."""
+    res = run_checks(pool, "2cpu", 2, ["bundle_pack", "invariant"])
+    assert res["bundle_pack"][0]["bundles"] == [64, 64, 64, 64, 44]
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
 def test_overrun_is_counted_apart_from_no_listener(pool):
     """A full listener's drops are overruns (CBUS and direct), equal to the socket's own drop count."""
     res = run_checks(pool, "2cpu", 2, ["overrun", "invariant"])

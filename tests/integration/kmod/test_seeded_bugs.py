@@ -99,6 +99,10 @@ BENCH_FIGURE_MISSCALED = ("bench.c", "div_u64(ns * 1000, n)", "div_u64(ns * 999,
 BENCH_NOT_CLOSED = ("bench.c", "\tWRITE_ONCE(bench_closing, true);\n\tflush_work(&bench_work);\n",
                     "\tflush_work(&bench_work);\n")
 
+#: cbus.c: a bundle is flushed when the next event would fill it exactly, not only when it would not fit.
+BUNDLE_FLUSHED_ONE_EARLY = ("cbus.c", "\t\t     b->len + size > bundle_bytes))\n", "\t\t     b->len + size >= bundle_bytes))\n")
+#: cbus.c: a bundle is flushed when the next event has the same connector idx (instead of another one).
+BUNDLE_FLUSHED_ON_SAME_ID = ("cbus.c", "b->id.idx != ev->msg.id.idx", "b->id.idx == ev->msg.id.idx")
 
 def _run_checks(lab: Lab, tests: list[str], *options: str, timeout: float = 900) -> tuple[dict, str, str]:
     """Boot a 2-vCPU guest of ``lab``, run guest checks; (results by test, console problems, guest error)."""
@@ -176,3 +180,14 @@ def test_bench_one_chunk_catches_a_misscaled_per_call_figure(cnlab_lab, tmp_path
     (one,) = res["bench_one_chunk"]
     assert not one["ok"]
     assert all(one["per_call_x1000"][path] < one["total_ns_x1000_per_call"][path] for path in ("cbus", "direct"))
+
+
+@pytest.mark.parametrize("seed, bundles", [
+    (BUNDLE_FLUSHED_ONE_EARLY, [63, 63, 63, 63, 48]),
+    (BUNDLE_FLUSHED_ON_SAME_ID, [1] * 20),  # the check keeps the first 20 sizes
+], ids=["flushed-one-early", "flushed-on-same-id"])
+def test_bundle_pack_catches_bundles_flushed_before_they_are_full(cnlab_lab, tmp_path, seed, bundles):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, seed), ["bundle_pack"])
+    assert not error and not console, (error, console)
+    (pack,) = res["bundle_pack"]
+    assert not pack["ok"] and pack["expected"] == [64, 64, 64, 64, 44] and pack["bundles"] == bundles, pack
