@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lab.errors import UsageError
 from lab.image.module import kmod_dir
-from lab.image.mutants import OPERATORS, generate_mutants, select_mutants
+from lab.image.mutants import EQUIVALENTS_FILE, OPERATORS, generate_mutants, load_equivalents, select_mutants
 
 __all__ = ["add_mutate_parser", "mutate_command", "check_names", "parse_suite"]
 
@@ -123,6 +123,10 @@ def mutate_command(args: argparse.Namespace, make_lab) -> int:
             raise UsageError(f"cnlab mutate: --id {missing[0]}: no such mutant in this selection "
                              "(cnlab mutate --list prints the ids)")
     chosen = select_mutants(mutants, args.limit, args.seed, args.ids)
+    try:
+        equivalents = load_equivalents()
+    except ValueError as exc:
+        raise UsageError(f"cnlab mutate: {exc}") from exc
     if args.list:
         for m in chosen:
             print(f"{m.mutant_id}  {m.description}")
@@ -146,16 +150,21 @@ def mutate_command(args: argparse.Namespace, make_lab) -> int:
         # die with this process.
         os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130)
     command = "cnlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cnlab mutate"
-    table = mutation_table(list(results.values()), suite.key if suite else None, command)
+    table = mutation_table(list(results.values()), suite.key if suite else None, command, equivalents)
     write_mutation_table(table, args.out / "mutants.json", args.out / "mutants.html")
     counts = ", ".join(f"{k} {v}" for k, v in table["counts"].items())
     score = table["score"]
     print(f"cnlab mutate: {len(results)} mutants: {counts}")
     if suite is not None:
         print(f"score: {score['killed']} killed, {score['survived']} survived"
-              + (f" ({score['percent']} %)" if score["percent"] is not None else ""))
+              + (f" ({score['percent']} %)" if score["percent"] is not None else "")
+              + (f"; {score['equivalent']} of the survivors listed as equivalent ({EQUIVALENTS_FILE.name}): "
+                 f"{score['killed']} of {score['killed'] + score['survived'] - score['equivalent']} others killed"
+                 + (f" ({score['percent_non_equivalent']} %)" if score["percent_non_equivalent"] is not None
+                    else "") if score["equivalent"] else ""))
         for r in table["mutants"]:
             if r["status"] == "survived":
-                print(f"  survived {r['id']}  {r['description']}")
+                print(f"  survived {r['id']}  {r['description']}"
+                      + (f"  [equivalent: {r['equivalent'][:80]}]" if "equivalent" in r else ""))
     print(f"wrote {args.out / 'mutants.json'} and {args.out / 'mutants.html'}")
     return 1 if any(r["status"] == "error" for r in results.values()) else 0

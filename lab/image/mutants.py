@@ -46,7 +46,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OPERATORS", "Mutant", "Token", "tokenize", "mutants_of_source", "generate_mutants",
+__all__ = ["OPERATORS", "EQUIVALENTS_FILE", "load_equivalents", "Mutant", "Token", "tokenize", "mutants_of_source",
+           "generate_mutants",
            "select_mutants", "write_mutant_tree", "object_code_differs", "object_code_sections", "MUTANT_IGNORE"]
 
 #: Every operator with a one-line description (``cnlab mutate --list-operators``, the docs).
@@ -478,3 +479,28 @@ def object_code_differs(a: Path, b: Path) -> list[str]:
     """The sections whose code, data or relocations differ between two ELF objects (empty: the same code)."""
     left, right = object_code_sections(a), object_code_sections(b)
     return sorted(name for name in set(left) | set(right) if left.get(name) != right.get(name))
+
+
+#: Surviving mutants judged equivalent (or equivalent in effect), one per line: ``ID  reason``; ``#`` comments.
+#: The reasons are argued in docs/kmod.md; the table keeps them beside the mutant and scores without them.
+EQUIVALENTS_FILE = Path(__file__).resolve().parents[2] / "kmod" / "equivalent-mutants.txt"
+
+_MUTANT_ID = re.compile(r"^[\w.-]+\.c:\d+:[a-z]+:[0-9a-f]{10}$")
+
+
+def load_equivalents(path: Path | None = None) -> dict[str, str]:
+    """The mutant ids listed in ``path`` (default :data:`EQUIVALENTS_FILE`) with their reasons (none if it does
+    not exist); a line that is not ``ID  reason`` is a :class:`ValueError` naming it."""
+    path = path or EQUIVALENTS_FILE
+    found: dict[str, str] = {}
+    if not path.is_file():
+        return found
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        mutant_id, _, reason = line.partition(" ")
+        if not _MUTANT_ID.match(mutant_id) or not reason.strip():
+            raise ValueError(f"{path}:{number}: not 'FILE:LINE:OPERATOR:HASH  reason': {line[:80]!r}")
+        found[mutant_id] = reason.strip()
+    return found

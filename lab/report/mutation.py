@@ -12,20 +12,34 @@ __all__ = ["mutation_table", "write_mutation_table"]
 _ORDER = ("survived", "killed", "error", "built", "unchanged", "warning", "compile-error")
 
 
-def mutation_table(records: list[dict], suite: str | None, command: str) -> dict:
-    """The table: counts by status and operator, the score (killed / (killed + survived)), every mutant."""
+def mutation_table(records: list[dict], suite: str | None, command: str,
+                   equivalents: dict[str, str] | None = None) -> dict:
+    """The table: counts by status and operator, the score (killed / (killed + survived)), every mutant.
+
+    A survivor listed in ``equivalents`` (id -> reason, :func:`lab.image.mutants.load_equivalents`) keeps
+    its status and gets the reason as ``equivalent``; the score also says how many of the non-equivalent
+    mutants were killed (``percent_non_equivalent``)."""
+    equivalents = equivalents or {}
+    records = [{**r, "equivalent": equivalents[r["id"]]} if r["status"] == "survived" and r["id"] in equivalents
+               else r for r in records]
     counts = Counter(r["status"] for r in records)
     killed, survived = counts.get("killed", 0), counts.get("survived", 0)
+    equivalent = sum(1 for r in records if "equivalent" in r)
     by_op: dict[str, Counter] = {}
     for r in records:
         by_op.setdefault(r["operator"], Counter())[r["status"]] += 1
     rows = sorted(records, key=lambda r: (_ORDER.index(r["status"]) if r["status"] in _ORDER else 99,
                                           r["file"], r["line"], r["id"]))
     return {"schema": 1, "suite": suite, "command": command, "counts": dict(sorted(counts.items())),
-            "score": {"killed": killed, "survived": survived,
-                      "percent": round(100.0 * killed / (killed + survived), 1) if killed + survived else None},
+            "score": {"killed": killed, "survived": survived, "equivalent": equivalent,
+                      "percent": _percent(killed, killed + survived),
+                      "percent_non_equivalent": _percent(killed, killed + survived - equivalent)},
             "by_operator": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())},
             "mutants": rows}
+
+
+def _percent(part: int, whole: int) -> float | None:
+    return round(100.0 * part / whole, 1) if whole else None
 
 
 def write_mutation_table(table: dict, json_path: Path, html_path: Path) -> None:
@@ -40,14 +54,17 @@ def _html(table: dict) -> str:
     suite = table["suite"] or "none (build only)"
     head = (f"<p>suite <code>{e(suite)}</code>; command <code>{e(table['command'])}</code></p>"
             f"<p>score: <b>{score['killed']} killed, {score['survived']} survived</b>"
-            + (f" ({score['percent']} % killed)" if score["percent"] is not None else "") + "</p>"
+            + (f" ({score['percent']} % killed)" if score["percent"] is not None else "")
+            + (f"; {score['equivalent']} of the survivors equivalent: {score['percent_non_equivalent']} % of the "
+               "others killed" if score["equivalent"] else "") + "</p>"
             + "<p>" + ", ".join(f"{e(k)} {v}" for k, v in table["counts"].items()) + "</p>")
     ops = "".join(f"<tr><td>{e(op)}</td><td>{e(', '.join(f'{k} {v}' for k, v in c.items()))}</td></tr>"
                   for op, c in table["by_operator"].items())
     rows = []
     for r in table["mutants"]:
         rows.append(f"<tr class='{e(r['status'])}'><td><code>{e(r['id'])}</code></td><td>{e(r['status'])}</td>"
-                    f"<td>{e(r.get('description', ''))}</td><td>{e(str(r.get('detail', '')))}</td>"
+                    f"<td>{e(r.get('description', ''))}</td><td>{e(str(r.get('detail', '')))}"
+                    + (f"<br><i>equivalent: {e(r['equivalent'])}</i>" if "equivalent" in r else "") + "</td>"
                     f"<td><pre>{e(r.get('diff', ''))}</pre></td></tr>")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>cnlab mutate</title><style>"
             "body{font-family:sans-serif;margin:1em} table{border-collapse:collapse} "

@@ -110,7 +110,8 @@ def test_the_table_has_the_score_and_every_diff(tmp_path):
             {"id": "a.c:3:constant:3", "file": "a.c", "line": 3, "operator": "constant", "status": "unchanged",
              "description": "1 -> 2", "diff": "<d>"}]
     table = mutation_table(recs, "quick:echo", "cnlab mutate")
-    assert table["score"] == {"killed": 1, "survived": 1, "percent": 50.0}
+    assert table["score"] == {"killed": 1, "survived": 1, "equivalent": 0, "percent": 50.0,
+                              "percent_non_equivalent": 50.0}
     assert [r["status"] for r in table["mutants"]] == ["survived", "killed", "unchanged"]
     write_mutation_table(table, tmp_path / "t.json", tmp_path / "t.html")
     page = (tmp_path / "t.html").read_text()
@@ -212,3 +213,38 @@ def test_every_names_each_guest_check_once_in_the_scripts_order():
     assert suite.items[0] == "echo"
     with pytest.raises(Exception, match="'every': not a guest check"):
         parse_suite("checks", "echo,every", 600.0)
+
+
+def test_a_survivor_listed_as_equivalent_keeps_its_status_and_is_scored_apart(tmp_path, monkeypatch, capsys):
+    from lab.image import mutants
+
+    recs = [{"id": f"a.c:{n}:negate:{n:010x}", "file": "a.c", "line": n, "operator": "negate", "status": status,
+             "description": "== -> !="} for n, status in enumerate(["killed"] * 3 + ["survived"] * 2, start=1)]
+    listed = tmp_path / "equivalent-mutants.txt"
+    listed.write_text("# id  reason\n\na.c:4:negate:0000000004  a dynamic hotplug state is never 0\n"
+                      "a.c:1:negate:0000000001  killed anyway: not counted\n")
+    equivalents = mutants.load_equivalents(listed)
+    table = mutation_table(recs, "checks:echo", "cnlab mutate", equivalents)
+    assert table["score"] == {"killed": 3, "survived": 2, "equivalent": 1, "percent": 60.0,
+                              "percent_non_equivalent": 75.0}
+    by_id = {r["id"]: r for r in table["mutants"]}
+    assert by_id["a.c:4:negate:0000000004"]["equivalent"].startswith("a dynamic")
+    assert "equivalent" not in by_id["a.c:1:negate:0000000001"]
+    assert by_id["a.c:4:negate:0000000004"]["status"] == "survived"
+    write_mutation_table(table, tmp_path / "t.json", tmp_path / "t.html")
+    assert "equivalent: a dynamic hotplug state" in (tmp_path / "t.html").read_text()
+    listed.write_text("a.c:4:negate  no hash\n")
+    with pytest.raises(ValueError, match="equivalent-mutants.txt:1: not 'FILE:LINE:OPERATOR:HASH  reason'"):
+        mutants.load_equivalents(listed)
+    monkeypatch.setattr(mutants, "EQUIVALENTS_FILE", listed)
+    assert main(["mutate", "--list", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "equivalent-mutants.txt:1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_listed_equivalents_name_mutants_that_exist():
+    from lab.image.mutants import load_equivalents
+
+    known = {m.mutant_id for m in generate_mutants(kmod_dir())}
+    listed = load_equivalents()
+    assert listed and not set(listed) - known, sorted(set(listed) - known)
