@@ -163,6 +163,9 @@ def mutate_command(args: argparse.Namespace, make_lab) -> int:
                  + (f" ({score['percent_non_equivalent']} %)" if score["percent_non_equivalent"] is not None
                     else "") if score["equivalent"] else ""))
         for r in table["mutants"]:
+            if "listed_equivalent" in r:
+                print(f"  warning: {r['id']} is listed in {EQUIVALENTS_FILE.name} as equivalent but was killed: "
+                      f"{r.get('detail', '')[:100]}")
             if r["status"] == "survived":
                 print(f"  survived {r['id']}  {r['description']}"
                       + (f"  [equivalent: {r['equivalent'][:80]}]" if "equivalent" in r else ""))

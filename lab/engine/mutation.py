@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lab.errors import BuildError, GuestError, LabError
 from lab.guest.labsetup import Lab
+from lab.guest.stuckwatch import StuckWatch
 from lab.image.module import CompileError, build_module, kmod_dir
 from lab.image.mutants import Mutant, object_code_differs, write_mutant_tree
 
@@ -100,7 +101,10 @@ def checks_outcome(text: str, items: tuple[str, ...]) -> tuple[list[str], list[s
     for line in text.splitlines():
         if not line.startswith("{"):
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except ValueError:  # the last line, cut short when the command was aborted or timed out
+            continue
         if rec.get("stopped"):
             not_run = list(rec["not_run"])
             if not failed:
@@ -158,16 +162,17 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
     from lab.guest.kcheck import KernelWatch
     from lab.guest.machine import Guest
     from lab.guest.qemu_argv import GuestShape
-    from lab.guest.stuckwatch import StuckWatch
 
     mlab = lab.with_module_source(source)
     failed: list[str] = []
+    stuck: StuckWatch | None = None
     try:
         with Guest(mlab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="mutant",
                                    cmdline=("slub_debug=FZPU", HUNG_TASK_CMDLINE)), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
             watch = KernelWatch(g)
-            with StuckWatch(g) as stuck:
+            stuck = StuckWatch(g)
+            with stuck:
                 r = g.run(_cbus_checks_argv(lib, suite.items), timeout=suite.timeout, abort=stuck.tripped)
             (out_dir / "checks.jsonl").write_text(r.text)
             failed, _ = checks_outcome(r.text, suite.items)
@@ -184,6 +189,10 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
             elif not report.clean:
                 failed.append("console: " + report.describe()[:200])
     except GuestError as exc:  # the mutant crashed the guest, or the module did not load
+        # a panic with panic=-1 ends QEMU, and SSH with it, before the watch's next look: name the panic
+        found = stuck.check() if stuck is not None else None
+        if found is not None:
+            failed.insert(0, f"console: {found.kind}: {found.title}"[:300])
         failed.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     return ("killed", " | ".join(failed)) if failed else ("survived", f"{len(suite.items)} checks passed")
 

@@ -173,6 +173,7 @@ class SSHSession:
                     break
                 if abort is not None and abort.is_set():
                     aborted = True
+                    self._drain(channel, out, err, sink)  # what arrived since the last look
                     break
                 select.select([channel], [], [], min(wait, 5.0 if abort is None else ABORT_POLL_S))
             status = -1 if timed_out or aborted else channel.recv_exit_status()

@@ -8,11 +8,14 @@ the console in a thread and, at the first report that means the kernel is stuck,
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from lab.guest.console_scan import PATTERNS, KernelReport, scan_console
 
 __all__ = ["STUCK_KINDS", "StuckWatch"]
+
+log = logging.getLogger(__name__)
 
 #: Console report kinds (:data:`lab.guest.console_scan.PATTERNS`) after which a running command is not
 #: expected to end: the kernel panicked, a CPU is locked up, RCU stalls, or a task hangs in the kernel.
@@ -59,5 +62,8 @@ class StuckWatch:
 
     def _watch(self) -> None:
         while not self._closing.wait(self.interval):
-            if self.check() is not None:
-                return
+            try:
+                if self.check() is not None:
+                    return
+            except Exception:  # noqa: BLE001 - a watch that stops would leave only the command's timeout
+                log.exception("reading the console of %s failed; looking again", getattr(self.guest, "spec", "?"))

@@ -25,6 +25,9 @@ def mutation_table(records: list[dict], suite: str | None, command: str,
     counts = Counter(r["status"] for r in records)
     killed, survived = counts.get("killed", 0), counts.get("survived", 0)
     equivalent = sum(1 for r in records if "equivalent" in r)
+    # a kill disproves a listing: the table says so beside the mutant
+    records = [{**r, "listed_equivalent": equivalents[r["id"]]} if r["status"] == "killed" and r["id"] in equivalents
+               else r for r in records]
     by_op: dict[str, Counter] = {}
     for r in records:
         by_op.setdefault(r["operator"], Counter())[r["status"]] += 1
@@ -55,8 +58,10 @@ def _html(table: dict) -> str:
     head = (f"<p>suite <code>{e(suite)}</code>; command <code>{e(table['command'])}</code></p>"
             f"<p>score: <b>{score['killed']} killed, {score['survived']} survived</b>"
             + (f" ({score['percent']} % killed)" if score["percent"] is not None else "")
-            + (f"; {score['equivalent']} of the survivors equivalent: {score['percent_non_equivalent']} % of the "
-               "others killed" if score["equivalent"] else "") + "</p>"
+            + (f"; {score['equivalent']} of the survivors equivalent: {score['killed']} of the "
+               f"{score['killed'] + score['survived'] - score['equivalent']} others killed"
+               + (f" ({score['percent_non_equivalent']} %)" if score["percent_non_equivalent"] is not None else "")
+               if score["equivalent"] else "") + "</p>"
             + "<p>" + ", ".join(f"{e(k)} {v}" for k, v in table["counts"].items()) + "</p>")
     ops = "".join(f"<tr><td>{e(op)}</td><td>{e(', '.join(f'{k} {v}' for k, v in c.items()))}</td></tr>"
                   for op, c in table["by_operator"].items())

@@ -230,6 +230,7 @@ def test_a_survivor_listed_as_equivalent_keeps_its_status_and_is_scored_apart(tm
     by_id = {r["id"]: r for r in table["mutants"]}
     assert by_id["a.c:4:negate:0000000004"]["equivalent"].startswith("a dynamic")
     assert "equivalent" not in by_id["a.c:1:negate:0000000001"]
+    assert by_id["a.c:1:negate:0000000001"]["listed_equivalent"] == "killed anyway: not counted"
     assert by_id["a.c:4:negate:0000000004"]["status"] == "survived"
     write_mutation_table(table, tmp_path / "t.json", tmp_path / "t.html")
     assert "equivalent: a dynamic hotplug state" in (tmp_path / "t.html").read_text()
@@ -248,3 +249,19 @@ def test_the_listed_equivalents_name_mutants_that_exist():
     known = {m.mutant_id for m in generate_mutants(kmod_dir())}
     listed = load_equivalents()
     assert listed and not set(listed) - known, sorted(set(listed) - known)
+
+
+def test_every_survivor_listed_as_equivalent_and_none_killed_reads_without_a_percentage(tmp_path):
+    recs = [{"id": "a.c:1:negate:0000000001", "file": "a.c", "line": 1, "operator": "negate", "status": "survived",
+             "description": "== -> !="}]
+    table = mutation_table(recs, "checks:echo", "cnlab mutate", {"a.c:1:negate:0000000001": "never 0"})
+    assert table["score"]["percent_non_equivalent"] is None
+    write_mutation_table(table, tmp_path / "t.json", tmp_path / "t.html")
+    page = (tmp_path / "t.html").read_text()
+    assert "None" not in page and "0 of the 0 others killed" in page
+
+
+def test_a_cut_short_last_line_is_no_result_not_an_error():
+    text = '{"test": "echo", "ok": true}\n{"test": "echo", "ok": true, "timing": true}\n{"test": "bal'
+    failed, not_run = mutation.checks_outcome(text, ("echo", "balance"))
+    assert failed == ["balance: no result"] and not_run == []

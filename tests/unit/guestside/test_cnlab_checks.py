@@ -85,3 +85,9 @@ def test_a_check_that_printed_nothing_is_a_failure_unless_the_stop_skipped_it():
     text = json.dumps({"test": "echo", "ok": True}) + "\n" + json.dumps({"test": "echo", "ok": True, "timing": True})
     failed, not_run = checks_outcome(text + "\nTraceback (most recent call last):\n", ("echo", "balance"))
     assert failed == ["balance: no result"] and not_run == []
+
+
+def test_the_taint_the_stop_allows_is_the_taint_the_console_check_allows(checks):
+    from lab.guest.kcheck import ALLOWED_TAINT
+
+    assert checks.LOADING_TAINT == ALLOWED_TAINT
