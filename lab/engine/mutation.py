@@ -80,10 +80,6 @@ def warning_lines(build_log: str) -> set[str]:
     return found
 
 
-#: A task blocked this long is reported (and StuckWatch ends the checks); the kernel's default is 120 s.
-HUNG_TASK_CMDLINE = "sysctl.kernel.hung_task_timeout_secs=60"
-
-
 def _cbus_checks_argv(lib: str, items: tuple[str, ...]) -> list[str]:
     # One failure decides a mutant: the checks after it would only cost guest time.  The unload check at
     # CI's size: a leak or imbalance per cycle shows in 30 cycles as in the script's default 100.
@@ -168,9 +164,9 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
     stuck: StuckWatch | None = None
     try:
         with Guest(mlab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="mutant",
-                                   cmdline=("slub_debug=FZPU", HUNG_TASK_CMDLINE)), log_dir=out_dir) as g:
+                                   cmdline=("slub_debug=FZPU",)), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
-            watch = KernelWatch(g)
+            watch = KernelWatch(g, from_boot=True)  # a mutant's init runs at boot: its reports count
             stuck = StuckWatch(g)
             with stuck:
                 r = g.run(_cbus_checks_argv(lib, suite.items), timeout=suite.timeout, abort=stuck.tripped)

@@ -120,15 +120,19 @@ class KernelReport:
 
 
 class KernelWatch:
-    """Console and taint of one guest from now on (guests may be shared)."""
+    """Console and taint of one guest from now on (guests may be shared), or with ``from_boot`` from the
+    guest's start: then what its boot did (a report while the module loaded, a taint it set, a leak of its
+    init) counts too, which a guest that is the test's own needs."""
 
-    def __init__(self, guest) -> None:
+    def __init__(self, guest, from_boot: bool = False) -> None:
         from lab.guest.kmemleak import scan_leaks
 
         self.guest = guest
-        self.console_offset = len(guest.console_text())
-        self.taint_before = guest.tainted()
-        scan_leaks(guest)  # the debug flavour: what leaked before the watch began is read and cleared here
+        self.console_offset = 0 if from_boot else len(guest.console_text())
+        self.taint_before = 0 if from_boot else guest.tainted()
+        # the debug flavour: what leaked before the watch began is read and cleared here (and kept from boot)
+        leaks = scan_leaks(guest)
+        self.early_leaks = leaks if from_boot else []
 
     def report(self) -> KernelReport:
         """Taint, console problems and (debug kernel flavour) the lab module's kmemleak leaks since the start."""
@@ -137,7 +141,7 @@ class KernelWatch:
         taint_after = self.guest.tainted()
         text = self.guest.console_text()[self.console_offset:]
         leaks = [f"kmemleak: {leak['title']} from {' <- '.join(leak['frames'][:4])}"
-                 for leak in scan_leaks(self.guest)]
+                 for leak in self.early_leaks + scan_leaks(self.guest)]
         return KernelReport(self.taint_before, taint_after, console_problems(text) + leaks)
 
     def assert_clean(self) -> KernelReport:

@@ -133,3 +133,21 @@ def test_watch_fails_on_new_problem_and_taint():
         watch.assert_clean()
     assert "new taint 0x200 (W)" in str(err.value)
     assert "WARNING: CPU: 0" in str(err.value)
+
+
+def test_a_watch_from_boot_counts_what_the_boot_reported_tainted_and_leaked():
+    from .test_kmemleak import RECORDS
+
+    boot = ("[ 32.0] BUG: KASAN: global-out-of-bounds in cnlab_gen_init+0x54/0x60 [cnlab]\n"
+            "[ 32.0] Write of size 4 at addr ffffffffc0a012c0 by task insmod/90\n")
+    guest = FakeGuest(boot, [ALLOWED_TAINT | 1 << 5])  # B: bad page, as a KASAN report sets it
+    guest.leaks = RECORDS
+    watch = KernelWatch(guest, from_boot=True)
+    guest.leaks = ""
+    report = watch.report()
+    assert not report.clean and report.new_taint == 1 << 5
+    assert any("KASAN: global-out-of-bounds" in p for p in report.problems)
+    assert any(p.startswith("kmemleak: unreferenced object") for p in report.problems)
+    # the same guest watched from now on sees none of it
+    guest.taints = [ALLOWED_TAINT | 1 << 5, ALLOWED_TAINT | 1 << 5]
+    assert KernelWatch(guest).report().clean
