@@ -265,3 +265,58 @@ def test_a_cut_short_last_line_is_no_result_not_an_error():
     text = '{"test": "echo", "ok": true}\n{"test": "echo", "ok": true, "timing": true}\n{"test": "bal'
     failed, not_run = mutation.checks_outcome(text, ("echo", "balance"))
     assert failed == ["balance: no result"] and not_run == []
+
+
+class _BootGuest:
+    """A guest for the checks suite: its console and taint as given, the checks' output as given."""
+
+    def __init__(self, console, taint=0x3000, output=b""):
+        self.console, self.taint, self.output, self.commands = console, taint, output, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def console_text(self):
+        return self.console
+
+    def tainted(self):
+        return self.taint
+
+    def alive(self):
+        return True
+
+    def run(self, argv, timeout=None, check=False, abort=None, **kw):
+        from lab.command import CommandResult
+
+        self.commands.append(argv)
+        if argv[:2] == ["sh", "-c"]:  # a kmemleak scan: this kernel has none
+            return CommandResult(argv, 3, b"")
+        return CommandResult(argv, 0, self.output)
+
+
+def _checks_with(monkeypatch, tmp_path, guest):
+    import lab.guest.files
+    import lab.guest.machine
+
+    monkeypatch.setattr(lab.guest.machine, "Guest", lambda spec, log_dir=None: guest)
+    monkeypatch.setattr(lab.guest.files, "install_guest_programs", lambda g: "/lib")
+    monkeypatch.setattr("lab.guest.kmemleak._kernel_lacks_kmemleak", lambda g: True)
+    lab = SimpleNamespace(with_module_source=lambda source: SimpleNamespace(guest_spec=lambda *a, **k: None))
+    return mutation._run_checks(lab, Suite("checks", ("echo",)), tmp_path, tmp_path)
+
+
+def test_a_report_while_the_module_loaded_at_boot_kills_the_mutant_before_any_check(monkeypatch, tmp_path):
+    boot = "[ 32.0] BUG: KASAN: global-out-of-bounds in cnlab_gen_init+0x54/0x60 [cnlab]\n"
+    guest = _BootGuest(boot, taint=0x3020)
+    status, detail = _checks_with(monkeypatch, tmp_path, guest)
+    assert status == "killed" and detail.startswith("at boot: new taint 0x20 (B)") and "KASAN" in detail
+    assert not any("cnlab_checks.py" in " ".join(c) for c in guest.commands)
+
+
+def test_a_clean_boot_and_passing_checks_survive(monkeypatch, tmp_path):
+    out = b'{"test": "echo", "ok": true}\n{"test": "echo", "ok": true, "timing": true}\n'
+    status, detail = _checks_with(monkeypatch, tmp_path, _BootGuest("[ 1.0] cnlab: loaded\n", output=out))
+    assert (status, detail) == ("survived", "1 checks passed")
