@@ -1852,8 +1852,10 @@ def t_unload_inflight(c, cycles=20):
     reply must carry a status its type allows at such times (0, the state errors, -ESHUTDOWN), each type must have
     succeeded and BENCH runs must have been cut short by unloads (-ESHUTDOWN); every unload's final counts balance.
     """
+    # BENCH may also time out settling (-ETIMEDOUT): its CPU's queue must empty first, and the GEN_START
+    # thread's generators keep filling it (seen once in 20 cycles on a loaded debug-flavour guest)
     allowed = {"GEN_START": {0, -errno.EBUSY, -errno.ESHUTDOWN}, "GEN_STOP": {0, -errno.ENOENT, -errno.ESHUTDOWN},
-               "GEN_STATS": {0, -errno.ESHUTDOWN}, "BENCH": {0, -errno.EBUSY, -errno.ESHUTDOWN}}
+               "GEN_STATS": {0, -errno.ESHUTDOWN}, "BENCH": {0, -errno.EBUSY, -errno.ESHUTDOWN, -errno.ETIMEDOUT}}
     seen = {k: {} for k in allowed}
     bench_runs = []  # (iterations, status, seconds) of the first BENCH requests
     stop = threading.Event()
