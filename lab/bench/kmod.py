@@ -35,7 +35,7 @@ from pathlib import Path
 from cnlab_plugins.guestside import HERE as PLUGIN_GUESTSIDE
 
 from lab.errors import GuestError
-from lab.guest.files import install_guest_programs, put_files
+from lab.guest.files import GUEST_LIB, install_guest_programs
 from lab.guest.labsetup import Lab
 from lab.guest.machine import Guest
 from lab.guest.qemu_argv import GuestShape
@@ -261,7 +261,9 @@ def _measure_once(lab: Lab, shape: GuestShape) -> dict:
     """Boot a fresh guest, run the guest side, print its table; the run's meta, summary and raw figures."""
     spec = dataclasses.replace(lab.guest_spec(shape, name="bench-kmod", cmdline=BENCH_CMDLINE), snapshots=None)
     with Guest(spec) as guest:
-        lib = install_guest_programs(guest)
+        # consume.py (a plugin's guest program) in the same copy as the lab's: the checkers' runs use it
+        lib = install_guest_programs(guest, extra=[(PLUGIN_GUESTSIDE / "consume.py", f"{GUEST_LIB}/consume.py",
+                                                    0o755)])
         uptime_before, host_before = _guest_uptime(guest), time.monotonic()
         result = guest.run(["python3", f"{lib}/kmod_timing.py"], timeout=900)
         clock_rate = (_guest_uptime(guest) - uptime_before) / (time.monotonic() - host_before)
@@ -289,7 +291,6 @@ def _measure_once(lab: Lab, shape: GuestShape) -> dict:
 def _checker_rates(guest: Guest, lib: str, backlog: bool) -> dict:
     """The Python and the native checker under :data:`CHECKER_FLOOD`, one at a time (consumer_rate.py); with
     ``backlog``, each reads the whole flood queued while it was stopped."""
-    put_files(guest, [(PLUGIN_GUESTSIDE / "consume.py", f"{lib}/consume.py", 0o755)])
     groups = ["--groups", str(CHECKER_FLOOD["group"]), "--rcvbuf", str(CHECKER_RCVBUF)]
     plan = {"consumers": {"python": ["python3", f"{lib}/consume.py", *groups], "native": [NATIVE_CHECKER, *groups]},
             "together": False, "backlog": backlog, "generator": dict(CHECKER_FLOOD), "folder": "/tmp/checker-rates",

@@ -155,7 +155,7 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
     checks' whole report lines go to ``out_dir/checks.jsonl`` and the console log beside it (the outcome's
     detail keeps 200 characters of each failure)."""
     from lab.guest.files import install_guest_programs
-    from lab.guest.kcheck import KernelReport, KernelWatch, console_problems
+    from lab.guest.kcheck import KernelWatch
     from lab.guest.machine import Guest
     from lab.guest.qemu_argv import GuestShape
 
@@ -167,7 +167,7 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
                                    cmdline=("slub_debug=FZPU",)), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
             watch = KernelWatch(g, from_boot=True)  # a mutant's init runs at boot: its reports count
-            at_boot = KernelReport(0, g.tainted(), console_problems(g.console_text()))
+            at_boot = watch.report(leaks=False)  # what the boot did, without a kmemleak scan
             if not at_boot.clean:  # decided before any check: no need to run them
                 return "killed", "at boot: " + at_boot.describe()[:300]
             stuck = StuckWatch(g)

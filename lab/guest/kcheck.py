@@ -134,15 +134,16 @@ class KernelWatch:
         leaks = scan_leaks(guest)
         self.early_leaks = leaks if from_boot else []
 
-    def report(self) -> KernelReport:
-        """Taint, console problems and (debug kernel flavour) the lab module's kmemleak leaks since the start."""
+    def report(self, leaks: bool = True) -> KernelReport:
+        """Taint, console problems and (debug kernel flavour; not without ``leaks``) the lab module's kmemleak
+        leaks since the start."""
         from lab.guest.kmemleak import scan_leaks
 
         taint_after = self.guest.tainted()
         text = self.guest.console_text()[self.console_offset:]
-        leaks = [f"kmemleak: {leak['title']} from {' <- '.join(leak['frames'][:4])}"
-                 for leak in self.early_leaks + scan_leaks(self.guest)]
-        return KernelReport(self.taint_before, taint_after, console_problems(text) + leaks)
+        found = [f"kmemleak: {leak['title']} from {' <- '.join(leak['frames'][:4])}"
+                 for leak in self.early_leaks + scan_leaks(self.guest)] if leaks else []
+        return KernelReport(self.taint_before, taint_after, console_problems(text) + found)
 
     def assert_clean(self) -> KernelReport:
         report = self.report()

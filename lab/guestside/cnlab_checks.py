@@ -853,8 +853,7 @@ def kernel_log_clean():
     bad = [line for line in log.splitlines()
            if any(k in line for k in ("Oops", "BUG:", "WARNING:", "Call Trace", "refcount_t",
                                    "Waiting for cqueue", "general protection", "NOHZ tick-stop"))]
-    taint = open("/proc/sys/kernel/tainted").read().strip()
-    return report("kernel_log", not bad, taint=int(taint), bad=bad[:10])
+    return report("kernel_log", not bad, taint=read_taint(), bad=bad[:10])
 
 
 def t_balance(c, count=3000):

@@ -19,15 +19,10 @@ def mutation_table(records: list[dict], suite: str | None, command: str,
     A survivor listed in ``equivalents`` (id -> reason, :func:`lab.image.mutants.load_equivalents`) keeps
     its status and gets the reason as ``equivalent``; the score also says how many of the non-equivalent
     mutants were killed (``percent_non_equivalent``)."""
-    equivalents = equivalents or {}
-    records = [{**r, "equivalent": equivalents[r["id"]]} if r["status"] == "survived" and r["id"] in equivalents
-               else r for r in records]
+    records = [_with_listing(r, equivalents or {}) for r in records]
     counts = Counter(r["status"] for r in records)
     killed, survived = counts.get("killed", 0), counts.get("survived", 0)
     equivalent = sum(1 for r in records if "equivalent" in r)
-    # a kill disproves a listing: the table says so beside the mutant
-    records = [{**r, "listed_equivalent": equivalents[r["id"]]} if r["status"] == "killed" and r["id"] in equivalents
-               else r for r in records]
     by_op: dict[str, Counter] = {}
     for r in records:
         by_op.setdefault(r["operator"], Counter())[r["status"]] += 1
@@ -39,6 +34,14 @@ def mutation_table(records: list[dict], suite: str | None, command: str,
                       "percent_non_equivalent": _percent(killed, killed + survived - equivalent)},
             "by_operator": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())},
             "mutants": rows}
+
+
+def _with_listing(record: dict, equivalents: dict[str, str]) -> dict:
+    """``record`` with its listed reason: ``equivalent`` on a survivor, ``listed_equivalent`` on a kill (which
+    disproves the listing: the table says so beside the mutant)."""
+    reason = equivalents.get(record["id"])
+    key = {"survived": "equivalent", "killed": "listed_equivalent"}.get(record["status"])
+    return {**record, key: reason} if reason is not None and key else record
 
 
 def _percent(part: int, whole: int) -> float | None:
