@@ -144,16 +144,19 @@ def _verdicts(pm: LabPluginManager, scenario: Scenario, data: dict[str, Any]) ->
 
 def execute_scenario(pm: LabPluginManager, guest: Guest, scenario: Scenario, lib: str,
                      progress: Callable[[str], None] = lambda phase: None,
-                     files_installed: bool = False) -> ScenarioResult:
+                     files_installed: bool = False, from_boot: bool = False) -> ScenarioResult:
     """Run ``scenario`` on ``guest`` (guest programs installed in ``lib``); its result record.
 
     :param files_installed: the plugins' guest files are in the guest already (copied when it booted).
+    :param from_boot: the guest's first scenario: its console and taint are judged from the guest's start
+        (a restored guest's console is headed by its saved boot), so a report or taint while the module
+        loaded fails the scenario instead of passing unseen.
 
     :raises GuestError: the guest died or the agent could not run (the caller retries on a fresh guest).
     """
     started = time.monotonic()
-    console_start = guest.console_log.stat().st_size if guest.console_log.exists() else 0
-    taint_before = guest.tainted()
+    console_start = 0 if from_boot or not guest.console_log.exists() else guest.console_log.stat().st_size
+    taint_before = 0 if from_boot else guest.tainted()
     stash = Stash()
     stash[SETTINGS] = pm.settings
     stash[PLAN] = runtime_plan(scenario, pm, guest.spec.accel.timeout_scale)

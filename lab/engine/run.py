@@ -154,6 +154,7 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
 
             started = time.monotonic()
             boot_s = 0.0
+            new_guest = False
             try:
                 network = guest_network(pm.registries, scenario)
                 if guest is not None and not _reusable(guest, scenario, network, task.fresh):
@@ -167,7 +168,10 @@ def _worker(worker: int, options: LabOptions, plugin_config: PluginOptions | Non
                     guest.start()
                     boot_s = guest.timing.ssh
                     lib = install_lab_files(pm, guest)  # copies nothing: the spec carries the files
-                record = execute_scenario(pm, guest, scenario, lib, progress, files_installed=True)
+                    new_guest = True
+                # a new guest's first scenario is judged from its boot: the module's load counts too
+                record = execute_scenario(pm, guest, scenario, lib, progress, files_installed=True,
+                                          from_boot=new_guest)
             except LabError as exc:
                 console, dead = "", guest
                 if guest is not None:

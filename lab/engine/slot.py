@@ -61,6 +61,7 @@ class GuestSlot:
                  progress: Callable[[str], None] | None) -> ScenarioResult:
         started = time.monotonic()
         boot_s = 0.0
+        new_guest = False
         environment = self.environment
         try:
             network = guest_network(self.pm.registries, scenario)
@@ -75,8 +76,9 @@ class GuestSlot:
                 self._guest.start()
                 boot_s = self._guest.timing.ssh
                 self._lib = install_lab_files(self.pm, self._guest)
+                new_guest = True
             record = execute_scenario(self.pm, self._guest, scenario, self._lib, progress or (lambda phase: None),
-                                      files_installed=True)
+                                      files_installed=True, from_boot=new_guest)
         except LabError as exc:
             console, dead = "", self._guest
             if self._guest is not None:

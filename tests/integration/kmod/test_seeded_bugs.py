@@ -66,6 +66,20 @@ def test_a_message_lost_silently_by_the_producer_fails_the_ledger_and_the_accoun
     assert record.data["agent"]["cbus"]["balanced"] is True
 
 
+#: main.c: the module's init WARNs once, before any scenario runs (a fault of the load itself).
+INIT_WARNS = ("main.c", "\tpr_info(CNLAB_NAME \": loaded, control id %u:%u\\n\",\n",
+              "\tWARN_ON_ONCE(1);\n\tpr_info(CNLAB_NAME \": loaded, control id %u:%u\\n\",\n")
+
+
+def test_a_report_while_the_module_loads_fails_the_new_guests_first_scenario(cnlab_lab, tmp_path):
+    record = _run_scenario(_mutant(cnlab_lab, tmp_path, INIT_WARNS), tmp_path, SCENARIO)
+    verdicts = {v.name: v for v in record.verdicts}
+    assert record.status == "failed" and not verdicts["kernel_problems"].ok, verdicts["kernel_problems"]
+    (report,) = record.kernel_reports
+    assert report["kind"] == "warning" and "cnlab_init" in json.dumps(report), report
+    assert record.console["offset"] == 0 and record.taint["before"] == 0
+
+
 # ------------------------------------------ issue 12: the guest checks of the ABI, bounds and hard classes
 
 #: ctl.c: GEN_STOP dispatched without the CAP_NET_ADMIN check.

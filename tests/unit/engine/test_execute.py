@@ -304,3 +304,28 @@ def test_guest_setup_args_collects_cmdline_and_qemu_args():
     assert cmdline == ("slub_debug=FZPU", "cnlab.trace_instance=cnlab")
     # the built-in vmcore plugin adds its pvpanic device and monitor (lab.guest.panic) after ours
     assert qemu[:2] == ("-device", "virtio-rng-pci") and "pvpanic-pci" in qemu
+
+
+#: A module whose init WARNed while the guest booted, before any scenario ran.
+BOOT_WARN = ("[    3.330785] cnlab: loading out-of-tree module taints kernel.\n"
+             "[    3.456208] ------------[ cut here ]------------\n"
+             "[    3.456937] WARNING: CPU: 0 PID: 100 at kmod/gen.c:864 cnlab_gen_init+0xb1/0x180 [cnlab]\n"
+             "[    3.457413] Modules linked in: cnlab(OE)\n"
+             "[    3.466304]  cnlab_init+0x17f/0x220 [cnlab]\n"
+             "[    3.467413] ---[ end trace 0000000000000000 ]---\n"
+             "CNLAB-READY nonce=02df8f491884060a cpus=2 modules=/run/cnlab/cnlab.ko:0\n")
+
+
+@pytest.mark.parametrize("from_boot", [False, True])
+def test_a_new_guests_first_scenario_is_judged_from_its_boot(tmp_path, from_boot):
+    guest = FakeGuest(tmp_path)
+    guest.console_log.write_text(BOOT_WARN)
+    guest.spec.image = SimpleNamespace(kernel=SimpleNamespace(release="6.1.0-none"))  # nothing to symbolize with
+    pm = manager()
+    result = execute_scenario(pm, guest, read(pm, {}), "/lib", from_boot=from_boot)
+    problems = next(v for v in result.verdicts if v.name == "kernel_problems")
+    taint = next(v for v in result.verdicts if v.name == "taint")
+    assert taint.ok  # the module's own O and E bits, set at its load, are allowed either way
+    assert problems.ok is not from_boot, problems.detail
+    assert [r["kind"] for r in result.kernel_reports] == (["warning"] if from_boot else [])
+    assert result.taint["before"] == (0 if from_boot else guest.tainted())
