@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from lab.cli.cache_cmd import parse_duration
 from lab.errors import UsageError
 from lab.image.module import kmod_dir
 from lab.image.mutants import EQUIVALENTS_FILE, OPERATORS, generate_mutants, load_equivalents, select_mutants
@@ -38,6 +39,9 @@ def add_mutate_parser(sub, parser_class, positive_int) -> None:
                    help="draw the --limit sample at random with this seed (default: source order)")
     p.add_argument("-n", "--jobs", type=positive_int, default=1, help="guests in parallel (default 1)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one mutant's suite may take")
+    p.add_argument("--budget", type=_budget, default=None, metavar="DURATION",
+                   help="start no suite after this long (90m, 2h); the mutants not reached are left for the next "
+                        "run of the same command, which resumes (a whole set over several nights)")
     p.add_argument("--out", type=Path, default=Path("results/mutate"),
                    help="folder of results.jsonl (resumable), mutants.json and mutants.html")
     p.add_argument("--list", action="store_true", help="print the selected mutants and counts; build nothing")
@@ -45,6 +49,16 @@ def add_mutate_parser(sub, parser_class, positive_int) -> None:
                    help="build and filter the mutants (compile, warnings, object code), run no suite")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not first check that the suite passes on the unmutated module")
+
+
+def _budget(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than nothing, got {text!r}")
+    return seconds
 
 
 def check_names() -> list[str]:
@@ -139,7 +153,7 @@ def mutate_command(args: argparse.Namespace, make_lab) -> int:
     lab = make_lab(args)
     args.view.stop()
     run = MutationRun(lab, chosen, suite, args.out, args.jobs, on_line=lambda line: print(line, flush=True),
-                      baseline=not args.no_baseline)
+                      baseline=not args.no_baseline, budget=args.budget)
     try:
         results = run.run()
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -150,11 +164,12 @@ def mutate_command(args: argparse.Namespace, make_lab) -> int:
         # die with this process.
         os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130)
     command = "cnlab " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cnlab mutate"
-    table = mutation_table(list(results.values()), suite.key if suite else None, command, equivalents)
+    table = mutation_table(list(results.values()), suite.key if suite else None, command, equivalents, run.left)
     write_mutation_table(table, args.out / "mutants.json", args.out / "mutants.html")
     counts = ", ".join(f"{k} {v}" for k, v in table["counts"].items())
     score = table["score"]
-    print(f"cnlab mutate: {len(results)} mutants: {counts}")
+    print(f"cnlab mutate: {len(results)} mutants: {counts}"
+          + (f"; {len(run.left)} left for the next run (--budget)" if run.left else ""))
     if suite is not None:
         print(f"score: {score['killed']} killed, {score['survived']} survived"
               + (f" ({score['percent']} %)" if score["percent"] is not None else "")

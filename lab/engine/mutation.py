@@ -10,7 +10,10 @@ the next run).
 
 Every outcome is appended to a JSON-lines results file keyed by mutant id, so a re-run skips what is done:
 build outcomes for any suite, suite outcomes for the same suite.  Suites run on ``jobs`` guests at once
-(one thread per guest; builds stay one at a time).
+(one thread per guest; builds stay one at a time, at most ``jobs`` built mutants waiting for a guest).  With a
+``budget`` no suite starts once that many seconds have passed since the run began (one already running
+finishes, bounded by the suite's timeout): the mutants not reached are left for the next run, so a whole set
+too large for one night is covered over several by the same command.
 """
 
 from __future__ import annotations
@@ -220,11 +223,15 @@ class MutationRun:
     """One ``cnlab mutate`` run: builds, filters and runs the suite on ``mutants``; results in ``out_dir``."""
 
     def __init__(self, lab: Lab, mutants: list[Mutant], suite: Suite | None, out_dir: Path, jobs: int = 1,
-                 on_line: Callable[[str], None] = print, baseline: bool = True) -> None:
+                 on_line: Callable[[str], None] = print, baseline: bool = True, budget: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.lab, self.mutants, self.suite, self.out_dir, self.jobs = lab, mutants, suite, out_dir, jobs
-        self.on_line, self.baseline = on_line, baseline
+        self.on_line, self.baseline, self.budget, self.clock = on_line, baseline, budget, clock
         self.results_path = out_dir / "results.jsonl"
         self._lock = threading.Lock()
+        self._deadline: float | None = None
+        #: ids of the selected mutants the budget left undecided (for the next run)
+        self.left: list[str] = []
 
     def _write(self, record: dict) -> None:
         with self._lock:
@@ -259,9 +266,24 @@ class MutationRun:
         record["sections"] = differs
         return record, tree
 
+    def _over_budget(self) -> bool:
+        return self._deadline is not None and self.clock() >= self._deadline
+
+    def _room_for_one_more(self, ahead: threading.Semaphore | None) -> bool:
+        """Wait until fewer than ``jobs`` built mutants wait for a guest; False once the budget is spent."""
+        while not self._over_budget():
+            if ahead is None or ahead.acquire(timeout=1.0):
+                if not self._over_budget():
+                    return True
+                if ahead is not None:
+                    ahead.release()
+        return False
+
     def run(self) -> dict[str, dict]:
-        """Do what is not done yet; the results of every selected mutant, by id."""
+        """Do what is not done yet (within the budget); the results of every selected mutant decided, by id."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._deadline = None if self.budget is None else self.clock() + self.budget
+        self.left = []
         records = load_results(self.results_path)
         suite = self.suite
         base = build_module(self.lab.kernel, self.lab.cache)
@@ -276,10 +298,16 @@ class MutationRun:
         self._say(f"cnlab mutate: {len(self.mutants)} mutants selected, {skipped} done before, {len(todo)} to do"
                   + (f"; suite {suite.key} on {self.jobs} guest(s)" if suite else "; build only"))
         pool = ThreadPoolExecutor(max_workers=self.jobs) if suite else None
+        ahead = threading.BoundedSemaphore(2 * self.jobs) if suite else None  # running + waiting for a guest
         futures: list[Future] = []
         try:
             for index, mutant in enumerate(todo, start=1):
+                if not self._room_for_one_more(ahead):
+                    self.left += [m.mutant_id for m in todo[index - 1:]]
+                    break
                 record, tree = self.build(mutant, base_ko, base_warnings)
+                if tree is None and ahead is not None:
+                    ahead.release()
                 if tree is None or suite is None:
                     if tree is not None:
                         record.update(status="built", detail="object code changed: " + ", ".join(
@@ -290,7 +318,7 @@ class MutationRun:
                     continue
                 self._say(f"[{index}/{len(todo)}] {mutant.mutant_id}: built in {record['build_s']} s, "
                           f"object code differs ({', '.join(record['sections'][:3])}); suite queued")
-                futures.append(pool.submit(self._suite_one, record, tree, suite))
+                futures.append(pool.submit(self._suite_one, record, tree, suite, ahead))
             for f in futures:
                 f.result()
         except BaseException:
@@ -299,10 +327,25 @@ class MutationRun:
             raise
         if pool is not None:
             pool.shutdown(wait=True)
+        if self.left:
+            self._say(f"cnlab mutate: the budget of {self.budget:g} s is spent: {len(self.left)} of "
+                      f"{len(self.mutants)} mutants left for the next run (the same command resumes)")
         final = load_results(self.results_path)
-        return {m.mutant_id: final[m.mutant_id] for m in self.mutants if m.mutant_id in final}
+        return {m.mutant_id: final[m.mutant_id] for m in self.mutants
+                if m.mutant_id in final and m.mutant_id not in self.left}
 
-    def _suite_one(self, record: dict, tree: Path, suite: Suite) -> None:
+    def _suite_one(self, record: dict, tree: Path, suite: Suite, ahead: threading.Semaphore | None = None) -> None:
+        try:
+            if self._over_budget():  # built in time, but its guest came too late
+                with self._lock:
+                    self.left.append(record["id"])
+                return
+            self._run_one(record, tree, suite)
+        finally:
+            if ahead is not None:
+                ahead.release()
+
+    def _run_one(self, record: dict, tree: Path, suite: Suite) -> None:
         started = time.monotonic()
         try:
             status, detail = run_suite(self.lab, suite, tree, self.out_dir / "runs" / _safe(record["id"]),

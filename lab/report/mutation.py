@@ -13,8 +13,9 @@ _ORDER = ("survived", "killed", "error", "built", "unchanged", "warning", "compi
 
 
 def mutation_table(records: list[dict], suite: str | None, command: str,
-                   equivalents: dict[str, str] | None = None) -> dict:
-    """The table: counts by status and operator, the score (killed / (killed + survived)), every mutant.
+                   equivalents: dict[str, str] | None = None, left: list[str] | tuple[str, ...] = ()) -> dict:
+    """The table: counts by status and operator, the score (killed / (killed + survived)), every mutant, and
+    the ids of the selected mutants a ``--budget`` ``left`` for the next run.
 
     A survivor listed in ``equivalents`` (id -> reason, :func:`lab.image.mutants.load_equivalents`) keeps
     its status and gets the reason as ``equivalent``; the score also says how many of the non-equivalent
@@ -33,7 +34,7 @@ def mutation_table(records: list[dict], suite: str | None, command: str,
                       "percent": _percent(killed, killed + survived),
                       "percent_non_equivalent": _percent(killed, killed + survived - equivalent)},
             "by_operator": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())},
-            "mutants": rows}
+            "mutants": rows, "left": list(left)}
 
 
 def _with_listing(record: dict, equivalents: dict[str, str]) -> dict:
@@ -65,7 +66,9 @@ def _html(table: dict) -> str:
                f"{score['killed'] + score['survived'] - score['equivalent']} others killed"
                + (f" ({score['percent_non_equivalent']} %)" if score["percent_non_equivalent"] is not None else "")
                if score["equivalent"] else "") + "</p>"
-            + "<p>" + ", ".join(f"{e(k)} {v}" for k, v in table["counts"].items()) + "</p>")
+            + "<p>" + ", ".join(f"{e(k)} {v}" for k, v in table["counts"].items()) + "</p>"
+            + (f"<p>{len(table['left'])} more selected mutants not reached within the budget: the next run of "
+               "the same command does them</p>" if table.get("left") else ""))
     ops = "".join(f"<tr><td>{e(op)}</td><td>{e(', '.join(f'{k} {v}' for k, v in c.items()))}</td></tr>"
                   for op, c in table["by_operator"].items())
     rows = []

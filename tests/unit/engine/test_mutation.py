@@ -130,6 +130,8 @@ def test_the_table_has_the_score_and_every_diff(tmp_path):
     (["--suite", "quick", "--select", "nosuch"], "'nosuch': not a quick scenario"),
     (["--suite", "checks", "--select", "echo,nosuch"], "'nosuch': not a guest check"),
     (["--suite", "pytest"], "needs --select"),
+    (["--budget", "soon"], "not a duration: 'soon'"),
+    (["--budget", "0m"], "must be more than nothing"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert main(["mutate", "--out", str(tmp_path / "o"), *argv]) == 2
@@ -320,3 +322,62 @@ def test_a_clean_boot_and_passing_checks_survive(monkeypatch, tmp_path):
     out = b'{"test": "echo", "ok": true}\n{"test": "echo", "ok": true, "timing": true}\n'
     status, detail = _checks_with(monkeypatch, tmp_path, _BootGuest("[ 1.0] cnlab: loaded\n", output=out))
     assert (status, detail) == ("survived", "1 checks passed")
+
+
+def test_a_budget_leaves_the_mutants_not_reached_for_the_next_run(fake_lab, tmp_path, monkeypatch):
+    """Each suite takes 100 s of a fake clock; a 150 s budget: the baseline and one mutant, then the rest is
+    left (no record), and the same run again does the next one."""
+    lab, calls = fake_lab
+    now = [0.0]
+    real = mutation.run_suite
+
+    def suite_of_100_s(*args):
+        now[0] += 100
+        return real(*args)
+
+    monkeypatch.setattr(mutation, "run_suite", suite_of_100_s)
+    mutants = _pick(["negate", "boundary", "counter"])
+    out, lines = tmp_path / "out", []
+    run = MutationRun(lab, mutants, Suite("checks", ("echo",)), out, jobs=1, on_line=lines.append, budget=150,
+                      clock=lambda: now[0])
+    first = run.run()
+    assert list(first) == [mutants[0].mutant_id] and first[mutants[0].mutant_id]["status"] == "killed"
+    assert sorted(run.left) == sorted(m.mutant_id for m in mutants[1:])
+    assert "2 of 3 mutants left for the next run" in lines[-1]
+    assert set(load_results(out / "results.jsonl")) == {"baseline:basehash", mutants[0].mutant_id}
+
+    now[0] = 1000.0  # the next night: the baseline is done; a suite starts before 1050 s, none after
+    again = MutationRun(lab, mutants, Suite("checks", ("echo",)), out, jobs=1, on_line=lines.append, budget=50,
+                        clock=lambda: now[0])
+    assert list(again.run()) == [m.mutant_id for m in mutants[:2]] and again.left == [mutants[2].mutant_id]
+    assert set(load_results(out / "results.jsonl")) == {"baseline:basehash"} | {m.mutant_id for m in mutants[:2]}
+
+
+def test_builds_stay_at_most_jobs_ahead_of_the_guests(fake_lab, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    lab, calls = fake_lab
+    mutants = _pick(["negate", "boundary", "counter", "lock", "free"])
+    started, release = threading.Semaphore(0), threading.Event()
+    real = mutation.run_suite
+
+    def held_suite(lab_, suite, source, out_dir, jobs):
+        if source != kmod_dir():
+            started.release()
+            release.wait(30)
+        return real(lab_, suite, source, out_dir, jobs)
+
+    monkeypatch.setattr(mutation, "run_suite", held_suite)
+    run = MutationRun(lab, mutants, Suite("checks", ("echo",)), tmp_path / "out", jobs=1, on_line=lambda s: None)
+    thread = threading.Thread(target=run.run)
+    thread.start()
+    assert started.acquire(timeout=10)  # the first mutant's suite runs and is held
+    deadline = time.monotonic() + 2
+    while len(calls["build"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert len(calls["build"]) == 2  # one running, one waiting; the other three not built yet
+    release.set()
+    thread.join(30)
+    assert len(calls["build"]) == 5
