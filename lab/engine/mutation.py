@@ -40,6 +40,16 @@ __all__ = ["Suite", "MutationRun", "load_results", "done_ids", "BUILD_STATUSES",
            "warning_lines", "run_suite", "checks_outcome"]
 
 BUILD_STATUSES = ("compile-error", "warning", "unchanged")
+
+#: A checks guest's memory, by kernel flavour.  The debug flavour's KASAN shadow, lockdep tables and kmemleak
+#: pool keep about half of 1 GiB (134,333 of 262,046 pages reserved): the hotplug check's queues (2^18 per CPU)
+#: and its reader's 256 MiB socket buffer then left too little, and mutants whose change could not touch
+#: memory died "deadlocked on memory" there.
+CHECKS_MEMORY_MB = {"cloud": 1024, "debug": 2048}
+#: The soft-lockup threshold under TCG (reported at twice it; the kernel's 10 is for hardware): with both vCPUs
+#: on one host thread, a CPU coming online under the hotplug check's load waited 22 s for an IPI answer
+#: (``smp_call_function_many_cond`` in ``cpu_up``) in a mutant whose change could not slow it.
+TCG_WATCHDOG_THRESH_S = 60
 SUITE_STATUSES = ("killed", "survived")
 
 
@@ -165,9 +175,11 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
     mlab = lab.with_module_source(source)
     failed: list[str] = []
     stuck: StuckWatch | None = None
+    shape = GuestShape(cpus=2, memory_mb=CHECKS_MEMORY_MB.get(lab.options.kernel_flavour, 1024))
+    cmdline = ("slub_debug=FZPU",) + ((f"watchdog_thresh={TCG_WATCHDOG_THRESH_S}",)
+                                      if lab.accel_for(shape.cpus).name == "tcg" else ())
     try:
-        with Guest(mlab.guest_spec(GuestShape(cpus=2, memory_mb=1024), name="mutant",
-                                   cmdline=("slub_debug=FZPU",)), log_dir=out_dir) as g:
+        with Guest(mlab.guest_spec(shape, name="mutant", cmdline=cmdline), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
             watch = KernelWatch(g, from_boot=True)  # a mutant's init runs at boot: its reports count
             at_boot = watch.report(leaks=False)  # what the boot did, without a kmemleak scan

@@ -214,8 +214,8 @@ def tail_loss(cons, reps):
 
 
 def stats_delta(a, b):
-    return {k: b[k] - a[k] for k in ("inserted", "sent", "drop_full", "drop_nomem",
-                                       "drop_nolistener", "drop_overrun", "drop_nlerr", "queued")}
+    return {k: b[k] - a[k] for k in ("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener",
+                                       "drop_overrun", "drop_nlerr", "queued", "nl_msgs", "bundles")}
 
 
 def invariant_ok(rep):
@@ -282,11 +282,13 @@ def t_deliver(c, count=2000):
                 and all(cons.expected.get((gid, cpu), 0) == g.body["cpus"][cpu]["generated"]
                         for cpu in range(g.body["nr_cpus"]))
                 and invariant_ok(s1))
-        if path == "cbus":
-            good = good and d["inserted"] == tot["generated"] and d["sent"] == tot["generated"]
+        if path == "cbus":  # CBUS's count of netlink messages and bundles is what the reader got, one by one
+            good = (good and d["inserted"] == tot["generated"] and d["sent"] == tot["generated"]
+                    and d["nl_msgs"] == cons.datagrams and d["bundles"] == cons.bundles
+                    and (cons.bundles > 0) == bool(flags))
         ok_all = report("deliver", good, ctx=ctx, path=path, bundle=bool(flags), cpus=ncpu,
                         generated=tot["generated"], received=cons.received, lost=cons.lost,
-                        reordered=cons.reordered, enobufs=cons.enobufs,
+                        reordered=cons.reordered, enobufs=cons.enobufs, datagrams=cons.datagrams,
                         bundles=cons.bundles, cbus_delta=d if path == "cbus" else None) and ok_all
     return ok_all
 
@@ -1006,7 +1008,7 @@ def t_bundle_pack(c, count=300):
     one the rest), every inner message with the bundle's id and the bundle's seq its first message's, the
     events in their order 0..count-1."""
     gen_id = 13
-    wait_drained(c)
+    s0 = wait_drained(c).body["total"]
     with open("/sys/module/cnlab/parameters/bundle_bytes") as f:
         per_bundle = int(f.read()) // (kabi.CN_MSG.size + BUNDLE_PACK_LEN)
     expected = [per_bundle] * (count // per_bundle) + ([count % per_bundle] if count % per_bundle else [])
@@ -1019,17 +1021,23 @@ def t_bundle_pack(c, count=300):
                          size_min=BUNDLE_PACK_LEN, size_max=BUNDLE_PACK_LEN, flags=kabi.CNLAB_GEN_F_BUNDLE)
         held = kabi.wait_until(lambda: c.stats().body["total"]["queued"] >= count, 5)
         c.fault(kabi.CNLAB_FAULT_STALL_MS, 0)
-        drained = wait_drained(c).body["total"]["queued"] == 0
+        s1 = wait_drained(c).body["total"]
         got = bundle_sizes(sock, gen_id, count)
     finally:
         sock.close()
         stall_end(c)
+    drained = s1["queued"] == 0
     in_order = got["seqs"] == list(range(count))
+    # CBUS's own counters against what the socket got: every event sent, one netlink message per bundle
+    d = stats_delta(s0, s1)
+    counted = d["sent"] == count and d["nl_msgs"] == d["bundles"] == len(got["sizes"])
     good = (g is not None and bool(held) and drained and got["sizes"] == expected and got["unbundled"] == 0
-            and got["others"] == 0 and got["foreign_inner"] == 0 and got["bad_header_seq"] == 0 and in_order)
+            and got["others"] == 0 and got["foreign_inner"] == 0 and got["bad_header_seq"] == 0 and in_order
+            and counted)
     return report("bundle_pack", good, error=err, held=bool(held), expected=expected, bundles=got["sizes"][:20],
                   unbundled=got["unbundled"], others=got["others"], foreign_inner=got["foreign_inner"],
-                  bad_header_seq=got["bad_header_seq"], in_order=in_order, received=len(got["seqs"]))
+                  bad_header_seq=got["bad_header_seq"], in_order=in_order, received=len(got["seqs"]),
+                  counted=counted, cbus_delta=d)
 
 
 def t_hwm_reset(c):

@@ -205,3 +205,24 @@ def test_bundle_pack_catches_bundles_flushed_before_they_are_full(cnlab_lab, tmp
     assert not error and not console, (error, console)
     (pack,) = res["bundle_pack"]
     assert not pack["ok"] and pack["expected"] == [64, 64, 64, 64, 44] and pack["bundles"] == bundles, pack
+
+
+#: cbus.c: a bundle sent is not counted in the ``bundles`` statistic.
+BUNDLE_NOT_COUNTED = ("cbus.c", "\tif (ret >= 0)\n\t\tcbus_add(&cc->bundles, 1);\n", "")
+#: cbus.c: a netlink message sent is not counted in ``nl_msgs``.
+NL_MSG_NOT_COUNTED = ("cbus.c", "\t\tcbus_add(&cc->nl_msgs, 1);\n", "")
+
+
+@pytest.mark.parametrize("seed, counter", [(BUNDLE_NOT_COUNTED, "bundles"), (NL_MSG_NOT_COUNTED, "nl_msgs")],
+                         ids=["bundles", "nl_msgs"])
+def test_the_send_counters_are_checked_against_what_the_reader_got(cnlab_lab, tmp_path, seed, counter):
+    """Neither counter feeds a derived one, so only a comparison with the reader's datagrams and bundles sees
+    them stop."""
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, seed), ["bundle_pack", "deliver"])
+    assert not error and not console, (error, console)
+    (pack,) = res["bundle_pack"]
+    assert not pack["ok"] and not pack["counted"] and pack["bundles"] == [64, 64, 64, 64, 44], pack
+    assert pack["cbus_delta"][counter] == 0 and pack["cbus_delta"]["sent"] == 300, pack
+    cbus = [d for d in res["deliver"] if d["path"] == "cbus"]
+    assert cbus and not any(d["ok"] for d in cbus), cbus
+    assert all(d["cbus_delta"][counter] == 0 < d["datagrams"] for d in cbus), cbus

@@ -299,15 +299,33 @@ class _BootGuest:
         return CommandResult(argv, 0, self.output)
 
 
-def _checks_with(monkeypatch, tmp_path, guest):
+def _checks_with(monkeypatch, tmp_path, guest, flavour="cloud", accel="tcg", specs=None):
     import lab.guest.files
     import lab.guest.machine
 
     monkeypatch.setattr(lab.guest.machine, "Guest", lambda spec, log_dir=None: guest)
     monkeypatch.setattr(lab.guest.files, "install_guest_programs", lambda g: "/lib")
     monkeypatch.setattr("lab.guest.kmemleak._kernel_lacks_kmemleak", lambda g: True)
-    lab = SimpleNamespace(with_module_source=lambda source: SimpleNamespace(guest_spec=lambda *a, **k: None))
+    specs = [] if specs is None else specs
+    lab = SimpleNamespace(with_module_source=lambda source: SimpleNamespace(
+                              guest_spec=lambda shape, **k: specs.append((shape, k))),
+                          options=SimpleNamespace(kernel_flavour=flavour),
+                          accel_for=lambda cpus: SimpleNamespace(name=accel))
     return mutation._run_checks(lab, Suite("checks", ("echo",)), tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("flavour, accel, memory, cmdline", [
+    ("cloud", "tcg", 1024, ("slub_debug=FZPU", "watchdog_thresh=60")),
+    ("debug", "tcg", 2048, ("slub_debug=FZPU", "watchdog_thresh=60")),
+    ("debug", "kvm", 2048, ("slub_debug=FZPU",)),
+])
+def test_the_checks_guest_has_room_for_the_debug_kernel_and_tcg_time(monkeypatch, tmp_path, flavour, accel, memory,
+                                                                    cmdline):
+    specs = []
+    out = b'{"test": "echo", "ok": true}\n'
+    _checks_with(monkeypatch, tmp_path, _BootGuest("[ 1.0] cnlab: loaded\n", output=out), flavour, accel, specs)
+    ((shape, kw),) = specs
+    assert (shape.cpus, shape.memory_mb, kw["cmdline"]) == (2, memory, cmdline)
 
 
 def test_a_report_while_the_module_loaded_at_boot_kills_the_mutant_before_any_check(monkeypatch, tmp_path):
