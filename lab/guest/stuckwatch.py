@@ -18,8 +18,11 @@ __all__ = ["STUCK_KINDS", "StuckWatch"]
 log = logging.getLogger(__name__)
 
 #: Console report kinds (:data:`lab.guest.console_scan.PATTERNS`) after which a running command is not
-#: expected to end: the kernel panicked, a CPU is locked up, RCU stalls, or a task hangs in the kernel.
-STUCK_KINDS = frozenset({"panic", "softlockup", "hardlockup", "rcu_stall", "hung_task"})
+#: expected to end: the kernel panicked, a CPU is locked up, RCU stalls, a task hangs in the kernel, or a task
+#: died in it (an oops: a general protection fault, ``kernel BUG at``, ``BUG: unable to handle``), which leaves
+#: whatever it held locked (measured: a KASAN null-pointer GPF in GEN_START froze a debug guest's console and
+#: its command for the whole 40-minute timeout).
+STUCK_KINDS = frozenset({"panic", "softlockup", "hardlockup", "rcu_stall", "hung_task", "gpf", "oops", "bug"})
 _STUCK_PATTERNS = tuple(rx for kind, rx in PATTERNS if kind in STUCK_KINDS)
 
 

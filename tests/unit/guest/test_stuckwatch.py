@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from lab.guest.stuckwatch import StuckWatch
 
 SOFT_LOCKUP = "[   76.909046] watchdog: BUG: soft lockup - CPU#0 stuck for 26s! [swapper/0:0]\n"
@@ -52,3 +54,16 @@ def test_what_the_console_held_before_the_watch_does_not_count():
     assert stuck.check() is None and not stuck.tripped.is_set()
     guest.write(SOFT_LOCKUP)
     assert stuck.check().kind == "softlockup" and stuck.tripped.is_set()
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("[   81.613931] general protection fault, probably for non-canonical address 0xdffffc0000000001: 0000 [#1] "
+     "PREEMPT SMP KASAN NOPTI\n", "gpf"),
+    ("[   20.100000] kernel BUG at kmod/cbus.c:300!\n", "bug"),
+    ("[   20.100000] BUG: unable to handle page fault for address: ffffc90000a3b000\n", "bug"),
+])
+def test_a_task_that_died_in_the_kernel_trips_it(line, kind):
+    guest = Console()
+    stuck = StuckWatch(guest, interval=0.05)
+    guest.write(line)
+    assert stuck.check().kind == kind and stuck.tripped.is_set()
