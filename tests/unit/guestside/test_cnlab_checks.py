@@ -5,12 +5,36 @@ from __future__ import annotations
 
 import contextlib
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from lab.engine.mutation import checks_outcome
 
 from .guest_modules import load_guest_module
+
+
+class FakeControl:
+    """The module's control socket as far as the check after each check asks it: GEN_STATS of every generator
+    (``states`` by id, idle otherwise; ``active`` by id), GEN_STOP (``stopped``), STATS of an empty CBUS."""
+
+    def __init__(self, module):
+        self.kabi = module.kabi
+        self.states: dict[int, int] = {}
+        self.active: dict[int, int] = {}
+        self.stopped: list[int] = []
+
+    def gen_stats(self, gen_id):
+        state = self.states.get(gen_id, self.kabi.CNLAB_GEN_IDLE)
+        return SimpleNamespace(ok=True, status=0, body={"state": state, "active": self.active.get(gen_id, 0)})
+
+    def gen_stop(self, gen_id):
+        self.stopped.append(gen_id)
+        self.states[gen_id] = self.kabi.CNLAB_GEN_STOPPED
+        return SimpleNamespace(ok=True, status=0)
+
+    def stats(self):
+        return SimpleNamespace(ok=True, status=0, body={"total": {"queued": 0}})
 
 
 @pytest.fixture
@@ -36,7 +60,8 @@ def checks(monkeypatch):
 
     monkeypatch.setattr(module, "TESTS", {"good": good, "bad": bad, "warns": warns})
     monkeypatch.setattr(module, "read_taint", lambda: module.taint)
-    monkeypatch.setattr(module.kabi, "CtlClient", lambda timeout: contextlib.nullcontext())
+    module.control = FakeControl(module)
+    monkeypatch.setattr(module.kabi, "CtlClient", lambda timeout: contextlib.nullcontext(module.control))
     monkeypatch.setattr(module, "RESULTS", [])
     return module
 
@@ -91,3 +116,32 @@ def test_the_taint_the_stop_allows_is_the_taint_the_console_check_allows(checks)
     from lab.guest.kcheck import ALLOWED_TAINT
 
     assert checks.LOADING_TAINT == ALLOWED_TAINT
+
+
+def test_a_generator_a_check_left_running_fails_after_it_and_is_stopped_before_the_next(checks, capsys):
+    def leaves_one(c):
+        checks.ran.append("leaves")
+        c.states[9] = checks.kabi.CNLAB_GEN_RUNNING
+        checks.report("leaves", True)
+
+    checks.TESTS["leaves"] = leaves_one
+    status, out = _run(checks, capsys, "good", "leaves", "good")
+    assert status == 1 and checks.ran == ["good", "leaves", "good"] and checks.control.stopped == [9]
+    failed, not_run = checks_outcome(out, ("good", "leaves", "good"))
+    assert not_run == [] and len(failed) == 1
+    assert failed[0].startswith("leftovers: ") and '"after": "leaves"' in failed[0] and '"running": [9]' in failed[0]
+
+    _run(checks, capsys, "--stop-on-failure", "leaves", "good")
+    assert checks.ran[3:] == ["leaves"]
+
+
+def test_an_idle_generator_claiming_instances_is_a_failure(checks, capsys):
+    checks.control.active[4] = 1
+    status, out = _run(checks, capsys, "good")
+    failed, _ = checks_outcome(out, ("good",))
+    assert status == 1 and len(failed) == 1 and '"gen_id": 4' in failed[0] and checks.control.stopped == []
+
+
+def test_clean_checks_leave_no_leftovers_result(checks, capsys):
+    status, out = _run(checks, capsys, "good", "warns")
+    assert status == 0 and "leftovers" not in out
