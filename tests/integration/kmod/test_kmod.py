@@ -191,6 +191,13 @@ def test_unprivileged_sender_cannot_start_a_generator(pool):
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
+def test_a_reply_the_requester_cannot_take_is_counted(pool):
+    got = run_checks(pool, "2cpu", 2, ["reply_fail"])["reply_fail"][0]
+    assert got["received"] + got["counted"] == got["requests"] == 64
+    assert got["received"] > 0 and got["counted"] > 0 and got["strays"] == 0
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
 def test_malformed_requests_are_rejected(pool):
     res = run_checks(pool, "2cpu", 2, ["fuzz", "echo"], "--fuzz-count", "12000")
     fz = res["fuzz"][0]
