@@ -59,14 +59,24 @@ def online_cpus():
     return out
 
 
+def reader_buffer(wanted=256 << 20, meminfo="/proc/meminfo"):
+    """The receive buffer a reader asks for: ``wanted``, at most a sixteenth of the memory the guest has
+    available. SO_RCVBUFFORCE grants twice what it is asked, and a reader that falls behind on a loaded guest
+    fills it: 256 MiB asked is 512 MiB of skbs, which beside a check's raised queue limits is more than a 2 GiB
+    debug-flavour guest has left once KASAN, lockdep and kmemleak have taken their part."""
+    with open(meminfo) as fh:
+        available_kb = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    return min(wanted, available_kb * 1024 // 16)
+
+
 class Consumer(threading.Thread):
     """Reads a group, checks per-(gen, cpu) order, collects latencies."""
 
-    def __init__(self, group=GROUP, rcvbuf=256 << 20, keep_lat=False, keep_seqs=False):
+    def __init__(self, group=GROUP, rcvbuf=None, keep_lat=False, keep_seqs=False):
         super().__init__(daemon=True)
         self.keep_seqs = keep_seqs
         self.seqs = {}     # (gen, cpu) -> [(seq, ts_ns), ...] if keep_seqs
-        self.sock = kabi.open_socket([group], rcvbuf)
+        self.sock = kabi.open_socket([group], reader_buffer() if rcvbuf is None else rcvbuf)
         self.expected = {}
         self.received = 0
         self.lost = 0
@@ -1794,26 +1804,11 @@ def overtakes(order, cpu, irq_gen, thread_gen):
     return n
 
 
-def t_nested_irq(c, count=1500):
-    """A hard-IRQ producer interrupts a kthread producer mid-insert, both at full rate, on one CPU.
-
-    Both insert 200..600-byte messages (beyond a pool slot: allocated and copied before the IRQ-off section, a
-    wide window for the interrupt). Evidence of nesting: hard-IRQ messages that reached the queue ahead of a
-    kthread message stamped before them. Then exact accounting: the generators' books against CBUS's on that
-    CPU, the ledger, the reader's receipts, gaps and order. A second phase with a stalled drain and a 64-message
-    limit: the CPU's high-water mark is exactly 64, the rest exactly counted as full, from both producers.
-    """
-    cpu = last_cpu()
-    if cpu is None:
-        return report("nested_irq", True, skipped="1 CPU")
-    out = {"cpu": cpu}
-    prev_limit = c.stats().body["queue_limit"]
-    c.fault(kabi.CNLAB_FAULT_QLIMIT, 1 << 16)
+def _nested_round(c, cpu, count, common):
+    """One full-rate round of ``t_nested_irq``: (the books balance, its figures with ``overtakes``)."""
     s0 = wait_drained(c).body["cpus"][cpu]
     cons = OrderConsumer()
     cons.start()
-    common = dict(idx=GEN_IDX, val=GEN_VAL, group=GROUP, cpu_mask=1 << cpu, rate=0, size_min=200, size_max=600,
-                  path="cbus")
     rk = c.gen_start(gen_id=0, count=count, context="kthread", **common)
     ri = c.gen_start(gen_id=1, count=0, duration_ns=60 * 10**9, context="hardirq", burst=16, **common)
     gk = wait_gen_done(c, 0, 120)
@@ -1830,16 +1825,46 @@ def t_nested_irq(c, count=1500):
     tails = sum(g.body["cpus"][cpu]["generated"] - cons.expected.get((gid, cpu), 0)
                 for gid, g in ((0, gk), (1, gi)))
     nested = overtakes(cons.order, cpu, 1, 0)
-    out["full_rate"] = {"kthread": tk, "hardirq": ti, "cbus_delta": d, "received": cons.received,
-                        "gaps": cons.lost, "tails": tails, "reordered": cons.reordered, "overtakes": nested,
-                        "ledger": kabi.ledger_problems(s1)}
+    full_rate = {"kthread": tk, "hardirq": ti, "cbus_delta": d, "received": cons.received, "gaps": cons.lost,
+                 "tails": tails, "reordered": cons.reordered, "overtakes": nested, "ledger": kabi.ledger_problems(s1)}
     good = (rk.ok and ri.ok and tk["generated"] == count and ti["generated"] > 0
             and d["inserted"] == tk["generated"] + ti["generated"]
             and d["enqueued"] + d["drop_full"] + d["drop_nomem"] == d["inserted"]
             and tk["ok"] + ti["ok"] == d["enqueued"] and tk["err_full"] + ti["err_full"] == d["drop_full"]
             and tk["err_nomem"] + ti["err_nomem"] == d["drop_nomem"] and tk["err_other"] == ti["err_other"] == 0
             and not kabi.ledger_problems(s1) and cons.received == d["sent"] and cons.reordered == 0
-            and cons.lost + tails == drops and nested > 0)
+            and cons.lost + tails == drops)
+    return good, full_rate
+
+
+def t_nested_irq(c, count=1500):
+    """A hard-IRQ producer interrupts a kthread producer mid-insert, both at full rate, on one CPU.
+
+    Both insert 200..600-byte messages (beyond a pool slot: allocated and copied before the IRQ-off section, a
+    wide window for the interrupt). Evidence of nesting: hard-IRQ messages that reached the queue ahead of a
+    kthread message stamped before them. Then exact accounting: the generators' books against CBUS's on that
+    CPU, the ledger, the reader's receipts, gaps and order. A second phase with a stalled drain and a 64-message
+    limit: the CPU's high-water mark is exactly 64, the rest exactly counted as full, from both producers.
+    """
+    cpu = last_cpu()
+    if cpu is None:
+        return report("nested_irq", True, skipped="1 CPU")
+    out = {"cpu": cpu}
+    prev_limit = c.stats().body["queue_limit"]
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, 1 << 16)
+    common = dict(idx=GEN_IDX, val=GEN_VAL, group=GROUP, cpu_mask=1 << cpu, rate=0, size_min=200, size_max=600,
+                  path="cbus")
+    # The interrupt must land in the kthread's window, which on a loaded host it sometimes did not in one round
+    # of 1,500 inserts (CI: 5,536 hard-IRQ messages, no overtake): rounds until one shows nesting, at most
+    # four; every round's books must balance.
+    rounds = 0
+    while True:
+        rounds += 1
+        good, full_rate = _nested_round(c, cpu, count, common)
+        if not good or full_rate["overtakes"] > 0 or rounds == 4:
+            break
+    out["full_rate"], out["rounds"] = full_rate, rounds
+    good = good and full_rate["overtakes"] > 0
     # exact limit while both producers nest on the CPU
     c.fault(kabi.CNLAB_FAULT_QLIMIT, 64)
     c.stats(reset_hwm=True)

@@ -228,3 +228,30 @@ def test_the_send_counters_are_checked_against_what_the_reader_got(cnlab_lab, tm
                                                                       "bundles"] > 0]
     assert len(counted) == (8 if counter == "nl_msgs" else 4), res["deliver"]
     assert all(not d["ok"] and d["cbus_delta"][counter] == 0 for d in counted), counted
+
+
+#: ctl.c: a reply the connector refuses (the requester's buffer is full) is not counted in ``ctl_reply_fail``.
+REPLY_FAIL_NOT_COUNTED = ("ctl.c", "\tif (ret)\n\t\tatomic64_inc(&ctl_reply_fail);\n", "")
+
+
+def test_reply_fail_catches_a_refused_reply_that_is_not_counted(cnlab_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, REPLY_FAIL_NOT_COUNTED), ["reply_fail", "echo"])
+    assert not error and not console, (error, console)
+    (rf,) = res["reply_fail"]
+    assert not rf["ok"] and rf["counted"] == 0 and 0 < rf["received"] < rf["requests"], rf
+    assert all(r["ok"] for r in res["echo"])  # the module still answers: only the count is gone
+
+
+#: gen.c: GEN_STATS of a generator never started reports one running instance.
+IDLE_GEN_CLAIMS_AN_INSTANCE = ("gen.c", "\trep->active = g->used ? atomic_read(&g->active) : 0;\n",
+                               "\trep->active = g->used ? atomic_read(&g->active) : 1;\n")
+
+
+def test_an_idle_generator_claiming_an_instance_fails_the_leftovers_check(cnlab_lab, tmp_path):
+    """No check reads an idle generator's ``active``: only the leftovers check after each check does."""
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, IDLE_GEN_CLAIMS_AN_INSTANCE), ["echo"])
+    assert not error and not console, (error, console)
+    (left,) = res["leftovers"]
+    assert not left["ok"] and left["after"] == "echo" and left["running"] == [], left
+    assert left["wrong"][0] == {"gen_id": 0, "state": "idle", "active": 1}, left
+    assert all(r["ok"] for r in res["echo"])

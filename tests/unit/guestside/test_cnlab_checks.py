@@ -145,3 +145,10 @@ def test_an_idle_generator_claiming_instances_is_a_failure(checks, capsys):
 def test_clean_checks_leave_no_leftovers_result(checks, capsys):
     status, out = _run(checks, capsys, "good", "warns")
     assert status == 0 and "leftovers" not in out
+
+
+def test_a_readers_buffer_is_at_most_a_sixteenth_of_the_available_memory(checks, tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        2014000 kB\nMemFree:          900000 kB\nMemAvailable:    1100000 kB\n")
+    assert checks.reader_buffer(meminfo=str(meminfo)) == 1100000 * 1024 // 16
+    assert checks.reader_buffer(4 << 20, meminfo=str(meminfo)) == 4 << 20
