@@ -1929,6 +1929,7 @@ def t_unload_inflight(c, cycles=20):
     stop = threading.Event()
     mask = (1 << ncpus()) - 1
     ctxs = ("kthread", "timer", "hardirq", "softirq")
+    gen_ids = range(8, 12)  # the GEN_START thread's generators, stopped again at the end
 
     def loop(kind):
         i = 0
@@ -1937,7 +1938,7 @@ def t_unload_inflight(c, cycles=20):
                 with kabi.CtlClient(timeout=0.5) as s:
                     while not stop.is_set():
                         i += 1
-                        gid = 8 + i % 4
+                        gid = gen_ids[i % len(gen_ids)]
                         t_req = time.monotonic()
                         try:
                             if kind == "GEN_START":
@@ -2001,7 +2002,7 @@ def t_unload_inflight(c, cycles=20):
     for t in threads:
         t.join(20)
     # the GEN_START thread's last generators run up to 5 s more: stopped here, not in the next check's counts
-    for gid in range(8, 12):
+    for gid in gen_ids:
         c.gen_stop(gid)
     unbalanced = []
     for line in finals:
