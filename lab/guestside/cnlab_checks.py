@@ -59,14 +59,58 @@ def online_cpus():
     return out
 
 
+def mem_available(meminfo="/proc/meminfo"):
+    """MemAvailable in bytes."""
+    with open(meminfo) as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
+
+
+def slab_footprint(name, slabinfo="/proc/slabinfo"):
+    """Bytes one object of the slab cache ``name`` really takes, debug metadata (red zones, owner tracking)
+    included: a slab's pages over its objects. 0 if there is no such cache."""
+    with open(slabinfo) as fh:
+        for line in fh:
+            parts = line.split()
+            if parts and parts[0] == name and len(parts) >= 6:
+                return int(parts[5]) * os.sysconf("SC_PAGE_SIZE") // max(1, int(parts[4]))
+    return 0
+
+
+#: struct cbus_event before its data: an llist node, group, flags and the cn_msg header.
+CBUS_EVENT_HEADER = 8 + 4 + 4 + 20
+
+
+def event_footprint(data_len, slabinfo="/proc/slabinfo"):
+    """What one queued CBUS event of ``data_len`` bytes costs this guest: the kmalloc cache it lands in once the
+    per-CPU pool is empty, plus a kmemleak object where kmemleak tracks every allocation (the debug flavour).
+    Measured from the running kernel's own slab sizes, so a debug kernel reports its heavier objects."""
+    need = CBUS_EVENT_HEADER + data_len
+    sizes = []
+    with open(slabinfo) as fh:
+        for line in fh:
+            name = line.split(maxsplit=1)[0] if line.strip() else ""
+            if name.startswith("kmalloc-") and name[8:].isdigit() and int(name[8:]) >= need:
+                sizes.append(int(name[8:]))
+    cache = f"kmalloc-{min(sizes)}" if sizes else ""
+    own = slab_footprint(cache, slabinfo) if cache else 0
+    return max(own, need) + slab_footprint("kmemleak_object", slabinfo)
+
+
+def queue_room(cpus, data_len, floor, ceiling=1 << 18, share=8, meminfo="/proc/meminfo",
+               slabinfo="/proc/slabinfo"):
+    """A per-CPU queue limit whose ``cpus`` full queues take at most 1/``share`` of the available memory,
+    between ``floor`` and ``ceiling``. A debug-flavour guest beside another one once reached 703 MB of
+    unreclaimable slab in ``hotplug`` at 2^18 per CPU, and 1.25 GB (out of memory) on a slower run."""
+    room = mem_available(meminfo) // share // (max(1, cpus) * event_footprint(data_len, slabinfo))
+    return max(floor, min(ceiling, room))
+
+
 def reader_buffer(wanted=256 << 20, meminfo="/proc/meminfo"):
     """The receive buffer a reader asks for: ``wanted``, at most a sixteenth of the memory the guest has
     available. SO_RCVBUFFORCE grants twice what it is asked, and a reader that falls behind on a loaded guest
     fills it: 256 MiB asked is 512 MiB of skbs, which beside a check's raised queue limits is more than a 2 GiB
     debug-flavour guest has left once KASAN, lockdep and kmemleak have taken their part."""
-    with open(meminfo) as fh:
-        available_kb = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
-    return min(wanted, available_kb * 1024 // 16)
+    return min(wanted, mem_available(meminfo) // 16)
 
 
 class Consumer(threading.Thread):
@@ -698,17 +742,21 @@ def cpu_set(cpu, on):
         f.write("1" if on else "0")
 
 
-def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0):
+def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0, rcvbuf=None):
     """CPUs 1.. go down and up in turn under five generators for at least ``seconds`` and ``min_cycles``
     offline/online cycles (the load lasts until both are met, at most ``max_seconds``; a CPU going down
     takes 0.3 s on a quiet 4-vCPU TCG guest and many seconds on a loaded host, so a cycle count, not a
     duration, says how much hotplug a run saw; ``seconds`` beyond ``max_seconds`` raise the cap). Every
-    accepted message must arrive, in order."""
+    accepted message must arrive, in order, unless the reader's socket overran: each message an overrun cost
+    must then be counted by CBUS (``drop_overrun``) or the direct generator (``err_overrun``) and be a gap
+    or tail at the reader, and the socket must report drops. The queue limit is raised for the load, as far
+    as the guest's memory allows (``queue_room``). ``rcvbuf`` sets the reader's buffer (default
+    ``reader_buffer()``): a small one makes the overruns a lab test needs."""
     cpus = list(range(1, ncpus()))
     if not cpus:
         return report("hotplug", True, skipped="1 CPU")
     s0 = wait_drained(c).body["total"]
-    cons = Consumer()
+    cons = Consumer(rcvbuf=rcvbuf)
     cons.start()
     # Generators catch up after a stall (bursts), and taking a CPU down under
     # TCG can stall a guest for seconds; timer, tasklet and hrtimer instances of
@@ -716,7 +764,8 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0
     # the queues room; an overflow that still happens (a loaded CI host) is
     # allowed only if every message it cost is counted on both sides.
     prev_limit = c.stats().body["queue_limit"]
-    c.fault(kabi.CNLAB_FAULT_QLIMIT, max(prev_limit, 1 << 18))
+    limit = queue_room(ncpus(), 64, prev_limit)
+    c.fault(kabi.CNLAB_FAULT_QLIMIT, limit)
     mask = (1 << ncpus()) - 1
     specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
              ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
@@ -749,18 +798,24 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0
     d = stats_delta(s0, s1.body["total"])
     gt = gen_totals_all(gens)
     generated, ok = gt["generated"], gt["ok"]
-    cons.wait_for(ok)
+    overran = d["drop_overrun"]      # accepted by CBUS, then refused by the reader's full socket
+    cons.wait_for(ok - overran)
+    socket_drops = netlink_drops(cons.sock)
     cons.stop()
     tails = tail_loss(cons, gens)  # the overflow's tail
     refused = generated - ok
+    overruns = overran + gt["err_overrun"]
     good = (all(g.body["state"] in (kabi.CNLAB_GEN_DONE, kabi.CNLAB_GEN_STOPPED) for g in gens)
             and cycles >= min_cycles and invariant_ok(s1) and d["queued"] == 0 and cons.reordered == 0
-            and cons.received == ok and online_cpus() == list(range(ncpus()))
-            and gt["err_other"] == gt["err_nomem"] == 0
-            and d["drop_full"] == gt["err_full"] == refused
-            and cons.lost + tails == refused)
+            and cons.received == ok - overran and online_cpus() == list(range(ncpus()))
+            and gt["err_other"] == gt["err_nomem"] == gt["err_nolistener"] == 0
+            and d["drop_nomem"] == d["drop_nolistener"] == d["drop_nlerr"] == 0
+            and d["drop_full"] == gt["err_full"] and refused == gt["err_full"] + gt["err_overrun"]
+            and cons.lost + tails == refused + overran
+            and (socket_drops > 0) == (overruns > 0))
     return report("hotplug", good, cycles=cycles, min_cycles=min_cycles, loaded_seconds=round(loaded, 2),
-                  generated=generated, accepted=ok,
+                  generated=generated, accepted=ok, queue_limit=limit, overruns=overruns,
+                  socket_drops=socket_drops,
                   received=cons.received, lost=cons.lost, tails=tails, refused=refused,
                   reordered=cons.reordered, gen=gt,
                   cbus_delta=d, online=online_cpus(), rate=rate,
@@ -2101,6 +2156,8 @@ def main(argv):
                     help="hotplug: least offline/online cycles (the load lasts until done, at most 150 s or "
                          "--hotplug-seconds)")
     ap.add_argument("--hotplug-rate", type=int, default=HOTPLUG_RATE, help="msgs/s per generator instance")
+    ap.add_argument("--hotplug-rcvbuf", type=int, default=None,
+                    help="hotplug: the reader's receive buffer in bytes (default: reader_buffer())")
     ap.add_argument("--stop-on-failure", action="store_true",
                     help="stop after the first check that fails or leaves the kernel tainted (mutation runs: "
                          "one failure decides); a line {\"stopped\": ...} says after which check and why")
@@ -2110,7 +2167,7 @@ def main(argv):
     params = {"unload": {"cycles": args.unload_cycles}, "fuzz": {"n": args.fuzz_count},
               "deliver": {"count": args.deliver_count},
               "hotplug": {"seconds": args.hotplug_seconds, "rate": args.hotplug_rate,
-                          "min_cycles": args.hotplug_cycles},
+                          "min_cycles": args.hotplug_cycles, "rcvbuf": args.hotplug_rcvbuf},
               "abi_fuzz": {"n": args.abi_fuzz_requests, "seed": args.abi_fuzz_seed},
               "unload_inflight": {"cycles": args.inflight_cycles}}
     for name in names:

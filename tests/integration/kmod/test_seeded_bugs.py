@@ -255,3 +255,17 @@ def test_an_idle_generator_claiming_an_instance_fails_the_leftovers_check(cnlab_
     assert not left["ok"] and left["after"] == "echo" and left["running"] == [], left
     assert left["wrong"][0] == {"gen_id": 0, "state": "idle", "active": 1}, left
     assert all(r["ok"] for r in res["echo"])
+
+
+#: cbus.c: a send the reader's full socket refused is counted as a netlink error, not as an overrun.
+OVERRUN_COUNTED_AS_NLERR = ("cbus.c", "\t\t\tcbus_add(&cc->drop_overrun, n);\n", "\t\t\tcbus_add(&cc->drop_nlerr, n);\n")
+
+
+def test_hotplug_fails_when_a_reader_overrun_is_counted_as_something_else(cnlab_lab, tmp_path):
+    """``hotplug`` forgives a reader's overruns only when CBUS counts them as overruns."""
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, OVERRUN_COUNTED_AS_NLERR), ["hotplug"],
+                                      "--hotplug-seconds", "3", "--hotplug-rcvbuf", "4096")
+    assert not error and not console, (error, console)
+    (hp,) = res["hotplug"]
+    assert not hp["ok"] and hp["socket_drops"] > 0, hp
+    assert hp["cbus_delta"]["drop_overrun"] == 0 < hp["cbus_delta"]["drop_nlerr"], hp

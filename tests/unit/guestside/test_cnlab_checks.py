@@ -152,3 +152,37 @@ def test_a_readers_buffer_is_at_most_a_sixteenth_of_the_available_memory(checks,
     meminfo.write_text("MemTotal:        2014000 kB\nMemFree:          900000 kB\nMemAvailable:    1100000 kB\n")
     assert checks.reader_buffer(meminfo=str(meminfo)) == 1100000 * 1024 // 16
     assert checks.reader_buffer(4 << 20, meminfo=str(meminfo)) == 4 << 20
+
+
+SLABINFO = """slabinfo - version: 2.1
+# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables ...
+kmemleak_object    1000   1000    256   10    1 : tunables    0    0    0 : slabdata    1    1      0
+kmalloc-256         100    100    256    8    1 : tunables    0    0    0 : slabdata    1    1      0
+kmalloc-128         100    100    128    8    1 : tunables    0    0    0 : slabdata    1    1      0
+kmalloc-96          100    100     96   42    1 : tunables    0    0    0 : slabdata    1    1      0
+dma-kmalloc-128       0      0    128   32    1 : tunables    0    0    0 : slabdata    0    0      0
+"""
+
+
+def test_an_events_footprint_is_its_kmalloc_cache_with_debug_metadata_and_kmemleaks_object(checks, tmp_path):
+    slabinfo = tmp_path / "slabinfo"
+    slabinfo.write_text(SLABINFO)
+    page = checks.os.sysconf("SC_PAGE_SIZE")
+    # 36 + 64 bytes land in kmalloc-128, whose slab holds 8 per page here (red zones, owner tracking)
+    assert checks.event_footprint(64, str(slabinfo)) == page // 8 + page // 10
+    slabinfo.write_text("\n".join(line for line in SLABINFO.splitlines() if "kmemleak" not in line))
+    assert checks.event_footprint(64, str(slabinfo)) == page // 8
+    assert checks.event_footprint(50, str(slabinfo)) == page // 42  # 86 bytes: kmalloc-96
+
+
+def test_the_hotplug_queue_limit_keeps_full_queues_to_an_eighth_of_the_available_memory(checks, tmp_path):
+    slabinfo, meminfo = tmp_path / "slabinfo", tmp_path / "meminfo"
+    slabinfo.write_text(SLABINFO)
+    cost = checks.event_footprint(64, str(slabinfo))
+    meminfo.write_text("MemAvailable:    1200000 kB\n")
+    room = checks.queue_room(2, 64, 4096, meminfo=str(meminfo), slabinfo=str(slabinfo))
+    assert room == 1200000 * 1024 // 8 // (2 * cost) and 4096 < room < 1 << 18
+    meminfo.write_text("MemAvailable:    90000000 kB\n")
+    assert checks.queue_room(2, 64, 4096, meminfo=str(meminfo), slabinfo=str(slabinfo)) == 1 << 18
+    meminfo.write_text("MemAvailable:    1000 kB\n")
+    assert checks.queue_room(2, 64, 4096, meminfo=str(meminfo), slabinfo=str(slabinfo)) == 4096
