@@ -57,6 +57,18 @@ TCG_RCU_STALL_TIMEOUT_S = 60
 SUITE_STATUSES = ("killed", "survived")
 
 
+def reference_lab(lab: Lab) -> Lab:
+    """The lab whose module build decides whether a mutant changes the object code: ``lab`` itself, or for the
+    debug flavour the same lab on the cloud kernel, without sanitizers. KASAN's descriptors of string literals
+    follow the order in which GCC numbers them, so on the debug build a mutant whose every instruction is the
+    same still "differs" (``bench.c:44:once``, ``cbus.c:946:once``: only ``.data`` and ``.rodata.str1.1``),
+    and instrumentation can differ where the program does not. The suite still runs the debug build."""
+    options = getattr(lab, "options", None)
+    if options is None or options.kernel is not None or options.kernel_flavour == "cloud":
+        return lab
+    return Lab(dataclasses.replace(options, kernel_flavour="cloud"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Suite:
     """What runs against each mutant: ``kind`` ``quick`` (scenario names), ``checks`` (guest check names) or
@@ -244,6 +256,8 @@ class MutationRun:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lab, self.mutants, self.suite, self.out_dir, self.jobs = lab, mutants, suite, out_dir, jobs
         self.on_line, self.baseline, self.budget, self.clock = on_line, baseline, budget, clock
+        #: whose build the object code is compared on (:func:`reference_lab`)
+        self.reference = reference_lab(lab)
         self.results_path = out_dir / "results.jsonl"
         self._lock = threading.Lock()
         self._deadline: float | None = None
@@ -260,7 +274,8 @@ class MutationRun:
             self.on_line(text)
 
     def build(self, mutant: Mutant, base_ko: Path, base_warnings: set[str]) -> tuple[dict, Path | None]:
-        """Build one mutant; (its record so far, its source tree if it is to be run)."""
+        """Build one mutant; (its record so far, its source tree if it is to be run). ``base_ko`` is the unmutated
+        module built for :attr:`reference`, ``base_warnings`` the warnings of its build for the run's kernel."""
         tree = write_mutant_tree(kmod_dir(), mutant, self.out_dir / "trees" / _safe(mutant.mutant_id) / "kmod")
         record = {**mutant.to_json(), "source_hash": None}
         started = time.monotonic()
@@ -276,9 +291,18 @@ class MutationRun:
         if new:
             record.update(status="warning", detail=" | ".join(new[:3])[:300])
             return record, None
-        differs = object_code_differs(base_ko, built.module("cnlab"))
+        compared = built.module("cnlab")
+        if self.reference is not self.lab:
+            try:
+                compared = build_module(self.reference.kernel, self.reference.cache, source=tree, what="mutant",
+                                        log_name="kmod-mutant-build.log").module("cnlab")
+            except CompileError as exc:
+                record.update(status="compile-error", detail=str(exc).split("; full output")[0][:300])
+                return record, None
+        differs = object_code_differs(base_ko, compared)
         if not differs:
-            record.update(status="unchanged", detail="same object code as the unmutated module")
+            record.update(status="unchanged", detail="same object code as the unmutated module"
+                          + ("" if self.reference is self.lab else " (built without sanitizers)"))
             return record, None
         record["sections"] = differs
         return record, tree
@@ -305,6 +329,8 @@ class MutationRun:
         suite = self.suite
         base = build_module(self.lab.kernel, self.lab.cache)
         base_ko, base_warnings = base.module("cnlab"), warning_lines(base.build_log)
+        if self.reference is not self.lab:
+            base_ko = build_module(self.reference.kernel, self.reference.cache).module("cnlab")
         if suite is not None and self.baseline:
             self._check_baseline(records, suite, base.source_hash)
         todo = [m for m in self.mutants if m.mutant_id not in (done_ids(records, suite) if suite else

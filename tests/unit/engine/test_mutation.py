@@ -399,3 +399,46 @@ def test_builds_stay_at_most_jobs_ahead_of_the_guests(fake_lab, tmp_path, monkey
     release.set()
     thread.join(30)
     assert len(calls["build"]) == 5
+
+
+def test_the_debug_flavour_compares_object_code_built_without_sanitizers(tmp_path, monkeypatch):
+    """A mutant is run on the debug build but judged unchanged by the cloud build: KASAN's descriptors of string
+    literals reorder with GCC's numbering of them, so the debug build differs where no instruction does."""
+    from lab.guest.labsetup import LabOptions
+
+    built = []
+
+    def build_module(kernel, cache, source=None, **kw):
+        folder = tmp_path / kernel / (source.parent.name if source else "base")
+        folder.mkdir(parents=True, exist_ok=True)
+        ko = folder / "cnlab.ko"
+        ko.write_text(kernel)
+        built.append((kernel, source is not None))
+        return ModuleBuild((ko,), f"h-{kernel}-{folder.name}", "", tmp_path)
+
+    def differs(a, b):  # the debug builds differ (reordered KASAN descriptors); the cloud builds do not
+        return [] if a.read_text() == b.read_text() == "cloud" else [".data", ".rodata.str1.1"]
+
+    debug = SimpleNamespace(kernel="debug", cache=tmp_path, options=LabOptions(kernel_flavour="debug"))
+    cloud = SimpleNamespace(kernel="cloud", cache=tmp_path)
+    monkeypatch.setattr(mutation, "build_module", build_module)
+    monkeypatch.setattr(mutation, "object_code_differs", differs)
+    monkeypatch.setattr(mutation, "reference_lab", lambda lab: cloud if lab is debug else lab)
+    (mutant,) = _pick(["once"])
+    results = MutationRun(debug, [mutant], None, tmp_path / "out", on_line=lambda line: None).run()
+    record = results[mutant.mutant_id]
+    assert record["status"] == "unchanged" and "without sanitizers" in record["detail"]
+    assert built == [("debug", False), ("cloud", False), ("debug", True), ("cloud", True)]
+
+
+def test_the_reference_lab_is_the_cloud_kernel_for_the_debug_flavour_only(tmp_path):
+    from lab.guest.labsetup import Lab, LabOptions
+
+    debug = Lab(LabOptions(cache=tmp_path, kernel_flavour="debug"))
+    reference = mutation.reference_lab(debug)
+    assert reference is not debug and reference.options.kernel_flavour == "cloud"
+    assert reference.options.cache == tmp_path
+    cloud = Lab(LabOptions(cache=tmp_path))
+    assert mutation.reference_lab(cloud) is cloud
+    custom = Lab(LabOptions(cache=tmp_path, kernel=tmp_path / "bzImage", kernel_flavour="debug"))
+    assert mutation.reference_lab(custom) is custom  # a kernel of one's own: its own build decides
