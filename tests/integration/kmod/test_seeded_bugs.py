@@ -269,3 +269,15 @@ def test_hotplug_fails_when_a_reader_overrun_is_counted_as_something_else(cnlab_
     (hp,) = res["hotplug"]
     assert not hp["ok"] and hp["socket_drops"] > 0, hp
     assert hp["cbus_delta"]["drop_overrun"] == 0 < hp["cbus_delta"]["drop_nlerr"], hp
+
+
+#: cbus.c: STATS' total leaves out the CPUs' ``online`` flags (a field no other check adds up).
+TOTAL_ONLINE_NOT_SUMMED = ("cbus.c", "\t\ts->online += c.online;\n", "")
+
+
+def test_cpu_entries_catches_a_total_that_is_not_the_sum_of_the_cpus(cnlab_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, TOTAL_ONLINE_NOT_SUMMED), ["cpu_entries", "echo"])
+    assert not error and not console, (error, console)
+    (entries,) = res["cpu_entries"]
+    assert not entries["ok"] and entries["total_online"] == 0, entries
+    assert entries["total_mismatches"] == {"online": [0, 2]}, entries

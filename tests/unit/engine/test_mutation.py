@@ -315,8 +315,10 @@ def _checks_with(monkeypatch, tmp_path, guest, flavour="cloud", accel="tcg", spe
 
 
 @pytest.mark.parametrize("flavour, accel, memory, cmdline", [
-    ("cloud", "tcg", 1024, ("slub_debug=FZPU", "watchdog_thresh=60", "rcupdate.rcu_cpu_stall_timeout=60")),
-    ("debug", "tcg", 2048, ("slub_debug=FZPU", "watchdog_thresh=60", "rcupdate.rcu_cpu_stall_timeout=60")),
+    ("cloud", "tcg", 1024, ("slub_debug=FZPU", "watchdog_thresh=60", "rcupdate.rcu_cpu_stall_timeout=60",
+                         "sysctl.kernel.hung_task_timeout_secs=300")),
+    ("debug", "tcg", 2048, ("slub_debug=FZPU", "watchdog_thresh=60", "rcupdate.rcu_cpu_stall_timeout=60",
+                         "sysctl.kernel.hung_task_timeout_secs=300")),
     ("debug", "kvm", 2048, ("slub_debug=FZPU",)),
 ])
 def test_the_checks_guest_has_room_for_the_debug_kernel_and_tcg_time(monkeypatch, tmp_path, flavour, accel, memory,

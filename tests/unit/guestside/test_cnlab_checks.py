@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -186,3 +187,51 @@ def test_the_hotplug_queue_limit_keeps_full_queues_to_an_eighth_of_the_available
     assert checks.queue_room(2, 64, 4096, meminfo=str(meminfo), slabinfo=str(slabinfo)) == 1 << 18
     meminfo.write_text("MemAvailable:    1000 kB\n")
     assert checks.queue_room(2, 64, 4096, meminfo=str(meminfo), slabinfo=str(slabinfo)) == 4096
+
+
+def _cpu_entry(cpu, **values):
+    entry = dict.fromkeys(("inserted", "sent", "drop_full", "drop_nomem", "drop_nolistener", "drop_overrun",
+                           "drop_nlerr", "rejected", "queued", "kicks", "batches", "nl_msgs", "bundles",
+                           "enqueued", "dequeued", "hwm", "batch_max"), 0)
+    entry.update({"cpu": cpu, "online": 1, "batch_hist": [0, 0, 0], **values})
+    return entry
+
+
+def test_a_stats_total_that_is_not_the_sum_of_its_cpu_entries_is_named_field_by_field(checks):
+    cpus = [_cpu_entry(0, inserted=5, sent=5, hwm=3, batch_hist=[1, 2, 0]),
+            _cpu_entry(1, inserted=7, sent=7, hwm=9, batch_hist=[0, 1, 1])]
+    total = _cpu_entry(2 ** 32 - 1, inserted=12, sent=12, hwm=9, online=2, batch_hist=[1, 3, 1])
+    assert checks.total_mismatches({"cpus": cpus, "total": total}) == {}
+    total.update(online=0, hwm=12, batch_hist=[1, 3, 0])   # a CPU's online not added; high-water marks summed
+    assert checks.total_mismatches({"cpus": cpus, "total": total}) == {
+        "online": (0, 2), "hwm": (12, 9), "batch_hist": ([1, 3, 0], [1, 3, 1])}
+
+
+def test_the_defaults_check_knows_every_parameter_with_the_default_the_docs_give(checks):
+    from lab.image.module import kmod_dir
+
+    table = (kmod_dir().parent / "docs" / "kmod.md").read_text().split("| Parameter | Default | Meaning |")[1]
+    documented = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        name, default = (cell.strip() for cell in line.split("|")[1:3])
+        documented[name.strip("`")] = default
+    shown = {"off": "N", "on": "Y"}
+    assert {k: shown.get(v, v) for k, v in documented.items()} == checks.PARAM_DEFAULTS
+    declared = re.findall(r"module_param(?:_named)?\((\w+)", "".join(p.read_text() for p in kmod_dir().glob("*.c")))
+    assert set(declared) == set(checks.PARAM_DEFAULTS)
+
+
+def test_a_moved_default_or_an_undocumented_parameter_fails_the_defaults_check(checks, tmp_path, capsys):
+    params = tmp_path / "parameters"
+    params.mkdir()
+    for name, value in checks.PARAM_DEFAULTS.items():
+        (params / name).write_text(value + "\n")
+    checks.t_defaults(None, str(params))
+    (params / "bundle_bytes").write_text("8191\n")
+    (params / "new_knob").write_text("1\n")
+    checks.t_defaults(None, str(params))
+    good, bad = checks.RESULTS[-2:]
+    assert good["ok"] and not bad["ok"]
+    assert bad["wrong"] == {"bundle_bytes": "8191"} and bad["undocumented"] == ["new_knob"]
