@@ -42,7 +42,9 @@ HOTPLUG_RATE = int(os.environ.get("CNLAB_HOTPLUG_RATE", "500"))
 #: firing, a jiffy apart, from CPU 0's softirq: on a debug guest beside another one that held CPU 0 past the 60 s
 #: RCU stall timeout (cbus.c:778:constant and ctl.c:171:return, which change neither path, "killed" so).
 HOTPLUG_BURST = 32
-ATOMIC_CONTEXTS = ("timer", "hardirq", "softirq")
+#: The load under CPU hotplug (``hotplug``, ``offline_end``): a generator per (context, path, flags, burst).
+HOTPLUG_LOAD = (("kthread", "cbus", 0, 0), ("timer", "cbus", 0, HOTPLUG_BURST), ("hardirq", "cbus", 0, HOTPLUG_BURST),
+                ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE, HOTPLUG_BURST), ("kthread", "direct", 0, 0))
 
 
 def report(test, ok, **kw):
@@ -71,15 +73,17 @@ def mem_available(meminfo="/proc/meminfo"):
         return next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
 
 
-def slab_footprint(name, slabinfo="/proc/slabinfo"):
-    """Bytes one object of the slab cache ``name`` really takes, debug metadata (red zones, owner tracking)
-    included: a slab's pages over its objects. 0 if there is no such cache."""
+def slab_footprints(slabinfo="/proc/slabinfo"):
+    """{slab cache: bytes one of its objects really takes}, debug metadata (red zones, owner tracking) included:
+    a slab's pages over its objects."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    out = {}
     with open(slabinfo) as fh:
         for line in fh:
             parts = line.split()
-            if parts and parts[0] == name and len(parts) >= 6:
-                return int(parts[5]) * os.sysconf("SC_PAGE_SIZE") // max(1, int(parts[4]))
-    return 0
+            if len(parts) >= 6 and parts[4].isdigit() and parts[5].isdigit():
+                out[parts[0]] = int(parts[5]) * page // max(1, int(parts[4]))
+    return out
 
 
 #: struct cbus_event before its data: an llist node, group, flags and the cn_msg header.
@@ -91,15 +95,11 @@ def event_footprint(data_len, slabinfo="/proc/slabinfo"):
     per-CPU pool is empty, plus a kmemleak object where kmemleak tracks every allocation (the debug flavour).
     Measured from the running kernel's own slab sizes, so a debug kernel reports its heavier objects."""
     need = CBUS_EVENT_HEADER + data_len
-    sizes = []
-    with open(slabinfo) as fh:
-        for line in fh:
-            name = line.split(maxsplit=1)[0] if line.strip() else ""
-            if name.startswith("kmalloc-") and name[8:].isdigit() and int(name[8:]) >= need:
-                sizes.append(int(name[8:]))
-    cache = f"kmalloc-{min(sizes)}" if sizes else ""
-    own = slab_footprint(cache, slabinfo) if cache else 0
-    return max(own, need) + slab_footprint("kmemleak_object", slabinfo)
+    caches = slab_footprints(slabinfo)
+    sizes = [int(name[8:]) for name in caches
+             if name.startswith("kmalloc-") and name[8:].isdigit() and int(name[8:]) >= need]
+    own = caches[f"kmalloc-{min(sizes)}"] if sizes else 0
+    return max(own, need) + caches.get("kmemleak_object", 0)
 
 
 def queue_room(cpus, data_len, floor, ceiling=1 << 18, share=8, meminfo="/proc/meminfo",
@@ -788,6 +788,7 @@ def t_hotplug(c, seconds=6.0, rate=HOTPLUG_RATE, min_cycles=0, max_seconds=150.0
 
 def _hotplug(c, seconds, rate, min_cycles, max_seconds, rcvbuf):
     cpus = list(range(1, ncpus()))
+    retries_before = len(WAKE_RETRIES)
     s0 = wait_drained(c).body["total"]
     cons = Consumer(rcvbuf=rcvbuf)
     cons.start()
@@ -800,14 +801,13 @@ def _hotplug(c, seconds, rate, min_cycles, max_seconds, rcvbuf):
     limit = queue_room(ncpus(), 64, prev_limit)
     c.fault(kabi.CNLAB_FAULT_QLIMIT, limit)
     mask = (1 << ncpus()) - 1
-    specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
-             ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
+    specs = HOTPLUG_LOAD
     max_seconds = max(seconds, max_seconds)
     dur = int(max_seconds * 1e9)  # stopped once the cycles are done
-    for i, (ctx, path, fl) in enumerate(specs):
+    for i, (ctx, path, fl, burst) in enumerate(specs):
         r = c.gen_start(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
                         duration_ns=dur, cpu_mask=mask, rate=rate, size_min=32, size_max=64,
-                        burst=HOTPLUG_BURST if ctx in ATOMIC_CONTEXTS else 0, context=ctx, path=path, flags=fl)
+                        burst=burst, context=ctx, path=path, flags=fl)
         if not r.ok:
             cons.stop()
             c.gen_stop(kabi.CNLAB_GEN_ALL)
@@ -852,7 +852,7 @@ def _hotplug(c, seconds, rate, min_cycles, max_seconds, rcvbuf):
                   received=cons.received, lost=cons.lost, tails=tails, refused=refused,
                   reordered=cons.reordered, gen=gt,
                   cbus_delta=d, online=online_cpus(), rate=rate,
-                  hwm=[cs["hwm"] for cs in s1.body["cpus"]], wake_retries=WAKE_RETRIES[:],
+                  hwm=[cs["hwm"] for cs in s1.body["cpus"]], wake_retries=WAKE_RETRIES[retries_before:],
                   gen_cpus=[[cs["generated"] for cs in g.body["cpus"]] for g in gens])
 
 
@@ -1405,8 +1405,8 @@ def total_mismatches(stats):
     expected = {k: sum(e[k] for e in cpus) for k in SUMMED_FIELDS}
     expected.update({k: max((e[k] for e in cpus), default=0) for k in MAXED_FIELDS})
     expected["batch_hist"] = [sum(col) for col in zip(*(e["batch_hist"] for e in cpus), strict=True)]
-    return {k: (list(total[k]) if k == "batch_hist" else total[k], v) for k, v in expected.items()
-            if (list(total[k]) if k == "batch_hist" else total[k]) != v}
+    actual = {**total, "batch_hist": list(total["batch_hist"])}
+    return {k: (actual[k], v) for k, v in expected.items() if actual[k] != v}
 
 
 #: The module parameters' documented defaults (docs/kmod.md, "Parameters"; a unit test keeps the two in step),
@@ -1836,12 +1836,11 @@ def _offline_end(c, cpu, seconds, rate):
     held = c.stats().body["cpus"][cpu]
     out["held_before_offline"] = held["enqueued"] - held["dequeued"]
     mask = (1 << ncpus()) - 1
-    specs = [("kthread", "cbus", 0), ("timer", "cbus", 0), ("hardirq", "cbus", 0),
-             ("softirq", "cbus", kabi.CNLAB_GEN_F_BUNDLE), ("kthread", "direct", 0)]
-    for i, (ctx, path, fl) in enumerate(specs, start=1):
+    specs = HOTPLUG_LOAD
+    for i, (ctx, path, fl, burst) in enumerate(specs, start=1):
         r = c.gen_start(gen_id=i, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0, duration_ns=int(seconds * 1e9),
                         cpu_mask=mask, rate=rate, size_min=32, size_max=64, context=ctx, path=path, flags=fl,
-                        burst=HOTPLUG_BURST if ctx in ATOMIC_CONTEXTS else 0)
+                        burst=burst)
         if not r.ok:
             out.setdefault("start_errors", []).append((ctx, path, r.error_name))
     time.sleep(0.3)
