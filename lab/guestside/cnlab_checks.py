@@ -1641,6 +1641,15 @@ def t_abi_fuzz(c, n=4000, seed=12):
     return report("abi_fuzz", out.pop("ok"), **out)
 
 
+def t_alloc_sweep(c):
+    """Every allocation of six control requests fails once, in turn (alloc_sweep.py; debug kernel flavour):
+    each request is answered once, with success or -ENOMEM, or its loss is counted, and changes nothing else."""
+    import alloc_sweep
+
+    out = alloc_sweep.sweep(c)
+    return report("alloc_sweep", out.pop("ok"), **out)
+
+
 def last_cpu():
     cpus = online_cpus()
     return cpus[-1] if len(cpus) > 1 else None
@@ -2162,6 +2171,7 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "cpu_entries": t_cpu_entries,
          "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
+         "alloc_sweep": t_alloc_sweep,
          "bench_offline": t_bench_offline, "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds,
          "abi_fuzz": t_abi_fuzz, "fuzz": t_fuzz, "deliver": t_deliver, "hotplug": t_hotplug,
          "alloc_nth_exact": t_alloc_nth_exact, "unload_inflight": t_unload_inflight, "nested_irq": t_nested_irq,

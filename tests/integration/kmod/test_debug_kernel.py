@@ -9,6 +9,7 @@ otherwise they skip, saying how to build it.  CI never builds it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 
@@ -22,7 +23,7 @@ from lab.guest.qemu_argv import GuestShape
 from lab.image.debug_kernel import debug_kernel_cached
 from lab.image.kernel import debian_cloud_kernel
 
-from .test_seeded_bugs import _mutant, _run_scenario
+from .test_seeded_bugs import _mutant, _run_checks, _run_scenario
 
 pytestmark = [pytest.mark.lab, pytest.mark.debugkernel, pytest.mark.xdist_group("debugkernel")]
 
@@ -51,8 +52,11 @@ def test_the_debug_kernel_boots_with_its_detectors_on_and_the_module_runs_clean(
             assert path in probe, probe
         assert probe.strip().splitlines()[-1] == "1", probe
         checks = guest.run(["python3", f"{lib}/cnlab_checks.py", "--no-klog", "echo", "balance", "invariant",
-                            "perm"], timeout=1200, check=False)
+                            "perm", "alloc_sweep"], timeout=1200, check=False)
         assert checks.exit_status == 0, checks.text[-3000:]
+        sweep = json.loads(next(line for line in checks.text.splitlines() if '"alloc_sweep"' in line))
+        # evidence that the sweep's faults fired: every request type had allocations failed and answered -ENOMEM
+        assert all(sweep["injected"].values()) and all(sweep["enomem"].values()), sweep
         watch.assert_clean()  # console (KASAN, lockdep, ODEBUG, ...), taint, and a kmemleak scan
 
 
@@ -145,3 +149,20 @@ def test_fail_function_makes_inserts_refuse_and_the_generators_count_each_refusa
     refused = sum(c["err_other"] for g in record.data["agent"]["generators"].values() for c in g["cpus"].values())
     assert 0 < refused <= 200, record.data["agent"]["generators"]
     assert record.status == "passed", [v for v in record.verdicts if not v.ok]
+
+
+#: ctl.c: ECHO answers nothing when its reply cannot be allocated (-ENOMEM made 0: a mutant no other check kills).
+ECHO_SILENT_ON_ENOMEM = ("ctl.c", "\tbody = cnlab_reply_alloc(rq->len, &cn);\n\tif (!body)\n\t\treturn -ENOMEM;",
+                         "\tbody = cnlab_reply_alloc(rq->len, &cn);\n\tif (!body)\n\t\treturn 0;")
+
+
+def test_the_allocation_sweep_catches_a_request_that_answers_nothing_when_its_reply_cannot_be_allocated(
+        debug_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(debug_lab, tmp_path, ECHO_SILENT_ON_ENOMEM), ["alloc_sweep"])
+    assert not error and not console, (error, console)
+    (sweep,) = res["alloc_sweep"]
+    assert not sweep["ok"], sweep
+    assert {p["request"] for p in sweep["problems"]} == {"ECHO"}, sweep["problems"]
+    assert all(p["problem"] == "no reply, and 0 counted lost" and p["injected"] for p in sweep["problems"])
+    # the other requests were swept whole and answered -ENOMEM: only ECHO's answer is missing
+    assert all(n for name, n in sweep["enomem"].items() if name != "ECHO"), sweep

@@ -18,6 +18,7 @@ def load_guest_module(name: str, folder: Path = LAB_GUESTSIDE):
     try:
         spec = importlib.util.spec_from_file_location(f"guestside_{name}", folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
     finally:
