@@ -5,8 +5,8 @@ N-th fault-injection site the task reaches after the write fail, once, and reads
 connector request is handled in the sender's own ``sendmsg()``, so writing N before each send and sweeping N
 from 1 until the request no longer reaches an N-th site fails, one request at a time, every allocation on its
 way: the netlink buffer of the request, the module's own allocations (its reply, a generator's instances and
-threads), and the connector's buffer for the reply.  ``failslab`` and ``fail_page_alloc`` are told to count
-allocations that may sleep too, and to stay quiet, for the length of the sweep.
+threads), and the connector's buffer for the reply.  ``failslab`` is told to count allocations that may sleep
+too, and both it and ``fail_page_alloc`` to stay quiet, for the length of the sweep.
 
 What each request must come to, whichever allocation failed (docs/kmod.md, "Validation and error codes"):
 
@@ -35,10 +35,11 @@ import kabi
 
 FAIL_NTH = "/proc/thread-self/fail-nth"
 DEBUGFS = "/sys/kernel/debug"
-#: Knobs set for the sweep (and put back after it): count every allocation, say nothing when one fails.
-KNOBS = {"failslab/ignore-gfp-wait": "N", "failslab/verbose": "0",
-         "fail_page_alloc/ignore-gfp-wait": "N", "fail_page_alloc/ignore-gfp-highmem": "N",
-         "fail_page_alloc/min-order": "0", "fail_page_alloc/verbose": "0"}
+#: Knobs set for the sweep (and put back after it): count every slab allocation, those that may sleep too, and
+#: say nothing when one is failed.  Page allocations keep their defaults (order 1 and up, none that may sleep):
+#: a failed order-0 page of a slab or of the per-CPU allocator is reported with a stack trace, which the
+#: console check would take for a problem of the module.
+KNOBS = {"failslab/ignore-gfp-wait": "N", "failslab/verbose": "0", "fail_page_alloc/verbose": "0"}
 #: The most fault sites one request is swept over; a request reaching more fails the check (a runaway path).
 MAX_SITES = 200
 #: Rounds of one request's sweep, while none has answered -ENOMEM.

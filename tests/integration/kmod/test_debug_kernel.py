@@ -52,7 +52,7 @@ def test_the_debug_kernel_boots_with_its_detectors_on_and_the_module_runs_clean(
             assert path in probe, probe
         assert probe.strip().splitlines()[-1] == "1", probe
         checks = guest.run(["python3", f"{lib}/cnlab_checks.py", "--no-klog", "echo", "balance", "invariant",
-                            "perm", "alloc_sweep"], timeout=1200, check=False)
+                            "perm", "alloc_sweep", "insert_refusals"], timeout=1200, check=False)
         assert checks.exit_status == 0, checks.text[-3000:]
         sweep = json.loads(next(line for line in checks.text.splitlines() if '"alloc_sweep"' in line))
         # evidence that the sweep's faults fired: every request type had allocations failed and answered -ENOMEM
@@ -166,3 +166,16 @@ def test_the_allocation_sweep_catches_a_request_that_answers_nothing_when_its_re
     assert all(p["problem"] == "no reply, and 0 counted lost" and p["injected"] for p in sweep["problems"])
     # the other requests were swept whole and answered -ENOMEM: only ECHO's answer is missing
     assert all(n for name, n in sweep["enomem"].items() if name != "ECHO"), sweep
+
+
+#: gen.c: an insert CBUS refuses for a reason other than a full queue or memory is not counted (err_other).
+REFUSAL_NOT_COUNTED = ("gen.c", "\t\telse\n\t\t\tgc->err_other++;\n\t} else {", "\t\telse\n\t\t\t{}\n\t} else {")
+
+
+def test_insert_refusals_catches_a_refusal_the_generator_does_not_count(debug_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(debug_lab, tmp_path, REFUSAL_NOT_COUNTED), ["insert_refusals"])
+    assert not error and not console, (error, console)
+    (refusals,) = res["insert_refusals"]
+    # the injection fired 100 times (its evidence), CBUS saw the other 900, and the generator lost the 100
+    assert not refusals["ok"] and refusals["injected"] == 100 and refusals["cbus_inserted"] == 900, refusals
+    assert refusals["generator"]["err_other"] == 0 and refusals["generator"]["ok"] == 900, refusals

@@ -35,7 +35,9 @@ class FakeControl:
         return SimpleNamespace(ok=True, status=0)
 
     def stats(self):
-        return SimpleNamespace(ok=True, status=0, body={"total": {"queued": 0}})
+        empty = dict.fromkeys(("inserted", "enqueued", "dequeued", "sent", "drop_full", "drop_nomem",
+                               "drop_nolistener", "drop_overrun", "drop_nlerr", "queued"), 0)
+        return SimpleNamespace(ok=True, status=0, body={"total": empty})
 
 
 @pytest.fixture
