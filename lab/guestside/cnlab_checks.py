@@ -1243,56 +1243,6 @@ def t_gen_fail_keeps(c):
                   generated_after=after[1]["generated"])
 
 
-def t_stop_final(c, cycles=6, gen_id=13):
-    """GEN_STOP is final: once it has answered, the generator sends nothing more and no instance is active.
-
-    A generator in each context runs on every CPU in burst mode, 100 bursts a second of 4096 messages (1024 in
-    hard-IRQ context), so a firing emits for milliseconds and a stop often meets one under way on another CPU;
-    it is stopped 20 to 150 ms after its start, and its GEN_STATS read as soon as GEN_STOP answered and again
-    150 ms later must agree (stopped, nothing active, the same counts on every CPU). A stop that does not wait
-    for a running callback (``del_timer()`` for ``del_timer_sync()``, ``hrtimer_try_to_cancel()``) lets it
-    finish its burst after the answer."""
-    rng = random.Random(3)
-    mask = (1 << ncpus()) - 1
-    late, stopped, generated = [], 0, 0
-    for ctx in ("timer", "softirq", "hardirq", "kthread"):
-        for i in range(cycles):
-            r = c.gen_start(bursts=True, gen_id=gen_id, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
-                            duration_ns=5 * 10**9, cpu_mask=mask, rate=100, size_min=32, size_max=32,
-                            context=ctx, path="cbus", burst=1024 if ctx == "hardirq" else 4096)
-            if not r.ok:
-                late.append({"context": ctx, "cycle": i, "start": r.error_name})
-                continue
-            time.sleep(rng.uniform(0.02, 0.15))
-            s = c.gen_stop(gen_id)
-            first = c.gen_stats(gen_id).body
-            time.sleep(0.15)
-            then = c.gen_stats(gen_id).body
-            stopped += s.ok
-            generated += sum(cpu["generated"] for cpu in then["cpus"])
-            moved = {cpu["cpu"]: cpu["generated"] - before["generated"]
-                     for before, cpu in zip(first["cpus"], then["cpus"], strict=True) if cpu != before}
-            if not s.ok or moved or first["active"] or first["state"] != kabi.CNLAB_GEN_STOPPED:
-                late.append({"context": ctx, "cycle": i, "stop": s.error_name, "active": first["active"],
-                             "state": first["state"], "generated_after_stop": moved})
-    # each start right after the previous stop frees that run's instances: a timer the stop left armed is then
-    # freed armed (ODEBUG on the debug flavour) and fires on freed memory (KASAN)
-    restarts = 0
-    for ctx in ("timer", "softirq", "hardirq", "kthread"):
-        for i in range(cycles):
-            r = c.gen_start(bursts=True, gen_id=gen_id, idx=GEN_IDX, val=GEN_VAL, group=GROUP, count=0,
-                            duration_ns=5 * 10**9, cpu_mask=mask, rate=100, size_min=32, size_max=32,
-                            context=ctx, path="cbus", burst=1024 if ctx == "hardirq" else 4096)
-            time.sleep(rng.uniform(0.02, 0.1))
-            s = c.gen_stop(gen_id)
-            restarts += r.ok and s.ok
-            if not (r.ok and s.ok):
-                late.append({"context": ctx, "restart": i, "start": r.error_name, "stop": s.error_name})
-    wait_drained(c)
-    good = not late and stopped == 4 * cycles and restarts == 4 * cycles and generated > 0
-    return report("stop_final", good, stops=stopped, restarts=restarts, generated=generated, late=late[:6])
-
-
 FAIL_FUNCTION = "/sys/kernel/debug/fail_function"
 
 
@@ -1773,15 +1723,6 @@ def t_alloc_sweep(c):
 
     out = alloc_sweep.sweep(c)
     return report("alloc_sweep", out.pop("ok"), **out)
-
-
-def t_unload_preempted(c, cycles=30):
-    """Unloads while ECHO senders are preempted on their way into the module, under full preemption
-    (unload_preempted.py; skipped where the kernel has no dynamic preemption)."""
-    import unload_preempted
-
-    out = unload_preempted.run(c, module_load, module_unload, MODULE, ncpus(), cycles)
-    return report("unload_preempted", out.pop("ok"), **out)
 
 
 def last_cpu():
@@ -2302,7 +2243,6 @@ def t_unload_inflight(c, cycles=20):
 TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t_reply_fail, "balance": t_balance,
          "invariant": t_invariant, "bench": t_bench,
          "stall_end": t_stall_end, "bundle_pack": t_bundle_pack, "gen_fail_keeps": t_gen_fail_keeps,
-         "stop_final": t_stop_final,
          "cpu_entries": t_cpu_entries,
          "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
@@ -2310,7 +2250,6 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "bench_offline": t_bench_offline, "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds,
          "abi_fuzz": t_abi_fuzz, "fuzz": t_fuzz, "deliver": t_deliver, "hotplug": t_hotplug,
          "alloc_nth_exact": t_alloc_nth_exact, "unload_inflight": t_unload_inflight, "nested_irq": t_nested_irq,
-         "unload_preempted": t_unload_preempted,
          "unload": t_unload}
 ALL = ["echo", "defaults", "deliver", "balance", "invariant", "perm", "reply_fail", "fuzz", "faults", "bench",
        "hotplug", "invariant", "initfail", "unload"]
@@ -2373,7 +2312,6 @@ def main(argv):
     ap.add_argument("--abi-fuzz-requests", type=int, default=4000, help="abi_fuzz: request budget")
     ap.add_argument("--abi-fuzz-seed", type=int, default=12)
     ap.add_argument("--inflight-cycles", type=int, default=20, help="unload_inflight: unload/load cycles")
-    ap.add_argument("--preempted-cycles", type=int, default=30, help="unload_preempted: unload/load cycles")
     ap.add_argument("--deliver-count", type=int, default=2000, help="messages per CPU and combination")
     ap.add_argument("--hotplug-seconds", type=float, default=6.0, help="hotplug: least seconds of load")
     ap.add_argument("--hotplug-cycles", type=int, default=0,
@@ -2393,8 +2331,7 @@ def main(argv):
               "hotplug": {"seconds": args.hotplug_seconds, "rate": args.hotplug_rate,
                           "min_cycles": args.hotplug_cycles, "rcvbuf": args.hotplug_rcvbuf},
               "abi_fuzz": {"n": args.abi_fuzz_requests, "seed": args.abi_fuzz_seed},
-              "unload_inflight": {"cycles": args.inflight_cycles},
-              "unload_preempted": {"cycles": args.preempted_cycles}}
+              "unload_inflight": {"cycles": args.inflight_cycles}}
     for name in names:
         if name not in TESTS:
             ap.error(f"unknown test {name!r} (choose from {', '.join(TESTS)})")
