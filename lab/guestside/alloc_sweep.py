@@ -263,12 +263,12 @@ def _gen_run(c) -> tuple:
 
 
 def _wait_done(c, timeout=30.0):
-    end = time.monotonic() + timeout
-    r = c.gen_stats(SWEEP_GEN_ID)
-    while r.body["state"] == kabi.CNLAB_GEN_RUNNING and time.monotonic() < end:
-        time.sleep(0.02)
+    """GEN_STATS of the sweep's generator once it no longer runs (or at ``timeout``)."""
+    def finished():
         r = c.gen_stats(SWEEP_GEN_ID)
-    return r
+        return r if r.body["state"] != kabi.CNLAB_GEN_RUNNING else None
+
+    return kabi.wait_until(finished, timeout, pause=0.02) or c.gen_stats(SWEEP_GEN_ID)
 
 
 def gen_start_request(c) -> Request:
