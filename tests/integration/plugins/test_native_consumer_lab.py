@@ -42,17 +42,30 @@ def _together(guest, generator: dict, rcvbuf: int) -> dict:
     return run
 
 
+def _lost_before_the_sockets(consumer: dict) -> int:
+    """What the kernel counted lost before any socket: refused inserts (a CBUS queue at its limit
+    when the drain worker is starved on a loaded machine) and failed sends of the drain.  A loss in
+    mid-stream shows as gaps; one at a stream's end only as a short count."""
+    acc = consumer["accounting"]
+    return acc["pre_socket"] + acc["cbus_nlerr"]
+
+
 @pytest.mark.parametrize("bundles", [False, True], ids=["one-per-datagram", "bundles"])
 def test_both_checkers_account_alike_when_they_keep_up(cnlab_guest, bundles):
     run = _together(cnlab_guest, dict(FLOOD, flags=1 if bundles else 0), 64 << 20)
     py, native = run["consumers"]["python"], run["consumers"]["native"]
-    assert py["received"] == native["received"] == run["generated"] == 2 * FLOOD["count"]  # per CPU
+    assert run["generated"] == 2 * FLOOD["count"]  # per CPU
+    # A starved drain may refuse inserts; both checkers then see the same gaps, and nothing else may differ.
+    before = _lost_before_the_sockets(py)
+    assert before == _lost_before_the_sockets(native) and 2 * before < run["generated"], run
+    assert py["socket_drops"] == native["socket_drops"] == 0, run  # 64 MiB each: neither falls behind
+    assert py["received"] == native["received"] == run["generated"] - before, run
     assert py["streams"] == native["streams"]
-    assert py["gaps"] == native["gaps"] == 0 and py["reordered"] == native["reordered"] == 0
+    assert py["gaps"] == native["gaps"] <= before and py["reordered"] == native["reordered"] == 0
     for c in (py, native):
-        assert c["schema"] == 1 and c["accounting"]["reconciled"], c["accounting"]
+        assert c["schema"] == 1 and c["accounting"]["reconciled"] and c["accounting"]["lost"] == before, c["accounting"]
         assert sum(row[1] for row in c["series"]) == c["received"]
-        assert c["live"] == {"received": c["received"], "gaps": 0, "enobufs": c["enobufs"]}
+        assert c["live"] == {"received": c["received"], "gaps": c["gaps"], "enobufs": c["enobufs"]}
     assert native["parser"] == "native" and py["parser"] == "kabi"
 
 
@@ -70,8 +83,10 @@ def test_each_checker_reads_a_whole_backlog_queued_while_it_was_stopped(cnlab_gu
     for run in runs:
         (c,) = run["consumers"].values()
         # the generator finished before the checker read anything: its clock starts when it is let go
-        assert c["received"] == run["generated"] == 2 * FLOOD["count"] and c["gaps"] == 0
-        assert c["accounting"]["reconciled"] and c["accounting"]["lost"] == 0, c["accounting"]
+        before = _lost_before_the_sockets(c)
+        assert run["generated"] == 2 * FLOOD["count"] and 2 * before < run["generated"], run
+        assert c["received"] == run["generated"] - before and c["gaps"] <= before, run
+        assert c["accounting"]["reconciled"] and c["accounting"]["lost"] == before, c["accounting"]
         assert 0 < c["seconds"] and abs(c["msgs_per_s"] * c["seconds"] - c["received"]) < 0.01 * c["received"]
 
 
