@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import fault_knobs
 import kabi
 
 FAIL_NTH = "/proc/thread-self/fail-nth"
-DEBUGFS = "/sys/kernel/debug"
 #: Knobs set for the sweep (and put back after it): count every slab allocation, those that may sleep too, and
 #: say nothing when one is failed.  Page allocations keep their defaults (order 1 and up, none that may sleep):
 #: a failed order-0 page of a slab or of the per-CPU allocator is reported with a stack trace, which the
@@ -79,31 +79,6 @@ class Sweep:
     #: counted), ! (a problem), after the letter a lower-case x when no site failed (the sweep's end)
     trace: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)
-
-
-def _write(path: str, value: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(value)
-
-
-def _read(path: str) -> str:
-    with open(path) as fh:
-        return fh.read().strip()
-
-
-def set_knobs() -> dict:
-    """Set :data:`KNOBS`; the values they had, to put back."""
-    old = {}
-    for name, value in KNOBS.items():
-        path = f"{DEBUGFS}/{name}"
-        old[name] = _read(path)
-        _write(path, value)
-    return old
-
-
-def restore_knobs(old: dict) -> None:
-    for name, value in old.items():
-        _write(f"{DEBUGFS}/{name}", value)
 
 
 def drain(sock) -> list:
@@ -326,7 +301,7 @@ def unavailable() -> str:
     """Why this kernel cannot run the sweep ("" when it can)."""
     if not os.path.exists(FAIL_NTH):
         return "no fail-nth (CONFIG_FAULT_INJECTION)"
-    if not os.path.isdir(f"{DEBUGFS}/failslab"):
+    if not os.path.isdir(f"{fault_knobs.DEBUGFS}/failslab"):
         return "no failslab in debugfs (CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS)"
     return ""
 
@@ -337,18 +312,15 @@ def sweep(c) -> dict:
     if why:
         return {"ok": True, "skipped": why}
     out = Sweep()
-    old = set_knobs()
-    sock = kabi.open_socket()
-    nth_fd = os.open(FAIL_NTH, os.O_RDWR)
     t0 = time.monotonic()
-    try:
-        for index, req in enumerate(requests(c)):
-            sweep_request(c, sock, nth_fd, req, out, seq0=(index + 1) << 16)
-    finally:
-        os.pwrite(nth_fd, b"0", 0)
-        os.close(nth_fd)
-        sock.close()
-        restore_knobs(old)
+    with fault_knobs.knobs_set(KNOBS), kabi.open_socket() as sock:
+        nth_fd = os.open(FAIL_NTH, os.O_RDWR)
+        try:
+            for index, req in enumerate(requests(c)):
+                sweep_request(c, sock, nth_fd, req, out, seq0=(index + 1) << 16)
+        finally:
+            os.pwrite(nth_fd, b"0", 0)
+            os.close(nth_fd)
     unproven = sorted(name for name in out.injected if not out.injected[name] or not out.enomem[name])
     ok = not out.problems and not unproven
     return {"ok": ok, "steps": out.steps, "seconds": round(time.monotonic() - t0, 1), "sites": out.sites,

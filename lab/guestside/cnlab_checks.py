@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+import fault_knobs
 import kabi
 
 MODULE = os.environ.get("CNLAB_KO", "/run/cnlab/cnlab.ko")
@@ -1259,8 +1260,7 @@ def t_insert_refusals(c, times=100, count=1000, gen_id=14):
     s0 = wait_drained(c).body["total"]
 
     def put(name, value):
-        with open(f"{FAIL_FUNCTION}/{name}", "w") as fh:
-            fh.write(value)
+        fault_knobs.write(f"fail_function/{name}", value)
 
     put("probability", "0")
     put("inject", "cbus_insert_group")
@@ -1281,6 +1281,63 @@ def t_insert_refusals(c, times=100, count=1000, gen_id=14):
     good = (r.ok and injected == times and t["generated"] == count and t["err_other"] == injected
             and sum(t[k] for k in GEN_KEYS if k != "generated") == count and inserted == count - injected)
     return report("insert_refusals", good, injected=injected, generator=t, cbus_inserted=inserted)
+
+
+#: failslab for a BENCH round: the first slab allocation a task marked ``make-it-fail`` makes fails, those
+#: that may sleep too, with no stack trace on the console; ``probability`` last, so the rest is in place.
+BENCH_NOMEM_KNOBS = {"failslab/ignore-gfp-wait": "N", "failslab/verbose": "0", "failslab/task-filter": "Y",
+                     "failslab/interval": "1", "failslab/space": "0", "failslab/times": "1",
+                     "failslab/probability": "100"}
+
+
+def bench_reply_body(r):
+    """A BENCH reply's result body, decoded also when the header carries an error."""
+    return r.body or (kabi.BENCH_RESULT.unpack(r.raw) if r.raw else {})
+
+
+def bench_nomem_outcome(injected, reply):
+    """One ``bench_nomem`` round: ``enomem`` (the run answered -ENOMEM in the header and the body, having
+    measured nothing), ``elsewhere`` (the failure went to another work item or to a send the run counted: it
+    measured), ``missed`` (nothing was failed), or what is wrong."""
+    if reply is None:
+        return "no reply"
+    body = bench_reply_body(reply)
+    calls = body.get("cbus_calls", 0) + body.get("direct_calls", 0)
+    if not injected:
+        return "missed"
+    if reply.status == body.get("status") == -errno.ENOMEM and not calls:
+        return "enomem"
+    if reply.status == body.get("status") == 0 and body.get("cbus_calls") and body.get("direct_calls"):
+        return "elsewhere"
+    return f"answered {reply.error_name or 'OK'} (body {body.get('status')}) with {calls} calls measured"
+
+
+def t_bench_nomem(c, rounds=3):
+    """A BENCH whose message buffer cannot be allocated answers -ENOMEM, with nothing measured (debug flavour).
+
+    BENCH runs in a workqueue worker of its CPU, which the requester's ``fail-nth`` (``alloc_sweep``) does not
+    reach: ``failslab``, filtered to the workers bound to that CPU (``make-it-fail``), fails the first slab
+    allocation one of them makes, once. The run's first allocation is its message buffer. ``failslab``'s
+    ``times`` shows that a failure happened (evidence); a round whose failure went elsewhere (the run measured)
+    or that failed nothing is run again, at most ``rounds`` times, and one must end in -ENOMEM.
+    """
+    if not os.path.isdir(f"{fault_knobs.DEBUGFS}/failslab"):
+        return report("bench_nomem", True, skipped="no failslab (CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS)")
+    cpu = ncpus() - 1
+    outcomes = []
+    for _ in range(rounds):
+        wait_drained(c)
+        with fault_knobs.tasks_made_to_fail(fault_knobs.kworkers_of(cpu)) as marked, \
+                fault_knobs.knobs_set(BENCH_NOMEM_KNOBS):
+            r = c.bench(timeout=30, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32, iterations=8,
+                        chunk=8, pause_us=0, cpu=cpu)
+            injected = fault_knobs.read("failslab/times") == "0"
+        outcomes.append(bench_nomem_outcome(injected, r))
+        outcomes[-1] += "" if marked else " (no worker of the CPU found)"
+        if outcomes[-1] not in ("elsewhere", "missed"):
+            break
+    good = outcomes[-1] == "enomem"
+    return report("bench_nomem", good, cpu=cpu, rounds=outcomes)
 
 
 def alloc_failures(cons, gen_id, cpu, generated):
@@ -1425,7 +1482,7 @@ def t_bench_status(c):
     r = c.bench(timeout=30, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32, iterations=8, chunk=8,
                 pause_us=0, cpu=0)
     stall_end(c)
-    body_status = r.body.get("status") if r.body else kabi.BENCH_RESULT.unpack(r.raw)["status"] if r.raw else None
+    body_status = bench_reply_body(r).get("status")
     good = r.status == -errno.ETIMEDOUT and body_status == -errno.ETIMEDOUT
     return report("bench_status", good, header_status=r.status, body_status=body_status)
 
@@ -1632,6 +1689,49 @@ def burst_shape(seqs, b, period_ns):
     return {"intra_median_us": median(intra) / 1e3, "inter_median_us": median(inter) / 1e3,
             "spacing_median_us": median(spacing) / 1e3,
             "tight_bursts": sum(1 for s in spans if s < period_ns / 4), "bursts": len(spans)}
+
+
+def early_messages(seqs, start_ns, rate):
+    """The ``(seq, ns_early)`` of messages stamped before their slot: a paced generator's message ``k`` (per
+    CPU, from 0) is due ``k / rate`` s after GEN_START, and the module stamps it after it found it due."""
+    early = []
+    for seq, ts in seqs:
+        due_ns = -(-seq * 10**9 // rate)  # the slot rounded up: (ts - start) * rate // 1e9 >= seq
+        if ts - start_ns < due_ns:
+            early.append((seq, due_ns - (ts - start_ns)))
+    return early
+
+
+def t_pace(c, rate=2000, count=60):
+    """A paced generator (rate R, no bursts) never sends ahead of its schedule, in every context.
+
+    Per CPU, message ``k`` must carry a kernel timestamp at least ``k / R`` s after the generator's
+    ``start_ns``, to the nanosecond: the module stamps a message after it found it due, so an unbroken rate
+    limiter has no early message at all. Late ones are allowed (TCG, a loaded host); every message must come.
+    """
+    ok_all = True
+    mask = (1 << ncpus()) - 1
+    for gid, ctx in enumerate(("kthread", "softirq", "timer", "hardirq")):
+        wait_drained(c)
+        cons = Consumer(keep_seqs=True)
+        cons.start()
+        g, err = run_gen(c, cons, gid, count, context=ctx, path="cbus", rate=rate, cpu_mask=mask)
+        if g is None:
+            cons.stop()
+            ok_all = report("pace", False, ctx=ctx, error=err) and ok_all
+            continue
+        wait_drained(c)
+        generated = gen_totals(g)["generated"]
+        cons.wait_for(generated, 20)
+        cons.stop()
+        start = g.body["start_ns"]
+        early = {cpu: early_messages(cons.seqs.get((gid, cpu), []), start, rate) for cpu in range(ncpus())}
+        good = (generated == cons.received == count * ncpus() and cons.lost == cons.reordered == 0
+                and not any(early.values()))
+        ok_all = report("pace", good, ctx=ctx, rate=rate, generated=generated, received=cons.received,
+                        lost=cons.lost, early={cpu: len(e) for cpu, e in early.items()},
+                        first_early={cpu: e[:3] for cpu, e in early.items() if e}) and ok_all
+    return ok_all
 
 
 def t_bursts(c, rate=50, burst=32, nbursts=12):
@@ -2248,8 +2348,9 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "cpu_entries": t_cpu_entries,
          "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
-         "alloc_sweep": t_alloc_sweep, "insert_refusals": t_insert_refusals, "pool_slots": t_pool_slots,
-         "bench_offline": t_bench_offline, "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds,
+         "alloc_sweep": t_alloc_sweep, "insert_refusals": t_insert_refusals, "bench_nomem": t_bench_nomem,
+         "pool_slots": t_pool_slots, "bench_offline": t_bench_offline, "pace": t_pace, "bursts": t_bursts,
+         "offline_end": t_offline_end, "bounds": t_bounds,
          "abi_fuzz": t_abi_fuzz, "fuzz": t_fuzz, "deliver": t_deliver, "hotplug": t_hotplug,
          "alloc_nth_exact": t_alloc_nth_exact, "unload_inflight": t_unload_inflight, "nested_irq": t_nested_irq,
          "unload": t_unload}

@@ -52,11 +52,13 @@ def test_the_debug_kernel_boots_with_its_detectors_on_and_the_module_runs_clean(
             assert path in probe, probe
         assert probe.strip().splitlines()[-1] == "1", probe
         checks = guest.run(["python3", f"{lib}/cnlab_checks.py", "--no-klog", "echo", "balance", "invariant",
-                            "perm", "alloc_sweep", "insert_refusals"], timeout=1200, check=False)
+                            "perm", "alloc_sweep", "insert_refusals", "bench_nomem"], timeout=1200, check=False)
         assert checks.exit_status == 0, checks.text[-3000:]
         sweep = json.loads(next(line for line in checks.text.splitlines() if '"alloc_sweep"' in line))
         # evidence that the sweep's faults fired: every request type had allocations failed and answered -ENOMEM
         assert all(sweep["injected"].values()) and all(sweep["enomem"].values()), sweep
+        bench = json.loads(next(line for line in checks.text.splitlines() if '"bench_nomem"' in line))
+        assert bench["rounds"][-1] == "enomem", bench  # the BENCH worker's buffer was failed, and it said so
         watch.assert_clean()  # console (KASAN, lockdep, ODEBUG, ...), taint, and a kmemleak scan
 
 
@@ -179,3 +181,17 @@ def test_insert_refusals_catches_a_refusal_the_generator_does_not_count(debug_la
     # the injection fired 100 times (its evidence), CBUS saw the other 900, and the generator lost the 100
     assert not refusals["ok"] and refusals["injected"] == 100 and refusals["cbus_inserted"] == 900, refusals
     assert refusals["generator"]["err_other"] == 0 and refusals["generator"]["ok"] == 900, refusals
+
+
+#: bench.c: a BENCH whose message buffer cannot be allocated reports success with nothing measured (-ENOMEM
+#: made 0, the surviving mutant bench.c:154:return).
+BENCH_SILENT_ON_ENOMEM = ("bench.c", "\tif (!msg)\n\t\treturn -ENOMEM;\n\tmsg->id.idx = c->idx;",
+                          "\tif (!msg)\n\t\treturn 0;\n\tmsg->id.idx = c->idx;")
+
+
+def test_bench_nomem_catches_a_bench_that_reports_success_when_its_buffer_cannot_be_allocated(debug_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(debug_lab, tmp_path, BENCH_SILENT_ON_ENOMEM), ["bench_nomem"])
+    assert not error and not console, (error, console)
+    (bench,) = res["bench_nomem"]
+    # the failure was injected (failslab's times went to 0) and the run answered OK with no call measured
+    assert not bench["ok"] and bench["rounds"][-1] == "answered OK (body 0) with 0 calls measured", bench

@@ -293,10 +293,14 @@ def test_overrun_is_counted_apart_from_no_listener(pool):
 
 @pytest.mark.xdist_group("kmod-2cpu")
 def test_bursts_are_bursts_in_every_context(pool):
-    """CNLAB_GEN_F_BURSTS: 32 messages back to back 50 times a second, in every context; limits refused."""
-    res = run_checks(pool, "2cpu", 2, ["bursts", "invariant"])
+    """CNLAB_GEN_F_BURSTS: 32 messages back to back 50 times a second, in every context; limits refused.
+    Paced without it, no message goes out before its slot."""
+    res = run_checks(pool, "2cpu", 2, ["bursts", "pace", "invariant"])
     assert {r["ctx"] for r in res["bursts"]} == {"kthread", "softirq", "timer", "hardirq"}
     assert res["burst_limits"][0]["ok"]
+    # without the flag, a paced generator sends no message ahead of its slot, in any context
+    assert {r["ctx"] for r in res["pace"]} == {"kthread", "softirq", "timer", "hardirq"}
+    assert all(r["received"] == 120 and r["early"] == {"0": 0, "1": 0} for r in res["pace"]), res["pace"]
 
 
 # Many possible CPUs (cloud guests often have 64 or more for hotplug) and 2 online: the ALLOC_NTH setter's

@@ -293,3 +293,17 @@ def test_pool_slots_catches_a_pool_one_slot_short(cnlab_lab, tmp_path):
     (slots,) = res["pool_slots"]
     # 1,074 queued behind a stalled drain each time: 51 came from kmalloc, not 50
     assert not slots["ok"] and slots["misses"] == [51, 51], slots
+
+
+#: gen.c: the rate limiter's target is one message ahead (the k-th message is due at (k - 1) / rate).
+RATE_ONE_AHEAD = ("gen.c", "\t\t\t\t\t NSEC_PER_SEC) + 1;\n", "\t\t\t\t\t NSEC_PER_SEC) + 2;\n")
+
+
+def test_pace_catches_a_rate_limiter_one_message_ahead(cnlab_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, RATE_ONE_AHEAD), ["pace", "echo"])
+    assert not error and not console, (error, console)
+    # every message still comes, in order: only the timestamps show it
+    assert all(not r["ok"] and r["received"] == r["generated"] == 120 and r["lost"] == 0 for r in res["pace"]), \
+        res["pace"]
+    # in every context, some message on each CPU went out a slot early
+    assert {r["ctx"] for r in res["pace"] if all(r["early"].values())} == {"kthread", "softirq", "timer", "hardirq"}

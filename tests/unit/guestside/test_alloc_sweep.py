@@ -98,17 +98,6 @@ def test_an_error_with_nothing_failed_is_a_problem_and_the_baseline_status_is_no
     assert sweep.judge(req, rec, [FakeReply(-errno.ENODATA)], 0) == ""
 
 
-def test_the_knobs_are_put_back(monkeypatch, tmp_path):
-    for name in sweep.KNOBS:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text("Y\n")
-    monkeypatch.setattr(sweep, "DEBUGFS", str(tmp_path))
-    old = sweep.set_knobs()
-    assert all((tmp_path / name).read_text() == value for name, value in sweep.KNOBS.items())
-    sweep.restore_knobs(old)
-    assert all((tmp_path / name).read_text() == "Y" for name in sweep.KNOBS)
-
-
 def test_a_kernel_without_fault_injection_skips_saying_why(monkeypatch, tmp_path):
     monkeypatch.setattr(sweep, "FAIL_NTH", str(tmp_path / "fail-nth"))
     assert sweep.sweep(None) == {"ok": True, "skipped": "no fail-nth (CONFIG_FAULT_INJECTION)"}

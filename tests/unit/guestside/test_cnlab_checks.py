@@ -237,3 +237,27 @@ def test_a_moved_default_or_an_undocumented_parameter_fails_the_defaults_check(c
     good, bad = checks.RESULTS[-2:]
     assert good["ok"] and not bad["ok"]
     assert bad["wrong"] == {"bundle_bytes": "8191"} and bad["undocumented"] == ["new_knob"]
+
+
+def test_a_message_stamped_before_its_slot_is_early_by_the_nanoseconds_it_lacked(checks):
+    start, rate = 1_000, 3  # slots at 0, 333,333,334 and 666,666,667 ns (rounded up) after the start
+    on_time = [(0, start), (1, start + 333_333_334), (2, start + 700_000_000)]
+    assert checks.early_messages(on_time, start, rate) == []
+    # one message ahead of a rate limiter: the second goes out with the first
+    assert checks.early_messages([(0, start), (1, start + 5), (2, start + 666_666_666)], start, rate) == [
+        (1, 333_333_329), (2, 1)]
+
+
+@pytest.mark.parametrize(("injected", "status", "body", "outcome"), [
+    (True, -12, {"status": -12, "cbus_calls": 0, "direct_calls": 0}, "enomem"),
+    (True, 0, {"status": 0, "cbus_calls": 64, "direct_calls": 64}, "elsewhere"),
+    (False, 0, {"status": 0, "cbus_calls": 64, "direct_calls": 64}, "missed"),
+    # the module that returns 0 when its buffer cannot be allocated: success, nothing measured
+    (True, 0, {"status": 0, "cbus_calls": 0, "direct_calls": 0}, "answered OK (body 0) with 0 calls measured"),
+    (True, -12, {"status": 0, "cbus_calls": 0, "direct_calls": 0}, "answered ENOMEM (body 0) with 0 calls measured"),
+])
+def test_a_bench_round_is_judged_by_its_reply_and_whether_a_failure_was_injected(checks, injected, status, body,
+                                                                                 outcome):
+    reply = SimpleNamespace(status=status, body=body, raw=b"", error_name="ENOMEM" if status else "")
+    assert checks.bench_nomem_outcome(injected, reply) == outcome
+    assert checks.bench_nomem_outcome(injected, None) == "no reply"
