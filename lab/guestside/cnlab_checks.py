@@ -1564,6 +1564,78 @@ def t_defaults(c, params="/sys/module/cnlab/parameters"):
     return report("defaults", not wrong and not extra, wrong=wrong, undocumented=extra)
 
 
+#: The module parameters with a documented range (docs/kmod.md "Module parameters"; a unit test keeps the two in
+#: step): (lowest, highest), None where there is no upper end. fail_init is a test hook, checked by initfail.
+PARAM_RANGES = {"queue_limit": (1, 1048576), "queue_bytes": (65536, 1073741824), "bundle_bytes": (256, 16364),
+                "drain_budget": (1, None), "drain_nice": (-20, 19), "pool_slots": (0, 65536)}
+SIGNED_PARAMS = {"drain_nice"}
+
+
+def param_bound_values(name):
+    """(the ends of ``name``'s range, the values one past them) as load arguments; a value below 0 of an
+    unsigned parameter is left out (the kernel's parser refuses it before the module sees it)."""
+    lo, hi = PARAM_RANGES[name]
+    ends = [lo] + ([hi] if hi is not None else [])
+    past = [v for v in (lo - 1, None if hi is None else hi + 1)
+            if v is not None and (v >= 0 or name in SIGNED_PARAMS)]
+    return ends, past
+
+
+def t_param_bounds(c, params="/sys/module/cnlab/parameters"):
+    """Every module parameter with a documented range loads at both ends of it, reads back the value given and
+    answers ECHO; one past either end fails the load. A refusal one step inside the range (``>=`` for ``>``)
+    or a value let through one step outside it shows here and nowhere else."""
+    res, good = {}, True
+    try:
+        for name in PARAM_RANGES:
+            ends, past = param_bound_values(name)
+            for value in ends:
+                err = reload_module(f"{name}={value}")
+                row = {"load": err or "loaded"}
+                if not err:
+                    with open(f"{params}/{name}") as fh:
+                        row["read_back"] = fh.read().strip()
+                    with kabi.CtlClient(timeout=10.0) as q:
+                        row["echo"] = q.echo(b"bounds").error_name or "ok"
+                res[f"{name}={value}"] = row
+                good = good and row == {"load": "loaded", "read_back": str(value), "echo": "ok"}
+            for value in past:
+                err = reload_module(f"{name}={value}")
+                res[f"{name}={value}"] = {"load": err or "loaded"}
+                good = good and bool(err)
+    finally:
+        err = reload_module("")
+    return report("param_bounds", good and not err, results=res, reload=err or "loaded")
+
+
+def t_group_bounds(c, count=20):
+    """Generators reach the lowest and the highest multicast group (1 and 32) on every path: direct, CBUS and
+    CBUS bundles each deliver all ``count`` messages of a kthread generator to a reader of that group; groups
+    0 and 33 are refused (-EINVAL)."""
+    res, good = {}, True
+    for group in (kabi.CNLAB_GROUP_MIN, kabi.CNLAB_GROUP_MAX):
+        for path, flags in (("direct", 0), ("cbus", 0), ("cbus", kabi.CNLAB_GEN_F_BUNDLE)):
+            wait_drained(c)
+            cons = Consumer(group=group)
+            cons.start()
+            g, err = run_gen(c, cons, 11, count, context="kthread", path=path, flags=flags, cpu_mask=1, group=group)
+            wait_drained(c)
+            tot = gen_totals(g) if g is not None else {}
+            cons.wait_for(count, 10)
+            cons.stop()
+            row = {"error": err, "ok": tot.get("ok"), "received": cons.received, "lost": cons.lost}
+            res[f"{group} {path}{' bundle' if flags else ''}"] = row
+            good = good and row == {"error": None, "ok": count, "received": count, "lost": 0}
+    for group in (kabi.CNLAB_GROUP_MIN - 1, kabi.CNLAB_GROUP_MAX + 1):
+        r = c.gen_start(gen_id=11, idx=GEN_IDX, val=GEN_VAL, group=group, count=count, cpu_mask=1, rate=0,
+                        size_min=32, size_max=32, context="kthread", path="cbus")
+        res[f"{group} refused"] = r.error_name or "started"
+        good = good and r.status == -errno.EINVAL
+        if r.ok:
+            wait_gen_done(c, 11)
+    return report("group_bounds", good, results=res)
+
+
 def t_cpu_entries(c):
     """STATS and GEN_STATS have one entry per possible CPU (the first 64), each with its CPU number; with
     nothing running, STATS' total is the sum of those entries field by field (the largest, for the high-water
@@ -2350,7 +2422,8 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
          "alloc_sweep": t_alloc_sweep, "insert_refusals": t_insert_refusals, "bench_nomem": t_bench_nomem,
          "pool_slots": t_pool_slots, "bench_offline": t_bench_offline, "pace": t_pace, "bursts": t_bursts,
-         "offline_end": t_offline_end, "bounds": t_bounds,
+         "offline_end": t_offline_end, "bounds": t_bounds, "param_bounds": t_param_bounds,
+         "group_bounds": t_group_bounds,
          "abi_fuzz": t_abi_fuzz, "fuzz": t_fuzz, "deliver": t_deliver, "hotplug": t_hotplug,
          "alloc_nth_exact": t_alloc_nth_exact, "unload_inflight": t_unload_inflight, "nested_irq": t_nested_irq,
          "unload": t_unload}

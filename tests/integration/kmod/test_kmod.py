@@ -272,9 +272,16 @@ def test_stats_entries_are_the_possible_cpus(pool):
 
 @pytest.mark.xdist_group("kmod-2cpu")
 def test_bundle_bytes_is_bounded_by_the_connector_maximum(pool):
-    """bundle_bytes above 16,364 is refused at load; at 16,364 no bundle outgrows a reader sized for 16,384."""
-    res = run_checks(pool, "2cpu", 2, ["bundle_bound", "echo"])
+    """bundle_bytes above 16,364 is refused at load; at 16,364 no bundle outgrows a reader sized for 16,384.
+    Every ranged parameter loads at both ends and not one past them; groups 1 and 32 are reached on every path."""
+    res = run_checks(pool, "2cpu", 2, ["bundle_bound", "param_bounds", "group_bounds", "echo"])
     assert res["bundle_bound"][0]["results"]["max"]["cut"] == 0
+    bounds = res["param_bounds"][0]["results"]
+    assert bounds["queue_bytes=1073741824"] == {"load": "loaded", "read_back": "1073741824", "echo": "ok"}, bounds
+    assert bounds["drain_nice=20"]["load"] != "loaded" and len(bounds) == 21, bounds
+    groups = res["group_bounds"][0]["results"]
+    assert groups["32 cbus bundle"] == {"error": None, "ok": 20, "received": 20, "lost": 0}, groups
+    assert groups["33 refused"] == groups["0 refused"] == "EINVAL", groups
 
 
 @pytest.mark.xdist_group("kmod-2cpu")

@@ -307,3 +307,24 @@ def test_pace_catches_a_rate_limiter_one_message_ahead(cnlab_lab, tmp_path):
         res["pace"]
     # in every context, some message on each CPU went out a slot early
     assert {r["ctx"] for r in res["pace"] if all(r["early"].values())} == {"kthread", "softirq", "timer", "hardirq"}
+
+
+#: cbus.c: CBUS refuses the highest group (`>=` for `>`, the surviving mutant cbus.c:291:boundary).
+HIGHEST_GROUP_REFUSED = ("cbus.c", "group > CNLAB_GROUP_MAX || (flags", "group >= CNLAB_GROUP_MAX || (flags")
+#: cbus.c: the module refuses to load with queue_bytes at its documented maximum (the mutant cbus.c:861:boundary).
+QBYTES_MAX_REFUSED = ("cbus.c", "queue_bytes > CNLAB_QBYTES_MAX", "queue_bytes >= CNLAB_QBYTES_MAX")
+
+
+def test_the_bounds_checks_catch_a_range_cut_one_short_at_its_top(cnlab_lab, tmp_path):
+    lab = _mutant(cnlab_lab, tmp_path, HIGHEST_GROUP_REFUSED, QBYTES_MAX_REFUSED)
+    res, console, error = _run_checks(lab, ["group_bounds", "param_bounds", "echo"])
+    assert not error and not console, (error, console)
+    (groups,), (params,) = res["group_bounds"], res["param_bounds"]
+    # direct sends still reach group 32; CBUS refuses it (counted as err_other, so ok is 0 and nothing arrives)
+    bad = {k for k, row in groups["results"].items() if isinstance(row, dict) and row["received"] != 20}
+    assert not groups["ok"] and bad == {"32 cbus", "32 cbus bundle"}, groups
+    refused_in_range = {k for k, row in params["results"].items() if row["load"] != "loaded"
+                        } - {"queue_limit=0", "queue_limit=1048577", "queue_bytes=65535", "queue_bytes=1073741825",
+                             "bundle_bytes=255", "bundle_bytes=16365", "drain_budget=0", "drain_nice=-21",
+                             "drain_nice=20", "pool_slots=65537"}
+    assert not params["ok"] and refused_in_range == {"queue_bytes=1073741824"}, params

@@ -225,6 +225,33 @@ def test_the_defaults_check_knows_every_parameter_with_the_default_the_docs_give
     assert set(declared) == set(checks.PARAM_DEFAULTS)
 
 
+def test_the_param_bounds_check_knows_every_range_the_docs_give(checks):
+    from lab.image.module import kmod_dir
+
+    table = (kmod_dir().parent / "docs" / "kmod.md").read_text().split("| Parameter | Default | Meaning |")[1]
+    documented = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        name, _default, meaning = (cell.strip() for cell in line.split("|")[1:4])
+        if m := re.search(r"\((-?\d+)\.\.(-?\d+)", meaning):
+            documented[name.strip("`")] = (int(m[1]), int(m[2]))
+        elif m := re.search(r"at least (\d+)", meaning):
+            documented[name.strip("`")] = (int(m[1]), None)
+    assert documented.pop("fail_init") == (1, 6)  # a test hook: initfail fails each step
+    assert documented == checks.PARAM_RANGES
+    kabi = checks.kabi
+    assert checks.PARAM_RANGES["queue_limit"] == (1, kabi.CNLAB_QLIMIT_MAX)
+    assert checks.PARAM_RANGES["queue_bytes"] == (kabi.CNLAB_QBYTES_MIN, kabi.CNLAB_QBYTES_MAX)
+    assert checks.PARAM_RANGES["bundle_bytes"][1] == kabi.CONNECTOR_MAX_MSG_SIZE - kabi.CN_MSG.size
+
+
+def test_each_range_is_loaded_at_its_ends_and_one_past_them_where_the_parser_lets_the_module_judge(checks):
+    assert checks.param_bound_values("pool_slots") == ([0, 65536], [65537])  # -1 is not a uint
+    assert checks.param_bound_values("drain_nice") == ([-20, 19], [-21, 20])
+    assert checks.param_bound_values("drain_budget") == ([1], [0])
+
+
 def test_a_moved_default_or_an_undocumented_parameter_fails_the_defaults_check(checks, tmp_path, capsys):
     params = tmp_path / "parameters"
     params.mkdir()
