@@ -184,14 +184,30 @@ def _run_quick(lab: Lab, suite: Suite, source: Path, out_dir: Path, jobs: int) -
     return ("killed", " | ".join(bad)) if bad else ("survived", f"{len(outcome.records)} scenarios passed")
 
 
+class KernelProblemBeforeModule(Exception):
+    """The guest's kernel reported a problem during its boot before the module began to load (a debug
+    kernel's early-boot report under TCG): the mutant cannot have caused it, so the guest is booted again."""
+
+
 def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[str, str]:
     """Boot a guest with the module of ``source``, run the suite's guest checks and the console check; the
     checks' whole report lines go to ``out_dir/checks.jsonl`` and the console log beside it (the outcome's
-    detail keeps 200 characters of each failure)."""
+    detail keeps 200 characters of each failure). A guest whose kernel reported a problem before the module
+    began to load is booted once more; twice is an ``error``, not a kill."""
+    for name in ("mutant", "mutant-reboot"):
+        try:
+            return _checks_in_guest(lab, suite, source, out_dir, name)
+        except KernelProblemBeforeModule as exc:
+            early = str(exc)
+    return "error", f"the kernel reported a problem before the module loaded, at two boots: {early}"[:400]
+
+
+def _checks_in_guest(lab: Lab, suite: Suite, source: Path, out_dir: Path, name: str) -> tuple[str, str]:
     from lab.guest.files import install_guest_programs
     from lab.guest.kcheck import KernelWatch
     from lab.guest.machine import Guest
     from lab.guest.qemu_argv import GuestShape
+    from lab.guest.snapshot import discard_saved_state, kernel_problems_of_the_boot
 
     mlab = lab.with_module_source(source)
     failed: list[str] = []
@@ -202,11 +218,15 @@ def _run_checks(lab: Lab, suite: Suite, source: Path, out_dir: Path) -> tuple[st
                                        f"sysctl.kernel.hung_task_timeout_secs={TCG_HUNG_TASK_TIMEOUT_S}")
                                       if lab.accel_for(shape.cpus).name == "tcg" else ())
     try:
-        with Guest(mlab.guest_spec(shape, name="mutant", cmdline=cmdline), log_dir=out_dir) as g:
+        with Guest(mlab.guest_spec(shape, name=name, cmdline=cmdline), log_dir=out_dir) as g:
             lib = install_guest_programs(g)
             watch = KernelWatch(g, from_boot=True)  # a mutant's init runs at boot: its reports count
             at_boot = watch.report(leaks=False)  # what the boot did, without a kmemleak scan
             if not at_boot.clean:  # decided before any check: no need to run them
+                early = kernel_problems_of_the_boot(g, g.spec)
+                if early:  # a restored guest replays its saved boot: the next one must boot anew
+                    discard_saved_state(g.spec, "the kernel reported a problem before the module loaded")
+                    raise KernelProblemBeforeModule("; ".join(early[:3]))
                 return "killed", "at boot: " + at_boot.describe()[:300]
             stuck = StuckWatch(g)
             with stuck:

@@ -29,6 +29,7 @@ __all__ = [
     "KernelReport",
     "KernelWatch",
     "console_problems",
+    "problems_before_module_load",
     "taint_letters",
     "unexpected_taint",
 ]
@@ -74,6 +75,20 @@ def console_problems(text: str) -> list[str]:
                 found.append(f"{name}: {clean.strip()}")
                 break
     return found
+
+
+#: The kernel's line as it loads the first out-of-tree module, before that module's init runs.
+_OOT_MODULE_LOAD = re.compile(r"^\[\s*[\d.]+\]\s+(\S+): loading out-of-tree module taints kernel", re.M)
+
+
+def problems_before_module_load(text: str, modules: list[str]) -> list[str]:
+    """The console problems of ``text`` printed before the first of ``modules`` began to load (the kernel's
+    out-of-tree taint line for it): the kernel's own, which nothing in those modules can have caused. None
+    are found when that line is not there (the load cannot be placed)."""
+    for m in _OOT_MODULE_LOAD.finditer(text):
+        if m.group(1) in modules:
+            return console_problems(text[:m.start()])
+    return []
 
 
 def taint_letters(mask: int) -> str:

@@ -71,6 +71,7 @@ from qemu.qmp import QMPError
 
 from lab.errors import LabError
 from lab.guest.files import GUEST_LIB, files_key
+from lab.guest.kcheck import console_problems, problems_before_module_load
 from lab.guest.machine import Guest, GuestSpec
 from lab.guest.qemu_argv import SavedState
 from lab.host.cache import content_key, publish_dir, write_json_atomic
@@ -428,6 +429,9 @@ def _save(spec: GuestSpec, scratch: Path, key: str, inputs: dict) -> None:
     try:
         saver.start()
         boot_s = saver.timing.ssh
+        early = kernel_problems_of_the_boot(saver, spec)
+        if early:  # every guest restored from it would start with them
+            raise LabError(f"the kernel reported a problem while booting, before the modules loaded: {early[0]}")
         warm = saver.run(WARM_UP, timeout=120)
         if not warm.ok:
             log.info("saved state %s: warming the page cache failed (exit %s): %s", key, warm.exit_status,
@@ -458,6 +462,21 @@ def _save(spec: GuestSpec, scratch: Path, key: str, inputs: dict) -> None:
     (scratch / "used").touch()
     log.info("saved guest state %s (%d vCPUs, %d MB): %.1f MB on disk, in %.1f s", key, spec.shape.cpus,
              spec.shape.memory_mb, meta["disk_bytes"] / 2**20, meta["total_s"])
+
+
+def kernel_problems_of_the_boot(guest: Guest, spec: GuestSpec) -> list[str]:
+    """Console problems the kernel printed booting, before the spec's modules began to load (all of them
+    for a guest that loads none): the kernel's own, not the modules' (whose own reports a saved state keeps,
+    for the restored guests' checks to see)."""
+    text = guest.console_text()
+    modules = [_module_name(m) for m in spec.modules] if spec.load_modules else []
+    return problems_before_module_load(text, modules) if modules else console_problems(text)
+
+
+def discard_saved_state(spec: GuestSpec, reason: str) -> None:
+    """Delete the saved state guests of ``spec`` start from, if there is one: the next guest saves anew."""
+    if spec.snapshots is not None:
+        SnapshotStore(spec.snapshots).discard(content_key(snapshot_inputs(spec)), reason)
 
 
 def snapshot_for(spec: GuestSpec) -> Snapshot | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -274,6 +275,7 @@ class _BootGuest:
 
     def __init__(self, console, taint=0x3000, output=b""):
         self.console, self.taint, self.output, self.commands = console, taint, output, []
+        self.spec = SimpleNamespace(modules=(Path("cnlab.ko"),), load_modules=True, snapshots=None)
 
     def __enter__(self):
         return self
@@ -303,7 +305,8 @@ def _checks_with(monkeypatch, tmp_path, guest, flavour="cloud", accel="tcg", spe
     import lab.guest.files
     import lab.guest.machine
 
-    monkeypatch.setattr(lab.guest.machine, "Guest", lambda spec, log_dir=None: guest)
+    guests = iter(guest) if isinstance(guest, list) else None  # a guest per boot, or the one for every boot
+    monkeypatch.setattr(lab.guest.machine, "Guest", lambda spec, log_dir=None: next(guests) if guests else guest)
     monkeypatch.setattr(lab.guest.files, "install_guest_programs", lambda g: "/lib")
     monkeypatch.setattr("lab.guest.kmemleak._kernel_lacks_kmemleak", lambda g: True)
     specs = [] if specs is None else specs
@@ -336,6 +339,34 @@ def test_a_report_while_the_module_loaded_at_boot_kills_the_mutant_before_any_ch
     status, detail = _checks_with(monkeypatch, tmp_path, guest)
     assert status == "killed" and detail.startswith("at boot: new taint 0x20 (B)") and "KASAN" in detail
     assert not any("cnlab_checks.py" in " ".join(c) for c in guest.commands)
+
+
+EARLY_KASAN = "[    0.004006] BUG: KASAN: wild-memory-access in do_raw_spin_lock+0x11f/0x270\n"
+MODULE_LOADS = "[   17.147999] cnlab: loading out-of-tree module taints kernel.\n"
+
+
+def test_a_kernel_problem_before_the_module_loaded_boots_again_and_is_not_a_kill(monkeypatch, tmp_path):
+    out = b'{"test": "echo", "ok": true}\n'
+    early = _BootGuest(EARLY_KASAN + MODULE_LOADS, taint=0x3020)
+    clean = _BootGuest(MODULE_LOADS, output=out)
+    specs = []
+    status, detail = _checks_with(monkeypatch, tmp_path, [early, clean], specs=specs)
+    assert (status, detail) == ("survived", "1 checks passed")
+    assert [kw["name"] for _shape, kw in specs] == ["mutant", "mutant-reboot"]  # two console logs, side by side
+    assert not early.commands  # no check ran on the guest whose kernel was broken before the module
+
+
+def test_a_kernel_problem_before_the_module_at_both_boots_is_an_error(monkeypatch, tmp_path):
+    guests = [_BootGuest(EARLY_KASAN + MODULE_LOADS, taint=0x3020) for _ in range(2)]
+    status, detail = _checks_with(monkeypatch, tmp_path, guests)
+    assert status == "error" and detail.startswith("the kernel reported a problem before the module loaded, at two "
+                                                   "boots: BUG: [    0.004006] BUG: KASAN: wild-memory-access"), detail
+
+
+def test_a_report_after_the_module_began_to_load_still_kills(monkeypatch, tmp_path):
+    boot = MODULE_LOADS + "[ 17.2] BUG: KASAN: global-out-of-bounds in cnlab_gen_init+0x54/0x60 [cnlab]\n"
+    status, detail = _checks_with(monkeypatch, tmp_path, [_BootGuest(boot, taint=0x3020)])
+    assert status == "killed" and detail.startswith("at boot: ") and "global-out-of-bounds" in detail
 
 
 def test_a_clean_boot_and_passing_checks_survive(monkeypatch, tmp_path):

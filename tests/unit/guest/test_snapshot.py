@@ -233,6 +233,44 @@ def test_a_guest_whose_sshd_cannot_be_held_is_not_saved_and_boots_cold(spec, mon
     assert not (spec.snapshots / _key(spec) / "meta.json").exists()
 
 
+EARLY_KASAN = ("[    0.004006] BUG: KASAN: wild-memory-access in do_raw_spin_lock+0x11f/0x270\n"
+               "[    0.005848] Call Trace:\n")
+MODULE_LOADS = "[   17.147999] cnlab: loading out-of-tree module taints kernel.\n"
+MODULE_WARNS = "[   17.200000] WARNING: CPU: 1 PID: 80 at cbus.c:300 cbus_insert_group+0x1/0x2 [cnlab]\n"
+
+
+def test_a_boot_whose_kernel_reported_a_problem_is_not_saved_and_the_guest_boots_cold(spec, monkeypatch, caplog):
+    monkeypatch.setattr(Guest, "console_text", lambda self: EARLY_KASAN)
+    with caplog.at_level(logging.WARNING):
+        guest = _start(spec, monkeypatch)
+    assert guest.timing.mode == "cold"
+    assert "the kernel reported a problem while booting, before the modules loaded: BUG: " in caplog.text
+    assert not (spec.snapshots / _key(spec) / "meta.json").exists()
+    assert SnapshotStore(spec.snapshots).failures(_key(spec))["count"] == 1
+
+
+def test_only_the_problems_before_the_modules_load_are_the_kernels_own(spec, tmp_path):
+    class Booted:
+        def __init__(self, text):
+            self.text = text
+
+        def console_text(self):
+            return self.text
+
+    module = tmp_path / "cnlab.ko"
+    with_module = dataclasses.replace(spec, modules=(module,))
+    both = Booted(EARLY_KASAN + MODULE_LOADS + MODULE_WARNS)
+    assert snap_mod.kernel_problems_of_the_boot(both, with_module) == [
+        "BUG: [    0.004006] BUG: KASAN: wild-memory-access in do_raw_spin_lock+0x11f/0x270",
+        "call trace: [    0.005848] Call Trace:"]
+    # the module's own warning is kept in the saved state, for the restored guests' checks to see
+    assert snap_mod.kernel_problems_of_the_boot(Booted(MODULE_LOADS + MODULE_WARNS), with_module) == []
+    # a module that never loaded cannot place its load: nothing is the kernel's alone
+    assert snap_mod.kernel_problems_of_the_boot(Booted(EARLY_KASAN), with_module) == []
+    # no modules: every problem of the boot is the kernel's
+    assert len(snap_mod.kernel_problems_of_the_boot(Booted(EARLY_KASAN), spec)) == 2
+
+
 @pytest.mark.parametrize(("mode", "reason"), [("restore-die", "load of migration failed"),
                                               ("restore-fail", "loading the saved state failed")])
 def test_a_state_qemu_cannot_load_falls_back_to_a_cold_boot(spec, monkeypatch, mode, reason):
