@@ -1636,6 +1636,105 @@ def t_group_bounds(c, count=20):
     return report("group_bounds", good, results=res)
 
 
+def message_problems(buf, off, end, gen_id, cbus):
+    """What is wrong with one generated connector message at ``buf[off:end]`` (its ``cn_msg`` and data) by
+    docs/kmod.md "Generated messages": ``cn_msg{idx, val, seq = low 32 bits of the sequence, ack 0, len,
+    flags 0}``, the event (its ``len`` the message's, ``flags`` CBUS for that path) and filler bytes equal to
+    ``seq & 0xff``. A list of problem names (empty: right) and the event's seq, or None when too short."""
+    if end - off < kabi.CN_MSG.size + kabi.EVENT_S.size:
+        return ["short"], None
+    idx, val, seq, ack, length, flags = kabi.CN_MSG_S.unpack_from(buf, off)
+    data = off + kabi.CN_MSG.size
+    ev_gen, _cpu, ev_seq, _ts, ev_len, ev_flags = kabi.EVENT_S.unpack_from(buf, data)
+    problems = []
+    if (idx, val) != (GEN_IDX, GEN_VAL) or ev_gen != gen_id:
+        problems.append("id")
+    if seq != ev_seq & 0xFFFFFFFF:
+        problems.append("cn seq")
+    if ack:
+        problems.append("ack")
+    if flags:
+        problems.append("cn flags")
+    if length != ev_len or data + length > end:
+        problems.append("len")
+    if ev_flags != (kabi.CNLAB_EV_F_CBUS if cbus else 0):
+        problems.append("event flags")
+    filler = bytes(buf[data + kabi.EVENT_S.size:min(data + length, end)])
+    if filler.count(ev_seq & 0xFF) != len(filler):
+        problems.append("filler")
+    return problems, ev_seq
+
+
+def datagram_problems(buf, n, gen_id, cbus):
+    """Every generated message of one datagram checked by :func:`message_problems`, inner messages of a CBUS
+    bundle too (the bundle's own header: id and seq of its first message, ack 0, flags CNLAB_CN_F_BUNDLE):
+    (problem name -> count, messages seen)."""
+    found, seen, off = {}, 0, 0
+    while off + kabi.DATA_OFFSET <= n:
+        nl_len = kabi.NLMSGHDR_S.unpack_from(buf, off)[0]
+        if nl_len < kabi.DATA_OFFSET or off + nl_len > n:
+            found["nlmsg"] = found.get("nlmsg", 0) + 1
+            break
+        cn = off + kabi.NLMSG_HDRLEN
+        idx, val, seq, ack, length, flags = kabi.CN_MSG_S.unpack_from(buf, cn)
+        if flags & kabi.CNLAB_CN_F_BUNDLE:
+            p, end = cn + kabi.CN_MSG.size, min(cn + kabi.CN_MSG.size + length, off + nl_len)
+            first = None
+            while p < end:
+                problems, ev_seq = message_problems(buf, p, end, gen_id, cbus)
+                first = ev_seq if first is None else first
+                for name in problems:
+                    found[name] = found.get(name, 0) + 1
+                seen += 1
+                if ev_seq is None:
+                    break
+                p += kabi.CN_MSG.size + kabi.CN_MSG_S.unpack_from(buf, p)[4]
+            if (idx, val) != (GEN_IDX, GEN_VAL) or ack or flags != kabi.CNLAB_CN_F_BUNDLE or \
+                    first is None or seq != first & 0xFFFFFFFF:
+                found["bundle header"] = found.get("bundle header", 0) + 1
+        else:
+            problems, _ = message_problems(buf, cn, off + nl_len, gen_id, cbus)
+            for name in problems:
+                found[name] = found.get(name, 0) + 1
+            seen += 1
+        off += (nl_len + 3) & ~3
+    return found, seen
+
+
+def t_wire_format(c, count=100):
+    """Every generated message is as docs/kmod.md "Generated messages" says, field by field, on every path:
+    ``cn_msg`` seq the event's low 32 bits, ack 0, flags 0, len the event's; the event's CBUS flag only on the
+    CBUS path; filler bytes ``seq & 0xff``; bundles' own headers too. Consumers match on these; a field the
+    readers' fast path skips (ack, filler) shows nowhere else."""
+    res, good = {}, True
+    mask = (1 << ncpus()) - 1
+    for path, flags in (("direct", 0), ("cbus", 0), ("cbus", kabi.CNLAB_GEN_F_BUNDLE)):
+        wait_drained(c)
+        sock = kabi.open_socket([GROUP], reader_buffer())
+        try:
+            g, err = run_gen(c, None, 10, count, context="kthread", path=path, flags=flags, cpu_mask=mask,
+                             size_min=32, size_max=200)
+            wait_drained(c)
+            want = gen_totals(g)["ok"] if g is not None else 0
+            found, seen = {}, 0
+            buf = bytearray(1 << 17)
+            deadline = time.monotonic() + 20
+            while seen < want and time.monotonic() < deadline:
+                if not select.select([sock], [], [], 0.2)[0]:
+                    continue
+                n = sock.recv_into(buf)
+                got, k = datagram_problems(buf, n, 10, path == "cbus")
+                seen += k
+                for name, m in got.items():
+                    found[name] = found.get(name, 0) + m
+        finally:
+            sock.close()
+        key = f"{path}{' bundle' if flags else ''}"
+        res[key] = {"error": err, "generated": want, "seen": seen, "problems": found}
+        good = good and err is None and want == count * ncpus() and seen == want and not found
+    return report("wire_format", good, results=res)
+
+
 def t_cpu_entries(c):
     """STATS and GEN_STATS have one entry per possible CPU (the first 64), each with its CPU number; with
     nothing running, STATS' total is the sum of those entries field by field (the largest, for the high-water
@@ -2421,8 +2520,8 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
          "alloc_sweep": t_alloc_sweep, "insert_refusals": t_insert_refusals, "bench_nomem": t_bench_nomem,
-         "pool_slots": t_pool_slots, "bench_offline": t_bench_offline, "pace": t_pace, "bursts": t_bursts,
-         "offline_end": t_offline_end, "bounds": t_bounds, "param_bounds": t_param_bounds,
+         "wire_format": t_wire_format, "pool_slots": t_pool_slots, "bench_offline": t_bench_offline, "pace": t_pace,
+         "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds, "param_bounds": t_param_bounds,
          "group_bounds": t_group_bounds,
          "abi_fuzz": t_abi_fuzz, "fuzz": t_fuzz, "deliver": t_deliver, "hotplug": t_hotplug,
          "alloc_nth_exact": t_alloc_nth_exact, "unload_inflight": t_unload_inflight, "nested_irq": t_nested_irq,

@@ -285,6 +285,15 @@ def test_bundle_bytes_is_bounded_by_the_connector_maximum(pool):
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
+def test_generated_messages_are_as_documented_field_by_field(pool):
+    """Direct, CBUS and bundled: cn_msg seq, ack, flags and len, the event's flags and the filler bytes."""
+    res = run_checks(pool, "2cpu", 2, ["wire_format", "echo"])
+    results = res["wire_format"][0]["results"]
+    assert set(results) == {"direct", "cbus", "cbus bundle"}
+    assert all(r["seen"] == r["generated"] == 200 and r["problems"] == {} for r in results.values()), results
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
 def test_a_backlog_of_one_id_is_packed_into_full_bundles(pool):
     """300 bundled events queued behind a stalled drain go out as bundles of 64 (8,192 bytes / 128), then 44."""
     res = run_checks(pool, "2cpu", 2, ["bundle_pack", "invariant"])

@@ -328,3 +328,17 @@ def test_the_bounds_checks_catch_a_range_cut_one_short_at_its_top(cnlab_lab, tmp
                              "bundle_bytes=255", "bundle_bytes=16365", "drain_budget=0", "drain_nice=-21",
                              "drain_nice=20", "pool_slots=65537"}
     assert not params["ok"] and refused_in_range == {"queue_bytes=1073741824"}, params
+
+
+#: gen.c: generated messages carry ack 1 instead of 0 (the mutant gen.c:161:constant); no reader's fast path
+#: looks at ack.
+GENERATED_ACK_ONE = ("gen.c", "\tm->ack = 0;\n\tm->len = size;", "\tm->ack = 1;\n\tm->len = size;")
+
+
+def test_wire_format_catches_a_field_the_readers_skip(cnlab_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, GENERATED_ACK_ONE), ["wire_format", "echo"])
+    assert not error and not console, (error, console)
+    (wire,) = res["wire_format"]
+    # every message still arrives; each plain one (bundled ones are wrapped in a header of their own) says ack 1
+    assert not wire["ok"] and all(r["seen"] == r["generated"] == 200 for r in wire["results"].values()), wire
+    assert wire["results"]["direct"]["problems"] == wire["results"]["cbus"]["problems"] == {"ack": 200}, wire

@@ -288,3 +288,58 @@ def test_a_bench_round_is_judged_by_its_reply_and_whether_a_failure_was_injected
     reply = SimpleNamespace(status=status, body=body, raw=b"", error_name="ENOMEM" if status else "")
     assert checks.bench_nomem_outcome(injected, reply) == outcome
     assert checks.bench_nomem_outcome(injected, None) == "no reply"
+
+
+def _message(checks, seq, length=48, cbus=True, **wrong):
+    """One generated connector message (cn_msg + event + filler) as docs/kmod.md describes it, or with the
+    fields in ``wrong`` changed."""
+    kabi = checks.kabi
+    cn = {"idx": checks.GEN_IDX, "val": checks.GEN_VAL, "seq": seq & 0xFFFFFFFF, "ack": 0, "len": length, "flags": 0}
+    cn.update({k: v for k, v in wrong.items() if k in cn})
+    cn["seq"] = wrong.get("cn_seq", cn["seq"])
+    event = kabi.EVENT.pack(gen_id=10, cpu=1, seq=seq, ts_ns=5, len=length,
+                            flags=wrong.get("ev_flags", kabi.CNLAB_EV_F_CBUS if cbus else 0))
+    filler = bytes([wrong.get("fill", seq & 0xFF)]) * (length - len(event))
+    return kabi.CN_MSG.pack(**cn) + event + filler
+
+
+def _datagram(checks, *cn_messages):
+    kabi, out = checks.kabi, b""
+    for m in cn_messages:
+        body = kabi.NLMSGHDR.pack(len=kabi.NLMSG_HDRLEN + len(m), type=3, flags=0, seq=0, pid=0) + m
+        out += body + b"\0" * (-len(body) % 4)
+    return bytearray(out)
+
+
+def _bundle(checks, *inner, **wrong):
+    kabi = checks.kabi
+    first_seq = kabi.EVENT_S.unpack_from(inner[0], kabi.CN_MSG.size)[2]
+    cn = {"idx": checks.GEN_IDX, "val": checks.GEN_VAL, "seq": first_seq, "ack": 0, "len": sum(map(len, inner)),
+          "flags": kabi.CNLAB_CN_F_BUNDLE}
+    cn.update(wrong)
+    return kabi.CN_MSG.pack(**cn) + b"".join(inner)
+
+
+def test_messages_as_the_docs_describe_them_have_no_problem_on_any_path(checks):
+    plain = _datagram(checks, _message(checks, 7), _message(checks, 2**32 + 8, length=200))
+    assert checks.datagram_problems(plain, len(plain), 10, True) == ({}, 2)
+    direct = _datagram(checks, _message(checks, 3, cbus=False))
+    assert checks.datagram_problems(direct, len(direct), 10, False) == ({}, 1)
+    bundled = _datagram(checks, _bundle(checks, _message(checks, 4), _message(checks, 5, length=32)))
+    assert checks.datagram_problems(bundled, len(bundled), 10, True) == ({}, 2)
+
+
+@pytest.mark.parametrize(("wrong", "problem"), [({"ack": 1}, "ack"), ({"flags": 4}, "cn flags"),
+                                                ({"cn_seq": 6}, "cn seq"), ({"fill": 0}, "filler"),
+                                                ({"ev_flags": 0}, "event flags"), ({"idx": 9}, "id")])
+def test_each_field_off_the_docs_is_named(checks, wrong, problem):
+    dgram = _datagram(checks, _message(checks, 7), _message(checks, 8, **wrong))
+    assert checks.datagram_problems(dgram, len(dgram), 10, True) == ({problem: 1}, 2)
+    inside = _datagram(checks, _bundle(checks, _message(checks, 7), _message(checks, 8, **wrong)))
+    assert checks.datagram_problems(inside, len(inside), 10, True)[0] == {problem: 1}
+
+
+def test_a_bundle_header_off_the_docs_is_named(checks):
+    for wrong in ({"ack": 1}, {"seq": 5}, {"idx": 9}):
+        dgram = _datagram(checks, _bundle(checks, _message(checks, 4), _message(checks, 5), **wrong))
+        assert checks.datagram_problems(dgram, len(dgram), 10, True) == ({"bundle header": 1}, 2), wrong
