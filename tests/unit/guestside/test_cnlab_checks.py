@@ -209,35 +209,36 @@ def test_a_stats_total_that_is_not_the_sum_of_its_cpu_entries_is_named_field_by_
         "online": (0, 2), "hwm": (12, 9), "batch_hist": ([1, 3, 0], [1, 3, 1])}
 
 
-def test_the_defaults_check_knows_every_parameter_with_the_default_the_docs_give(checks):
+def _documented_parameters() -> dict[str, tuple[str, str]]:
+    """docs/kmod.md's "Module parameters" table: name -> (default, meaning)."""
     from lab.image.module import kmod_dir
 
     table = (kmod_dir().parent / "docs" / "kmod.md").read_text().split("| Parameter | Default | Meaning |")[1]
-    documented = {}
+    rows = {}
     for line in table.splitlines()[2:]:
         if not line.startswith("| `"):
             break
-        name, default = (cell.strip() for cell in line.split("|")[1:3])
-        documented[name.strip("`")] = default
+        name, default, meaning = (cell.strip() for cell in line.split("|")[1:4])
+        rows[name.strip("`")] = (default, meaning)
+    return rows
+
+
+def test_the_defaults_check_knows_every_parameter_with_the_default_the_docs_give(checks):
+    from lab.image.module import kmod_dir
+
     shown = {"off": "N", "on": "Y"}
-    assert {k: shown.get(v, v) for k, v in documented.items()} == checks.PARAM_DEFAULTS
+    assert {k: shown.get(v, v) for k, (v, _) in _documented_parameters().items()} == checks.PARAM_DEFAULTS
     declared = re.findall(r"module_param(?:_named)?\((\w+)", "".join(p.read_text() for p in kmod_dir().glob("*.c")))
     assert set(declared) == set(checks.PARAM_DEFAULTS)
 
 
 def test_the_param_bounds_check_knows_every_range_the_docs_give(checks):
-    from lab.image.module import kmod_dir
-
-    table = (kmod_dir().parent / "docs" / "kmod.md").read_text().split("| Parameter | Default | Meaning |")[1]
     documented = {}
-    for line in table.splitlines()[2:]:
-        if not line.startswith("| `"):
-            break
-        name, _default, meaning = (cell.strip() for cell in line.split("|")[1:4])
+    for name, (_default, meaning) in _documented_parameters().items():
         if m := re.search(r"\((-?\d+)\.\.(-?\d+)", meaning):
-            documented[name.strip("`")] = (int(m[1]), int(m[2]))
+            documented[name] = (int(m[1]), int(m[2]))
         elif m := re.search(r"at least (\d+)", meaning):
-            documented[name.strip("`")] = (int(m[1]), None)
+            documented[name] = (int(m[1]), None)
     assert documented.pop("fail_init") == (1, 6)  # a test hook: initfail fails each step
     assert documented == checks.PARAM_RANGES
     kabi = checks.kabi
