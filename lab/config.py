@@ -7,7 +7,7 @@
     plugins = ["my_plugin", "no:faults"]    # same syntax as -p
     plugins_dirs = ["./my-plugins"]          # relative to this file
     packages = ["forkstat", "strace"]        # extra Debian packages for the guest root disk
-    kernel_flavour = "debug"                 # cloud (default) or debug (lab.image.debug_kernel)
+    kernel_flavour = "debug"                 # cloud (default), debug or kcsan (lab.image.debug_kernel)
 
     [plugins.emulators]                      # one table per plugin, by plugin name
     rate_scale = 0.5
@@ -56,8 +56,8 @@ _TOML_NAMES: dict[type, str] = {bool: "boolean", int: "integer", float: "number"
                                 tuple: "array", dict: "table"}
 _LAB_KEYS = {"plugins": "array of -p style names", "plugins_dirs": "array of folders",
              "packages": "array of Debian package names for the guest",
-             "kernel_flavour": "\"cloud\" or \"debug\""}
-KERNEL_FLAVOURS = ("cloud", "debug")
+             "kernel_flavour": "\"cloud\", \"debug\" or \"kcsan\""}
+KERNEL_FLAVOURS = ("cloud", "debug", "kcsan")
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,8 @@ class LabConfig:
     :param plugins_dirs: folders of one-file plugins, config first, then ``--plugins-dir``.
     :param packages: extra Debian packages for the guest root disk, ``[lab] packages`` then ``--package``,
         checked names, sorted, each once (plugins add theirs with ``lab_guest_packages_add``).
-    :param kernel_flavour: ``[lab] kernel_flavour``: "cloud" or "debug" (``--kernel-flavour`` overrides it).
+    :param kernel_flavour: ``[lab] kernel_flavour``: "cloud", "debug" or "kcsan" (``--kernel-flavour`` overrides
+        it).
     :param plugin_tables: raw ``[plugins.<name>]`` tables (validated by the plugin manager).
     :param env: environment variables the manager reads (``LAB_DISABLE_PLUGINS``, ``LAB_TRACE_PLUGINS``,
         ``LAB_DISABLE_PLUGIN_AUTOLOAD``); a copy, so tests can pass their own.

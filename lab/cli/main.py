@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel-modules", type=Path, help="/lib/modules/<release> of --kernel")
     parser.add_argument("--kernel-flavour", choices=KERNEL_FLAVOURS, default=None,
                         help="cloud: Debian's cloud kernel (default); debug: built from linux-source-6.1 with "
-                             "lockdep, KASAN, kmemleak, debug objects and fault injection (tens of minutes cold, "
-                             "then cached; default from the config's [lab] kernel_flavour)")
+                             "lockdep, KASAN, kmemleak, debug objects and fault injection; kcsan: the same source "
+                             "with KCSAN, the data-race detector (each tens of minutes cold, then cached; "
+                             "default from the config's [lab] kernel_flavour)")
     parser.add_argument("--kmod", type=Path, metavar="DIR",
                         help="build the lab module from DIR (a patched copy of kmod/) instead of this checkout's")
     parser.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from lab.guest.console_scan import scan_console
+from lab.guest.console_scan import module_names, scan_console
 from lab.guest.machine import Guest, GuestSpec
 from lab.guest.symbolize import Symbolizer, find_vmlinux, symbolize_reports
 from lab.image.module import debug_copy
@@ -27,7 +27,7 @@ def symbolizer_for(spec: GuestSpec | None) -> Symbolizer:
 
 def kernel_report_dicts(console: str, spec: GuestSpec | None) -> tuple[dict, ...]:
     """Every report on ``console`` as a record entry (kind, title, frames, excerpt, fingerprint, decoded)."""
-    reports = [r.to_dict() for r in scan_console(console)]
+    reports = [r.to_dict() for r in scan_console(console, module_names(spec))]
     if not reports:
         return ()
     return tuple(symbolize_reports(reports, symbolizer_for(spec)))

@@ -45,7 +45,7 @@ BUILD_STATUSES = ("compile-error", "warning", "unchanged")
 #: pool keep about half of 1 GiB (134,333 of 262,046 pages reserved): the hotplug check's queues (2^18 per CPU)
 #: and its reader's 256 MiB socket buffer then left too little, and mutants whose change could not touch
 #: memory died "deadlocked on memory" there.
-CHECKS_MEMORY_MB = {"cloud": 1024, "debug": 2048}
+CHECKS_MEMORY_MB = {"cloud": 1024, "debug": 2048, "kcsan": 1024}
 #: The soft-lockup threshold under TCG (reported at twice it; the kernel's 10 is for hardware): with both vCPUs
 #: on one host thread, a CPU coming online under the hotplug check's load waited 22 s for an IPI answer
 #: (``smp_call_function_many_cond`` in ``cpu_up``) in a mutant whose change could not slow it.

@@ -2,10 +2,15 @@
 
 Recognises oopses, BUG, WARNING, general protection faults, panics, soft and
 hard lockups, hung tasks, RCU stalls, list and slab corruption and refcount
-warnings, and what the debug kernel flavour adds: KASAN, lockdep, sleeping in
-atomic context and debug-objects (ODEBUG) reports.  After a match the report runs on for ``CONTEXT_LINES`` lines (or
-to the end-of-trace marker), so the whole report is kept even when other
-output is interleaved.  A report is fingerprinted by its kind plus its top
+warnings, and what the debug kernel flavours add: KASAN, lockdep, sleeping in
+atomic context, debug-objects (ODEBUG) and KCSAN data-race reports.  After a
+match the report runs on for ``CONTEXT_LINES`` lines (or to the end-of-trace
+marker), so the whole report is kept even when other output is interleaved.
+
+A KCSAN kernel reports the data races of the whole kernel; only those with an
+access in a lab module (a frame ``[cnlab]``, or one in the module area that
+kallsyms no longer names) are the lab's business.  :func:`without_foreign_races`
+cuts the others out of the text before any scan.  A report is fingerprinted by its kind plus its top
 call-trace frames, so the same bug seen twice has the same fingerprint.
 """
 
@@ -15,7 +20,10 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["KernelReport", "scan_console", "PATTERNS"]
+__all__ = ["KernelReport", "scan_console", "without_foreign_races", "module_names", "PATTERNS", "LAB_MODULES"]
+
+#: The lab's own module; callers add the extra modules a guest carries.
+LAB_MODULES = ("cnlab",)
 
 _TIMESTAMP = re.compile(r"^\s*\[\s*\d+\.\d+\]\s?")
 
@@ -26,6 +34,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("panic", r"Kernel panic - not syncing"),
         ("gpf", r"general protection fault"),
         ("kasan", r"BUG: KASAN: "),
+        ("kcsan", r"BUG: KCSAN: "),
         ("atomic_sleep", r"BUG: sleeping function called from invalid context|BUG: scheduling while atomic"),
         ("lockdep", r"WARNING: (possible (circular locking dependency|recursive locking|irq lock inversion)"
                     r"|inconsistent lock state|\w+-safe -> \w+-unsafe lock order|bad unlock balance"
@@ -34,7 +43,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
                     r"|BUG: (MAX_LOCKDEP|held lock freed|key [0-9a-f]+ has not been registered"
                     r"|looking up invalid subclass)|INFO: trying to register non-static key"),
         ("debugobjects", r"ODEBUG: "),
-        ("bug", r"kernel BUG at|BUG: (?!soft lockup|workqueue lockup)"),
+        ("bug", r"kernel BUG at|BUG: (?!soft lockup|workqueue lockup|KCSAN: )"),
         ("softlockup", r"BUG: soft lockup|watchdog: BUG: soft lockup"),
         ("hardlockup", r"Watchdog detected hard LOCKUP|NMI watchdog: .*hard LOCKUP"),
         ("hung_task", r"INFO: task .* blocked for more than \d+ seconds"),
@@ -52,7 +61,8 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 
 CONTEXT_LINES = 60
 FOLLOW_ON_LINES = 3
-_END = re.compile(r"---\[ end trace|---\[ end Kernel panic")
+#: The rule of ``=`` that closes a KASAN or KCSAN report (the one before its title opens it).
+_END = re.compile(r"---\[ end trace|---\[ end Kernel panic|^={20,}$")
 _FRAME = re.compile(r"^\s*(?:\? )?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 _RIP = re.compile(r"RIP: \d+:([A-Za-z_][\w.]*)\+0x")
 FINGERPRINT_FRAMES = 5
@@ -102,9 +112,63 @@ def _frames(lines: list[str]) -> list[str]:
     return frames
 
 
-def scan_console(text: str) -> list[KernelReport]:
-    """All problem reports in ``text``, each with its excerpt and frames."""
-    lines = [_strip(line) for line in text.splitlines()]
+_KCSAN_TITLE = re.compile(r"BUG: KCSAN: ")
+_KCSAN_RULE = re.compile(r"^=+$")
+_MODULE_TAG = re.compile(r"\[(\w+)\]\s*$|\[(\w+)\] /")
+#: A frame the kernel prints as a bare address in the module area: the code of a module unloaded since.
+_UNNAMED_MODULE_FRAME = re.compile(r"^\s*0xffffffffc[0-9a-f]{7}\b")
+
+
+def module_names(spec) -> tuple[str, ...]:
+    """The modules a guest of ``spec`` carries from the lab, as the kernel names them: ``cnlab`` and each
+    extra module (its file name without ``.ko``, dashes as underscores)."""
+    extra = (path.name.split(".ko")[0].replace("-", "_") for path in getattr(spec, "modules", ()) or ())
+    return tuple(dict.fromkeys([*LAB_MODULES, *extra]))
+
+
+def without_foreign_races(text: str, modules: tuple[str, ...] = LAB_MODULES) -> str:
+    """``text`` without the KCSAN reports that have no access in ``modules``: each report from the rule of
+    ``=`` before its ``BUG: KCSAN:`` title to the rule that closes it (or ``CONTEXT_LINES`` lines on)."""
+    if "BUG: KCSAN: " not in text:
+        return text
+    lines = text.splitlines(keepends=True)
+    kept: list[str] = []
+    i = 0
+    while i < len(lines):
+        if not _KCSAN_TITLE.search(lines[i]):
+            kept.append(lines[i])
+            i += 1
+            continue
+        start = len(kept) - 1 if kept and _KCSAN_RULE.match(_strip(kept[-1])) else len(kept)
+        end = min(len(lines), i + CONTEXT_LINES)
+        for j in range(i + 1, end):
+            if _KCSAN_RULE.match(_strip(lines[j])):
+                end = j + 1
+                break
+        block = lines[i:end]
+        if _touches(block, modules):
+            kept.extend(block)
+        else:
+            del kept[start:]
+        i = end
+    return "".join(kept)
+
+
+def _touches(block: list[str], modules: tuple[str, ...]) -> bool:
+    for line in block:
+        clean = _strip(line)
+        if _UNNAMED_MODULE_FRAME.match(clean):
+            return True
+        for match in _MODULE_TAG.finditer(clean):
+            if (match.group(1) or match.group(2)) in modules:
+                return True
+    return False
+
+
+def scan_console(text: str, modules: tuple[str, ...] = LAB_MODULES) -> list[KernelReport]:
+    """All problem reports in ``text``, each with its excerpt and frames; of KCSAN's data-race reports only
+    those with an access in one of ``modules``."""
+    lines = [_strip(line) for line in without_foreign_races(text, modules).splitlines()]
     reports: list[KernelReport] = []
     i = 0
     while i < len(lines):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from lab.guest.console_scan import LAB_MODULES, without_foreign_races
+
 __all__ = [
     "ALLOWED_TAINT",
     "CONSOLE_PATTERNS",
@@ -45,6 +47,7 @@ ALLOWED_TAINT = TAINT_OOT_MODULE | TAINT_UNSIGNED_MODULE
 CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(rx))
     for name, rx in (
+        ("kcsan", r"BUG: KCSAN: "),  # before BUG, to name it
         ("oops", r"\bOops\b"),
         ("BUG", r"\bBUG\b"),  # "BUG: ...", "kernel BUG at", slub_debug "BUG kmalloc-64"
         ("WARNING", r"\bWARNING\b"),
@@ -65,10 +68,11 @@ CONSOLE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
-def console_problems(text: str) -> list[str]:
-    """Console lines that show a kernel problem, each prefixed with its kind."""
+def console_problems(text: str, modules: tuple[str, ...] = LAB_MODULES) -> list[str]:
+    """Console lines that show a kernel problem, each prefixed with its kind; a KCSAN kernel's data-race
+    reports count only when an access lies in one of ``modules`` (:func:`without_foreign_races`)."""
     found = []
-    for line in text.splitlines():
+    for line in without_foreign_races(text, modules).splitlines():
         clean = line.strip("\r\n\x00")
         for name, rx in CONSOLE_PATTERNS:
             if rx.search(clean):
@@ -87,7 +91,7 @@ def problems_before_module_load(text: str, modules: list[str]) -> list[str]:
     are found when that line is not there (the load cannot be placed)."""
     for m in _OOT_MODULE_LOAD.finditer(text):
         if m.group(1) in modules:
-            return console_problems(text[:m.start()])
+            return console_problems(text[:m.start()], tuple(modules))
     return []
 
 
@@ -152,13 +156,13 @@ class KernelWatch:
     def report(self, leaks: bool = True) -> KernelReport:
         """Taint, console problems and (debug kernel flavour; not without ``leaks``) the lab module's kmemleak
         leaks since the start."""
-        from lab.guest.kmemleak import scan_leaks
+        from lab.guest.kmemleak import lab_modules, scan_leaks
 
         taint_after = self.guest.tainted()
         text = self.guest.console_text()[self.console_offset:]
         found = [f"kmemleak: {leak['title']} from {' <- '.join(leak['frames'][:4])}"
                  for leak in self.early_leaks + scan_leaks(self.guest)] if leaks else []
-        return KernelReport(self.taint_before, taint_after, console_problems(text) + found)
+        return KernelReport(self.taint_before, taint_after, console_problems(text, lab_modules(self.guest)) + found)
 
     def assert_clean(self) -> KernelReport:
         report = self.report()

@@ -19,13 +19,15 @@ import hashlib
 import logging
 import re
 
+from lab.guest.console_scan import LAB_MODULES, module_names
+
 __all__ = ["KMEMLEAK", "parse_kmemleak", "scan_leaks", "lab_modules", "MODULES"]
 
 log = logging.getLogger(__name__)
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
 #: Modules whose allocations count: the lab module (extra modules are named by the caller).
-MODULES = ("cnlab",)
+MODULES = LAB_MODULES
 _HEADER = re.compile(r"^unreferenced object (0x[0-9a-f]+) \(size (\d+)\):")
 _FRAME = re.compile(r"^\s*(?:\[<[0-9a-f]+>\]\s*)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?:\s+\[(\w+)\])?")
 #: A frame kmemleak can no longer name (it resolves addresses when the file is read): in the module area, the
@@ -76,7 +78,7 @@ def parse_kmemleak(text: str, modules: tuple[str, ...] = MODULES) -> list[dict]:
 
 def lab_modules(guest) -> tuple[str, ...]:
     """The names of the modules the lab delivered to ``guest`` (cnlab.ko and any extra modules)."""
-    return tuple(dict.fromkeys([*MODULES, *(p.name.split(".ko")[0].replace("-", "_") for p in guest.spec.modules)]))
+    return module_names(guest.spec)
 
 
 def _kernel_lacks_kmemleak(guest) -> bool:

@@ -43,7 +43,8 @@ class LabOptions:
     extra_modules: tuple[Path, ...] = ()  # folders of extra modules (lab.image.extmod), loaded after cnlab.ko
     #: extra Debian packages for the root disk (lab.image.guest_packages): its own cached variant per list
     packages: tuple[str, ...] = ()
-    #: "cloud" (Debian's cloud kernel) or "debug" (lab.image.debug_kernel: lockdep, KASAN, kmemleak, ...)
+    #: "cloud" (Debian's cloud kernel), "debug" (lab.image.debug_kernel: lockdep, KASAN, kmemleak, ...) or
+    #: "kcsan" (the same source with KCSAN, the data-race detector)
     kernel_flavour: str = "cloud"
 
 
@@ -64,10 +65,11 @@ class Lab:
         if self._kernel is None:
             if self.options.kernel is not None:
                 self._kernel = custom_kernel(self.options.kernel, self.options.kbuild, self.options.kernel_modules)
-            elif self.options.kernel_flavour == "debug":
+            elif self.options.kernel_flavour != "cloud":
                 from lab.image.debug_kernel import debug_kernel
 
-                self._kernel = debug_kernel(self.cache, debian_cloud_kernel(self.cache))
+                self._kernel = debug_kernel(self.cache, debian_cloud_kernel(self.cache),
+                                            flavour=self.options.kernel_flavour)
             else:
                 self._kernel = debian_cloud_kernel(self.cache)
         return self._kernel

@@ -1229,6 +1229,84 @@ def t_hwm_reset(c):
                   hwm_in_reply=reset.body.get("total", {}).get("hwm"), hwm_after=after)
 
 
+#: A CPU's STATS counters that only grow: its producers and its drain count up; nothing counts them down or resets
+#: them (hwm is reset by a STATS flag, queued is derived, batch_max is a maximum).
+GROWING = ("inserted", "enqueued", "drop_full", "drop_nomem", "rejected", "kicks", "dequeued", "sent",
+           "drop_nolistener", "drop_overrun", "drop_nlerr", "batches", "nl_msgs", "bundles")
+
+
+def went_back(prev, cur):
+    """The growing counters of one CPU's STATS entry that are lower in ``cur`` than in ``prev`` (an earlier
+    snapshot by the same reader), as "name before -> after"."""
+    return [f"{k} {prev[k]} -> {cur[k]}" for k in GROWING if cur[k] < prev[k]]
+
+
+def _stats_reader(cpu, end, reset_every, out):
+    """Pinned to ``cpu``: STATS until ``end`` (monotonic), every ``reset_every``-th with the high-water mark
+    reset; in ``out``: snapshots, those in which some CPU's ``inserted`` had grown since the last, and the
+    counters that went back."""
+    os.sched_setaffinity(0, {cpu})
+    snapshots = overlapped = 0
+    back, over_limit, errors = [], [], []
+    last = None
+    with kabi.CtlClient(timeout=5.0) as q:
+        while time.monotonic() < end and snapshots < 20000:
+            r = q.stats(reset_hwm=snapshots % reset_every == reset_every - 1)
+            if not r.ok:
+                errors.append(r.error_name)
+                break
+            snapshots += 1
+            cpus = {cs["cpu"]: cs for cs in r.body["cpus"]}
+            if last is not None:
+                overlapped += any(cs["inserted"] > last[n]["inserted"] for n, cs in cpus.items() if n in last)
+                back += [f"cpu {n}: {b}" for n, cs in cpus.items() if n in last for b in went_back(last[n], cs)]
+            over_limit += [f"cpu {n}: hwm {cs['hwm']} > limit {r.body['queue_limit']}" for n, cs in cpus.items()
+                           if cs["hwm"] > r.body["queue_limit"]]
+            last = cpus
+    out[cpu] = {"snapshots": snapshots, "overlapped": overlapped, "went_back": back[:5], "over_limit": over_limit[:5],
+                "errors": errors}
+
+
+def t_stats_live(c, seconds=3.0, reset_every=4):
+    """STATS under full load on every CPU, from a reader on every CPU.
+
+    A kthread producer at full rate and a hard-IRQ producer insert on every CPU (nobody listens: each message is
+    counted dropped) while a reader thread pinned to each CPU asks STATS, one request in ``reset_every`` with
+    CNLAB_STATS_F_RESET_HWM. No growing counter of any CPU goes back from one snapshot of a reader to its next,
+    no high-water mark is above the queue limit, and once the producers stop and the queues drain the invariant
+    and the ledger hold. Evidence that the reads overlapped the inserts: in at least half the snapshots some CPU's
+    ``inserted`` had grown since that reader's last. On the kcsan flavour this is the load under which a read of
+    a counter that races its producer's store is reported: STATS reads each counter with READ_ONCE(), the insert
+    path reads the high-water mark the reset writes with READ_ONCE()."""
+    cpus = online_cpus()
+    mask = sum(1 << cpu for cpu in cpus)
+    wait_drained(c)
+    common = dict(idx=GEN_IDX, val=GEN_VAL, group=GROUP, cpu_mask=mask, count=0, size_min=32, size_max=96,
+                  path="cbus", duration_ns=int((seconds + 2) * 1e9))
+    started = [c.gen_start(gen_id=13, context="kthread", rate=0, **common),
+               c.gen_start(gen_id=14, context="hardirq", rate=20000, burst=8, **common)]
+    out = {}
+    end = time.monotonic() + seconds
+    readers = [threading.Thread(target=_stats_reader, args=(cpu, end, reset_every, out), daemon=True) for cpu in cpus]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(seconds + 30)
+    for gid in (13, 14):
+        c.gen_stop(gid)
+    gens = [wait_gen_done(c, gid) for gid in (13, 14)]
+    final = wait_drained(c)
+    problems = kabi.counter_problems(final.body)
+    snapshots = sum(v["snapshots"] for v in out.values())
+    overlapped = sum(v["overlapped"] for v in out.values())
+    generated = gen_totals_all(gens)["generated"]
+    good = (all(r.ok for r in started) and len(out) == len(cpus) and snapshots >= 2 * len(cpus)
+            and not any(v["went_back"] or v["over_limit"] or v["errors"] for v in out.values())
+            and 2 * overlapped >= snapshots - len(cpus) and invariant_ok(final) and not problems and generated > 0)
+    return report("stats_live", good, readers=out, snapshots=snapshots, overlapped=overlapped, generated=generated,
+                  started=[r.error_name or "ok" for r in started], counter_problems=problems)
+
+
 def t_gen_fail_keeps(c):
     """A GEN_START that fails (no online CPU in its mask) leaves the id's previous run and statistics alone."""
     gid = 11
@@ -2517,7 +2595,8 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "invariant": t_invariant, "bench": t_bench,
          "stall_end": t_stall_end, "bundle_pack": t_bundle_pack, "gen_fail_keeps": t_gen_fail_keeps,
          "cpu_entries": t_cpu_entries,
-         "overrun": t_overrun, "hwm_reset": t_hwm_reset, "faults": t_faults, "initfail": t_initfail,
+         "overrun": t_overrun, "hwm_reset": t_hwm_reset, "stats_live": t_stats_live, "faults": t_faults,
+         "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
          "alloc_sweep": t_alloc_sweep, "insert_refusals": t_insert_refusals, "bench_nomem": t_bench_nomem,
          "wire_format": t_wire_format, "pool_slots": t_pool_slots, "bench_offline": t_bench_offline, "pace": t_pace,

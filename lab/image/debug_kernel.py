@@ -1,17 +1,22 @@
-"""The debug kernel flavour: Debian's 6.1 source with lockdep, KASAN, kmemleak, debug objects and fault injection.
+"""The debug kernel flavours: Debian's 6.1 source rebuilt with the kernel's bug detectors.
 
-Built once from the ``linux-source-6.1`` package, configured as Debian's cloud
-kernel (``make localmodconfig`` keeps only the loadable modules the lab uses,
-``images/debug-kernel/modules.lsmod``) plus ``images/debug-kernel/debug.config``,
-and cached like every artefact, by a hash of its inputs: the source package's
-version, the base configuration, both files above, the compiler and
-:data:`RECIPE`.  The result is a :class:`~lab.image.kernel.KernelSpec` like
-the cloud kernel's: a bzImage, its ``/lib/modules`` tree and a build tree to
-compile the lab's module against (object files removed, headers, scripts and
-``Module.symvers`` kept).
+``debug``: lockdep, KASAN, kmemleak, debug objects and fault injection.
+``kcsan``: KCSAN, the data-race detector (it cannot be built with KASAN), with
+the same fault injection.
+
+Each is built once from the ``linux-source-6.1`` package, configured as Debian's
+cloud kernel (``make localmodconfig`` keeps only the loadable modules the lab
+uses, ``images/debug-kernel/modules.lsmod``) plus the flavour's fragment
+(``images/debug-kernel/debug.config`` or ``kcsan.config``), and cached like
+every artefact, by a hash of its inputs: the source package's version, the base
+configuration, the fragment and the module list, the compiler and :data:`RECIPE`.
+The result is a :class:`~lab.image.kernel.KernelSpec` like the cloud kernel's:
+a bzImage, its ``/lib/modules`` tree and a build tree to compile the lab's
+module against (object files removed, headers, scripts and ``Module.symvers``
+kept).
 
 A cold build takes tens of minutes on two cores: it belongs to nightly runs
-(``cnlab --kernel-flavour debug ...``), never to CI, which uses the cached one
+(``cnlab --kernel-flavour debug ...``, ``--kernel-flavour kcsan``), never to CI, which uses the cached one
 if it is there.
 """
 
@@ -31,7 +36,8 @@ from lab.host.steps import cached, step
 from lab.image.build import images_dir
 from lab.image.kernel import KernelSpec
 
-__all__ = ["DEBUG_PACKAGES", "debug_kernel", "debug_kernel_cached", "debug_inputs", "apply_fragment", "unmet_options"]
+__all__ = ["DEBUG_PACKAGES", "FLAVOUR_FRAGMENTS", "debug_kernel", "debug_kernel_cached", "debug_inputs",
+           "fragment_of", "apply_fragment", "unmet_options"]
 
 #: Bump when the build recipe changes in a way the hashed inputs do not show.
 RECIPE = 1
@@ -47,6 +53,12 @@ DEBUG_PACKAGES: dict[str, str] = {
     "libelf-dev": "kernel build (objtool)",
     "libssl-dev": "kernel build (module signing, certificates)",
     "xz-utils": "unpacks the source tarball",
+}
+
+#: Each built flavour's configuration fragment in :func:`recipe_dir`, and what its build step says it adds.
+FLAVOUR_FRAGMENTS: dict[str, tuple[str, str]] = {
+    "debug": ("debug.config", "lockdep KASAN kmemleak"),
+    "kcsan": ("kcsan.config", "KCSAN"),
 }
 
 _OPTION = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
@@ -117,27 +129,35 @@ def base_config(base: KernelSpec) -> Path:
     return config
 
 
-def debug_inputs(base: KernelSpec) -> dict:
-    """What the debug kernel's cache key hashes."""
+def fragment_of(flavour: str) -> Path:
+    """The configuration fragment of a built ``flavour``."""
+    if flavour not in FLAVOUR_FRAGMENTS:
+        raise BuildError(f"no kernel flavour {flavour!r}: built flavours are {', '.join(FLAVOUR_FRAGMENTS)}")
+    return recipe_dir() / FLAVOUR_FRAGMENTS[flavour][0]
+
+
+def debug_inputs(base: KernelSpec, flavour: str = "debug") -> dict:
+    """What a debug flavour's cache key hashes (the fragment tells the flavours apart)."""
     return {
         "recipe": RECIPE,
         "source": {"package": SOURCE_PACKAGE, "version": _source_version()},
         "base_config": content_key(base_config(base).read_text()),
-        "fragment": content_key((recipe_dir() / "debug.config").read_text()),
+        "fragment": content_key(fragment_of(flavour).read_text()),
         "modules": _lsmod_names(),
         "compiler": _compiler(),
     }
 
 
-def debug_kernel_cached(cache: Path, base: KernelSpec) -> bool:
-    """Whether the debug flavour of ``base`` is in the cache already (nothing is built or installed)."""
-    return (cache / "debug-kernels" / content_key(debug_inputs(base))).is_dir()
+def debug_kernel_cached(cache: Path, base: KernelSpec, flavour: str = "debug") -> bool:
+    """Whether ``flavour`` of ``base`` is in the cache already (nothing is built or installed)."""
+    return (cache / "debug-kernels" / content_key(debug_inputs(base, flavour))).is_dir()
 
 
-def debug_kernel(cache: Path, base: KernelSpec, jobs: int | None = None) -> KernelSpec:
-    """The debug flavour of ``base``'s configuration (built and cached if missing), as a KernelSpec."""
+def debug_kernel(cache: Path, base: KernelSpec, jobs: int | None = None, flavour: str = "debug") -> KernelSpec:
+    """``flavour`` (a key of :data:`FLAVOUR_FRAGMENTS`) of ``base``'s configuration, built and cached if
+    missing, as a KernelSpec."""
     ensure_packages(DEBUG_PACKAGES, log_dir=logs_dir(cache))
-    inputs = debug_inputs(base)
+    inputs = debug_inputs(base, flavour)
     key = content_key(inputs)
     target = cache / "debug-kernels" / key
     built = False
@@ -145,20 +165,21 @@ def debug_kernel(cache: Path, base: KernelSpec, jobs: int | None = None) -> Kern
         held = lease(target)
         if held is not None:
             if not built:
-                cached("debug kernel", key)
-            return _spec(target, inputs, held)
-        with file_lock(cache / "locks" / "debug-kernel.lock"):
+                cached(f"{flavour} kernel", key)
+            return _spec(target, inputs, held, flavour)
+        with file_lock(cache / "locks" / f"{flavour}-kernel.lock"):
             if not target.exists():
-                with step("debug kernel", f"{SOURCE_PACKAGE} {inputs['source']['version']}, "
-                                          "lockdep KASAN kmemleak (tens of minutes cold)"), \
+                with step(f"{flavour} kernel", f"{SOURCE_PACKAGE} {inputs['source']['version']}, "
+                                               f"{FLAVOUR_FRAGMENTS[flavour][1]} (tens of minutes cold)"), \
                         publish_dir(target) as scratch:
-                    _build(scratch, base, jobs or os.cpu_count() or 1, logs_dir(cache) / "debug-kernel.log")
+                    _build(scratch, base, jobs or os.cpu_count() or 1, logs_dir(cache) / f"{flavour}-kernel.log",
+                           flavour)
                     write_json_atomic(scratch / "inputs.json", inputs)
                 built = True
-    raise BuildError(f"debug kernel {key} vanished from the cache three times while this lab built it")
+    raise BuildError(f"{flavour} kernel {key} vanished from the cache three times while this lab built it")
 
 
-def _spec(target: Path, inputs: dict, held) -> KernelSpec:
+def _spec(target: Path, inputs: dict, held, flavour: str) -> KernelSpec:
     release = (target / "release").read_text().strip()
     return KernelSpec(
         image=target / "bzImage",
@@ -166,7 +187,7 @@ def _spec(target: Path, inputs: dict, held) -> KernelSpec:
         modules_dir=target / "root" / "lib" / "modules" / release,
         kbuild_dir=target / "build",
         package_version=inputs["source"]["version"],
-        source="debug:" + SOURCE_PACKAGE,
+        source=f"{flavour}:{SOURCE_PACKAGE}",
         config=target / "build" / ".config",
         # Through its PVH entry this KASAN kernel resets the guest before its first console line (QEMU exits
         # with status 0, nothing printed); the bzImage boots.
@@ -177,14 +198,14 @@ def _spec(target: Path, inputs: dict, held) -> KernelSpec:
 
 def _make(build: Path, src: Path, log: Path, *targets: str, jobs: int = 1, env: dict | None = None) -> None:
     run_logged(["make", "-C", str(src), f"O={build}", f"-j{jobs}", *targets], log,
-               f"make {' '.join(targets)} (debug kernel)", error=BuildError, tail_lines=8,
+               f"make {' '.join(targets)} (kernel build in {build.parent.name})", error=BuildError, tail_lines=8,
                env=env)
 
 
-def _build(scratch: Path, base: KernelSpec, jobs: int, log: Path) -> None:
+def _build(scratch: Path, base: KernelSpec, jobs: int, log: Path, flavour: str) -> None:
     if not SOURCE_TARBALL.is_file():
         raise BuildError(f"{SOURCE_TARBALL} missing: install the Debian package {SOURCE_PACKAGE}")
-    with step("debug kernel: unpack", SOURCE_TARBALL.name):
+    with step(f"{flavour} kernel: unpack", SOURCE_TARBALL.name):
         run_logged(["tar", "-xf", str(SOURCE_TARBALL), "-C", str(scratch)], log, f"tar -xf {SOURCE_TARBALL}",
                    error=BuildError)  # tar with xz: a third of tarfile's time
     src = scratch / "src"
@@ -193,8 +214,10 @@ def _build(scratch: Path, base: KernelSpec, jobs: int, log: Path) -> None:
     (scratch / SOURCE_PACKAGE).rename(src)
     build = scratch / "build"
     build.mkdir()
-    fragment = (recipe_dir() / "debug.config").read_text()
-    with step("debug kernel: configure", "cloud configuration, localmodconfig, debug.config, olddefconfig"):
+    fragment_file = fragment_of(flavour)
+    fragment = fragment_file.read_text()
+    with step(f"{flavour} kernel: configure",
+              f"cloud configuration, localmodconfig, {fragment_file.name}, olddefconfig"):
         (build / ".config").write_text(base_config(base).read_text())
         lsmod = build / "lab.lsmod"
         lsmod.write_text("Module Size Used by\n" + "".join(f"{name} 0 0\n" for name in _lsmod_names()))
@@ -210,11 +233,11 @@ def _build(scratch: Path, base: KernelSpec, jobs: int, log: Path) -> None:
         _make(build, src, log, "olddefconfig")
         unmet = unmet_options((build / ".config").read_text(), fragment)
         if unmet:
-            raise BuildError(f"Kconfig refused {len(unmet)} option(s) of debug.config: {', '.join(unmet[:4])}")
-    with step("debug kernel: compile", f"bzImage and {len(_lsmod_names())} modules, -j{jobs}"):
+            raise BuildError(f"Kconfig refused {len(unmet)} option(s) of {fragment_file.name}: {', '.join(unmet[:4])}")
+    with step(f"{flavour} kernel: compile", f"bzImage and {len(_lsmod_names())} modules, -j{jobs}"):
         _make(build, src, log, "bzImage", "modules", jobs=jobs)
     release = (build / "include/config/kernel.release").read_text().strip()
-    with step("debug kernel: install", release):
+    with step(f"{flavour} kernel: install", release):
         _make(build, src, log, f"INSTALL_MOD_PATH={scratch / 'root'}", "INSTALL_MOD_STRIP=1", "modules_install",
               jobs=jobs)
         for link in ("build", "source"):

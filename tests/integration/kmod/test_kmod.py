@@ -262,6 +262,16 @@ def test_a_privileged_stats_request_restarts_the_high_water_mark(pool):
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
+def test_stats_read_on_every_cpu_under_full_load_never_goes_back(pool):
+    """STATS from a reader on each CPU while producers of two contexts insert on both at full rate: no counter goes
+    back, no high-water mark passes the limit, the books balance after; the reads overlapped the inserts."""
+    res = run_checks(pool, "2cpu", 2, ["stats_live", "invariant"])
+    (live,) = res["stats_live"]
+    assert set(live["readers"]) == {"0", "1"} and live["generated"] > 0, live
+    assert live["overlapped"] * 2 >= live["snapshots"], live
+
+
+@pytest.mark.xdist_group("kmod-2cpu")
 def test_stats_entries_are_the_possible_cpus(pool):
     res = run_checks(pool, "2cpu", 2, ["cpu_entries", "defaults", "pool_slots"])
     assert res["pool_slots"][0]["misses"] == [50, 50]

@@ -342,3 +342,19 @@ def test_wire_format_catches_a_field_the_readers_skip(cnlab_lab, tmp_path):
     # every message still arrives; each plain one (bundled ones are wrapped in a header of their own) says ack 1
     assert not wire["ok"] and all(r["seen"] == r["generated"] == 200 for r in wire["results"].values()), wire
     assert wire["results"]["direct"]["problems"] == wire["results"]["cbus"]["problems"] == {"ack": 200}, wire
+
+
+#: cbus.c: every CPU's producers count their inserts in CPU 0's entry (a per-CPU pointer taken for the wrong CPU):
+#: CPU 1's ``inserted`` stays 0 while its queue fills, and the two CPUs' plain increments race on CPU 0's.
+INSERTS_COUNTED_ON_CPU0 = ("cbus.c", "\tcc->inserted++;\n\tfault = atomic64_read(&cbus_alloc_fault);",
+                           "\tper_cpu_ptr(cbus_pcpu, 0)->inserted++;\n\tfault = atomic64_read(&cbus_alloc_fault);")
+
+
+def test_stats_live_catches_inserts_counted_in_another_cpus_entry(cnlab_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, INSERTS_COUNTED_ON_CPU0), ["stats_live"])
+    assert not error and not console, (error, console)
+    (live,) = res["stats_live"]
+    assert not live["ok"] and live["generated"] > 0, live
+    # the ledger of CPU 1 shows it: nothing counted inserted, everything enqueued
+    assert any(p.startswith("inserted 0 != enqueued") for p in live["counter_problems"]["1"]), live
+

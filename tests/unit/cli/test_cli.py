@@ -22,7 +22,8 @@ from lab.cli.main import main
         (["-q", "-v", "cache"], "not allowed with argument"),
         (["--kernel-flavour", "debug", "--kernel", "/nonexistent/bzImage", "image", "build"],
          "--kernel-flavour debug builds its own kernel; it cannot be combined with --kernel"),
-        (["--kernel-flavour", "dbg", "image", "build"], "invalid choice: 'dbg' (choose from 'cloud', 'debug')"),
+        (["--kernel-flavour", "dbg", "image", "build"],
+         "invalid choice: 'dbg' (choose from 'cloud', 'debug', 'kcsan')"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path, monkeypatch):

@@ -101,3 +101,56 @@ def test_ordinary_lines_that_mention_the_same_words_are_not_reports():
              "[    0.2] Lock dependency validator: Copyright (c) 2006 Red Hat, Inc., Ingo Molnar\n"
              "[    0.4] cnlab: loaded, CBUS queue limit 4096\n")
     assert scan_console(quiet) == []
+
+
+def _kcsan_report(title: str, first: str, second: str, at: float = 40.0) -> str:
+    """A KCSAN report in the layout of kernel/kcsan/report.c (6.1)."""
+    rule = "=" * 66
+    body = [rule, f"BUG: KCSAN: data-race in {title}", "",
+            "write to 0xffff888004a1c2c8 of 8 bytes by interrupt on cpu 1:", f" {first}",
+            " __do_softirq+0x120/0x3a2", "",
+            "read to 0xffff888004a1c2c8 of 8 bytes by task 203 on cpu 0:", f" {second}",
+            " process_one_work+0x3c1/0x6d0", "", "value changed: 0x0000000000000003 -> 0x0000000000000004", "",
+            "Reported by Kernel Concurrency Sanitizer on:",
+            "CPU: 0 PID: 203 Comm: kworker/0:2 Not tainted 6.1.0-cnlab-kcsan #1", rule]
+    return "".join(f"[{at:12.6f}] {line}\n" for line in body)
+
+
+FOREIGN_RACE = _kcsan_report("run_timer_softirq / __mod_timer", "run_timer_softirq+0x2b/0x70",
+                             "__mod_timer+0x1a4/0x5f0")
+LAB_RACE = _kcsan_report("cbus_insert_group [cnlab] / cnlab_stats [cnlab]", "cbus_insert_group+0x8e/0x2f0 [cnlab]",
+                         "cnlab_stats+0x61/0x1d0 [cnlab]", at=41.0)
+#: One access in the lab module, the other in the kernel: the title names the lab frame second.
+MIXED_RACE = _kcsan_report("__wake_up_common / cbus_kick [cnlab]", "__wake_up_common+0x4c/0x160",
+                           "cbus_kick+0x33/0x90 [cnlab]", at=42.0)
+
+
+def test_only_the_data_races_of_a_lab_module_are_reports():
+    from lab.guest.console_scan import without_foreign_races
+
+    console = "[    1.0] cnlab: loaded\n" + FOREIGN_RACE + LAB_RACE + MIXED_RACE + "[   50.0] after\n"
+    kept = without_foreign_races(console)
+    assert "run_timer_softirq" not in kept and "__mod_timer" not in kept
+    assert kept.startswith("[    1.0] cnlab: loaded\n") and kept.endswith("[   50.0] after\n")
+    reports = scan_console(console)
+    assert [(r.kind, r.title) for r in reports] == [
+        ("kcsan", "BUG: KCSAN: data-race in cbus_insert_group [cnlab] / cnlab_stats [cnlab]"),
+        ("kcsan", "BUG: KCSAN: data-race in __wake_up_common / cbus_kick [cnlab]")]
+    assert reports[0].frames[:2] == ["cbus_insert_group", "__do_softirq"]
+    assert "value changed" in reports[0].excerpt and "cbus_kick" not in reports[0].excerpt  # ends at its rule
+    # an extra module of the lab counts when named; another kernel module never does
+    extra = FOREIGN_RACE.replace("__mod_timer+0x1a4/0x5f0", "netem_enqueue+0x1a4/0x5f0 [sch_netem]")
+    assert scan_console(extra) == []
+    assert [r.kind for r in scan_console(extra, modules=("cnlab", "sch_netem"))] == ["kcsan"]
+
+
+def test_a_race_in_the_code_of_a_module_unloaded_since_is_the_labs():
+    unloaded = FOREIGN_RACE.replace("__mod_timer+0x1a4/0x5f0", "0xffffffffc0a1b2c3")
+    assert [r.kind for r in scan_console(unloaded)] == ["kcsan"]
+
+
+def test_a_console_without_kcsan_reports_is_left_as_it_is():
+    from lab.guest.console_scan import without_foreign_races
+
+    text = (HERE / "real_warn_then_sysrq_panic.log").read_text()
+    assert without_foreign_races(text) is text

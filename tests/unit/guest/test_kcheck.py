@@ -151,3 +151,25 @@ def test_a_watch_from_boot_counts_what_the_boot_reported_tainted_and_leaked():
     # the same guest watched from now on sees none of it
     guest.taints = [ALLOWED_TAINT | 1 << 5, ALLOWED_TAINT | 1 << 5]
     assert KernelWatch(guest).report().clean
+
+
+def test_a_watch_fails_on_a_data_race_of_the_lab_module_and_not_on_the_kernels_own():
+    from .test_console_scan import FOREIGN_RACE, LAB_RACE
+
+    guest = FakeGuest("", [ALLOWED_TAINT] * 4)
+    watch = KernelWatch(guest)
+    guest.console += FOREIGN_RACE
+    assert watch.assert_clean().clean  # KCSAN reports the whole kernel's races; those are not the module's
+    guest.console += LAB_RACE
+    with pytest.raises(AssertionError, match=r"kcsan: .* BUG: KCSAN: data-race in cbus_insert_group \[cnlab\]"):
+        watch.assert_clean()
+
+
+def test_a_data_race_before_the_module_loaded_is_the_kernels():
+    from lab.guest.kcheck import problems_before_module_load
+
+    from .test_console_scan import FOREIGN_RACE
+
+    text = FOREIGN_RACE + "[   45.0] cnlab: loading out-of-tree module taints kernel.\n"
+    assert problems_before_module_load(text, ["cnlab"]) == []
+    assert problems_before_module_load("[ 1.0] WARNING: CPU: 0 PID: 1 at x\n" + text, ["cnlab"])

@@ -67,3 +67,10 @@ def test_a_task_that_died_in_the_kernel_trips_it(line, kind):
     stuck = StuckWatch(guest, interval=0.05)
     guest.write(line)
     assert stuck.check().kind == kind and stuck.tripped.is_set()
+
+
+def test_a_data_race_report_does_not_trip_it():
+    guest = Console()
+    with StuckWatch(guest, interval=0.05) as stuck:
+        guest.write("[   41.000000] BUG: KCSAN: data-race in cbus_insert_group [cnlab] / cnlab_stats [cnlab]\n")
+        assert not stuck.tripped.wait(0.3)

@@ -344,3 +344,11 @@ def test_a_bundle_header_off_the_docs_is_named(checks):
     for wrong in ({"ack": 1}, {"seq": 5}, {"idx": 9}):
         dgram = _datagram(checks, _bundle(checks, _message(checks, 4), _message(checks, 5), **wrong))
         assert checks.datagram_problems(dgram, len(dgram), 10, True) == ({"bundle header": 1}, 2), wrong
+
+
+def test_went_back_names_each_growing_counter_that_is_lower_than_before(checks):
+    before = dict.fromkeys(checks.GROWING, 10) | {"hwm": 9, "queued": 4, "batch_max": 3}
+    after = dict(before, inserted=11, sent=9, drop_nlerr=2, hwm=0, queued=0, batch_max=1)
+    # hwm is reset by STATS' flag and queued is derived: they may go down
+    assert checks.went_back(before, after) == ["sent 10 -> 9", "drop_nlerr 10 -> 2"]
+    assert checks.went_back(before, before) == []

@@ -109,3 +109,23 @@ def test_build_tree_names_its_source_tree_relatively(tmp_path):
     assert "/scratch" not in (build / "Makefile").read_text()
     assert "../src/Makefile" in (build / "Makefile").read_text()
     assert Path(str((build / "source").readlink())) == Path("../src")
+
+
+def test_the_kcsan_fragment_asks_for_the_data_race_detector_without_kasan():
+    wanted = parse_config(debug_kernel.fragment_of("kcsan").read_text())
+    assert wanted["CONFIG_KCSAN"] == "y"
+    assert "CONFIG_KASAN" not in wanted  # Kconfig: KCSAN depends on !KASAN; the cloud base has no KASAN
+    assert wanted["CONFIG_LOCALVERSION"] == '"-cnlab-kcsan"'
+    for option in ("FAILSLAB", "FAIL_PAGE_ALLOC", "FAIL_FUNCTION", "FAULT_INJECTION_DEBUG_FS"):
+        assert wanted[f"CONFIG_{option}"] == "y", option
+
+
+def test_each_flavour_has_a_key_of_its_own_and_an_unknown_one_is_named(cloud_kernel, monkeypatch):
+    from lab.host.cache import content_key
+
+    monkeypatch.setattr(debug_kernel, "_source_version", lambda: "6.1.192-3")
+    monkeypatch.setattr(debug_kernel, "_compiler", lambda: "gcc (Debian 12.2.0-14) 12.2.0")
+    keys = {flavour: content_key(debug_inputs(cloud_kernel, flavour)) for flavour in debug_kernel.FLAVOUR_FRAGMENTS}
+    assert len(set(keys.values())) == len(keys) == 2
+    with pytest.raises(debug_kernel.BuildError, match="no kernel flavour 'tsan': built flavours are debug, kcsan"):
+        debug_inputs(cloud_kernel, "tsan")
