@@ -154,3 +154,17 @@ def test_a_console_without_kcsan_reports_is_left_as_it_is():
 
     text = (HERE / "real_warn_then_sysrq_panic.log").read_text()
     assert without_foreign_races(text) is text
+
+
+def test_a_real_data_race_in_the_module_from_the_kcsan_flavour():
+    # recorded from a kcsan guest: every CPU's producers counting their inserts in CPU 0's entry (the seeded bug of
+    # tests/integration/kmod/test_kcsan_kernel.py), under the stats_live check
+    text = (HERE / "real_kcsan_module_race.log").read_text()
+    (report,) = scan_console(text)
+    assert report.kind == "kcsan"
+    assert report.title == "BUG: KCSAN: data-race in cbus_insert_group [cnlab] / cbus_insert_group [cnlab]"
+    assert report.frames[:4] == ["cbus_insert_group", "gen_emit", "gen_kthread_fn", "kthread"]
+    assert "value changed: 0x000000000000515d -> 0x000000000000515f" in report.excerpt
+    assert "hrtimer: interrupt took" not in report.excerpt  # the report ends at its closing rule
+    # the same report from a module the lab did not load is the kernel's business
+    assert scan_console(text.replace("[cnlab]", "[other]")) == []
