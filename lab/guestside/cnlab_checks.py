@@ -1267,7 +1267,7 @@ def _stats_reader(cpu, end, reset_every, out):
                 "errors": errors}
 
 
-def t_stats_live(c, seconds=3.0, reset_every=4):
+def t_stats_live(c, seconds=3.0, reset_every=2):
     """STATS under full load on every CPU, from a reader on every CPU.
 
     A kthread producer at full rate and a hard-IRQ producer insert on every CPU (nobody listens: each message is
@@ -1627,9 +1627,15 @@ PARAM_DEFAULTS = {"queue_limit": "4096", "queue_bytes": "67108864", "bundle_byte
                   "drain_nice": "-20", "pool_slots": "1024", "debug_warn": "N", "debug_panic": "N", "fail_init": "0"}
 
 
+#: Each parameter file's mode (docs/kmod.md "Module parameters"): read-only, but for the two debug switches root may
+#: turn on at run time; a file others may write would let any user steer the module.
+PARAM_MODES = dict.fromkeys(PARAM_DEFAULTS, 0o444) | {"debug_warn": 0o644, "debug_panic": 0o644}
+
+
 def t_defaults(c, params="/sys/module/cnlab/parameters"):
-    """Every module parameter exists and, loaded without arguments, has its documented default: users size
-    queues and readers by them, and no other check would see a default that moved (bundle_bytes 8191)."""
+    """Every module parameter exists and, loaded without arguments, has its documented default and file mode:
+    users size queues and readers by them, and no other check would see a default that moved (bundle_bytes
+    8191) or a mode that changed (pool_slots 0445)."""
     got = {}
     for name in PARAM_DEFAULTS:
         try:
@@ -1637,9 +1643,17 @@ def t_defaults(c, params="/sys/module/cnlab/parameters"):
                 got[name] = fh.read().strip()
         except OSError as e:
             got[name] = f"unreadable: {e.strerror}"
+    modes = {}
+    for name in PARAM_DEFAULTS:
+        try:
+            modes[name] = os.stat(os.path.join(params, name)).st_mode & 0o7777
+        except OSError:
+            modes[name] = None  # already named in wrong
     extra = sorted(set(os.listdir(params)) - set(PARAM_DEFAULTS)) if os.path.isdir(params) else []
     wrong = {k: v for k, v in got.items() if v != PARAM_DEFAULTS[k]}
-    return report("defaults", not wrong and not extra, wrong=wrong, undocumented=extra)
+    wrong_modes = {k: oct(m) for k, m in modes.items() if m is not None and m != PARAM_MODES[k]}
+    return report("defaults", not wrong and not extra and not wrong_modes, wrong=wrong, undocumented=extra,
+                  wrong_modes=wrong_modes)
 
 
 #: The module parameters with a documented range (docs/kmod.md "Module parameters"; a unit test keeps the two in

@@ -278,6 +278,7 @@ def test_stats_entries_are_the_possible_cpus(pool):
     entries = res["cpu_entries"][0]
     assert entries["possible"] == 2 and entries["total_online"] == 2 and entries["total_mismatches"] == {}
     assert res["defaults"][0]["wrong"] == {} and res["defaults"][0]["undocumented"] == []
+    assert res["defaults"][0]["wrong_modes"] == {}
 
 
 @pytest.mark.xdist_group("kmod-2cpu")

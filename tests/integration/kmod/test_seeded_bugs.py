@@ -358,3 +358,18 @@ def test_stats_live_catches_inserts_counted_in_another_cpus_entry(cnlab_lab, tmp
     # the ledger of CPU 1 shows it: nothing counted inserted, everything enqueued
     assert any(p.startswith("inserted 0 != enqueued") for p in live["counter_problems"]["1"]), live
 
+
+
+#: cbus.c: a default that moved by one (the mutant cbus.c:69:constant) and a parameter file others may read and
+#: execute (the mutant cbus.c:82:constant): the module loads and works either way.
+BUNDLE_DEFAULT_MOVED = ("cbus.c", "static unsigned int bundle_bytes = 8192;", "static unsigned int bundle_bytes = 8191;")
+POOL_SLOTS_MODE = ("cbus.c", "module_param(pool_slots, uint, 0444);", "module_param(pool_slots, uint, 0445);")
+
+
+def test_defaults_catches_a_moved_default_and_a_changed_file_mode(cnlab_lab, tmp_path):
+    res, console, error = _run_checks(_mutant(cnlab_lab, tmp_path, BUNDLE_DEFAULT_MOVED, POOL_SLOTS_MODE),
+                                      ["defaults", "echo"])
+    assert not error and not console, (error, console)
+    (defaults,) = res["defaults"]
+    assert not defaults["ok"] and defaults["undocumented"] == [], defaults
+    assert defaults["wrong"] == {"bundle_bytes": "8191"} and defaults["wrong_modes"] == {"pool_slots": "0o445"}

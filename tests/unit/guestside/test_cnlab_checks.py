@@ -258,13 +258,23 @@ def test_a_moved_default_or_an_undocumented_parameter_fails_the_defaults_check(c
     params.mkdir()
     for name, value in checks.PARAM_DEFAULTS.items():
         (params / name).write_text(value + "\n")
+        (params / name).chmod(checks.PARAM_MODES[name])
     checks.t_defaults(None, str(params))
     (params / "bundle_bytes").write_text("8191\n")
     (params / "new_knob").write_text("1\n")
+    (params / "pool_slots").chmod(0o445)  # the mutant cbus.c:82:constant
+    (params / "debug_warn").chmod(0o444)
     checks.t_defaults(None, str(params))
     good, bad = checks.RESULTS[-2:]
     assert good["ok"] and not bad["ok"]
     assert bad["wrong"] == {"bundle_bytes": "8191"} and bad["undocumented"] == ["new_knob"]
+    assert bad["wrong_modes"] == {"pool_slots": "0o445", "debug_warn": "0o444"}
+
+
+def test_the_defaults_check_knows_each_parameter_files_documented_mode(checks):
+    # the table names 0644 where a file is writable; the others are read-only (0444), as the text under it says
+    documented = {k: 0o644 if "0644" in meaning else 0o444 for k, (_d, meaning) in _documented_parameters().items()}
+    assert documented == checks.PARAM_MODES
 
 
 def test_a_message_stamped_before_its_slot_is_early_by_the_nanoseconds_it_lacked(checks):
