@@ -1635,7 +1635,7 @@ PARAM_MODES = dict.fromkeys(PARAM_DEFAULTS, 0o444) | {"debug_warn": 0o644, "debu
 def t_defaults(c, params="/sys/module/cnlab/parameters"):
     """Every module parameter exists and, loaded without arguments, has its documented default and file mode:
     users size queues and readers by them, and no other check would see a default that moved (bundle_bytes
-    8191) or a mode that changed (pool_slots 0445)."""
+    8191) or a mode that changed (pool_slots 0644: a pool resized under the running module)."""
     got = {}
     for name in PARAM_DEFAULTS:
         try:

@@ -262,13 +262,13 @@ def test_a_moved_default_or_an_undocumented_parameter_fails_the_defaults_check(c
     checks.t_defaults(None, str(params))
     (params / "bundle_bytes").write_text("8191\n")
     (params / "new_knob").write_text("1\n")
-    (params / "pool_slots").chmod(0o445)  # the mutant cbus.c:82:constant
+    (params / "pool_slots").chmod(0o644)
     (params / "debug_warn").chmod(0o444)
     checks.t_defaults(None, str(params))
     good, bad = checks.RESULTS[-2:]
     assert good["ok"] and not bad["ok"]
     assert bad["wrong"] == {"bundle_bytes": "8191"} and bad["undocumented"] == ["new_knob"]
-    assert bad["wrong_modes"] == {"pool_slots": "0o445", "debug_warn": "0o444"}
+    assert bad["wrong_modes"] == {"pool_slots": "0o644", "debug_warn": "0o444"}
 
 
 def test_the_defaults_check_knows_each_parameter_files_documented_mode(checks):
