@@ -50,7 +50,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("rcu_stall",
          r"rcu: INFO: rcu_(sched|preempt) (self-)?detected (stall|expedited stall)|rcu_.* detected stalls"),
         ("list_corruption", r"list_(add|del) corruption"),
-        ("slab_corruption", r"=+\s*BUG [\w-]+ \(|Redzone overwritten|Poison overwritten|Object padding overwritten"),
+        ("slab_corruption", r"^BUG [\w-]+ \(|Redzone overwritten|Poison overwritten|Object padding overwritten"),
         ("refcount", r"refcount_t: (underflow|overflow|saturated|addition on 0|decrement hit 0)"),
         ("oops", r"Oops: |Unable to handle kernel"),
         ("warning", r"WARNING: CPU: \d+ PID: \d+ at "),
@@ -61,8 +61,13 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 
 CONTEXT_LINES = 60
 FOLLOW_ON_LINES = 3
-#: The rule of ``=`` that closes a KASAN or KCSAN report (the one before its title opens it).
-_END = re.compile(r"---\[ end trace|---\[ end Kernel panic|^={20,}$")
+_END = re.compile(r"---\[ end trace|---\[ end Kernel panic")
+#: Reports printed between two rules of ``=`` (the one before the title opens it, the next one closes it).  Other
+#: reports are not ended by a rule: one may open the next report (SLUB's), which then follows on.
+RULED_KINDS = frozenset({"kasan", "kcsan", "ubsan"})
+_RULE = re.compile(r"^={20,}$")
+#: How far a KCSAN report may run to its closing rule: two stacks of up to 64 frames and their headers.
+KCSAN_REPORT_LINES = 2 * 64 + 24
 _FRAME = re.compile(r"^\s*(?:\? )?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 _RIP = re.compile(r"RIP: \d+:([A-Za-z_][\w.]*)\+0x")
 FINGERPRINT_FRAMES = 5
@@ -113,7 +118,6 @@ def _frames(lines: list[str]) -> list[str]:
 
 
 _KCSAN_TITLE = re.compile(r"BUG: KCSAN: ")
-_KCSAN_RULE = re.compile(r"^=+$")
 _MODULE_TAG = re.compile(r"\[(\w+)\]\s*$|\[(\w+)\] /")
 #: A frame the kernel prints as a bare address in the module area: the code of a module unloaded since.
 _UNNAMED_MODULE_FRAME = re.compile(r"^\s*0xffffffffc[0-9a-f]{7}\b")
@@ -128,7 +132,8 @@ def module_names(spec) -> tuple[str, ...]:
 
 def without_foreign_races(text: str, modules: tuple[str, ...] = LAB_MODULES) -> str:
     """``text`` without the KCSAN reports that have no access in ``modules``: each report from the rule of
-    ``=`` before its ``BUG: KCSAN:`` title to the rule that closes it (or ``CONTEXT_LINES`` lines on)."""
+    ``=`` before its ``BUG: KCSAN:`` title to the rule that closes it (or ``KCSAN_REPORT_LINES`` lines on).  A
+    line of another report printed in between (another CPU's panic, say) is kept."""
     if "BUG: KCSAN: " not in text:
         return text
     lines = text.splitlines(keepends=True)
@@ -139,10 +144,10 @@ def without_foreign_races(text: str, modules: tuple[str, ...] = LAB_MODULES) -> 
             kept.append(lines[i])
             i += 1
             continue
-        start = len(kept) - 1 if kept and _KCSAN_RULE.match(_strip(kept[-1])) else len(kept)
-        end = min(len(lines), i + CONTEXT_LINES)
+        start = len(kept) - 1 if kept and _RULE.match(_strip(kept[-1])) else len(kept)
+        end = min(len(lines), i + KCSAN_REPORT_LINES)
         for j in range(i + 1, end):
-            if _KCSAN_RULE.match(_strip(lines[j])):
+            if _RULE.match(_strip(lines[j])):
                 end = j + 1
                 break
         block = lines[i:end]
@@ -150,6 +155,7 @@ def without_foreign_races(text: str, modules: tuple[str, ...] = LAB_MODULES) -> 
             kept.extend(block)
         else:
             del kept[start:]
+            kept.extend(line for line in block if _classify(_strip(line)) not in (None, "kcsan"))
         i = end
     return "".join(kept)
 
@@ -181,9 +187,9 @@ def scan_console(text: str, modules: tuple[str, ...] = LAB_MODULES) -> list[Kern
             if "cut here" in lines[back]:
                 start = back
                 break
-        end = min(len(lines), i + CONTEXT_LINES)
+        end = min(len(lines), i + (KCSAN_REPORT_LINES if kind == "kcsan" else CONTEXT_LINES))
         for j in range(i + 1, end):
-            if _END.search(lines[j]):
+            if _END.search(lines[j]) or (kind in RULED_KINDS and _RULE.match(lines[j])):
                 end = j + 1
                 break
             # A problem line a few lines in belongs to this report (list corruption

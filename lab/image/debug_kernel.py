@@ -189,8 +189,8 @@ def _spec(target: Path, inputs: dict, held, flavour: str) -> KernelSpec:
         package_version=inputs["source"]["version"],
         source=f"{flavour}:{SOURCE_PACKAGE}",
         config=target / "build" / ".config",
-        # Through its PVH entry this KASAN kernel resets the guest before its first console line (QEMU exits
-        # with status 0, nothing printed); the bzImage boots.
+        # Through its PVH entry the debug flavour's KASAN kernel resets the guest before its first console line
+        # (QEMU exits with status 0, nothing printed); the bzImage boots, and every flavour boots its bzImage.
         pvh=False,
         leases=(held,),
     )
@@ -198,7 +198,7 @@ def _spec(target: Path, inputs: dict, held, flavour: str) -> KernelSpec:
 
 def _make(build: Path, src: Path, log: Path, *targets: str, jobs: int = 1, env: dict | None = None) -> None:
     run_logged(["make", "-C", str(src), f"O={build}", f"-j{jobs}", *targets], log,
-               f"make {' '.join(targets)} (kernel build in {build.parent.name})", error=BuildError, tail_lines=8,
+               f"make {' '.join(targets)} ({log.stem})", error=BuildError, tail_lines=8,
                env=env)
 
 

@@ -168,3 +168,27 @@ def test_a_real_data_race_in_the_module_from_the_kcsan_flavour():
     assert "hrtimer: interrupt took" not in report.excerpt  # the report ends at its closing rule
     # the same report from a module the lab did not load is the kernel's business
     assert scan_console(text.replace("[cnlab]", "[other]")) == []
+
+
+def test_a_data_race_deep_in_a_long_report_is_still_the_labs():
+    deep = "".join(f"[   40.000000]  irq_frame_{n}+0x1/0x2\n" for n in range(58))
+    long_race = FOREIGN_RACE.replace("[   40.000000]  __do_softirq+0x120/0x3a2\n", deep).replace(
+        "__mod_timer+0x1a4/0x5f0", "cbus_drain+0x1a4/0x5f0 [cnlab]")
+    assert len(long_race.splitlines()) > 70
+    (report,) = scan_console(long_race)
+    assert report.kind == "kcsan" and "cbus_drain" in report.frames
+
+
+def test_a_problem_printed_inside_a_foreign_race_is_kept():
+    lines = FOREIGN_RACE.splitlines(keepends=True)
+    lines.insert(5, "[   40.100000] Kernel panic - not syncing: Fatal exception in interrupt\n")
+    assert [r.kind for r in scan_console("".join(lines))] == ["panic"]
+
+
+def test_a_slab_report_after_a_warning_is_a_report_of_its_own():
+    rule = "=" * 77
+    text = ("[    5.0] WARNING: CPU: 0 PID: 1 at kmod/cbus.c:300 cbus_drain+0x1/0x2 [cnlab]\n"
+            "[    5.0] Call Trace:\n[    5.0]  cbus_drain+0x1/0x2 [cnlab]\n[    5.0] ---[ end trace 0 ]---\n"
+            f"[    5.1] {rule}\n[    5.1] BUG kmalloc-64 (Tainted: G        W  OE): Object already free\n"
+            "[    5.1] " + "-" * 77 + "\n[    5.1]  kfree+0x1/0x2\n")
+    assert [r.kind for r in scan_console(text)] == ["warning", "slab_corruption"]
