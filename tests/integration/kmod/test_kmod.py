@@ -268,7 +268,7 @@ def test_stats_read_on_every_cpu_under_full_load_never_goes_back(pool):
     res = run_checks(pool, "2cpu", 2, ["stats_live", "invariant"])
     (live,) = res["stats_live"]
     assert set(live["readers"]) == {"0", "1"} and live["generated"] > 0, live
-    assert live["overlapped"] * 2 >= live["snapshots"], live
+    assert live["overlapped"] * 2 >= live["snapshots"] - 2, live  # the check's own bound, two readers
 
 
 @pytest.mark.xdist_group("kmod-2cpu")
