@@ -1434,6 +1434,47 @@ def t_bench_nomem(c, rounds=3):
     return report("bench_nomem", good, cpu=cpu, rounds=outcomes)
 
 
+#: failslab for BENCH's direct sends: the first allocations that cannot sleep made by a task marked
+#: ``make-it-fail`` fail (the sends' GFP_ATOMIC skbs); its buffer, GFP_KERNEL, is spared.
+BENCH_DIRECT_FAIL_KNOBS = dict(BENCH_NOMEM_KNOBS, **{"failslab/ignore-gfp-wait": "Y", "failslab/times": "8"})
+
+
+def t_bench_direct_err(c, rounds=3, iterations=64):
+    """A direct send that BENCH times and that fails for a reason other than -ESRCH is counted (debug flavour).
+
+    With a listener on the group, ``failslab`` filtered to the BENCH CPU's workers and to allocations that
+    cannot sleep fails the first 8 the run makes: its direct sends' skbs (its CBUS inserts take pool slots).
+    Every direct call must then be exactly one of ``direct_ok``, ``direct_esrch``, ``direct_err``, with
+    ``direct_err`` above 0; ``failslab``'s ``times`` going down is the evidence. A round whose failures all went
+    to other work of those workers is run again, at most ``rounds`` times."""
+    if not os.path.isdir(f"{fault_knobs.DEBUGFS}/failslab"):
+        return report("bench_direct_err", True,
+                      skipped="no failslab (CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS)")
+    cpu = ncpus() - 1
+    sock = kabi.open_socket([BENCH_GROUP], 16 << 20)
+    outcomes = []
+    try:
+        for _ in range(rounds):
+            wait_drained(c)
+            with fault_knobs.tasks_made_to_fail(fault_knobs.kworkers_of(cpu)) as marked, \
+                    fault_knobs.knobs_set(BENCH_DIRECT_FAIL_KNOBS):
+                r = c.bench(timeout=30, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32,
+                            iterations=iterations, chunk=8, pause_us=0, cpu=cpu)
+                failed = 8 - int(fault_knobs.read("failslab/times"))
+            b = bench_reply_body(r) if r is not None else {}
+            row = {k: b.get(k) for k in ("status", "direct_calls", "direct_ok", "direct_esrch", "direct_err")}
+            outcomes.append(dict(row, injected=failed, marked=bool(marked)))
+            if b.get("direct_err") or not failed:
+                break
+    finally:
+        sock.close()
+    last = outcomes[-1]
+    counted = (last["direct_ok"] or 0) + (last["direct_esrch"] or 0) + (last["direct_err"] or 0)
+    good = (last["status"] == 0 and last["injected"] > 0 and (last["direct_err"] or 0) > 0
+            and counted == last["direct_calls"] == iterations)
+    return report("bench_direct_err", good, cpu=cpu, rounds=outcomes)
+
+
 def alloc_failures(cons, gen_id, cpu, generated):
     """The sequence numbers of (gen_id, cpu) that never arrived, sorted."""
     seen = {s for s, _ in cons.seqs.get((gen_id, cpu), [])}
@@ -2629,6 +2670,7 @@ TESTS = {"echo": t_echo, "defaults": t_defaults, "perm": t_perm, "reply_fail": t
          "initfail": t_initfail,
          "drain_budget": t_drain_budget, "bundle_bound": t_bundle_bound, "bench_status": t_bench_status,
          "alloc_sweep": t_alloc_sweep, "insert_refusals": t_insert_refusals, "bench_nomem": t_bench_nomem,
+         "bench_direct_err": t_bench_direct_err,
          "wire_format": t_wire_format, "pool_slots": t_pool_slots, "bench_offline": t_bench_offline, "pace": t_pace,
          "bursts": t_bursts, "offline_end": t_offline_end, "bounds": t_bounds, "param_bounds": t_param_bounds,
          "group_bounds": t_group_bounds,

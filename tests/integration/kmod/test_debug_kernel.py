@@ -195,3 +195,20 @@ def test_bench_nomem_catches_a_bench_that_reports_success_when_its_buffer_cannot
     (bench,) = res["bench_nomem"]
     # the failure was injected (failslab's times went to 0) and the run answered OK with no call measured
     assert not bench["ok"] and bench["rounds"][-1] == "answered OK (body 0) with 0 calls measured", bench
+
+
+#: bench.c: a failed direct send other than -ESRCH is no longer counted (the surviving mutant bench.c:75:counter).
+DIRECT_ERR_NOT_COUNTED = ("bench.c", "\telse\n\t\tr->direct_err++;\n", "\telse\n\t\t;\n")
+
+
+def test_bench_direct_err_counts_failed_direct_sends_and_catches_one_left_uncounted(debug_lab, tmp_path):
+    res, console, error = _run_checks(debug_lab, ["bench_direct_err"])
+    assert not error and not console, (error, console)
+    (good,) = res["bench_direct_err"]
+    # evidence: failslab failed 8 of the run's atomic allocations, each one a direct send counted in direct_err
+    assert good["ok"] and good["rounds"][-1]["injected"] == 8 and good["rounds"][-1]["direct_err"] == 8, good
+    res, console, error = _run_checks(_mutant(debug_lab, tmp_path, DIRECT_ERR_NOT_COUNTED), ["bench_direct_err"])
+    (bad,) = res["bench_direct_err"]
+    last = bad["rounds"][-1]
+    assert not bad["ok"] and last["injected"] > 0 and last["direct_err"] == 0, bad
+    assert last["direct_ok"] < last["direct_calls"], bad  # the failed sends are in no counter
