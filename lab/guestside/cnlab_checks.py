@@ -1384,6 +1384,10 @@ BENCH_NOMEM_KNOBS = {"failslab/ignore-gfp-wait": "N", "failslab/verbose": "0", "
                      "failslab/probability": "100"}
 
 
+#: Why a check that needs failslab is skipped on a kernel without it.
+NO_FAILSLAB = "no failslab (CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS)"
+
+
 def bench_reply_body(r):
     """A BENCH reply's result body, decoded also when the header carries an error."""
     return r.body or (kabi.BENCH_RESULT.unpack(r.raw) if r.raw else {})
@@ -1416,7 +1420,7 @@ def t_bench_nomem(c, rounds=3):
     or that failed nothing is run again, at most ``rounds`` times, and one must end in -ENOMEM.
     """
     if not os.path.isdir(f"{fault_knobs.DEBUGFS}/failslab"):
-        return report("bench_nomem", True, skipped="no failslab (CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS)")
+        return report("bench_nomem", True, skipped=NO_FAILSLAB)
     cpu = ncpus() - 1
     outcomes = []
     for _ in range(rounds):
@@ -1448,8 +1452,7 @@ def t_bench_direct_err(c, rounds=3, iterations=64):
     ``direct_err`` above 0; ``failslab``'s ``times`` going down is the evidence. A round whose failures all went
     to other work of those workers is run again, at most ``rounds`` times."""
     if not os.path.isdir(f"{fault_knobs.DEBUGFS}/failslab"):
-        return report("bench_direct_err", True,
-                      skipped="no failslab (CONFIG_FAILSLAB, CONFIG_FAULT_INJECTION_DEBUG_FS)")
+        return report("bench_direct_err", True, skipped=NO_FAILSLAB)
     cpu = ncpus() - 1
     sock = kabi.open_socket([BENCH_GROUP], 16 << 20)
     outcomes = []
@@ -1460,7 +1463,7 @@ def t_bench_direct_err(c, rounds=3, iterations=64):
                     fault_knobs.knobs_set(BENCH_DIRECT_FAIL_KNOBS):
                 r = c.bench(timeout=30, idx=GEN_IDX, val=BENCH_VAL, group=BENCH_GROUP, payload=32,
                             iterations=iterations, chunk=8, pause_us=0, cpu=cpu)
-                failed = 8 - int(fault_knobs.read("failslab/times"))
+                failed = int(BENCH_DIRECT_FAIL_KNOBS["failslab/times"]) - int(fault_knobs.read("failslab/times"))
             b = bench_reply_body(r) if r is not None else {}
             row = {k: b.get(k) for k in ("status", "direct_calls", "direct_ok", "direct_esrch", "direct_err")}
             outcomes.append(dict(row, injected=failed, marked=bool(marked)))
